@@ -1,0 +1,256 @@
+"""The audit: per-layer rank rows and the paper's Table 1 metrics (no printing, no exiting)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from onnxcollide.errors import UnsupportedModelError
+from onnxcollide.graph.constants import ConstantResolver, Scope
+from onnxcollide.graph.input_path import FirstLayerPath, PathStep, trace_input
+from onnxcollide.graph.linear_ops import LinearSite, SkippedOp, find_linear_ops
+from onnxcollide.graph.load import LoadedModel, load_model
+from onnxcollide.graph.shapes import Shape, TensorInfo, infer_shapes, is_float_input, model_inputs
+from onnxcollide.layers import ConvConvention, LinearLayer, build_layer, parameter_key
+from onnxcollide.spectral import EPS_OF, RankDecision, ToleranceRule, decide_rank
+
+ProgressCallback = Callable[[int, int, str], None]  # (done, total, current layer label)
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """Everything that decides an audit's numbers.
+
+    Attributes:
+        convention: how grouped conv weights become matrices.
+        rule: the rank tolerance rule.
+        input_shapes: user-fixed input shapes, (name, dims) pairs.
+    """
+
+    convention: ConvConvention = ConvConvention.GROUPED
+    rule: ToleranceRule = field(default_factory=ToleranceRule)
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One parameter's audit row: its matrix, rank decision and the paper's flags.
+
+    Attributes:
+        index: 1-based position among the model's parameters.
+        layer: the LinearLayer (nodes, op, weight, q, p, groups, dtypes, layout).
+        decision: the rank decision (rank, tol, sigma facts, method).
+    """
+
+    index: int
+    layer: LinearLayer
+    decision: RankDecision
+
+    @property
+    def rank(self) -> int:
+        """Numerical rank of W (summed over blocks)."""
+        return self.decision.rank
+
+    @property
+    def nullity(self) -> int:
+        """dim ker(W^T) = q - rank: input directions the layer cannot see."""
+        return self.layer.q - self.decision.rank
+
+    @property
+    def nu(self) -> bool:
+        """Lemma 1: the layer has a non-trivial left kernel (nullity >= 1)."""
+        return self.nullity >= 1
+
+    @property
+    def mu(self) -> bool:
+        """Lemma 3: the layer maps to fewer dimensions than it reads (p < q)."""
+        return self.layer.p < self.layer.q
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """The paper's Table 1 for one model (Eq. 6)."""
+
+    n: int
+    nu: int
+    mu: int
+    nullity_sum: int
+    nullity_w1: int | None
+
+    @property
+    def nu_ratio(self) -> float:
+        """nu / n."""
+        return self.nu / self.n if self.n else 0.0
+
+    @property
+    def mu_ratio(self) -> float:
+        """mu / n."""
+        return self.mu / self.n if self.n else 0.0
+
+
+@dataclass(frozen=True)
+class FirstLayer:
+    """W1: the first linear op reached from the model's input, and how collisions lift to it.
+
+    Attributes:
+        input: graph input name.
+        input_dtype: its element type.
+        input_shape: shape used (None dims unknown).
+        row_index: index of W1's row in the layer table, None if no op is reached.
+        node: W1's node label.
+        path: nodes from the input to W1.
+        exactness: dense / patchify / overlapping / not applicable.
+        reason: why, in one sentence.
+        blind_elements: input elements per sample that no window reads (None where unknown).
+        input_elements: elements per sample (None where unknown).
+    """
+
+    input: str
+    input_dtype: str
+    input_shape: Shape | None
+    row_index: int | None
+    node: str | None
+    path: tuple[PathStep, ...]
+    exactness: str
+    reason: str
+    blind_elements: int | None
+    input_elements: int | None
+
+
+@dataclass(frozen=True)
+class ModelAudit:
+    """Everything the audit found for one model; reports are rendered from this alone."""
+
+    path: str
+    sha256: str
+    producer: str
+    ir_version: int
+    opset: int
+    settings: AuditSettings
+    rows: tuple[LayerRow, ...]
+    skipped: tuple[SkippedOp, ...]
+    first_layer: FirstLayer | None
+    metrics: ModelMetrics
+    notes: tuple[str, ...]
+
+
+# ------------------------------------------------------------------ assembling
+
+
+def _unique_layers(layers: list[LinearLayer]) -> list[LinearLayer]:
+    """Merge layers that are one parameter used by several nodes (same roots, same matrix)."""
+    merged: dict[tuple[object, ...], LinearLayer] = {}
+    for layer in layers:
+        key = parameter_key(layer)
+        if key in merged:
+            first = merged[key]
+            merged[key] = _with_nodes(first, first.nodes + layer.nodes)
+        else:
+            merged[key] = layer
+    return list(merged.values())
+
+
+def _with_nodes(layer: LinearLayer, nodes: tuple[str, ...]) -> LinearLayer:
+    from dataclasses import replace
+
+    return replace(layer, nodes=nodes)
+
+
+def _decide(layer: LinearLayer, rule: ToleranceRule) -> RankDecision:
+    eps = EPS_OF.get(layer.compute_dtype)
+    where = f"node '{layer.nodes[0]}' ({layer.op}), weight '{layer.weight}'"
+    if eps is None:
+        raise UnsupportedModelError(f"weight is computed in {layer.compute_dtype}, which has no "
+                                    "float epsilon we know", where)
+    try:
+        return decide_rank(layer.load_blocks(), eps, rule)
+    except FloatingPointError as exc:
+        raise UnsupportedModelError(str(exc), where, "the model's weights are corrupt") from exc
+    except ValueError as exc:
+        raise UnsupportedModelError(f"the weight does not fit the op ({exc})", where) from exc
+
+
+def _first_layer(model: LoadedModel, sites: list[LinearSite], infos: dict[str, TensorInfo],
+                 rows: list[LayerRow]) -> tuple[FirstLayer | None, list[str]]:
+    main_sites = {s.topo_index: s for s in sites if s.scope == "main"}
+    scope = Scope.of_graph(model.proto.graph, "main", None)
+    resolver = ConstantResolver(scope, model.base_dir, list(model.proto.opset_import))
+    nodes = list(model.proto.graph.node)
+    inputs = model_inputs(model)
+    ordered = sorted(inputs, key=lambda i: not is_float_input(i))
+    traces: list[FirstLayerPath] = [
+        trace_input(i.name, nodes, main_sites, infos, resolver, model.opset) for i in ordered
+    ]
+    reached = [t for t in traces if t.site is not None]
+    notes = [f"input '{t.input}' also reaches {t.site.label}" for t in reached[1:]
+             if t.site is not None]
+    chosen = reached[0] if reached else (traces[0] if traces else None)
+    if chosen is None:
+        return None, notes
+    row = _row_of(chosen.site, rows)
+    return FirstLayer(
+        input=chosen.input, input_dtype=chosen.input_dtype, input_shape=chosen.input_shape,
+        row_index=row.index if row else None, node=chosen.site.label if chosen.site else None,
+        path=chosen.path, exactness=chosen.exactness, reason=chosen.reason,
+        blind_elements=chosen.blind_elements, input_elements=chosen.input_elements,
+    ), notes
+
+
+def _row_of(site: LinearSite | None, rows: list[LayerRow]) -> LayerRow | None:
+    if site is None:
+        return None
+    return next((r for r in rows if site.label in r.layer.nodes), None)
+
+
+def _metrics(rows: list[LayerRow], first: FirstLayer | None) -> ModelMetrics:
+    w1 = None
+    if first is not None and first.row_index is not None:
+        w1 = rows[first.row_index - 1].nullity
+    elif rows:
+        w1 = rows[0].nullity
+    return ModelMetrics(
+        n=len(rows), nu=sum(r.nu for r in rows), mu=sum(r.mu for r in rows),
+        nullity_sum=sum(r.nullity for r in rows), nullity_w1=w1,
+    )
+
+
+def audit_model(path: str, settings: AuditSettings | None = None,
+                progress: ProgressCallback | None = None) -> ModelAudit:
+    """Audit one ONNX file: rank and nullity of every constant linear weight, and Table 1.
+
+    Weights are loaded one parameter at a time (external data memory-mapped), so models larger
+    than memory audit layer by layer.
+
+    Raises:
+        ModelLoadError: the file cannot be read as ONNX.
+        UnsupportedModelError: it holds nothing to audit, or something we cannot analyse.
+        UsageError: ``settings.input_shapes`` does not fit the model.
+    """
+    settings = settings or AuditSettings()
+    model = load_model(path)
+    infos = infer_shapes(model, dict(settings.input_shapes))
+    sites, skipped = find_linear_ops(model)
+    if not sites:
+        raise UnsupportedModelError(
+            "no Conv/ConvTranspose/Gemm/MatMul (or quantized variant) with a constant weight",
+            path, "nothing to audit: is this the model you meant?")
+    layers = _unique_layers([build_layer(s, infos, settings.convention) for s in sites])
+    rows: list[LayerRow] = []
+    for k, layer in enumerate(layers, start=1):
+        if progress:
+            progress(k - 1, len(layers), layer.nodes[0])
+        rows.append(LayerRow(k, layer, _decide(layer, settings.rule)))
+    if progress:
+        progress(len(layers), len(layers), "")
+    first, notes = _first_layer(model, sites, infos, rows)
+    if settings.convention is ConvConvention.PAPER:
+        notes.insert(0, "conv convention 'paper': grouped convs are read as one "
+                        "(C/g * prod k) x O matrix, as in the paper's Table 1; this is not the "
+                        "operator's rank")
+    return ModelAudit(
+        path=path, sha256=model.sha256,
+        producer=f"{model.proto.producer_name} {model.proto.producer_version}".strip(),
+        ir_version=int(model.proto.ir_version), opset=model.opset, settings=settings,
+        rows=tuple(rows), skipped=tuple(skipped), first_layer=first,
+        metrics=_metrics(rows, first), notes=tuple(notes),
+    )

@@ -1,0 +1,44 @@
+"""One error hierarchy for the core; the CLI turns each into one line and an exit code."""
+
+from __future__ import annotations
+
+
+class OnnxCollideError(Exception):
+    """Base class: a problem the user can act on.
+
+    Attributes:
+        what: what failed, one short sentence without a trailing period.
+        where: the file, node or input it concerns (may be empty).
+        hint: what to do about it (may be empty).
+        exit_code: the CLI's exit status for this error.
+    """
+
+    exit_code = 3
+
+    def __init__(self, what: str, where: str = "", hint: str = "") -> None:
+        self.what = what
+        self.where = where
+        self.hint = hint
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        """Return ``where: what. hint`` as one line."""
+        text = f"{self.where}: {self.what}" if self.where else self.what
+        text = text.rstrip(".") + "."
+        if self.hint:
+            text += f" {self.hint.rstrip('.')}."
+        return " ".join(text.split())
+
+
+class ModelLoadError(OnnxCollideError):
+    """The file is missing, unreadable, truncated or not an ONNX model."""
+
+
+class UnsupportedModelError(OnnxCollideError):
+    """The model loads but holds something we cannot analyse."""
+
+
+class UsageError(OnnxCollideError):
+    """An option value that does not fit the model (wrong input name, bad shape)."""
+
+    exit_code = 2

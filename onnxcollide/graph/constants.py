@@ -1,0 +1,374 @@
+"""Decide which tensors are constant and compute their values lazily.
+
+A tensor is constant when it is an initializer, a Constant node's output, or the output of a
+deterministic op whose inputs are all constant (Identity, Cast, Transpose, Reshape, Squeeze,
+DequantizeLinear, ...). Subgraphs (If/Loop/Scan bodies) see the constants of enclosing graphs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, NodeProto, TensorProto, helper, numpy_helper
+
+from onnxcollide.errors import UnsupportedModelError
+from onnxcollide.graph.tensors import tensor_to_array
+
+# Ops never folded: their output is not a function of their inputs alone.
+_NONDETERMINISTIC = {
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "Dropout",
+}
+# Control flow and ops in other domains are never folded.
+_NOT_FOLDED = _NONDETERMINISTIC | {"If", "Loop", "Scan", "SequenceConstruct"}
+# Arrays up to this many bytes are cached (shape tensors, scales); weights are recomputed.
+_CACHE_BYTES = 1 << 20
+
+
+@dataclass
+class Scope:
+    """The names one graph defines, with a link to the enclosing graph's scope.
+
+    Attributes:
+        initializers: initializer name -> TensorProto.
+        producers: output name -> the node of this graph that produces it.
+        variables: names that are inputs of this graph and not initializers.
+        label: where the graph sits, e.g. ``main`` or ``loop_1/body``.
+        parent: the enclosing scope, None for the main graph.
+    """
+
+    initializers: dict[str, TensorProto]
+    producers: dict[str, NodeProto]
+    variables: set[str]
+    label: str
+    parent: Scope | None = None
+
+    @classmethod
+    def of_graph(cls, graph: onnx.GraphProto, label: str, parent: Scope | None) -> Scope:
+        """Build the scope of ``graph``."""
+        initializers = {t.name: t for t in graph.initializer}
+        producers = {out: node for node in graph.node for out in node.output if out}
+        variables = {i.name for i in graph.input if i.name not in initializers}
+        return cls(initializers, producers, variables, label, parent)
+
+
+@dataclass(frozen=True)
+class ConstantTrace:
+    """How a constant was made: its root tensors and the ops applied to them.
+
+    Attributes:
+        roots: names of the initializers / Constant outputs it comes from, in first-seen order.
+        ops: op types applied on the way, in order from roots to the result.
+        stored_dtype: ONNX element type name of the largest root (e.g. ``float16``, ``int8``).
+    """
+
+    roots: tuple[str, ...]
+    ops: tuple[str, ...]
+    stored_dtype: str
+
+
+@dataclass
+class ConstantResolver:
+    """Answers ``is_constant`` / ``value`` / ``trace`` for names seen from one scope."""
+
+    scope: Scope
+    base_dir: str
+    opset_imports: list[onnx.OperatorSetIdProto]
+    _cache: dict[str, np.ndarray] = field(default_factory=dict)
+    _const: dict[str, bool] = field(default_factory=dict)
+
+    def child(self, scope: Scope) -> ConstantResolver:
+        """Resolver for a subgraph scope nested in this one (shares opsets and base dir)."""
+        return ConstantResolver(scope, self.base_dir, self.opset_imports)
+
+    def _lookup(self, name: str) -> tuple[Scope, str] | None:
+        scope: Scope | None = self.scope
+        while scope is not None:
+            if name in scope.initializers:
+                return scope, "initializer"
+            if name in scope.producers:
+                return scope, "node"
+            if name in scope.variables:
+                return scope, "variable"
+            scope = scope.parent
+        return None
+
+    def is_constant(self, name: str) -> bool:
+        """Tell whether ``name`` holds a value known without running the model."""
+        if name == "":
+            return True
+        if name not in self._const:
+            self._const[name] = self._is_constant(name)
+        return self._const[name]
+
+    def _is_constant(self, name: str) -> bool:
+        found = self._lookup(name)
+        if found is None:
+            return False
+        scope, kind = found
+        if kind != "node":
+            return kind == "initializer"
+        node = scope.producers[name]
+        if node.domain not in ("", "ai.onnx") or node.op_type in _NOT_FOLDED:
+            return False
+        if node.op_type == "Constant":
+            return True
+        return all(self._resolver_for(scope).is_constant(i) for i in node.input)
+
+    def _resolver_for(self, scope: Scope) -> ConstantResolver:
+        return self if scope is self.scope else ConstantResolver(
+            scope, self.base_dir, self.opset_imports
+        )
+
+    def producer(self, name: str) -> NodeProto | None:
+        """The node that produces ``name`` in this or an enclosing scope, if any."""
+        found = self._lookup(name)
+        return found[0].producers[name] if found and found[1] == "node" else None
+
+    def value(self, name: str) -> np.ndarray:
+        """Compute the constant ``name`` (memory-mapped where it is external data).
+
+        Raises:
+            UnsupportedModelError: the tensor is not constant or an op cannot be folded.
+        """
+        if name in self._cache:
+            return self._cache[name]
+        found = self._lookup(name)
+        if found is None or not self.is_constant(name):
+            raise UnsupportedModelError(f"tensor '{name}' is not a constant")
+        scope, kind = found
+        if kind == "initializer":
+            result = tensor_to_array(scope.initializers[name], self.base_dir)
+        else:
+            node = scope.producers[name]
+            resolver = self._resolver_for(scope)
+            inputs = [resolver.value(i) if i else None for i in node.input]
+            outputs = fold_node(node, inputs, self.opset_imports)
+            result = outputs[list(node.output).index(name)]
+        if result.nbytes <= _CACHE_BYTES:
+            self._cache[name] = result
+        return result
+
+    def trace(self, name: str) -> ConstantTrace:
+        """Describe how the constant ``name`` is made (roots, ops, stored dtype)."""
+        roots: list[str] = []
+        ops: list[str] = []
+        sizes: dict[str, tuple[int, str]] = {}
+        self._walk(name, roots, ops, sizes)
+        biggest = max(roots, key=lambda r: sizes[r][0]) if roots else ""
+        stored = sizes[biggest][1] if biggest else "undefined"
+        return ConstantTrace(tuple(roots), tuple(ops), stored)
+
+    def _walk(
+        self, name: str, roots: list[str], ops: list[str], sizes: dict[str, tuple[int, str]]
+    ) -> None:
+        found = self._lookup(name)
+        if found is None or name in roots:
+            return
+        scope, kind = found
+        if kind == "initializer":
+            tensor = scope.initializers[name]
+            roots.append(name)
+            count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
+            sizes[name] = (count, _elem_name(tensor.data_type))
+            return
+        node = scope.producers[name]
+        if node.op_type == "Constant":
+            roots.append(name)
+            value = self.value(name)
+            sizes[name] = (int(value.size), _numpy_elem_name(value.dtype))
+            return
+        resolver = self._resolver_for(scope)
+        for i in node.input:
+            if i:
+                resolver._walk(i, roots, ops, sizes)
+        ops.append(node.op_type)
+
+
+def _elem_name(elem_type: int) -> str:
+    return str(TensorProto.DataType.Name(elem_type)).lower()
+
+
+def _numpy_elem_name(dtype: np.dtype) -> str:
+    return _elem_name(helper.np_dtype_to_tensor_dtype(dtype))
+
+
+# ---------------------------------------------------------------- folding
+
+
+def _attrs(node: NodeProto) -> dict[str, object]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _constant_value(node: NodeProto) -> np.ndarray:
+    for attr in node.attribute:
+        if attr.name == "value":
+            return numpy_helper.to_array(attr.t)
+        if attr.name in ("value_float", "value_int"):
+            dtype = np.float32 if attr.name == "value_float" else np.int64
+            return np.array(helper.get_attribute_value(attr), dtype=dtype)
+        if attr.name in ("value_floats", "value_ints"):
+            dtype = np.float32 if attr.name == "value_floats" else np.int64
+            return np.array(helper.get_attribute_value(attr), dtype=dtype)
+        if attr.name == "value_string":
+            return np.array(helper.get_attribute_value(attr), dtype=object)
+        if attr.name == "value_strings":
+            return np.array(helper.get_attribute_value(attr), dtype=object)
+    raise UnsupportedModelError(
+        "Constant node has no value attribute we can read (sparse_value?)",
+        node.name or node.output[0],
+    )
+
+
+def _reshape(x: np.ndarray, shape: np.ndarray, allowzero: int) -> np.ndarray:
+    target = [int(d) for d in shape]
+    if not allowzero:
+        target = [x.shape[i] if d == 0 else d for i, d in enumerate(target)]
+    return x.reshape(target)
+
+
+def _squeeze_axes(node: NodeProto, ins: list[np.ndarray | None], opset: int) -> list[int] | None:
+    if opset >= 13:
+        return None if len(ins) < 2 or ins[1] is None else [int(a) for a in ins[1]]
+    axes = _attrs(node).get("axes")
+    return None if axes is None else [int(a) for a in axes]  # type: ignore[attr-defined]
+
+
+def _dequantize(node: NodeProto, ins: list[np.ndarray | None]) -> np.ndarray:
+    x, scale = ins[0], ins[1]
+    assert x is not None and scale is not None
+    zero = ins[2] if len(ins) > 2 and ins[2] is not None else None
+    attrs = _attrs(node)
+    axis = int(attrs.get("axis", 1))  # type: ignore[call-overload]
+    block = int(attrs.get("block_size", 0))  # type: ignore[call-overload]
+    return dequantize(np.asarray(x), np.asarray(scale), zero, axis, block)
+
+
+def dequantize(
+    x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis: int, block: int = 0
+) -> np.ndarray:
+    """``(x - zero) * scale`` with per-tensor, per-axis or blocked scales (DequantizeLinear).
+
+    Args:
+        x: quantized integers, any shape.
+        scale: scalar, 1-D of length ``x.shape[axis]``, or blocked (``x`` shape with
+            ``x.shape[axis] / block`` along ``axis``).
+        zero: zero points shaped like ``scale``, or None.
+        axis: the quantization axis for per-axis and blocked scales.
+        block: block size for blocked quantization, 0 otherwise.
+
+    Returns:
+        Float array of ``x``'s shape, in ``scale``'s dtype.
+    """
+    out_dtype = scale.dtype if scale.dtype.kind == "f" else np.dtype(np.float32)
+    xf = x.astype(np.float32)
+    zf = None if zero is None else zero.astype(np.float32)
+    axis = axis % max(x.ndim, 1)
+    if scale.size == 1 and block == 0:
+        sf = scale.astype(np.float32).reshape(())
+        zf = None if zf is None else zf.reshape(())
+    elif block:
+        sf = np.repeat(scale.astype(np.float32), block, axis=axis)
+        sf = np.take(sf, np.arange(x.shape[axis]), axis=axis)
+        if zf is not None:
+            zf = np.take(np.repeat(zf, block, axis=axis), np.arange(x.shape[axis]), axis=axis)
+    else:
+        view = [1] * x.ndim
+        view[axis] = -1
+        sf = scale.astype(np.float32).reshape(view)
+        zf = None if zf is None else zf.reshape(view)
+    if zf is not None:
+        xf = xf - zf
+    return (xf * sf).astype(out_dtype, copy=False)
+
+
+_Fold = Callable[[NodeProto, list, int], np.ndarray]
+
+_FOLDERS: dict[str, _Fold] = {
+    "Identity": lambda n, i, o: i[0],
+    "Cast": lambda n, i, o: i[0].astype(
+        helper.tensor_dtype_to_np_dtype(int(_attrs(n)["to"]))  # type: ignore[call-overload]
+    ),
+    "Transpose": lambda n, i, o: np.transpose(
+        i[0], _attrs(n).get("perm")  # type: ignore[arg-type]
+    ),
+    "Reshape": lambda n, i, o: _reshape(
+        i[0], i[1], int(_attrs(n).get("allowzero", 0))  # type: ignore[call-overload]
+    ),
+    "Flatten": lambda n, i, o: i[0].reshape(
+        int(np.prod(i[0].shape[: int(_attrs(n).get("axis", 1))])), -1  # type: ignore[call-overload]
+    ),
+    "Squeeze": lambda n, i, o: np.squeeze(
+        i[0], axis=None if (a := _squeeze_axes(n, i, o)) is None else tuple(a)
+    ),
+    "Unsqueeze": lambda n, i, o: _unsqueeze(i[0], _squeeze_axes(n, i, o) or []),
+    "DequantizeLinear": lambda n, i, o: _dequantize(n, i),
+    "Neg": lambda n, i, o: -i[0],
+}
+
+
+def _unsqueeze(x: np.ndarray, axes: list[int]) -> np.ndarray:
+    rank = x.ndim + len(axes)
+    for axis in sorted(a % rank for a in axes):
+        x = np.expand_dims(x, axis)
+    return x
+
+
+def _fold_with_reference(
+    node: NodeProto, inputs: list[np.ndarray | None], opsets: list[onnx.OperatorSetIdProto]
+) -> list[np.ndarray]:
+    from onnx.reference import ReferenceEvaluator
+
+    names = [f"in{k}" if v is not None else "" for k, v in enumerate(inputs)]
+    feeds = {n: v for n, v in zip(names, inputs, strict=True) if v is not None}
+    inner = helper.make_node(node.op_type, names, [f"out{k}" for k in range(len(node.output))])
+    inner.attribute.extend(
+        a for a in node.attribute if a.type != AttributeProto.GRAPH
+    )
+    graph = helper.make_graph(
+        [inner],
+        "fold",
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+         for n, v in feeds.items()],
+        [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in inner.output],
+    )
+    model = helper.make_model(graph, opset_imports=opsets)
+    outputs = ReferenceEvaluator(model).run(None, feeds)
+    return [np.asarray(o) for o in outputs]
+
+
+def fold_node(
+    node: NodeProto, inputs: list[np.ndarray | None], opsets: list[onnx.OperatorSetIdProto]
+) -> list[np.ndarray]:
+    """Evaluate one node on constant inputs.
+
+    Common weight-chain ops are computed in numpy (memmaps stay lazy through Identity and
+    Transpose); anything else deterministic goes through ``onnx.reference``.
+
+    Raises:
+        UnsupportedModelError: the op could not be evaluated.
+    """
+    if node.op_type == "Constant":
+        return [_constant_value(node)]
+    opset = next((int(o.version) for o in opsets if o.domain in ("", "ai.onnx")), 1)
+    where = f"node '{node.name or node.output[0]}' ({node.op_type})"
+    try:
+        if node.op_type in _FOLDERS and len(node.output) == 1:
+            return [np.asarray(_FOLDERS[node.op_type](node, inputs, opset))]
+        return _fold_with_reference(node, inputs, opsets)
+    except UnsupportedModelError:
+        raise
+    except Exception as exc:
+        raise UnsupportedModelError(
+            f"cannot compute this constant weight chain ({type(exc).__name__}: {exc})",
+            where,
+            "report the model to the onnxcollide developers",
+        ) from exc

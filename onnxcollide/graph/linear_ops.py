@@ -1,0 +1,197 @@
+"""Find every linear op whose weight is constant, in the main graph and in subgraphs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import onnx
+from onnx import AttributeProto, NodeProto, helper
+
+from onnxcollide.errors import UnsupportedModelError
+from onnxcollide.graph.constants import ConstantResolver, Scope
+from onnxcollide.graph.load import LoadedModel
+
+# op type -> (indices of the operands that may be the weight, in order of preference)
+LINEAR_OPS: dict[str, tuple[int, ...]] = {
+    "Conv": (1,),
+    "ConvTranspose": (1,),
+    "ConvInteger": (1,),
+    "QLinearConv": (3,),
+    "Gemm": (1, 0),
+    "MatMul": (1, 0),
+    "MatMulInteger": (1, 0),
+    "QLinearMatMul": (3, 0),
+}
+# For two-sided ops: weight operand index -> data operand index.
+_OTHER_OPERAND = {
+    "Gemm": {1: 0, 0: 1},
+    "MatMul": {1: 0, 0: 1},
+    "MatMulInteger": {1: 0, 0: 1},
+    "QLinearMatMul": {3: 0, 0: 3},
+}
+
+
+@dataclass(frozen=True)
+class LinearSite:
+    """One linear op with a constant weight operand.
+
+    Attributes:
+        label: unique, readable node name (scope-prefixed inside subgraphs).
+        node: the NodeProto.
+        weight_index: which input of the node is the weight.
+        data_input: name of the variable operand.
+        resolver: computes the weight and its quantization parameters.
+        topo_index: position of the node in its graph (main graph: topological order).
+        scope: label of the graph the node sits in (``main`` for the top graph).
+    """
+
+    label: str
+    node: NodeProto
+    weight_index: int
+    data_input: str
+    resolver: ConstantResolver
+    topo_index: int
+    scope: str
+
+    @property
+    def op_type(self) -> str:
+        """The node's op type."""
+        return str(self.node.op_type)
+
+    @property
+    def weight_name(self) -> str:
+        """Name of the weight tensor as the node consumes it."""
+        return str(self.node.input[self.weight_index])
+
+
+@dataclass(frozen=True)
+class SkippedOp:
+    """A linear op that is not analysed, and why (e.g. both operands are activations)."""
+
+    label: str
+    op_type: str
+    reason: str
+
+
+def node_label(node: NodeProto, scope: str) -> str:
+    """A readable, unique-enough name: the node name, else ``OpType:first_output``."""
+    name = node.name or f"{node.op_type}:{node.output[0] if node.output else '?'}"
+    return name if scope == "main" else f"{scope}/{name}"
+
+
+def _subgraphs(node: NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
+    for attr in node.attribute:
+        if attr.type == AttributeProto.GRAPH:
+            yield attr.name, attr.g
+        elif attr.type == AttributeProto.GRAPHS:
+            for k, graph in enumerate(attr.graphs):
+                yield f"{attr.name}[{k}]", graph
+
+
+def _classify(
+    node: NodeProto, resolver: ConstantResolver
+) -> tuple[int, str] | str:
+    """Return (weight index, data input) or a reason why the op is skipped."""
+    candidates = LINEAR_OPS[node.op_type]
+    inputs = list(node.input)
+    if len(inputs) <= max(candidates):
+        return "has fewer inputs than the op needs"
+    constant = [k for k in candidates if resolver.is_constant(inputs[k])]
+    if node.op_type in _OTHER_OPERAND:
+        if len(constant) == len(candidates):
+            return "both operands are constant (constant folding, not a layer)"
+        if not constant:
+            return "no operand is constant (e.g. attention scores): no trainable weight"
+        weight = constant[0]
+        return weight, inputs[_OTHER_OPERAND[node.op_type][weight]]
+    if not constant:
+        return "weight is not constant (computed at run time)"
+    return constant[0], inputs[0]
+
+
+def find_linear_ops(model: LoadedModel) -> tuple[list[LinearSite], list[SkippedOp]]:
+    """Walk the graph and its subgraphs; return the analysable linear ops and the skipped ones."""
+    root = Scope.of_graph(model.proto.graph, "main", None)
+    resolver = ConstantResolver(root, model.base_dir, list(model.proto.opset_import))
+    sites: list[SkippedOp | LinearSite] = []
+    _walk_graph(model.proto.graph, resolver, sites)
+    found = [s for s in sites if isinstance(s, LinearSite)]
+    skipped = [s for s in sites if isinstance(s, SkippedOp)]
+    return found, skipped
+
+
+def _walk_graph(
+    graph: onnx.GraphProto, resolver: ConstantResolver, out: list[SkippedOp | LinearSite]
+) -> None:
+    scope_label = resolver.scope.label
+    for index, node in enumerate(graph.node):
+        label = node_label(node, scope_label)
+        if node.domain in ("", "ai.onnx") and node.op_type in LINEAR_OPS:
+            verdict = _classify(node, resolver)
+            if isinstance(verdict, str):
+                out.append(SkippedOp(label, node.op_type, verdict))
+            else:
+                weight, data = verdict
+                out.append(LinearSite(label, node, weight, data, resolver, index, scope_label))
+        for attr_name, sub in _subgraphs(node):
+            sub_scope = Scope.of_graph(sub, f"{label}/{attr_name}", resolver.scope)
+            _walk_graph(sub, resolver.child(sub_scope), out)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Spatial parameters of a Conv / ConvTranspose (one entry per spatial axis).
+
+    Attributes:
+        kernel: kernel size per axis.
+        strides: stride per axis.
+        dilations: dilation per axis.
+        pads: explicit begin pads then end pads (length 2 * axes); auto_pad resolves later.
+        auto_pad: ``NOTSET``, ``VALID``, ``SAME_UPPER`` or ``SAME_LOWER``.
+        groups: the op's ``group`` attribute.
+        transposed: True for ConvTranspose.
+    """
+
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    pads: tuple[int, ...]
+    auto_pad: str
+    groups: int
+    transposed: bool
+
+
+def node_attr(node: NodeProto, name: str, default: object) -> object:
+    """An attribute's value (bytes decoded to str), or ``default`` when absent."""
+    for attr in node.attribute:
+        if attr.name == name:
+            value = helper.get_attribute_value(attr)
+            return value.decode() if isinstance(value, bytes) else value
+    return default
+
+
+def _ints(node: NodeProto, name: str, default: list[int]) -> tuple[int, ...]:
+    return tuple(int(v) for v in node_attr(node, name, default))  # type: ignore[attr-defined]
+
+
+def conv_geometry(site: LinearSite, weight_shape: tuple[int, ...]) -> ConvGeometry:
+    """Read kernel, strides, dilations, pads and groups of a conv site.
+
+    Raises:
+        UnsupportedModelError: the weight is not (O, C/g, k...).
+    """
+    axes = len(weight_shape) - 2
+    if axes < 1:
+        raise UnsupportedModelError(f"conv weight has shape {weight_shape}, need (O, C/g, k...)",
+                                    f"node '{site.label}' ({site.op_type})")
+    node = site.node
+    return ConvGeometry(
+        kernel=_ints(node, "kernel_shape", list(weight_shape[2:])),
+        strides=_ints(node, "strides", [1] * axes),
+        dilations=_ints(node, "dilations", [1] * axes),
+        pads=_ints(node, "pads", [0] * (2 * axes)),
+        auto_pad=str(node_attr(node, "auto_pad", "NOTSET")),
+        groups=int(node_attr(node, "group", 1)),  # type: ignore[call-overload]
+        transposed=site.op_type == "ConvTranspose",
+    )

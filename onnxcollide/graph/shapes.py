@@ -1,0 +1,96 @@
+"""Static shapes of every tensor, from ONNX shape inference with user-fixed input dims."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+from onnx import TensorProto
+
+from onnxcollide.errors import UsageError
+from onnxcollide.graph.load import LoadedModel
+from onnxcollide.graph.tensors import dtype_name
+
+Shape = tuple[int | None, ...]
+
+
+def _dims(value_type: onnx.TypeProto) -> Shape | None:
+    if not value_type.HasField("tensor_type") or not value_type.tensor_type.HasField("shape"):
+        return None
+    dims = value_type.tensor_type.shape.dim
+    return tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
+                 for d in dims)
+
+
+def model_inputs(model: LoadedModel) -> list[onnx.ValueInfoProto]:
+    """Graph inputs that are real inputs (not initializers listed as inputs by old exporters)."""
+    initializers = {t.name for t in model.proto.graph.initializer}
+    return [i for i in model.proto.graph.input if i.name not in initializers]
+
+
+def is_float_input(value: onnx.ValueInfoProto) -> bool:
+    """Tell whether a graph input carries floating-point data."""
+    elem = value.type.tensor_type.elem_type
+    return elem in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE,
+                    TensorProto.BFLOAT16)
+
+
+def _apply_overrides(proto: onnx.ModelProto, overrides: dict[str, tuple[int, ...]],
+                     model: LoadedModel) -> None:
+    inputs = {i.name: i for i in model_inputs(model)}
+    for name, dims in overrides.items():
+        if name not in inputs:
+            known = ", ".join(inputs) or "none"
+            raise UsageError(f"--input-shape names input '{name}', which the model does not "
+                             f"have", model.path, f"its inputs are: {known}")
+        target = next(i for i in proto.graph.input if i.name == name)
+        shape = target.type.tensor_type.shape
+        if len(shape.dim) and len(shape.dim) != len(dims):
+            raise UsageError(f"--input-shape gives {len(dims)} dims for '{name}', the model "
+                             f"declares {len(shape.dim)}", model.path)
+        fixed = [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
+        for k, (have, want) in enumerate(zip(fixed, dims, strict=False)):
+            if have is not None and have != want:
+                raise UsageError(f"--input-shape sets dim {k} of '{name}' to {want}, the model "
+                                 f"fixes it to {have}", model.path)
+        shape.ClearField("dim")
+        for d in dims:
+            shape.dim.add().dim_value = d
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What shape inference knows of a tensor: its shape (None dims unknown) and element type."""
+
+    shape: Shape | None
+    dtype: str
+
+
+def infer_shapes(
+    model: LoadedModel, overrides: dict[str, tuple[int, ...]]
+) -> dict[str, TensorInfo]:
+    """Return name -> TensorInfo for every tensor shape inference reaches.
+
+    Args:
+        model: the loaded model (its proto is not modified).
+        overrides: input name -> full shape fixed by the user (``--input-shape``).
+
+    Raises:
+        UsageError: an override names an unknown input or contradicts a fixed dim.
+    """
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    _apply_overrides(proto, overrides, model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+    except Exception:  # shape inference is best effort; an unknown shape is reported as such
+        inferred = proto
+    infos: dict[str, TensorInfo] = {}
+    graph = inferred.graph
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        elem = value.type.tensor_type.elem_type if value.type.HasField("tensor_type") else 0
+        infos[value.name] = TensorInfo(_dims(value.type), dtype_name(elem))
+    for tensor in graph.initializer:
+        infos[tensor.name] = TensorInfo(tuple(int(d) for d in tensor.dims),
+                                        dtype_name(tensor.data_type))
+    return infos

@@ -1,0 +1,76 @@
+"""TensorProto -> numpy, with external data memory-mapped instead of read into memory."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+from onnxcollide.errors import ModelLoadError
+
+# Element types whose external bytes can be memory-mapped as they are (little-endian raw data).
+_MEMMAP_DTYPES: dict[int, np.dtype] = {
+    TensorProto.FLOAT: np.dtype("<f4"),
+    TensorProto.DOUBLE: np.dtype("<f8"),
+    TensorProto.FLOAT16: np.dtype("<f2"),
+    TensorProto.INT8: np.dtype("i1"),
+    TensorProto.UINT8: np.dtype("u1"),
+    TensorProto.INT16: np.dtype("<i2"),
+    TensorProto.UINT16: np.dtype("<u2"),
+    TensorProto.INT32: np.dtype("<i4"),
+    TensorProto.INT64: np.dtype("<i8"),
+}
+
+
+def dtype_name(elem_type: int) -> str:
+    """Return the ONNX name of an element type, lower case (``float``, ``float16``, ``int8``)."""
+    return str(TensorProto.DataType.Name(elem_type)).lower()
+
+
+def is_external(tensor: TensorProto) -> bool:
+    """Tell whether the tensor's bytes live in an external data file."""
+    return tensor.HasField("data_location") and tensor.data_location == TensorProto.EXTERNAL
+
+
+def tensor_to_array(tensor: TensorProto, base_dir: str) -> np.ndarray:
+    """Return the tensor's values; external raw data is memory-mapped read-only.
+
+    Args:
+        tensor: an initializer or Constant value.
+        base_dir: the folder of the model file, against which external locations resolve.
+
+    Returns:
+        An array of the tensor's shape (a read-only ``np.memmap`` for external data).
+    """
+    if not is_external(tensor):
+        return numpy_helper.to_array(tensor)
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    location = info.get("location", "")
+    path = os.path.normpath(os.path.join(base_dir, location))
+    where = f"tensor '{tensor.name}'"
+    if not location or not os.path.isfile(path):
+        raise ModelLoadError(
+            f"external data file '{location}' not found next to the model",
+            where,
+            "keep the .onnx file and its external data files in one folder",
+        )
+    shape = tuple(int(d) for d in tensor.dims)
+    dtype = _MEMMAP_DTYPES.get(tensor.data_type)
+    if dtype is None:
+        onnx.external_data_helper.load_external_data_for_tensor(tensor, base_dir)
+        return numpy_helper.to_array(tensor)
+    offset = int(info.get("offset", 0))
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    need = count * dtype.itemsize
+    if os.path.getsize(path) < offset + need:
+        raise ModelLoadError(
+            f"external data file '{location}' is shorter than the tensor needs "
+            f"({offset + need} bytes)",
+            where,
+            "the file is truncated; copy it again",
+        )
+    if count == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)

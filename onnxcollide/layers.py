@@ -1,0 +1,289 @@
+"""LinearLayer records: each linear op's weight as matrix blocks in one convention.
+
+Convention (DESIGN.md): a layer acts as ``y = v^T W``, ``v`` in R^q one input vector (for Conv:
+one input patch flattened in (channel, kernel...) order), ``W`` in R^{q x p}. Collisions live in
+the left kernel ker(W^T), of dimension ``q - rank(W)``. Grouped convs and stacked MatMul weights
+are block diagonal: ``groups`` blocks of ``(q / groups) x (p / groups)``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from onnx import helper
+
+from onnxcollide.errors import UnsupportedModelError
+from onnxcollide.graph.constants import dequantize
+from onnxcollide.graph.linear_ops import ConvGeometry, LinearSite, conv_geometry, node_attr
+from onnxcollide.graph.shapes import TensorInfo
+
+
+class ConvConvention(str, enum.Enum):
+    """How a grouped conv weight becomes a matrix."""
+
+    GROUPED = "grouped"  # block diagonal, one block per group (the operator's true rank)
+    PAPER = "paper"  # one (C/g * prod k) x O matrix: a naive reading of the paper, Table 1
+
+
+@dataclass(frozen=True)
+class LinearLayer:
+    """One parameter: a constant weight seen as ``groups`` blocks of shape (q/g, p/g).
+
+    Attributes:
+        nodes: labels of every node that uses this parameter the same way.
+        op: op type of the first node.
+        weight: the weight tensor name consumed by the first node.
+        roots: initializer / Constant names the weight is computed from.
+        chain: ops applied to the roots to make the weight (e.g. ``DequantizeLinear``).
+        q: input dimension (rows of W, all blocks).
+        p: output dimension (columns of W, all blocks).
+        groups: number of diagonal blocks.
+        layout: how W was read off the weight tensor, in words.
+        stored_dtype: element type the weight is stored in.
+        compute_dtype: element type whose eps sets the rank tolerance.
+        geometry: conv parameters, None for Gemm/MatMul.
+        data_input: the op's variable operand.
+        topo_index: node position in its graph.
+        scope: graph the node sits in.
+    """
+
+    nodes: tuple[str, ...]
+    op: str
+    weight: str
+    roots: tuple[str, ...]
+    chain: tuple[str, ...]
+    q: int
+    p: int
+    groups: int
+    layout: str
+    stored_dtype: str
+    compute_dtype: str
+    geometry: ConvGeometry | None
+    data_input: str
+    topo_index: int
+    scope: str
+    load_blocks: Callable[[], np.ndarray] = field(compare=False, repr=False)
+
+    @property
+    def block_shape(self) -> tuple[int, int]:
+        """Shape (q/g, p/g) of one diagonal block."""
+        return self.q // self.groups, self.p // self.groups
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def _attr(site: LinearSite, name: str, default: object) -> object:
+    return node_attr(site.node, name, default)
+
+
+def _where(site: LinearSite) -> str:
+    return f"node '{site.label}' ({site.op_type})"
+
+
+def _value(site: LinearSite, index: int) -> np.ndarray | None:
+    inputs = list(site.node.input)
+    if index >= len(inputs) or not inputs[index]:
+        return None
+    return np.asarray(site.resolver.value(inputs[index]))
+
+
+def _weight_shape(site: LinearSite, infos: dict[str, TensorInfo]) -> tuple[int, ...]:
+    info = infos.get(site.weight_name)
+    if info is not None and info.shape is not None and all(d is not None for d in info.shape):
+        return tuple(int(d) for d in info.shape)  # type: ignore[arg-type]
+    return tuple(site.resolver.value(site.weight_name).shape)
+
+
+def _float_dtype(site: LinearSite, infos: dict[str, TensorInfo]) -> str:
+    info = infos.get(site.weight_name)
+    if info is not None and info.dtype in ("float", "float16", "double", "bfloat16"):
+        return info.dtype
+    value = site.resolver.value(site.weight_name)
+    return str(helper.tensor_dtype_to_string(helper.np_dtype_to_tensor_dtype(value.dtype))
+               ).removeprefix("TensorProto.").lower()
+
+
+_QUANTIZED = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
+# op -> weight index -> (scale index or None, zero point index or None)
+_QPARAMS: dict[str, dict[int, tuple[int | None, int | None]]] = {
+    "QLinearConv": {3: (4, 5)},
+    "ConvInteger": {1: (None, 3)},
+    "QLinearMatMul": {3: (4, 5), 0: (1, 2)},
+    "MatMulInteger": {1: (None, 3), 0: (None, 2)},
+}
+
+
+def _float_weight(site: LinearSite, axis: int) -> np.ndarray:
+    """The weight as floats: dequantized for integer ops (``(w - zp) * scale`` along ``axis``)."""
+    weight = site.resolver.value(site.weight_name)
+    if site.op_type not in _QUANTIZED:
+        return weight
+    scale_i, zero_i = _QPARAMS[site.op_type][site.weight_index]
+    scale = _value(site, scale_i) if scale_i is not None else None
+    zero = _value(site, zero_i) if zero_i is not None else None
+    scale = np.ones((), np.float32) if scale is None else scale.astype(np.float32)
+    if scale.ndim > 1 or (zero is not None and zero.ndim > 1):
+        raise UnsupportedModelError("quantization parameters with more than one axis",
+                                    _where(site), "report the model to the developers")
+    if zero is not None and zero.size > 1 and scale.size == 1:
+        scale = np.broadcast_to(scale, zero.shape)
+    return dequantize(np.asarray(weight), scale, zero, axis)
+
+
+# ----------------------------------------------------------------- conv
+
+
+def _conv_blocks(weight: np.ndarray, groups: int, transposed: bool) -> np.ndarray:
+    """Conv (O, C/g, k...) -> (g, C/g*K, O/g); ConvTranspose (C, O/g, k...) -> (g, C/g, O/g*K)."""
+    lead = weight.shape[0]
+    per_group = weight.reshape(groups, lead // groups, -1)
+    return per_group if transposed else per_group.transpose(0, 2, 1)
+
+
+def _conv_layer_parts(
+    site: LinearSite, infos: dict[str, TensorInfo], convention: ConvConvention
+) -> tuple[int, int, int, str, ConvGeometry, Callable[[], np.ndarray]]:
+    wshape = _weight_shape(site, infos)
+    geometry = conv_geometry(site, wshape)
+    g = geometry.groups
+    kernel_size = int(np.prod(wshape[2:]))
+    if wshape[0] % g:
+        raise UnsupportedModelError(f"weight dim 0 ({wshape[0]}) is not divisible by "
+                                    f"group={g}", _where(site))
+    blocks = 1 if convention is ConvConvention.PAPER else g
+    if geometry.transposed:
+        q, p = wshape[0], wshape[1] * kernel_size * blocks
+        layout = "(C_in/g) x (C_out/g * prod k) per group"
+    else:
+        q, p = wshape[1] * kernel_size * blocks, wshape[0]
+        layout = "(C/g * prod k) x (O/g) per group"
+    if convention is ConvConvention.PAPER:
+        layout = "paper: one " + layout.replace(" per group", "") + " matrix"
+        if geometry.transposed:
+            q = wshape[0]
+    elif g > 1:
+        layout = f"grouped: {g} blocks of " + layout.replace(" per group", "")
+    axis = 0  # quantized conv weights are per output channel (axis 0)
+
+    def load() -> np.ndarray:
+        return _conv_blocks(_float_weight(site, axis), blocks, geometry.transposed)
+
+    return q, p, blocks, layout, geometry, load
+
+
+# ----------------------------------------------------------------- gemm / matmul
+
+
+def _gemm_parts(site: LinearSite, infos: dict[str, TensorInfo]
+                ) -> tuple[int, int, int, str, Callable[[], np.ndarray]]:
+    wshape = _weight_shape(site, infos)
+    if len(wshape) != 2:
+        raise UnsupportedModelError(f"Gemm weight has shape {wshape}, expected 2-D", _where(site))
+    alpha = float(_attr(site, "alpha", 1.0))  # type: ignore[arg-type]
+    on_right = site.weight_index == 1
+    flag = "transB" if on_right else "transA"
+    trans = int(_attr(site, flag, 0))  # type: ignore[call-overload]
+    # x @ B': W = B' ; A' @ x: W = A'^T.  So W = weight^T exactly when (right and trans) or
+    # (left and not trans).
+    transpose = trans == 1 if on_right else trans == 0
+    q, p = (wshape[1], wshape[0]) if transpose else wshape
+    side = "B" if on_right else "A"
+    layout = f"W = {side}{'^T' if transpose else ''} ({flag}={trans})"
+    if alpha != 1.0:
+        layout += f", alpha={alpha:g}"
+
+    def load() -> np.ndarray:
+        weight = _float_weight(site, 0)
+        matrix = weight.T if transpose else weight
+        return (matrix * alpha if alpha != 1.0 else matrix)[None]
+
+    return q, p, 1, layout, load
+
+
+def _stack_mode(site: LinearSite, infos: dict[str, TensorInfo], lead: tuple[int, ...]) -> str:
+    """``blocks`` when the data operand carries its own stack dims, ``concat`` when broadcast."""
+    info = infos.get(site.data_input)
+    if info is None or info.shape is None:
+        return "blocks"
+    data_lead = info.shape[:-2]
+    if len(data_lead) < len(lead):
+        return "concat"
+    tail = data_lead[len(data_lead) - len(lead):]
+    if all(d == 1 for d in tail):
+        return "concat"
+    return "blocks"
+
+
+def _matmul_parts(site: LinearSite, infos: dict[str, TensorInfo]
+                  ) -> tuple[int, int, int, str, Callable[[], np.ndarray]]:
+    wshape = _weight_shape(site, infos)
+    on_right = site.weight_index in (1, 3) if site.op_type == "QLinearMatMul" else \
+        site.weight_index == 1
+    if len(wshape) == 1:  # a vector operand: x @ b gives W = b (K x 1); a @ x gives W = a
+        q, p, lead, stack = wshape[0], 1, (), 1
+    else:
+        k_dim, n_dim = (wshape[-2], wshape[-1]) if on_right else (wshape[-1], wshape[-2])
+        lead = wshape[:-2]
+        stack = int(np.prod(lead)) if lead else 1
+        q, p = k_dim, n_dim
+    mode = _stack_mode(site, infos, lead) if stack > 1 else "single"
+    groups = stack if mode == "blocks" else 1
+    q_total = q * groups
+    p_total = p * stack
+    layout = "W = B" if on_right else "W = A^T"
+    if stack > 1:
+        how = "block diagonal" if mode == "blocks" else "side by side: the input is shared"
+        layout += f", {stack} stacked matrices ({how})"
+    quant_axis = -1 if on_right else -2
+
+    def load() -> np.ndarray:
+        weight = _float_weight(site, quant_axis if len(wshape) > 1 else 0)
+        if weight.ndim == 1:
+            return weight.reshape(1, -1, 1)
+        mats = weight.reshape(stack, weight.shape[-2], weight.shape[-1])
+        mats = mats if on_right else mats.transpose(0, 2, 1)
+        if mode == "concat":
+            return mats.transpose(1, 0, 2).reshape(1, q, p_total)
+        return mats
+
+    return q_total, p_total, groups, layout, load
+
+
+# ----------------------------------------------------------------- public
+
+
+def build_layer(
+    site: LinearSite, infos: dict[str, TensorInfo], convention: ConvConvention
+) -> LinearLayer:
+    """Turn one linear site into a LinearLayer (the weight itself is loaded later, on demand).
+
+    Raises:
+        UnsupportedModelError: the weight's shape does not fit the op.
+    """
+    trace = site.resolver.trace(site.weight_name)
+    geometry = None
+    if site.op_type in ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv"):
+        q, p, groups, layout, geometry, load = _conv_layer_parts(site, infos, convention)
+    elif site.op_type == "Gemm":
+        q, p, groups, layout, load = _gemm_parts(site, infos)
+    else:
+        q, p, groups, layout, load = _matmul_parts(site, infos)
+    compute = "float" if site.op_type in _QUANTIZED else _float_dtype(site, infos)
+    if site.op_type in _QUANTIZED:
+        layout += " (dequantized)"
+    return LinearLayer(
+        nodes=(site.label,), op=site.op_type, weight=site.weight_name, roots=trace.roots,
+        chain=trace.ops, q=int(q), p=int(p), groups=int(groups), layout=layout,
+        stored_dtype=trace.stored_dtype, compute_dtype=compute, geometry=geometry,
+        data_input=site.data_input, topo_index=site.topo_index, scope=site.scope,
+        load_blocks=load,
+    )
+
+
+def parameter_key(layer: LinearLayer) -> tuple[object, ...]:
+    """Layers with equal keys are one parameter used by several nodes."""
+    return (layer.roots, layer.chain, layer.op, layer.layout, layer.q, layer.p, layer.groups)
