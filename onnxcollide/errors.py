@@ -26,7 +26,8 @@ class OnnxCollideError(Exception):
         text = f"{self.where}: {self.what}" if self.where else self.what
         text = text.rstrip(".") + "."
         if self.hint:
-            text += f" {self.hint.rstrip('.')}."
+            hint = self.hint.rstrip(".")
+            text += f" {hint[:1].upper()}{hint[1:]}."
         return " ".join(text.split())
 
 

@@ -223,8 +223,9 @@ def _matmul_parts(site: LinearSite, infos: dict[str, TensorInfo]
     wshape = _weight_shape(site, infos)
     on_right = site.weight_index in (1, 3) if site.op_type == "QLinearMatMul" else \
         site.weight_index == 1
+    lead: tuple[int, ...] = ()
     if len(wshape) == 1:  # a vector operand: x @ b gives W = b (K x 1); a @ x gives W = a
-        q, p, lead, stack = wshape[0], 1, (), 1
+        q, p, stack = wshape[0], 1, 1
     else:
         k_dim, n_dim = (wshape[-2], wshape[-1]) if on_right else (wshape[-1], wshape[-2])
         lead = wshape[:-2]

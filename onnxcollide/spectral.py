@@ -152,7 +152,7 @@ def _largest_eigenvalue(sym: np.ndarray) -> float:
     operator = LinearOperator((m, m), matvec=lambda x: blas.dsymv(1.0, sym, x.ravel(), lower=0),
                               dtype=np.float64)
     try:
-        value = eigsh(operator, k=1, which="LA", v0=start, tol=1e-12,
+        value = eigsh(operator, k=1, which="LA", v0=start, tol=1e-10,
                       return_eigenvectors=False)
         return float(value[0])
     except ArpackNoConvergence:

@@ -31,10 +31,11 @@ import hashlib
 import logging
 import os
 
-# Pin the CPU code paths before torch (and its MKL) is loaded, so that
-# training gives the same bits on any x86-64 machine, not just this one.
-os.environ.setdefault("ATEN_CPU_CAPABILITY", "default")
-os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
+# Pin the CPU code paths before torch (and its MKL) is loaded: by default both
+# pick kernels by CPU (AVX2, AVX-512, ...), which changes the trained bits from
+# one x86-64 machine to another. See also pin_torch() for oneDNN and NNPACK.
+os.environ["ATEN_CPU_CAPABILITY"] = "default"
+os.environ["MKL_CBWR"] = "COMPATIBLE"
 
 import subprocess
 import sys
@@ -343,6 +344,18 @@ def check_with_ort(ort_python: str, refs: dict[str, dict[str, np.ndarray]], out:
 # --------------------------------------------------------------------------- main
 
 
+def pin_torch() -> None:
+    """Single thread, deterministic kernels, and no CPU-specific conv libraries.
+
+    oneDNN (mkldnn) and NNPACK choose their kernels by CPU; with both off every
+    convolution goes through ATen's im2col + MKL GEMM, pinned above.
+    """
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.mkldnn.enabled = False
+    torch.backends.nnpack.set_flags(False)
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -405,8 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     ort_python = None if args.skip_ort else args.ort_python
     if not args.skip_ort and not ort_python:
         sys.exit("no python with onnxruntime found: pass --ort-python PATH or --skip-ort")
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
+    pin_torch()
     if not args.check:
         generate(args.out, args.seed, ort_python)
         return 0

@@ -236,6 +236,7 @@ def _reshape(x: np.ndarray, shape: np.ndarray, allowzero: int) -> np.ndarray:
 
 
 def _squeeze_axes(node: NodeProto, ins: list[np.ndarray | None], opset: int) -> list[int] | None:
+    """Axes of Squeeze/Unsqueeze: an input from opset 13, an attribute before."""
     if opset >= 13:
         return None if len(ins) < 2 or ins[1] is None else [int(a) for a in ins[1]]
     axes = _attrs(node).get("axes")
@@ -290,28 +291,63 @@ def dequantize(
     return (xf * sf).astype(out_dtype, copy=False)
 
 
-_Fold = Callable[[NodeProto, list, int], np.ndarray]
+Inputs = list[np.ndarray | None]
+_Fold = Callable[[NodeProto, Inputs, int], np.ndarray]
+
+
+def _first(inputs: Inputs) -> np.ndarray:
+    value = inputs[0]
+    assert value is not None
+    return value
+
+
+def _int_attr(node: NodeProto, name: str, default: int) -> int:
+    value = _attrs(node).get(name, default)
+    return int(value)  # type: ignore[call-overload]
+
+
+def _fold_cast(node: NodeProto, inputs: Inputs, opset: int) -> np.ndarray:
+    return _first(inputs).astype(helper.tensor_dtype_to_np_dtype(_int_attr(node, "to", 1)))
+
+
+def _fold_transpose(node: NodeProto, inputs: Inputs, opset: int) -> np.ndarray:
+    perm = _attrs(node).get("perm")
+    axes = None if perm is None else [int(a) for a in perm]  # type: ignore[attr-defined]
+    return np.transpose(_first(inputs), axes)
+
+
+def _fold_reshape(node: NodeProto, inputs: Inputs, opset: int) -> np.ndarray:
+    shape = inputs[1]
+    if shape is None:  # opset < 5: shape attribute
+        shape = np.array(_attrs(node).get("shape"), dtype=np.int64)
+    return _reshape(_first(inputs), shape, _int_attr(node, "allowzero", 0))
+
+
+def _fold_flatten(node: NodeProto, inputs: Inputs, opset: int) -> np.ndarray:
+    x = _first(inputs)
+    axis = _int_attr(node, "axis", 1) % (x.ndim + 1) if x.ndim else 0
+    return x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1)
+
+
+def _fold_squeeze(node: NodeProto, inputs: Inputs, opset: int) -> np.ndarray:
+    axes = _squeeze_axes(node, inputs, opset)
+    return np.squeeze(_first(inputs), axis=None if axes is None else tuple(axes))
+
+
+def _fold_unsqueeze(node: NodeProto, inputs: Inputs, opset: int) -> np.ndarray:
+    return _unsqueeze(_first(inputs), _squeeze_axes(node, inputs, opset) or [])
+
 
 _FOLDERS: dict[str, _Fold] = {
-    "Identity": lambda n, i, o: i[0],
-    "Cast": lambda n, i, o: i[0].astype(
-        helper.tensor_dtype_to_np_dtype(int(_attrs(n)["to"]))  # type: ignore[call-overload]
-    ),
-    "Transpose": lambda n, i, o: np.transpose(
-        i[0], _attrs(n).get("perm")  # type: ignore[arg-type]
-    ),
-    "Reshape": lambda n, i, o: _reshape(
-        i[0], i[1], int(_attrs(n).get("allowzero", 0))  # type: ignore[call-overload]
-    ),
-    "Flatten": lambda n, i, o: i[0].reshape(
-        int(np.prod(i[0].shape[: int(_attrs(n).get("axis", 1))])), -1  # type: ignore[call-overload]
-    ),
-    "Squeeze": lambda n, i, o: np.squeeze(
-        i[0], axis=None if (a := _squeeze_axes(n, i, o)) is None else tuple(a)
-    ),
-    "Unsqueeze": lambda n, i, o: _unsqueeze(i[0], _squeeze_axes(n, i, o) or []),
-    "DequantizeLinear": lambda n, i, o: _dequantize(n, i),
-    "Neg": lambda n, i, o: -i[0],
+    "Identity": lambda node, inputs, opset: _first(inputs),
+    "Cast": _fold_cast,
+    "Transpose": _fold_transpose,
+    "Reshape": _fold_reshape,
+    "Flatten": _fold_flatten,
+    "Squeeze": _fold_squeeze,
+    "Unsqueeze": _fold_unsqueeze,
+    "DequantizeLinear": lambda node, inputs, opset: _dequantize(node, inputs),
+    "Neg": lambda node, inputs, opset: -_first(inputs),
 }
 
 

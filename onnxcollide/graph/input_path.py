@@ -206,7 +206,7 @@ def _conv_reads(site: LinearSite, shape: Shape) -> tuple[np.ndarray | None, bool
     grid = per_axis[0]
     for counts in per_axis[1:]:
         grid = np.multiply.outer(grid, counts)
-    return np.broadcast_to(grid, (int(shape[1]), *grid.shape)).copy(), overlap  # type: ignore[arg-type]
+    return np.broadcast_to(grid, (int(shape[1]), *grid.shape)).copy(), overlap
 
 
 # ------------------------------------------------------------------ mask pull-back

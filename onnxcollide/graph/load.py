@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 import onnx
+import onnx.inliner
 from google.protobuf.message import DecodeError
 
 from onnxcollide.errors import ModelLoadError

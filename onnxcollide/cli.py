@@ -1,0 +1,146 @@
+"""Command line: parse, call one core function, render, exit with a code a CI gate can use.
+
+Exit codes: 0 success; 1 reserved for the policy gate; 2 usage error; 3 the model cannot be
+read or holds something we cannot analyse.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import click
+
+from onnxcollide import __version__
+from onnxcollide.audit import AuditSettings, ModelAudit, ProgressCallback, audit_model
+from onnxcollide.errors import OnnxCollideError, UsageError
+from onnxcollide.layers import ConvConvention
+from onnxcollide.report import Format, RenderOptions, render
+from onnxcollide.spectral import ToleranceRule
+
+EXIT_USAGE = 2
+EXIT_MODEL = 3
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """``name=1x3x224x224`` -> ("name", (1, 3, 224, 224)).
+
+    Raises:
+        UsageError: the text is not NAME=DIMS with positive integer dims.
+    """
+    name, sep, dims = text.rpartition("=")
+    parts = dims.lower().replace(",", "x").split("x")
+    if not sep or not name or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise UsageError(f"--input-shape '{text}' is not NAME=DIMS",
+                         hint="write it like input=1x3x224x224")
+    return name, tuple(int(p) for p in parts)
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file, so no half-written file is left."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temp = tempfile.mkstemp(dir=folder, prefix=".onnxcollide-", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
+            out.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
+
+
+@contextmanager
+def _progress(enabled: bool, label: str) -> Iterator[ProgressCallback | None]:
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[layer]}"), console=Console(stderr=True),
+                  transient=True) as bar:
+        task = bar.add_task(label, total=None, layer="")
+
+        def update(done: int, total: int, layer: str) -> None:
+            bar.update(task, completed=done, total=total, layer=layer)
+
+        yield update
+
+
+def _run_guarded(action: Callable[[], None], debug: bool) -> None:
+    """Run ``action``; turn our errors into one line and an exit code."""
+    try:
+        action()
+    except OnnxCollideError as exc:
+        click.echo(f"error: {exc.one_line()}", err=True)
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Exit, SystemExit):
+        raise
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: internal error ({type(exc).__name__}: {exc}); this is a bug in "
+                   "onnxcollide: please report it with the output of --debug", err=True)
+        sys.exit(EXIT_MODEL)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="onnxcollide")
+def main() -> None:
+    """Audit ONNX models for exact feature collisions (Ozbulak et al.)."""
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=True))
+@click.option("--format", "-f", "fmt", type=click.Choice([f.value for f in Format]),
+              default=Format.TABLE.value, show_default=True, help="Report format.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Write the report to this file instead of standard output.")
+@click.option("--conv-convention", type=click.Choice([c.value for c in ConvConvention]),
+              default=ConvConvention.GROUPED.value, show_default=True,
+              help="grouped: block-diagonal operator rank; paper: one (C/g*k*k) x O matrix as "
+                   "in the paper's Table 1.")
+@click.option("--rtol", type=click.FloatRange(min=0, min_open=True),
+              help="Relative tolerance: tol = rtol * sigma_max (default max(q,p) * eps).")
+@click.option("--atol", type=click.FloatRange(min=0),
+              help="Absolute tolerance floor: tol = max(atol, relative tol).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
+              help="Fix an input's shape, e.g. input=1x3x224x224 (repeatable).")
+@click.option("--summary-only", is_flag=True, help="Only the Table 1 summary, a row per model.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr (default: when stderr is a terminal).")
+@click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
+def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention: str,
+          rtol: float | None, atol: float | None, input_shapes: tuple[str, ...],
+          summary_only: bool, progress: bool | None, debug: bool) -> None:
+    """Rank and nullity of every Conv/Gemm/MatMul weight, and the paper's Table 1 metrics."""
+
+    def run() -> None:
+        settings = AuditSettings(
+            convention=ConvConvention(conv_convention), rule=ToleranceRule(rtol, atol),
+            input_shapes=tuple(parse_input_shape(s) for s in input_shapes))
+        show = sys.stderr.isatty() if progress is None else progress
+        audits: list[ModelAudit] = []
+        for path in models:
+            with _progress(show, os.path.basename(path)) as callback:
+                audits.append(audit_model(path, settings, callback))
+        to_terminal = output is None and sys.stdout.isatty()
+        width = os.get_terminal_size().columns if to_terminal else 160
+        text = render(audits, Format(fmt), RenderOptions(summary_only, width, to_terminal))
+        if output:
+            write_atomically(output, text)
+            click.echo(f"wrote {output}", err=True)
+        else:
+            click.echo(text, nl=False)
+
+    _run_guarded(run, debug)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Shared numbers and labels for every report format, so formats cannot drift apart."""
+
+from __future__ import annotations
+
+from onnxcollide.audit import LayerRow, ModelAudit
+
+CLEAR_MARGIN = 10.0  # a decision is "clear" when no singular value lies within 10x of tol
+
+
+def is_clear(row: LayerRow) -> bool:
+    """True when the rank would not change if the tolerance moved by less than 10x."""
+    margin = row.decision.margin
+    return margin is None or margin >= CLEAR_MARGIN
+
+
+def model_name(audit: ModelAudit) -> str:
+    """The model's file name without folders, for tables."""
+    return audit.path.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def fmt_float(value: float | None, digits: int = 4) -> str:
+    """Short human form of a float (``-`` for None)."""
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def fmt_percent(ratio: float) -> str:
+    """``0.8 -> 80%`` as in the paper's Table 1."""
+    return f"{ratio:.0%}"
+
+
+def nodes_label(row: LayerRow) -> str:
+    """First node, plus how many others share the parameter."""
+    nodes = row.layer.nodes
+    return nodes[0] if len(nodes) == 1 else f"{nodes[0]} (+{len(nodes) - 1} more)"
+
+
+# Table 1 of the paper: one row per model.
+SUMMARY_HEADERS = ("model", "n", "nu", "nu/n", "mu", "mu/n", "sum nullity", "nullity(W1)",
+                   "W1 class")
+
+
+def summary_cells(audit: ModelAudit) -> tuple[str, ...]:
+    """One model's Table 1 row as text cells (headers: SUMMARY_HEADERS)."""
+    m = audit.metrics
+    first = audit.first_layer
+    return (
+        model_name(audit), str(m.n), str(m.nu), fmt_percent(m.nu_ratio), str(m.mu),
+        fmt_percent(m.mu_ratio), f"{m.nullity_sum:,}",
+        "-" if m.nullity_w1 is None else str(m.nullity_w1),
+        first.exactness if first else "-",
+    )
+
+
+LAYER_HEADERS = ("#", "node", "op", "q", "p", "groups", "rank", "nullity", "nu", "mu",
+                 "sigma_max", "tol", "margin", "method")
+
+
+def layer_cells(row: LayerRow) -> tuple[str, ...]:
+    """One layer row as text cells (headers: LAYER_HEADERS); unclear margins get a ``!``."""
+    d = row.decision
+    margin = fmt_float(d.margin, 3) + ("" if is_clear(row) else " !")
+    return (
+        str(row.index), nodes_label(row), row.layer.op, str(row.layer.q), str(row.layer.p),
+        str(row.layer.groups), str(row.rank), str(row.nullity), "x" if row.nu else "",
+        "x" if row.mu else "", fmt_float(d.sigma_max), fmt_float(d.tol, 3), margin, d.method,
+    )
+
+
+def first_layer_lines(audit: ModelAudit) -> list[str]:
+    """W1 in a few plain sentences: which op, the path to it, its class and blind elements."""
+    first = audit.first_layer
+    if first is None:
+        return ["W1: the model has no graph input."]
+    path = " -> ".join([first.input, *[s.op for s in first.path], first.node or "?"])
+    shape = "x".join("?" if d is None else str(d) for d in first.input_shape or ())
+    lines = [f"W1: {first.node} (row {first.row_index}), reached by {path}",
+             f"    input '{first.input}' {first.input_dtype} [{shape}]",
+             f"    class: {first.exactness}: {first.reason}"]
+    if first.blind_elements is not None:
+        lines.append(f"    blind input elements (no window reads them): "
+                     f"{first.blind_elements} of {first.input_elements} per sample")
+    else:
+        lines.append("    blind input elements: unknown (dynamic input size; pass --input-shape)")
+    return lines

@@ -1,0 +1,41 @@
+"""Markdown: the Table 1 summary, then each model's layers and W1 (GitHub tables)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from onnxcollide.audit import ModelAudit
+from onnxcollide.report import RenderOptions
+from onnxcollide.report.fields import (
+    LAYER_HEADERS,
+    SUMMARY_HEADERS,
+    first_layer_lines,
+    layer_cells,
+    model_name,
+    summary_cells,
+)
+from onnxcollide.report.json_format import settings_dict
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return [line(headers), "|" + "|".join("---" for _ in headers) + "|", *map(line, rows)]
+
+
+def render(audits: Sequence[ModelAudit], options: RenderOptions) -> str:
+    """Markdown document text."""
+    settings = settings_dict(audits)
+    lines = ["# onnxcollide audit", "",
+             f"Tolerance: `{settings['tolerance_rule']}`; conv convention: "
+             f"`{settings['conv_convention']}`.", "", "## Table 1", ""]
+    lines += _table(SUMMARY_HEADERS, [summary_cells(a) for a in audits])
+    if options.summary_only:
+        return "\n".join(lines) + "\n"
+    for audit in audits:
+        lines += ["", f"## {model_name(audit)}", "", "```", *first_layer_lines(audit), "```", ""]
+        lines += _table(LAYER_HEADERS, [layer_cells(r) for r in audit.rows])
+        lines += [f"- {note}" for note in audit.notes]
+        lines += [f"- skipped {s.label} ({s.op_type}): {s.reason}" for s in audit.skipped]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,61 @@
+"""Terminal tables (rich): each model's layers and W1, then the Table 1 summary."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from onnxcollide.audit import ModelAudit
+from onnxcollide.report import RenderOptions
+from onnxcollide.report.fields import (
+    LAYER_HEADERS,
+    SUMMARY_HEADERS,
+    first_layer_lines,
+    layer_cells,
+    model_name,
+    summary_cells,
+)
+from onnxcollide.report.json_format import settings_dict
+
+_NUMERIC = {"#", "q", "p", "groups", "rank", "nullity", "sigma_max", "tol", "margin", "n", "nu",
+            "nu/n", "mu", "mu/n", "sum nullity", "nullity(W1)"}
+
+
+def _table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for header in headers:
+        table.add_column(header, justify="right" if header in _NUMERIC else "left",
+                         overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def render(audits: Sequence[ModelAudit], options: RenderOptions) -> str:
+    """The tables as text (ANSI colour only when options.color)."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=options.width, color_system="auto" if options.color
+                      else None, force_terminal=options.color, highlight=False)
+    settings = settings_dict(audits)
+    if not options.summary_only:
+        for audit in audits:
+            rows = [layer_cells(r) for r in audit.rows]
+            console.print(_table(f"{model_name(audit)}: {len(rows)} weights", LAYER_HEADERS, rows))
+            for line in first_layer_lines(audit):
+                console.print(line, markup=False)
+            for note in audit.notes:
+                console.print(f"note: {note}", markup=False)
+            for skipped in audit.skipped:
+                console.print(f"skipped {skipped.label} ({skipped.op_type}): {skipped.reason}",
+                              markup=False)
+            console.print()
+    console.print(_table("Table 1 (Ozbulak et al., Eq. 6)", SUMMARY_HEADERS,
+                         [summary_cells(a) for a in audits]))
+    console.print(f"tolerance: {settings['tolerance_rule']}; conv convention: "
+                  f"{settings['conv_convention']}; '!' marks a margin under "
+                  f"{settings['clear_margin']:g} (rank would change if tol moved that much)",
+                  markup=False)
+    return buffer.getvalue()

@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""Time `onnxcollide audit` against a naive per-layer numpy.linalg.matrix_rank loop.
+
+Builds seeded random-weight models shaped like AlexNet (five convs; fc 9216x4096, 4096x4096,
+4096x1000) and ViT-B/16 (patch conv 768x3x16x16, 12 blocks of qkv/proj/fc1/fc2, head), or takes
+any ONNX path, then in fresh subprocesses (so peak memory is measured per phase):
+  1. audits the model with onnxcollide (end to end: load, find weights, rank every layer);
+  2. runs numpy.linalg.matrix_rank on every weight matrix (SVD in the weight's dtype);
+and checks that the ranks agree layer by layer.
+
+    python scripts/bench_audit.py                 # both shapes
+    python scripts/bench_audit.py --shape vit-b16
+    python scripts/bench_audit.py path/to/model.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _weight(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) -> np.ndarray:
+    return (rng.standard_normal(shape, dtype=np.float32) / np.sqrt(fan_in)).astype(np.float32)
+
+
+def _save(nodes: list, inits: list, inp: tuple[str, list[int]], out: str, path: str) -> None:
+    graph = helper.make_graph(
+        nodes, "bench", [helper.make_tensor_value_info(inp[0], TensorProto.FLOAT, inp[1])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+              location=os.path.basename(path) + ".data", size_threshold=1024)
+
+
+def build_alexnet(path: str, seed: int) -> None:
+    """AlexNet-shaped model with random weights (external data)."""
+    rng = np.random.default_rng(seed)
+    convs = [(64, 3, 11, 4, 2), (192, 64, 5, 1, 2), (384, 192, 3, 1, 1), (256, 384, 3, 1, 1),
+             (256, 256, 3, 1, 1)]
+    nodes, inits, x = [], [], "x"
+    for k, (o, c, kern, stride, pad) in enumerate(convs):
+        w = f"conv{k}.w"
+        inits.append(numpy_helper.from_array(_weight(rng, (o, c, kern, kern), c * kern * kern), w))
+        nodes.append(helper.make_node("Conv", [x, w], [f"c{k}"], kernel_shape=[kern, kern],
+                                      strides=[stride] * 2, pads=[pad] * 4))
+        nodes.append(helper.make_node("Relu", [f"c{k}"], [f"r{k}"]))
+        x = f"r{k}"
+        if k in (0, 1, 4):
+            nodes.append(helper.make_node("MaxPool", [x], [f"p{k}"], kernel_shape=[3, 3],
+                                          strides=[2, 2]))
+            x = f"p{k}"
+    nodes.append(helper.make_node("Flatten", [x], ["flat"]))
+    x = "flat"
+    for k, (q, p) in enumerate([(9216, 4096), (4096, 4096), (4096, 1000)]):
+        w = f"fc{k}.w"
+        inits.append(numpy_helper.from_array(_weight(rng, (p, q), q), w))
+        nodes.append(helper.make_node("Gemm", [x, w], [f"f{k}"], transB=1))
+        x = f"f{k}"
+    _save(nodes, inits, ("x", [1, 3, 224, 224]), x, path)
+
+
+def build_vit_b16(path: str, seed: int) -> None:
+    """ViT-B/16-shaped model with random weights (attention replaced by a sum of q, k, v)."""
+    rng = np.random.default_rng(seed)
+    d, hidden, blocks = 768, 3072, 12
+    inits = [numpy_helper.from_array(_weight(rng, (d, 3, 16, 16), 768), "patch.w"),
+             numpy_helper.from_array(np.array([1, d, 196], np.int64), "tok_shape")]
+    nodes = [helper.make_node("Conv", ["x", "patch.w"], ["pe"], kernel_shape=[16, 16],
+                              strides=[16, 16]),
+             helper.make_node("Reshape", ["pe", "tok_shape"], ["pe3"]),
+             helper.make_node("Transpose", ["pe3"], ["t0"], perm=[0, 2, 1])]
+    x = "t0"
+    for b in range(blocks):
+        for name, (q, p) in [("qkv", (d, 3 * d)), ("proj", (d, d)), ("fc1", (d, hidden)),
+                             ("fc2", (hidden, d))]:
+            w = f"b{b}.{name}.w"
+            inits.append(numpy_helper.from_array(_weight(rng, (q, p), q), w))
+            nodes.append(helper.make_node("MatMul", [x, w], [f"b{b}.{name}"]))
+            x = f"b{b}.{name}"
+            if name == "qkv":
+                nodes.append(helper.make_node("Split", [x], [f"{x}.q", f"{x}.k", f"{x}.v"],
+                                              axis=-1, num_outputs=3))
+                nodes.append(helper.make_node("Sum", [f"{x}.q", f"{x}.k", f"{x}.v"],
+                                              [f"{x}.s"]))
+                x = f"{x}.s"
+            if name == "fc1":
+                nodes.append(helper.make_node("Relu", [x], [f"{x}.r"]))
+                x = f"{x}.r"
+    inits.append(numpy_helper.from_array(_weight(rng, (d, 1000), d), "head.w"))
+    nodes.append(helper.make_node("MatMul", [x, "head.w"], ["logits"]))
+    _save(nodes, inits, ("x", [1, 3, 224, 224]), "logits", path)
+
+
+SHAPES: dict[str, Callable[[str, int], None]] = {"alexnet": build_alexnet,
+                                                 "vit-b16": build_vit_b16}
+
+
+# ---------------------------------------------------------------- phases (run in subprocesses)
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def phase_audit(path: str, queue: mp.Queue) -> None:
+    """Audit with onnxcollide; report time, peak memory and per-layer ranks."""
+    from onnxcollide.audit import audit_model
+
+    start = time.perf_counter()
+    audit = audit_model(path)
+    seconds = time.perf_counter() - start
+    ranks = [(r.layer.nodes[0], r.rank, r.decision.margin, r.decision.method) for r in audit.rows]
+    queue.put({"seconds": seconds, "peak_mb": _peak_mb(), "ranks": ranks})
+
+
+def phase_naive(path: str, queue: mp.Queue) -> None:
+    """numpy.linalg.matrix_rank on each weight matrix (the same matrices the audit reads)."""
+    from onnxcollide.audit import AuditSettings
+    from onnxcollide.graph.linear_ops import find_linear_ops
+    from onnxcollide.graph.load import load_model
+    from onnxcollide.graph.shapes import infer_shapes
+    from onnxcollide.layers import build_layer
+
+    model = load_model(path)
+    infos = infer_shapes(model, {})
+    sites, _ = find_linear_ops(model)
+    convention = AuditSettings().convention
+    layers = [build_layer(s, infos, convention) for s in sites]
+    start = time.perf_counter()
+    ranks = []
+    for layer in layers:
+        blocks = np.array(layer.load_blocks())
+        if blocks.shape[0] == 1:
+            rank = int(np.linalg.matrix_rank(blocks[0]))
+        else:  # block diagonal: the same rule as matrix_rank on the whole matrix
+            sigmas = np.linalg.svd(blocks, compute_uv=False)
+            eps = np.finfo(blocks.dtype).eps
+            rank = int((sigmas > sigmas.max() * max(layer.q, layer.p) * eps).sum())
+        ranks.append((layer.nodes[0], rank))
+    queue.put({"seconds": time.perf_counter() - start, "peak_mb": _peak_mb(), "ranks": ranks})
+
+
+def run_phase(target: Callable[[str, mp.Queue], None], path: str) -> dict:
+    """Run one phase in a fresh process and return what it reported."""
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=target, args=(path, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def bench(name: str, path: str, naive: bool) -> dict:
+    """Audit and (optionally) naive timings for one model, with a rank comparison."""
+    audit = run_phase(phase_audit, path)
+    row = {"model": name, "layers": len(audit["ranks"]), "audit_s": audit["seconds"],
+           "audit_peak_mb": audit["peak_mb"]}
+    print(f"[{name}] onnxcollide audit: {audit['seconds']:.2f} s, peak {audit['peak_mb']:.0f} MB, "
+          f"{len(audit['ranks'])} layers", flush=True)
+    if not naive:
+        return row
+    base = run_phase(phase_naive, path)
+    disagree = [(a[0], a[1], b[1], a[2], a[3]) for a, b in
+                zip(audit["ranks"], base["ranks"], strict=True) if a[1] != b[1]]
+    row.update(naive_s=base["seconds"], naive_peak_mb=base["peak_mb"],
+               speedup=base["seconds"] / audit["seconds"], rank_disagreements=disagree)
+    print(f"[{name}] naive matrix_rank loop: {base['seconds']:.2f} s, peak "
+          f"{base['peak_mb']:.0f} MB; speedup {row['speedup']:.1f}x; ranks agree on "
+          f"{row['layers'] - len(disagree)}/{row['layers']} layers", flush=True)
+    for node, ours, theirs, margin, method in disagree:
+        print(f"    {node}: onnxcollide {ours} ({method}, margin {margin:.3g}) vs "
+              f"matrix_rank {theirs}", flush=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="*", help="ONNX files to time instead of built shapes")
+    parser.add_argument("--shape", choices=[*SHAPES, "all"], default="all")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive loop")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    import numpy
+    import scipy
+
+    print(f"numpy {numpy.__version__}, scipy {scipy.__version__}, {os.cpu_count()} cores",
+          flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        targets = [(os.path.basename(m), m) for m in args.models]
+        if not targets:
+            names = list(SHAPES) if args.shape == "all" else [args.shape]
+            for name in names:
+                path = os.path.join(folder, f"{name}.onnx")
+                SHAPES[name](path, args.seed)
+                targets.append((f"{name} (random, seed {args.seed})", path))
+        for name, path in targets:
+            rows.append(bench(name, path, not args.no_naive))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(rows, out, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
