@@ -40,10 +40,31 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name, tuple(int(p) for p in parts)
 
 
-def write_atomically(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file, so no half-written file is left."""
+def check_output_folder(path: str) -> None:
+    """Fail before any work when the report could not be written.
+
+    Raises:
+        UsageError: the folder of ``path`` does not exist or ``path`` is a folder.
+    """
     folder = os.path.dirname(os.path.abspath(path))
-    handle, temp = tempfile.mkstemp(dir=folder, prefix=".onnxcollide-", suffix=".tmp")
+    if not os.path.isdir(folder):
+        raise UsageError(f"the folder '{folder}' does not exist", f"--output {path}",
+                         "create it first or choose another path")
+    if os.path.isdir(path):
+        raise UsageError("is a folder", f"--output {path}", "give a file name")
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file, so no half-written file is left.
+
+    Raises:
+        UsageError: the file cannot be written (permissions, full disk).
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        handle, temp = tempfile.mkstemp(dir=folder, prefix=".onnxcollide-", suffix=".tmp")
+    except OSError as exc:
+        raise UsageError(f"cannot write the report ({exc.strerror})", f"--output {path}") from exc
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
             out.write(text)
@@ -122,6 +143,8 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
     """Rank and nullity of every Conv/Gemm/MatMul weight, and the paper's Table 1 metrics."""
 
     def run() -> None:
+        if output:
+            check_output_folder(output)
         settings = AuditSettings(
             convention=ConvConvention(conv_convention), rule=ToleranceRule(rtol, atol),
             input_shapes=tuple(parse_input_shape(s) for s in input_shapes))

@@ -23,12 +23,16 @@ class OnnxCollideError(Exception):
 
     def one_line(self) -> str:
         """Return ``where: what. hint`` as one line."""
-        text = f"{self.where}: {self.what}" if self.where else self.what
-        text = text.rstrip(".") + "."
+        text = _sentence(f"{self.where}: {self.what}" if self.where else self.what)
         if self.hint:
-            hint = self.hint.rstrip(".")
-            text += f" {hint[:1].upper()}{hint[1:]}."
+            text += " " + _sentence(self.hint[:1].upper() + self.hint[1:])
         return " ".join(text.split())
+
+
+def _sentence(text: str) -> str:
+    """End ``text`` with a period unless it already ends with . ? or !."""
+    text = text.strip()
+    return text if text.endswith((".", "?", "!")) else text + "."
 
 
 class ModelLoadError(OnnxCollideError):

@@ -34,6 +34,7 @@ class LinearLayer:
 
     Attributes:
         nodes: labels of every node that uses this parameter the same way.
+        weight_id: the weight tensor, unique across scopes (``scope::name``).
         op: op type of the first node.
         weight: the weight tensor name consumed by the first node.
         roots: initializer / Constant names the weight is computed from.
@@ -51,6 +52,7 @@ class LinearLayer:
     """
 
     nodes: tuple[str, ...]
+    weight_id: str
     op: str
     weight: str
     roots: tuple[str, ...]
@@ -205,10 +207,13 @@ def _gemm_parts(site: LinearSite, infos: dict[str, TensorInfo]
 
 
 def _stack_mode(site: LinearSite, infos: dict[str, TensorInfo], lead: tuple[int, ...]) -> str:
-    """``blocks`` when the data operand carries its own stack dims, ``concat`` when broadcast."""
+    """``blocks`` when the data operand carries its own stack dims, ``concat`` when broadcast.
+
+    ``blocks?`` when the data operand's shape is unknown (block diagonal is assumed).
+    """
     info = infos.get(site.data_input)
     if info is None or info.shape is None:
-        return "blocks"
+        return "blocks?"
     data_lead = info.shape[:-2]
     if len(data_lead) < len(lead):
         return "concat"
@@ -232,12 +237,13 @@ def _matmul_parts(site: LinearSite, infos: dict[str, TensorInfo]
         stack = int(np.prod(lead)) if lead else 1
         q, p = k_dim, n_dim
     mode = _stack_mode(site, infos, lead) if stack > 1 else "single"
-    groups = stack if mode == "blocks" else 1
+    groups = stack if mode.startswith("blocks") else 1
     q_total = q * groups
     p_total = p * stack
     layout = "W = B" if on_right else "W = A^T"
     if stack > 1:
-        how = "block diagonal" if mode == "blocks" else "side by side: the input is shared"
+        how = {"blocks": "block diagonal", "concat": "side by side: the input is shared",
+               "blocks?": "block diagonal, assumed: the data operand's shape is unknown"}[mode]
         layout += f", {stack} stacked matrices ({how})"
     quant_axis = -1 if on_right else -2
 
@@ -277,7 +283,8 @@ def build_layer(
     if site.op_type in _QUANTIZED:
         layout += " (dequantized)"
     return LinearLayer(
-        nodes=(site.label,), op=site.op_type, weight=site.weight_name, roots=trace.roots,
+        nodes=(site.label,), weight_id=site.resolver.identity(site.weight_name),
+        op=site.op_type, weight=site.weight_name, roots=trace.roots,
         chain=trace.ops, q=int(q), p=int(p), groups=int(groups), layout=layout,
         stored_dtype=trace.stored_dtype, compute_dtype=compute, geometry=geometry,
         data_input=site.data_input, topo_index=site.topo_index, scope=site.scope,
@@ -286,5 +293,5 @@ def build_layer(
 
 
 def parameter_key(layer: LinearLayer) -> tuple[object, ...]:
-    """Layers with equal keys are one parameter used by several nodes."""
-    return (layer.roots, layer.chain, layer.op, layer.layout, layer.q, layer.p, layer.groups)
+    """Layers with equal keys are one parameter used by several nodes the same way."""
+    return (layer.weight_id, layer.op, layer.layout, layer.q, layer.p, layer.groups)

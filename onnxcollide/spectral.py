@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 from scipy.linalg import blas
-from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
 
 EPS_OF: dict[str, float] = {
     "float": float(np.finfo(np.float32).eps),
@@ -29,6 +29,7 @@ EPS64 = float(np.finfo(np.float64).eps)
 SVD_MAX_DIM = 256  # blocks with min(q, p) up to this use a float64 SVD
 GRAM_TRUST = 1.01  # a Gram decision with a margin below this is re-decided by SVD
 CHUNK_BYTES = 64 << 20  # float64 bytes per chunk streamed into the Gram matrix
+HELD_GRAM_BYTES = 512 << 20  # Gram matrices kept between the two passes; beyond, recomputed
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,8 @@ def _largest_eigenvalue(sym: np.ndarray) -> float:
     OpenBLAS thread pools in one loop makes them spin against each other on few cores.
     """
     m = sym.shape[0]
+    if not np.any(sym):
+        return 0.0  # a zero weight (zero-initialised layers): ARPACK cannot start on it
     if m <= SVD_MAX_DIM:
         return float(scipy.linalg.eigvalsh(sym, subset_by_index=[m - 1, m - 1])[0])
     start = np.ones(m) / math.sqrt(m)
@@ -155,7 +158,7 @@ def _largest_eigenvalue(sym: np.ndarray) -> float:
         value = eigsh(operator, k=1, which="LA", v0=start, tol=1e-10,
                       return_eigenvectors=False)
         return float(value[0])
-    except ArpackNoConvergence:
+    except (ArpackNoConvergence, ArpackError):
         return float(scipy.linalg.eigvalsh(sym, subset_by_index=[m - 1, m - 1])[0])
 
 
@@ -204,7 +207,7 @@ def _smallest_eigenvalue_from_cholesky(factor: np.ndarray) -> float:
     try:
         top = eigsh(operator, k=1, which="LA", v0=start, tol=1e-8, return_eigenvectors=False)
         return 1.0 / float(top[0])
-    except ArpackNoConvergence:
+    except (ArpackNoConvergence, ArpackError):
         return float(scipy.linalg.eigvalsh(factor.T @ factor, subset_by_index=[0, 0])[0])
 
 
@@ -262,10 +265,22 @@ def decide_rank(blocks: np.ndarray, eps: float, rule: ToleranceRule | None = Non
         decided = _rank_from_sigmas(sigmas.ravel(), tol, "svd")
         return RankDecision(decided.rank, sigma_max, tol, eps, decided.kept, decided.dropped,
                             "svd")
-    facts = [_block_facts(blocks[k], True) for k in range(g)]
+    # Pass 1: sigma_max of every block (it sets tol). Pass 2: decide each block against tol.
+    keep = g * min(qb, pb) ** 2 * 8 <= HELD_GRAM_BYTES
+    facts = []
+    for k in range(g):
+        fact = _block_facts(blocks[k], True)
+        if not keep:
+            fact.gram = None
+        facts.append(fact)
     sigma_max = max(f.sigma_max for f in facts)
     tol = rule.tolerance(sigma_max, q, p, eps)
-    results = [_decide_block(f, tol, max(qb, pb), sigma_max) for f in facts]
+    results = []
+    for fact in facts:
+        if fact.gram is None:
+            fact.gram = _symmetric(gram_matrix(fact.matrix))
+        results.append(_decide_block(fact, tol, max(qb, pb), sigma_max))
+        fact.gram = None
     return _combine(results, sigma_max, tol, eps)
 
 

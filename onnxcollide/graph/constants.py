@@ -29,6 +29,9 @@ _NONDETERMINISTIC = {
 }
 # Control flow and ops in other domains are never folded.
 _NOT_FOLDED = _NONDETERMINISTIC | {"If", "Loop", "Scan", "SequenceConstruct"}
+# Ops whose later inputs are shapes, axes or indices, not weight data: traces follow input 0.
+_DATA_INPUT_ONLY = {"Reshape", "Squeeze", "Unsqueeze", "Slice", "Split", "Expand", "Tile", "Pad",
+                    "Gather", "Resize", "ConstantOfShape"}
 # Arrays up to this many bytes are cached (shape tensors, scales); weights are recomputed.
 _CACHE_BYTES = 1 << 20
 
@@ -171,26 +174,48 @@ class ConstantResolver:
         self, name: str, roots: list[str], ops: list[str], sizes: dict[str, tuple[int, str]]
     ) -> None:
         found = self._lookup(name)
-        if found is None or name in roots:
+        if found is None or _scoped(found[0], name) in roots:
             return
         scope, kind = found
         if kind == "initializer":
             tensor = scope.initializers[name]
-            roots.append(name)
+            label = _scoped(scope, name)
+            roots.append(label)
             count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
-            sizes[name] = (count, _elem_name(tensor.data_type))
+            sizes[label] = (count, _elem_name(tensor.data_type))
             return
         node = scope.producers[name]
         if node.op_type == "Constant":
-            roots.append(name)
-            value = self.value(name)
-            sizes[name] = (int(value.size), _numpy_elem_name(value.dtype))
+            label = _scoped(scope, name)
+            roots.append(label)
+            value = self._resolver_for(scope).value(name)
+            sizes[label] = (int(value.size), _numpy_elem_name(value.dtype))
             return
         resolver = self._resolver_for(scope)
-        for i in node.input:
+        data = node.input[:1] if node.op_type in _DATA_INPUT_ONLY else node.input
+        for i in data:
             if i:
                 resolver._walk(i, roots, ops, sizes)
         ops.append(node.op_type)
+
+    def identity(self, name: str) -> str:
+        """A name for the tensor that is unique across scopes: ``scope::name``.
+
+        Identity hops are skipped, so a weight read through Identity nodes is one tensor.
+        """
+        found = self._lookup(name)
+        while found is not None and found[1] == "node":
+            node = found[0].producers[name]
+            if node.op_type != "Identity" or not node.input:
+                break
+            name = node.input[0]
+            found = self._lookup(name)
+        return name if found is None else f"{found[0].label}::{name}"
+
+
+def _scoped(scope: Scope, name: str) -> str:
+    """Bare name in the main graph, ``scope/name`` inside a subgraph."""
+    return name if scope.label == "main" else f"{scope.label}/{name}"
 
 
 def _elem_name(elem_type: int) -> str:

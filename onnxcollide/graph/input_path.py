@@ -133,6 +133,8 @@ def _blocking_reason(node: NodeProto, came_from: str, resolver: ConstantResolver
         factor = resolver.value(node.input[1] if node.input[0] == came_from else node.input[0])
         if np.any(np.asarray(factor) == 0):
             return f"{op} (node '{label}') scales some elements by zero"
+    if op == "BatchNormalization" and np.any(np.asarray(resolver.value(node.input[1])) == 0):
+        return f"BatchNormalization (node '{label}') has a zero scale, which wipes out a channel"
     if op == "Cast":
         target = int(node_attr(node, "to", 0))  # type: ignore[call-overload]
         if helper.tensor_dtype_to_np_dtype(target).kind != "f":
@@ -181,61 +183,108 @@ def windows_can_overlap(kernel: int, stride: int, dilation: int) -> bool:
     return any((t * dilation) % stride == 0 for t in range(1, kernel))
 
 
-def _conv_reads(site: LinearSite, shape: Shape) -> tuple[np.ndarray | None, bool]:
-    """Read-count mask over the conv input (per sample) and whether windows overlap."""
-    weight_shape = tuple(site.resolver.value(site.weight_name).shape)
-    geometry = conv_geometry(site, weight_shape)
-    axes = len(geometry.kernel)
-    spatial = shape[2:] if len(shape) == axes + 2 else None
-    if geometry.transposed:  # every input element scatters into the output
-        known = _known(shape)
-        overlap = any(windows_can_overlap(k, s, d) for k, s, d in
-                      zip(geometry.kernel, geometry.strides, geometry.dilations, strict=True))
-        return (np.ones(known[1:], np.int64) if known else None), overlap
-    if spatial is None or any(d is None for d in spatial) or shape[1] is None:
-        overlap = any(windows_can_overlap(k, s, d) for k, s, d in
-                      zip(geometry.kernel, geometry.strides, geometry.dilations, strict=True))
-        return None, overlap
-    per_axis = []
-    for a in range(axes):
-        pads = _resolved_pads(geometry.pads, geometry.auto_pad, int(spatial[a]), a, axes,  # type: ignore[arg-type]
-                              geometry.kernel[a], geometry.strides[a], geometry.dilations[a])
-        per_axis.append(window_reads(int(spatial[a]), geometry.kernel[a],  # type: ignore[arg-type]
-                                     geometry.strides[a], geometry.dilations[a], pads))
-    overlap = any(int(c.max(initial=0)) > 1 for c in per_axis)
+def transpose_reach(size: int, kernel: int, stride: int, dilation: int,
+                    pads: tuple[int, int], output_padding: int) -> np.ndarray:
+    """ConvTranspose: how many output positions each of ``size`` inputs reaches on one axis."""
+    out_len = stride * (size - 1) + output_padding + (kernel - 1) * dilation + 1 - sum(pads)
+    taps = np.arange(size)[:, None] * stride + np.arange(kernel)[None, :] * dilation - pads[0]
+    return ((taps >= 0) & (taps < out_len)).sum(axis=1).astype(np.int64)
+
+
+def _grid(per_axis: list[np.ndarray], channels: int) -> np.ndarray:
+    """Outer product of per-axis counts, repeated over channels: (C, *spatial) int64."""
     grid = per_axis[0]
     for counts in per_axis[1:]:
         grid = np.multiply.outer(grid, counts)
-    return np.broadcast_to(grid, (int(shape[1]), *grid.shape)).copy(), overlap
+    return np.broadcast_to(grid, (channels, *grid.shape)).copy()
 
 
-# ------------------------------------------------------------------ mask pull-back
+def _conv_reads(site: LinearSite, shape: Shape) -> np.ndarray | None:
+    """Per-sample read counts over a conv's data input (None where the size is unknown).
+
+    For Conv: how many windows read each element. For ConvTranspose: how many output
+    positions each element reaches (0 means it is cropped away entirely).
+    """
+    geometry = conv_geometry(site, tuple(site.resolver.value(site.weight_name).shape))
+    axes = len(geometry.kernel)
+    known = _known(shape)
+    if known is None or len(known) != axes + 2:
+        return None
+    spatial = known[2:]
+    per_axis = []
+    for a in range(axes):
+        size, k, s, d = spatial[a], geometry.kernel[a], geometry.strides[a], geometry.dilations[a]
+        if geometry.transposed:
+            if geometry.auto_pad not in ("NOTSET", "") or node_attr(site.node, "output_shape",
+                                                                    None) is not None:
+                return None
+            extra = node_attr(site.node, "output_padding", [0] * axes)
+            pads = (geometry.pads[a], geometry.pads[a + axes])
+            per_axis.append(transpose_reach(size, k, s, d, pads, int(extra[a])))  # type: ignore[index]
+        else:
+            pads = _resolved_pads(geometry.pads, geometry.auto_pad, size, a, axes, k, s, d)
+            per_axis.append(window_reads(size, k, s, d, pads))
+    return _grid(per_axis, known[1])
 
 
-def _pull_mask(mask: np.ndarray, node: NodeProto, in_shape: tuple[int, ...],
-               resolver: ConstantResolver, opset: int) -> np.ndarray | None:
-    """Map a per-sample boolean mask on ``node``'s output back to its (path) input."""
+def _geometric_overlap(site: LinearSite) -> bool:
+    """Whether windows can share an element, judged from kernel, stride and dilation alone."""
+    geometry = conv_geometry(site, tuple(site.resolver.value(site.weight_name).shape))
+    return any(windows_can_overlap(k, s, d) for k, s, d in
+               zip(geometry.kernel, geometry.strides, geometry.dilations, strict=True))
+
+
+# ------------------------------------------------------------------ read-count pull-back
+
+_NUMPY_PAD_MODES: dict[str, str] = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}
+
+
+def _pull_counts(counts: np.ndarray, node: NodeProto, in_shape: tuple[int, ...],
+                 resolver: ConstantResolver, opset: int) -> np.ndarray | None:
+    """Map per-sample read counts on ``node``'s output back to its (path) input.
+
+    Each input element gets the number of times the first linear op reads it, through every
+    copy the node makes of it (a reflect Pad copies border elements). None where the node's
+    layout cannot be followed.
+    """
     op = node.op_type
+    per_sample = in_shape[1:]
     if op == "Transpose":
-        perm = [int(p) for p in node_attr(node, "perm", list(range(mask.ndim + 1))[::-1])]  # type: ignore[attr-defined]
+        perm = [int(p) for p in node_attr(node, "perm", list(range(counts.ndim + 1))[::-1])]  # type: ignore[attr-defined]
         if perm[0] != 0:
-            return None  # the batch axis moves: per-sample masks do not apply
-        return np.transpose(mask, np.argsort([p - 1 for p in perm[1:]]))
+            return None  # the batch axis moves: per-sample counts do not apply
+        return np.transpose(counts, np.argsort([p - 1 for p in perm[1:]]))
     if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
-        per_sample = in_shape[1:]
-        return mask.reshape(per_sample) if mask.size == int(np.prod(per_sample)) else None
+        return counts.reshape(per_sample) if counts.size == int(np.prod(per_sample)) else None
     if op == "Pad":
-        pads = _pad_amounts(node, resolver, opset)
-        if pads is None or any(p < 0 for p in pads):
-            return None
-        axes = len(in_shape)
-        cut = tuple(slice(pads[a], pads[a] + in_shape[a]) for a in range(1, axes))
-        return mask[cut]
+        return _unpad(counts, node, in_shape, resolver, opset)
     if op == "Slice":
-        return _unslice(mask, node, in_shape, resolver)
-    if mask.shape == in_shape[1:]:
-        return mask  # elementwise: Identity, Cast, Sub/Add/Mul/Div, BatchNormalization, Q/DQ
+        return _unslice(counts, node, in_shape, resolver)
+    if counts.shape == per_sample:
+        return counts  # elementwise: Identity, Cast, Sub/Add/Mul/Div, BatchNormalization, Q/DQ
     return None
+
+
+def _unpad(counts: np.ndarray, node: NodeProto, in_shape: tuple[int, ...],
+           resolver: ConstantResolver, opset: int) -> np.ndarray | None:
+    pads = _pad_amounts(node, resolver, opset)
+    axes = len(in_shape)
+    if pads is None or len(pads) != 2 * axes or any(p < 0 for p in pads) or pads[0] or pads[axes]:
+        return None
+    mode = str(node_attr(node, "mode", "constant"))
+    widths = [(pads[a], pads[a + axes]) for a in range(1, axes)]
+    if mode == "constant":
+        kept = zip(widths, in_shape[1:], strict=True)
+        return counts[tuple(slice(b, b + n) for (b, _), n in kept)]
+    if mode not in _NUMPY_PAD_MODES:
+        return None
+    size = int(np.prod(in_shape[1:]))
+    source = np.pad(np.arange(size).reshape(in_shape[1:]), widths,
+                    mode=_NUMPY_PAD_MODES[mode])  # type: ignore[call-overload]
+    if source.shape != counts.shape:
+        return None
+    pulled = np.bincount(source.ravel(), weights=counts.ravel(), minlength=size)
+    return pulled.astype(np.int64).reshape(in_shape[1:])
 
 
 def _pad_amounts(node: NodeProto, resolver: ConstantResolver, opset: int) -> list[int] | None:
@@ -248,7 +297,7 @@ def _pad_amounts(node: NodeProto, resolver: ConstantResolver, opset: int) -> lis
     return pads
 
 
-def _unslice(mask: np.ndarray, node: NodeProto, in_shape: tuple[int, ...],
+def _unslice(counts: np.ndarray, node: NodeProto, in_shape: tuple[int, ...],
              resolver: ConstantResolver) -> np.ndarray | None:
     if len(node.input) < 3:
         return None
@@ -263,10 +312,10 @@ def _unslice(mask: np.ndarray, node: NodeProto, in_shape: tuple[int, ...],
     for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
         slicer[int(a) % full.ndim] = slice(int(s), int(e), int(st))
     picked = full[tuple(slicer)][0]
-    if picked.shape != mask.shape:
+    if picked.shape != counts.shape:
         return None
-    out = np.zeros(in_shape[1:], dtype=bool)
-    out.reshape(-1)[picked.reshape(-1)] = mask.reshape(-1)
+    out = np.zeros(in_shape[1:], dtype=counts.dtype)
+    out.reshape(-1)[picked.reshape(-1)] = counts.reshape(-1)
     return out
 
 
@@ -279,23 +328,28 @@ def _known(shape: Shape | None) -> tuple[int, ...] | None:
     return (1, *(int(d) for d in shape[1:]))  # type: ignore[arg-type]
 
 
-def _blind_count(site: LinearSite, path: list[NodeProto], input_name: str,
-                 infos: dict[str, TensorInfo], read: np.ndarray | None,
-                 resolver: ConstantResolver, opset: int) -> int | None:
-    if read is None:
+def _input_reads(path: list[NodeProto], input_name: str, infos: dict[str, TensorInfo],
+                 reads: np.ndarray | None, resolver: ConstantResolver,
+                 opset: int) -> np.ndarray | None:
+    """Read counts per model-input element (per sample), pulled back along the path."""
+    if reads is None:
         return None
-    mask = read > 0
+    counts = reads
     tensors = _path_tensors(input_name, path)
     for node, tensor in zip(reversed(path), reversed(tensors), strict=True):
         info = infos.get(tensor)
         shape = _known(info.shape if info else None)
         if shape is None:
             return None
-        pulled = _pull_mask(mask, node, shape, resolver, opset)
+        pulled = _pull_counts(counts, node, shape, resolver, opset)
         if pulled is None:
             return None
-        mask = pulled
-    return int(mask.size - np.count_nonzero(mask))
+        counts = pulled
+    return counts
+
+
+def _blind(counts: np.ndarray | None) -> int | None:
+    return None if counts is None else int(counts.size - np.count_nonzero(counts))
 
 
 def trace_input(
@@ -316,10 +370,8 @@ def trace_input(
                               "the input reaches no linear op with a constant weight",
                               None, elements)
     if dtype not in ("float", "float16", "double", "bfloat16"):
-        first = path_nodes[0].op_type if path_nodes else site.op_type
         return FirstLayerPath(input_name, dtype, shape, site, steps, NOT_APPLICABLE,
-                              f"the input is {dtype} (e.g. token ids) and enters through "
-                              f"{first}, not a continuous space to perturb", None, elements)
+                              _discrete_reason(dtype, path_nodes), None, elements)
     came_from = input_name
     for node in path_nodes:
         blocking = _blocking_reason(node, came_from, resolver)
@@ -331,28 +383,52 @@ def trace_input(
                           resolver, opset, elements)
 
 
+def _discrete_reason(dtype: str, path: list[NodeProto]) -> str:
+    """Why an integer input is out of scope, in terms of what it is (token ids, pixels)."""
+    first = path[0] if path else None
+    if first is not None and first.op_type == "Gather":
+        return (f"the input is {dtype} token ids looked up by Gather (node "
+                f"'{node_label(first, 'main')}'): there is no continuous input to perturb")
+    if first is not None and first.op_type == "Cast":
+        return (f"the input is {dtype} (discrete values, e.g. pixels) and is Cast to float "
+                f"(node '{node_label(first, 'main')}'): exact collisions would need integer "
+                "perturbations in the kernel, which the Null-space search does not build")
+    return f"the input is {dtype}, not a continuous space to perturb"
+
+
 def _classify_site(input_name: str, dtype: str, shape: Shape | None, site: LinearSite,
                    path_nodes: list[NodeProto], steps: tuple[PathStep, ...],
                    infos: dict[str, TensorInfo], resolver: ConstantResolver, opset: int,
                    elements: int | None) -> FirstLayerPath:
-    rounding = [n.op_type for n in path_nodes if n.op_type in ROUNDING_OPS]
     caveat = (" QuantizeLinear on the path rounds the input, so a collision must also survive "
-              "that rounding." if "QuantizeLinear" in rounding else "")
+              "that rounding." if any(n.op_type == "QuantizeLinear" for n in path_nodes) else "")
     data_info = infos.get(site.data_input)
-    data_shape = data_info.shape if data_info else None
+    data_shape = _known(data_info.shape if data_info else None)
+
+    def result(exactness: str, reason: str, counts: np.ndarray | None) -> FirstLayerPath:
+        return FirstLayerPath(input_name, dtype, shape, site, steps, exactness, reason + caveat,
+                              _blind(counts), elements)
+
     if site.op_type in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
-        read = np.ones(_known(data_shape)[1:], np.int64) if _known(data_shape) else None  # type: ignore[index]
-        blind = _blind_count(site, path_nodes, input_name, infos, read, resolver, opset)
-        return FirstLayerPath(input_name, dtype, shape, site, steps, DENSE,
-                              f"{site.op_type} acts on the input directly: every kernel vector "
-                              f"of W1 lifts exactly.{caveat}", blind, elements)
-    read, overlap = _conv_reads(site, data_shape) if data_shape else (None, True)
-    blind = _blind_count(site, path_nodes, input_name, infos, read, resolver, opset)
+        reads = np.ones(data_shape[1:], np.int64) if data_shape else None
+        counts = _input_reads(path_nodes, input_name, infos, reads, resolver, opset)
+        return result(DENSE, f"{site.op_type} acts on the input directly: every kernel vector "
+                             "of W1 lifts exactly.", counts)
+    reads = _conv_reads(site, data_info.shape) if data_info and data_info.shape else None
+    counts = _input_reads(path_nodes, input_name, infos, reads, resolver, opset)
+    if site.op_type == "ConvTranspose":
+        return result(PATCHIFY, "ConvTranspose adds up independent contributions v^T W of each "
+                                "input position: per-position kernel vectors lift exactly.",
+                      counts)
+    copies = [n.op_type for n in path_nodes
+              if n.op_type == "Pad" and node_attr(n, "mode", "constant") != "constant"]
+    if counts is not None:
+        overlap = int(counts.max(initial=0)) > 1
+    else:
+        overlap = _geometric_overlap(site) or bool(copies)
     if overlap:
-        return FirstLayerPath(input_name, dtype, shape, site, steps, OVERLAPPING,
-                              "conv windows share input elements: a tiled per-patch kernel "
-                              "vector is not a collision of the whole operator; analyse the "
-                              f"conv operator on the real input size.{caveat}", blind, elements)
-    return FirstLayerPath(input_name, dtype, shape, site, steps, PATCHIFY,
-                          "conv windows never share an input element: per-patch kernel "
-                          f"vectors lift exactly, patch by patch.{caveat}", blind, elements)
+        return result(OVERLAPPING, "conv windows share input elements: a tiled per-patch kernel "
+                                   "vector is not a collision of the whole operator; analyse the "
+                                   "conv operator on the real input size.", counts)
+    return result(PATCHIFY, "conv windows never share an input element: per-patch kernel "
+                            "vectors lift exactly, patch by patch.", counts)

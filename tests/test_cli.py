@@ -1,0 +1,297 @@
+"""cli: `onnxcollide audit` exit codes, output formats, files and one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+from builders import DATA, build_model, init, make_model, value
+from click.testing import CliRunner
+from onnx import helper
+
+from onnxcollide.cli import main, parse_input_shape
+from onnxcollide.errors import UsageError
+
+LENET = str(DATA / "lenet5_mnist_torch.onnx")
+CNTK = str(DATA / "mnist-8_cntk.onnx")
+PADDLE = str(DATA / "ppocr_mobile_v2_cls.onnx")
+MTCNN = str(DATA / "mtcnn_pnet.onnx")
+
+
+def run(*args: str):
+    """Invoke the CLI in-process; stdout and stderr are kept apart."""
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def assert_one_line_error(result, code: int) -> str:
+    """Exit ``code``, nothing on stdout, one 'error: ...' line on stderr, no traceback."""
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:")
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+# ------------------------------------------------------------------ success
+
+
+def test_audit_default_table():
+    """`audit MODEL` exits 0 and prints the layer table and Table 1."""
+    result = run("audit", LENET)
+    assert result.exit_code == 0, result.stderr
+    assert "Table 1" in result.stdout
+    assert "Conv" in result.stdout and "Gemm" in result.stdout
+
+
+def test_audit_json_parses():
+    """--format json prints one JSON document with the model's layers."""
+    result = run("audit", "--format", "json", LENET)
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert len(data["models"]) == 1
+    assert [layer["rank"] for layer in data["models"][0]["layers"]] == [6, 16, 120, 84, 10]
+
+
+def test_same_model_twice_gives_identical_json():
+    """Two runs on the same model give byte-identical JSON."""
+    first = run("audit", "-f", "json", LENET)
+    second = run("audit", "-f", "json", LENET)
+    assert first.exit_code == second.exit_code == 0
+    assert first.stdout_bytes == second.stdout_bytes
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "markdown", "csv"])
+def test_output_file(tmp_path, fmt):
+    """-o writes the report to the file (and says so on stderr), stdout stays empty."""
+    out = tmp_path / f"report.{fmt}"
+    result = run("audit", "-f", fmt, "-o", str(out), LENET)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""
+    assert out.exists() and out.read_text(encoding="utf-8").strip()
+    assert str(out) in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left
+
+
+def test_output_file_matches_stdout(tmp_path):
+    """The file written with -o holds exactly what stdout would show."""
+    out = tmp_path / "r.json"
+    assert run("audit", "-f", "json", "-o", str(out), LENET).exit_code == 0
+    assert out.read_text(encoding="utf-8") == run("audit", "-f", "json", LENET).stdout
+
+
+def test_conv_convention_paper():
+    """--conv-convention paper: depthwise convs become one k x C matrix."""
+    grouped = json.loads(run("audit", "-f", "json", PADDLE).stdout)
+    paper = json.loads(run("audit", "-f", "json", "--conv-convention", "paper", PADDLE).stdout)
+    assert paper["settings"]["conv_convention"] == "paper"
+    g_layers, p_layers = grouped["models"][0]["layers"], paper["models"][0]["layers"]
+    changed = [(g, p) for g, p in zip(g_layers, p_layers, strict=True) if g["groups"] > 1]
+    assert changed
+    for g, p in changed:
+        assert p["groups"] == 1 and p["q"] == g["q"] // g["groups"]
+    assert any("paper" in note for note in paper["models"][0]["notes"])
+
+
+def test_rtol_option():
+    """--rtol 1e-3: tol = 1e-3 * sigma_max for every layer, recorded in the settings."""
+    data = json.loads(run("audit", "-f", "json", "--rtol", "1e-3", LENET).stdout)
+    assert data["settings"]["rtol"] == 1e-3
+    for layer in data["models"][0]["layers"]:
+        assert layer["tol"] == pytest.approx(1e-3 * layer["sigma_max"], rel=1e-12)
+
+
+def test_atol_option():
+    """--atol 10 (above every sigma_max of LeNet): every rank is 0."""
+    data = json.loads(run("audit", "-f", "json", "--atol", "10", LENET).stdout)
+    assert data["settings"]["atol"] == 10
+    assert all(layer["rank"] == 0 for layer in data["models"][0]["layers"])
+
+
+def test_input_shape_option():
+    """--input-shape fixes the P-Net's dynamic NHWC input: blind elements become known."""
+    base = json.loads(run("audit", "-f", "json", MTCNN).stdout)
+    name = base["models"][0]["first_layer"]["input"]
+    assert base["models"][0]["first_layer"]["blind_elements"] is None
+    fixed = run("audit", "-f", "json", "--input-shape", f"{name}=1x12x12x3", MTCNN)
+    assert fixed.exit_code == 0, fixed.stderr
+    data = json.loads(fixed.stdout)
+    assert data["models"][0]["first_layer"]["blind_elements"] == 0
+    assert data["settings"]["input_shapes"] == {name: [1, 12, 12, 3]}
+
+
+def test_several_models_give_one_summary():
+    """Three models: one Table 1 with a row per model (CSV summary and JSON)."""
+    result = run("audit", "-f", "csv", "--summary-only", LENET, CNTK, PADDLE)
+    assert result.exit_code == 0, result.stderr
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    assert [r[0] for r in rows[1:]] == ["lenet5_mnist_torch.onnx", "mnist-8_cntk.onnx",
+                                        "ppocr_mobile_v2_cls.onnx"]
+    table = run("audit", "--summary-only", LENET, CNTK, PADDLE).stdout
+    assert table.count("Table 1") == 1
+    data = json.loads(run("audit", "-f", "json", LENET, CNTK, PADDLE).stdout)
+    assert len(data["models"]) == 3
+
+
+def test_version_and_help():
+    """--version and --help work."""
+    assert run("--version").exit_code == 0
+    assert "audit" in run("--help").stdout
+    assert "--conv-convention" in run("audit", "--help").stdout
+
+
+# ------------------------------------------------------------------ model errors: exit 3
+
+
+@pytest.fixture
+def relu_only(tmp_path) -> str:
+    """A valid model with no linear layer."""
+    return make_model(tmp_path / "relu.onnx", [helper.make_node("Relu", ["x"], ["y"])],
+                      [value("x", [1, 4])], [value("y", [1, 4])])
+
+
+def _bad_file(tmp_path, kind: str, relu_only: str) -> str:
+    if kind == "missing":
+        return str(tmp_path / "missing.onnx")
+    if kind == "truncated":
+        with open(LENET, "rb") as handle:
+            data = handle.read()
+        path = tmp_path / "truncated.onnx"
+        path.write_bytes(data[: len(data) // 2])
+        return str(path)
+    if kind == "text":
+        path = tmp_path / "notes.onnx"
+        path.write_text("this is a text file, not an ONNX model\n", encoding="utf-8")
+        return str(path)
+    if kind == "no-linear":
+        return relu_only
+    if kind == "folder":
+        folder = tmp_path / "a_folder"
+        folder.mkdir()
+        return str(folder)
+    raise AssertionError(kind)
+
+
+BAD_KINDS = ["missing", "truncated", "text", "no-linear", "folder"]
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_bad_model_exits_3_with_one_line(tmp_path, relu_only, kind):
+    """Missing, truncated, non-ONNX, nothing-to-audit and folder: exit 3, one 'error:' line."""
+    path = _bad_file(tmp_path, kind, relu_only)
+    line = assert_one_line_error(run("audit", path), 3)
+    assert os.path.basename(path) in line
+    assert "internal error" not in line
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_failed_audit_writes_no_output_file(tmp_path, relu_only, kind):
+    """With -o, a failing audit leaves no output file (and no temporary file) behind."""
+    path = _bad_file(tmp_path, kind, relu_only)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "report.json"
+    assert_one_line_error(run("audit", "-f", "json", "-o", str(out), path), 3)
+    assert list(out_dir.iterdir()) == []
+
+
+def test_second_model_failing_fails_the_run(tmp_path):
+    """A good model then a missing one: exit 3, nothing printed and nothing written."""
+    out = tmp_path / "r.json"
+    result = run("audit", "-f", "json", "-o", str(out), LENET, str(tmp_path / "gone.onnx"))
+    assert_one_line_error(result, 3)
+    assert not out.exists()
+
+
+def test_missing_external_data_exits_3(tmp_path):
+    """A model whose external data file is gone: exit 3 naming the file."""
+    model = build_model([helper.make_node("MatMul", ["x", "W"], ["y"])], [value("x", [1, 4])],
+                        [value("y", [1, 3])], [init("W", np.ones((4, 3), np.float32))])
+    path = str(tmp_path / "ext.onnx")
+    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="w.bin", size_threshold=0)
+    os.remove(tmp_path / "w.bin")
+    line = assert_one_line_error(run("audit", path), 3)
+    assert "w.bin" in line
+
+
+# ------------------------------------------------------------------ usage errors: exit 2
+
+
+@pytest.mark.parametrize("args", [
+    ["--format", "nope"],
+    ["--conv-convention", "diagonal"],
+    ["--rtol", "0"],
+    ["--rtol", "abc"],
+    ["--atol", "-1"],
+    ["--no-such-option"],
+], ids=["format", "convention", "rtol-zero", "rtol-text", "atol-negative", "unknown-option"])
+def test_bad_option_exits_2(args):
+    """Options click rejects exit 2 without a traceback."""
+    result = run("audit", *args, LENET)
+    assert result.exit_code == 2
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_no_model_exits_2():
+    """`audit` with no model is a usage error."""
+    assert run("audit").exit_code == 2
+
+
+@pytest.mark.parametrize("shape", ["bad", "x=", "=1x2", "x=1xax3", "x=0x3", "x=-1x3"])
+def test_bad_input_shape_text_exits_2(shape):
+    """--input-shape that is not NAME=DIMS: exit 2 with one 'error:' line."""
+    line = assert_one_line_error(run("audit", "--input-shape", shape, LENET), 2)
+    assert "--input-shape" in line
+
+
+def test_input_shape_for_unknown_input_exits_2():
+    """--input-shape naming an input the model lacks: exit 2, the line names its real input."""
+    line = assert_one_line_error(run("audit", "--input-shape", "unknown_input=1x2", LENET), 2)
+    assert "unknown_input" in line and "input_0" in line
+
+
+def test_input_shape_contradicting_the_model_exits_2():
+    """--input-shape with the wrong number of dims: exit 2."""
+    assert_one_line_error(run("audit", "--input-shape", "input_0=10x1x28", LENET), 2)
+
+
+def test_usage_error_writes_no_output_file(tmp_path):
+    """A usage error with -o: no file."""
+    out = tmp_path / "r.json"
+    assert_one_line_error(run("audit", "-o", str(out), "--input-shape", "nope=1x2", LENET), 2)
+    assert not out.exists()
+
+
+def test_parse_input_shape():
+    """NAME=DIMS parsing: 'x' and ',' separators, names may contain '=' and ':'."""
+    assert parse_input_shape("input=1x3x224x224") == ("input", (1, 3, 224, 224))
+    assert parse_input_shape("in:0=1,3,8,8") == ("in:0", (1, 3, 8, 8))
+    assert parse_input_shape("a=b=2X3") == ("a=b", (2, 3))
+    with pytest.raises(UsageError):
+        parse_input_shape("1x3")
+
+
+def test_output_into_missing_folder_is_a_clear_error(tmp_path):
+    """-o missing_dir/r.json: non-zero exit, one 'error:' line naming the folder, not a bug."""
+    out = tmp_path / "missing_dir" / "r.json"
+    result = run("audit", "-o", str(out), LENET)
+    assert result.exit_code in (2, 3)
+    line = assert_one_line_error(result, result.exit_code)
+    assert "missing_dir" in line
+    assert "internal error" not in line
+    assert not out.exists()
+
+
+def test_progress_bar_goes_to_stderr_only():
+    """--progress draws on stderr; stdout still holds exactly the JSON report."""
+    result = run("audit", "--progress", "-f", "json", LENET)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["models"][0]["metrics"]["n"] == 5

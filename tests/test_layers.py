@@ -1,0 +1,808 @@
+"""layers (through audit_model): each op's weight as W (q x p), groups, rank, nullity, nu, mu.
+
+Every model is tiny and built inline; weights are small-integer matrices of known rank, exact in
+every dtype, so the expected rank does not depend on rounding.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+from builders import (
+    BOOL,
+    FLOAT,
+    FLOAT16,
+    UINT8,
+    audit,
+    build_model,
+    init,
+    ints,
+    make_model,
+    only_row,
+    row_summary,
+    value,
+)
+from builders import integer_rank as irank
+from onnx import helper
+from onnx.reference import ReferenceEvaluator
+
+from onnxcollide.audit import AuditSettings
+from onnxcollide.errors import ModelLoadError, UnsupportedModelError
+from onnxcollide.layers import ConvConvention
+
+PAPER = AuditSettings(convention=ConvConvention.PAPER)
+mk = helper.make_node
+
+
+def flags(q: int, p: int, rank: int, groups: int = 1) -> tuple:
+    """The expected (q, p, groups, rank, nullity, nu, mu) of a row."""
+    return (q, p, groups, rank, q - rank, q - rank >= 1, p < q)
+
+
+def blocks_of(row) -> np.ndarray:
+    """The row's weight blocks as float64."""
+    return np.asarray(row.layer.load_blocks(), dtype=np.float64)
+
+
+# ------------------------------------------------------------------ Gemm
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_gemm_weight_on_the_right(tmp_path, rng, trans_b):
+    """Gemm x @ B: W = B (transB=0) or B^T (transB=1); q=12, p=8, rank 3."""
+    w = irank(rng, 12, 8, 3)
+    stored = w.T if trans_b else w
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("Gemm", ["x", "B"], ["y"], transB=trans_b)],
+        [value("x", [1, 12])], [value("y", [1, 8])],
+        [init("B", stored.astype(np.float32))],
+    )
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(12, 8, 3)
+    assert row.layer.op == "Gemm"
+    assert row.layer.weight == "B"
+    np.testing.assert_array_equal(blocks_of(row), w[None])
+
+
+@pytest.mark.parametrize("trans_a", [0, 1])
+def test_gemm_weight_on_the_left(tmp_path, rng, trans_a):
+    """Gemm A @ x with constant A: W = A^T (transA=0) or A (transA=1); q=K=12, p=M=8."""
+    w = irank(rng, 12, 8, 3)  # W (K x M)
+    stored = w if trans_a else w.T  # A is (M, K) when transA=0, (K, M) when transA=1
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("Gemm", ["A", "x"], ["y"], transA=trans_a)],
+        [value("x", [12, 5])], [value("y", [8, 5])],
+        [init("A", stored.astype(np.float32))],
+    )
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(12, 8, 3)
+    assert row.layer.weight == "A"
+    np.testing.assert_array_equal(blocks_of(row), w[None])
+
+
+def test_gemm_alpha_is_folded_in(tmp_path, rng):
+    """alpha=2 doubles W (and sigma_max); the rank stays."""
+    w = irank(rng, 12, 8, 3).astype(np.float32)
+    paths = []
+    for alpha in (1.0, 2.0):
+        paths.append(make_model(
+            tmp_path / f"a{alpha}.onnx",
+            [mk("Gemm", ["x", "B", "c"], ["y"], alpha=alpha)],
+            [value("x", [1, 12])], [value("y", [1, 8])],
+            [init("B", w), init("c", np.zeros(8, np.float32))],
+        ))
+    one, two = (only_row(audit(p)) for p in paths)
+    assert row_summary(one) == row_summary(two) == flags(12, 8, 3)
+    assert two.decision.sigma_max == pytest.approx(2 * one.decision.sigma_max, rel=1e-12)
+    assert two.decision.tol == pytest.approx(2 * one.decision.tol, rel=1e-12)
+    np.testing.assert_array_equal(blocks_of(two), 2 * w[None].astype(np.float64))
+    assert "alpha=2" in two.layer.layout
+
+
+# ------------------------------------------------------------------ MatMul
+
+
+def test_matmul_weight_on_the_right(tmp_path, rng):
+    """MatMul x @ B: W = B."""
+    w = irank(rng, 12, 8, 5)
+    path = make_model(tmp_path / "m.onnx", [mk("MatMul", ["x", "B"], ["y"])],
+                      [value("x", [2, 12])], [value("y", [2, 8])],
+                      [init("B", w.astype(np.float32))])
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(12, 8, 5)
+    np.testing.assert_array_equal(blocks_of(row), w[None])
+
+
+def test_matmul_weight_on_the_left(tmp_path, rng):
+    """MatMul A @ x: W = A^T (q = K = 12 input dim, p = M = 8)."""
+    w = irank(rng, 12, 8, 5)
+    path = make_model(tmp_path / "m.onnx", [mk("MatMul", ["A", "x"], ["y"])],
+                      [value("x", [12, 3])], [value("y", [8, 3])],
+                      [init("A", w.T.astype(np.float32))])
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(12, 8, 5)
+    np.testing.assert_array_equal(blocks_of(row), w[None])
+
+
+def test_matmul_wide_weight_has_no_nullity(tmp_path, rng):
+    """x @ B with B (8, 12) of full rank 8: nullity 0, neither nu nor mu."""
+    w = irank(rng, 8, 12, 8)
+    path = make_model(tmp_path / "m.onnx", [mk("MatMul", ["x", "B"], ["y"])],
+                      [value("x", [2, 8])], [value("y", [2, 12])],
+                      [init("B", w.astype(np.float32))])
+    row = only_row(audit(path))
+    assert row_summary(row) == (8, 12, 1, 8, 0, False, False)
+
+
+def test_matmul_1d_weight(tmp_path, rng):
+    """x @ b with a 1-D b (12,): W = b as a 12 x 1 matrix, rank 1, nullity 11."""
+    b = rng.integers(1, 4, size=12).astype(np.float32)
+    path = make_model(tmp_path / "m.onnx", [mk("MatMul", ["x", "b"], ["y"])],
+                      [value("x", [2, 12])], [value("y", [2])], [init("b", b)])
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(12, 1, 1)
+    np.testing.assert_array_equal(blocks_of(row), b.reshape(1, 12, 1))
+
+
+def _stack_of_rank_one(rng) -> np.ndarray:
+    """Three 6 x 4 matrices u v_i^T sharing one u: each rank 1, side by side still rank 1."""
+    u = rng.integers(1, 4, size=(6, 1)).astype(np.float64)
+    v = rng.integers(-3, 4, size=(3, 1, 4)).astype(np.float64)
+    v[:, 0, 0] = 1  # no v_i is zero
+    return (u[None] * v).astype(np.float32)  # (3, 6, 4)
+
+
+def test_matmul_stack_with_matching_data_dims_is_block_diagonal(tmp_path, rng):
+    """x (3, 5, 6) @ B (3, 6, 4): 3 diagonal blocks, q=18, p=12, rank 3 (1 per block)."""
+    b = _stack_of_rank_one(rng)
+    path = make_model(tmp_path / "m.onnx", [mk("MatMul", ["x", "B"], ["y"])],
+                      [value("x", [3, 5, 6])], [value("y", [3, 5, 4])], [init("B", b)])
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(18, 12, 3, groups=3)
+    np.testing.assert_array_equal(blocks_of(row), b)
+    assert "block diagonal" in row.layer.layout
+
+
+@pytest.mark.parametrize("data_shape", [[5, 6], [1, 5, 6]], ids=["fewer-dims", "leading-1"])
+def test_matmul_stack_with_broadcast_data_is_concat(tmp_path, rng, data_shape):
+    """x (5, 6) or (1, 5, 6) @ B (3, 6, 4): one input feeds all three: W = [B1 B2 B3], 6 x 12."""
+    b = _stack_of_rank_one(rng)
+    path = make_model(tmp_path / "m.onnx", [mk("MatMul", ["x", "B"], ["y"])],
+                      [value("x", data_shape)], [value("y", [3, 5, 4])], [init("B", b)])
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(6, 12, 1, groups=1)
+    np.testing.assert_array_equal(blocks_of(row)[0], np.concatenate(list(b), axis=1))
+
+
+def test_matmul_left_stack_with_shared_data_is_concat(tmp_path, rng):
+    """A (3, 4, 6) @ x (6, 5): W = [A1^T A2^T A3^T] (6 x 12), groups 1."""
+    a = rng.integers(-2, 3, size=(3, 4, 6)).astype(np.float32)
+    path = make_model(tmp_path / "m.onnx", [mk("MatMul", ["A", "x"], ["y"])],
+                      [value("x", [6, 5])], [value("y", [3, 4, 5])], [init("A", a)])
+    row = only_row(audit(path))
+    expected = np.concatenate([m.T for m in a], axis=1).astype(np.float64)
+    assert row.layer.q == 6 and row.layer.p == 12 and row.layer.groups == 1
+    np.testing.assert_array_equal(blocks_of(row)[0], expected)
+    assert row.rank == np.linalg.matrix_rank(expected)
+
+
+# ------------------------------------------------------------------ Conv
+
+
+def conv_weight(matrix: np.ndarray, out_channels: int, per_group: tuple[int, ...]) -> np.ndarray:
+    """(C/g * prod k) x O matrix -> (O, C/g, k...) weight (groups=1)."""
+    return matrix.T.reshape(out_channels, *per_group)
+
+
+def test_conv1d_strided_dilated(tmp_path, rng):
+    """Conv1d (O=6, C=4, k=3), stride 2, dilation 2: q = 12, p = 6, rank 2."""
+    m = irank(rng, 12, 6, 2)
+    w = conv_weight(m, 6, (4, 3)).astype(np.float32)
+    path = make_model(tmp_path / "m.onnx",
+                      [mk("Conv", ["x", "W"], ["y"], strides=[2], dilations=[2])],
+                      [value("x", [1, 4, 20])], [value("y", [1, 6, 8])], [init("W", w)])
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(12, 6, 2)
+    np.testing.assert_array_equal(blocks_of(row)[0], m)
+    assert row.layer.geometry.strides == (2,)
+    assert row.layer.geometry.dilations == (2,)
+
+
+def test_conv2d_grouped_dilated_strided(tmp_path, rng):
+    """Conv2d C=4, O=6, g=2, 3x3, dilation 2, stride 2: 2 blocks of 18 x 3, ranks 1 + 3."""
+    blocks = np.stack([irank(rng, 18, 3, 1), irank(rng, 18, 3, 3)])  # (2, 18, 3)
+    w = np.concatenate([b.T.reshape(3, 2, 3, 3) for b in blocks]).astype(np.float32)
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("Conv", ["x", "W"], ["y"], group=2, dilations=[2, 2], strides=[2, 2])],
+        [value("x", [1, 4, 11, 11])], [value("y", [1, 6, 4, 4])], [init("W", w)],
+    )
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(36, 6, 4, groups=2)
+    np.testing.assert_array_equal(blocks_of(row), blocks)
+    assert row.layer.geometry.groups == 2
+    assert row.layer.block_shape == (18, 3)
+
+
+def test_conv3d(tmp_path, rng):
+    """Conv3d (O=4, C=2, 2x2x2): q = 16, p = 4, rank 2."""
+    m = irank(rng, 16, 4, 2)
+    w = conv_weight(m, 4, (2, 2, 2, 2)).astype(np.float32)
+    path = make_model(tmp_path / "m.onnx", [mk("Conv", ["x", "W"], ["y"])],
+                      [value("x", [1, 2, 5, 5, 5])], [value("y", [1, 4, 4, 4, 4])],
+                      [init("W", w)])
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(16, 4, 2)
+    np.testing.assert_array_equal(blocks_of(row)[0], m)
+
+
+def _depthwise_model(tmp_path, rng, zero_filter: bool = False) -> tuple[str, np.ndarray]:
+    """Depthwise 3x3 conv on 4 channels; the 4 filters span a 2-D space."""
+    filters = irank(rng, 9, 4, 2)  # column c = filter of channel c
+    while not np.all(np.any(filters != 0, axis=0)):  # every filter non-zero
+        filters = irank(rng, 9, 4, 2)
+    if zero_filter:
+        filters[:, 3] = 0
+    w = filters.T.reshape(4, 1, 3, 3).astype(np.float32)
+    path = make_model(tmp_path / f"dw{int(zero_filter)}.onnx",
+                      [mk("Conv", ["x", "W"], ["y"], group=4, pads=[1, 1, 1, 1])],
+                      [value("x", [1, 4, 8, 8])], [value("y", [1, 4, 8, 8])], [init("W", w)])
+    return path, filters
+
+
+def test_depthwise_grouped_convention(tmp_path, rng):
+    """Depthwise 3x3, C=4, grouped: 4 blocks of 9 x 1, q=36, p=4, rank 4, nullity 32."""
+    path, filters = _depthwise_model(tmp_path, rng)
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(36, 4, 4, groups=4)
+    assert row.nullity == 8 * 4
+    np.testing.assert_array_equal(blocks_of(row), filters.T[:, :, None])
+
+
+def test_depthwise_zero_filter_loses_one_rank(tmp_path, rng):
+    """A zero filter in the depthwise conv: grouped rank 3, nullity 33."""
+    path, _ = _depthwise_model(tmp_path, rng, zero_filter=True)
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(36, 4, 3, groups=4)
+
+
+def test_depthwise_paper_convention(tmp_path, rng):
+    """Same conv, convention 'paper': one 9 x 4 matrix of rank 2, nullity 7, and a note."""
+    path, filters = _depthwise_model(tmp_path, rng)
+    result = audit(path, PAPER)
+    row = only_row(result)
+    assert row_summary(row) == flags(9, 4, 2, groups=1)
+    np.testing.assert_array_equal(blocks_of(row)[0], filters)
+    assert row.layer.layout.startswith("paper")
+    assert any("paper" in note for note in result.notes)
+    assert result.settings.convention is ConvConvention.PAPER
+
+
+def test_conv_transpose_grouped(tmp_path, rng):
+    """ConvTranspose (C_in=6, C_out/g=1, 2x2), g=2: 2 blocks of 3 x 4, q=6, p=8, ranks 1+3."""
+    blocks = np.stack([irank(rng, 3, 4, 1), irank(rng, 3, 4, 3)])
+    w = blocks.reshape(6, 1, 2, 2).astype(np.float32)
+    path = make_model(tmp_path / "m.onnx",
+                      [mk("ConvTranspose", ["x", "W"], ["y"], group=2, strides=[2, 2])],
+                      [value("x", [1, 6, 5, 5])], [value("y", [1, 2, 10, 10])], [init("W", w)])
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(6, 8, 4, groups=2)
+    np.testing.assert_array_equal(blocks_of(row), blocks)
+    assert row.layer.geometry.transposed
+
+
+def test_conv_transpose_rank_deficient(tmp_path, rng):
+    """ConvTranspose (C_in=6, C_out=2, 1x1): W is 6 x 2, nullity 4, nu and mu."""
+    m = irank(rng, 6, 2, 2)
+    w = m.reshape(6, 2, 1, 1).astype(np.float32)
+    path = make_model(tmp_path / "m.onnx", [mk("ConvTranspose", ["x", "W"], ["y"])],
+                      [value("x", [1, 6, 4, 4])], [value("y", [1, 2, 4, 4])], [init("W", w)])
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(6, 2, 2)
+
+
+def test_conv_transpose_paper_convention(tmp_path, rng):
+    """ConvTranspose g=2, convention 'paper': one C_in x (C_out/g * prod k) = 6 x 4 matrix."""
+    blocks = np.stack([irank(rng, 3, 4, 1), irank(rng, 3, 4, 3)])
+    w = blocks.reshape(6, 1, 2, 2).astype(np.float32)
+    path = make_model(tmp_path / "m.onnx",
+                      [mk("ConvTranspose", ["x", "W"], ["y"], group=2, strides=[2, 2])],
+                      [value("x", [1, 6, 5, 5])], [value("y", [1, 2, 10, 10])], [init("W", w)])
+    row = only_row(audit(path, PAPER))
+    matrix = w.reshape(6, 4).astype(np.float64)
+    assert row_summary(row) == flags(6, 4, int(np.linalg.matrix_rank(matrix)))
+    np.testing.assert_array_equal(blocks_of(row)[0], matrix)
+
+
+# ------------------------------------------------------------------ quantized ops
+
+
+def _per_channel(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct positive scales and small int8 zero points for n channels."""
+    scales = (0.01 * np.arange(1, n + 1)).astype(np.float32)
+    zeros = rng.integers(-3, 4, size=n).astype(np.int8)
+    return scales, zeros
+
+
+def test_qlinearconv_per_channel(tmp_path, rng):
+    """QLinearConv int8 weight, per-channel scale and zero point: rank of (w - zp) * scale."""
+    m = irank(rng, 18, 4, 2)  # (C*k*k) x O
+    scales, zeros = _per_channel(rng, 4)
+    w = (m.T.reshape(4, 2, 3, 3) + zeros.reshape(4, 1, 1, 1)).astype(np.int8)
+    inits = [
+        init("xs", np.float32(0.1)), init("xz", np.uint8(128)), init("W", w),
+        init("ws", scales), init("wz", zeros), init("ys", np.float32(0.2)),
+        init("yz", np.uint8(128)),
+    ]
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("QLinearConv", ["x", "xs", "xz", "W", "ws", "wz", "ys", "yz"], ["y"])],
+        [value("x", [1, 2, 6, 6], UINT8)], [value("y", [1, 4, 4, 4], UINT8)], inits,
+    )
+    row = only_row(audit(path))
+    dequantized = m * scales.astype(np.float64)[None, :]
+    assert row_summary(row) == flags(18, 4, 2)
+    assert row.rank == np.linalg.matrix_rank(dequantized)
+    np.testing.assert_allclose(blocks_of(row)[0], dequantized, rtol=1e-6)
+    assert row.layer.stored_dtype == "int8"
+    assert row.layer.compute_dtype == "float"
+    assert row.decision.eps == 2.0**-23
+
+
+def test_convinteger_per_channel_zero_point(tmp_path, rng):
+    """ConvInteger uint8 weight with per-output-channel zero points: rank of (w - zp)."""
+    m = irank(rng, 18, 4, 3)
+    zeros = np.array([10, 11, 12, 13], np.uint8)
+    w = (m.T.reshape(4, 2, 3, 3) + zeros.reshape(4, 1, 1, 1)).astype(np.uint8)
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("ConvInteger", ["x", "W", "xz", "wz"], ["y"])],
+        [value("x", [1, 2, 6, 6], UINT8)], [value("y", [1, 4, 4, 4], onnx.TensorProto.INT32)],
+        [init("W", w), init("xz", np.uint8(0)), init("wz", zeros)],
+    )
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(18, 4, 3)
+    np.testing.assert_array_equal(blocks_of(row)[0], m)
+
+
+def test_qlinearmatmul_per_column(tmp_path, rng):
+    """QLinearMatMul with int8 B (12 x 6), per-column scale / zero point: rank 3."""
+    m = irank(rng, 12, 6, 3)
+    scales, zeros = _per_channel(rng, 6)
+    b = (m + zeros[None, :]).astype(np.int8)
+    inits = [init("as", np.float32(0.1)), init("az", np.uint8(128)), init("B", b),
+             init("bs", scales), init("bz", zeros), init("ys", np.float32(0.3)),
+             init("yz", np.uint8(128))]
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("QLinearMatMul", ["x", "as", "az", "B", "bs", "bz", "ys", "yz"], ["y"])],
+        [value("x", [2, 12], UINT8)], [value("y", [2, 6], UINT8)], inits,
+    )
+    row = only_row(audit(path))
+    dequantized = m * scales.astype(np.float64)[None, :]
+    assert row_summary(row) == flags(12, 6, 3)
+    np.testing.assert_allclose(blocks_of(row)[0], dequantized, rtol=1e-6)
+
+
+def test_matmulinteger_per_column_zero_point(tmp_path, rng):
+    """MatMulInteger x @ B with int8 B and per-column zero points: rank of B - zp."""
+    m = irank(rng, 12, 6, 4)
+    _, zeros = _per_channel(rng, 6)
+    b = (m + zeros[None, :]).astype(np.int8)
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("MatMulInteger", ["x", "B", "xz", "bz"], ["y"])],
+        [value("x", [2, 12], UINT8)], [value("y", [2, 6], onnx.TensorProto.INT32)],
+        [init("B", b), init("xz", np.uint8(0)), init("bz", zeros)],
+    )
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(12, 6, 4)
+    np.testing.assert_array_equal(blocks_of(row)[0], m)
+
+
+def test_matmulinteger_weight_on_the_left_per_row_zero_point(tmp_path, rng):
+    """MatMulInteger A @ x with constant int8 A (6 x 12), per-row zero points: W = (A - zp)^T."""
+    m = irank(rng, 12, 6, 2)  # W = (A - zp)^T
+    _, zeros = _per_channel(rng, 6)
+    a = (m.T + zeros[:, None]).astype(np.int8)
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("MatMulInteger", ["A", "x", "az", "xz"], ["y"])],
+        [value("x", [12, 3], UINT8)], [value("y", [6, 3], onnx.TensorProto.INT32)],
+        [init("A", a), init("az", zeros), init("xz", np.uint8(0))],
+    )
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(12, 6, 2)
+    np.testing.assert_array_equal(blocks_of(row)[0], m)
+
+
+def test_qdq_dequantize_chain_into_conv(tmp_path, rng):
+    """int8 weight -> DequantizeLinear(axis 0, per-channel) -> Conv: rank of the float weight."""
+    m = irank(rng, 18, 4, 2)
+    scales, zeros = _per_channel(rng, 4)
+    w = (m.T.reshape(4, 2, 3, 3) + zeros.reshape(4, 1, 1, 1)).astype(np.int8)
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("DequantizeLinear", ["Wq", "ws", "wz"], ["W"], axis=0),
+         mk("Conv", ["x", "W"], ["y"])],
+        [value("x", [1, 2, 6, 6])], [value("y", [1, 4, 4, 4])],
+        [init("Wq", w), init("ws", scales), init("wz", zeros)],
+    )
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(18, 4, 2)
+    np.testing.assert_allclose(blocks_of(row)[0], m * scales.astype(np.float64), rtol=1e-6)
+    assert row.layer.chain == ("DequantizeLinear",)
+    assert row.layer.roots[0] == "Wq"
+    assert row.layer.stored_dtype == "int8"
+    assert row.layer.compute_dtype == "float"
+
+
+# ------------------------------------------------------------------ dtypes
+
+
+def test_fp16_weight_cast_to_float(tmp_path, rng):
+    """fp16 initializer -> Cast(float) -> MatMul: stored float16, computed in float (eps 2^-23)."""
+    w = irank(rng, 12, 8, 3).astype(np.float16)
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("Cast", ["W16"], ["W"], to=FLOAT), mk("MatMul", ["x", "W"], ["y"])],
+        [value("x", [1, 12])], [value("y", [1, 8])], [init("W16", w)],
+    )
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(12, 8, 3)
+    assert row.layer.stored_dtype == "float16"
+    assert row.layer.compute_dtype == "float"
+    assert row.layer.chain == ("Cast",)
+    assert row.decision.eps == 2.0**-23
+    assert row.decision.tol == pytest.approx(row.decision.sigma_max * 12 * 2.0**-23)
+
+
+def test_native_fp16_model(tmp_path, rng):
+    """A float16 model: computed in float16, eps 2^-10, tol = sigma_max * 12 * 2^-10."""
+    w = irank(rng, 12, 8, 3).astype(np.float16)
+    path = make_model(tmp_path / "m.onnx", [mk("MatMul", ["x", "W"], ["y"])],
+                      [value("x", [1, 12], FLOAT16)], [value("y", [1, 8], FLOAT16)],
+                      [init("W", w)])
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(12, 8, 3)
+    assert row.layer.stored_dtype == "float16"
+    assert row.layer.compute_dtype == "float16"
+    assert row.decision.eps == 2.0**-10
+    assert row.decision.tol == pytest.approx(row.decision.sigma_max * 12 * 2.0**-10)
+
+
+def test_double_model_uses_double_eps(tmp_path, rng):
+    """A float64 weight is computed in double: eps 2^-52."""
+    w = irank(rng, 12, 8, 3)
+    path = make_model(tmp_path / "m.onnx", [mk("MatMul", ["x", "W"], ["y"])],
+                      [value("x", [1, 12], onnx.TensorProto.DOUBLE)],
+                      [value("y", [1, 8], onnx.TensorProto.DOUBLE)], [init("W", w)])
+    row = only_row(audit(path))
+    assert row.layer.compute_dtype == "double"
+    assert row.decision.eps == 2.0**-52
+    assert row.rank == 3
+
+
+# ------------------------------------------------------------------ where weights come from
+
+
+def test_constant_node_weight(tmp_path, rng):
+    """The weight is a Constant node's output: its root is that output."""
+    w = irank(rng, 12, 8, 4).astype(np.float32)
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("Constant", [], ["W"], value=onnx.numpy_helper.from_array(w, "Wt")),
+         mk("MatMul", ["x", "W"], ["y"])],
+        [value("x", [1, 12])], [value("y", [1, 8])],
+    )
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(12, 8, 4)
+    assert row.layer.roots == ("W",)
+    assert row.layer.chain == ()
+    assert row.layer.stored_dtype == "float"
+
+
+def test_weight_through_reshape_and_transpose_chain(tmp_path, rng):
+    """raw (8, 3, 4) -> Reshape (8, 12) -> Transpose -> (12, 8) -> MatMul: W = raw.reshape.T."""
+    w = irank(rng, 12, 8, 3)
+    raw = w.T.reshape(8, 3, 4).astype(np.float32)
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("Reshape", ["raw", "shape"], ["flat"]),
+         mk("Transpose", ["flat"], ["W"], perm=[1, 0]),
+         mk("MatMul", ["x", "W"], ["y"])],
+        [value("x", [1, 12])], [value("y", [1, 8])],
+        [init("raw", raw), ints("shape", [8, 12])],
+    )
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(12, 8, 3)
+    np.testing.assert_array_equal(blocks_of(row)[0], w)
+    assert row.layer.chain == ("Reshape", "Transpose")
+    assert row.layer.roots[0] == "raw"
+
+
+def test_weight_through_reference_evaluated_op(tmp_path, rng):
+    """A chain op outside the numpy folders (Mul by a constant) is folded via onnx.reference."""
+    w = irank(rng, 12, 8, 3).astype(np.float32)
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("Mul", ["raw", "three"], ["W"]), mk("MatMul", ["x", "W"], ["y"])],
+        [value("x", [1, 12])], [value("y", [1, 8])],
+        [init("raw", w), init("three", np.float32(3.0))],
+    )
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(12, 8, 3)
+    np.testing.assert_array_equal(blocks_of(row)[0], 3.0 * w.astype(np.float64))
+
+
+def test_weight_shared_by_two_nodes_is_one_row(tmp_path, rng):
+    """x @ W -> Relu -> @ W: one parameter, one row listing both nodes; n = 1."""
+    w = irank(rng, 8, 8, 5).astype(np.float32)
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("MatMul", ["x", "W"], ["h"], name="mm1"), mk("Relu", ["h"], ["r"]),
+         mk("MatMul", ["r", "W"], ["y"], name="mm2")],
+        [value("x", [1, 8])], [value("y", [1, 8])], [init("W", w)],
+    )
+    result = audit(path)
+    row = only_row(result)
+    assert row.layer.nodes == ("mm1", "mm2")
+    assert row_summary(row) == flags(8, 8, 5)
+    assert result.metrics.n == 1
+    assert result.metrics.nullity_sum == 3
+
+
+def test_if_subgraph_matmul_with_outer_weight(tmp_path, rng):
+    """A MatMul inside an If branch whose weight is an initializer of the main graph."""
+    w = irank(rng, 8, 6, 2).astype(np.float32)
+    then_graph = helper.make_graph(
+        [mk("MatMul", ["x", "W"], ["t"], name="inner_mm")], "then", [], [value("t", [1, 6])])
+    else_graph = helper.make_graph(
+        [mk("Constant", [], ["e"], value=onnx.numpy_helper.from_array(
+            np.zeros((1, 6), np.float32), "z"))], "else", [], [value("e", [1, 6])])
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("If", ["cond"], ["y"], name="branch", then_branch=then_graph,
+            else_branch=else_graph)],
+        [value("cond", [], BOOL), value("x", [1, 8])], [value("y", [1, 6])], [init("W", w)],
+    )
+    result = audit(path)
+    row = only_row(result)
+    assert row_summary(row) == flags(8, 6, 2)
+    assert row.layer.scope.startswith("branch/then_branch")
+    assert row.layer.nodes[0].endswith("inner_mm")
+    assert row.layer.roots == ("W",)
+
+
+def test_loop_body_matmul_with_outer_weight(tmp_path, rng):
+    """A MatMul in a Loop body (carried state @ outer initializer) is audited once."""
+    w = irank(rng, 8, 8, 3).astype(np.float32)
+    body = helper.make_graph(
+        [mk("Identity", ["cond_in"], ["cond_out"]),
+         mk("MatMul", ["h", "W"], ["h_next"], name="step")],
+        "body",
+        [value("i", [], onnx.TensorProto.INT64), value("cond_in", [], BOOL), value("h", [1, 8])],
+        [value("cond_out", [], BOOL), value("h_next", [1, 8])],
+    )
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("Loop", ["trips", "go", "x"], ["y"], name="loop", body=body)],
+        [value("x", [1, 8])], [value("y", [1, 8])],
+        [init("W", w), init("trips", np.int64(2)), init("go", np.bool_(True))],
+    )
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(8, 8, 3)
+    assert row.layer.scope == "loop/body"
+    assert row.layer.nodes == ("loop/body/step",)
+
+
+def test_model_local_function_with_gemm(tmp_path, rng):
+    """A Gemm inside a model-local function (weight passed in from the main graph) is found."""
+    w = irank(rng, 12, 8, 3).astype(np.float32)
+    function = helper.make_function(
+        "local.test", "Dense", ["X", "Wf"], ["Y"],
+        [mk("Gemm", ["X", "Wf"], ["Y"], transB=0)],
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("Dense", ["x", "W"], ["y"], domain="local.test")],
+        [value("x", [1, 12])], [value("y", [1, 8])], [init("W", w)],
+        functions=[function], extra_opsets=[("local.test", 1)],
+    )
+    row = only_row(audit(path))
+    assert row.layer.op == "Gemm"
+    assert row_summary(row) == flags(12, 8, 3)
+    np.testing.assert_array_equal(blocks_of(row)[0], w.astype(np.float64))
+
+
+def test_function_with_constant_weight_inside(tmp_path, rng):
+    """A model-local function holding its own Constant weight feeding a MatMul."""
+    w = irank(rng, 12, 8, 2).astype(np.float32)
+    function = helper.make_function(
+        "local.test", "Proj", ["X"], ["Y"],
+        [mk("Constant", [], ["Wc"], value=onnx.numpy_helper.from_array(w, "Wc")),
+         mk("MatMul", ["X", "Wc"], ["Y"])],
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    path = make_model(
+        tmp_path / "m.onnx", [mk("Proj", ["x"], ["y"], domain="local.test")],
+        [value("x", [1, 12])], [value("y", [1, 8])],
+        functions=[function], extra_opsets=[("local.test", 1)],
+    )
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(12, 8, 2)
+
+
+# ------------------------------------------------------------------ external data
+
+
+def _save_pair(tmp_path, rng) -> tuple[str, str]:
+    """The same Conv + Gemm model saved inline and with external data in w.bin."""
+    conv = conv_weight(irank(rng, 27, 8, 5), 8, (3, 3, 3)).astype(np.float32)
+    fc = irank(rng, 8 * 36, 10, 7).astype(np.float32)
+    model = build_model(
+        [mk("Conv", ["x", "Wc"], ["c"]), mk("Flatten", ["c"], ["f"]),
+         mk("MatMul", ["f", "Wf"], ["y"])],
+        [value("x", [1, 3, 8, 8])], [value("y", [1, 10])],
+        [init("Wc", conv), init("Wf", fc)],
+    )
+    inline = str(tmp_path / "inline.onnx")
+    onnx.save(model, inline)
+    ext_dir = tmp_path / "ext"
+    ext_dir.mkdir()
+    external = str(ext_dir / "model.onnx")
+    onnx.save(model, external, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="w.bin", size_threshold=0)
+    return inline, external
+
+
+def test_external_data_audits_like_inline(tmp_path, rng):
+    """Weights in an external w.bin (memory-mapped) give the same rows as inline weights."""
+    inline, external = _save_pair(tmp_path, rng)
+    assert os.path.exists(os.path.join(os.path.dirname(external), "w.bin"))
+    assert os.path.getsize(external) < os.path.getsize(inline)
+    a, b = audit(inline), audit(external)
+    assert [row_summary(r) for r in a.rows] == [row_summary(r) for r in b.rows]
+    assert [r.decision for r in a.rows] == [r.decision for r in b.rows]
+    assert a.metrics == b.metrics
+    assert [row_summary(r)[3] for r in a.rows] == [5, 7]
+
+
+def test_external_data_missing_file(tmp_path, rng):
+    """w.bin deleted: a ModelLoadError naming the file, not a crash."""
+    _, external = _save_pair(tmp_path, rng)
+    os.remove(os.path.join(os.path.dirname(external), "w.bin"))
+    with pytest.raises(ModelLoadError, match=r"w\.bin"):
+        audit(external)
+
+
+def test_external_data_truncated_file(tmp_path, rng):
+    """w.bin cut short: a ModelLoadError saying it is shorter than the tensor needs."""
+    _, external = _save_pair(tmp_path, rng)
+    bin_path = os.path.join(os.path.dirname(external), "w.bin")
+    with open(bin_path, "r+b") as handle:
+        handle.truncate(os.path.getsize(bin_path) // 2)
+    with pytest.raises(ModelLoadError, match="shorter"):
+        audit(external)
+
+
+# ------------------------------------------------------------------ what is skipped
+
+
+def test_dynamic_weight_is_skipped(tmp_path, rng):
+    """h @ z with both operands variable (attention-like) is listed in skipped, not audited."""
+    w = irank(rng, 8, 8, 8).astype(np.float32)
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("MatMul", ["x", "W"], ["h"], name="proj"),
+         mk("MatMul", ["h", "z"], ["y"], name="scores")],
+        [value("x", [4, 8]), value("z", [8, 4])], [value("y", [4, 4])], [init("W", w)],
+    )
+    result = audit(path)
+    row = only_row(result)
+    assert row.layer.nodes == ("proj",)
+    assert [(s.label, s.op_type) for s in result.skipped] == [("scores", "MatMul")]
+    assert "no operand is constant" in result.skipped[0].reason
+
+
+def test_constant_times_constant_is_skipped(tmp_path, rng):
+    """A MatMul of two initializers is constant folding, not a layer: skipped."""
+    w = irank(rng, 8, 8, 8).astype(np.float32)
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("MatMul", ["A", "B"], ["W"], name="fold"), mk("MatMul", ["x", "W"], ["y"])],
+        [value("x", [4, 8])], [value("y", [4, 8])], [init("A", w), init("B", w)],
+    )
+    result = audit(path)
+    assert len(result.rows) == 1
+    assert [s.label for s in result.skipped] == ["fold"]
+    assert "both operands are constant" in result.skipped[0].reason
+
+
+def test_fused_weight_split_into_three_is_three_rows(tmp_path, rng):
+    """qkv (8, 24) -> Split -> Wq, Wk, Wv (ranks 2, 4, 8) -> three MatMuls: three rows."""
+    qkv = np.concatenate([irank(rng, 8, 8, r) for r in (2, 4, 8)], axis=1).astype(np.float32)
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("Split", ["qkv", "sizes"], ["wq", "wk", "wv"], axis=1),
+         mk("MatMul", ["x", "wq"], ["q"], name="mq"), mk("MatMul", ["x", "wk"], ["k"], name="mk"),
+         mk("MatMul", ["x", "wv"], ["v"], name="mv"),
+         mk("Add", ["q", "k"], ["s"]), mk("Add", ["s", "v"], ["y"])],
+        [value("x", [1, 8])], [value("y", [1, 8])], [init("qkv", qkv), ints("sizes", [8, 8, 8])],
+    )
+    result = audit(path)
+    assert [r.layer.nodes for r in result.rows] == [("mq",), ("mk",), ("mv",)]
+    assert [r.rank for r in result.rows] == [2, 4, 8]
+
+
+def test_same_local_name_in_sibling_branches_is_two_parameters(tmp_path, rng):
+    """then: Constant 'W' of rank 2; else: another Constant 'W' of rank 5: two rows."""
+
+    def branch(name: str, rank: int) -> onnx.GraphProto:
+        w = irank(rng, 8, 6, rank).astype(np.float32)
+        return helper.make_graph(
+            [mk("Constant", [], ["W"], value=onnx.numpy_helper.from_array(w, "W")),
+             mk("MatMul", ["x", "W"], [f"{name}_out"], name="mm")],
+            name, [], [value(f"{name}_out", [1, 6])])
+
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("If", ["cond"], ["y"], name="br", then_branch=branch("then", 2),
+            else_branch=branch("else", 5))],
+        [value("cond", [], BOOL), value("x", [1, 8])], [value("y", [1, 6])],
+    )
+    result = audit(path)
+    assert len(result.rows) == 2
+    assert sorted(r.rank for r in result.rows) == [2, 5]
+
+
+def test_blocked_dequantize_linear(tmp_path, rng):
+    """Opset 21 DequantizeLinear with block_size 2 along axis 0: W equals the reference
+    dequantization, and its rank is that of the dequantized matrix."""
+    m = irank(rng, 8, 6, 3)
+    scale = (0.01 * (1 + rng.integers(0, 5, size=(4, 6)))).astype(np.float32)
+    zero = rng.integers(-2, 3, size=(4, 6)).astype(np.int8)
+    wq = (m + np.repeat(zero, 2, axis=0)).astype(np.int8)
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("DequantizeLinear", ["wq", "s", "z"], ["W"], axis=0, block_size=2),
+         mk("MatMul", ["x", "W"], ["y"])],
+        [value("x", [1, 8])], [value("y", [1, 6])],
+        [init("wq", wq), init("s", scale), init("z", zero)], opset=21,
+    )
+    expected = ReferenceEvaluator(path).run(
+        None, {"x": np.eye(8, dtype=np.float32)})[0].astype(np.float64)
+    row = only_row(audit(path))
+    np.testing.assert_allclose(blocks_of(row)[0], expected, rtol=1e-6)
+    assert row.rank == np.linalg.matrix_rank(expected)
+    assert row.layer.chain == ("DequantizeLinear",)
+
+
+def test_conv_with_runtime_weight_is_skipped(tmp_path, rng):
+    """A Conv whose weight is a graph input is skipped ('not constant'), the rest is audited."""
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("Conv", ["x", "k"], ["c"], name="dynamic_conv"), mk("Flatten", ["c"], ["f"]),
+         mk("MatMul", ["f", "W"], ["y"], name="fc")],
+        [value("x", [1, 2, 4, 4]), value("k", [3, 2, 3, 3])], [value("y", [1, 5])],
+        [init("W", irank(rng, 12, 5, 5).astype(np.float32))],
+    )
+    result = audit(path)
+    assert [r.layer.nodes for r in result.rows] == [("fc",)]
+    assert [(s.label, s.op_type) for s in result.skipped] == [("dynamic_conv", "Conv")]
+    assert "not constant" in result.skipped[0].reason
+
+
+def test_conv_groups_not_dividing_the_weight_is_a_clear_error(tmp_path, rng):
+    """group=3 with 4 output channels cannot be split into blocks: UnsupportedModelError."""
+    w = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    path = make_model(tmp_path / "m.onnx", [mk("Conv", ["x", "W"], ["y"], group=3, name="bad")],
+                      [value("x", [1, 3, 8, 8])], [value("y", [1, 4, 6, 6])], [init("W", w)])
+    with pytest.raises(UnsupportedModelError, match="divisible"):
+        audit(path)

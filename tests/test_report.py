@@ -1,0 +1,298 @@
+"""report: every format renders; JSON against its schema; CSV, Markdown and table contents."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from importlib import resources
+
+import jsonschema
+import numpy as np
+import pytest
+from builders import DATA, init, make_model, value
+from builders import integer_rank as irank
+from onnx import helper
+
+from onnxcollide.audit import AuditSettings, ModelAudit, audit_model
+from onnxcollide.layers import ConvConvention
+from onnxcollide.report import Format, RenderOptions, render, renderer
+from onnxcollide.report.csv_format import LAYER_COLUMNS
+from onnxcollide.report.fields import SUMMARY_HEADERS
+from onnxcollide.report.json_format import SCHEMA_ID, SCHEMA_VERSION, report_dict
+from onnxcollide.spectral import ToleranceRule
+
+mk = helper.make_node
+SCHEMA_FILE = "audit-report-v1.schema.json"
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict:
+    """The JSON schema shipped as package data."""
+    text = resources.files("onnxcollide").joinpath("schemas", SCHEMA_FILE).read_text("utf-8")
+    return json.loads(text)
+
+
+@pytest.fixture(scope="module")
+def lenet() -> ModelAudit:
+    """The PyTorch LeNet-5 audit."""
+    return audit_model(str(DATA / "lenet5_mnist_torch.onnx"))
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> ModelAudit:
+    """A tiny model with a skipped op, a shared weight and a '|' in a node name."""
+    rng = np.random.default_rng(7)
+    path = make_model(
+        tmp_path_factory.mktemp("small") / "small|model.onnx",
+        [mk("MatMul", ["x", "W"], ["h"], name="proj|a"), mk("MatMul", ["h", "W"], ["g"],
+                                                               name="proj_b"),
+         mk("MatMul", ["g", "z"], ["y"], name="scores")],
+        [value("x", [2, 6]), value("z", [6, 2])], [value("y", [2, 2])],
+        [init("W", irank(rng, 6, 6, 4).astype(np.float32))],
+    )
+    return audit_model(path)
+
+
+@pytest.fixture(scope="module")
+def ultraface() -> ModelAudit:
+    """UltraFace: many layers, one decided with margin < 10."""
+    return audit_model(str(DATA / "ultraface_slim320.onnx"))
+
+
+# ------------------------------------------------------------------ every format
+
+
+@pytest.mark.parametrize("fmt", list(Format), ids=lambda f: f.value)
+@pytest.mark.parametrize("summary_only", [False, True])
+def test_every_format_renders(fmt, summary_only, lenet, small):
+    """Each Format value has a renderer; one and two models render to text ending in a newline."""
+    assert callable(renderer(fmt))
+    for audits in ([lenet], [lenet, small]):
+        text = render(audits, fmt, RenderOptions(summary_only=summary_only))
+        assert text.strip()
+        assert text.endswith("\n")
+        assert "lenet5_mnist_torch.onnx" in text
+
+
+def test_format_values_are_the_cli_choices():
+    """The enum's values are the names the CLI accepts."""
+    assert {f.value for f in Format} >= {"table", "json", "markdown", "csv"}
+
+
+# ------------------------------------------------------------------ JSON
+
+
+def test_schema_is_valid_draft_2020_12(schema):
+    """The schema is a valid draft 2020-12 schema whose $id is the report's $schema."""
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["$id"] == SCHEMA_ID
+
+
+def _object_schemas(node):
+    """Every sub-schema that declares properties."""
+    if isinstance(node, dict):
+        if "properties" in node:
+            yield node
+        for child in node.values():
+            yield from _object_schemas(child)
+    elif isinstance(node, list):
+        for child in node:
+            yield from _object_schemas(child)
+
+
+def test_schema_requires_every_property_and_forbids_others(schema):
+    """Every object in the schema lists all its properties as required, additionalProperties
+    false (only input_shapes is an open map)."""
+    objects = list(_object_schemas(schema))
+    assert len(objects) >= 8
+    for obj in objects:
+        assert set(obj["required"]) == set(obj["properties"]), obj.get("description")
+        assert obj["additionalProperties"] is False
+
+
+@pytest.mark.parametrize("settings", [
+    AuditSettings(),
+    AuditSettings(convention=ConvConvention.PAPER, rule=ToleranceRule(rtol=1e-3, atol=1e-9)),
+    AuditSettings(input_shapes=(("input_0", (10, 1, 28, 28)),)),
+], ids=["default", "paper-rtol-atol", "input-shape"])
+def test_json_validates_against_schema(schema, settings):
+    """Reports of real models (one and several, all settings) validate against the schema."""
+    audits = [audit_model(str(DATA / "lenet5_mnist_torch.onnx"), settings)]
+    validator = jsonschema.Draft202012Validator(schema)
+    text = render(audits, Format.JSON)
+    data = json.loads(text)
+    validator.validate(data)
+    assert data["$schema"] == SCHEMA_ID
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert data["settings"]["conv_convention"] == settings.convention.value
+    assert data["settings"]["rtol"] == settings.rule.rtol
+    assert data["settings"]["input_shapes"] == {k: list(v) for k, v in settings.input_shapes}
+
+
+def test_json_of_every_real_model_validates(schema):
+    """All real models in one report: valid, one entry per model, one layer entry per row."""
+    paths = sorted(DATA.glob("*.onnx"))
+    audits = [audit_model(str(p)) for p in paths]
+    data = json.loads(render(audits, Format.JSON))
+    jsonschema.Draft202012Validator(schema).validate(data)
+    assert [m["path"] for m in data["models"]] == [str(p) for p in paths]
+    for audit, model in zip(audits, data["models"], strict=True):
+        assert len(model["layers"]) == len(audit.rows)
+        assert model["metrics"]["n"] == audit.metrics.n
+
+
+def test_json_carries_the_numbers(small, schema):
+    """Layer, skipped and first-layer entries hold the audit's values."""
+    data = report_dict([small])
+    jsonschema.Draft202012Validator(schema).validate(data)
+    model = data["models"][0]
+    (layer,) = model["layers"]
+    row = small.rows[0]
+    assert layer["nodes"] == ["proj|a", "proj_b"]
+    assert (layer["q"], layer["p"], layer["rank"], layer["nullity"]) == (6, 6, 4, 2)
+    assert layer["nu"] is True and layer["mu"] is False
+    assert layer["tol"] == row.decision.tol
+    assert layer["sigma_max"] == row.decision.sigma_max
+    assert layer["eps"] == 2.0**-23
+    assert model["skipped"] == [{"node": "scores", "op": "MatMul",
+                                 "reason": small.skipped[0].reason}]
+    assert model["first_layer"]["exactness"] == "dense"
+
+
+def test_schema_rejects_bad_reports(schema, small):
+    """The schema catches a missing field, an extra field and a wrong type."""
+    validator = jsonschema.Draft202012Validator(schema)
+    good = report_dict([small])
+    validator.validate(good)
+    missing = json.loads(json.dumps(good))
+    del missing["models"][0]["layers"][0]["rank"]
+    extra = json.loads(json.dumps(good))
+    extra["models"][0]["metrics"]["extra"] = 1
+    wrong = json.loads(json.dumps(good))
+    wrong["models"][0]["layers"][0]["q"] = "6"
+    bad_class = json.loads(json.dumps(good))
+    bad_class["models"][0]["first_layer"]["exactness"] = "maybe"
+    for bad in (missing, extra, wrong, bad_class):
+        assert not validator.is_valid(bad)
+
+
+def test_json_is_deterministic(lenet):
+    """The same audit renders to the same bytes (no timestamps, fixed key order)."""
+    assert render([lenet], Format.JSON) == render([lenet], Format.JSON)
+
+
+def test_unclear_row_is_marked_in_every_format(ultraface):
+    """A margin under 10 gives clear=false in JSON and CSV and a '!' in Markdown and table."""
+    unclear = [r for r in ultraface.rows if r.decision.margin is not None
+               and r.decision.margin < 10]
+    assert unclear
+    data = report_dict([ultraface])
+    flags = {layer["index"]: layer["clear"] for layer in data["models"][0]["layers"]}
+    assert {i for i, clear in flags.items() if not clear} == {r.index for r in unclear}
+    rows = list(csv.DictReader(io.StringIO(render([ultraface], Format.CSV))))
+    assert {int(r["index"]) for r in rows if r["clear"] == "False"} == {r.index for r in unclear}
+    assert " !" in render([ultraface], Format.MARKDOWN)
+    assert " !" in render([ultraface], Format.TABLE)
+
+
+# ------------------------------------------------------------------ CSV
+
+
+def test_csv_one_row_per_layer(lenet, small):
+    """CSV parses with the csv module: a header, then one row per layer of every model."""
+    text = render([lenet, small], Format.CSV)
+    rows = list(csv.reader(io.StringIO(text)))
+    assert tuple(rows[0]) == ("model", *LAYER_COLUMNS)
+    body = rows[1:]
+    assert len(body) == len(lenet.rows) + len(small.rows)
+    table = [dict(zip(rows[0], r, strict=True)) for r in body]
+    for cells, row in zip(table, [*lenet.rows, *small.rows], strict=True):
+        assert int(cells["q"]) == row.layer.q
+        assert int(cells["p"]) == row.layer.p
+        assert int(cells["rank"]) == row.rank
+        assert int(cells["nullity"]) == row.nullity
+        assert float(cells["tol"]) == row.decision.tol
+    assert table[-1]["nodes"] == "proj|a;proj_b"
+    assert table[0]["largest_dropped"] == ""  # None renders as an empty cell
+
+
+def test_csv_summary_only(lenet, small):
+    """--summary-only CSV: the Table 1 header and one row per model."""
+    rows = list(csv.reader(io.StringIO(render([lenet, small], Format.CSV,
+                                              RenderOptions(summary_only=True)))))
+    assert tuple(rows[0]) == SUMMARY_HEADERS
+    assert [r[0] for r in rows[1:]] == ["lenet5_mnist_torch.onnx", "small|model.onnx"]
+    assert rows[1][1:5] == ["5", "5", "100%", "5"]
+
+
+# ------------------------------------------------------------------ Markdown
+
+
+def _table1_lines(text: str) -> list[str]:
+    """The Table 1 table's lines (header, rule, rows) of a Markdown report."""
+    lines = text.splitlines()
+    start = lines.index("## Table 1") + 2
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return lines[start:end]
+
+
+def test_markdown_has_table1_with_a_row_per_model(lenet, small):
+    """One Table 1 with the paper's header and a row per model, then a section per model."""
+    text = render([lenet, small], Format.MARKDOWN)
+    assert text.count("## Table 1") == 1
+    table = _table1_lines(text)
+    assert table[0] == "| " + " | ".join(SUMMARY_HEADERS) + " |"
+    assert len(table) == 2 + 2
+    assert table[2].startswith("| lenet5_mnist_torch.onnx | 5 | 5 | 100% | 5 | 100% | 543 | 19 |")
+    assert "## lenet5_mnist_torch.onnx" in text
+    assert "skipped scores (MatMul)" in text
+
+
+def test_markdown_escapes_pipes(small):
+    """A '|' in a model or node name does not break the Markdown tables."""
+    text = render([small], Format.MARKDOWN)
+    assert "small\\|model.onnx" in text
+    assert "proj\\|a" in text
+    for line in _table1_lines(text):
+        assert line.replace("\\|", "").count("|") == len(SUMMARY_HEADERS) + 1
+
+
+def test_markdown_summary_only(lenet, small):
+    """--summary-only Markdown: Table 1 only, no per-model sections."""
+    text = render([lenet, small], Format.MARKDOWN, RenderOptions(summary_only=True))
+    assert len(_table1_lines(text)) == 4
+    assert "## lenet5_mnist_torch.onnx" not in text
+    assert "W1:" not in text
+
+
+def test_markdown_paper_convention_note(tmp_path):
+    """With convention 'paper' the report says so."""
+    audit = audit_model(str(DATA / "ppocr_mobile_v2_cls.onnx"),
+                        AuditSettings(convention=ConvConvention.PAPER))
+    text = render([audit], Format.MARKDOWN)
+    assert "conv convention: `paper`" in text
+    assert "not the operator's rank" in text
+
+
+# ------------------------------------------------------------------ table
+
+
+def test_table_has_layers_w1_and_summary(lenet, small):
+    """The terminal table lists each model's layers, its W1 and one Table 1 for all models."""
+    text = render([lenet, small], Format.TABLE, RenderOptions(width=200))
+    assert text.count("Table 1") == 1
+    assert "W1: " in text
+    assert "lenet5_mnist_torch.onnx: 5 weights" in text
+    assert "\x1b[" not in text  # no colour unless asked
+
+
+def test_table_summary_only(lenet, small):
+    """--summary-only table: only Table 1, with both models."""
+    text = render([lenet, small], Format.TABLE, RenderOptions(summary_only=True, width=200))
+    assert "Table 1" in text
+    assert "W1: " not in text
+    assert "lenet5_mnist_torch.onnx" in text and "small|model.onnx" in text

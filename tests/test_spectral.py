@@ -1,0 +1,389 @@
+"""spectral: decide_rank against an independent float64 SVD, the Gram path, gram_matrix."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from onnxcollide import spectral
+from onnxcollide.spectral import EPS_OF, RankDecision, ToleranceRule, decide_rank, gram_matrix
+
+EPS32 = 2.0**-23
+EPS16 = 2.0**-10
+EPS64 = 2.0**-52
+
+
+def reference(blocks: np.ndarray, eps: float, rtol: float | None = None,
+              atol: float | None = None) -> dict[str, float | int | None]:
+    """The rank decision recomputed from a float64 SVD of every block (whole-matrix tol)."""
+    a = np.asarray(blocks, dtype=np.float64)
+    g, qb, pb = a.shape
+    q, p = g * qb, g * pb
+    s = np.linalg.svd(a, compute_uv=False).ravel()
+    smax = float(s.max())
+    tol = smax * (rtol if rtol is not None else max(q, p) * eps)
+    if atol is not None:
+        tol = max(tol, atol)
+    kept, dropped = s[s > tol], s[s <= tol]
+    return {
+        "rank": int(kept.size), "sigma_max": smax, "tol": tol,
+        "smallest_kept": float(kept.min()) if kept.size else None,
+        "largest_dropped": float(dropped.max()) if dropped.size else None,
+    }
+
+
+def assert_matches(decision: RankDecision, ref: dict, rel: float) -> None:
+    """Rank exact; sigma_max, tol and the kept / dropped values to ``rel``."""
+    assert decision.rank == ref["rank"]
+    assert decision.sigma_max == pytest.approx(ref["sigma_max"], rel=rel)
+    assert decision.tol == pytest.approx(ref["tol"], rel=rel)
+    if ref["smallest_kept"] is None:
+        assert decision.smallest_kept is None
+    else:
+        assert decision.smallest_kept == pytest.approx(ref["smallest_kept"], rel=rel)
+    if ref["largest_dropped"] is None:
+        assert decision.largest_dropped is None
+    else:
+        assert decision.largest_dropped is not None
+        assert decision.largest_dropped <= decision.tol
+
+
+def low_rank(rng: np.random.Generator, q: int, p: int, r: int, dtype=np.float32) -> np.ndarray:
+    """U @ V with inner dimension r: rank r, well enough conditioned at these sizes."""
+    return (rng.standard_normal((q, r)) @ rng.standard_normal((r, p))).astype(dtype)
+
+
+# ------------------------------------------------------------------ the SVD path
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 5, 3), (1, 3, 5), (1, 7, 7), (1, 40, 13), (1, 13, 40), (1, 256, 100), (1, 100, 256),
+     (3, 10, 4), (4, 4, 10), (2, 9, 9), (1, 1, 1), (1, 1, 30), (1, 30, 1)],
+    ids=lambda s: "x".join(map(str, s)),
+)
+def test_random_full_rank_matches_float64_svd(rng, shape):
+    """Random float32 blocks of every aspect ratio: full rank, values equal to a float64 SVD."""
+    blocks = rng.standard_normal(shape).astype(np.float32)
+    decision = decide_rank(blocks, EPS32)
+    ref = reference(blocks, EPS32)
+    assert_matches(decision, ref, rel=1e-6)
+    assert decision.rank == shape[0] * min(shape[1:])
+    assert decision.method == "svd"
+    assert decision.eps == EPS32
+    assert decision.largest_dropped is None
+
+
+@pytest.mark.parametrize("q,p,r", [(50, 30, 7), (30, 50, 7), (64, 64, 63), (200, 180, 1),
+                                   (120, 120, 60), (256, 256, 200)])
+def test_known_rank_products(rng, q, p, r):
+    """W = U @ V with inner dimension r has rank r; the dropped values sit at the float32 noise."""
+    w = low_rank(rng, q, p, r)
+    decision = decide_rank(w[None], EPS32)
+    ref = reference(w[None], EPS32)
+    assert decision.rank == r
+    assert_matches(decision, ref, rel=1e-6)
+    if r < min(q, p):
+        assert decision.largest_dropped == pytest.approx(ref["largest_dropped"], rel=1e-6)
+        assert decision.largest_dropped < decision.tol
+    ratios = [ref["smallest_kept"] / ref["tol"]]
+    if ref["largest_dropped"]:
+        ratios.append(ref["tol"] / ref["largest_dropped"])
+    assert decision.margin == pytest.approx(min(ratios), rel=1e-6)
+    assert decision.margin > 10
+
+
+def test_block_stack_ranks_add_and_share_one_tolerance(rng):
+    """Blocks of ranks 1, 3, 4 give rank 8; tol uses the whole block-diagonal (q, p, sigma_max)."""
+    g, qb, pb = 3, 12, 5
+    blocks = np.stack([low_rank(rng, qb, pb, r) for r in (1, 3, 5)])
+    blocks[0] *= 10.0  # the largest singular value lives in block 0
+    decision = decide_rank(blocks, EPS32)
+    ref = reference(blocks, EPS32)
+    assert decision.rank == 1 + 3 + 5
+    assert_matches(decision, ref, rel=1e-6)
+    sigma_max = max(np.linalg.svd(b.astype(np.float64), compute_uv=False)[0] for b in blocks)
+    assert decision.sigma_max == pytest.approx(sigma_max, rel=1e-12)
+    assert decision.tol == pytest.approx(sigma_max * max(g * qb, g * pb) * EPS32, rel=1e-12)
+
+
+def test_block_rank_decided_against_global_sigma_max():
+    """A block far smaller than the largest block drops out entirely (tol is global)."""
+    big = np.eye(4, dtype=np.float64)
+    tiny = np.eye(4, dtype=np.float64) * 1e-9
+    decision = decide_rank(np.stack([big, tiny]), EPS32)
+    assert decision.rank == 4
+    assert decision.largest_dropped == pytest.approx(1e-9)
+
+
+def test_zero_matrix_has_rank_zero():
+    """All zeros: rank 0, tol 0, no kept value and no margin."""
+    decision = decide_rank(np.zeros((1, 6, 4), np.float32), EPS32)
+    assert decision.rank == 0
+    assert decision.sigma_max == 0.0
+    assert decision.tol == 0.0
+    assert decision.smallest_kept is None
+    assert decision.largest_dropped == 0.0
+    assert decision.margin is None
+
+
+def test_empty_block_has_rank_zero():
+    """A (1, 0, 5) stack is an empty matrix: rank 0, method 'empty'."""
+    decision = decide_rank(np.zeros((1, 0, 5), np.float32), EPS32)
+    assert decision.rank == 0
+    assert decision.method == "empty"
+
+
+def test_rank_is_scale_invariant(rng):
+    """The rule is relative: W * 1e-20 and W * 1e20 (float64) keep the rank of W."""
+    w = low_rank(rng, 30, 20, 6, np.float64)
+    for scale in (1e-20, 1.0, 1e20):
+        assert decide_rank((w * scale)[None], EPS32).rank == 6
+
+
+def test_float16_eps_drops_what_float32_keeps():
+    """Singular value 1e-4 relative: kept with eps float32, dropped with eps float16."""
+    w = np.diag([1.0, 0.5, 1e-4]).astype(np.float64)
+    assert decide_rank(w[None], EPS_OF["float"]).rank == 3
+    assert decide_rank(w[None], EPS_OF["float16"]).rank == 2
+    assert EPS_OF["float16"] == EPS16
+    assert EPS_OF["double"] == EPS64
+    assert EPS_OF["float"] == EPS32
+
+
+# ------------------------------------------------------------------ tolerance overrides
+
+
+def test_rtol_override():
+    """rtol replaces max(q, p) * eps: tol = rtol * sigma_max."""
+    w = np.diag([1.0, 0.5, 0.05, 0.005])[None]
+    decision = decide_rank(w, EPS32, ToleranceRule(rtol=1e-2))
+    assert decision.rank == 3
+    assert decision.tol == pytest.approx(1e-2)
+    assert decision.smallest_kept == pytest.approx(0.05)
+    assert decision.largest_dropped == pytest.approx(0.005)
+    assert decision.margin == pytest.approx(2.0)
+    assert_matches(decision, reference(w, EPS32, rtol=1e-2), rel=1e-12)
+
+
+def test_atol_override_is_a_floor():
+    """atol raises tol above the relative rule; an atol below it changes nothing."""
+    w = np.diag([1.0, 0.5, 0.05, 0.005])[None]
+    assert decide_rank(w, EPS32, ToleranceRule(atol=0.1)).rank == 2
+    assert decide_rank(w, EPS32, ToleranceRule(atol=0.1)).tol == pytest.approx(0.1)
+    default = decide_rank(w, EPS32)
+    tiny = decide_rank(w, EPS32, ToleranceRule(atol=1e-30))
+    assert tiny.tol == default.tol
+    assert tiny.rank == default.rank == 4
+    both = decide_rank(w, EPS32, ToleranceRule(rtol=1e-3, atol=0.01))
+    assert both.tol == pytest.approx(0.01)
+    assert both.rank == 3
+
+
+def test_atol_on_zero_matrix():
+    """A zero matrix with an atol: tol is the atol, rank 0."""
+    decision = decide_rank(np.zeros((1, 3, 3)), EPS32, ToleranceRule(atol=1e-6))
+    assert decision.rank == 0
+    assert decision.tol == pytest.approx(1e-6)
+
+
+def test_tolerance_rule_formula_and_words():
+    """ToleranceRule.tolerance and describe() follow the documented formulas."""
+    assert ToleranceRule().tolerance(2.0, 10, 30, EPS32) == pytest.approx(2.0 * 30 * EPS32)
+    assert ToleranceRule(rtol=1e-3).tolerance(2.0, 10, 30, EPS32) == pytest.approx(2e-3)
+    assert ToleranceRule(atol=5.0).tolerance(2.0, 10, 30, EPS32) == 5.0
+    assert ToleranceRule().describe() == "sigma_max * max(q, p) * eps"
+    assert ToleranceRule(rtol=0.001).describe() == "0.001 * sigma_max"
+    assert ToleranceRule(rtol=0.001, atol=1e-06).describe() == "max(1e-06, 0.001 * sigma_max)"
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_or_inf_raises(rng, bad):
+    """A weight with NaN / Inf raises FloatingPointError (SVD path)."""
+    w = rng.standard_normal((1, 8, 5)).astype(np.float32)
+    w[0, 3, 2] = bad
+    with pytest.raises(FloatingPointError):
+        decide_rank(w, EPS32)
+
+
+def test_nan_raises_on_gram_path(rng):
+    """A NaN in a large block raises FloatingPointError on the Gram path too."""
+    w = rng.standard_normal((1, 600, 300)).astype(np.float32)
+    w[0, 599, 0] = np.nan
+    with pytest.raises(FloatingPointError):
+        decide_rank(w, EPS32)
+
+
+# ------------------------------------------------------------------ the Gram path
+
+
+def test_gram_path_rank_deficient_tall(rng):
+    """600 x 300 of rank 250 (min dim > 256): decided on the Gram path, rank 250."""
+    w = low_rank(rng, 600, 300, 250)
+    decision = decide_rank(w[None], EPS32)
+    ref = reference(w[None], EPS32)
+    assert decision.method.startswith("gram")
+    assert decision.rank == 250
+    assert_matches(decision, ref, rel=1e-3)
+    # Gram eigenvalues resolve singular values down to ~ sqrt(n * eps64) * sigma_max only.
+    resolution = math.sqrt(600 * EPS64) * ref["sigma_max"]
+    assert abs(decision.largest_dropped - ref["largest_dropped"]) < 10 * resolution
+    assert decision.margin is not None and decision.margin > 10
+
+
+def test_gram_path_rank_deficient_wide(rng):
+    """300 x 600 of rank 250: the Gram matrix of the short side, same rank as the SVD."""
+    w = low_rank(rng, 300, 600, 250)
+    decision = decide_rank(w[None], EPS32)
+    assert decision.method.startswith("gram")
+    assert_matches(decision, reference(w[None], EPS32), rel=1e-3)
+
+
+def test_gram_path_full_rank_cholesky(rng):
+    """1200 x 400 full rank: the shifted Cholesky succeeds; smallest kept value to 1e-3."""
+    w = rng.standard_normal((1200, 400)).astype(np.float32)
+    decision = decide_rank(w[None], EPS32)
+    ref = reference(w[None], EPS32)
+    assert decision.method == "gram-cholesky"
+    assert decision.rank == 400
+    assert decision.largest_dropped is None
+    assert_matches(decision, ref, rel=1e-3)
+    assert decision.margin == pytest.approx(ref["smallest_kept"] / ref["tol"], rel=1e-3)
+
+
+def test_gram_path_block_stack(rng):
+    """Two 300 x 280 blocks of ranks 280 and 100 on the Gram path: rank 380, global tol."""
+    blocks = np.stack([rng.standard_normal((300, 280)), low_rank(rng, 300, 280, 100)])
+    blocks = blocks.astype(np.float32)
+    decision = decide_rank(blocks, EPS32)
+    ref = reference(blocks, EPS32)
+    assert decision.method.startswith("gram")
+    assert decision.rank == 380
+    assert decision.tol == pytest.approx(ref["sigma_max"] * 600 * EPS32, rel=1e-3)
+    assert_matches(decision, ref, rel=1e-3)
+
+
+def test_gram_path_recomputing_gram_matrices_decides_the_same(rng, monkeypatch):
+    """With no memory to hold Gram matrices between passes, the decision is unchanged."""
+    blocks = np.stack([rng.standard_normal((300, 280)), low_rank(rng, 300, 280, 100)])
+    blocks = blocks.astype(np.float32)
+    held = decide_rank(blocks, EPS32)
+    monkeypatch.setattr(spectral, "HELD_GRAM_BYTES", 0, raising=False)
+    assert decide_rank(blocks, EPS32) == held
+
+
+def test_gram_close_call_is_redecided_by_svd(rng):
+    """A singular value 0.8% above tol is too close for the Gram path: re-decided by SVD."""
+    q, p = 600, 300
+    left, _ = np.linalg.qr(rng.standard_normal((q, p)))
+    right, _ = np.linalg.qr(rng.standard_normal((p, p)))
+    sigmas = np.linspace(2.0, 1.0, p)
+    sigmas[-1] = 2.0 * max(q, p) * EPS32 * 1.008
+    w = (left * sigmas) @ right.T
+    decision = decide_rank(w[None], EPS32)
+    ref = reference(w[None], EPS32)
+    assert decision.method == "svd"
+    assert_matches(decision, ref, rel=1e-6)
+    assert decision.rank == p
+    assert decision.margin == pytest.approx(1.008, rel=1e-3)
+
+
+def test_gram_scale_invariance(rng):
+    """The Gram path keeps the rank of a tiny-valued (1e-30) float64 weight."""
+    w = low_rank(rng, 600, 300, 250, np.float64) * 1e-30
+    decision = decide_rank(w[None], EPS32)
+    assert decision.method.startswith("gram")
+    assert decision.rank == 250
+
+
+# ------------------------------------------------------------------ memory-mapped input
+
+
+def test_memmap_input_small_and_gram(tmp_path, rng):
+    """An np.memmap of a file decides like the in-memory array (SVD and Gram paths)."""
+    for q, p, r in ((60, 40, 12), (600, 300, 250)):
+        w = low_rank(rng, q, p, r)
+        path = tmp_path / f"w{q}.bin"
+        w.tofile(path)
+        mapped = np.memmap(path, dtype=np.float32, mode="r", shape=(1, q, p))
+        from_disk = decide_rank(mapped, EPS32)
+        in_memory = decide_rank(w[None], EPS32)
+        assert from_disk == in_memory
+        assert from_disk.rank == r
+
+
+# ------------------------------------------------------------------ gram_matrix
+
+
+@pytest.mark.parametrize("shape", [(50, 20), (20, 50), (17, 17)])
+def test_gram_matrix_upper_triangle(rng, shape):
+    """Upper triangle of W^T W (tall) or W W^T (wide), float64 Fortran order."""
+    w = rng.standard_normal(shape).astype(np.float32)
+    w64 = w.astype(np.float64)
+    expected = w64.T @ w64 if shape[0] >= shape[1] else w64 @ w64.T
+    gram = gram_matrix(w)
+    assert gram.dtype == np.float64
+    assert gram.flags.f_contiguous
+    assert gram.shape == (min(shape),) * 2
+    np.testing.assert_allclose(np.triu(gram), np.triu(expected), rtol=1e-12, atol=1e-12)
+
+
+def test_gram_matrix_streams_in_chunks(rng, monkeypatch, tmp_path):
+    """With a tiny chunk size (7 rows) the streamed Gram matrix of a memmap is the same."""
+    w = rng.standard_normal((53, 20)).astype(np.float32)
+    path = tmp_path / "w.bin"
+    w.tofile(path)
+    mapped = np.memmap(path, dtype=np.float32, mode="r", shape=w.shape)
+    monkeypatch.setattr(spectral, "CHUNK_BYTES", 8 * 20 * 7)
+    w64 = w.astype(np.float64)
+    np.testing.assert_allclose(np.triu(gram_matrix(mapped)), np.triu(w64.T @ w64),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.triu(gram_matrix(mapped.T)), np.triu(w64.T @ w64),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_margin_definition():
+    """margin = min(kept / tol, tol / dropped); a dropped exact zero does not bound it."""
+    d = RankDecision(rank=2, sigma_max=1.0, tol=0.1, eps=EPS32, smallest_kept=0.5,
+                     largest_dropped=0.02, method="svd")
+    assert d.margin == pytest.approx(5.0)
+    d0 = RankDecision(rank=2, sigma_max=1.0, tol=0.1, eps=EPS32, smallest_kept=0.5,
+                      largest_dropped=0.0, method="svd")
+    assert d0.margin == pytest.approx(5.0)
+
+
+def test_gram_sized_zero_matrix_has_rank_zero():
+    """A 600 x 300 zero matrix (Gram-path size): rank 0, like the small zero matrix."""
+    decision = decide_rank(np.zeros((1, 600, 300), np.float32), EPS32)
+    assert decision.rank == 0
+    assert decision.sigma_max == 0.0
+
+
+def test_gram_path_with_a_zero_block(rng):
+    """A zero block next to a full one on the Gram path contributes rank 0."""
+    blocks = np.stack([rng.standard_normal((300, 280)), np.zeros((300, 280))]).astype(np.float32)
+    decision = decide_rank(blocks, EPS32)
+    assert decision.rank == 280
+    assert decision.largest_dropped is not None and decision.largest_dropped <= decision.tol
+
+
+def test_gram_path_with_the_start_vector_in_the_kernel(rng):
+    """Rows summing to zero put the all-ones Lanczos start vector in ker(G): rank 299 of 300."""
+    w = rng.standard_normal((600, 300))
+    w = (w - w.mean(axis=1, keepdims=True)).astype(np.float32)
+    decision = decide_rank(w[None], EPS32)
+    assert decision.method.startswith("gram")
+    assert decision.rank == 299
+    assert_matches(decision, reference(w[None], EPS32), rel=1e-3)
+
+
+def test_float16_blocks_are_decided_in_float64(rng):
+    """float16 input blocks are promoted to float64 for the SVD (values, not rounding, decide)."""
+    w = rng.integers(-3, 4, size=(12, 2)) @ rng.integers(-3, 4, size=(2, 9))
+    decision = decide_rank(w.astype(np.float16)[None], EPS16)
+    assert decision.rank == np.linalg.matrix_rank(w.astype(np.float64)) == 2
