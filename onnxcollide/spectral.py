@@ -29,6 +29,7 @@ EPS64 = float(np.finfo(np.float64).eps)
 SVD_MAX_DIM = 256  # blocks with min(q, p) up to this use a float64 SVD
 GRAM_TRUST = 1.01  # a Gram decision with a margin below this is re-decided by SVD
 CHUNK_BYTES = 64 << 20  # float64 bytes per chunk streamed into the Gram matrix
+KEPT_RTOL = 1e-5  # Lanczos tolerance for the smallest kept eigenvalue on the Gram path
 HELD_GRAM_BYTES = 512 << 20  # Gram matrices kept between the two passes; beyond, recomputed
 
 
@@ -123,43 +124,45 @@ def gram_matrix(matrix: np.ndarray) -> np.ndarray:
     tall = matrix.shape[0] >= matrix.shape[1]
     work = matrix if tall else matrix.T  # (n, m) with n >= m; G = work^T work
     n, m = work.shape
-    gram = np.zeros((m, m), dtype=np.float64, order="F")
+    gram: np.ndarray | None = None
     rows = max(1, CHUNK_BYTES // (8 * max(m, 1)))
-    for start in range(0, n, rows):
+    for start in range(0, max(n, 1), rows):
         chunk = np.asarray(work[start:start + rows], dtype=np.float64)
         _check_finite(chunk)
         # chunk is C-ordered (r, m) == Fortran (m, r): syrk(a) with trans=0 gives a a^T.
-        gram = blas.dsyrk(1.0, chunk.T, beta=1.0, c=gram, trans=0, lower=0, overwrite_c=1)
-    return gram
+        if gram is None:
+            gram = blas.dsyrk(1.0, chunk.T, trans=0, lower=0)
+        else:
+            gram = blas.dsyrk(1.0, chunk.T, beta=1.0, c=gram, trans=0, lower=0, overwrite_c=1)
+    assert gram is not None
+    return np.asfortranarray(gram)
 
 
-def _symmetric(gram_upper: np.ndarray) -> np.ndarray:
-    """Fill the lower triangle from the upper one; returns a Fortran-ordered array."""
-    full = np.asfortranarray(np.triu(gram_upper))
-    full += np.triu(gram_upper, 1).T
-    return full
+def _upper_eigvalsh(gram: np.ndarray, subset: list[int] | None = None) -> np.ndarray:
+    """Eigenvalues (ascending) of the symmetric matrix whose upper triangle ``gram`` holds."""
+    return scipy.linalg.eigvalsh(gram, lower=False, subset_by_index=subset, check_finite=False)
 
 
-def _largest_eigenvalue(sym: np.ndarray) -> float:
-    """Largest eigenvalue of a symmetric Fortran-ordered matrix by Lanczos.
+def _largest_eigenvalue(gram: np.ndarray) -> float:
+    """Largest eigenvalue of a symmetric matrix (upper triangle used) by Lanczos.
 
     Matrix-vector products go through scipy's BLAS (dsymv): mixing numpy's and scipy's
     OpenBLAS thread pools in one loop makes them spin against each other on few cores.
     """
-    m = sym.shape[0]
-    if not np.any(sym):
+    m = gram.shape[0]
+    if not np.any(gram):
         return 0.0  # a zero weight (zero-initialised layers): ARPACK cannot start on it
     if m <= SVD_MAX_DIM:
-        return float(scipy.linalg.eigvalsh(sym, subset_by_index=[m - 1, m - 1])[0])
+        return float(_upper_eigvalsh(gram, [m - 1, m - 1])[0])
     start = np.ones(m) / math.sqrt(m)
-    operator = LinearOperator((m, m), matvec=lambda x: blas.dsymv(1.0, sym, x.ravel(), lower=0),
+    operator = LinearOperator((m, m), matvec=lambda x: blas.dsymv(1.0, gram, x.ravel(), lower=0),
                               dtype=np.float64)
     try:
         value = eigsh(operator, k=1, which="LA", v0=start, tol=1e-10,
                       return_eigenvectors=False)
         return float(value[0])
     except (ArpackNoConvergence, ArpackError):
-        return float(scipy.linalg.eigvalsh(sym, subset_by_index=[m - 1, m - 1])[0])
+        return float(_upper_eigvalsh(gram, [m - 1, m - 1])[0])
 
 
 def _singular_values(blocks: np.ndarray) -> np.ndarray:
@@ -174,9 +177,8 @@ def _block_facts(block: np.ndarray, use_gram: bool) -> _BlockFacts:
         sigmas = _singular_values(block[None])[0]
         return _BlockFacts(sigmas, None, float(sigmas[0]) if sigmas.size else 0.0, block)
     gram = gram_matrix(block)
-    sym = _symmetric(gram)
-    lam = _largest_eigenvalue(sym)
-    return _BlockFacts(None, sym, math.sqrt(max(lam, 0.0)), block)
+    lam = _largest_eigenvalue(gram)
+    return _BlockFacts(None, gram, math.sqrt(max(lam, 0.0)), block)
 
 
 @dataclass(frozen=True)
@@ -195,34 +197,113 @@ def _rank_from_sigmas(sigmas: np.ndarray, tol: float, method: str) -> _BlockRank
     return _BlockRank(rank, kept, dropped, method)
 
 
-def _smallest_eigenvalue_from_cholesky(factor: np.ndarray) -> float:
-    """Smallest eigenvalue of R^T R by Lanczos on its inverse (two triangular solves a step)."""
+def _cholesky_solver(factor: np.ndarray) -> LinearOperator:
+    """x -> (R^T R)^{-1} x for an upper Cholesky factor R (two triangular solves)."""
     m = factor.shape[0]
 
     def solve(x: np.ndarray) -> np.ndarray:
-        return scipy.linalg.cho_solve((factor, False), x, check_finite=False)
+        solution, _ = scipy.linalg.lapack.dpotrs(factor, x, lower=0)
+        return solution
 
-    operator = LinearOperator((m, m), matvec=solve, dtype=np.float64)
+    return LinearOperator((m, m), matvec=solve, matmat=solve, dtype=np.float64)
+
+
+def _cholesky(gram: np.ndarray, shift: float) -> tuple[np.ndarray, bool]:
+    """Upper Cholesky factor of ``gram + shift * I`` (on a copy) and whether it succeeded."""
+    m = gram.shape[0]
+    work = np.array(gram, order="F")
+    work.flat[:: m + 1] += shift
+    factor, info = scipy.linalg.lapack.dpotrf(work, lower=0, clean=1, overwrite_a=1)
+    return factor, info == 0
+
+
+def _smallest_eigenvalue_from_cholesky(factor: np.ndarray) -> float:
+    """Smallest eigenvalue of R^T R by Lanczos on its inverse."""
+    m = factor.shape[0]
     start = np.ones(m) / math.sqrt(m)
     try:
-        top = eigsh(operator, k=1, which="LA", v0=start, tol=1e-8, return_eigenvectors=False)
+        top = eigsh(_cholesky_solver(factor), k=1, which="LA", v0=start, tol=KEPT_RTOL,
+                    ncv=min(16, m - 1), return_eigenvectors=False)
         return 1.0 / float(top[0])
     except (ArpackNoConvergence, ArpackError):
         return float(scipy.linalg.eigvalsh(factor.T @ factor, subset_by_index=[0, 0])[0])
 
 
+MAX_DEFLATION = 64  # at most this many eigenvalues below tol^2 are certified by deflation
+
+
+def _smallest_eigenpairs(gram: np.ndarray, shift: float, count: int
+                         ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The ``count`` smallest eigenpairs of G by Lanczos on (G + shift I)^{-1}."""
+    factor, ok = _cholesky(gram, shift)
+    if not ok:
+        return None
+    m = gram.shape[0]
+    try:
+        inverse, vectors = eigsh(_cholesky_solver(factor), k=count, which="LA",
+                                 v0=np.ones(m) / math.sqrt(m), tol=1e-10)
+    except (ArpackNoConvergence, ArpackError):
+        return None
+    values = 1.0 / inverse - shift
+    order = np.argsort(values)
+    return values[order], vectors[:, order]
+
+
+def _deflated_rank(gram: np.ndarray, tol: float) -> _BlockRank | None:
+    """Rank of a Gram block with a few eigenvalues below tol^2, proved without a full eigh.
+
+    Lanczos finds the smallest eigenpairs (V, theta). Lower bound: with R = G V - V Theta,
+    G has as many eigenvalues within ||R|| of the thetas (Rayleigh-Ritz), so at least n below
+    tol^2. Upper bound: if G - tol^2 I + 2 tol^2 V V^T is positive definite (Cholesky), then
+    G - tol^2 I has at most n non-positive eigenvalues (rank-n interlacing). Together: exactly
+    n are dropped. None when either proof fails (the caller falls back to a full eigh).
+    """
+    m, t2 = gram.shape[0], tol * tol
+    count = 8
+    while True:
+        count = min(count, m - 1)
+        pairs = _smallest_eigenpairs(gram, t2, count)
+        if pairs is None:
+            return None
+        values, vectors = pairs
+        below = values < t2
+        if not below.all() or count >= min(MAX_DEFLATION, m - 1):
+            break
+        count *= 2
+    if below.all():
+        return None
+    low_values, low = values[below], np.ascontiguousarray(vectors[:, below])
+    applied = blas.dsymm(1.0, gram, low, side=0, lower=0)
+    theta = low.T @ applied
+    residual = float(np.linalg.norm(applied - low @ theta, 2))
+    if float(np.linalg.eigvalsh(theta).max()) + residual >= t2:
+        return None
+    lifted = np.array(gram, order="F")
+    lifted.flat[:: m + 1] -= t2
+    lifted = blas.dsyrk(2.0 * t2, low, beta=1.0, c=lifted, trans=0, lower=0, overwrite_c=1)
+    _, info = scipy.linalg.lapack.dpotrf(lifted, lower=0, overwrite_a=1)
+    if info != 0:
+        return None
+    kept = math.sqrt(float(values[~below].min()))
+    dropped = math.sqrt(max(float(low_values.max()), 0.0))
+    return _BlockRank(m - int(below.sum()), kept, dropped, "gram-deflated")
+
+
 def _rank_from_gram(facts: _BlockFacts, tol: float) -> _BlockRank:
+    """Rank of one Gram block: a Cholesky certificate, a deflated one, or a full eigh."""
     assert facts.gram is not None
     m = facts.gram.shape[0]
-    shifted = np.array(facts.gram, order="F")
-    shifted.flat[:: m + 1] -= tol * tol
-    factor, info = scipy.linalg.lapack.dpotrf(shifted, lower=0, clean=1, overwrite_a=1)
-    if info != 0:
-        lam = scipy.linalg.eigvalsh(facts.gram, check_finite=False)
-        sigmas = np.sqrt(np.clip(lam, 0.0, None))[::-1]
-        return _rank_from_sigmas(sigmas, tol, "gram-eigh")
-    lam_min = tol * tol + _smallest_eigenvalue_from_cholesky(factor)
-    return _BlockRank(m, math.sqrt(max(lam_min, 0.0)), None, "gram-cholesky")
+    factor, full_rank = _cholesky(facts.gram, -tol * tol)
+    if full_rank:
+        lam_min = tol * tol + _smallest_eigenvalue_from_cholesky(factor)
+        return _BlockRank(m, math.sqrt(max(lam_min, 0.0)), None, "gram-cholesky")
+    del factor
+    deflated = _deflated_rank(facts.gram, tol) if tol > 0 else None
+    if deflated is not None:
+        return deflated
+    lam = _upper_eigvalsh(facts.gram)
+    sigmas = np.sqrt(np.clip(lam, 0.0, None))[::-1]
+    return _rank_from_sigmas(sigmas, tol, "gram-eigh")
 
 
 def _close_call(result: _BlockRank, tol: float) -> bool:
@@ -278,7 +359,7 @@ def decide_rank(blocks: np.ndarray, eps: float, rule: ToleranceRule | None = Non
     results = []
     for fact in facts:
         if fact.gram is None:
-            fact.gram = _symmetric(gram_matrix(fact.matrix))
+            fact.gram = gram_matrix(fact.matrix)
         results.append(_decide_block(fact, tol, max(qb, pb), sigma_max))
         fact.gram = None
     return _combine(results, sigma_max, tol, eps)

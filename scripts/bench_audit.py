@@ -110,6 +110,12 @@ SHAPES: dict[str, Callable[[str, int], None]] = {"alexnet": build_alexnet,
 
 
 def _peak_mb() -> float:
+    """Peak resident memory of this process (VmHWM: it starts afresh at exec, unlike
+    ru_maxrss, which a spawned child inherits from its parent on Linux)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -125,7 +131,13 @@ def phase_audit(path: str, queue: mp.Queue) -> None:
 
 
 def phase_naive(path: str, queue: mp.Queue) -> None:
-    """numpy.linalg.matrix_rank on each weight matrix (the same matrices the audit reads)."""
+    """numpy.linalg.matrix_rank on each weight matrix (the same matrices the audit reads).
+
+    ``path`` is ``file|dtype``: dtype ``stored`` runs the SVD in the weight's own dtype (what a
+    user gets from matrix_rank on the weights), ``float64`` on a float64 copy (the precision the
+    audit's decisions are checked against).
+    """
+    path, naive_dtype = path.split("|")
     from onnxcollide.audit import AuditSettings
     from onnxcollide.graph.linear_ops import find_linear_ops
     from onnxcollide.graph.load import load_model
@@ -141,14 +153,24 @@ def phase_naive(path: str, queue: mp.Queue) -> None:
     ranks = []
     for layer in layers:
         blocks = np.array(layer.load_blocks())
+        # The NumPy rule with eps of the dtype the weight is computed in, also for float64 runs.
+        rtol = max(layer.q, layer.p) * float(np.finfo(blocks.dtype).eps)
+        if naive_dtype == "float64":
+            blocks = blocks.astype(np.float64)
         if blocks.shape[0] == 1:
-            rank = int(np.linalg.matrix_rank(blocks[0]))
+            rank = int(np.linalg.matrix_rank(blocks[0], rtol=rtol))
         else:  # block diagonal: the same rule as matrix_rank on the whole matrix
             sigmas = np.linalg.svd(blocks, compute_uv=False)
-            eps = np.finfo(blocks.dtype).eps
-            rank = int((sigmas > sigmas.max() * max(layer.q, layer.p) * eps).sum())
+            rank = int((sigmas > sigmas.max() * rtol).sum())
         ranks.append((layer.nodes[0], rank))
     queue.put({"seconds": time.perf_counter() - start, "peak_mb": _peak_mb(), "ranks": ranks})
+
+
+def phase_build(path: str, queue: mp.Queue) -> None:
+    """Build one shape (name and seed packed into ``path`` as ``file|name|seed``)."""
+    file, name, seed = path.split("|")
+    SHAPES[name](file, int(seed))
+    queue.put({"peak_mb": _peak_mb()})
 
 
 def run_phase(target: Callable[[str, mp.Queue], None], path: str) -> dict:
@@ -162,21 +184,21 @@ def run_phase(target: Callable[[str, mp.Queue], None], path: str) -> dict:
     return result
 
 
-def bench(name: str, path: str, naive: bool) -> dict:
+def bench(name: str, path: str, naive: str) -> dict:
     """Audit and (optionally) naive timings for one model, with a rank comparison."""
     audit = run_phase(phase_audit, path)
     row = {"model": name, "layers": len(audit["ranks"]), "audit_s": audit["seconds"],
            "audit_peak_mb": audit["peak_mb"]}
     print(f"[{name}] onnxcollide audit: {audit['seconds']:.2f} s, peak {audit['peak_mb']:.0f} MB, "
           f"{len(audit['ranks'])} layers", flush=True)
-    if not naive:
+    if naive == "none":
         return row
-    base = run_phase(phase_naive, path)
+    base = run_phase(phase_naive, f"{path}|{naive}")
     disagree = [(a[0], a[1], b[1], a[2], a[3]) for a, b in
                 zip(audit["ranks"], base["ranks"], strict=True) if a[1] != b[1]]
-    row.update(naive_s=base["seconds"], naive_peak_mb=base["peak_mb"],
+    row.update(naive_dtype=naive, naive_s=base["seconds"], naive_peak_mb=base["peak_mb"],
                speedup=base["seconds"] / audit["seconds"], rank_disagreements=disagree)
-    print(f"[{name}] naive matrix_rank loop: {base['seconds']:.2f} s, peak "
+    print(f"[{name}] naive matrix_rank loop ({naive}): {base['seconds']:.2f} s, peak "
           f"{base['peak_mb']:.0f} MB; speedup {row['speedup']:.1f}x; ranks agree on "
           f"{row['layers'] - len(disagree)}/{row['layers']} layers", flush=True)
     for node, ours, theirs, margin, method in disagree:
@@ -191,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("models", nargs="*", help="ONNX files to time instead of built shapes")
     parser.add_argument("--shape", choices=[*SHAPES, "all"], default="all")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-naive", action="store_true", help="skip the naive loop")
+    parser.add_argument("--naive", choices=["stored", "float64", "none"], default="stored",
+                        help="naive loop precision: the weights' own dtype (default), a float64 "
+                             "copy, or none")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     import numpy
@@ -206,10 +230,10 @@ def main(argv: list[str] | None = None) -> int:
             names = list(SHAPES) if args.shape == "all" else [args.shape]
             for name in names:
                 path = os.path.join(folder, f"{name}.onnx")
-                SHAPES[name](path, args.seed)
+                run_phase(phase_build, f"{path}|{name}|{args.seed}")
                 targets.append((f"{name} (random, seed {args.seed})", path))
         for name, path in targets:
-            rows.append(bench(name, path, not args.no_naive))
+            rows.append(bench(name, path, args.naive))
     if args.json:
         with open(args.json, "w") as out:
             json.dump(rows, out, indent=2)

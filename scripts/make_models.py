@@ -9,10 +9,11 @@ Each one has a different kind of first layer, which is what onnxcollide audits:
 * ``patch_embed.onnx``    - ViT-style patchify Conv 8x8 stride 8 (windows do not overlap)
 * ``depthwise_cnn.onnx``  - MobileNet-like Conv/BN, depthwise Conv, pointwise Conv
 
-The output is byte-for-byte reproducible for a given seed, torch version and
-machine: training is seeded and single-threaded with deterministic algorithms,
-and everything the exporter writes that could vary (doc strings, metadata,
-stack traces) is stripped before saving.
+The output is byte-for-byte reproducible for a given seed and the same torch,
+onnxscript and onnx versions: training is seeded, single-threaded, uses
+deterministic algorithms and CPU-independent kernels (see ``pin_torch``), and
+everything the exporter writes that could vary (doc strings, metadata, stack
+traces with file paths) is stripped before saving.
 
 Usage (torch lives in its own venv, never in the project's)::
 
@@ -40,7 +41,9 @@ os.environ["MKL_CBWR"] = "COMPATIBLE"
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +52,7 @@ import numpy as np
 import onnx
 import torch
 from google.protobuf.message import Message
+from onnx import helper, numpy_helper
 from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
@@ -162,27 +166,32 @@ class PatchEmbedNet(nn.Module):
         return self.head(tokens.mean(dim=1))
 
 
+def _sequential(**layers: nn.Module) -> nn.Sequential:
+    """``nn.Sequential`` with named layers, so initializers get readable names."""
+    return nn.Sequential(OrderedDict(layers))
+
+
 def mlp_dense() -> nn.Module:
-    return nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(256, 64),
-        nn.ReLU(),
-        nn.Linear(64, 32),
-        nn.ReLU(),
-        nn.Linear(32, NUM_CLASSES),
+    return _sequential(
+        flatten=nn.Flatten(),
+        fc1=nn.Linear(256, 64),
+        relu1=nn.ReLU(),
+        fc2=nn.Linear(64, 32),
+        relu2=nn.ReLU(),
+        head=nn.Linear(32, NUM_CLASSES),
     )
 
 
 def cnn_overlap() -> nn.Module:
-    return nn.Sequential(
-        Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-        nn.Conv2d(3, 16, kernel_size=5, stride=2, padding=2),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, kernel_size=3, stride=2),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(32, NUM_CLASSES),
+    return _sequential(
+        norm=Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        conv1=nn.Conv2d(3, 16, kernel_size=5, stride=2, padding=2),
+        relu1=nn.ReLU(),
+        conv2=nn.Conv2d(16, 32, kernel_size=3, stride=2),
+        relu2=nn.ReLU(),
+        pool=nn.AdaptiveAvgPool2d(1),
+        flatten=nn.Flatten(),
+        head=nn.Linear(32, NUM_CLASSES),
     )
 
 
@@ -191,19 +200,19 @@ def patch_embed() -> nn.Module:
 
 
 def depthwise_cnn() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 16, kernel_size=3, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.Conv2d(16, 16, kernel_size=3, padding=1, groups=16, bias=False),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, kernel_size=1, bias=False),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(32, NUM_CLASSES),
+    return _sequential(
+        conv=nn.Conv2d(3, 16, kernel_size=3, stride=2, padding=1, bias=False),
+        bn=nn.BatchNorm2d(16),
+        relu=nn.ReLU(),
+        dw=nn.Conv2d(16, 16, kernel_size=3, padding=1, groups=16, bias=False),
+        dw_bn=nn.BatchNorm2d(16),
+        dw_relu=nn.ReLU(),
+        pw=nn.Conv2d(16, 32, kernel_size=1, bias=False),
+        pw_bn=nn.BatchNorm2d(32),
+        pw_relu=nn.ReLU(),
+        pool=nn.AdaptiveAvgPool2d(1),
+        flatten=nn.Flatten(),
+        head=nn.Linear(32, NUM_CLASSES),
     )
 
 
@@ -280,6 +289,33 @@ def _strip_volatile(msg: Message) -> None:
                 _strip_volatile(item)
 
 
+def _name_transposed_weights(proto: onnx.ModelProto, model: nn.Module) -> None:
+    """Give the exporter's pre-transposed MatMul weights (``val_8``...) readable names.
+
+    Linear layers on 3-D tokens become MatMul with an initializer holding
+    ``weight.T``; it is renamed ``<parameter>.T`` after the parameter it equals.
+    """
+    params = {k: v.detach().numpy() for k, v in model.state_dict().items() if v.dim() == 2}
+    inits = {init.name: init for init in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in inits:
+            continue
+        init = inits[node.input[1]]
+        value = numpy_helper.to_array(init)
+        match = [k for k, w in params.items() if np.array_equal(w.T, value)]
+        if len(match) == 1 and init.name not in params:
+            _rename(proto.graph, init.name, f"{match[0]}.T")
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Rename value ``old`` (initializer, value_info, node inputs) to ``new``."""
+    for item in (*graph.initializer, *graph.value_info):
+        if item.name == old:
+            item.name = new
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+
+
 def export_onnx(model: nn.Module, example: torch.Tensor, name: str, seed: int) -> onnx.ModelProto:
     """Export with the torch.export-based exporter (dynamic batch), then normalise."""
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed"
@@ -297,6 +333,9 @@ def export_onnx(model: nn.Module, example: torch.Tensor, name: str, seed: int) -
         )
     proto = program.model_proto
     _strip_volatile(proto)
+    _name_transposed_weights(proto, model)
+    # Nothing here needs IR 10: declare the lowest IR the opset allows (older ORTs load it).
+    proto.ir_version = helper.find_min_ir_version_for(list(proto.opset_import))
     proto.producer_name = PRODUCER
     proto.producer_version = torch.__version__
     proto.doc_string = f"onnxcollide fixture model {name!r} (seed {seed}); see models/README.md"
@@ -338,7 +377,9 @@ def check_with_ort(ort_python: str, refs: dict[str, dict[str, np.ndarray]], out:
     with tempfile.TemporaryDirectory() as tmp:
         for name, arrays in refs.items():
             np.savez(Path(tmp) / f"{name}.npz", **arrays)
-        subprocess.run([ort_python, "-c", ORT_CHECK, tmp, str(out)], check=True)
+        result = subprocess.run([ort_python, "-c", ORT_CHECK, tmp, str(out)], check=False)
+    if result.returncode:
+        sys.exit(f"ONNX Runtime check failed (exit {result.returncode}) for the models in {out}")
 
 
 # --------------------------------------------------------------------------- main
@@ -366,7 +407,9 @@ def generate(out: Path, seed: int, ort_python: str | None) -> None:
     refs: dict[str, dict[str, np.ndarray]] = {}
     summary = []
     for spec in SPECS:
+        start = time.perf_counter()
         model, train_acc, test_acc = train_model(spec, seed)
+        print(f"  {spec.name}: trained in {time.perf_counter() - start:.1f} s")
         example = torch.zeros(2, spec.channels, spec.size, spec.size)
         path = out / f"{spec.name}.onnx"
         onnx.save(export_onnx(model, example, spec.name, seed), path)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from onnxcollide.errors import ModelLoadError, OnnxCollideError, UnsupportedModelError, UsageError
 
 
