@@ -385,3 +385,96 @@ def _combine(results: list[_BlockRank], sigma_max: float, tol: float, eps: float
         largest_dropped=max(dropped) if dropped else None,
         method="+".join(methods),
     )
+
+
+# ---------------------------------------------------------------- kernel spaces
+
+FULL_BASIS_MAX = 4096  # an explicit orthonormal kernel basis is kept for q up to this
+
+
+def sign_fixed(vectors: np.ndarray) -> np.ndarray:
+    """Flip each row so that its entry of largest magnitude (first such) is positive."""
+    if vectors.size == 0:
+        return vectors
+    lead = np.argmax(np.abs(vectors), axis=1)
+    signs = np.sign(vectors[np.arange(vectors.shape[0]), lead])
+    signs[signs == 0] = 1.0
+    return vectors * signs[:, None]
+
+
+@dataclass(frozen=True)
+class KernelSpace:
+    """The left kernel ker(W^T) of one q x p matrix, in R^q.
+
+    Attributes:
+        q: input dimension.
+        rank: numerical rank of W under ``tol``.
+        tol: the tolerance the rank was decided with.
+        sigma_max: largest singular value of W.
+        range_basis: (q, rank) orthonormal basis of W's column space (float64).
+        basis: (nullity, q) orthonormal, sign-fixed kernel basis, or None when q is too large
+            to hold one (then random vectors are projections of Gaussian draws).
+    """
+
+    q: int
+    rank: int
+    tol: float
+    sigma_max: float
+    range_basis: np.ndarray
+    basis: np.ndarray | None
+
+    @property
+    def nullity(self) -> int:
+        """dim ker(W^T)."""
+        return self.q - self.rank
+
+    def vector(self, index: int) -> np.ndarray:
+        """The ``index``-th orthonormal kernel basis vector, shape (q,).
+
+        Raises:
+            IndexError: ``index`` is not below the nullity, or no explicit basis is held.
+        """
+        if self.basis is None:
+            raise IndexError(f"no explicit kernel basis is kept for q = {self.q}")
+        if not 0 <= index < self.nullity:
+            raise IndexError(f"kernel basis index {index} is not in [0, {self.nullity})")
+        return np.asarray(self.basis[index])
+
+    def random_vector(self, rng: np.random.Generator) -> np.ndarray:
+        """A unit vector drawn uniformly from the kernel (Gaussian, projected), shape (q,)."""
+        if self.nullity == 0:
+            raise IndexError("the kernel is trivial")
+        if self.basis is not None:
+            mixed = rng.standard_normal(self.nullity) @ self.basis
+        else:
+            draw = rng.standard_normal(self.q)
+            mixed = draw - self.range_basis @ (self.range_basis.T @ draw)
+        return np.asarray(mixed / np.linalg.norm(mixed))
+
+
+def kernel_space(matrix: np.ndarray, eps: float, rule: ToleranceRule | None = None,
+                 sigma_max: float | None = None, q_total: int | None = None,
+                 p_total: int | None = None) -> KernelSpace:
+    """ker(W^T) of a (q, p) matrix by a float64 SVD, with the audit's tolerance rule.
+
+    Args:
+        matrix: (q, p) weight rows (possibly a subset of a layer's rows).
+        eps: machine epsilon of the compute dtype.
+        rule: tolerance rule (NumPy default when None).
+        sigma_max: use this sigma_max for the tolerance (the whole layer's), else the matrix's.
+        q_total, p_total: the whole layer's dims for the default rule, else the matrix's.
+    """
+    rule = rule or ToleranceRule()
+    work = np.asarray(matrix, dtype=np.float64)
+    q, p = work.shape
+    full = q <= FULL_BASIS_MAX
+    if q == 0 or p == 0:
+        u, sigmas = np.eye(q), np.zeros(0)
+    else:
+        u, sigmas, _ = np.linalg.svd(work, full_matrices=full)
+    top = float(sigmas[0]) if sigmas.size else 0.0
+    ref = top if sigma_max is None else sigma_max
+    tol = rule.tolerance(ref, q_total or q, p_total or p, eps)
+    rank = int(np.count_nonzero(sigmas > tol))
+    basis = sign_fixed(u[:, rank:].T.copy()) if full else None
+    return KernelSpace(q, rank, tol, ref, np.ascontiguousarray(u[:, :rank]), basis)

@@ -14,7 +14,7 @@ back through the path ops.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from onnx import NodeProto, helper
@@ -58,6 +58,7 @@ class FirstLayerPath:
         reason: why, in one sentence.
         blind_elements: input elements no window reads (per sample), None where unknown.
         input_elements: elements per sample of the input, None where unknown.
+        nodes: the path's NodeProtos, in order (for mapping perturbations back).
     """
 
     input: str
@@ -69,6 +70,7 @@ class FirstLayerPath:
     reason: str
     blind_elements: int | None
     input_elements: int | None
+    nodes: tuple[NodeProto, ...] = field(default=(), compare=False, repr=False)
 
 
 # ------------------------------------------------------------------ search
@@ -267,7 +269,7 @@ def _pull_counts(counts: np.ndarray, node: NodeProto, in_shape: tuple[int, ...],
 
 def _unpad(counts: np.ndarray, node: NodeProto, in_shape: tuple[int, ...],
            resolver: ConstantResolver, opset: int) -> np.ndarray | None:
-    pads = _pad_amounts(node, resolver, opset)
+    pads = pad_amounts(node, resolver, opset)
     axes = len(in_shape)
     if pads is None or len(pads) != 2 * axes or any(p < 0 for p in pads) or pads[0] or pads[axes]:
         return None
@@ -287,7 +289,8 @@ def _unpad(counts: np.ndarray, node: NodeProto, in_shape: tuple[int, ...],
     return pulled.astype(np.int64).reshape(in_shape[1:])
 
 
-def _pad_amounts(node: NodeProto, resolver: ConstantResolver, opset: int) -> list[int] | None:
+def pad_amounts(node: NodeProto, resolver: ConstantResolver, opset: int) -> list[int] | None:
+    """Pads of a Pad node (begins then ends, all axes), None where they are not constant."""
     if opset < 11:
         pads = node_attr(node, "pads", node_attr(node, "paddings", None))
         return None if pads is None else [int(p) for p in pads]  # type: ignore[attr-defined]
@@ -357,13 +360,21 @@ def trace_input(
     infos: dict[str, TensorInfo], resolver: ConstantResolver, opset: int
 ) -> FirstLayerPath:
     """Find and classify the first linear op that ``input_name`` reaches in the main graph."""
+    site, path_idx = _reach_first_linear(input_name, nodes, sites)
+    path_nodes = [nodes[i] for i in path_idx]
+    traced = _trace(input_name, site, path_nodes, infos, resolver, opset)
+    return replace(traced, nodes=tuple(path_nodes))
+
+
+def _trace(
+    input_name: str, site: LinearSite | None, path_nodes: list[NodeProto],
+    infos: dict[str, TensorInfo], resolver: ConstantResolver, opset: int
+) -> FirstLayerPath:
     info = infos.get(input_name)
     dtype = info.dtype if info else "undefined"
     shape = info.shape if info else None
     per_sample = _known(shape)
     elements = int(np.prod(per_sample)) if per_sample else None
-    site, path_idx = _reach_first_linear(input_name, nodes, sites)
-    path_nodes = [nodes[i] for i in path_idx]
     steps = tuple(PathStep(node_label(n, "main"), n.op_type) for n in path_nodes)
     if site is None:
         return FirstLayerPath(input_name, dtype, shape, None, steps, NOT_APPLICABLE,
