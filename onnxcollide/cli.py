@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ from contextlib import contextmanager
 import click
 
 from onnxcollide import __version__
+from onnxcollide.artifacts import write_atomically
 from onnxcollide.audit import AuditSettings, ModelAudit, ProgressCallback, audit_model
 from onnxcollide.errors import OnnxCollideError, UsageError
 from onnxcollide.layers import ConvConvention
@@ -54,25 +54,9 @@ def check_output_folder(path: str) -> None:
         raise UsageError("is a folder", f"--output {path}", "give a file name")
 
 
-def write_atomically(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file, so no half-written file is left.
-
-    Raises:
-        UsageError: the file cannot be written (permissions, full disk).
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        handle, temp = tempfile.mkstemp(dir=folder, prefix=".onnxcollide-", suffix=".tmp")
-    except OSError as exc:
-        raise UsageError(f"cannot write the report ({exc.strerror})", f"--output {path}") from exc
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
-            out.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+def write_text(path: str, text: str) -> None:
+    """Write a report atomically (temporary file, then rename)."""
+    write_atomically(path, lambda out: out.write(text.encode("utf-8")))
 
 
 @contextmanager
@@ -157,13 +141,21 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
         width = os.get_terminal_size().columns if to_terminal else 160
         text = render(audits, Format(fmt), RenderOptions(summary_only, width, to_terminal))
         if output:
-            write_atomically(output, text)
+            write_text(output, text)
             click.echo(f"wrote {output}", err=True)
         else:
             click.echo(text, nl=False)
 
     _run_guarded(run, debug)
 
+
+def _register_commands() -> None:
+    from onnxcollide.cli_collide import register
+
+    register(main, _run_guarded)
+
+
+_register_commands()
 
 if __name__ == "__main__":
     main()

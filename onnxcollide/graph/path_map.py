@@ -18,7 +18,7 @@ from onnxcollide.graph.constants import ConstantResolver
 from onnxcollide.graph.input_path import pad_amounts
 from onnxcollide.graph.linear_ops import node_attr, node_label
 
-UNCHANGED = {"Identity", "Cast", "QuantizeLinear", "DequantizeLinear"}
+UNCHANGED = {"Identity", "Cast"}
 
 
 def _where(node: NodeProto) -> str:
@@ -49,6 +49,12 @@ def _invert_elementwise(node: NodeProto, delta: np.ndarray, came_from: str,
         return delta / _constant_operand(node, came_from, resolver)
     if op == "Div":
         return delta * _constant_operand(node, came_from, resolver)
+    if op in ("QuantizeLinear", "DequantizeLinear"):  # y = x / s + zp  or  y = (x - zp) * s
+        scale = np.asarray(resolver.value(node.input[1]), np.float64)
+        if scale.ndim == 1 and scale.size > 1:
+            axis = int(node_attr(node, "axis", 1)) % delta.ndim  # type: ignore[call-overload]
+            scale = scale.reshape([-1 if a == axis else 1 for a in range(delta.ndim)])
+        return delta * scale if op == "QuantizeLinear" else delta / scale
     if op == "BatchNormalization":
         scale = np.asarray(resolver.value(node.input[1]), np.float64)
         var = np.asarray(resolver.value(node.input[4]), np.float64)
@@ -142,3 +148,44 @@ def pull_delta(path: Sequence[NodeProto], input_name: str, delta: np.ndarray,
                                         _where(node), "pass --input-shape")
         out = invert_node(node, out, tensor, shapes[tensor], resolver, opset)
     return out
+
+
+def _positions_through(node: NodeProto, grid: np.ndarray, in_shape: tuple[int, ...],
+                       resolver: ConstantResolver, opset: int) -> np.ndarray:
+    op = node.op_type
+    if op == "Transpose":
+        perm = [int(p) for p in node_attr(node, "perm", list(range(grid.ndim))[::-1])]  # type: ignore[attr-defined]
+        return np.transpose(grid, np.argsort(perm))
+    if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+        return grid.reshape(in_shape)
+    if op == "Pad":
+        pads = pad_amounts(node, resolver, opset)
+        if pads is None or any(p < 0 for p in pads):
+            raise UnsupportedModelError("cannot follow positions through this Pad", _where(node))
+        axes = len(in_shape)
+        return grid[tuple(slice(pads[a], pads[a] + in_shape[a]) for a in range(axes))]
+    if op == "Slice":
+        moved = _invert_slice(node, grid.astype(np.float64) + 1.0, in_shape, resolver)
+        return moved.astype(np.int64) - 1
+    if grid.shape != in_shape:
+        raise UnsupportedModelError("the op broadcasts its input", _where(node))
+    return grid
+
+
+def pull_positions(path: Sequence[NodeProto], input_name: str, data_shape: tuple[int, ...],
+                   shapes: dict[str, tuple[int, ...]], resolver: ConstantResolver,
+                   opset: int) -> np.ndarray:
+    """For each model-input element, the flat index of the W1 data-input element it becomes.
+
+    Returns:
+        int64 array of the model input's shape; -1 where the element does not reach W1's
+        input (sliced away).
+    """
+    consumed = [input_name] + [node.output[0] for node in path[:-1]] if path else []
+    grid = np.arange(int(np.prod(data_shape)), dtype=np.int64).reshape(data_shape)
+    for node, tensor in zip(reversed(path), reversed(consumed), strict=True):
+        if tensor not in shapes:
+            raise UnsupportedModelError(f"the shape of '{tensor}' is unknown", _where(node),
+                                        "pass --input-shape")
+        grid = _positions_through(node, grid, shapes[tensor], resolver, opset)
+    return grid

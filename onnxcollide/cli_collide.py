@@ -1,0 +1,261 @@
+"""`onnxcollide collide` and `onnxcollide validate`: make colliding inputs, prove them in ORT."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+import numpy as np
+
+from onnxcollide.artifacts import basis_png, image_layout, save_npz, strip_png, write_atomically
+from onnxcollide.errors import UsageError
+from onnxcollide.graph.load import load_model
+from onnxcollide.inputs import ImageOptions, load_inputs, parse_assignments
+from onnxcollide.report.collide_format import collide_dict, render_json, render_table
+from onnxcollide.search import MODES, CollisionSet, SearchSettings, find_collisions
+from onnxcollide.spectral import ToleranceRule
+
+
+def _floats(text: str | None, option: str, count: int | None = None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise UsageError(f"{option} '{text}' is not a comma-separated list of numbers") from exc
+    if count is not None and len(values) != count:
+        raise UsageError(f"{option} '{text}' needs {count} numbers")
+    return values
+
+
+def _shapes(texts: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    from onnxcollide.cli import parse_input_shape
+
+    return dict(parse_input_shape(t) for t in texts)
+
+
+def _image_options(resize: str | None, layout: str, scale: float, mean: str | None,
+                   std: str | None) -> ImageOptions:
+    size = None
+    if resize:
+        parts = resize.lower().split("x")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise UsageError(f"--resize '{resize}' is not HxW", hint="e.g. --resize 224x224")
+        size = (int(parts[0]), int(parts[1]))
+    return ImageOptions(size, layout, scale, _floats(mean, "--mean"), _floats(std, "--std"))
+
+
+def _basis(text: str) -> tuple[int, ...]:
+    if text == "random":
+        return ()
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError as exc:
+        raise UsageError(f"--basis '{text}' is neither 'random' nor indices like 0,3,7") from exc
+
+
+def input_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by commands that read model inputs."""
+    options = [
+        click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
+                     help="Shape for a random draw or a dynamic input, e.g. x=1x3x224x224."),
+        click.option("--resize", metavar="HxW", help="Resize image inputs."),
+        click.option("--layout", type=click.Choice(["auto", "nchw", "nhwc"]), default="auto",
+                     show_default=True, help="Layout of image inputs."),
+        click.option("--scale", type=float, default=1.0 / 255.0, show_default=True,
+                     help="Multiply image pixel values (0..255) by this."),
+        click.option("--mean", metavar="M1,M2,M3", help="Subtract per-channel means (images)."),
+        click.option("--std", metavar="S1,S2,S3", help="Divide by per-channel stds (images)."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                     show_default=True, help="ONNX Runtime execution provider."),
+        click.option("--precision", type=click.Choice(["float32", "float64"]),
+                     default="float32", show_default=True,
+                     help="float64 runs a float64 copy of the model (Section 6)."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seeds every random draw."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _validate_all(path: str, found: CollisionSet, device: str, precision: str, seed: int
+                  ) -> tuple[list[dict[str, Any] | None], dict[str, Any]]:
+    from onnxcollide.runtime import ModelRunner, Tolerances, validate_pair, validation_dict
+
+    runner = ModelRunner(path, extra_outputs=[found.w1_output], device=device,
+                         precision=precision)
+    if runner.device.notice:
+        click.echo(f"notice: {runner.device.notice}", err=True)
+    tolerances = Tolerances.for_precision(precision)
+    results: list[dict[str, Any] | None] = []
+    for collision in found.collisions:
+        moved = dict(found.feeds)
+        moved[found.input_name] = collision.value
+        check = validate_pair(runner, found.feeds, moved, found.w1_output, seed, tolerances)
+        results.append(validation_dict(check))
+    runtime = {"device": runner.device.used, "requested": device, "precision": precision,
+               "engine": runner.engine, "providers": [str(p) for p in runner.device.providers]}
+    return results, runtime
+
+
+def _save(out: str, found: CollisionSet, report_settings: dict[str, Any],
+          basis_images: int) -> dict[str, str]:
+    os.makedirs(out, exist_ok=True)
+    files: dict[str, str] = {}
+    x = found.feeds[found.input_name]
+    if found.collisions:
+        arrays = {"original": x,
+                  "colliding": np.stack([c.value for c in found.collisions]),
+                  "delta": np.stack([c.delta for c in found.collisions]),
+                  "beta": np.array([c.beta for c in found.collisions]),
+                  "beta_min": np.array([c.beta_min for c in found.collisions])}
+        files["inputs"] = os.path.join(out, "collisions.npz")
+        save_npz(files["inputs"], arrays, report_settings)
+        layout = image_layout(tuple(x.shape))
+        if layout:
+            for c in found.collisions:
+                name = os.path.join(out, f"strip-{c.index}.png")
+                strip_png(name, x, c.value, layout)
+                files[f"strip {c.index}"] = name
+    if basis_images:
+        files["basis images"] = _basis_images(out, found, basis_images)
+    return files
+
+
+def _basis_images(out: str, found: CollisionSet, count: int) -> str:
+    from onnxcollide.search import first_layer_kernel
+
+    vectors, patch_shape = first_layer_kernel(found.model, found.feeds, found.settings)
+    if patch_shape is None:
+        raise UsageError("--basis-images needs a conv first layer (per-patch kernel vectors)")
+    name = os.path.join(out, "basis.png")
+    basis_png(name, vectors[:count], patch_shape)
+    return name
+
+
+def register(main: click.Group, run_guarded: Callable[[Callable[[], None], bool], None]) -> None:
+    """Add `collide` and `validate` to the CLI group."""
+
+    @main.command()
+    @click.argument("model", type=click.Path())
+    @click.option("--input", "input_files", multiple=True, metavar="[NAME=]FILE",
+                  help="Input value: .npy, .npz or an image (PNG/JPEG); default a seeded "
+                       "random draw.")
+    @click.option("--count", "-n", type=click.IntRange(min=1), default=1, show_default=True,
+                  help="How many colliding inputs to make.")
+    @click.option("--beta", type=float, default=1.0, show_default=True,
+                  help="Scale of each unit-norm kernel vector.")
+    @click.option("--basis", default="random", show_default=True,
+                  help="'random' (seeded combinations) or kernel basis indices, e.g. 0,3.")
+    @click.option("--region", metavar="SLICES",
+                  help="Only change elements in this numpy slice of one sample, e.g. "
+                       ":,8:24,8:24.")
+    @click.option("--range", "valid_range", metavar="LO,HI",
+                  help="Keep every colliding input inside [LO, HI] by bounding beta.")
+    @click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
+                  help="auto: exact; approximate: strongest approximate collision of an "
+                       "overlapping conv; tiled: the paper's tiling (not a collision).")
+    @click.option("--input-name", help="Which float input to perturb.")
+    @click.option("--out", "-o", default="collisions", show_default=True,
+                  help="Folder for collisions.npz, report.json and PNG strips.")
+    @click.option("--basis-images", type=click.IntRange(min=0), default=0,
+                  help="Also draw this many kernel basis vectors of W1 (basis.png).")
+    @click.option("--no-validate", is_flag=True, help="Skip the ONNX Runtime check.")
+    @click.option("--format", "-f", "fmt", type=click.Choice(["table", "json"]),
+                  default="table", show_default=True, help="What to print.")
+    @click.option("--rtol", type=click.FloatRange(min=0, min_open=True),
+                  help="Rank tolerance relative to sigma_max (as in audit).")
+    @click.option("--atol", type=click.FloatRange(min=0), help="Absolute rank tolerance.")
+    @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
+    @input_options
+    def collide(model: str, input_files: tuple[str, ...], count: int, beta: float, basis: str,
+                region: str | None, valid_range: str | None, mode: str,
+                input_name: str | None, out: str, basis_images: int, no_validate: bool,
+                fmt: str, rtol: float | None, atol: float | None, debug: bool,
+                input_shapes: tuple[str, ...], resize: str | None, layout: str, scale: float,
+                mean: str | None, std: str | None, device: str, precision: str,
+                seed: int) -> None:
+        """Make inputs that collide with a given input at W1 (Null-space search) and prove it."""
+
+        def run() -> None:
+            bounds = _floats(valid_range, "--range", 2)
+            if bounds and bounds[0] >= bounds[1]:
+                raise UsageError(f"--range {valid_range}: LO must be below HI")
+            settings = SearchSettings(count, beta, _basis(basis), seed, region,
+                                      (bounds[0], bounds[1]) if bounds else None, mode,
+                                      input_name, ToleranceRule(rtol, atol))
+            loaded = load_model(model)
+            feeds = load_inputs(loaded, parse_assignments(input_files, "--input"),
+                                _shapes(input_shapes), seed,
+                                _image_options(resize, layout, scale, mean, std),
+                                (bounds[0], bounds[1]) if bounds else None)
+            found = find_collisions(model, feeds, settings)
+            validations: list[dict[str, Any] | None] = [None] * len(found.collisions)
+            runtime = None
+            if not no_validate and found.collisions:
+                validations, runtime = _validate_all(model, found, device, precision, seed)
+            report = collide_dict(found, validations, runtime, {})
+            files = _save(out, found, report["settings"], basis_images)
+            files["report"] = os.path.join(out, "report.json")
+            report = collide_dict(found, validations, runtime, files)
+            text = render_json(report)
+            write_atomically(files["report"], lambda handle: handle.write(text.encode("utf-8")))
+            show = text if fmt == "json" else render_table(report, 160)
+            click.echo(show, nl=False)
+            if runtime and not all(v and v.get("passed") for v in validations):
+                click.echo("some colliding inputs did not pass validation (see the report)",
+                           err=True)
+
+        run_guarded(run, debug)
+
+    @main.command()
+    @click.argument("model", type=click.Path())
+    @click.argument("first", type=click.Path())
+    @click.argument("second", type=click.Path())
+    @click.option("--layer", help="Tensor to compare as W1's output (default: W1's output).")
+    @click.option("--format", "-f", "fmt", type=click.Choice(["table", "json"]),
+                  default="table", show_default=True)
+    @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
+    @input_options
+    def validate(model: str, first: str, second: str, layer: str | None, fmt: str,
+                 debug: bool, input_shapes: tuple[str, ...], resize: str | None, layout: str,
+                 scale: float, mean: str | None, std: str | None, device: str,
+                 precision: str, seed: int) -> None:
+        """Check whether two inputs (files) collide: W1 residual, outputs, random baseline."""
+
+        def run() -> None:
+            from onnxcollide.runtime import (
+                ModelRunner,
+                Tolerances,
+                validate_pair,
+                validation_dict,
+            )
+            from onnxcollide.search import w1_output_name
+
+            loaded = load_model(model)
+            options = _image_options(resize, layout, scale, mean, std)
+            shapes = _shapes(input_shapes)
+            feeds_a = load_inputs(loaded, parse_assignments((first,), "FIRST"), shapes, seed,
+                                  options)
+            feeds_b = load_inputs(loaded, parse_assignments((second,), "SECOND"), shapes,
+                                  seed, options)
+            target = layer or w1_output_name(model, feeds_a)
+            runner = ModelRunner(model, extra_outputs=[target] if target else [],
+                                 device=device, precision=precision)
+            check = validate_pair(runner, feeds_a, feeds_b, target, seed,
+                                  Tolerances.for_precision(precision))
+            data = validation_dict(check)
+            import json
+
+            if fmt == "json":
+                click.echo(json.dumps(data, indent=2, allow_nan=False))
+            else:
+                for key, value in data.items():
+                    click.echo(f"{key}: {value}")
+            sys.exit(0 if data.get("passed") else 1)
+
+        run_guarded(run, debug)

@@ -1,0 +1,166 @@
+"""Model inputs from files (.npy, .npz, PNG/JPEG images) or seeded random draws."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import helper
+
+from onnxcollide.errors import ModelLoadError, UsageError
+from onnxcollide.graph.load import LoadedModel
+from onnxcollide.graph.shapes import model_inputs
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How an image file becomes a tensor.
+
+    Attributes:
+        size: (height, width) to resize to; None: the model's fixed spatial size, else as is.
+        layout: ``auto`` (from the model's input shape), ``nchw`` or ``nhwc``.
+        scale: multiply the 0..255 pixel values by this (default 1/255: values in [0, 1]).
+        mean, std: per-channel normalisation after scaling, ``(x - mean) / std``.
+    """
+
+    size: tuple[int, int] | None = None
+    layout: str = "auto"
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+
+def parse_assignments(texts: Sequence[str], option: str) -> dict[str | None, str]:
+    """``name=value`` (or a bare value for the only input) -> {name or None: value}."""
+    out: dict[str | None, str] = {}
+    for text in texts:
+        name, sep, value = text.partition("=")
+        if sep and name and not os.path.exists(text):
+            out[name] = value
+        else:
+            out[None] = text
+    if None in out and len(texts) > 1:
+        raise UsageError(f"{option} without a NAME= prefix is only allowed once",
+                         hint=f"write {option} NAME=VALUE for each input")
+    return out
+
+
+def _declared(value_info: object) -> tuple[list[int | None], np.dtype]:
+    tensor_type = value_info.type.tensor_type  # type: ignore[attr-defined]
+    dims = [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in tensor_type.shape.dim]
+    return dims, np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+
+
+def _load_array(path: str, name: str) -> np.ndarray:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read the array file ({exc})", path) from exc
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    with loaded:
+        keys = list(loaded.keys())
+        if name in keys:
+            return np.asarray(loaded[name])
+        if len(keys) == 1:
+            return np.asarray(loaded[keys[0]])
+    raise UsageError(f"the .npz holds {keys}, none named '{name}'", path,
+                     f"save the array under the key '{name}'")
+
+
+def _load_image(path: str, dims: list[int | None], options: ImageOptions) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    layout = options.layout
+    if layout == "auto":
+        layout = "nhwc" if len(dims) == 4 and dims[-1] in (1, 3, 4) and dims[1] not in (1, 3, 4) \
+            else "nchw"
+    channels = dims[1] if layout == "nchw" and len(dims) == 4 else dims[-1] if len(dims) == 4 \
+        else 3
+    spatial = (dims[2], dims[3]) if layout == "nchw" and len(dims) == 4 else \
+        (dims[1], dims[2]) if len(dims) == 4 else (None, None)
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if channels == 1 else "RGB")
+            size = options.size or (spatial if None not in spatial else None)
+            if size is not None:
+                image = image.resize((int(size[1]), int(size[0])), Image.Resampling.BILINEAR)
+            pixels = np.asarray(image, dtype=np.float64)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ModelLoadError(f"cannot read the image ({exc})", path) from exc
+    pixels = pixels.reshape(pixels.shape[0], pixels.shape[1], -1) * options.scale
+    if options.mean is not None:
+        pixels = pixels - np.asarray(options.mean, dtype=np.float64)
+    if options.std is not None:
+        pixels = pixels / np.asarray(options.std, dtype=np.float64)
+    tensor = pixels[None]  # (1, H, W, C)
+    return tensor if layout == "nhwc" else tensor.transpose(0, 3, 1, 2)
+
+
+def _check_shape(array: np.ndarray, dims: list[int | None], name: str, source: str) -> None:
+    if dims and (array.ndim != len(dims) or any(
+            d is not None and d != s for d, s in zip(dims, array.shape, strict=False))):
+        shown = "x".join("?" if d is None else str(d) for d in dims)
+        raise UsageError(f"input '{name}' has shape {'x'.join(map(str, array.shape))}, the "
+                         f"model expects {shown}", source)
+
+
+def random_input(dims: list[int | None], override: tuple[int, ...] | None, dtype: np.dtype,
+                 name: str, rng: np.random.Generator,
+                 value_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """A seeded uniform draw in ``value_range`` for a float input (batch 1 where dynamic)."""
+    shape = override if override is not None else tuple(
+        1 if k == 0 and d is None else d for k, d in enumerate(dims))
+    if any(d is None for d in shape):
+        raise UsageError(f"input '{name}' has dynamic dims {shape}", hint=f"pass --input-shape "
+                         f"{name}=1x3x224x224 (its full shape) or give a value with --input")
+    if dtype.kind != "f":
+        raise UsageError(f"input '{name}' is {dtype} (not float): a random draw is not "
+                         "meaningful", hint=f"give a value with --input {name}=FILE.npy")
+    lo, hi = value_range
+    return (lo + (hi - lo) * rng.random(shape)).astype(dtype)  # type: ignore[arg-type]
+
+
+def load_inputs(model: LoadedModel, files: dict[str | None, str],
+                shapes: dict[str, tuple[int, ...]], seed: int, image: ImageOptions,
+                value_range: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
+    """A value for every graph input: from a file where given, else a seeded random draw.
+
+    Raises:
+        UsageError: a name the model lacks, a shape or dtype that does not fit.
+        ModelLoadError: a file that cannot be read.
+    """
+    inputs = model_inputs(model)
+    names = [i.name for i in inputs]
+    if None in files:
+        if len(inputs) != 1:
+            raise UsageError("the model has several inputs", model.path,
+                             f"name each: --input NAME=FILE (inputs: {', '.join(names)})")
+        files = {names[0]: files[None]}
+    for name in list(files) + list(shapes):
+        if name not in names:
+            raise UsageError(f"the model has no input '{name}'", model.path,
+                             f"its inputs are: {', '.join(names)}")
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for info in inputs:
+        dims, dtype = _declared(info)
+        source = files.get(info.name)
+        if source is None:
+            feeds[info.name] = random_input(dims, shapes.get(info.name), dtype, info.name, rng,
+                                            value_range or (0.0, 1.0))
+            continue
+        if not os.path.isfile(source):
+            raise ModelLoadError("file not found", source, "check the path")
+        if source.lower().endswith(IMAGE_SUFFIXES):
+            array = _load_image(source, dims, image)
+        else:
+            array = _load_array(source, info.name)
+        _check_shape(array, dims, info.name, source)
+        feeds[info.name] = array.astype(dtype, copy=False)
+    return feeds

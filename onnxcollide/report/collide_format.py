@@ -1,0 +1,112 @@
+"""Reports of `onnxcollide collide` / `validate`: JSON (every figure and setting) and a table."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from onnxcollide.report.json_format import versions
+from onnxcollide.search import CollisionSet
+
+COLLIDE_SCHEMA_VERSION = 1
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: tuples -> lists, numpy scalars -> Python, inf/nan -> None."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def settings_dict(found: CollisionSet) -> dict[str, Any]:
+    """The search settings as plain data."""
+    data = asdict(found.settings)
+    data["rule"] = found.settings.rule.describe()
+    data["rtol"], data["atol"] = found.settings.rule.rtol, found.settings.rule.atol
+    return _clean(data)  # type: ignore[no-any-return]
+
+
+def collide_dict(found: CollisionSet, validations: Sequence[dict[str, Any] | None],
+                 runtime: dict[str, Any] | None, files: dict[str, str]) -> dict[str, Any]:
+    """The whole collide report as plain data."""
+    rows = []
+    for collision, validation in zip(found.collisions, validations, strict=True):
+        rows.append({
+            "index": collision.index, "beta": collision.beta, "beta_min": collision.beta_min,
+            "requested_beta": collision.requested_beta, "basis": collision.basis,
+            "delta_l2": float(np.linalg.norm(collision.delta)),
+            "delta_linf": float(np.abs(collision.delta).max()) if collision.delta.size else 0.0,
+            "changed_elements": int(np.count_nonzero(collision.delta)),
+            "validation": validation,
+        })
+    return _clean({
+        "schema": "onnxcollide.collide", "schema_version": COLLIDE_SCHEMA_VERSION,
+        "tool": versions(), "model": found.model, "input": found.input_name,
+        "input_shape": list(found.feeds[found.input_name].shape) if found.feeds else None,
+        "settings": settings_dict(found), "runtime": runtime,
+        "w1": {"node": found.w1_node, "output": found.w1_output, "class": found.exactness,
+               "method": found.method, "exact": found.exact, "units": found.units,
+               "kernel_dims": list(found.kernel_dims), "tol": found.tol,
+               "operator": found.operator},
+        "collisions": rows, "notes": list(found.notes), "files": files,
+    })
+
+
+def render_json(report: dict[str, Any]) -> str:
+    """JSON text of a collide report."""
+    return json.dumps(report, indent=2, allow_nan=False) + "\n"
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def render_table(report: dict[str, Any], width: int = 120, color: bool = False) -> str:
+    """A readable summary: W1, how directions were made, one row per colliding input."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, color_system="auto" if color else None,
+                      force_terminal=color, highlight=False)
+    w1 = report["w1"]
+    console.print(f"W1: {w1['node']} ({w1['class']}); {w1['method']}", markup=False)
+    table = Table(title=f"{len(report['collisions'])} colliding input(s) for "
+                        f"'{report['input']}'", title_justify="left")
+    for header in ("#", "beta", "|d|_2", "W1 residual", "output max|diff|", "argmax",
+                   "random W1 residual", "ratio", "verdict"):
+        table.add_column(header, justify="left" if header == "verdict" else "right")
+    for row in report["collisions"]:
+        v = row["validation"] or {}
+        outputs = v.get("outputs") or []
+        first = outputs[0] if outputs else {}
+        base = v.get("baseline") or {}
+        verdict = "-" if not v else ("PASS" if v.get("passed") else "FAIL")
+        table.add_row(str(row["index"]), _fmt(row["beta"]), _fmt(row["delta_l2"]),
+                      _fmt(v.get("layer_residual")), _fmt(first.get("max_abs")),
+                      _fmt(first.get("argmax_agree")), _fmt(base.get("layer_residual")),
+                      _fmt(v.get("layer_ratio")), verdict)
+    if report["collisions"]:
+        console.print(table)
+    for note in report["notes"]:
+        console.print(f"note: {note}", markup=False)
+    for kind, path in report["files"].items():
+        console.print(f"wrote {kind}: {path}", markup=False)
+    return buffer.getvalue()

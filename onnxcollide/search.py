@@ -1,0 +1,552 @@
+"""The Null-space search on the model's real input space (Definition 4 and Eq. 7, extended).
+
+A colliding input is ``x + beta * d``, with ``d`` built at W1's data input from kernel vectors of
+W1 and mapped back to the model input through the path ops (graph.path_map). How ``d`` is
+built depends on W1's class (DESIGN.md):
+
+- dense / patchify: unit by unit (one input row or token, one conv window, one ConvTranspose
+  position). A unit reads positions S of W1's input (in bounds, not padding, inside the
+  region); its perturbation is a vector of ker(W_S^T), W_S the rows of W for S. Units never
+  share a position, so every colliding input is an exact collision of W1.
+- overlapping: the whole conv operator at the real input size decides (onnxcollide.convop):
+  exact directions where its smallest singular values are at or below tol, otherwise the
+  strongest approximate collision on request. ``mode="tiled"`` reproduces the paper's tiling of
+  a per-patch kernel vector, which is not a collision; validation reports how far off it is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from onnxcollide.errors import UnsupportedModelError, UsageError
+from onnxcollide.graph.constants import ConstantResolver, Scope
+from onnxcollide.graph.input_path import (
+    DENSE,
+    NOT_APPLICABLE,
+    OVERLAPPING,
+    FirstLayerPath,
+    resolved_pads,
+    trace_input,
+)
+from onnxcollide.graph.linear_ops import ConvGeometry, LinearSite, conv_geometry, find_linear_ops
+from onnxcollide.graph.load import LoadedModel, load_model
+from onnxcollide.graph.path_map import pull_delta, pull_positions
+from onnxcollide.graph.shapes import TensorInfo, infer_shapes, is_float_input, model_inputs
+from onnxcollide.layers import ConvConvention, LinearLayer, build_layer
+from onnxcollide.spectral import EPS_OF, KernelSpace, ToleranceRule, kernel_space
+
+MODES = ("auto", "approximate", "tiled")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything that decides which colliding inputs are made.
+
+    Attributes:
+        count: number of colliding inputs.
+        beta: scale of each unit's unit-norm kernel vector.
+        basis: kernel basis indices, cycled over colliding inputs (every unit uses the same
+            index, as in the paper's Figure 1); empty for seeded random combinations.
+        seed: seeds every random draw (colliding input k uses ``default_rng([seed, k])``).
+        region: numpy-style slice over the input's per-sample dims (e.g. ``":,8:24,8:24"``);
+            only elements inside change.
+        valid_range: (lo, hi): beta is bounded so every element stays inside, never clipped.
+        mode: ``auto`` (exact where the math allows), ``approximate`` (for an overlapping conv
+            without an exact collision: the strongest approximate one), ``tiled`` (the paper's
+            repetition of a per-patch kernel vector).
+        input_name: the float input to perturb (default: the one that reaches W1).
+        rule: rank tolerance rule (as in the audit).
+    """
+
+    count: int = 1
+    beta: float = 1.0
+    basis: tuple[int, ...] = ()
+    seed: int = 0
+    region: str | None = None
+    valid_range: tuple[float, float] | None = None
+    mode: str = "auto"
+    input_name: str | None = None
+    rule: ToleranceRule = field(default_factory=ToleranceRule)
+
+
+@dataclass(frozen=True)
+class Collision:
+    """One colliding input.
+
+    Attributes:
+        index: 0-based number of this colliding input.
+        beta: the largest scale used over units (after bounding by the valid range).
+        beta_min: the smallest scale used over units (equal to beta without --range).
+        requested_beta: the scale asked for.
+        delta: perturbation of the model input, float64, the input's shape (beta applied).
+        value: the colliding input, ``x + delta`` in the input's dtype.
+        basis: the kernel basis index used, or None for random combinations.
+    """
+
+    index: int
+    beta: float
+    beta_min: float
+    requested_beta: float
+    delta: np.ndarray
+    value: np.ndarray
+    basis: int | None
+
+
+@dataclass(frozen=True)
+class CollisionSet:
+    """The search's result: colliding inputs and what they rest on.
+
+    Attributes:
+        model: model path.
+        input_name: the perturbed graph input.
+        feeds: the original value of every graph input.
+        w1_node: W1's node label; ``w1_output``: its output tensor (for validation).
+        exactness: W1's class on this input shape.
+        method: how directions were made, in words.
+        exact: True when the colliding inputs collide exactly at W1 in exact arithmetic.
+        units: number of units (rows, windows, positions) that were perturbed.
+        kernel_dims: (smallest, largest) kernel dimension over perturbed units.
+        tol: the rank tolerance of W1.
+        collisions: the colliding inputs.
+        operator: conv-operator facts for an overlapping W1 (sigmas, relative, exact), or None.
+        notes: anything the user should know (bounded beta, skipped units).
+        settings: the settings used.
+    """
+
+    model: str
+    input_name: str
+    feeds: dict[str, np.ndarray]
+    w1_node: str
+    w1_output: str
+    exactness: str
+    method: str
+    exact: bool
+    units: int
+    kernel_dims: tuple[int, int]
+    tol: float
+    collisions: tuple[Collision, ...]
+    operator: dict[str, Any] | None
+    notes: tuple[str, ...]
+    settings: SearchSettings
+
+
+# ------------------------------------------------------------------ model context
+
+
+@dataclass(frozen=True)
+class _Context:
+    model: LoadedModel
+    infos: dict[str, TensorInfo]
+    shapes: dict[str, tuple[int, ...]]
+    route: FirstLayerPath
+    site: LinearSite
+    layer: LinearLayer
+    resolver: ConstantResolver
+
+
+def _exact_shapes(infos: dict[str, TensorInfo]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(int(d) for d in info.shape) for name, info in infos.items()  # type: ignore[misc]
+            if info.shape is not None and all(d is not None for d in info.shape)}
+
+
+def _choose_route(model: LoadedModel, infos: dict[str, TensorInfo], sites: list[LinearSite],
+                  resolver: ConstantResolver, wanted: str | None) -> FirstLayerPath:
+    nodes = list(model.proto.graph.node)
+    main = {s.topo_index: s for s in sites if s.scope == "main"}
+    inputs = [i for i in model_inputs(model) if wanted is None or i.name == wanted]
+    if wanted is not None and not inputs:
+        raise UsageError(f"the model has no input '{wanted}'", model.path)
+    routes = [trace_input(i.name, nodes, main, infos, resolver, model.opset) for i in inputs]
+    for route in routes:
+        if route.site is not None and (wanted or is_float_input(
+                next(i for i in inputs if i.name == route.input))):
+            return route
+    raise UnsupportedModelError("no float input reaches a linear op with a constant weight",
+                                model.path, "the Null-space search needs a continuous input")
+
+
+def _context(path: str, feeds: dict[str, np.ndarray], settings: SearchSettings) -> _Context:
+    model = load_model(path)
+    known = {i.name for i in model_inputs(model)}
+    missing = sorted(known - set(feeds))
+    if missing:
+        raise UsageError(f"no value for input(s) {', '.join(missing)}", path,
+                         "give each input a value or a shape")
+    infos = infer_shapes(model, {n: tuple(v.shape) for n, v in feeds.items() if n in known})
+    sites, _ = find_linear_ops(model)
+    scope = Scope.of_graph(model.proto.graph, "main", None)
+    resolver = ConstantResolver(scope, model.base_dir, list(model.proto.opset_import))
+    route = _choose_route(model, infos, sites, resolver, settings.input_name)
+    if route.exactness == NOT_APPLICABLE or route.site is None:
+        raise UnsupportedModelError(f"the Null-space search does not apply: {route.reason}",
+                                    path)
+    layer = build_layer(route.site, infos, ConvConvention.GROUPED)
+    return _Context(model, infos, _exact_shapes(infos), route, route.site, layer, resolver)
+
+
+# ------------------------------------------------------------------ units
+
+
+def _dense_units(site: LinearSite, shape: tuple[int, ...], q: int) -> np.ndarray:
+    """(units, q) flat positions of each input vector of a Gemm/MatMul in its data operand."""
+    size = int(np.prod(shape))
+    index = np.arange(size).reshape(shape)
+    op, w = site.op_type, site.weight_index
+    if op == "Gemm":
+        trans = int(next((a.i for a in site.node.attribute
+                          if a.name == ("transA" if w == 1 else "transB")), 0))
+        rows = (trans == 0) if w == 1 else (trans == 1)
+        return index if rows else index.T
+    right = w in (1, 3) if op == "QLinearMatMul" else w == 1
+    if len(shape) == 1:
+        return index.reshape(1, -1)
+    if right:
+        return index.reshape(-1, shape[-1])
+    return np.swapaxes(index, -1, -2).reshape(-1, shape[-2])
+
+
+def _window_units(geometry: ConvGeometry, shape: tuple[int, ...]) -> np.ndarray:
+    """(N * windows, C * prod k) flat positions read by each conv window; -1 for padding."""
+    n, spatial = shape[0], shape[2:]
+    axes = len(spatial)
+    index = np.arange(int(np.prod(shape))).reshape(shape)
+    padded = np.pad(index, [(0, 0), (0, 0)] + [
+        resolved_pads(geometry.pads, geometry.auto_pad, spatial[a], a, axes,
+                      geometry.kernel[a], geometry.strides[a], geometry.dilations[a])
+        for a in range(axes)], constant_values=-1)
+    views = padded
+    for a in range(axes):
+        extent = (geometry.kernel[a] - 1) * geometry.dilations[a] + 1
+        views = np.lib.stride_tricks.sliding_window_view(views, extent, axis=2 + a)
+    # views: (N, C, *out_full, *extent); take strides and dilations
+    take = [slice(None), slice(None)]
+    take += [slice(None, None, geometry.strides[a]) for a in range(axes)]
+    take += [slice(None, None, geometry.dilations[a]) for a in range(axes)]
+    windows = views[tuple(take)]
+    out_axes = list(range(2, 2 + axes))
+    order = [0, *out_axes, 1, *range(2 + axes, 2 + 2 * axes)]
+    return np.ascontiguousarray(windows.transpose(order)).reshape(n * int(
+        np.prod(windows.shape[2:2 + axes])), -1)
+
+
+def _position_units(shape: tuple[int, ...]) -> np.ndarray:
+    """ConvTranspose: (N * positions, C_in) flat positions of each input position's channels."""
+    index = np.arange(int(np.prod(shape))).reshape(shape[0], shape[1], -1)
+    return np.ascontiguousarray(index.transpose(0, 2, 1)).reshape(-1, shape[1])
+
+
+def _block_diagonal(blocks: np.ndarray) -> np.ndarray:
+    g, qb, pb = blocks.shape
+    out = np.zeros((g * qb, g * pb))
+    for k in range(g):
+        out[k * qb:(k + 1) * qb, k * pb:(k + 1) * pb] = blocks[k]
+    return out
+
+
+# ------------------------------------------------------------------ region
+
+
+def _region_mask(region: str | None, input_shape: tuple[int, ...]) -> np.ndarray:
+    """Boolean mask over the model input (all samples) that a region slice selects."""
+    mask = np.zeros(input_shape, dtype=bool)
+    if region is None:
+        mask[...] = True
+        return mask
+    try:
+        parts = [p.strip() for p in region.split(",")]
+        slices = [slice(*[int(v) if v.strip() else None for v in p.split(":")]) if ":" in p
+                  else int(p) for p in parts]
+        mask[(slice(None), *slices)] = True
+    except (ValueError, IndexError, TypeError) as exc:
+        raise UsageError(f"--region '{region}' does not fit an input of per-sample shape "
+                         f"{input_shape[1:]}", hint="write numpy slices, e.g. :,8:24,8:24"
+                         ) from exc
+    if not mask.any():
+        raise UsageError(f"--region '{region}' selects no element")
+    return mask
+
+
+def _data_mask(ctx: _Context, input_shape: tuple[int, ...], data_shape: tuple[int, ...],
+               region: str | None) -> np.ndarray:
+    """Which W1 data-input elements may change: those the region's input elements become."""
+    size = int(np.prod(data_shape))
+    if region is None:
+        return np.ones(size, dtype=bool)
+    positions = pull_positions(ctx.route.nodes, ctx.route.input, data_shape, ctx.shapes,
+                               ctx.resolver, ctx.model.opset)
+    chosen = positions[_region_mask(region, input_shape) & (positions >= 0)]
+    mask = np.zeros(size, dtype=bool)
+    mask[chosen] = True
+    return mask
+
+
+# ------------------------------------------------------------------ directions
+
+
+@dataclass
+class _UnitKernels:
+    """Kernel spaces of W_S for each distinct set S of usable taps (cached)."""
+
+    matrix: np.ndarray
+    eps: float
+    rule: ToleranceRule
+    sigma_max: float
+    cache: dict[bytes, KernelSpace] = field(default_factory=dict)
+
+    def space(self, taps: np.ndarray) -> KernelSpace:
+        key = taps.tobytes()
+        if key not in self.cache:
+            q, p = self.matrix.shape
+            self.cache[key] = kernel_space(self.matrix[taps], self.eps, self.rule,
+                                           sigma_max=self.sigma_max, q_total=q, p_total=p)
+        return self.cache[key]
+
+
+def _unit_direction(units: np.ndarray, allowed: np.ndarray, kernels: _UnitKernels,
+                    rng: np.random.Generator, basis: int | None, size: int, owner: np.ndarray
+                    ) -> tuple[np.ndarray, int, tuple[int, int]]:
+    """Sum over units of one unit-norm kernel vector each: flat (size,) float64.
+
+    ``owner`` (size,) is filled with the unit index of every position a unit changes.
+    """
+    delta = np.zeros(size)
+    used, dims = 0, []
+    for number, positions in enumerate(units):
+        usable = (positions >= 0) & allowed[np.maximum(positions, 0)]
+        taps = np.flatnonzero(usable)
+        if taps.size == 0:
+            continue
+        space = kernels.space(taps)
+        if space.nullity == 0:
+            continue
+        if basis is not None and space.basis is not None and basis < space.nullity:
+            vector = space.vector(basis)
+        elif basis is not None:
+            continue
+        else:
+            vector = space.random_vector(rng)
+        delta[positions[taps]] += vector
+        owner[positions[taps]] = number
+        used += 1
+        dims.append(space.nullity)
+    return delta, used, (min(dims), max(dims)) if dims else (0, 0)
+
+
+def _element_limits(x: np.ndarray, step: np.ndarray,
+                    valid_range: tuple[float, float]) -> np.ndarray:
+    """Per element, the largest t >= 0 with lo <= x + t * step <= hi (inf where step is 0)."""
+    lo, hi = valid_range
+    x64 = x.astype(np.float64)
+    limits = np.full(x.shape, np.inf)
+    up, down = step > 0, step < 0
+    limits[up] = (hi - x64[up]) / step[up]
+    limits[down] = (x64[down] - lo) / -step[down]
+    return limits
+
+
+def _unit_betas(x: np.ndarray, unit_delta: np.ndarray, unit_of: np.ndarray | None,
+                settings: SearchSettings) -> np.ndarray:
+    """Per input element, the beta of the unit it belongs to (bounded by the valid range).
+
+    Each unit gets the largest |beta_u| <= |beta| that keeps its own elements inside the range
+    (the paper's individual multipliers beta_i); without units, one beta for the whole input.
+    """
+    beta = settings.beta
+    if settings.valid_range is None:
+        return np.full(x.shape, beta)
+    sign = math.copysign(1.0, beta)
+    limits = _element_limits(x, unit_delta * sign, settings.valid_range)
+    if unit_of is None:
+        return np.full(x.shape, sign * min(abs(beta), float(limits.min())))
+    owners = unit_of.reshape(-1)
+    per_unit = np.full(int(owners.max(initial=-1)) + 1, abs(beta))
+    has = owners >= 0
+    np.minimum.at(per_unit, owners[has], limits.reshape(-1)[has])
+    out = np.full(x.size, sign * abs(beta))
+    out[has] = sign * per_unit[owners[has]]
+    return out.reshape(x.shape)
+
+
+def _in_range(value: np.ndarray, valid_range: tuple[float, float] | None) -> bool:
+    return valid_range is None or bool(
+        np.all(value >= valid_range[0]) and np.all(value <= valid_range[1]))
+
+
+def _make_collision(k: int, x: np.ndarray, unit_delta: np.ndarray, unit_of: np.ndarray | None,
+                    settings: SearchSettings, basis: int | None) -> tuple[Collision, str | None]:
+    betas = _unit_betas(x, unit_delta, unit_of, settings)
+    moved = unit_delta != 0
+    value = (x.astype(np.float64) + betas * unit_delta).astype(x.dtype)
+    for _ in range(60):  # rounding to the input dtype may cross a bound by one ulp
+        if _in_range(value, settings.valid_range):
+            break
+        betas = betas * (1.0 - 2.0 ** -20)
+        value = (x.astype(np.float64) + betas * unit_delta).astype(x.dtype)
+    used = np.abs(betas[moved]) if moved.any() else np.array([abs(settings.beta)])
+    note = None
+    if settings.valid_range and float(used.min()) < abs(settings.beta):
+        lo, hi = settings.valid_range
+        note = (f"colliding input {k}: beta {settings.beta:g} bounded per unit to "
+                f"[{used.min():.4g}, {used.max():.4g}] to stay inside [{lo:g}, {hi:g}]")
+    delta = value.astype(np.float64) - x.astype(np.float64)
+    sign = math.copysign(1.0, settings.beta)
+    return Collision(k, sign * float(used.max()), sign * float(used.min()), settings.beta,
+                     delta, value, basis), note
+
+
+def find_collisions(path: str, feeds: dict[str, np.ndarray],
+                    settings: SearchSettings | None = None) -> CollisionSet:
+    """Make ``settings.count`` inputs that collide with ``feeds`` at W1 (Null-space search).
+
+    Args:
+        path: the ONNX model.
+        feeds: a value for every graph input; the float input reaching W1 is perturbed.
+        settings: count, beta, basis, seed, region, range, mode.
+
+    Raises:
+        UsageError: settings that do not fit the model (region, input name, range).
+        UnsupportedModelError: the search does not apply (not applicable W1, no exact
+            collision where one was required, an op on the path that cannot be inverted).
+    """
+    settings = settings or SearchSettings()
+    if settings.mode not in MODES:
+        raise UsageError(f"unknown mode '{settings.mode}'", hint=f"use one of {MODES}")
+    ctx = _context(path, feeds, settings)
+    x = np.asarray(feeds[ctx.route.input])
+    if settings.valid_range and not _in_range(x, settings.valid_range):
+        raise UsageError(f"the input '{ctx.route.input}' is not inside --range "
+                         f"{settings.valid_range[0]:g},{settings.valid_range[1]:g}", path,
+                         "rescale the input or widen the range")
+    data_shape = ctx.shapes.get(ctx.site.data_input)
+    if data_shape is None:
+        raise UnsupportedModelError(f"the shape of W1's input '{ctx.site.data_input}' is "
+                                    "unknown", path, "pass --input-shape")
+    if ctx.route.exactness == OVERLAPPING and settings.mode != "tiled":
+        from onnxcollide.search_operator import overlapping_collisions
+
+        found = overlapping_collisions(ctx, x, data_shape, settings)
+    else:
+        found = _unit_collisions(ctx, x, data_shape, settings)
+    return replace(found, feeds=dict(feeds))
+
+
+def _units_for(ctx: _Context, data_shape: tuple[int, ...]) -> tuple[np.ndarray, str]:
+    if ctx.route.exactness == DENSE:
+        return _dense_units(ctx.site, data_shape, ctx.layer.q), "kernel of W1 per input vector"
+    geometry = conv_geometry(ctx.site, tuple(ctx.site.resolver.value(ctx.site.weight_name).shape))
+    if geometry.transposed:
+        return _position_units(data_shape), "kernel of W1 per input position (ConvTranspose)"
+    return _window_units(geometry, data_shape), "kernel of W1 per conv window"
+
+
+def _unit_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
+                     settings: SearchSettings) -> CollisionSet:
+    if ctx.layer.groups > 1 and ctx.layer.op in ("MatMul", "QLinearMatMul", "MatMulInteger"):
+        raise UnsupportedModelError("W1 is a stack of matrices applied block by block",
+                                    f"node '{ctx.site.label}'", "not supported by the search yet")
+    units, method = _units_for(ctx, data_shape)
+    matrix = _block_diagonal(np.asarray(ctx.layer.load_blocks(), dtype=np.float64))
+    eps = EPS_OF.get(ctx.layer.compute_dtype, EPS_OF["float"])
+    sigma_max = float(np.linalg.norm(matrix, 2)) if matrix.size else 0.0
+    kernels = _UnitKernels(matrix, eps, settings.rule, sigma_max)
+    tiled = ctx.route.exactness == OVERLAPPING
+    if tiled:
+        method = "tiled per-patch kernel vector (the paper's repetition; not a collision of " \
+                 "the whole operator)"
+    allowed = _data_mask(ctx, x.shape, data_shape, settings.region)
+    size = int(np.prod(data_shape))
+    collisions, notes = [], []
+    used, dims = 0, (0, 0)
+    for k in range(settings.count):
+        rng = np.random.default_rng([settings.seed, k])
+        basis = settings.basis[k % len(settings.basis)] if settings.basis else None
+        owner = np.full(size, -1, dtype=np.int64)
+        if tiled:
+            flat, used, dims = _tiled_direction(ctx, units, kernels, rng, basis, size)
+        else:
+            flat, used, dims = _unit_direction(units, allowed, kernels, rng, basis, size, owner)
+        if used == 0:
+            raise UnsupportedModelError(
+                "no unit of W1's input has a non-trivial kernel"
+                + (f" with basis index {basis}" if basis is not None else "")
+                + (" inside the region" if settings.region else ""), path_of(ctx),
+                "choose another region or basis index")
+        unit_delta = pull_delta(ctx.route.nodes, ctx.route.input, flat.reshape(data_shape),
+                                ctx.shapes, ctx.resolver, ctx.model.opset)
+        unit_of = None if tiled else _owners_at_input(ctx, owner, data_shape)
+        collision, note = _make_collision(k, x, unit_delta, unit_of, settings, basis)
+        collisions.append(collision)
+        if note:
+            notes.append(note)
+    return CollisionSet(
+        model=ctx.model.path, input_name=ctx.route.input, feeds={}, w1_node=ctx.site.label,
+        w1_output=str(ctx.site.node.output[0]), exactness=ctx.route.exactness, method=method,
+        exact=not tiled, units=used, kernel_dims=dims, tol=kernels.space(
+            np.arange(matrix.shape[0])).tol if matrix.size else 0.0,
+        collisions=tuple(collisions), operator=None, notes=tuple(notes), settings=settings)
+
+
+def _owners_at_input(ctx: _Context, owner: np.ndarray, data_shape: tuple[int, ...]
+                     ) -> np.ndarray:
+    """The unit owning each model-input element (-1 for none), via the path's positions."""
+    positions = pull_positions(ctx.route.nodes, ctx.route.input, data_shape, ctx.shapes,
+                               ctx.resolver, ctx.model.opset)
+    return np.where(positions >= 0, owner[np.maximum(positions, 0)], -1)
+
+
+def path_of(ctx: _Context) -> str:
+    """The model path, for error messages."""
+    return ctx.model.path
+
+
+def _tiled_direction(ctx: _Context, units: np.ndarray, kernels: _UnitKernels,
+                     rng: np.random.Generator, basis: int | None, size: int
+                     ) -> tuple[np.ndarray, int, tuple[int, int]]:
+    """The paper's tiling: one per-patch kernel vector written into every window's taps.
+
+    Windows overlap, so later windows overwrite shared positions: the result is the vector
+    repeated across the image, which is what the paper shows, and not a collision.
+    """
+    space = kernels.space(np.arange(kernels.matrix.shape[0]))
+    if space.nullity == 0:
+        return np.zeros(size), 0, (0, 0)
+    vector = space.vector(basis) if basis is not None else space.random_vector(rng)
+    delta = np.zeros(size)
+    for positions in units:
+        usable = positions >= 0
+        delta[positions[usable]] = vector[usable]
+    return delta, len(units), (space.nullity, space.nullity)
+
+
+def w1_output_name(path: str, feeds: dict[str, np.ndarray]) -> str | None:
+    """Name of W1's output tensor for these inputs, None where the search does not apply."""
+    try:
+        return str(_context(path, feeds, SearchSettings()).site.node.output[0])
+    except UnsupportedModelError:
+        return None
+
+
+def first_layer_kernel(path: str, feeds: dict[str, np.ndarray], settings: SearchSettings
+                       ) -> tuple[np.ndarray, tuple[int, ...] | None]:
+    """W1's kernel basis (nullity, q) and, for a conv W1, the patch shape (C, k...) of a vector.
+
+    Raises:
+        UnsupportedModelError: q is too large to hold an explicit basis.
+    """
+    ctx = _context(path, feeds, settings)
+    matrix = _block_diagonal(np.asarray(ctx.layer.load_blocks(), dtype=np.float64))
+    space = kernel_space(matrix, EPS_OF.get(ctx.layer.compute_dtype, EPS_OF["float"]),
+                         settings.rule)
+    if space.basis is None:
+        raise UnsupportedModelError(f"W1 reads {space.q} values: too many for an explicit "
+                                    "kernel basis", path)
+    patch = None
+    if ctx.layer.geometry is not None and not ctx.layer.geometry.transposed:
+        weight_shape = tuple(ctx.site.resolver.value(ctx.site.weight_name).shape)
+        channels = weight_shape[1] * ctx.layer.geometry.groups
+        patch = (channels, *weight_shape[2:])
+    return space.basis, patch

@@ -1,0 +1,115 @@
+"""Collisions for an overlapping first conv, from the whole conv operator at the real size.
+
+A tiled per-patch kernel vector is not a collision when windows share pixels. The question
+is whether the operator A (one sample of W1's input -> W1's output) has singular values at or
+below the tolerance; onnxcollide.convop finds its smallest singular values and vectors.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from onnxcollide.convop import ConvSpec, OperatorSpectrum, smallest_singular
+from onnxcollide.errors import UsageError
+from onnxcollide.graph.input_path import resolved_pads
+from onnxcollide.graph.linear_ops import conv_geometry
+from onnxcollide.graph.path_map import pull_delta
+from onnxcollide.spectral import EPS_OF
+
+if TYPE_CHECKING:
+    from onnxcollide.search import CollisionSet, SearchSettings, _Context
+
+
+def conv_spec(ctx: _Context, data_shape: tuple[int, ...]) -> ConvSpec:
+    """The W1 conv as a ConvSpec on one sample of its real input shape (float64 weight)."""
+    weight_shape = tuple(ctx.site.resolver.value(ctx.site.weight_name).shape)
+    geometry = conv_geometry(ctx.site, weight_shape)
+    blocks = np.asarray(ctx.layer.load_blocks(), dtype=np.float64)  # (g, C/g*K, O/g)
+    out_channels, kernel = weight_shape[0], weight_shape[2:]
+    weight = blocks.transpose(0, 2, 1).reshape(out_channels, weight_shape[1], *kernel)
+    spatial = data_shape[2:]
+    axes = len(spatial)
+    pairs = [resolved_pads(geometry.pads, geometry.auto_pad, spatial[a], a, axes,
+                           geometry.kernel[a], geometry.strides[a], geometry.dilations[a])
+             for a in range(axes)]
+    pads = tuple(p[0] for p in pairs) + tuple(p[1] for p in pairs)
+    return ConvSpec(weight=weight, strides=geometry.strides, dilations=geometry.dilations,
+                    pads=pads, groups=geometry.groups, input_shape=tuple(data_shape[1:]))
+
+
+def operator_dict(spectrum: OperatorSpectrum, spec: ConvSpec) -> dict[str, Any]:
+    """The operator facts as plain data (for reports)."""
+    return {
+        "input_shape": list(spec.input_shape), "sigma_max": float(spectrum.sigma_max),
+        "tol": float(spectrum.tol), "exact": int(spectrum.exact),
+        "sigmas": [float(v) for v in spectrum.sigmas],
+        "relative": [float(v) for v in spectrum.relative],
+        "residuals": [float(v) for v in spectrum.residuals],
+        "iterations": int(spectrum.iterations), "method": spectrum.method,
+        "seed": int(spectrum.seed),
+    }
+
+
+def _direction(spectrum: OperatorSpectrum, usable: int, basis: int | None,
+               rng: np.random.Generator) -> np.ndarray:
+    vectors = spectrum.vectors[:usable].reshape(usable, -1)
+    if basis is not None:
+        if basis >= usable:
+            raise UsageError(f"basis index {basis} is not below the {usable} direction(s) found")
+        return np.asarray(vectors[basis])
+    mix = rng.standard_normal(usable) @ vectors
+    return np.asarray(mix / np.linalg.norm(mix))
+
+
+def overlapping_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
+                           settings: SearchSettings) -> CollisionSet:
+    """Exact collisions from the conv operator's kernel, the strongest approximate one on
+    request, or none (with the smallest relative singular value) for an overlapping W1."""
+    from onnxcollide.search import CollisionSet, _make_collision
+
+    if settings.region is not None:
+        raise UsageError("--region is not supported for an overlapping first conv",
+                         hint="the operator's singular vectors span the whole input")
+    spec = conv_spec(ctx, data_shape)
+    eps = EPS_OF.get(ctx.layer.compute_dtype, EPS_OF["float"])
+    wanted = max(4, settings.count if not settings.basis else max(settings.basis) + 1)
+    spectrum = smallest_singular(spec, k=wanted, seed=settings.seed, rtol=settings.rule.rtol,
+                                 atol=settings.rule.atol, eps=eps)
+    facts = operator_dict(spectrum, spec)
+    r = float(spectrum.relative[0]) if spectrum.relative.size else float("nan")
+    if spectrum.exact > 0:
+        usable, exact = int(spectrum.exact), True
+        method = f"conv operator at {list(spec.input_shape)}: {usable} exact direction(s)"
+    elif settings.mode == "approximate":
+        usable, exact = 1, False
+        method = (f"conv operator at {list(spec.input_shape)}: no exact collision; the "
+                  f"strongest approximate one, smallest relative singular value {r:.3g}")
+    else:
+        return CollisionSet(
+            model=ctx.model.path, input_name=ctx.route.input, feeds={}, w1_node=ctx.site.label,
+            w1_output=str(ctx.site.node.output[0]), exactness=ctx.route.exactness,
+            method=(f"no exact collision at this layer: smallest relative singular value of "
+                    f"the conv operator at {list(spec.input_shape)} is {r:.3g}"),
+            exact=False, units=0, kernel_dims=(0, 0), tol=float(spectrum.tol), collisions=(),
+            operator=facts, notes=("use --mode approximate for the strongest approximate "
+                                   "collision, or --mode tiled for the paper's tiling",),
+            settings=settings)
+    collisions, notes = [], []
+    for k in range(settings.count):
+        rng = np.random.default_rng([settings.seed, k])
+        basis = settings.basis[k % len(settings.basis)] if settings.basis else None
+        per_sample = _direction(spectrum, usable, basis, rng).reshape(data_shape[1:])
+        flat = np.broadcast_to(per_sample, data_shape)
+        unit_delta = pull_delta(ctx.route.nodes, ctx.route.input, np.array(flat), ctx.shapes,
+                                ctx.resolver, ctx.model.opset)
+        collision, note = _make_collision(k, x, unit_delta, None, settings, basis)
+        collisions.append(collision)
+        if note:
+            notes.append(note)
+    return CollisionSet(
+        model=ctx.model.path, input_name=ctx.route.input, feeds={}, w1_node=ctx.site.label,
+        w1_output=str(ctx.site.node.output[0]), exactness=ctx.route.exactness, method=method,
+        exact=exact, units=data_shape[0], kernel_dims=(usable, usable), tol=float(spectrum.tol),
+        collisions=tuple(collisions), operator=facts, notes=tuple(notes), settings=settings)
