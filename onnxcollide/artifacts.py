@@ -10,14 +10,14 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from onnxcollide.errors import UsageError
 
 
-def write_atomically(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
+def write_atomically(path: str, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write`` on a temporary file next to ``path``, then rename it into place.
 
     Raises:
@@ -45,7 +45,7 @@ def save_npz(path: str, arrays: dict[str, np.ndarray], settings: dict[str, Any])
     """Save arrays plus the settings that made them (as a JSON string under ``settings``)."""
     payload = dict(arrays)
     payload["settings"] = np.array(json.dumps(settings, sort_keys=True))
-    write_atomically(path, lambda out: np.savez_compressed(out, **payload))
+    write_atomically(path, lambda out: np.savez_compressed(out, **payload))  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ images

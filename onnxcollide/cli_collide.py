@@ -91,14 +91,20 @@ def _validate_all(path: str, found: CollisionSet, device: str, precision: str, s
     if runner.device.notice:
         click.echo(f"notice: {runner.device.notice}", err=True)
     tolerances = Tolerances.for_precision(precision)
+    base = dict(found.feeds)
+    if precision == "float64":  # validate the float64 perturbation, not its float32 rounding
+        base = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in base.items()}
     results: list[dict[str, Any] | None] = []
     for collision in found.collisions:
-        moved = dict(found.feeds)
-        moved[found.input_name] = collision.value
-        check = validate_pair(runner, found.feeds, moved, found.w1_output, seed, tolerances)
+        moved = dict(base)
+        moved[found.input_name] = (base[found.input_name] + collision.exact_delta
+                                   if precision == "float64" else collision.value)
+        check = validate_pair(runner, base, moved, found.w1_output, seed, tolerances)
         results.append(validation_dict(check))
     runtime = {"device": runner.device.used, "requested": device, "precision": precision,
-               "engine": runner.engine, "providers": [str(p) for p in runner.device.providers]}
+               "engine": runner.engine, "providers": list(runner.providers),
+               "tolerances": {"layer_rtol": tolerances.layer_rtol,
+                              "output_rtol": tolerances.output_rtol}}
     return results, runtime
 
 

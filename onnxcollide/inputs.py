@@ -85,11 +85,12 @@ def _load_image(path: str, dims: list[int | None], options: ImageOptions) -> np.
     spatial = (dims[2], dims[3]) if layout == "nchw" and len(dims) == 4 else \
         (dims[1], dims[2]) if len(dims) == 4 else (None, None)
     try:
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
+        with Image.open(path) as opened:
+            image = opened.convert("L" if channels == 1 else "RGB")
             size = options.size or (spatial if None not in spatial else None)
             if size is not None:
-                image = image.resize((int(size[1]), int(size[0])), Image.Resampling.BILINEAR)
+                height, width = (int(d) for d in size)  # type: ignore[arg-type]
+                image = image.resize((width, height), Image.Resampling.BILINEAR)
             pixels = np.asarray(image, dtype=np.float64)
     except (OSError, UnidentifiedImageError) as exc:
         raise ModelLoadError(f"cannot read the image ({exc})", path) from exc

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxcollide.errors import UnsupportedModelError, UsageError
+from onnxcollide.errors import OnnxCollideError, UnsupportedModelError, UsageError
 from onnxcollide.graph.constants import ConstantResolver, Scope
 from onnxcollide.graph.input_path import (
     DENSE,
@@ -82,7 +82,9 @@ class Collision:
         beta: the largest scale used over units (after bounding by the valid range).
         beta_min: the smallest scale used over units (equal to beta without --range).
         requested_beta: the scale asked for.
-        delta: perturbation of the model input, float64, the input's shape (beta applied).
+        delta: perturbation of the model input as realised in the input's dtype, float64
+            (``value - x``; rounding to the dtype makes it differ from ``exact_delta``).
+        exact_delta: the perturbation before rounding, float64 (for float64 validation).
         value: the colliding input, ``x + delta`` in the input's dtype.
         basis: the kernel basis index used, or None for random combinations.
     """
@@ -92,6 +94,7 @@ class Collision:
     beta_min: float
     requested_beta: float
     delta: np.ndarray
+    exact_delta: np.ndarray
     value: np.ndarray
     basis: int | None
 
@@ -149,8 +152,12 @@ class _Context:
 
 
 def _exact_shapes(infos: dict[str, TensorInfo]) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(int(d) for d in info.shape) for name, info in infos.items()  # type: ignore[misc]
-            if info.shape is not None and all(d is not None for d in info.shape)}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, info in infos.items():
+        dims = info.shape
+        if dims is not None and all(d is not None for d in dims):
+            shapes[name] = tuple(int(d) for d in dims if d is not None)
+    return shapes
 
 
 def _choose_route(model: LoadedModel, infos: dict[str, TensorInfo], sites: list[LinearSite],
@@ -197,8 +204,8 @@ def _dense_units(site: LinearSite, shape: tuple[int, ...], q: int) -> np.ndarray
     index = np.arange(size).reshape(shape)
     op, w = site.op_type, site.weight_index
     if op == "Gemm":
-        trans = int(next((a.i for a in site.node.attribute
-                          if a.name == ("transA" if w == 1 else "transB")), 0))
+        trans = next((int(a.i) for a in site.node.attribute
+                      if a.name == ("transA" if w == 1 else "transB")), 0)
         rows = (trans == 0) if w == 1 else (trans == 1)
         return index if rows else index.T
     right = w in (1, 3) if op == "QLinearMatMul" else w == 1
@@ -395,7 +402,7 @@ def _make_collision(k: int, x: np.ndarray, unit_delta: np.ndarray, unit_of: np.n
     delta = value.astype(np.float64) - x.astype(np.float64)
     sign = math.copysign(1.0, settings.beta)
     return Collision(k, sign * float(used.max()), sign * float(used.min()), settings.beta,
-                     delta, value, basis), note
+                     delta, betas * unit_delta, value, basis), note
 
 
 def find_collisions(path: str, feeds: dict[str, np.ndarray],
@@ -451,8 +458,9 @@ def _unit_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
     units, method = _units_for(ctx, data_shape)
     matrix = _block_diagonal(np.asarray(ctx.layer.load_blocks(), dtype=np.float64))
     eps = EPS_OF.get(ctx.layer.compute_dtype, EPS_OF["float"])
-    sigma_max = float(np.linalg.norm(matrix, 2)) if matrix.size else 0.0
-    kernels = _UnitKernels(matrix, eps, settings.rule, sigma_max)
+    whole = kernel_space(matrix, eps, settings.rule)  # the layer's sigma_max and tolerance
+    kernels = _UnitKernels(matrix, eps, settings.rule, whole.sigma_max)
+    kernels.cache[np.arange(matrix.shape[0]).tobytes()] = whole
     tiled = ctx.route.exactness == OVERLAPPING
     if tiled:
         method = "tiled per-patch kernel vector (the paper's repetition; not a collision of " \
@@ -470,11 +478,7 @@ def _unit_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
         else:
             flat, used, dims = _unit_direction(units, allowed, kernels, rng, basis, size, owner)
         if used == 0:
-            raise UnsupportedModelError(
-                "no unit of W1's input has a non-trivial kernel"
-                + (f" with basis index {basis}" if basis is not None else "")
-                + (" inside the region" if settings.region else ""), path_of(ctx),
-                "choose another region or basis index")
+            raise _no_unit_error(ctx, kernels, basis, settings)
         unit_delta = pull_delta(ctx.route.nodes, ctx.route.input, flat.reshape(data_shape),
                                 ctx.shapes, ctx.resolver, ctx.model.opset)
         unit_of = None if tiled else _owners_at_input(ctx, owner, data_shape)
@@ -485,8 +489,7 @@ def _unit_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
     return CollisionSet(
         model=ctx.model.path, input_name=ctx.route.input, feeds={}, w1_node=ctx.site.label,
         w1_output=str(ctx.site.node.output[0]), exactness=ctx.route.exactness, method=method,
-        exact=not tiled, units=used, kernel_dims=dims, tol=kernels.space(
-            np.arange(matrix.shape[0])).tol if matrix.size else 0.0,
+        exact=not tiled, units=used, kernel_dims=dims, tol=whole.tol,
         collisions=tuple(collisions), operator=None, notes=tuple(notes), settings=settings)
 
 
@@ -496,6 +499,23 @@ def _owners_at_input(ctx: _Context, owner: np.ndarray, data_shape: tuple[int, ..
     positions = pull_positions(ctx.route.nodes, ctx.route.input, data_shape, ctx.shapes,
                                ctx.resolver, ctx.model.opset)
     return np.where(positions >= 0, owner[np.maximum(positions, 0)], -1)
+
+
+def _no_unit_error(ctx: _Context, kernels: _UnitKernels, basis: int | None,
+                   settings: SearchSettings) -> OnnxCollideError:
+    """Why no unit could be perturbed, with what to do."""
+    whole = kernels.space(np.arange(kernels.matrix.shape[0]))
+    where = f"{ctx.model.path}: W1 node '{ctx.site.label}'"
+    if whole.nullity == 0:
+        return UnsupportedModelError(
+            f"W1 ({whole.q} x {kernels.matrix.shape[1]}) has rank {whole.rank}: its kernel is "
+            f"trivial (tol {whole.tol:.3g}), so no exact collision exists at W1", where,
+            "collisions may still exist at later layers, which this search does not build")
+    if basis is not None:
+        return UsageError(f"basis index {basis} is not below the kernel dimension of any unit",
+                          where, f"use an index below {whole.nullity}")
+    return UsageError("no unit inside the region has a non-trivial kernel", where,
+                      "choose a larger region")
 
 
 def path_of(ctx: _Context) -> str:

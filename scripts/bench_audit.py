@@ -38,7 +38,7 @@ def _save(nodes: list, inits: list, inp: tuple[str, list[int]], out: str, path: 
     graph = helper.make_graph(
         nodes, "bench", [helper.make_tensor_value_info(inp[0], TensorProto.FLOAT, inp[1])],
         [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
     onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
               location=os.path.basename(path) + ".data", size_threshold=1024)
 
@@ -70,11 +70,20 @@ def build_alexnet(path: str, seed: int) -> None:
     _save(nodes, inits, ("x", [1, 3, 224, 224]), x, path)
 
 
-def build_vit_b16(path: str, seed: int) -> None:
-    """ViT-B/16-shaped model with random weights (attention replaced by a sum of q, k, v)."""
+def build_vit_b16(path: str, seed: int, patch_rank: int | None = None) -> None:
+    """ViT-B/16-shaped model with random weights (attention replaced by a sum of q, k, v).
+
+    ``patch_rank`` makes the 768 x 768 patch embedding rank-deficient (the trained ViT-B of the
+    paper's Table 1 has nullity 13, rank 755); random weights are full rank otherwise.
+    """
     rng = np.random.default_rng(seed)
     d, hidden, blocks = 768, 3072, 12
-    inits = [numpy_helper.from_array(_weight(rng, (d, 3, 16, 16), 768), "patch.w"),
+    patch = _weight(rng, (d, 3 * 16 * 16), 768)
+    if patch_rank is not None:
+        u, s, vt = np.linalg.svd(patch.astype(np.float64))
+        s[patch_rank:] = 0.0
+        patch = ((u * s) @ vt).astype(np.float32)
+    inits = [numpy_helper.from_array(patch.reshape(d, 3, 16, 16), "patch.w"),
              numpy_helper.from_array(np.array([1, d, 196], np.int64), "tok_shape")]
     nodes = [helper.make_node("Conv", ["x", "patch.w"], ["pe"], kernel_shape=[16, 16],
                               strides=[16, 16]),

@@ -37,7 +37,8 @@ def settings_dict(found: CollisionSet) -> dict[str, Any]:
     data = asdict(found.settings)
     data["rule"] = found.settings.rule.describe()
     data["rtol"], data["atol"] = found.settings.rule.rtol, found.settings.rule.atol
-    return _clean(data)  # type: ignore[no-any-return]
+    cleaned: dict[str, Any] = _clean(data)
+    return cleaned
 
 
 def collide_dict(found: CollisionSet, validations: Sequence[dict[str, Any] | None],
@@ -88,6 +89,12 @@ def render_table(report: dict[str, Any], width: int = 120, color: bool = False) 
                       force_terminal=color, highlight=False)
     w1 = report["w1"]
     console.print(f"W1: {w1['node']} ({w1['class']}); {w1['method']}", markup=False)
+    if report.get("runtime"):
+        rt = report["runtime"]
+        console.print(f"validated on {rt['device']} ({', '.join(rt['providers'])}), "
+                      f"{rt['precision']}, engine {rt['engine']}; tolerances: W1 residual <= "
+                      f"{rt['tolerances']['layer_rtol']:g}, outputs max rel <= "
+                      f"{rt['tolerances']['output_rtol']:g}", markup=False)
     table = Table(title=f"{len(report['collisions'])} colliding input(s) for "
                         f"'{report['input']}'", title_justify="left")
     for header in ("#", "beta", "|d|_2", "W1 residual", "output max|diff|", "argmax",
@@ -95,14 +102,15 @@ def render_table(report: dict[str, Any], width: int = 120, color: bool = False) 
         table.add_column(header, justify="left" if header == "verdict" else "right")
     for row in report["collisions"]:
         v = row["validation"] or {}
-        outputs = v.get("outputs") or []
-        first = outputs[0] if outputs else {}
-        base = v.get("baseline") or {}
+        hit, base = v.get("collision") or {}, v.get("baseline") or {}
+        first = (hit.get("outputs") or [{}])[0]
+        layer_ratio = next((r["ratio"] for r in v.get("ratios") or []
+                            if r["figure"] == "layer_residual"), None)
         verdict = "-" if not v else ("PASS" if v.get("passed") else "FAIL")
         table.add_row(str(row["index"]), _fmt(row["beta"]), _fmt(row["delta_l2"]),
-                      _fmt(v.get("layer_residual")), _fmt(first.get("max_abs")),
+                      _fmt(hit.get("layer_residual")), _fmt(first.get("max_abs")),
                       _fmt(first.get("argmax_agree")), _fmt(base.get("layer_residual")),
-                      _fmt(v.get("layer_ratio")), verdict)
+                      _fmt(layer_ratio), verdict)
     if report["collisions"]:
         console.print(table)
     for note in report["notes"]:
