@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from onnxcollide.errors import UnsupportedModelError
 from onnxcollide.graph.constants import ConstantResolver, Scope
@@ -119,7 +120,10 @@ class FirstLayer:
 
 @dataclass(frozen=True)
 class ModelAudit:
-    """Everything the audit found for one model; reports are rendered from this alone."""
+    """Everything the audit found for one model; reports are rendered from this alone.
+
+    ``validation`` holds the W1 collision check of ``audit --validate`` (see w1check), or None.
+    """
 
     path: str
     sha256: str
@@ -132,6 +136,7 @@ class ModelAudit:
     first_layer: FirstLayer | None
     metrics: ModelMetrics
     notes: tuple[str, ...]
+    validation: dict[str, Any] | None = None
 
 
 # ------------------------------------------------------------------ assembling

@@ -11,6 +11,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 import click
 
@@ -120,10 +121,17 @@ def main() -> None:
 @click.option("--summary-only", is_flag=True, help="Only the Table 1 summary, a row per model.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: when stderr is a terminal).")
+@click.option("--validate", "check", is_flag=True,
+              help="Also make one colliding input for a seeded random input and prove it in "
+                   "ONNX Runtime (the report's W1 check).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --validate.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="Execution provider of --validate.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
 def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention: str,
           rtol: float | None, atol: float | None, input_shapes: tuple[str, ...],
-          summary_only: bool, progress: bool | None, debug: bool) -> None:
+          summary_only: bool, progress: bool | None, check: bool, seed: int, device: str,
+          debug: bool) -> None:
     """Rank and nullity of every Conv/Gemm/MatMul weight, and the paper's Table 1 metrics."""
 
     def run() -> None:
@@ -136,7 +144,13 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
         audits: list[ModelAudit] = []
         for path in models:
             with _progress(show, os.path.basename(path)) as callback:
-                audits.append(audit_model(path, settings, callback))
+                result = audit_model(path, settings, callback)
+            if check:
+                from onnxcollide.w1check import check_w1
+
+                result = replace(result, validation=check_w1(
+                    path, dict(settings.input_shapes), seed, device, "float32", settings.rule))
+            audits.append(result)
         to_terminal = output is None and sys.stdout.isatty()
         width = os.get_terminal_size().columns if to_terminal else 160
         text = render(audits, Format(fmt), RenderOptions(summary_only, width, to_terminal))

@@ -79,6 +79,7 @@ def model_dict(audit: ModelAudit) -> dict[str, Any]:
         "skipped": [{"node": s.label, "op": s.op_type, "reason": s.reason}
                     for s in audit.skipped],
         "notes": list(audit.notes),
+        "validation": audit.validation,
     }
 
 

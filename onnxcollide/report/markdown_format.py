@@ -34,7 +34,10 @@ def render(audits: Sequence[ModelAudit], options: RenderOptions) -> str:
     if options.summary_only:
         return "\n".join(lines) + "\n"
     for audit in audits:
-        lines += ["", f"## {model_name(audit)}", "", "```", *first_layer_lines(audit), "```", ""]
+        check = ([f"W1 check (seed {audit.validation['seed']}): {audit.validation['verdict']}"]
+                 if audit.validation is not None else [])
+        lines += ["", f"## {model_name(audit)}", "", "```", *first_layer_lines(audit), *check,
+                  "```", ""]
         lines += _table(LAYER_HEADERS, [layer_cells(r) for r in audit.rows])
         lines += [f"- {note}" for note in audit.notes]
         lines += [f"- skipped {s.label} ({s.op_type}): {s.reason}" for s in audit.skipped]

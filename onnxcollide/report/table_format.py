@@ -46,6 +46,9 @@ def render(audits: Sequence[ModelAudit], options: RenderOptions) -> str:
             console.print(_table(f"{model_name(audit)}: {len(rows)} weights", LAYER_HEADERS, rows))
             for line in first_layer_lines(audit):
                 console.print(line, markup=False)
+            if audit.validation is not None:
+                console.print(f"W1 check (seed {audit.validation['seed']}): "
+                              f"{audit.validation['verdict']}", markup=False)
             for note in audit.notes:
                 console.print(f"note: {note}", markup=False)
             for skipped in audit.skipped:
