@@ -109,7 +109,7 @@ def _validate_all(path: str, found: CollisionSet, device: str, precision: str, s
 
 
 def _save(out: str, found: CollisionSet, report_settings: dict[str, Any],
-          basis_images: int) -> dict[str, str]:
+          basis: tuple[np.ndarray, tuple[int, ...]] | None) -> dict[str, str]:
     os.makedirs(out, exist_ok=True)
     files: dict[str, str] = {}
     x = found.feeds[found.input_name]
@@ -127,20 +127,23 @@ def _save(out: str, found: CollisionSet, report_settings: dict[str, Any],
                 name = os.path.join(out, f"strip-{c.index}.png")
                 strip_png(name, x, c.value, layout)
                 files[f"strip {c.index}"] = name
-    if basis_images:
-        files["basis images"] = _basis_images(out, found, basis_images)
+    if basis is not None:
+        files["basis images"] = os.path.join(out, "basis.png")
+        basis_png(files["basis images"], basis[0], basis[1])
     return files
 
 
-def _basis_images(out: str, found: CollisionSet, count: int) -> str:
+def _basis_vectors(found: CollisionSet, count: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    """W1's first ``count`` kernel basis vectors and their patch shape (checked before any
+    file is written)."""
     from onnxcollide.search import first_layer_kernel
 
     vectors, patch_shape = first_layer_kernel(found.model, found.feeds, found.settings)
     if patch_shape is None:
         raise UsageError("--basis-images needs a conv first layer (per-patch kernel vectors)")
-    name = os.path.join(out, "basis.png")
-    basis_png(name, vectors[:count], patch_shape)
-    return name
+    if vectors.shape[0] == 0:
+        raise UsageError("--basis-images: W1's kernel is trivial, there is nothing to draw")
+    return vectors[:count], patch_shape
 
 
 def register(main: click.Group, run_guarded: Callable[[Callable[[], None], bool], None]) -> None:
@@ -194,18 +197,25 @@ def register(main: click.Group, run_guarded: Callable[[Callable[[], None], bool]
             settings = SearchSettings(count, beta, _basis(basis), seed, region,
                                       (bounds[0], bounds[1]) if bounds else None, mode,
                                       input_name, ToleranceRule(rtol, atol))
+            if os.path.exists(out) and not os.path.isdir(out):
+                raise UsageError("is a file, not a folder", f"--out {out}",
+                                 "give a folder for the outputs")
+            from onnxcollide.search import check_applicable
+
+            check_applicable(model, _shapes(input_shapes), input_name)
             loaded = load_model(model)
             feeds = load_inputs(loaded, parse_assignments(input_files, "--input"),
                                 _shapes(input_shapes), seed,
                                 _image_options(resize, layout, scale, mean, std),
                                 (bounds[0], bounds[1]) if bounds else None)
             found = find_collisions(model, feeds, settings)
+            drawing = _basis_vectors(found, basis_images) if basis_images else None
             validations: list[dict[str, Any] | None] = [None] * len(found.collisions)
             runtime = None
             if not no_validate and found.collisions:
                 validations, runtime = _validate_all(model, found, device, precision, seed)
             report = collide_dict(found, validations, runtime, {})
-            files = _save(out, found, report["settings"], basis_images)
+            files = _save(out, found, report["settings"], drawing)
             files["report"] = os.path.join(out, "report.json")
             report = collide_dict(found, validations, runtime, files)
             text = render_json(report)

@@ -172,7 +172,11 @@ def _choose_route(model: LoadedModel, infos: dict[str, TensorInfo], sites: list[
         if route.site is not None and (wanted or is_float_input(
                 next(i for i in inputs if i.name == route.input))):
             return route
-    raise UnsupportedModelError("no float input reaches a linear op with a constant weight",
+    reached = next((r for r in routes if r.site is not None), None)
+    if reached is not None:
+        raise UnsupportedModelError(f"the Null-space search does not apply: {reached.reason}",
+                                    model.path)
+    raise UnsupportedModelError("no input reaches a linear op with a constant weight",
                                 model.path, "the Null-space search needs a continuous input")
 
 
@@ -277,17 +281,23 @@ def _region_mask(region: str | None, input_shape: tuple[int, ...]) -> np.ndarray
     return mask
 
 
-def _data_mask(ctx: _Context, input_shape: tuple[int, ...], data_shape: tuple[int, ...],
-               region: str | None) -> np.ndarray:
-    """Which W1 data-input elements may change: those the region's input elements become."""
+def _data_mask(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
+               settings: SearchSettings) -> np.ndarray:
+    """Which W1 data-input elements may change (flat bool mask).
+
+    Those that some model-input element becomes (not padding a Pad node adds), inside the
+    region, and, with a valid range, not sitting on one of its bounds (such an element can
+    move only one way, which would force its unit's beta to 0).
+    """
     size = int(np.prod(data_shape))
-    if region is None:
-        return np.ones(size, dtype=bool)
     positions = pull_positions(ctx.route.nodes, ctx.route.input, data_shape, ctx.shapes,
                                ctx.resolver, ctx.model.opset)
-    chosen = positions[_region_mask(region, input_shape) & (positions >= 0)]
+    movable = _region_mask(settings.region, x.shape) & (positions >= 0)
+    if settings.valid_range is not None:
+        lo, hi = settings.valid_range
+        movable &= (x > lo) & (x < hi)
     mask = np.zeros(size, dtype=bool)
-    mask[chosen] = True
+    mask[positions[movable]] = True
     return mask
 
 
@@ -393,6 +403,12 @@ def _make_collision(k: int, x: np.ndarray, unit_delta: np.ndarray, unit_of: np.n
             break
         betas = betas * (1.0 - 2.0 ** -20)
         value = (x.astype(np.float64) + betas * unit_delta).astype(x.dtype)
+    if not _in_range(value, settings.valid_range):
+        raise UnsupportedModelError(f"colliding input {k} cannot be kept inside the range "
+                                    "after rounding to the input dtype")
+    if not np.any(value != x):
+        raise UsageError(f"colliding input {k} equals the input: every unit's beta was bounded "
+                         "to 0 by --range", hint="widen the range or move the input inside it")
     used = np.abs(betas[moved]) if moved.any() else np.array([abs(settings.beta)])
     note = None
     if settings.valid_range and float(used.min()) < abs(settings.beta):
@@ -465,7 +481,7 @@ def _unit_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
     if tiled:
         method = "tiled per-patch kernel vector (the paper's repetition; not a collision of " \
                  "the whole operator)"
-    allowed = _data_mask(ctx, x.shape, data_shape, settings.region)
+    allowed = _data_mask(ctx, x, data_shape, settings)
     size = int(np.prod(data_shape))
     collisions, notes = [], []
     used, dims = 0, (0, 0)
@@ -474,7 +490,8 @@ def _unit_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
         basis = settings.basis[k % len(settings.basis)] if settings.basis else None
         owner = np.full(size, -1, dtype=np.int64)
         if tiled:
-            flat, used, dims = _tiled_direction(ctx, units, kernels, rng, basis, size)
+            flat, _, dims = _tiled_direction(ctx, data_shape, kernels, rng, basis)
+            used = len(units)  # every window sees the tiled vector (shifted where it overlaps)
         else:
             flat, used, dims = _unit_direction(units, allowed, kernels, rng, basis, size, owner)
         if used == 0:
@@ -486,10 +503,17 @@ def _unit_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
         collisions.append(collision)
         if note:
             notes.append(note)
+    rounding = any(n.op_type == "QuantizeLinear" for n in ctx.route.nodes)
+    if rounding:
+        notes.append("QuantizeLinear on the path rounds the input: the colliding inputs "
+                      "collide at W1 only up to that rounding, so they are not exact")
+    if settings.mode != "auto" and not tiled:
+        notes.append(f"mode '{settings.mode}' applies to an overlapping first conv only; W1 "
+                     f"is {ctx.route.exactness}, so the collisions are exact")
     return CollisionSet(
         model=ctx.model.path, input_name=ctx.route.input, feeds={}, w1_node=ctx.site.label,
         w1_output=str(ctx.site.node.output[0]), exactness=ctx.route.exactness, method=method,
-        exact=not tiled, units=used, kernel_dims=dims, tol=whole.tol,
+        exact=not tiled and not rounding, units=used, kernel_dims=dims, tol=whole.tol,
         collisions=tuple(collisions), operator=None, notes=tuple(notes), settings=settings)
 
 
@@ -523,23 +547,50 @@ def path_of(ctx: _Context) -> str:
     return ctx.model.path
 
 
-def _tiled_direction(ctx: _Context, units: np.ndarray, kernels: _UnitKernels,
-                     rng: np.random.Generator, basis: int | None, size: int
+def _tiled_direction(ctx: _Context, data_shape: tuple[int, ...], kernels: _UnitKernels,
+                     rng: np.random.Generator, basis: int | None
                      ) -> tuple[np.ndarray, int, tuple[int, int]]:
-    """The paper's tiling: one per-patch kernel vector written into every window's taps.
+    """The paper's repetition: one per-patch kernel vector (C, k...) tiled over the input.
 
-    Windows overlap, so later windows overwrite shared positions: the result is the vector
-    repeated across the image, which is what the paper shows, and not a collision.
+    Tiles have the kernel's size and start where the first window starts (at minus the
+    begin pads), as in the paper's Figure 1 and the supplementary's Figure 1. Windows overlap,
+    so this is not a collision of the whole operator; validation reports its residual.
     """
     space = kernels.space(np.arange(kernels.matrix.shape[0]))
+    size = int(np.prod(data_shape))
     if space.nullity == 0:
         return np.zeros(size), 0, (0, 0)
     vector = space.vector(basis) if basis is not None else space.random_vector(rng)
-    delta = np.zeros(size)
-    for positions in units:
-        usable = positions >= 0
-        delta[positions[usable]] = vector[usable]
-    return delta, len(units), (space.nullity, space.nullity)
+    geometry = conv_geometry(ctx.site, tuple(ctx.site.resolver.value(ctx.site.weight_name).shape))
+    spatial = data_shape[2:]
+    axes = len(spatial)
+    patch = vector.reshape(data_shape[1], *geometry.kernel)
+    begins = [resolved_pads(geometry.pads, geometry.auto_pad, spatial[a], a, axes,
+                            geometry.kernel[a], geometry.strides[a], geometry.dilations[a])[0]
+              for a in range(axes)]
+    index = np.ix_(*[(np.arange(spatial[a]) + begins[a]) % geometry.kernel[a]
+                     for a in range(axes)])
+    tiled = patch[(slice(None), *index)]  # type: ignore[arg-type]
+    delta = np.broadcast_to(tiled, data_shape).reshape(-1).copy()
+    return delta, data_shape[0], (space.nullity, space.nullity)
+
+
+def check_applicable(path: str, shapes: dict[str, tuple[int, ...]],
+                     input_name: str | None = None) -> None:
+    """Raise when the search cannot apply to this model, before any input is loaded.
+
+    Raises:
+        UnsupportedModelError: W1 is not reached through affine ops from a float input.
+    """
+    model = load_model(path)
+    infos = infer_shapes(model, shapes)
+    sites, _ = find_linear_ops(model)
+    scope = Scope.of_graph(model.proto.graph, "main", None)
+    resolver = ConstantResolver(scope, model.base_dir, list(model.proto.opset_import))
+    route = _choose_route(model, infos, sites, resolver, input_name)
+    if route.exactness == NOT_APPLICABLE:
+        raise UnsupportedModelError(f"the Null-space search does not apply: {route.reason}",
+                                    path)
 
 
 def w1_output_name(path: str, feeds: dict[str, np.ndarray]) -> str | None:

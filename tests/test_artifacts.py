@@ -1,0 +1,203 @@
+"""artifacts: .npz with settings, PNG strips and basis grids, atomic writes and permissions."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from onnxcollide.artifacts import (
+    basis_png,
+    image_layout,
+    save_npz,
+    strip_png,
+    write_atomically,
+)
+from onnxcollide.errors import UsageError
+
+
+def leftovers(folder) -> list[str]:
+    """Temporary files of write_atomically left in ``folder``."""
+    return [n for n in os.listdir(folder) if n.startswith(".onnxcollide-")]
+
+
+@pytest.fixture
+def umask_022():
+    """Run with umask 022 (restored afterwards)."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+# ------------------------------------------------------------------ npz
+
+
+def test_npz_holds_arrays_and_settings_json(tmp_path):
+    """original / colliding / delta / beta arrays come back bit for bit; settings is JSON."""
+    rng = np.random.default_rng(0)
+    x = rng.random((1, 3, 8, 8)).astype(np.float32)
+    delta = rng.standard_normal((2, 1, 3, 8, 8))
+    arrays = {"original": x, "colliding": (x + delta).astype(np.float32), "delta": delta,
+              "beta": np.array([1.0, 0.5]), "beta_min": np.array([1.0, 0.25])}
+    settings = {"count": 2, "beta": 1.0, "basis": [], "valid_range": [0.0, 1.0], "seed": 7}
+    path = tmp_path / "c.npz"
+    save_npz(str(path), arrays, settings)
+    with np.load(path, allow_pickle=False) as data:
+        assert set(data.files) == {*arrays, "settings"}
+        for key, array in arrays.items():
+            assert data[key].dtype == array.dtype
+            np.testing.assert_array_equal(data[key], array)
+        assert json.loads(str(data["settings"])) == settings
+    assert leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------------ PNG
+
+
+@pytest.mark.parametrize("shape, layout, mode", [
+    ((1, 3, 32, 32), "nchw", "RGB"), ((1, 8, 8, 3), "nhwc", "RGB"), ((1, 1, 16, 16), "nchw", "L"),
+])
+def test_strip_png_is_three_panels_side_by_side(tmp_path, shape, layout, mode):
+    """[original | perturbation | colliding], each upscaled to 160 px, 4 px white gaps."""
+    rng = np.random.default_rng(1)
+    x = rng.random(shape).astype(np.float32)
+    moved = np.clip(x + 0.1 * rng.standard_normal(shape), 0, 1).astype(np.float32)
+    path = tmp_path / "strip.png"
+    strip_png(str(path), x, moved, layout)
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.mode == mode
+        assert image.size == (3 * 160 + 2 * 4, 160)
+        pixels = np.asarray(image)
+    hwc = x[0].transpose(1, 2, 0) if layout == "nchw" else x[0]
+    first = pixels[0, 0] if mode == "RGB" else pixels[0, 0:1]
+    np.testing.assert_array_equal(first, np.round(hwc[0, 0] * 255).astype(np.uint8))
+    assert (pixels[:, 160:164] == 255).all()  # the gap
+    assert leftovers(tmp_path) == []
+
+
+def test_strip_png_zero_perturbation_is_grey(tmp_path):
+    """Where nothing changed the middle panel is mid-grey (the perturbation centred on 128)."""
+    x = np.random.default_rng(2).random((1, 3, 32, 32)).astype(np.float32)
+    moved = x.copy()
+    moved[0, :, :8, :8] += 0.05
+    path = tmp_path / "strip.png"
+    strip_png(str(path), x, moved, "nchw")
+    pixels = np.asarray(Image.open(path))
+    middle = pixels[:, 164:324]
+    assert (middle[-1, -1] == 128).all()
+    assert (middle[0, 0] == 255).all()  # the largest change reaches white
+
+
+def test_basis_png_grid_layout(tmp_path):
+    """8 vectors of a (3, 8, 8) patch, 4 repeats, 6 columns: 2 rows of 96 px tiles + 4 px gaps."""
+    vectors = np.random.default_rng(3).standard_normal((8, 192))
+    path = tmp_path / "basis.png"
+    basis_png(str(path), vectors, (3, 8, 8))
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.mode == "RGB"
+        assert image.size == (6 * 100, 2 * 100)
+        pixels = np.asarray(image)
+    assert (pixels[100:200, 200:600] == 255).all()  # the second row holds 2 tiles only
+    tile = pixels[:96, :96]
+    np.testing.assert_array_equal(tile[:24], tile[24:48])  # the patch repeats (8 px * 3)
+
+
+def test_basis_png_grey_patch(tmp_path):
+    """A (1, 5, 5) patch (one channel): a grey PNG."""
+    path = tmp_path / "basis.png"
+    basis_png(str(path), np.random.default_rng(4).standard_normal((3, 25)), (1, 5, 5))
+    with Image.open(path) as image:
+        assert image.mode == "L"
+        assert image.size == (3 * (80 + 4), 80 + 4)  # 20 px tiled, upscaled x4 -> 80
+
+
+def test_basis_png_without_vectors_is_a_usage_error(tmp_path):
+    """An empty kernel: nothing to draw, no file written."""
+    with pytest.raises(UsageError, match="no basis vectors"):
+        basis_png(str(tmp_path / "basis.png"), np.zeros((0, 12)), (3, 2, 2))
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("shape, layout", [
+    ((1, 3, 32, 32), "nchw"), ((2, 1, 28, 28), "nchw"), ((1, 224, 224, 3), "nhwc"),
+    ((1, 256), None), ((1, 16, 16, 16), None), ((1, 3, 4, 4), None),
+])
+def test_image_layout(shape, layout):
+    """Only 4-D tensors with 1 or 3 channels and sides > 4 look like images."""
+    assert image_layout(shape) == layout
+
+
+# ------------------------------------------------------------------ atomic writes
+
+
+def test_atomic_write_failure_leaves_nothing(tmp_path):
+    """The writer raises half way: no target, no temporary file, the error propagates."""
+    target = tmp_path / "out.bin"
+
+    def broken(handle):
+        handle.write(b"half")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        write_atomically(str(target), broken)
+    assert os.listdir(tmp_path) == []
+
+
+def test_atomic_write_failure_keeps_the_old_file(tmp_path):
+    """An existing target is untouched when the new write fails."""
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+
+    def broken(handle):
+        handle.write(b"new")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(str(target), broken)
+    assert target.read_bytes() == b"old"
+    assert leftovers(tmp_path) == []
+
+
+class _Unconvertible:
+    """Fails when numpy turns it into an array (after the first array is written)."""
+
+    def __array__(self, *args, **kwargs):
+        raise RuntimeError("cannot convert")
+
+
+def test_npz_save_failure_leaves_no_file(tmp_path):
+    """The second array fails half way through the archive: no .npz, no temporary file."""
+    arrays = {"good": np.zeros((64, 64)), "bad": _Unconvertible()}
+    with pytest.raises(RuntimeError, match="cannot convert"):
+        save_npz(str(tmp_path / "c.npz"), arrays, {})  # type: ignore[dict-item]
+    assert os.listdir(tmp_path) == []
+
+
+def test_atomic_write_into_a_missing_folder_is_a_usage_error(tmp_path):
+    """The folder does not exist: UsageError naming the path."""
+    with pytest.raises(UsageError, match="cannot write here"):
+        write_atomically(str(tmp_path / "no" / "out.bin"), lambda h: h.write(b"x"))
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_respect_the_umask(tmp_path, mask, mode):
+    """Files get 0666 & ~umask like any other file (not mkstemp's 0600)."""
+    old = os.umask(mask)
+    try:
+        write_atomically(str(tmp_path / "out.bin"), lambda h: h.write(b"x"))
+        save_npz(str(tmp_path / "c.npz"), {"a": np.zeros(2)}, {})
+    finally:
+        os.umask(old)
+    for name in ("out.bin", "c.npz"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == mode, name
+
+
+def test_png_files_are_not_private(tmp_path, umask_022):
+    """Under umask 022 a strip PNG is 0644, readable by others as usual."""
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    strip_png(str(tmp_path / "s.png"), x, x + 0.5, "nchw")
+    assert stat.S_IMODE(os.stat(tmp_path / "s.png").st_mode) == 0o644

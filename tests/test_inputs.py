@@ -1,0 +1,269 @@
+"""inputs: model inputs from .npy / .npz / images or seeded random draws, and their errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from builders import DATA, INT64, init, make_model, value
+from onnx import helper
+from PIL import Image
+
+from onnxcollide.errors import ModelLoadError, UsageError
+from onnxcollide.graph.load import load_model
+from onnxcollide.inputs import ImageOptions, load_inputs, parse_assignments
+
+mk = helper.make_node
+MODELS = Path(__file__).parent.parent / "models"
+PATCH = load_model(str(MODELS / "patch_embed.onnx"))  # input [N,3,32,32]
+MLP = load_model(str(MODELS / "mlp_dense.onnx"))  # input [N,1,16,16]
+MTCNN = load_model(str(DATA / "mtcnn_pnet.onnx"))  # input_1 [N,M1,M2,3]
+DEFAULT = ImageOptions()
+
+
+def nhwc_model(tmp_path: Path) -> str:
+    """x [1,8,8,3] -> Transpose -> Conv k4 s4 (a channels-last image model)."""
+    weight = np.random.default_rng(0).standard_normal((5, 3, 4, 4)).astype(np.float32)
+    return make_model(tmp_path / "nhwc.onnx",
+                      [mk("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+                       mk("Conv", ["t", "W"], ["y"], kernel_shape=[4, 4], strides=[4, 4])],
+                      [value("x", [1, 8, 8, 3])], [value("y", [1, 5, 2, 2])], [init("W", weight)])
+
+
+def png(path: Path, pixels: np.ndarray) -> str:
+    """Write an RGB (H, W, 3) or grey (H, W) uint8 PNG."""
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def rgb(seed: int, height: int, width: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def load(model, files, shapes=None, seed=0, image=DEFAULT, value_range=None):
+    return load_inputs(model, files, shapes or {}, seed, image, value_range)
+
+
+# ------------------------------------------------------------------ array files
+
+
+def test_npy_file_is_loaded_and_cast_to_the_input_dtype(tmp_path):
+    """A float64 .npy of the right shape becomes the float32 feed, values kept."""
+    array = np.random.default_rng(1).random((1, 3, 32, 32))
+    np.save(tmp_path / "x.npy", array)
+    feeds = load(PATCH, {None: str(tmp_path / "x.npy")})
+    assert list(feeds) == ["input"]
+    assert feeds["input"].dtype == np.float32
+    np.testing.assert_array_equal(feeds["input"], array.astype(np.float32))
+
+
+def test_npz_named_key_is_chosen_among_several(tmp_path):
+    """A .npz with keys 'other' and 'input': the one named like the model input is used."""
+    want = np.full((2, 3, 32, 32), 0.25, np.float32)
+    np.savez(tmp_path / "x.npz", other=np.zeros((1, 3, 32, 32), np.float32), input=want)
+    feeds = load(PATCH, {"input": str(tmp_path / "x.npz")})
+    np.testing.assert_array_equal(feeds["input"], want)
+
+
+def test_npz_single_key_is_used_whatever_its_name(tmp_path):
+    """A .npz with one array (default key arr_0) is that input's value."""
+    want = np.random.default_rng(2).random((1, 1, 16, 16)).astype(np.float32)
+    np.savez_compressed(tmp_path / "x.npz", want)
+    np.testing.assert_array_equal(load(MLP, {None: str(tmp_path / "x.npz")})["input"], want)
+
+
+def test_npz_without_a_matching_key_is_a_usage_error(tmp_path):
+    """Two keys, neither the input's name: the error lists the keys and the name."""
+    np.savez(tmp_path / "x.npz", a=np.zeros(1), b=np.zeros(1))
+    with pytest.raises(UsageError, match="'input'"):
+        load(PATCH, {None: str(tmp_path / "x.npz")})
+
+
+def test_wrong_shape_is_a_usage_error(tmp_path):
+    """A (1,3,16,16) array for patch_embed's [N,3,32,32] input: shape error naming both."""
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 16, 16), np.float32))
+    with pytest.raises(UsageError, match=r"1x3x16x16.*\?x3x32x32"):
+        load(PATCH, {None: str(tmp_path / "x.npy")})
+
+
+def test_wrong_rank_is_a_usage_error(tmp_path):
+    """A 3-D array for a 4-D input."""
+    np.save(tmp_path / "x.npy", np.zeros((3, 32, 32), np.float32))
+    with pytest.raises(UsageError, match="expects"):
+        load(PATCH, {None: str(tmp_path / "x.npy")})
+
+
+def test_missing_file_is_a_load_error(tmp_path):
+    """A file that does not exist: ModelLoadError 'file not found' naming it."""
+    missing = str(tmp_path / "nope.npy")
+    with pytest.raises(ModelLoadError, match="file not found") as info:
+        load(PATCH, {None: missing})
+    assert missing in str(info.value)
+
+
+def test_unreadable_array_file_is_a_load_error(tmp_path):
+    """Garbage bytes in a .npy: ModelLoadError, not a numpy traceback."""
+    (tmp_path / "x.npy").write_bytes(b"not an array at all")
+    with pytest.raises(ModelLoadError, match="cannot read"):
+        load(PATCH, {None: str(tmp_path / "x.npy")})
+
+
+def test_unknown_input_name_is_a_usage_error(tmp_path):
+    """--input nope=FILE and --input-shape nope=...: the model's inputs are listed."""
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 32, 32), np.float32))
+    with pytest.raises(UsageError, match=r"no input 'nope'.*input"):
+        load(PATCH, {"nope": str(tmp_path / "x.npy")})
+    with pytest.raises(UsageError, match="no input 'nope'"):
+        load(PATCH, {}, shapes={"nope": (1, 3, 32, 32)})
+
+
+def test_bare_file_for_a_model_with_several_inputs_is_a_usage_error(tmp_path):
+    """Two inputs: a file without NAME= is ambiguous."""
+    weight = np.ones((5, 3, 4, 4), np.float32)
+    path = make_model(tmp_path / "two.onnx",
+                      [mk("Conv", ["x", "W"], ["c"], kernel_shape=[4, 4], strides=[4, 4]),
+                       mk("Add", ["c", "y"], ["out"])],
+                      [value("x", [1, 3, 8, 8]), value("y", [1, 5, 2, 2])],
+                      [value("out", [1, 5, 2, 2])], [init("W", weight)])
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 8, 8), np.float32))
+    model = load_model(path)
+    with pytest.raises(UsageError, match="several inputs"):
+        load(model, {None: str(tmp_path / "x.npy")})
+    feeds = load(model, {"x": str(tmp_path / "x.npy")}, seed=3)
+    assert feeds["x"].shape == (1, 3, 8, 8) and not feeds["x"].any()
+    assert feeds["y"].shape == (1, 5, 2, 2) and feeds["y"].dtype == np.float32  # random draw
+
+
+# ------------------------------------------------------------------ random draws
+
+
+def test_random_draw_is_seeded_with_batch_one():
+    """No file: uniform [0, 1) float32, dynamic batch -> 1; same seed same values."""
+    a = load(PATCH, {}, seed=5)["input"]
+    b = load(PATCH, {}, seed=5)["input"]
+    c = load(PATCH, {}, seed=6)["input"]
+    assert a.shape == (1, 3, 32, 32) and a.dtype == np.float32
+    assert a.min() >= 0.0 and a.max() < 1.0
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_random_draw_shape_override_and_value_range():
+    """--input-shape input=2x3x32x32 and a (-1, 1) range: that shape, values inside."""
+    x = load(PATCH, {}, shapes={"input": (2, 3, 32, 32)}, value_range=(-1.0, 1.0))["input"]
+    assert x.shape == (2, 3, 32, 32)
+    assert x.min() >= -1.0 and x.max() <= 1.0 and x.min() < 0.0
+
+
+def test_random_draw_with_dynamic_spatial_dims_needs_a_shape():
+    """mtcnn_pnet's input is [N,M1,M2,3]: without --input-shape the draw is refused."""
+    with pytest.raises(UsageError, match="dynamic dims"):
+        load(MTCNN, {})
+    x = load(MTCNN, {}, shapes={"input_1": (1, 12, 12, 3)})["input_1"]
+    assert x.shape == (1, 12, 12, 3)
+
+
+def test_random_draw_for_an_integer_input_is_refused(tmp_path):
+    """int64 token ids: a uniform draw is not meaningful: UsageError asking for --input."""
+    path = make_model(tmp_path / "tok.onnx",
+                      [mk("Gather", ["E", "ids"], ["e"])], [value("ids", [1, 6], INT64)],
+                      [value("e", [1, 6, 8])], [init("E", np.ones((50, 8), np.float32))])
+    with pytest.raises(UsageError, match="not float") as info:
+        load(load_model(path), {})
+    assert "--input" in info.value.hint
+
+
+# ------------------------------------------------------------------ images
+
+
+def test_png_auto_layout_nchw_scaled_to_unit_range(tmp_path):
+    """RGB 32x32 PNG for patch_embed: (1, 3, 32, 32), pixels / 255, channels first."""
+    pixels = rgb(7, 32, 32)
+    x = load(PATCH, {None: png(tmp_path / "a.png", pixels)})["input"]
+    assert x.shape == (1, 3, 32, 32) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0], pixels.transpose(2, 0, 1) / 255.0, rtol=1e-6)
+
+
+def test_png_is_resized_to_the_model_size(tmp_path):
+    """A 10x20 (HxW) PNG becomes 32x32 with Pillow's bilinear resize."""
+    pixels = rgb(8, 10, 20)
+    x = load(PATCH, {None: png(tmp_path / "a.png", pixels)})["input"]
+    assert x.shape == (1, 3, 32, 32)
+    expected = np.asarray(Image.fromarray(pixels).resize((32, 32), Image.Resampling.BILINEAR),
+                          np.float64)
+    np.testing.assert_allclose(x[0], expected.transpose(2, 0, 1) / 255.0, rtol=1e-6)
+
+
+def test_png_explicit_resize_option(tmp_path):
+    """ImageOptions(size=(12, 12)) on mtcnn (dynamic H, W): a 12x12 channels-last tensor."""
+    pixels = rgb(9, 30, 40)
+    x = load(MTCNN, {None: png(tmp_path / "a.png", pixels)},
+             image=ImageOptions(size=(12, 12)))["input_1"]
+    assert x.shape == (1, 12, 12, 3)
+
+
+def test_png_mean_std_and_scale(tmp_path):
+    """scale 1/255 then (x - mean) / std per channel."""
+    pixels = rgb(10, 32, 32)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    x = load(PATCH, {None: png(tmp_path / "a.png", pixels)},
+             image=ImageOptions(mean=mean, std=std))["input"]
+    want = (pixels / 255.0 - np.array(mean)) / np.array(std)
+    np.testing.assert_allclose(x[0], want.transpose(2, 0, 1), rtol=1e-5, atol=1e-6)
+    raw = load(PATCH, {None: png(tmp_path / "a.png", pixels)},
+               image=ImageOptions(scale=1.0))["input"]
+    np.testing.assert_array_equal(raw[0], pixels.transpose(2, 0, 1).astype(np.float32))
+
+
+def test_png_auto_layout_nhwc(tmp_path):
+    """A [1,8,8,3] input is channels-last: the image is (1, 8, 8, 3), not transposed."""
+    pixels = rgb(11, 8, 8)
+    model = load_model(nhwc_model(tmp_path))
+    x = load(model, {None: png(tmp_path / "a.png", pixels)})["x"]
+    assert x.shape == (1, 8, 8, 3)
+    np.testing.assert_allclose(x[0], pixels / 255.0, rtol=1e-6)
+    explicit = load(model, {None: png(tmp_path / "a.png", pixels)},
+                    image=ImageOptions(layout="nhwc"))["x"]
+    assert np.array_equal(x, explicit)
+
+
+def test_png_forced_to_the_wrong_layout_is_a_shape_error(tmp_path):
+    """layout nchw on a channels-last model gives (1, 3, 8, 8): the shape check refuses it."""
+    model = load_model(nhwc_model(tmp_path))
+    with pytest.raises(UsageError, match="expects 1x8x8x3"):
+        load(model, {None: png(tmp_path / "a.png", rgb(12, 8, 8))},
+             image=ImageOptions(layout="nchw"))
+
+
+def test_png_grey_model_converts_to_one_channel(tmp_path):
+    """mlp_dense [N,1,16,16]: an RGB PNG is converted to grey (Pillow 'L')."""
+    pixels = rgb(13, 16, 16)
+    x = load(MLP, {None: png(tmp_path / "a.png", pixels)})["input"]
+    assert x.shape == (1, 1, 16, 16)
+    grey = np.asarray(Image.fromarray(pixels).convert("L"), np.float64)
+    np.testing.assert_allclose(x[0, 0], grey / 255.0, rtol=1e-6)
+
+
+def test_unreadable_image_is_a_load_error(tmp_path):
+    """A .png holding no image: ModelLoadError."""
+    (tmp_path / "a.png").write_bytes(b"\x89PNG but not really")
+    with pytest.raises(ModelLoadError, match="cannot read the image"):
+        load(PATCH, {None: str(tmp_path / "a.png")})
+
+
+# ------------------------------------------------------------------ parse_assignments
+
+
+def test_parse_assignments_named_and_bare(tmp_path):
+    """NAME=VALUE pairs by name; one bare value under None; an existing path with '=' is bare."""
+    assert parse_assignments(["a=x.npy", "b=y.npy"], "--input") == {"a": "x.npy", "b": "y.npy"}
+    assert parse_assignments(["x.npy"], "--input") == {None: "x.npy"}
+    odd = tmp_path / "k=v.npy"
+    odd.write_bytes(b"")
+    assert parse_assignments([str(odd)], "--input") == {None: str(odd)}
+
+
+def test_parse_assignments_bare_value_with_others_is_a_usage_error():
+    """A bare value is only allowed alone."""
+    with pytest.raises(UsageError, match="NAME="):
+        parse_assignments(["x.npy", "b=y.npy"], "--input")
