@@ -84,7 +84,8 @@ def build_vit_b16(path: str, seed: int, patch_rank: int | None = None) -> None:
         s[patch_rank:] = 0.0
         patch = ((u * s) @ vt).astype(np.float32)
     inits = [numpy_helper.from_array(patch.reshape(d, 3, 16, 16), "patch.w"),
-             numpy_helper.from_array(np.array([1, d, 196], np.int64), "tok_shape")]
+             numpy_helper.from_array(np.array([1, d, 196], np.int64), "tok_shape"),
+             numpy_helper.from_array(np.array([d, d, d], np.int64), "qkv_sizes")]
     nodes = [helper.make_node("Conv", ["x", "patch.w"], ["pe"], kernel_shape=[16, 16],
                               strides=[16, 16]),
              helper.make_node("Reshape", ["pe", "tok_shape"], ["pe3"]),
@@ -98,8 +99,8 @@ def build_vit_b16(path: str, seed: int, patch_rank: int | None = None) -> None:
             nodes.append(helper.make_node("MatMul", [x, w], [f"b{b}.{name}"]))
             x = f"b{b}.{name}"
             if name == "qkv":
-                nodes.append(helper.make_node("Split", [x], [f"{x}.q", f"{x}.k", f"{x}.v"],
-                                              axis=-1, num_outputs=3))
+                nodes.append(helper.make_node("Split", [x, "qkv_sizes"],
+                                              [f"{x}.q", f"{x}.k", f"{x}.v"], axis=-1))
                 nodes.append(helper.make_node("Sum", [f"{x}.q", f"{x}.k", f"{x}.v"],
                                               [f"{x}.s"]))
                 x = f"{x}.s"

@@ -562,3 +562,24 @@ def test_ultraface_float64_matches_float32(rng):
     y32 = ModelRunner(path, device="cpu").run({"input": x})
     for cmp in compare_outputs(y32, y64):
         assert cmp.max_rel < 1e-5, cmp
+
+
+def test_run_cache_reuses_outputs_of_repeated_feeds_only():
+    """The runner reuses outputs for byte-identical feeds (the original of every pair) and
+    recomputes for any change, however small; the cache holds at most RUN_CACHE_SIZE feeds."""
+    from onnxcollide.runtime import RUN_CACHE_SIZE, ModelRunner
+
+    path = str(Path(__file__).parent.parent / "models" / "mlp_dense.onnx")
+    runner = ModelRunner(path, device="cpu")
+    x = np.random.default_rng(3).random((1, 1, 16, 16)).astype(np.float32)
+    first = runner.run({"input": x})
+    again = runner.run({"input": x.copy()})
+    np.testing.assert_array_equal(first["logits"], again["logits"])
+    assert len(runner._recent) == 1
+    nudged = x.copy()
+    nudged[0, 0, 0, 0] = np.nextafter(nudged[0, 0, 0, 0], np.float32(2))
+    runner.run({"input": nudged})
+    assert len(runner._recent) == 2
+    for k in range(RUN_CACHE_SIZE + 2):
+        runner.run({"input": x + np.float32(k + 1)})
+    assert len(runner._recent) == RUN_CACHE_SIZE
