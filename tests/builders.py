@@ -138,3 +138,34 @@ def float64_rank(matrix: np.ndarray, eps: float, rtol: float | None = None,
     if atol is not None:
         tol = max(tol, atol)
     return int(np.count_nonzero(s > tol))
+
+
+# ------------------------------------------------------------------ shared by CLI / search tests
+
+MODELS = Path(__file__).parent.parent / "models"
+MLP = str(MODELS / "mlp_dense.onnx")
+PATCH = str(MODELS / "patch_embed.onnx")
+OVERLAP = str(MODELS / "cnn_overlap.onnx")
+MTCNN = str(DATA / "mtcnn_pnet.onnx")
+
+
+def run_cli(*args: str):
+    """Invoke the onnxcollide CLI in-process; stdout and stderr are kept apart."""
+    from click.testing import CliRunner
+
+    from onnxcollide.cli import main
+
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def assert_one_line_error(result, code: int) -> str:
+    """Exit ``code``, nothing on stdout, one 'error: ...' line on stderr, no traceback and
+    no 'internal error' (a user mistake is never reported as a bug)."""
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:")
+    assert "Traceback" not in result.stderr
+    assert "internal error" not in lines[0]
+    return lines[0]

@@ -10,33 +10,16 @@ import os
 import numpy as np
 import onnx
 import pytest
-from builders import DATA, build_model, init, make_model, value
-from click.testing import CliRunner
+from builders import DATA, MTCNN, assert_one_line_error, build_model, init, make_model, value
+from builders import run_cli as run
 from onnx import helper
 
-from onnxcollide.cli import main, parse_input_shape
+from onnxcollide.cli import parse_input_shape
 from onnxcollide.errors import UsageError
 
 LENET = str(DATA / "lenet5_mnist_torch.onnx")
 CNTK = str(DATA / "mnist-8_cntk.onnx")
 PADDLE = str(DATA / "ppocr_mobile_v2_cls.onnx")
-MTCNN = str(DATA / "mtcnn_pnet.onnx")
-
-
-def run(*args: str):
-    """Invoke the CLI in-process; stdout and stderr are kept apart."""
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-
-def assert_one_line_error(result, code: int) -> str:
-    """Exit ``code``, nothing on stdout, one 'error: ...' line on stderr, no traceback."""
-    assert result.exit_code == code, (result.stdout, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error:")
-    assert "Traceback" not in result.stderr
-    return lines[0]
 
 
 # ------------------------------------------------------------------ success

@@ -10,19 +10,22 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from builders import DATA, INT64, init, make_model, value
-from click.testing import CliRunner
+from builders import (
+    INT64,
+    MLP,
+    MTCNN,
+    OVERLAP,
+    PATCH,
+    assert_one_line_error,
+    init,
+    make_model,
+    value,
+)
+from builders import run_cli as run
 from onnx import helper
 from PIL import Image
 
-from onnxcollide.cli import main
-
 mk = helper.make_node
-MODELS = Path(__file__).parent.parent / "models"
-MLP = str(MODELS / "mlp_dense.onnx")
-PATCH = str(MODELS / "patch_embed.onnx")
-OVERLAP = str(MODELS / "cnn_overlap.onnx")
-MTCNN = str(DATA / "mtcnn_pnet.onnx")
 
 
 def _runtime_available() -> bool:
@@ -41,23 +44,6 @@ def _runtime_available() -> bool:
 needs_runtime = pytest.mark.skipif(
     not _runtime_available(), reason="onnxcollide.runtime (ONNX Runtime validation) is missing "
                                      "or incomplete")
-
-
-def run(*args: str):
-    """Invoke the CLI in-process; stdout and stderr are kept apart."""
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-
-def assert_one_line_error(result, code: int) -> str:
-    """Exit ``code``, nothing on stdout, one 'error: ...' line on stderr, no traceback."""
-    assert result.exit_code == code, (result.stdout, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error:")
-    assert "Traceback" not in result.stderr
-    assert "internal error" not in lines[0]
-    return lines[0]
 
 
 def report_of(folder: Path) -> dict:

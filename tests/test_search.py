@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from builders import DATA, INT64, init, ints, make_model, value
+from builders import DATA, INT64, MLP, MTCNN, OVERLAP, PATCH, init, ints, make_model, value
 from onnx import helper, numpy_helper
 
 from onnxcollide.errors import UnsupportedModelError, UsageError
@@ -27,11 +27,6 @@ from onnxcollide.search import (
 )
 
 mk = helper.make_node
-MODELS = Path(__file__).parent.parent / "models"
-MLP = str(MODELS / "mlp_dense.onnx")
-PATCH = str(MODELS / "patch_embed.onnx")
-OVERLAP = str(MODELS / "cnn_overlap.onnx")
-MTCNN = str(DATA / "mtcnn_pnet.onnx")
 LENET_QDQ = str(DATA / "lenet5_mnist_qdq.onnx")
 
 EXACT_RESIDUAL = 1e-5  # float32 rounding level for these small layers (measured ~4e-7)

@@ -104,6 +104,17 @@ def _invert_slice(node: NodeProto, delta: np.ndarray, in_shape: tuple[int, ...],
     return out
 
 
+def _undo_layout(node: NodeProto, array: np.ndarray, in_shape: tuple[int, ...]
+                 ) -> np.ndarray | None:
+    """Inverse of a layout-only op (Transpose, Reshape/Flatten/Squeeze/Unsqueeze), else None."""
+    if node.op_type == "Transpose":
+        perm = [int(p) for p in node_attr(node, "perm", list(range(array.ndim))[::-1])]  # type: ignore[attr-defined]
+        return np.transpose(array, np.argsort(perm))
+    if node.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+        return array.reshape(in_shape)
+    return None
+
+
 def invert_node(node: NodeProto, delta: np.ndarray, came_from: str, in_shape: tuple[int, ...],
                 resolver: ConstantResolver, opset: int) -> np.ndarray:
     """The perturbation of ``came_from`` (shape ``in_shape``) that ``node`` maps to ``delta``.
@@ -112,11 +123,9 @@ def invert_node(node: NodeProto, delta: np.ndarray, came_from: str, in_shape: tu
         UnsupportedModelError: no such perturbation exists or the op is not supported.
     """
     op = node.op_type
-    if op == "Transpose":
-        perm = [int(p) for p in node_attr(node, "perm", list(range(delta.ndim))[::-1])]  # type: ignore[attr-defined]
-        return np.transpose(delta, np.argsort(perm))
-    if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
-        return delta.reshape(in_shape)
+    moved = _undo_layout(node, delta, in_shape)
+    if moved is not None:
+        return moved
     if op == "Pad":
         return _invert_pad(node, delta, in_shape, resolver, opset)
     if op == "Slice":
@@ -153,11 +162,9 @@ def pull_delta(path: Sequence[NodeProto], input_name: str, delta: np.ndarray,
 def _positions_through(node: NodeProto, grid: np.ndarray, in_shape: tuple[int, ...],
                        resolver: ConstantResolver, opset: int) -> np.ndarray:
     op = node.op_type
-    if op == "Transpose":
-        perm = [int(p) for p in node_attr(node, "perm", list(range(grid.ndim))[::-1])]  # type: ignore[attr-defined]
-        return np.transpose(grid, np.argsort(perm))
-    if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
-        return grid.reshape(in_shape)
+    moved = _undo_layout(node, grid, in_shape)
+    if moved is not None:
+        return moved
     if op == "Pad":
         pads = pad_amounts(node, resolver, opset)
         if pads is None or any(p < 0 for p in pads):
