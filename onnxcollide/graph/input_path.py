@@ -154,8 +154,9 @@ def _path_tensors(input_name: str, path: list[NodeProto]) -> list[str]:
 # ------------------------------------------------------------------ geometry
 
 
-def _resolved_pads(geometry_pads: tuple[int, ...], auto_pad: str, size: int, axis: int,
-                   axes: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+def resolved_pads(geometry_pads: tuple[int, ...], auto_pad: str, size: int, axis: int,
+                  axes: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """(begin, end) padding of one spatial axis, with auto_pad SAME_*/VALID resolved."""
     extent = (kernel - 1) * dilation + 1
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         out = -(-size // stride)
@@ -224,7 +225,7 @@ def _conv_reads(site: LinearSite, shape: Shape) -> np.ndarray | None:
             pads = (geometry.pads[a], geometry.pads[a + axes])
             per_axis.append(transpose_reach(size, k, s, d, pads, int(extra[a])))  # type: ignore[index]
         else:
-            pads = _resolved_pads(geometry.pads, geometry.auto_pad, size, a, axes, k, s, d)
+            pads = resolved_pads(geometry.pads, geometry.auto_pad, size, a, axes, k, s, d)
             per_axis.append(window_reads(size, k, s, d, pads))
     return _grid(per_axis, known[1])
 
