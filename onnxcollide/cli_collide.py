@@ -14,7 +14,12 @@ from onnxcollide.artifacts import basis_png, image_layout, save_npz, strip_png, 
 from onnxcollide.errors import UsageError
 from onnxcollide.graph.load import load_model
 from onnxcollide.inputs import ImageOptions, load_inputs, parse_assignments
-from onnxcollide.report.collide_format import collide_dict, render_json, render_table
+from onnxcollide.report.collide_format import (
+    collide_dict,
+    render_json,
+    render_table,
+    settings_dict,
+)
 from onnxcollide.search import MODES, CollisionSet, SearchSettings, find_collisions
 from onnxcollide.spectral import ToleranceRule
 
@@ -80,32 +85,6 @@ def input_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         func = option(func)
     return func
-
-
-def _validate_all(path: str, found: CollisionSet, device: str, precision: str, seed: int
-                  ) -> tuple[list[dict[str, Any] | None], dict[str, Any]]:
-    from onnxcollide.runtime import ModelRunner, Tolerances, validate_pair, validation_dict
-
-    runner = ModelRunner(path, extra_outputs=[found.w1_output], device=device,
-                         precision=precision)
-    if runner.device.notice:
-        click.echo(f"notice: {runner.device.notice}", err=True)
-    tolerances = Tolerances.for_precision(precision)
-    base = dict(found.feeds)
-    if precision == "float64":  # validate the float64 perturbation, not its float32 rounding
-        base = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in base.items()}
-    results: list[dict[str, Any] | None] = []
-    for collision in found.collisions:
-        moved = dict(base)
-        moved[found.input_name] = (base[found.input_name] + collision.exact_delta
-                                   if precision == "float64" else collision.value)
-        check = validate_pair(runner, base, moved, found.w1_output, seed, tolerances)
-        results.append(validation_dict(check))
-    runtime = {"device": runner.device.used, "requested": device, "precision": precision,
-               "engine": runner.engine, "providers": list(runner.providers),
-               "tolerances": {"layer_rtol": tolerances.layer_rtol,
-                              "output_rtol": tolerances.output_rtol}}
-    return results, runtime
 
 
 def _save(out: str, found: CollisionSet, report_settings: dict[str, Any],
@@ -213,9 +192,13 @@ def register(main: click.Group, run_guarded: Callable[[Callable[[], None], bool]
             validations: list[dict[str, Any] | None] = [None] * len(found.collisions)
             runtime = None
             if not no_validate and found.collisions:
-                validations, runtime = _validate_all(model, found, device, precision, seed)
-            report = collide_dict(found, validations, runtime, {})
-            files = _save(out, found, report["settings"], drawing)
+                from onnxcollide.validation import validate_collisions
+
+                done, runtime = validate_collisions(found, device, precision, seed)
+                validations = list(done)
+                if runtime["notice"]:
+                    click.echo(f"notice: {runtime['notice']}", err=True)
+            files = _save(out, found, settings_dict(found), drawing)
             files["report"] = os.path.join(out, "report.json")
             report = collide_dict(found, validations, runtime, files)
             text = render_json(report)
@@ -225,6 +208,8 @@ def register(main: click.Group, run_guarded: Callable[[Callable[[], None], bool]
             if runtime and not all(v and v.get("passed") for v in validations):
                 click.echo("some colliding inputs did not pass validation (see the report)",
                            err=True)
+                if found.exact:  # an exact collision that does not hold is a failed check
+                    sys.exit(1)
 
         run_guarded(run, debug)
 

@@ -165,8 +165,6 @@ def _conv_layer_parts(
         layout = "(C/g * prod k) x (O/g) per group"
     if convention is ConvConvention.PAPER:
         layout = "paper: one " + layout.replace(" per group", "") + " matrix"
-        if geometry.transposed:
-            q = wshape[0]
     elif g > 1:
         layout = f"grouped: {g} blocks of " + layout.replace(" per group", "")
     axis = 0  # quantized conv weights are per output channel (axis 0)

@@ -471,6 +471,9 @@ def _unit_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
     if ctx.layer.groups > 1 and ctx.layer.op in ("MatMul", "QLinearMatMul", "MatMulInteger"):
         raise UnsupportedModelError("W1 is a stack of matrices applied block by block",
                                     f"node '{ctx.site.label}'", "not supported by the search yet")
+    if settings.region is not None and ctx.route.exactness == OVERLAPPING:
+        raise UsageError("--region is not supported with --mode tiled",
+                         hint="the paper's tiling repeats one vector over the whole input")
     units, method = _units_for(ctx, data_shape)
     matrix = _block_diagonal(np.asarray(ctx.layer.load_blocks(), dtype=np.float64))
     eps = EPS_OF.get(ctx.layer.compute_dtype, EPS_OF["float"])
@@ -540,11 +543,6 @@ def _no_unit_error(ctx: _Context, kernels: _UnitKernels, basis: int | None,
                           where, f"use an index below {whole.nullity}")
     return UsageError("no unit inside the region has a non-trivial kernel", where,
                       "choose a larger region")
-
-
-def path_of(ctx: _Context) -> str:
-    """The model path, for error messages."""
-    return ctx.model.path
 
 
 def _tiled_direction(ctx: _Context, data_shape: tuple[int, ...], kernels: _UnitKernels,

@@ -20,8 +20,6 @@ def check_w1(path: str, shapes: dict[str, tuple[int, ...]], seed: int, device: s
     search does not apply (token ids, a dynamic input size, an injective W1) become the
     verdict instead of an error, so the audit itself still succeeds.
     """
-    from onnxcollide.runtime import ModelRunner, Tolerances, validate_pair, validation_dict
-
     settings = SearchSettings(count=1, seed=seed, rule=rule or ToleranceRule())
     try:
         feeds = load_inputs(load_model(path), {}, shapes, seed, ImageOptions())
@@ -39,17 +37,20 @@ def check_w1(path: str, shapes: dict[str, tuple[int, ...]], seed: int, device: s
     if not found.collisions:
         result["verdict"] = found.method
         return result
-    runner = ModelRunner(path, extra_outputs=[found.w1_output], device=device,
-                         precision=precision)
-    moved = dict(feeds)
-    moved[found.input_name] = found.collisions[0].value
-    check = validate_pair(runner, feeds, moved, found.w1_output, seed,
-                          Tolerances.for_precision(precision))
-    result["validation"] = validation_dict(check)
-    ratio = next((r.ratio for r in check.ratios if r.figure == "layer_residual"), None)
+    from onnxcollide.validation import validate_collisions
+
+    try:
+        checks, _ = validate_collisions(found, device, precision, seed)
+    except OnnxCollideError as exc:
+        result["verdict"] = f"not validated: {exc.one_line()}"
+        return result
+    check = checks[0]
+    result["validation"] = check
+    ratio = next((r["ratio"] for r in check["ratios"] if r["figure"] == "layer_residual"), None)
     shown = "inf" if ratio is None else f"{ratio:.3g}"
-    result["verdict"] = (f"{'PASS' if check.passed else 'FAIL'}: W1 residual "
-                         f"{check.layer_residual or 0.0:.3g} vs "
-                         f"{check.baseline.layer_residual or 0.0:.3g} for a random "
-                         f"perturbation of equal norm (ratio {shown})")
+    residual = check["collision"]["layer_residual"] or 0.0
+    baseline = check["baseline"]["layer_residual"] or 0.0
+    result["verdict"] = (f"{'PASS' if check['passed'] else 'FAIL'}: W1 residual {residual:.3g} "
+                         f"vs {baseline:.3g} for a random perturbation of equal norm (ratio "
+                         f"{shown})")
     return result

@@ -278,3 +278,22 @@ def test_progress_bar_goes_to_stderr_only():
     result = run("audit", "--progress", "-f", "json", LENET)
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["models"][0]["metrics"]["n"] == 5
+
+
+def test_audit_validate_turns_a_runtime_failure_into_the_verdict(tmp_path):
+    """audit --validate on a model ONNX Runtime cannot run (a custom-domain op after the conv):
+    the audit still succeeds and the W1 check's verdict says why it was not validated."""
+    rng = np.random.default_rng(0)
+    path = make_model(
+        tmp_path / "custom.onnx",
+        [helper.make_node("Conv", ["x", "W"], ["c"], kernel_shape=[2, 2], strides=[2, 2]),
+         helper.make_node("Mystery", ["c"], ["y"], domain="example.custom")],
+        [value("x", [1, 3, 8, 8])], [value("y", [1, 4, 4, 4])],
+        [init("W", rng.standard_normal((4, 3, 2, 2)).astype(np.float32))],
+        extra_opsets=[("example.custom", 1)], check=False,
+    )
+    result = run("audit", "--validate", "-f", "json", str(path))
+    assert result.exit_code == 0, result.stderr
+    check = json.loads(result.stdout)["models"][0]["validation"]
+    assert check["verdict"].startswith("not validated:")
+    assert check["validation"] is None

@@ -433,3 +433,14 @@ def test_conv_transpose_kernel_lifts_pixel_by_pixel(tmp_path, rng):
     y1 = evaluator.run(None, {"x": moved.astype(np.float32)})[0]
     np.testing.assert_allclose(y1, y0, atol=1e-4 * np.abs(y0).max())  # an exact collision
     assert first(path).exactness != OVERLAPPING
+
+
+@pytest.mark.parametrize("op", ["Mul", "Div", "Sub"])
+def test_input_used_twice_by_a_non_additive_op_is_not_applicable(tmp_path, rng, op):
+    """x * x, x / x and x - x are not affine and injective: W1 is 'not applicable', naming the
+    node, and the audit itself still succeeds (it used to stop with 'x is not a constant')."""
+    pre = [mk(op, ["x", "x"], ["d"])]
+    fl = first(conv_model(tmp_path, rng, [1, 3, 8, 8], (2, 2), 2, pre=pre, data="d",
+                          channels=3))
+    assert fl.exactness == NOT_APPLICABLE
+    assert "uses the input twice" in fl.reason

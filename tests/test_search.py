@@ -716,3 +716,11 @@ def test_qdq_before_patchify_does_not_claim_an_unqualified_exact_collision(tmp_p
     assert res > 1e-4  # the rounding really breaks exactness in ONNX Runtime
     assert not found.exact or any("Quantize" in n for n in found.notes), (found.exact,
                                                                           found.notes)
+
+
+def test_tiled_mode_refuses_a_region():
+    """The paper's tiling repeats one vector over the whole input, so --region cannot apply:
+    a usage error instead of silently changing every element."""
+    x = np.random.default_rng(0).random((1, 3, 32, 32)).astype(np.float32)
+    with pytest.raises(UsageError, match="region"):
+        find_collisions(OVERLAP, {"input": x}, SearchSettings(mode="tiled", region=":,0:8,0:8"))

@@ -124,6 +124,8 @@ def _blocking_reason(node: NodeProto, came_from: str, resolver: ConstantResolver
     if op not in PASS_OPS:
         return f"the input passes through {op} (node '{label}') before the first linear op"
     others = [i for i in node.input if i and i != came_from]
+    if op != "Add" and list(node.input).count(came_from) > 1:  # x * x, x / x, x - x
+        return f"{op} (node '{label}') uses the input twice, which is not affine and injective"
     if op == "Div" and node.input[0] != came_from:
         return f"the input is a divisor in Div (node '{label}'), which is not affine"
     if op in ("Mul", "Div", "Add", "Sub", "Pad", "BatchNormalization", "Slice"):

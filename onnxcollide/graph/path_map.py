@@ -41,6 +41,8 @@ def _checked(delta: np.ndarray, in_shape: tuple[int, ...], node: NodeProto) -> n
 def _invert_elementwise(node: NodeProto, delta: np.ndarray, came_from: str,
                         resolver: ConstantResolver) -> np.ndarray:
     op = node.op_type
+    if op == "Add" and list(node.input).count(came_from) > 1:
+        return delta / 2.0  # x + x
     if op in UNCHANGED or op == "Add":
         return delta
     if op == "Sub":
