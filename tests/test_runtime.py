@@ -583,3 +583,20 @@ def test_run_cache_reuses_outputs_of_repeated_feeds_only():
     for k in range(RUN_CACHE_SIZE + 2):
         runner.run({"input": x + np.float32(k + 1)})
     assert len(runner._recent) == RUN_CACHE_SIZE
+
+
+def test_commands_leave_the_cached_model_proto_untouched(tmp_path):
+    """load_model caches the parsed model per file; the search, the float64 copy and the extra
+    outputs must all work on copies, so the cached proto stays byte-identical."""
+    from onnxcollide.graph.load import load_model
+    from onnxcollide.runtime import ModelRunner
+    from onnxcollide.search import SearchSettings, find_collisions
+
+    path = str(Path(__file__).parent.parent / "models" / "patch_embed.onnx")
+    before = load_model(path).proto.SerializeToString()
+    x = np.random.default_rng(0).random((1, 3, 32, 32)).astype(np.float32)
+    found = find_collisions(path, {"input": x}, SearchSettings(count=1))
+    ModelRunner(path, extra_outputs=[found.w1_output], device="cpu", precision="float64")
+    ModelRunner(path, extra_outputs=[found.w1_output], device="cpu")
+    assert load_model(path).proto is load_model(path).proto  # one parse per file
+    assert load_model(path).proto.SerializeToString() == before

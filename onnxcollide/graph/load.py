@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import onnx
 import onnx.inliner
@@ -73,9 +74,27 @@ def _default_opset(proto: onnx.ModelProto) -> int:
 def load_model(path: str) -> LoadedModel:
     """Parse ``path``, inline model-local functions, leave external data on disk.
 
+    One command asks for the same model several times (audit, search, runtime): the result is
+    cached per (absolute path, modification time, size), two models at most. Callers must not
+    modify the returned proto; every rewrite works on a copy.
+
     Raises:
         ModelLoadError: the file is missing, unreadable, truncated or not ONNX.
     """
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return _load_uncached(path)  # reports the missing file with its one-line error
+    loaded = _load_cached(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+    return loaded if loaded.path == path else replace(loaded, path=path)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(path: str, mtime_ns: int, size: int) -> LoadedModel:
+    return _load_uncached(path)
+
+
+def _load_uncached(path: str) -> LoadedModel:
     data = _read_bytes(path)
     proto = _parse(data, path)
     if len(proto.functions) > 0:
