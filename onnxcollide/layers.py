@@ -218,7 +218,7 @@ def _stack_mode(site: LinearSite, infos: dict[str, TensorInfo], lead: tuple[int,
     tail = data_lead[len(data_lead) - len(lead):]
     if all(d == 1 for d in tail):
         return "concat"
-    return "blocks"
+    return "blocks?" if any(d is None for d in tail) else "blocks"
 
 
 def _matmul_parts(site: LinearSite, infos: dict[str, TensorInfo]

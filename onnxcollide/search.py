@@ -29,7 +29,6 @@ from onnxcollide.graph.input_path import (
     NOT_APPLICABLE,
     OVERLAPPING,
     FirstLayerPath,
-    resolved_pads,
     trace_input,
 )
 from onnxcollide.graph.linear_ops import ConvGeometry, LinearSite, conv_geometry, find_linear_ops
@@ -225,10 +224,7 @@ def _window_units(geometry: ConvGeometry, shape: tuple[int, ...]) -> np.ndarray:
     n, spatial = shape[0], shape[2:]
     axes = len(spatial)
     index = np.arange(int(np.prod(shape))).reshape(shape)
-    padded = np.pad(index, [(0, 0), (0, 0)] + [
-        resolved_pads(geometry.pads, geometry.auto_pad, spatial[a], a, axes,
-                      geometry.kernel[a], geometry.strides[a], geometry.dilations[a])
-        for a in range(axes)], constant_values=-1)
+    padded = np.pad(index, [(0, 0), (0, 0), *geometry.pads_for(spatial)], constant_values=-1)
     views = padded
     for a in range(axes):
         extent = (geometry.kernel[a] - 1) * geometry.dilations[a] + 1
@@ -563,9 +559,7 @@ def _tiled_direction(ctx: _Context, data_shape: tuple[int, ...], kernels: _UnitK
     spatial = data_shape[2:]
     axes = len(spatial)
     patch = vector.reshape(data_shape[1], *geometry.kernel)
-    begins = [resolved_pads(geometry.pads, geometry.auto_pad, spatial[a], a, axes,
-                            geometry.kernel[a], geometry.strides[a], geometry.dilations[a])[0]
-              for a in range(axes)]
+    begins = [begin for begin, _ in geometry.pads_for(spatial)]
     index = np.ix_(*[(np.arange(spatial[a]) + begins[a]) % geometry.kernel[a]
                      for a in range(axes)])
     tiled = patch[(slice(None), *index)]  # type: ignore[arg-type]

@@ -13,7 +13,6 @@ import numpy as np
 
 from onnxcollide.convop import ConvSpec, OperatorSpectrum, smallest_singular
 from onnxcollide.errors import UsageError
-from onnxcollide.graph.input_path import resolved_pads
 from onnxcollide.graph.linear_ops import conv_geometry
 from onnxcollide.graph.path_map import pull_delta
 from onnxcollide.spectral import EPS_OF
@@ -29,11 +28,7 @@ def conv_spec(ctx: _Context, data_shape: tuple[int, ...]) -> ConvSpec:
     blocks = np.asarray(ctx.layer.load_blocks(), dtype=np.float64)  # (g, C/g*K, O/g)
     out_channels, kernel = weight_shape[0], weight_shape[2:]
     weight = blocks.transpose(0, 2, 1).reshape(out_channels, weight_shape[1], *kernel)
-    spatial = data_shape[2:]
-    axes = len(spatial)
-    pairs = [resolved_pads(geometry.pads, geometry.auto_pad, spatial[a], a, axes,
-                           geometry.kernel[a], geometry.strides[a], geometry.dilations[a])
-             for a in range(axes)]
+    pairs = geometry.pads_for(data_shape[2:])
     pads = tuple(p[0] for p in pairs) + tuple(p[1] for p in pairs)
     return ConvSpec(weight=weight, strides=geometry.strides, dilations=geometry.dilations,
                     pads=pads, groups=geometry.groups, input_shape=tuple(data_shape[1:]))

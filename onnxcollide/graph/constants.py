@@ -234,19 +234,13 @@ def _attrs(node: NodeProto) -> dict[str, object]:
 
 
 def _constant_value(node: NodeProto) -> np.ndarray:
+    kinds = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
+             "value_ints": np.int64, "value_string": object, "value_strings": object}
     for attr in node.attribute:
         if attr.name == "value":
             return numpy_helper.to_array(attr.t)
-        if attr.name in ("value_float", "value_int"):
-            dtype = np.float32 if attr.name == "value_float" else np.int64
-            return np.array(helper.get_attribute_value(attr), dtype=dtype)
-        if attr.name in ("value_floats", "value_ints"):
-            dtype = np.float32 if attr.name == "value_floats" else np.int64
-            return np.array(helper.get_attribute_value(attr), dtype=dtype)
-        if attr.name == "value_string":
-            return np.array(helper.get_attribute_value(attr), dtype=object)
-        if attr.name == "value_strings":
-            return np.array(helper.get_attribute_value(attr), dtype=object)
+        if attr.name in kinds:
+            return np.array(helper.get_attribute_value(attr), dtype=kinds[attr.name])
     raise UnsupportedModelError(
         "Constant node has no value attribute we can read (sparse_value?)",
         node.name or node.output[0],

@@ -156,20 +156,6 @@ def _path_tensors(input_name: str, path: list[NodeProto]) -> list[str]:
 # ------------------------------------------------------------------ geometry
 
 
-def resolved_pads(geometry_pads: tuple[int, ...], auto_pad: str, size: int, axis: int,
-                  axes: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
-    """(begin, end) padding of one spatial axis, with auto_pad SAME_*/VALID resolved."""
-    extent = (kernel - 1) * dilation + 1
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        out = -(-size // stride)
-        total = max(0, (out - 1) * stride + extent - size)
-        small = total // 2
-        return (small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small)
-    if auto_pad == "VALID":
-        return 0, 0
-    return geometry_pads[axis], geometry_pads[axis + axes]
-
-
 def window_reads(size: int, kernel: int, stride: int, dilation: int,
                  pads: tuple[int, int]) -> np.ndarray:
     """How many windows read each of ``size`` positions along one axis: (size,) int array."""
@@ -227,8 +213,7 @@ def _conv_reads(site: LinearSite, shape: Shape) -> np.ndarray | None:
             pads = (geometry.pads[a], geometry.pads[a + axes])
             per_axis.append(transpose_reach(size, k, s, d, pads, int(extra[a])))  # type: ignore[index]
         else:
-            pads = resolved_pads(geometry.pads, geometry.auto_pad, size, a, axes, k, s, d)
-            per_axis.append(window_reads(size, k, s, d, pads))
+            per_axis.append(window_reads(size, k, s, d, geometry.pads_for(spatial)[a]))
     return _grid(per_axis, known[1])
 
 

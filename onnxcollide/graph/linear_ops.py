@@ -161,6 +161,25 @@ class ConvGeometry:
     groups: int
     transposed: bool
 
+    def pads_for(self, spatial: tuple[int, ...]) -> list[tuple[int, int]]:
+        """(begin, end) padding per spatial axis for an input of this spatial size, with
+        auto_pad SAME_UPPER / SAME_LOWER / VALID resolved."""
+        axes = len(self.kernel)
+        out = []
+        for a in range(axes):
+            extent = (self.kernel[a] - 1) * self.dilations[a] + 1
+            if self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+                windows = -(-spatial[a] // self.strides[a])
+                total = max(0, (windows - 1) * self.strides[a] + extent - spatial[a])
+                small = total // 2
+                out.append((small, total - small) if self.auto_pad == "SAME_UPPER"
+                           else (total - small, small))
+            elif self.auto_pad == "VALID":
+                out.append((0, 0))
+            else:
+                out.append((self.pads[a], self.pads[a + axes]))
+        return out
+
 
 def node_attr(node: NodeProto, name: str, default: object) -> object:
     """An attribute's value (bytes decoded to str), or ``default`` when absent."""

@@ -48,7 +48,8 @@ def _apply_overrides(proto: onnx.ModelProto, overrides: dict[str, tuple[int, ...
         if len(shape.dim) and len(shape.dim) != len(dims):
             raise UsageError(f"--input-shape gives {len(dims)} dims for '{name}', the model "
                              f"declares {len(shape.dim)}", model.path)
-        fixed = [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
+        fixed = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                 for d in shape.dim]
         for k, (have, want) in enumerate(zip(fixed, dims, strict=False)):
             if have is not None and have != want:
                 raise UsageError(f"--input-shape sets dim {k} of '{name}' to {want}, the model "
