@@ -72,7 +72,13 @@ def overlapping_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, 
     # Four directions are enough: distinct colliding inputs are random combinations of the
     # exact ones found; only an explicit basis index asks for more.
     wanted = max(4, max(settings.basis) + 1 if settings.basis else 0)
-    spectrum = smallest_singular(spec, k=wanted, seed=settings.seed, rtol=settings.rule.rtol,
+    # The operator's exactness threshold is the layer's own (per-patch q, p, as in the audit):
+    # max(n_in, n_out) * eps of the whole operator would be ~0.1 sigma_max at 224x224 and call
+    # near-collisions exact that validation then rejects.
+    rtol = settings.rule.rtol
+    if rtol is None and settings.rule.atol is None:
+        rtol = max(ctx.layer.q, ctx.layer.p) * eps
+    spectrum = smallest_singular(spec, k=wanted, seed=settings.seed, rtol=rtol,
                                  atol=settings.rule.atol, eps=eps)
     facts = operator_dict(spectrum, spec)
     r = float(spectrum.relative[0]) if spectrum.relative.size else float("nan")
