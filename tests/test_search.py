@@ -517,14 +517,19 @@ def test_slice_with_steps_before_the_conv(tmp_path):
     assert_exact(found)
 
 
-def test_two_inputs_only_the_perturbed_one_changes(tmp_path):
-    """x -> Conv -> Add(y): x is perturbed, y's feed is passed through unchanged."""
-    path = make_model(
+def _two_input_model(tmp_path) -> str:
+    """x -> Conv (patchify 4x4/4, 3 -> 5) -> Add(y): a model with two float inputs."""
+    return make_model(
         tmp_path / "two.onnx",
         [mk("Conv", ["x", "W"], ["c"], kernel_shape=[4, 4], strides=[4, 4]),
          mk("Add", ["c", "y"], ["out"])],
         [value("x", [1, 3, 8, 8]), value("y", [1, 5, 2, 2])], [value("out", [1, 5, 2, 2])],
         [init("W", conv_weight(8, 5, 3, 4))])
+
+
+def test_two_inputs_only_the_perturbed_one_changes(tmp_path):
+    """x -> Conv -> Add(y): x is perturbed, y's feed is passed through unchanged."""
+    path = _two_input_model(tmp_path)
     x, y = image(24, (1, 3, 8, 8)), image(25, (1, 5, 2, 2))
     found = find_collisions(path, {"x": x, "y": y}, SearchSettings(count=2))
     assert found.input_name == "x"
@@ -536,12 +541,7 @@ def test_two_inputs_only_the_perturbed_one_changes(tmp_path):
 
 def test_two_inputs_missing_feed_and_unknown_input_name(tmp_path):
     """Every input needs a value; input_name must name one of them."""
-    path = make_model(
-        tmp_path / "two.onnx",
-        [mk("Conv", ["x", "W"], ["c"], kernel_shape=[4, 4], strides=[4, 4]),
-         mk("Add", ["c", "y"], ["out"])],
-        [value("x", [1, 3, 8, 8]), value("y", [1, 5, 2, 2])], [value("out", [1, 5, 2, 2])],
-        [init("W", conv_weight(8, 5, 3, 4))])
+    path = _two_input_model(tmp_path)
     x, y = image(24, (1, 3, 8, 8)), image(25, (1, 5, 2, 2))
     with pytest.raises(UsageError, match="no value for input"):
         find_collisions(path, {"x": x})
