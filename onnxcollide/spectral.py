@@ -12,12 +12,15 @@ precision, the block is decided again by an exact SVD.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
 from scipy.linalg import blas
 from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
+
+from onnxcollide.krylov import top_eigenpairs
 
 EPS_OF: dict[str, float] = {
     "float": float(np.finfo(np.float32).eps),
@@ -29,7 +32,8 @@ EPS64 = float(np.finfo(np.float64).eps)
 SVD_MAX_DIM = 256  # blocks with min(q, p) up to this use a float64 SVD
 GRAM_TRUST = 1.01  # a Gram decision with a margin below this is re-decided by SVD
 CHUNK_BYTES = 64 << 20  # float64 bytes per chunk streamed into the Gram matrix
-KEPT_RTOL = 1e-5  # Lanczos tolerance for the smallest kept eigenvalue on the Gram path
+SIGMA_MAX_RTOL = 1e-8  # Lanczos residual tolerance for sigma_max^2 (the value converges to ~1e-14)
+KEPT_RTOL = 1e-5  # block Lanczos tolerance for the smallest kept eigenvalue on the Gram path
 HELD_GRAM_BYTES = 512 << 20  # Gram matrices kept between the two passes; beyond, recomputed
 
 
@@ -114,6 +118,9 @@ def _check_finite(chunk: np.ndarray) -> None:
 def gram_matrix(matrix: np.ndarray) -> np.ndarray:
     """Float64 Gram matrix of the smaller side, streamed in chunks.
 
+    Chunks run along the long side: rows of a tall matrix, column blocks of a wide one, each
+    converted to a C-ordered float64 copy that BLAS reads without a transposed copy.
+
     Args:
         matrix: (q, p) array of any float dtype, possibly a read-only memmap.
 
@@ -122,18 +129,24 @@ def gram_matrix(matrix: np.ndarray) -> np.ndarray:
         Only the upper triangle is filled.
     """
     tall = matrix.shape[0] >= matrix.shape[1]
-    work = matrix if tall else matrix.T  # (n, m) with n >= m; G = work^T work
-    n, m = work.shape
+    long_side, m = (matrix.shape if tall else matrix.shape[::-1])
     gram: np.ndarray | None = None
-    rows = max(1, CHUNK_BYTES // (8 * max(m, 1)))
-    for start in range(0, max(n, 1), rows):
-        chunk = np.asarray(work[start:start + rows], dtype=np.float64)
+    step = min(max(1, CHUNK_BYTES // (8 * max(m, 1))), max(long_side, 1))
+    # One float64 buffer for every chunk: a fresh allocation per chunk costs page faults.
+    buffer = np.empty((step, m) if tall else (m, step), dtype=np.float64)
+    for start in range(0, max(long_side, 1), step):
+        part = matrix[start:start + step] if tall else matrix[:, start:start + step]
+        chunk = buffer[:part.shape[0]] if tall else buffer[:, :part.shape[1]]
+        if not tall and part.shape[1] < step:
+            chunk = np.empty((m, part.shape[1]), dtype=np.float64)  # last column block
+        np.copyto(chunk, part, casting="unsafe")  # (r, m) tall, (m, r) wide, C order
         _check_finite(chunk)
-        # chunk is C-ordered (r, m) == Fortran (m, r): syrk(a) with trans=0 gives a a^T.
+        # chunk.T is a Fortran view: syrk(a, trans=0) gives a a^T, syrk(a, trans=1) a^T a.
         if gram is None:
-            gram = blas.dsyrk(1.0, chunk.T, trans=0, lower=0)
+            gram = blas.dsyrk(1.0, chunk.T, trans=0 if tall else 1, lower=0)
         else:
-            gram = blas.dsyrk(1.0, chunk.T, beta=1.0, c=gram, trans=0, lower=0, overwrite_c=1)
+            gram = blas.dsyrk(1.0, chunk.T, beta=1.0, c=gram, trans=0 if tall else 1, lower=0,
+                              overwrite_c=1)
     assert gram is not None
     return np.asfortranarray(gram)
 
@@ -158,7 +171,7 @@ def _largest_eigenvalue(gram: np.ndarray) -> float:
     operator = LinearOperator((m, m), matvec=lambda x: blas.dsymv(1.0, gram, x.ravel(), lower=0),
                               dtype=np.float64)
     try:
-        value = eigsh(operator, k=1, which="LA", v0=start, tol=1e-10,
+        value = eigsh(operator, k=1, which="LA", v0=start, tol=SIGMA_MAX_RTOL,
                       return_eigenvectors=False)
         return float(value[0])
     except (ArpackNoConvergence, ArpackError):
@@ -197,59 +210,67 @@ def _rank_from_sigmas(sigmas: np.ndarray, tol: float, method: str) -> _BlockRank
     return _BlockRank(rank, kept, dropped, method)
 
 
-def _cholesky_solver(factor: np.ndarray) -> LinearOperator:
-    """x -> (R^T R)^{-1} x for an upper Cholesky factor R (two triangular solves)."""
-    m = factor.shape[0]
+def _cholesky_solve(factor: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """X (m, b) -> (R^T R)^{-1} X for an upper Cholesky factor R (two triangular solves)."""
 
-    def solve(x: np.ndarray) -> np.ndarray:
-        solution, _ = scipy.linalg.lapack.dpotrs(factor, x, lower=0)
+    def solve(block: np.ndarray) -> np.ndarray:
+        solution, _ = scipy.linalg.lapack.dpotrs(factor, block, lower=0)
         return solution
 
-    return LinearOperator((m, m), matvec=solve, matmat=solve, dtype=np.float64)
+    return solve
 
 
-def _cholesky(gram: np.ndarray, shift: float) -> tuple[np.ndarray, bool]:
-    """Upper Cholesky factor of ``gram + shift * I`` (on a copy) and whether it succeeded."""
-    m = gram.shape[0]
-    work = np.array(gram, order="F")
-    work.flat[:: m + 1] += shift
-    factor, info = scipy.linalg.lapack.dpotrf(work, lower=0, clean=1, overwrite_a=1)
+def _shifted_copy(gram: np.ndarray, shift: float, scratch: np.ndarray) -> np.ndarray:
+    """``gram + shift * I`` written into ``scratch`` (an (m, m) Fortran float64 buffer).
+
+    One buffer serves every factorisation of a block: a fresh 100 MB array per attempt costs
+    more in page faults than the copy itself.
+    """
+    np.copyto(scratch, gram)
+    scratch[np.diag_indices(gram.shape[0])] += shift
+    return scratch
+
+
+def _cholesky(gram: np.ndarray, shift: float, scratch: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Upper Cholesky factor of ``gram + shift * I`` (in ``scratch``) and whether it
+    succeeded. Only the factor's upper triangle is meaningful."""
+    factor, info = scipy.linalg.lapack.dpotrf(_shifted_copy(gram, shift, scratch), lower=0,
+                                              clean=0, overwrite_a=1)
     return factor, info == 0
 
 
+def _scratch_like(gram: np.ndarray) -> np.ndarray:
+    return np.empty(gram.shape, dtype=np.float64, order="F")
+
+
 def _smallest_eigenvalue_from_cholesky(factor: np.ndarray) -> float:
-    """Smallest eigenvalue of R^T R by Lanczos on its inverse."""
+    """Smallest eigenvalue of R^T R (to KEPT_RTOL) by block Lanczos on its inverse."""
     m = factor.shape[0]
-    start = np.ones(m) / math.sqrt(m)
-    try:
-        top = eigsh(_cholesky_solver(factor), k=1, which="LA", v0=start, tol=KEPT_RTOL,
-                    ncv=min(16, m - 1), return_eigenvectors=False)
-        return 1.0 / float(top[0])
-    except (ArpackNoConvergence, ArpackError):
-        return float(scipy.linalg.eigvalsh(factor.T @ factor, subset_by_index=[0, 0])[0])
+    top = top_eigenpairs(_cholesky_solve(factor), m, 1, KEPT_RTOL, values_only=True)
+    if top.converged:
+        return 1.0 / float(top.values[0])
+    upper = np.triu(factor)
+    return float(scipy.linalg.eigvalsh(upper.T @ upper, subset_by_index=[0, 0])[0])
 
 
 MAX_DEFLATION = 64  # at most this many eigenvalues below tol^2 are certified by deflation
 
 
-def _smallest_eigenpairs(gram: np.ndarray, shift: float, count: int
+def _smallest_eigenpairs(gram: np.ndarray, shift: float, count: int, scratch: np.ndarray
                          ) -> tuple[np.ndarray, np.ndarray] | None:
     """The ``count`` smallest eigenpairs of G by Lanczos on (G + shift I)^{-1}."""
-    factor, ok = _cholesky(gram, shift)
+    factor, ok = _cholesky(gram, shift, scratch)
     if not ok:
         return None
-    m = gram.shape[0]
-    try:
-        inverse, vectors = eigsh(_cholesky_solver(factor), k=count, which="LA",
-                                 v0=np.ones(m) / math.sqrt(m), tol=1e-10)
-    except (ArpackNoConvergence, ArpackError):
+    top = top_eigenpairs(_cholesky_solve(factor), gram.shape[0], count, 1e-10)
+    if not top.converged:
         return None
-    values = 1.0 / inverse - shift
+    values, vectors = 1.0 / top.values - shift, top.vectors
     order = np.argsort(values)
     return values[order], vectors[:, order]
 
 
-def _deflated_rank(gram: np.ndarray, tol: float) -> _BlockRank | None:
+def _deflated_rank(gram: np.ndarray, tol: float, scratch: np.ndarray) -> _BlockRank | None:
     """Rank of a Gram block with a few eigenvalues below tol^2, proved without a full eigh.
 
     Lanczos finds the smallest eigenpairs (V, theta). Lower bound: with R = G V - V Theta,
@@ -262,7 +283,7 @@ def _deflated_rank(gram: np.ndarray, tol: float) -> _BlockRank | None:
     count = 8
     while True:
         count = min(count, m - 1)
-        pairs = _smallest_eigenpairs(gram, t2, count)
+        pairs = _smallest_eigenpairs(gram, t2, count, scratch)
         if pairs is None:
             return None
         values, vectors = pairs
@@ -270,7 +291,7 @@ def _deflated_rank(gram: np.ndarray, tol: float) -> _BlockRank | None:
         if not below.all() or count >= min(MAX_DEFLATION, m - 1):
             break
         count *= 2
-    if below.all():
+    if below.all() or not below.any():
         return None
     low_values, low = values[below], np.ascontiguousarray(vectors[:, below])
     applied = blas.dsymm(1.0, gram, low, side=0, lower=0)
@@ -278,9 +299,8 @@ def _deflated_rank(gram: np.ndarray, tol: float) -> _BlockRank | None:
     residual = float(np.linalg.norm(applied - low @ theta, 2))
     if float(np.linalg.eigvalsh(theta).max()) + residual >= t2:
         return None
-    lifted = np.array(gram, order="F")
-    lifted.flat[:: m + 1] -= t2
-    lifted = blas.dsyrk(2.0 * t2, low, beta=1.0, c=lifted, trans=0, lower=0, overwrite_c=1)
+    lifted = blas.dsyrk(2.0 * t2, low, beta=1.0, c=_shifted_copy(gram, -t2, scratch), trans=0,
+                        lower=0, overwrite_c=1)
     _, info = scipy.linalg.lapack.dpotrf(lifted, lower=0, overwrite_a=1)
     if info != 0:
         return None
@@ -293,12 +313,13 @@ def _rank_from_gram(facts: _BlockFacts, tol: float) -> _BlockRank:
     """Rank of one Gram block: a Cholesky certificate, a deflated one, or a full eigh."""
     assert facts.gram is not None
     m = facts.gram.shape[0]
-    factor, full_rank = _cholesky(facts.gram, -tol * tol)
+    scratch = _scratch_like(facts.gram)
+    factor, full_rank = _cholesky(facts.gram, -tol * tol, scratch)
     if full_rank:
         lam_min = tol * tol + _smallest_eigenvalue_from_cholesky(factor)
         return _BlockRank(m, math.sqrt(max(lam_min, 0.0)), None, "gram-cholesky")
-    del factor
-    deflated = _deflated_rank(facts.gram, tol) if tol > 0 else None
+    deflated = _deflated_rank(facts.gram, tol, scratch) if tol > 0 else None
+    del scratch, factor
     if deflated is not None:
         return deflated
     lam = _upper_eigvalsh(facts.gram)

@@ -5,7 +5,9 @@ Builds seeded random-weight models shaped like AlexNet (five convs; fc 9216x4096
 4096x1000) and ViT-B/16 (patch conv 768x3x16x16, 12 blocks of qkv/proj/fc1/fc2, head), or takes
 any ONNX path, then in fresh subprocesses (so peak memory is measured per phase):
   1. audits the model with onnxcollide (end to end: load, find weights, rank every layer);
-  2. runs numpy.linalg.matrix_rank on every weight matrix (SVD in the weight's dtype);
+  2. times the float64 Gram matrices of the Gram-path blocks alone: the floor of any engine that
+     decides in float64 from Gram matrices, so naive / floor is the ceiling on the speedup;
+  3. runs numpy.linalg.matrix_rank on every weight matrix (SVD in the weight's dtype);
 and checks that the ranks agree layer by layer.
 
     python scripts/bench_audit.py                 # both shapes
@@ -176,6 +178,35 @@ def phase_naive(path: str, queue: mp.Queue) -> None:
     queue.put({"seconds": time.perf_counter() - start, "peak_mb": _peak_mb(), "ranks": ranks})
 
 
+def phase_gram_floor(path: str, queue: mp.Queue) -> None:
+    """Time only the float64 Gram matrices the audit forms (blocks with min dim > 256).
+
+    No certified decision can take less than this: it is the ceiling on the speedup
+    (naive time / floor) for an engine that decides in float64 from Gram matrices.
+    """
+    from onnxcollide.audit import AuditSettings
+    from onnxcollide.graph.linear_ops import find_linear_ops
+    from onnxcollide.graph.load import load_model
+    from onnxcollide.graph.shapes import infer_shapes
+    from onnxcollide.layers import build_layer
+    from onnxcollide.spectral import SVD_MAX_DIM, gram_matrix
+
+    model = load_model(path)
+    infos = infer_shapes(model, {})
+    sites, _ = find_linear_ops(model)
+    layers = [build_layer(s, infos, AuditSettings().convention) for s in sites]
+    seconds = 0.0
+    for layer in layers:
+        blocks = layer.load_blocks()
+        if min(blocks.shape[1:]) <= SVD_MAX_DIM:
+            continue
+        start = time.perf_counter()
+        for block in blocks:
+            gram_matrix(block)
+        seconds += time.perf_counter() - start
+    queue.put({"seconds": seconds, "peak_mb": _peak_mb()})
+
+
 def phase_build(path: str, queue: mp.Queue) -> None:
     """Build one shape (name and seed packed into ``path`` as ``file|name|seed``)."""
     file, name, seed = path.split("|")
@@ -201,6 +232,9 @@ def bench(name: str, path: str, naive: str) -> dict:
            "audit_peak_mb": audit["peak_mb"]}
     print(f"[{name}] onnxcollide audit: {audit['seconds']:.2f} s, peak {audit['peak_mb']:.0f} MB, "
           f"{len(audit['ranks'])} layers", flush=True)
+    floor = run_phase(phase_gram_floor, path)
+    row["gram_floor_s"] = floor["seconds"]
+    print(f"[{name}] float64 Gram matrices alone: {floor['seconds']:.2f} s", flush=True)
     if naive == "none":
         return row
     base = run_phase(phase_naive, f"{path}|{naive}")
@@ -208,8 +242,10 @@ def bench(name: str, path: str, naive: str) -> dict:
                 zip(audit["ranks"], base["ranks"], strict=True) if a[1] != b[1]]
     row.update(naive_dtype=naive, naive_s=base["seconds"], naive_peak_mb=base["peak_mb"],
                speedup=base["seconds"] / audit["seconds"], rank_disagreements=disagree)
+    row["speedup_ceiling"] = base["seconds"] / floor["seconds"] if floor["seconds"] else None
     print(f"[{name}] naive matrix_rank loop ({naive}): {base['seconds']:.2f} s, peak "
-          f"{base['peak_mb']:.0f} MB; speedup {row['speedup']:.1f}x; ranks agree on "
+          f"{base['peak_mb']:.0f} MB; speedup {row['speedup']:.1f}x (ceiling with float64 Gram "
+          f"matrices: {row['speedup_ceiling'] or float('nan'):.1f}x); ranks agree on "
           f"{row['layers'] - len(disagree)}/{row['layers']} layers", flush=True)
     for node, ours, theirs, margin, method in disagree:
         print(f"    {node}: onnxcollide {ours} ({method}, margin {margin:.3g}) vs "

@@ -211,10 +211,12 @@ def test_nan_or_inf_raises(rng, bad):
         decide_rank(w, EPS32)
 
 
-def test_nan_raises_on_gram_path(rng):
-    """A NaN in a large block raises FloatingPointError on the Gram path too."""
-    w = rng.standard_normal((1, 600, 300)).astype(np.float32)
-    w[0, 599, 0] = np.nan
+@pytest.mark.parametrize("shape", [(600, 300), (300, 600)])
+def test_nan_raises_on_gram_path(rng, shape):
+    """A NaN in the last row / column of a large block raises FloatingPointError on the Gram
+    path too (tall blocks stream rows, wide ones column blocks)."""
+    w = rng.standard_normal((1, *shape)).astype(np.float32)
+    w[0, shape[0] - 1, shape[1] - 1] = np.nan
     with pytest.raises(FloatingPointError):
         decide_rank(w, EPS32)
 
@@ -387,3 +389,14 @@ def test_float16_blocks_are_decided_in_float64(rng):
     w = rng.integers(-3, 4, size=(12, 2)) @ rng.integers(-3, 4, size=(2, 9))
     decision = decide_rank(w.astype(np.float16)[None], EPS16)
     assert decision.rank == np.linalg.matrix_rank(w.astype(np.float64)) == 2
+
+
+def test_deflation_declines_when_nothing_is_below_tol(rng):
+    """A Gram block whose eigenvalues all clear tol^2 is not 'deflated' (None, no crash):
+    the caller then decides it by a full eigh."""
+    from onnxcollide import spectral
+
+    w = rng.standard_normal((400, 300))
+    gram = spectral.gram_matrix(w)
+    tol = 1e-3 * float(np.linalg.svd(w, compute_uv=False).min())
+    assert spectral._deflated_rank(gram, tol, spectral._scratch_like(gram)) is None
