@@ -248,6 +248,10 @@ def audit_model(path: str, settings: AuditSettings | None = None,
     if progress:
         progress(len(layers), len(layers), "")
     first, notes = _first_layer(model, sites, infos, rows)
+    if first is None or first.row_index is None:
+        notes.append("no linear op is reached from a model input in the main graph: "
+                     f"nullity(W1) is that of row 1 ({rows[0].layer.nodes[0]}), the first linear "
+                     "op in graph order")
     if settings.convention is ConvConvention.PAPER:
         notes.insert(0, "conv convention 'paper': grouped convs are read as one "
                         "(C/g * prod k) x O matrix, as in the paper's Table 1; this is not the "

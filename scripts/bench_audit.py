@@ -10,8 +10,9 @@ any ONNX path, then in fresh subprocesses (so peak memory is measured per phase)
   3. runs numpy.linalg.matrix_rank on every weight matrix (SVD in the weight's dtype);
 and checks that the ranks agree layer by layer.
 
-    python scripts/bench_audit.py                 # both shapes
+    python scripts/bench_audit.py                 # AlexNet and ViT-B/16 shapes
     python scripts/bench_audit.py --shape vit-b16
+    python scripts/bench_audit.py --shape large   # VGG-16 and ViT-L/16 shapes
     python scripts/bench_audit.py path/to/model.onnx
 """
 
@@ -72,14 +73,53 @@ def build_alexnet(path: str, seed: int) -> None:
     _save(nodes, inits, ("x", [1, 3, 224, 224]), x, path)
 
 
+def build_vgg16(path: str, seed: int) -> None:
+    """VGG-16-shaped model with random weights (13 3x3 convs; fc 25088x4096, 4096x4096,
+    4096x1000; 553 MB of external data)."""
+    rng = np.random.default_rng(seed)
+    plan = [64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0]
+    nodes, inits, x, channels = [], [], "x", 3
+    for k, width in enumerate(plan):
+        if width == 0:
+            nodes.append(helper.make_node("MaxPool", [x], [f"p{k}"], kernel_shape=[2, 2],
+                                          strides=[2, 2]))
+            x = f"p{k}"
+            continue
+        w = f"conv{k}.w"
+        inits.append(numpy_helper.from_array(_weight(rng, (width, channels, 3, 3), channels * 9),
+                                             w))
+        nodes.append(helper.make_node("Conv", [x, w], [f"c{k}"], kernel_shape=[3, 3],
+                                      pads=[1] * 4))
+        nodes.append(helper.make_node("Relu", [f"c{k}"], [f"r{k}"]))
+        x, channels = f"r{k}", width
+    nodes.append(helper.make_node("Flatten", [x], ["flat"]))
+    x = "flat"
+    for k, (q, p) in enumerate([(25088, 4096), (4096, 4096), (4096, 1000)]):
+        w = f"fc{k}.w"
+        inits.append(numpy_helper.from_array(_weight(rng, (p, q), q), w))
+        nodes.append(helper.make_node("Gemm", [x, w], [f"f{k}"], transB=1))
+        x = f"f{k}"
+    _save(nodes, inits, ("x", [1, 3, 224, 224]), x, path)
+
+
 def build_vit_b16(path: str, seed: int, patch_rank: int | None = None) -> None:
     """ViT-B/16-shaped model with random weights (attention replaced by a sum of q, k, v).
 
     ``patch_rank`` makes the 768 x 768 patch embedding rank-deficient (the trained ViT-B of the
     paper's Table 1 has nullity 13, rank 755); random weights are full rank otherwise.
     """
+    build_vit(path, seed, 768, 3072, 12, patch_rank)
+
+
+def build_vit_l16(path: str, seed: int) -> None:
+    """ViT-L/16-shaped model with random weights (width 1024, MLP 4096, 24 blocks)."""
+    build_vit(path, seed, 1024, 4096, 24)
+
+
+def build_vit(path: str, seed: int, d: int, hidden: int, blocks: int,
+              patch_rank: int | None = None) -> None:
+    """ViT-shaped model (patch 16, width d, MLP hidden, blocks) with random weights."""
     rng = np.random.default_rng(seed)
-    d, hidden, blocks = 768, 3072, 12
     patch = _weight(rng, (d, 3 * 16 * 16), 768)
     if patch_rank is not None:
         u, s, vt = np.linalg.svd(patch.astype(np.float64))
@@ -115,7 +155,10 @@ def build_vit_b16(path: str, seed: int, patch_rank: int | None = None) -> None:
 
 
 SHAPES: dict[str, Callable[[str, int], None]] = {"alexnet": build_alexnet,
-                                                 "vit-b16": build_vit_b16}
+                                                 "vit-b16": build_vit_b16,
+                                                 "vgg16": build_vgg16,
+                                                 "vit-l16": build_vit_l16}
+GROUPS = {"all": ["alexnet", "vit-b16"], "large": ["vgg16", "vit-l16"]}
 
 
 # ---------------------------------------------------------------- phases (run in subprocesses)
@@ -257,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="*", help="ONNX files to time instead of built shapes")
-    parser.add_argument("--shape", choices=[*SHAPES, "all"], default="all")
+    parser.add_argument("--shape", choices=[*SHAPES, *GROUPS], default="all",
+                        help="all: the issue's AlexNet and ViT-B/16 shapes; large: VGG-16 and "
+                             "ViT-L/16")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--naive", choices=["stored", "float64", "none"], default="stored",
                         help="naive loop precision: the weights' own dtype (default), a float64 "
@@ -273,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         targets = [(os.path.basename(m), m) for m in args.models]
         if not targets:
-            names = list(SHAPES) if args.shape == "all" else [args.shape]
+            names = GROUPS.get(args.shape, [args.shape])
             for name in names:
                 path = os.path.join(folder, f"{name}.onnx")
                 run_phase(phase_build, f"{path}|{name}|{args.seed}")

@@ -257,6 +257,20 @@ def test_slice_before_conv_counts_sliced_away_elements(tmp_path, rng):
     assert fl.blind_elements == 100 - 64
 
 
+def test_attribute_slice_before_opset_10_counts_blind_elements(tmp_path, rng):
+    """Slice-1 (opset 9, starts/ends/axes as attributes) [1:9, 1:9] -> Conv k=2 s=2: the 36
+    sliced-away elements are blind, as with the input form."""
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("Slice", ["x"], ["s"], starts=[1, 1], ends=[9, 9], axes=[2, 3]),
+         mk("Conv", ["s", "W"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
+        [value("x", [1, 1, 10, 10])], [value("y", [1, 4, 4, 4])],
+        [init("W", conv_w(rng, 4, 1, 2, 2))], opset=9)
+    fl = first(path)
+    assert fl.exactness == PATCHIFY
+    assert fl.blind_elements == 100 - 64
+
+
 def test_strided_slice_before_dense(tmp_path, rng):
     """(1, 10) -> Slice step 2 -> MatMul: the 5 odd positions are never read."""
     path = make_model(
@@ -357,6 +371,7 @@ def test_input_reaching_no_linear_op(tmp_path, rng):
     assert result.first_layer.exactness == NOT_APPLICABLE
     assert result.first_layer.row_index is None
     assert result.metrics.nullity_w1 == result.rows[0].nullity == 3
+    assert any("nullity(W1) is that of row 1" in note for note in result.notes)
 
 
 # ------------------------------------------------------------------ known bugs

@@ -51,10 +51,11 @@ class Path_:
 
 
 def path_model(tmp_path: Path, nodes: list, in_shape: list[int], inits: list = (),
-               elem: int = DOUBLE, name: str = "path.onnx") -> Path_:
+               elem: int = DOUBLE, name: str = "path.onnx", opset: int = 17) -> Path_:
     """Save a model x -> nodes, then load it the way the search does."""
     file = make_model(tmp_path / name, nodes, [value("x", in_shape, elem)],
-                      [value(nodes[-1].output[0], None, elem)], list(inits), check=False)
+                      [value(nodes[-1].output[0], None, elem)], list(inits), opset=opset,
+                      check=False)
     loaded = load_model(file)
     infos = infer_shapes(loaded, {})
     shapes = {n: tuple(int(d) for d in i.shape) for n, i in infos.items()  # type: ignore[misc]
@@ -187,6 +188,17 @@ def test_slice_with_steps_and_negative_axis(tmp_path):
     d_in = check_round_trip(p)
     kept = np.zeros((1, 2, 8, 9), bool)
     kept[:, :, 1:7:2, ::3] = True
+    assert not np.any(d_in[~kept])
+    assert np.all(d_in[kept] != 0)
+
+
+def test_slice_with_attributes_before_opset_10(tmp_path):
+    """Slice-1 (opset 9) reads starts / ends / axes from attributes, not inputs."""
+    nodes = [mk("Slice", ["x"], ["y"], starts=[1, 2], ends=[3, 6], axes=[2, 3])]
+    p = path_model(tmp_path, nodes, [1, 2, 4, 7], opset=9)
+    d_in = check_round_trip(p)
+    kept = np.zeros((1, 2, 4, 7), bool)
+    kept[:, :, 1:3, 2:6] = True
     assert not np.any(d_in[~kept])
     assert np.all(d_in[kept] != 0)
 

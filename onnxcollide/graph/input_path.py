@@ -21,6 +21,7 @@ from onnx import NodeProto, helper
 
 from onnxcollide.graph.constants import ConstantResolver
 from onnxcollide.graph.linear_ops import LinearSite, conv_geometry, node_attr, node_label
+from onnxcollide.graph.pad_slice import pad_amounts, scatter_to, slice_sources
 from onnxcollide.graph.shapes import Shape, TensorInfo
 
 # Ops that are affine and injective on the perturbation when their other operands are constant.
@@ -277,37 +278,12 @@ def _unpad(counts: np.ndarray, node: NodeProto, in_shape: tuple[int, ...],
     return pulled.astype(np.int64).reshape(in_shape[1:])
 
 
-def pad_amounts(node: NodeProto, resolver: ConstantResolver, opset: int) -> list[int] | None:
-    """Pads of a Pad node (begins then ends, all axes), None where they are not constant."""
-    if opset < 11:
-        pads = node_attr(node, "pads", node_attr(node, "paddings", None))
-        return None if pads is None else [int(p) for p in pads]  # type: ignore[attr-defined]
-    if len(node.input) > 3 and node.input[3]:
-        return None  # axes input: not needed by exporters we know
-    pads = [int(v) for v in resolver.value(node.input[1])]
-    return pads
-
-
 def _unslice(counts: np.ndarray, node: NodeProto, in_shape: tuple[int, ...],
              resolver: ConstantResolver) -> np.ndarray | None:
-    if len(node.input) < 3:
+    sources = slice_sources(node, resolver, (1, *in_shape[1:]))[0]  # one sample
+    if sources.shape != counts.shape:
         return None
-    index = np.arange(int(np.prod(in_shape[1:]))).reshape(in_shape[1:])
-    full = index[None]
-    starts, ends = resolver.value(node.input[1]), resolver.value(node.input[2])
-    axes = resolver.value(node.input[3]) if len(node.input) > 3 and node.input[3] else \
-        np.arange(len(starts))
-    steps = resolver.value(node.input[4]) if len(node.input) > 4 and node.input[4] else \
-        np.ones(len(starts), np.int64)
-    slicer = [slice(None)] * full.ndim
-    for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
-        slicer[int(a) % full.ndim] = slice(int(s), int(e), int(st))
-    picked = full[tuple(slicer)][0]
-    if picked.shape != counts.shape:
-        return None
-    out = np.zeros(in_shape[1:], dtype=counts.dtype)
-    out.reshape(-1)[picked.reshape(-1)] = counts.reshape(-1)
-    return out
+    return scatter_to(counts, sources, in_shape[1:])
 
 
 # ------------------------------------------------------------------ public

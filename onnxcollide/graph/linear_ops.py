@@ -190,7 +190,8 @@ def node_attr(node: NodeProto, name: str, default: object) -> object:
     return default
 
 
-def _ints(node: NodeProto, name: str, default: list[int]) -> tuple[int, ...]:
+def node_ints(node: NodeProto, name: str, default: list[int]) -> tuple[int, ...]:
+    """An integer-list attribute, or ``default`` when absent."""
     return tuple(int(v) for v in node_attr(node, name, default))  # type: ignore[attr-defined]
 
 
@@ -206,10 +207,10 @@ def conv_geometry(site: LinearSite, weight_shape: tuple[int, ...]) -> ConvGeomet
                                     f"node '{site.label}' ({site.op_type})")
     node = site.node
     return ConvGeometry(
-        kernel=_ints(node, "kernel_shape", list(weight_shape[2:])),
-        strides=_ints(node, "strides", [1] * axes),
-        dilations=_ints(node, "dilations", [1] * axes),
-        pads=_ints(node, "pads", [0] * (2 * axes)),
+        kernel=node_ints(node, "kernel_shape", list(weight_shape[2:])),
+        strides=node_ints(node, "strides", [1] * axes),
+        dilations=node_ints(node, "dilations", [1] * axes),
+        pads=node_ints(node, "pads", [0] * (2 * axes)),
         auto_pad=str(node_attr(node, "auto_pad", "NOTSET")),
         groups=int(node_attr(node, "group", 1)),  # type: ignore[call-overload]
         transposed=site.op_type == "ConvTranspose",

@@ -15,8 +15,8 @@ from onnx import NodeProto
 
 from onnxcollide.errors import UnsupportedModelError
 from onnxcollide.graph.constants import ConstantResolver
-from onnxcollide.graph.input_path import pad_amounts
 from onnxcollide.graph.linear_ops import node_attr, node_label
+from onnxcollide.graph.pad_slice import pad_amounts, scatter_to, slice_sources
 
 UNCHANGED = {"Identity", "Cast"}
 
@@ -87,23 +87,11 @@ def _invert_pad(node: NodeProto, delta: np.ndarray, in_shape: tuple[int, ...],
 
 def _invert_slice(node: NodeProto, delta: np.ndarray, in_shape: tuple[int, ...],
                   resolver: ConstantResolver) -> np.ndarray:
-    index = np.arange(int(np.prod(in_shape))).reshape(in_shape)
-    starts = resolver.value(node.input[1])
-    ends = resolver.value(node.input[2])
-    axes = resolver.value(node.input[3]) if len(node.input) > 3 and node.input[3] else \
-        np.arange(len(starts))
-    steps = resolver.value(node.input[4]) if len(node.input) > 4 and node.input[4] else \
-        np.ones(len(starts), np.int64)
-    slicer = [slice(None)] * len(in_shape)
-    for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
-        slicer[int(a) % len(in_shape)] = slice(int(s), int(e), int(st))
-    picked = index[tuple(slicer)]
-    if picked.shape != delta.shape:
+    sources = slice_sources(node, resolver, in_shape)
+    if sources.shape != delta.shape:
         raise UnsupportedModelError("Slice output does not match the perturbation's shape",
                                     _where(node))
-    out = np.zeros(in_shape, dtype=delta.dtype)
-    out.reshape(-1)[picked.reshape(-1)] = delta.reshape(-1)
-    return out
+    return scatter_to(delta, sources, in_shape)
 
 
 def _undo_layout(node: NodeProto, array: np.ndarray, in_shape: tuple[int, ...]
