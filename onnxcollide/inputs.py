@@ -11,7 +11,7 @@ from onnx import helper
 
 from onnxcollide.errors import ModelLoadError, UsageError
 from onnxcollide.graph.load import LoadedModel
-from onnxcollide.graph.shapes import model_inputs
+from onnxcollide.graph.shapes import declared_dims, model_inputs
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -51,8 +51,7 @@ def parse_assignments(texts: Sequence[str], option: str) -> dict[str | None, str
 
 def _declared(value_info: object) -> tuple[list[int | None], np.dtype]:
     tensor_type = value_info.type.tensor_type  # type: ignore[attr-defined]
-    dims = [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
-            for d in tensor_type.shape.dim]
+    dims = list(declared_dims(value_info.type) or ())  # type: ignore[attr-defined]
     return dims, np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
 
 

@@ -40,6 +40,7 @@ from onnx.reference.op_run import OpRun
 from onnxcollide.errors import UnsupportedModelError, UsageError
 from onnxcollide.graph.load import load_model
 from onnxcollide.graph.rewrite import to_float64, with_extra_outputs
+from onnxcollide.graph.shapes import declared_dims
 from onnxcollide.graph.tensors import is_external, tensor_to_array
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -272,9 +273,7 @@ def _input_specs(proto: onnx.ModelProto) -> tuple[InputSpec, ...]:
             continue
         tensor = value.type.tensor_type
         dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type) if tensor.elem_type else None
-        shape = (tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
-                       for d in tensor.shape.dim) if tensor.HasField("shape") else None)
-        specs.append(InputSpec(value.name, dtype, shape))
+        specs.append(InputSpec(value.name, dtype, declared_dims(value.type)))
     return tuple(specs)
 
 

@@ -119,7 +119,9 @@ def gram_matrix(matrix: np.ndarray) -> np.ndarray:
     """Float64 Gram matrix of the smaller side, streamed in chunks.
 
     Chunks run along the long side: rows of a tall matrix, column blocks of a wide one, each
-    converted to a C-ordered float64 copy that BLAS reads without a transposed copy.
+    converted to a C-ordered float64 copy that BLAS reads without a transposed copy. A
+    Fortran-ordered matrix (a transposed view, as Gemm with transB gives) is read as its
+    C-ordered transpose, whose smaller-side Gram matrix is the same.
 
     Args:
         matrix: (q, p) array of any float dtype, possibly a read-only memmap.
@@ -128,6 +130,8 @@ def gram_matrix(matrix: np.ndarray) -> np.ndarray:
         (m, m) float64 Fortran array, m = min(q, p): ``W^T W`` if q >= p else ``W W^T``.
         Only the upper triangle is filled.
     """
+    if matrix.flags.f_contiguous and not matrix.flags.c_contiguous:
+        matrix = matrix.T  # same Gram matrix; chunks of the C-ordered side copy contiguously
     tall = matrix.shape[0] >= matrix.shape[1]
     long_side, m = (matrix.shape if tall else matrix.shape[::-1])
     gram: np.ndarray | None = None

@@ -14,7 +14,8 @@ from onnxcollide.graph.tensors import dtype_name
 Shape = tuple[int | None, ...]
 
 
-def _dims(value_type: onnx.TypeProto) -> Shape | None:
+def declared_dims(value_type: onnx.TypeProto) -> Shape | None:
+    """A tensor type's declared dims (None for symbolic or unset ones), None if no shape."""
     if not value_type.HasField("tensor_type") or not value_type.tensor_type.HasField("shape"):
         return None
     dims = value_type.tensor_type.shape.dim
@@ -48,8 +49,7 @@ def _apply_overrides(proto: onnx.ModelProto, overrides: dict[str, tuple[int, ...
         if len(shape.dim) and len(shape.dim) != len(dims):
             raise UsageError(f"--input-shape gives {len(dims)} dims for '{name}', the model "
                              f"declares {len(shape.dim)}", model.path)
-        fixed = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                 for d in shape.dim]
+        fixed = declared_dims(target.type) or ()
         for k, (have, want) in enumerate(zip(fixed, dims, strict=False)):
             if have is not None and have != want:
                 raise UsageError(f"--input-shape sets dim {k} of '{name}' to {want}, the model "
@@ -90,7 +90,7 @@ def infer_shapes(
     graph = inferred.graph
     for value in [*graph.input, *graph.value_info, *graph.output]:
         elem = value.type.tensor_type.elem_type if value.type.HasField("tensor_type") else 0
-        infos[value.name] = TensorInfo(_dims(value.type), dtype_name(elem))
+        infos[value.name] = TensorInfo(declared_dims(value.type), dtype_name(elem))
     for tensor in graph.initializer:
         infos[tensor.name] = TensorInfo(tuple(int(d) for d in tensor.dims),
                                         dtype_name(tensor.data_type))
