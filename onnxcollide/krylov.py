@@ -63,21 +63,40 @@ def _orthonormal_start(n: int, block: int) -> np.ndarray:
 
 
 def _extend(basis: np.ndarray, filled: int, block: np.ndarray) -> np.ndarray:
-    """Orthonormalise ``block`` (n, b) against basis[:, :filled] (twice) and itself.
+    """Orthonormalise ``block`` (n, b) against basis[:, :filled] and itself (each twice).
 
     Directions the basis already spans (an invariant subspace was found) are replaced by
     fixed-seed draws orthogonalised the same way, so the basis keeps growing.
     """
     known = basis[:, :filled]
+    before = float(np.linalg.norm(block, axis=0).max())
     q, r = _qr(_project_out(known, block))
-    scale = np.abs(np.diag(r))
-    weak = scale <= 1e-10 * max(float(scale.max()), 1e-300)
+    # A column is spanned already when projection left almost nothing of the block's size.
+    weak = np.abs(np.diag(r)) <= 1e-10 * max(before, 1e-300)
+    q = _qr(_project_out(known, q))[0]  # Q of an ill-conditioned block: orthogonalise again
     if np.any(weak):
         draw = np.random.default_rng(START_SEED + filled).standard_normal((known.shape[0],
                                                                            int(weak.sum())))
         fresh = _project_out(np.hstack([known, q[:, ~weak]]), draw)
         q[:, weak] = _qr(fresh)[0]
     return q
+
+
+def _top_ritz_pairs(projected: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``count + 1`` eigenpairs (ascending) of the (k, k) projected matrix; the extra
+    value gives the last one's gap. dsyevx, then the full dsyevd if it returns fewer pairs
+    (dsyevr can, on nearly scalar matrices)."""
+    k = projected.shape[0]
+    wanted = min(k, count + 1)
+    try:
+        values, coords = scipy.linalg.eigh(projected, check_finite=False, driver="evx",
+                                           subset_by_index=[k - wanted, k - 1])
+    except np.linalg.LinAlgError:
+        values = np.zeros(0)
+    if values.size != wanted:
+        values, coords = scipy.linalg.eigh(projected, check_finite=False, driver="evd")
+        values, coords = values[k - wanted:], coords[:, k - wanted:]
+    return values, coords
 
 
 def _value_errors(all_values: np.ndarray, count: int, residuals: np.ndarray) -> np.ndarray:
@@ -131,11 +150,7 @@ def top_eigenpairs(apply: Callable[[np.ndarray], np.ndarray], n: int, count: int
         filled += width
         projected[:filled, new] = _mul(basis[:, :filled], images[:, new], trans_a=True)
         projected[new, :filled] = projected[:filled, new].T
-        # The top count + 1 Ritz pairs: the extra value gives the last one's gap.
-        wanted = min(filled, count + 1)
-        all_values, all_coords = scipy.linalg.eigh(
-            projected[:filled, :filled], check_finite=False,
-            subset_by_index=[filled - wanted, filled - 1], driver="evr")
+        all_values, all_coords = _top_ritz_pairs(projected[:filled, :filled], count)
         values = all_values[::-1][:count]
         coords = np.asfortranarray(all_coords[:, ::-1][:, :count])
         vectors = _mul(basis[:, :filled], coords)

@@ -33,6 +33,7 @@ SVD_MAX_DIM = 256  # blocks with min(q, p) up to this use a float64 SVD
 GRAM_TRUST = 1.01  # a Gram decision with a margin below this is re-decided by SVD
 CHUNK_BYTES = 64 << 20  # float64 bytes per chunk streamed into the Gram matrix
 SIGMA_MAX_RTOL = 1e-8  # Lanczos residual tolerance for sigma_max^2 (the value converges to ~1e-14)
+SIGMA_MAX_RESTARTS = 200  # beyond (a tight cluster at the top), all eigenvalues by dsyevd
 KEPT_RTOL = 1e-5  # block Lanczos tolerance for the smallest kept eigenvalue on the Gram path
 HELD_GRAM_BYTES = 512 << 20  # Gram matrices kept between the two passes; beyond, recomputed
 
@@ -127,8 +128,8 @@ def gram_matrix(matrix: np.ndarray) -> np.ndarray:
         matrix: (q, p) array of any float dtype, possibly a read-only memmap.
 
     Returns:
-        (m, m) float64 Fortran array, m = min(q, p): ``W^T W`` if q >= p else ``W W^T``.
-        Only the upper triangle is filled.
+        (m, m) float64 Fortran array, m = min(q, p): ``W^T W`` if q > p, ``W W^T`` if q < p,
+        either for a square matrix (the same eigenvalues). Only the upper triangle is filled.
     """
     if matrix.flags.f_contiguous and not matrix.flags.c_contiguous:
         matrix = matrix.T  # same Gram matrix; chunks of the C-ordered side copy contiguously
@@ -156,8 +157,21 @@ def gram_matrix(matrix: np.ndarray) -> np.ndarray:
 
 
 def _upper_eigvalsh(gram: np.ndarray, subset: list[int] | None = None) -> np.ndarray:
-    """Eigenvalues (ascending) of the symmetric matrix whose upper triangle ``gram`` holds."""
-    return scipy.linalg.eigvalsh(gram, lower=False, subset_by_index=subset, check_finite=False)
+    """Eigenvalues (ascending) of the symmetric matrix whose upper triangle ``gram`` holds.
+
+    A subset uses dsyevx (dsyevr, scipy's default, can fail on matrices with many equal
+    eigenvalues); if it fails, all eigenvalues by dsyevd and the subset taken from them.
+    """
+    if subset is None:
+        return scipy.linalg.eigvalsh(gram, lower=False, check_finite=False, driver="evd")
+    try:
+        values = scipy.linalg.eigvalsh(gram, lower=False, subset_by_index=subset,
+                                       check_finite=False, driver="evx")
+        if values.size == subset[1] - subset[0] + 1:
+            return values
+    except np.linalg.LinAlgError:
+        pass
+    return _upper_eigvalsh(gram)[subset[0]:subset[1] + 1]
 
 
 def _largest_eigenvalue(gram: np.ndarray) -> float:
@@ -176,7 +190,7 @@ def _largest_eigenvalue(gram: np.ndarray) -> float:
                               dtype=np.float64)
     try:
         value = eigsh(operator, k=1, which="LA", v0=start, tol=SIGMA_MAX_RTOL,
-                      return_eigenvectors=False)
+                      maxiter=SIGMA_MAX_RESTARTS, return_eigenvectors=False)
         return float(value[0])
     except (ArpackNoConvergence, ArpackError):
         return float(_upper_eigvalsh(gram, [m - 1, m - 1])[0])
@@ -298,6 +312,8 @@ def _deflated_rank(gram: np.ndarray, tol: float, scratch: np.ndarray) -> _BlockR
     if below.all() or not below.any():
         return None
     low_values, low = values[below], np.ascontiguousarray(vectors[:, below])
+    if np.abs(low.T @ low - np.eye(low.shape[1])).max() > 1e-12:
+        return None  # the bounds below assume orthonormal vectors
     applied = blas.dsymm(1.0, gram, low, side=0, lower=0)
     theta = low.T @ applied
     residual = float(np.linalg.norm(applied - low @ theta, 2))

@@ -81,3 +81,43 @@ def test_basis_limit_reports_not_converged(rng):
     found = top_eigenpairs(lambda x: a @ x, 300, 1, 1e-14, block=2, max_columns=8)
     assert not found.converged
     assert found.values[0] <= values.max() + 1e-12
+
+
+def test_near_identity_operator_returns_every_pair_asked_for():
+    """Q Q^T (the identity up to rounding): the projected matrices are nearly scalar, where
+    LAPACK's dsyevr can return fewer eigenpairs than asked; every run still returns 7."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        q, _ = np.linalg.qr(rng.standard_normal((300, 300)))
+        a = q @ q.T
+        found = top_eigenpairs(lambda x, a=a: a @ x, 300, 7, 1e-5, block=64, max_columns=50)
+        assert found.values.shape == (7,) and found.vectors.shape == (300, 7)
+        np.testing.assert_allclose(found.values, 1.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["graded", "clustered", "few levels"])
+def test_basis_stays_orthonormal_when_blocks_are_spanned(rng, kind, monkeypatch):
+    """Spectra whose Krylov blocks fall (nearly) inside the basis: the basis stays orthonormal
+    to rounding and the top eigenvalues are found."""
+    from onnxcollide import krylov
+
+    n = 300
+    if kind == "graded":
+        values = np.exp(rng.uniform(-12, 0, n))
+    elif kind == "clustered":
+        values = np.concatenate([1 + 1e-9 * rng.standard_normal(150), 1e-3 * rng.uniform(size=150)])
+    else:
+        values = rng.choice([1.0, 0.3, 0.2, 0.1, 1e-3, 1e-5, 1e-7, 1e-9, 1e-11], n)
+    a = symmetric_with_spectrum(rng, values)
+    worst = [0.0]
+    extend = krylov._extend
+
+    def checked(basis, filled, block):
+        known = basis[:, :filled]
+        worst[0] = max(worst[0], float(np.abs(known.T @ known - np.eye(filled)).max()))
+        return extend(basis, filled, block)
+
+    monkeypatch.setattr(krylov, "_extend", checked)
+    found = top_eigenpairs(lambda x: a @ x, n, 16, 0.0, block=16)
+    assert worst[0] < 1e-13
+    np.testing.assert_allclose(found.values, np.sort(values)[::-1][:16], rtol=1e-9, atol=1e-14)

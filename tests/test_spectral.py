@@ -400,3 +400,31 @@ def test_deflation_declines_when_nothing_is_below_tol(rng):
     gram = spectral.gram_matrix(w)
     tol = 1e-3 * float(np.linalg.svd(w, compute_uv=False).min())
     assert spectral._deflated_rank(gram, tol, spectral._scratch_like(gram)) is None
+
+
+def test_hadamard_with_dead_units():
+    """A 1024 x 1024 Hadamard matrix (every singular value equal) with 7 zeroed rows: rank 1017.
+    Equal eigenvalues defeat ARPACK and LAPACK's dsyevr; the engine must still decide."""
+    from scipy.linalg import hadamard
+
+    w = hadamard(1024).astype(np.float32)
+    w[:7] = 0.0
+    decision = decide_rank(w[None], EPS32)
+    assert decision.rank == 1017
+    assert decision.sigma_max == pytest.approx(32.0, rel=1e-12)
+
+
+def test_sigma_max_falls_back_to_dense_when_lanczos_stalls(rng, monkeypatch):
+    """With Lanczos allowed a single restart, sigma_max comes from all eigenvalues instead and
+    is still exact."""
+    from onnxcollide import spectral
+
+    monkeypatch.setattr(spectral, "SIGMA_MAX_RESTARTS", 1)
+    u = np.linalg.qr(rng.standard_normal((600, 400)))[0]
+    v = np.linalg.qr(rng.standard_normal((400, 400)))[0]
+    sigmas = np.concatenate([1.0 - 1e-7 * np.arange(200), np.linspace(0.5, 0.9, 200)])
+    w = ((u * sigmas) @ v.T).astype(np.float32)
+    decision = decide_rank(w[None], EPS32)
+    ref = reference(w[None], EPS32)
+    assert decision.rank == ref["rank"] == 400
+    assert decision.sigma_max == pytest.approx(ref["sigma_max"], rel=1e-12)
