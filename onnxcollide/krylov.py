@@ -99,14 +99,15 @@ def _top_ritz_pairs(projected: np.ndarray, count: int) -> tuple[np.ndarray, np.n
     return values, coords
 
 
-def _value_errors(all_values: np.ndarray, count: int, residuals: np.ndarray) -> np.ndarray:
+def _value_errors(ritz_values: np.ndarray, count: int, residuals: np.ndarray) -> np.ndarray:
     """Estimated error of each top Ritz value: min(||r||, ||r||^2 / gap).
 
     ``||r||`` bounds the distance to some eigenvalue; ``||r||^2 / gap`` is the usual sharper
     estimate, with the gap to the nearest other Ritz value standing in for the spectral gap.
-    ``all_values`` holds the top ``count`` Ritz values and at most one more, ascending.
+    ``ritz_values`` holds the top ``count`` Ritz values and at most one more, ascending;
+    ``residuals`` (count,) the top ones' residual norms, largest value first.
     """
-    ordered = all_values[::-1]
+    ordered = ritz_values[::-1]
     errors = residuals.copy()
     for i in range(count):
         others = np.delete(ordered, i)
@@ -150,12 +151,12 @@ def top_eigenpairs(apply: Callable[[np.ndarray], np.ndarray], n: int, count: int
         filled += width
         projected[:filled, new] = _mul(basis[:, :filled], images[:, new], trans_a=True)
         projected[new, :filled] = projected[:filled, new].T
-        all_values, all_coords = _top_ritz_pairs(projected[:filled, :filled], count)
-        values = all_values[::-1][:count]
-        coords = np.asfortranarray(all_coords[:, ::-1][:, :count])
+        ritz_values, ritz_coords = _top_ritz_pairs(projected[:filled, :filled], count)
+        values = ritz_values[::-1][:count]
+        coords = np.asfortranarray(ritz_coords[:, ::-1][:, :count])
         vectors = _mul(basis[:, :filled], coords)
         residuals = np.linalg.norm(_mul(images[:, :filled], coords) - vectors * values, axis=0)
-        errors = _value_errors(all_values, count, residuals) if values_only else residuals
+        errors = _value_errors(ritz_values, count, residuals) if values_only else residuals
         # Below n * eps * ||A|| no residual can be resolved: that floor always counts as met.
         floor = n * EPS64 * float(np.abs(values).max())
         converged = bool(np.all(errors <= rtol * np.abs(values) + floor))
