@@ -63,14 +63,22 @@ def build_alexnet(path: str, seed: int) -> None:
             nodes.append(helper.make_node("MaxPool", [x], [f"p{k}"], kernel_shape=[3, 3],
                                           strides=[2, 2]))
             x = f"p{k}"
+    x = _classifier(rng, nodes, inits, x, 9216)
+    _save(nodes, inits, ("x", [1, 3, 224, 224]), x, path)
+
+
+def _classifier(rng: np.random.Generator, nodes: list, inits: list, x: str, features: int
+                ) -> str:
+    """Flatten, then Gemm features->4096->4096->1000 (weights stored transposed, transB=1);
+    returns the output name."""
     nodes.append(helper.make_node("Flatten", [x], ["flat"]))
     x = "flat"
-    for k, (q, p) in enumerate([(9216, 4096), (4096, 4096), (4096, 1000)]):
+    for k, (q, p) in enumerate([(features, 4096), (4096, 4096), (4096, 1000)]):
         w = f"fc{k}.w"
         inits.append(numpy_helper.from_array(_weight(rng, (p, q), q), w))
         nodes.append(helper.make_node("Gemm", [x, w], [f"f{k}"], transB=1))
         x = f"f{k}"
-    _save(nodes, inits, ("x", [1, 3, 224, 224]), x, path)
+    return x
 
 
 def build_vgg16(path: str, seed: int) -> None:
@@ -92,13 +100,7 @@ def build_vgg16(path: str, seed: int) -> None:
                                       pads=[1] * 4))
         nodes.append(helper.make_node("Relu", [f"c{k}"], [f"r{k}"]))
         x, channels = f"r{k}", width
-    nodes.append(helper.make_node("Flatten", [x], ["flat"]))
-    x = "flat"
-    for k, (q, p) in enumerate([(25088, 4096), (4096, 4096), (4096, 1000)]):
-        w = f"fc{k}.w"
-        inits.append(numpy_helper.from_array(_weight(rng, (p, q), q), w))
-        nodes.append(helper.make_node("Gemm", [x, w], [f"f{k}"], transB=1))
-        x = f"f{k}"
+    x = _classifier(rng, nodes, inits, x, 25088)
     _save(nodes, inits, ("x", [1, 3, 224, 224]), x, path)
 
 
