@@ -141,9 +141,12 @@ def gram_matrix(matrix: np.ndarray) -> np.ndarray:
     buffer = np.empty((step, m) if tall else (m, step), dtype=np.float64)
     for start in range(0, max(long_side, 1), step):
         part = matrix[start:start + step] if tall else matrix[:, start:start + step]
-        chunk = buffer[:part.shape[0]] if tall else buffer[:, :part.shape[1]]
-        if not tall and part.shape[1] < step:
-            chunk = np.empty((m, part.shape[1]), dtype=np.float64)  # last column block
+        if tall:
+            chunk = buffer[:part.shape[0]]
+        elif part.shape[1] == step:
+            chunk = buffer
+        else:  # the last column block: a slice of the buffer would not be C-ordered
+            chunk = np.empty((m, part.shape[1]), dtype=np.float64)
         np.copyto(chunk, part, casting="unsafe")  # (r, m) tall, (m, r) wide, C order
         _check_finite(chunk)
         # chunk.T is a Fortran view: syrk(a, trans=0) gives a a^T, syrk(a, trans=1) a^T a.
@@ -268,7 +271,7 @@ def _smallest_eigenvalue_from_cholesky(factor: np.ndarray) -> float:
     if top.converged:
         return 1.0 / float(top.values[0])
     upper = np.triu(factor)
-    return float(scipy.linalg.eigvalsh(upper.T @ upper, subset_by_index=[0, 0])[0])
+    return float(_upper_eigvalsh(upper.T @ upper, [0, 0])[0])
 
 
 MAX_DEFLATION = 64  # at most this many eigenvalues below tol^2 are certified by deflation

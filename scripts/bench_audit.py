@@ -187,14 +187,8 @@ def phase_audit(path: str, queue: mp.Queue) -> None:
     queue.put({"seconds": seconds, "peak_mb": _peak_mb(), "ranks": ranks})
 
 
-def phase_naive(path: str, queue: mp.Queue) -> None:
-    """numpy.linalg.matrix_rank on each weight matrix (the same matrices the audit reads).
-
-    ``path`` is ``file|dtype``: dtype ``stored`` runs the SVD in the weight's own dtype (what a
-    user gets from matrix_rank on the weights), ``float64`` on a float64 copy (the precision the
-    audit's decisions are checked against).
-    """
-    path, naive_dtype = path.split("|")
+def _weight_layers(path: str) -> list:
+    """Every linear weight of the model as the audit reads it (default convention)."""
     from onnxcollide.audit import AuditSettings
     from onnxcollide.graph.linear_ops import find_linear_ops
     from onnxcollide.graph.load import load_model
@@ -204,8 +198,18 @@ def phase_naive(path: str, queue: mp.Queue) -> None:
     model = load_model(path)
     infos = infer_shapes(model, {})
     sites, _ = find_linear_ops(model)
-    convention = AuditSettings().convention
-    layers = [build_layer(s, infos, convention) for s in sites]
+    return [build_layer(s, infos, AuditSettings().convention) for s in sites]
+
+
+def phase_naive(path: str, queue: mp.Queue) -> None:
+    """numpy.linalg.matrix_rank on each weight matrix (the same matrices the audit reads).
+
+    ``path`` is ``file|dtype``: dtype ``stored`` runs the SVD in the weight's own dtype (what a
+    user gets from matrix_rank on the weights), ``float64`` on a float64 copy (the precision the
+    audit's decisions are checked against).
+    """
+    path, naive_dtype = path.split("|")
+    layers = _weight_layers(path)
     start = time.perf_counter()
     ranks = []
     for layer in layers:
@@ -229,17 +233,9 @@ def phase_gram_floor(path: str, queue: mp.Queue) -> None:
     No certified decision can take less than this: it is the ceiling on the speedup
     (naive time / floor) for an engine that decides in float64 from Gram matrices.
     """
-    from onnxcollide.audit import AuditSettings
-    from onnxcollide.graph.linear_ops import find_linear_ops
-    from onnxcollide.graph.load import load_model
-    from onnxcollide.graph.shapes import infer_shapes
-    from onnxcollide.layers import build_layer
     from onnxcollide.spectral import SVD_MAX_DIM, gram_matrix
 
-    model = load_model(path)
-    infos = infer_shapes(model, {})
-    sites, _ = find_linear_ops(model)
-    layers = [build_layer(s, infos, AuditSettings().convention) for s in sites]
+    layers = _weight_layers(path)
     seconds = 0.0
     for layer in layers:
         blocks = layer.load_blocks()
