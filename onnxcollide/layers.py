@@ -9,6 +9,7 @@ are block diagonal: ``groups`` blocks of ``(q / groups) x (p / groups)``.
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -49,6 +50,9 @@ class LinearLayer:
         data_input: the op's variable operand.
         topo_index: node position in its graph.
         scope: graph the node sits in.
+        quantization: digest of the scale and zero point values a quantized op dequantizes the
+            weight with ("" for float ops): nodes that share an integer weight but dequantize it
+            differently read different matrices.
     """
 
     nodes: tuple[str, ...]
@@ -68,6 +72,7 @@ class LinearLayer:
     topo_index: int
     scope: str
     load_blocks: Callable[[], np.ndarray] = field(compare=False, repr=False)
+    quantization: str = ""
 
     @property
     def block_shape(self) -> tuple[int, int]:
@@ -93,15 +98,20 @@ def _value(site: LinearSite, index: int) -> np.ndarray | None:
     return np.asarray(site.resolver.value(inputs[index]))
 
 
+def _info(site: LinearSite, name: str, infos: dict[str, TensorInfo]) -> TensorInfo | None:
+    """What shape inference knows of ``name`` as the site's scope sees it."""
+    return infos.get(site.resolver.qualified(name))
+
+
 def _weight_shape(site: LinearSite, infos: dict[str, TensorInfo]) -> tuple[int, ...]:
-    info = infos.get(site.weight_name)
+    info = _info(site, site.weight_name, infos)
     if info is not None and info.shape is not None and all(d is not None for d in info.shape):
         return tuple(int(d) for d in info.shape)  # type: ignore[arg-type]
     return tuple(site.resolver.value(site.weight_name).shape)
 
 
 def _float_dtype(site: LinearSite, infos: dict[str, TensorInfo]) -> str:
-    info = infos.get(site.weight_name)
+    info = _info(site, site.weight_name, infos)
     if info is not None and info.dtype in ("float", "float16", "double", "bfloat16"):
         return info.dtype
     value = site.resolver.value(site.weight_name)
@@ -117,6 +127,21 @@ _QPARAMS: dict[str, dict[int, tuple[int | None, int | None]]] = {
     "QLinearMatMul": {3: (4, 5), 0: (1, 2)},
     "MatMulInteger": {1: (None, 3), 0: (None, 2)},
 }
+
+
+def _quantization_digest(site: LinearSite) -> str:
+    """SHA-256 over the dtype, shape and bytes of the weight's scale and zero point."""
+    if site.op_type not in _QUANTIZED:
+        return ""
+    digest = hashlib.sha256()
+    for index in _QPARAMS[site.op_type][site.weight_index]:
+        value = _value(site, index) if index is not None else None
+        if value is None:
+            digest.update(b"none;")
+            continue
+        digest.update(f"{value.dtype.str}{value.shape};".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
 
 
 def _float_weight(site: LinearSite, axis: int) -> np.ndarray:
@@ -204,21 +229,56 @@ def _gemm_parts(site: LinearSite, infos: dict[str, TensorInfo]
     return q, p, 1, layout, load
 
 
-def _stack_mode(site: LinearSite, infos: dict[str, TensorInfo], lead: tuple[int, ...]) -> str:
-    """``blocks`` when the data operand carries its own stack dims, ``concat`` when broadcast.
+def _stack_modes(site: LinearSite, infos: dict[str, TensorInfo], lead: tuple[int, ...]
+                 ) -> tuple[str, ...]:
+    """Per stack axis of the weight: ``blocks`` when the data operand has its own entries along
+    it (one matrix per data slice), ``concat`` when the data is broadcast along it (every
+    matrix sees the same input), ``blocks?`` when the data operand's dim is unknown (block
+    diagonal is assumed). Axes of size 1 count as ``concat`` (nothing to stack)."""
+    info = _info(site, site.data_input, infos)
+    data_lead = None if info is None or info.shape is None else info.shape[:-2]
+    modes = []
+    for axis, size in enumerate(lead):
+        offset = axis - len(lead)  # stack dims align from the right, as in numpy broadcasting
+        if size == 1:
+            modes.append("concat")
+        elif data_lead is None:
+            modes.append("blocks?")
+        elif len(data_lead) < -offset or data_lead[offset] == 1:
+            modes.append("concat")
+        else:
+            modes.append("blocks?" if data_lead[offset] is None else "blocks")
+    return tuple(modes)
 
-    ``blocks?`` when the data operand's shape is unknown (block diagonal is assumed).
-    """
-    info = infos.get(site.data_input)
-    if info is None or info.shape is None:
-        return "blocks?"
-    data_lead = info.shape[:-2]
-    if len(data_lead) < len(lead):
-        return "concat"
-    tail = data_lead[len(data_lead) - len(lead):]
-    if all(d == 1 for d in tail):
-        return "concat"
-    return "blocks?" if any(d is None for d in tail) else "blocks"
+
+def _stack_layout(stack: int, modes: tuple[str, ...], groups: int) -> str:
+    """The stacking in words, for the layer's layout."""
+    assumed = "blocks?" in modes
+    if groups == 1:
+        how = "side by side: the input is shared"
+    elif groups == stack:
+        how = "block diagonal" + (", assumed: the data operand's shape is unknown"
+                                  if assumed else "")
+    else:
+        how = (f"{groups} diagonal blocks of {stack // groups} side by side: the input is "
+               "shared along the broadcast axes")
+        how += "; blocks assumed where the data operand's shape is unknown" if assumed else ""
+    return f"{stack} stacked matrices ({how})"
+
+
+def _arrange_stack(mats: np.ndarray, lead: tuple[int, ...], modes: tuple[str, ...]
+                   ) -> np.ndarray:
+    """(S, q, p) stacked matrices -> (groups, q, p * per_group): the block axes become
+    diagonal blocks, the broadcast (``concat``) axes put matrices side by side in each block."""
+    q, p = mats.shape[-2:]
+    block_axes = [a for a, m in enumerate(modes) if m != "concat"]
+    concat_axes = [a for a, m in enumerate(modes) if m == "concat"]
+    groups = int(np.prod([lead[a] for a in block_axes], dtype=np.int64))
+    per_group = mats.shape[0] // groups
+    ordered = mats.reshape(*lead, q, p).transpose(*block_axes, *concat_axes, len(lead),
+                                                  len(lead) + 1)
+    return ordered.reshape(groups, per_group, q, p).transpose(0, 2, 1, 3).reshape(
+        groups, q, per_group * p)
 
 
 def _matmul_parts(site: LinearSite, infos: dict[str, TensorInfo]
@@ -234,15 +294,12 @@ def _matmul_parts(site: LinearSite, infos: dict[str, TensorInfo]
         lead = wshape[:-2]
         stack = int(np.prod(lead)) if lead else 1
         q, p = k_dim, n_dim
-    mode = _stack_mode(site, infos, lead) if stack > 1 else "single"
-    groups = stack if mode.startswith("blocks") else 1
-    q_total = q * groups
-    p_total = p * stack
+    modes = _stack_modes(site, infos, lead)
+    groups = int(np.prod([n for n, m in zip(lead, modes, strict=True) if m != "concat"],
+                         dtype=np.int64))
     layout = "W = B" if on_right else "W = A^T"
     if stack > 1:
-        how = {"blocks": "block diagonal", "concat": "side by side: the input is shared",
-               "blocks?": "block diagonal, assumed: the data operand's shape is unknown"}[mode]
-        layout += f", {stack} stacked matrices ({how})"
+        layout += f", {_stack_layout(stack, modes, groups)}"
     quant_axis = -1 if on_right else -2
 
     def load() -> np.ndarray:
@@ -251,11 +308,9 @@ def _matmul_parts(site: LinearSite, infos: dict[str, TensorInfo]
             return weight.reshape(1, -1, 1)
         mats = weight.reshape(stack, weight.shape[-2], weight.shape[-1])
         mats = mats if on_right else mats.transpose(0, 2, 1)
-        if mode == "concat":
-            return mats.transpose(1, 0, 2).reshape(1, q, p_total)
-        return mats
+        return mats if groups == stack else _arrange_stack(mats, lead, modes)
 
-    return q_total, p_total, groups, layout, load
+    return q * groups, p * stack, groups, layout, load
 
 
 # ----------------------------------------------------------------- public
@@ -286,10 +341,12 @@ def build_layer(
         chain=trace.ops, q=int(q), p=int(p), groups=int(groups), layout=layout,
         stored_dtype=trace.stored_dtype, compute_dtype=compute, geometry=geometry,
         data_input=site.data_input, topo_index=site.topo_index, scope=site.scope,
-        load_blocks=load,
+        load_blocks=load, quantization=_quantization_digest(site),
     )
 
 
 def parameter_key(layer: LinearLayer) -> tuple[object, ...]:
-    """Layers with equal keys are one parameter used by several nodes the same way."""
-    return (layer.weight_id, layer.op, layer.layout, layer.q, layer.p, layer.groups)
+    """Layers with equal keys are one parameter used by several nodes the same way (same op,
+    same layout, and for quantized ops the same scale and zero point values)."""
+    return (layer.weight_id, layer.op, layer.layout, layer.q, layer.p, layer.groups,
+            layer.quantization)

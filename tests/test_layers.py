@@ -806,3 +806,128 @@ def test_conv_groups_not_dividing_the_weight_is_a_clear_error(tmp_path, rng):
                       [value("x", [1, 3, 8, 8])], [value("y", [1, 4, 6, 6])], [init("W", w)])
     with pytest.raises(UnsupportedModelError, match="divisible"):
         audit(path)
+
+
+# ----------------------------------------------- review findings (each failed before its fix)
+
+
+@pytest.mark.parametrize("axis", [-3, 1])
+def test_flatten_with_negative_axis_folds_like_onnx(tmp_path, rng, axis):
+    """Flatten(axis=-3) of an (8, 5, 1, 1) weight is (8, 5), as Flatten(axis=1): a negative
+    axis counts from the rank (it was folded at axis 2, an (8*5, 1) column)."""
+    w = irank(rng, 8, 5, 3).astype(np.float32)
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("Flatten", ["w4"], ["W"], axis=axis), mk("MatMul", ["x", "W"], ["y"])],
+        [value("x", [2, 8])], [value("y", [2, 5])], [init("w4", w.reshape(8, 5, 1, 1))],
+    )
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(8, 5, 3)
+    np.testing.assert_array_equal(blocks_of(row)[0], w)
+
+
+def test_subgraph_initializer_shadowing_a_main_name_has_its_own_shape(tmp_path, rng):
+    """An If branch defines its own 'W' (6 x 3, rank 1) while the main graph's 'W' is 8 x 5:
+    the branch row is 6 x 3 (shapes were looked up by bare name in the main graph)."""
+    main_w, branch_w = irank(rng, 8, 5, 3), irank(rng, 6, 3, 1)
+    then_graph = helper.make_graph([mk("MatMul", ["x6", "W"], ["t"], name="inner")], "then", [],
+                                   [value("t", [2, 3])], initializer=[init("W", branch_w)])
+    else_graph = helper.make_graph([mk("Identity", ["z"], ["e"])], "else", [],
+                                   [value("e", [2, 3])])
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("MatMul", ["x", "W"], ["y"], name="outer"),
+         mk("If", ["cond"], ["y2"], name="branch", then_branch=then_graph,
+            else_branch=else_graph)],
+        [value("x", [2, 8]), value("x6", [2, 6]), value("z", [2, 3]), value("cond", [], BOOL)],
+        [value("y", [2, 5]), value("y2", [2, 3])], [init("W", main_w.astype(np.float32))],
+    )
+    rows = {r.layer.nodes[0]: r for r in audit(path).rows}
+    assert row_summary(rows["outer"]) == flags(8, 5, 3)
+    assert row_summary(rows["branch/then_branch/inner"]) == flags(6, 3, 1)
+
+
+def test_stack_in_a_subgraph_uses_the_subgraph_data_shape(tmp_path, rng):
+    """Relu(x) (2, 8) @ W (3, 8, 2) inside an If branch: the data is broadcast, so
+    W = [W1 W2 W3] (8 x 6); the shape of the branch's own tensor comes from shape inference
+    inside the branch (it was 'unknown', and block diagonal was assumed)."""
+    w = np.stack([irank(rng, 8, 2, 2) for _ in range(3)]).astype(np.float32)
+    then_graph = helper.make_graph([mk("Relu", ["x"], ["xr"]),
+                                    mk("MatMul", ["xr", "W"], ["t"], name="inner")], "then", [],
+                                   [value("t", [3, 2, 2])], initializer=[init("W", w)])
+    else_graph = helper.make_graph([mk("Identity", ["z"], ["e"])], "else", [],
+                                   [value("e", [3, 2, 2])])
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("If", ["cond"], ["y"], name="branch", then_branch=then_graph,
+            else_branch=else_graph)],
+        [value("x", [2, 8]), value("z", [3, 2, 2]), value("cond", [], BOOL)],
+        [value("y", [3, 2, 2])],
+    )
+    row = only_row(audit(path))
+    assert row_summary(row) == flags(8, 6, 6)
+    assert "side by side" in row.layer.layout
+
+
+def test_constant_node_with_external_data_loads_from_another_folder(tmp_path, rng, monkeypatch):
+    """A Constant node's tensor stored as external data resolves against the model's folder,
+    not the working directory (it failed with a raw onnx ValidationError)."""
+    w = irank(rng, 8, 5, 3).astype(np.float32)
+    model = build_model(
+        [mk("Constant", [], ["W"], value=onnx.numpy_helper.from_array(w, "Wt")),
+         mk("MatMul", ["x", "W"], ["y"])],
+        [value("x", [2, 8])], [value("y", [2, 5])],
+    )
+    onnx.external_data_helper.convert_model_to_external_data(
+        model, location="w.bin", size_threshold=0, convert_attribute=True)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    onnx.save(model, str(folder / "m.onnx"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    row = only_row(audit(str(folder / "m.onnx")))
+    assert row_summary(row) == flags(8, 5, 3)
+    np.testing.assert_array_equal(blocks_of(row)[0], w)
+
+
+@pytest.mark.parametrize(("data_shape", "groups", "per_group"),
+                         [([2, 1, 2, 8], 2, 3), ([3, 2, 8], 3, 2)],
+                         ids=["blocks-then-broadcast", "broadcast-then-blocks"])
+def test_matmul_stack_partly_broadcast(tmp_path, rng, data_shape, groups, per_group):
+    """W (2, 3, 8, 2) with data that has its own entries along one stack axis and is broadcast
+    along the other: one diagonal block per data slice, the broadcast matrices side by side in
+    it (one mode for all axes gave 6 blocks, or one 8 x 12 matrix that hid every collision)."""
+    w = np.stack([np.stack([irank(rng, 8, 2, 2) for _ in range(3)]) for _ in range(2)])
+    path = make_model(tmp_path / "m.onnx", [mk("MatMul", ["x", "W"], ["y"])],
+                      [value("x", data_shape)], [value("y", [2, 3, 2, 2])],
+                      [init("W", w.astype(np.float32))])
+    row = only_row(audit(path))
+    if groups == 2:  # data axis 0 matches the weight's: block i is [W[i,0] W[i,1] W[i,2]]
+        expected = [np.concatenate(list(w[i]), axis=1) for i in range(2)]
+    else:  # the data's only stack axis matches the weight's axis 1: block j is [W[0,j] W[1,j]]
+        expected = [np.concatenate([w[0, j], w[1, j]], axis=1) for j in range(3)]
+    np.testing.assert_array_equal(blocks_of(row), np.stack(expected))
+    rank = sum(int(np.linalg.matrix_rank(m)) for m in expected)
+    assert row_summary(row) == flags(8 * groups, 12, rank, groups=groups)
+    assert f"{groups} diagonal blocks of {per_group} side by side" in row.layer.layout
+
+
+def test_shared_integer_weight_with_other_zero_points_is_two_rows(tmp_path, rng):
+    """Two MatMulInteger nodes share int8 B (rank 2) but one subtracts a zero-point vector:
+    they read different matrices, so two rows (they were merged into one of rank 2)."""
+    b = irank(rng, 8, 5, 2)
+    zeros = np.arange(1, 6, dtype=np.int8)
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("MatMulInteger", ["x", "B", "", "z0"], ["y1"], name="plain"),
+         mk("MatMulInteger", ["x", "B", "", "z1"], ["y2"], name="shifted")],
+        [value("x", [2, 8], onnx.TensorProto.INT8)],
+        [value("y1", [2, 5], onnx.TensorProto.INT32), value("y2", [2, 5], onnx.TensorProto.INT32)],
+        [init("B", b.astype(np.int8)), init("z0", np.zeros(5, np.int8)), init("z1", zeros)],
+    )
+    rows = {r.layer.nodes: r for r in audit(path).rows}
+    assert set(rows) == {("plain",), ("shifted",)}
+    assert rows[("plain",)].rank == 2
+    assert rows[("shifted",)].rank == np.linalg.matrix_rank(b - zeros[None, :].astype(np.float64))
+    assert rows[("shifted",)].rank == 3

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import AttributeProto, NodeProto, TensorProto, helper, numpy_helper
+from onnx import AttributeProto, NodeProto, TensorProto, helper
 
 from onnxcollide.errors import UnsupportedModelError
 from onnxcollide.graph.tensors import tensor_to_array
@@ -154,7 +154,7 @@ class ConstantResolver:
             node = scope.producers[name]
             resolver = self._resolver_for(scope)
             inputs = [resolver.value(i) if i else None for i in node.input]
-            outputs = fold_node(node, inputs, self.opset_imports)
+            outputs = fold_node(node, inputs, self.opset_imports, self.base_dir)
             result = outputs[list(node.output).index(name)]
         if result.nbytes <= _CACHE_BYTES:
             self._cache[name] = result
@@ -198,6 +198,11 @@ class ConstantResolver:
                 resolver._walk(i, roots, ops, sizes)
         ops.append(node.op_type)
 
+    def qualified(self, name: str) -> str:
+        """``name`` keyed by the scope that defines it (``scoped_key``); bare when unknown."""
+        found = self._lookup(name)
+        return name if found is None else scoped_key(found[0].label, name)
+
     def identity(self, name: str) -> str:
         """A name for the tensor that is unique across scopes: ``scope::name``.
 
@@ -211,6 +216,12 @@ class ConstantResolver:
             name = node.input[0]
             found = self._lookup(name)
         return name if found is None else f"{found[0].label}::{name}"
+
+
+def scoped_key(label: str, name: str) -> str:
+    """How tables keyed across scopes name a tensor: bare in the main graph, ``label::name``
+    in a subgraph (a subgraph may reuse a main-graph name for a different tensor)."""
+    return name if label == "main" else f"{label}::{name}"
 
 
 def _scoped(scope: Scope, name: str) -> str:
@@ -233,12 +244,14 @@ def _attrs(node: NodeProto) -> dict[str, object]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _constant_value(node: NodeProto) -> np.ndarray:
+def _constant_value(node: NodeProto, base_dir: str) -> np.ndarray:
+    """The value of a Constant node; a tensor stored as external data resolves against
+    ``base_dir`` (the model's folder)."""
     kinds = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
              "value_ints": np.int64, "value_string": object, "value_strings": object}
     for attr in node.attribute:
         if attr.name == "value":
-            return numpy_helper.to_array(attr.t)
+            return tensor_to_array(attr.t, base_dir)
         if attr.name in kinds:
             return np.array(helper.get_attribute_value(attr), dtype=kinds[attr.name])
     raise UnsupportedModelError(
@@ -344,7 +357,8 @@ def _fold_reshape(node: NodeProto, inputs: Inputs, opset: int) -> np.ndarray:
 
 def _fold_flatten(node: NodeProto, inputs: Inputs, opset: int) -> np.ndarray:
     x = _first(inputs)
-    axis = _int_attr(node, "axis", 1) % (x.ndim + 1) if x.ndim else 0
+    axis = _int_attr(node, "axis", 1)  # in [-r, r]: a negative axis counts from r
+    axis = axis + x.ndim if axis < 0 else axis
     return x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1)
 
 
@@ -401,9 +415,11 @@ def _fold_with_reference(
 
 
 def fold_node(
-    node: NodeProto, inputs: list[np.ndarray | None], opsets: list[onnx.OperatorSetIdProto]
+    node: NodeProto, inputs: list[np.ndarray | None], opsets: list[onnx.OperatorSetIdProto],
+    base_dir: str = "",
 ) -> list[np.ndarray]:
-    """Evaluate one node on constant inputs.
+    """Evaluate one node on constant inputs (``base_dir``: the model's folder, against which a
+    Constant's external data resolves).
 
     Common weight-chain ops are computed in numpy (memmaps stay lazy through Identity and
     Transpose); anything else deterministic goes through ``onnx.reference``.
@@ -412,7 +428,7 @@ def fold_node(
         UnsupportedModelError: the op could not be evaluated.
     """
     if node.op_type == "Constant":
-        return [_constant_value(node)]
+        return [_constant_value(node, base_dir)]
     opset = next((int(o.version) for o in opsets if o.domain in ("", "ai.onnx")), 1)
     where = f"node '{node.name or node.output[0]}' ({node.op_type})"
     try:

@@ -80,7 +80,13 @@ def node_label(node: NodeProto, scope: str) -> str:
     return name if scope == "main" else f"{scope}/{name}"
 
 
-def _subgraphs(node: NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
+def subgraph_label(node_label: str, attr_name: str) -> str:
+    """The scope label of a node's subgraph, e.g. ``loop_1/body``."""
+    return f"{node_label}/{attr_name}"
+
+
+def subgraphs(node: NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
+    """The node's subgraphs with their attribute labels (``body``, ``branches[1]``)."""
     for attr in node.attribute:
         if attr.type == AttributeProto.GRAPH:
             yield attr.name, attr.g
@@ -134,8 +140,8 @@ def _walk_graph(
             else:
                 weight, data = verdict
                 out.append(LinearSite(label, node, weight, data, resolver, index, scope_label))
-        for attr_name, sub in _subgraphs(node):
-            sub_scope = Scope.of_graph(sub, f"{label}/{attr_name}", resolver.scope)
+        for attr_name, sub in subgraphs(node):
+            sub_scope = Scope.of_graph(sub, subgraph_label(label, attr_name), resolver.scope)
             _walk_graph(sub, resolver.child(sub_scope), out)
 
 

@@ -8,6 +8,8 @@ import onnx
 from onnx import TensorProto
 
 from onnxcollide.errors import UsageError
+from onnxcollide.graph.constants import scoped_key
+from onnxcollide.graph.linear_ops import node_label, subgraph_label, subgraphs
 from onnxcollide.graph.load import LoadedModel
 from onnxcollide.graph.tensors import dtype_name
 
@@ -72,6 +74,9 @@ def infer_shapes(
 ) -> dict[str, TensorInfo]:
     """Return name -> TensorInfo for every tensor shape inference reaches.
 
+    Main-graph tensors are keyed by their name, subgraph tensors by ``scope::name``
+    (``ConstantResolver.qualified`` gives the key of a name seen from a scope).
+
     Args:
         model: the loaded model (its proto is not modified).
         overrides: input name -> full shape fixed by the user (``--input-shape``).
@@ -87,11 +92,19 @@ def infer_shapes(
     except Exception:  # shape inference is best effort; an unknown shape is reported as such
         inferred = proto
     infos: dict[str, TensorInfo] = {}
-    graph = inferred.graph
+    _collect(inferred.graph, "main", infos)
+    return infos
+
+
+def _collect(graph: onnx.GraphProto, label: str, infos: dict[str, TensorInfo]) -> None:
+    """Record the tensors of ``graph`` and, keyed by their scope, of its subgraphs."""
     for value in [*graph.input, *graph.value_info, *graph.output]:
         elem = value.type.tensor_type.elem_type if value.type.HasField("tensor_type") else 0
-        infos[value.name] = TensorInfo(declared_dims(value.type), dtype_name(elem))
+        infos[scoped_key(label, value.name)] = TensorInfo(declared_dims(value.type),
+                                                          dtype_name(elem))
     for tensor in graph.initializer:
-        infos[tensor.name] = TensorInfo(tuple(int(d) for d in tensor.dims),
-                                        dtype_name(tensor.data_type))
-    return infos
+        infos[scoped_key(label, tensor.name)] = TensorInfo(tuple(int(d) for d in tensor.dims),
+                                                           dtype_name(tensor.data_type))
+    for node in graph.node:
+        for attr_name, sub in subgraphs(node):
+            _collect(sub, subgraph_label(node_label(node, label), attr_name), infos)
