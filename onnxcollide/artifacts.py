@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from typing import Any, BinaryIO
@@ -20,21 +21,41 @@ from onnxcollide.errors import UsageError
 def write_atomically(path: str, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write`` on a temporary file next to ``path``, then rename it into place.
 
+    A symbolic link is followed (its target is replaced, the link stays), an existing file
+    keeps its permission bits, and a path that is not a regular file (``/dev/null``, a FIFO)
+    is written directly: renaming over it would replace the device with a file.
+
     Raises:
-        UsageError: the folder does not exist or is not writable.
+        UsageError: the folder does not exist, ``path`` is a folder, or it cannot be written.
     """
-    folder = os.path.dirname(os.path.abspath(path))
+    target = os.path.realpath(path)
+    if os.path.isdir(target):
+        raise UsageError("is a folder", path, "give a file name")
     try:
-        handle, temp = tempfile.mkstemp(dir=folder, prefix=".onnxcollide-", suffix=".tmp")
+        if os.path.exists(target) and not stat.S_ISREG(os.stat(target).st_mode):
+            with open(target, "wb") as out:
+                write(out)
+            return
+        _replace_with_temp(target, write)
     except OSError as exc:
-        raise UsageError(f"cannot write here ({exc.strerror})", path) from exc
+        raise UsageError(f"cannot write here ({exc.strerror or exc})", path) from exc
+
+
+def _replace_with_temp(target: str, write: Callable[[BinaryIO], object]) -> None:
+    """Write a temporary file in ``target``'s folder and rename it onto ``target``."""
+    handle, temp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".onnxcollide-",
+                                    suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as out:
             write(out)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(temp, path)
+        if os.path.exists(target):
+            mode = stat.S_IMODE(os.stat(target).st_mode)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask  # mkstemp makes 0600; give a new file the usual permissions
+        os.chmod(temp, mode)
+        os.replace(temp, target)
     except BaseException:
         if os.path.exists(temp):
             os.unlink(temp)

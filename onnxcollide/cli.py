@@ -9,15 +9,17 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
+from typing import Any
 
 import click
 
 from onnxcollide import __version__
 from onnxcollide.artifacts import write_atomically
 from onnxcollide.audit import AuditSettings, ModelAudit, ProgressCallback, audit_model
+from onnxcollide.cli_types import NON_NEGATIVE, POSITIVE, SEED
 from onnxcollide.errors import OnnxCollideError, UsageError
 from onnxcollide.layers import ConvConvention
 from onnxcollide.report import Format, RenderOptions, render
@@ -68,8 +70,10 @@ def _progress(enabled: bool, label: str) -> Iterator[ProgressCallback | None]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[layer]}"), console=Console(stderr=True),
+    # markup=False: model file and node names are shown as they are, never read as markup.
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                  MofNCompleteColumn(), TextColumn("{task.fields[layer]}", markup=False),
+                  console=Console(stderr=True),
                   transient=True) as bar:
         task = bar.add_task(label, total=None, layer="")
 
@@ -96,14 +100,42 @@ def _run_guarded(action: Callable[[], None], debug: bool) -> None:
         sys.exit(EXIT_MODEL)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineErrors(click.Group):
+    """A group whose usage errors (bad option values, unknown options, missing arguments) are
+    one ``error:`` line and exit 2, like every other error of the tool, instead of click's
+    usage block."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        """Run the CLI; print click's usage errors as one line (``standalone_mode`` is
+        always off inside, so the errors come here)."""
+        try:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as exc:
+            if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):
+                click.echo(exc.format_message(), err=True)  # no command given: the help
+                sys.exit(EXIT_USAGE)
+            command = exc.ctx.command_path if exc.ctx is not None else "onnxcollide"
+            message = " ".join(exc.format_message().split())
+            click.echo(f"error: {message} (see '{command} --help')", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="onnxcollide")
 def main() -> None:
     """Audit ONNX models for exact feature collisions (Ozbulak et al.)."""
 
 
 @main.command()
-@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=True))
+@click.argument("models", nargs=-1, required=True, metavar="MODEL...")
 @click.option("--format", "-f", "fmt", type=click.Choice([f.value for f in Format]),
               default=Format.TABLE.value, show_default=True, help="Report format.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False),
@@ -112,9 +144,9 @@ def main() -> None:
               default=ConvConvention.GROUPED.value, show_default=True,
               help="grouped: block-diagonal operator rank; paper: one (C/g*k*k) x O matrix as "
                    "in the paper's Table 1.")
-@click.option("--rtol", type=click.FloatRange(min=0, min_open=True),
+@click.option("--rtol", type=POSITIVE,
               help="Relative tolerance: tol = rtol * sigma_max (default max(q,p) * eps).")
-@click.option("--atol", type=click.FloatRange(min=0),
+@click.option("--atol", type=NON_NEGATIVE,
               help="Absolute tolerance floor: tol = max(atol, relative tol).")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
               help="Fix an input's shape, e.g. input=1x3x224x224 (repeatable).")
@@ -124,7 +156,7 @@ def main() -> None:
 @click.option("--validate", "check", is_flag=True,
               help="Also make one colliding input for a seeded random input and prove it in "
                    "ONNX Runtime (the report's W1 check).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --validate.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of --validate.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="Execution provider of --validate.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
@@ -137,6 +169,10 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
     def run() -> None:
         if output:
             check_output_folder(output)
+        if check:  # --device cuda without CUDA is a usage error before any work (as in collide)
+            from onnxcollide.runtime import resolve_device
+
+            resolve_device(device)
         settings = AuditSettings(
             convention=ConvConvention(conv_convention), rule=ToleranceRule(rtol, atol),
             input_shapes=tuple(parse_input_shape(s) for s in input_shapes))

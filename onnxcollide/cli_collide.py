@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import click
 import numpy as np
 
-from onnxcollide.artifacts import basis_png, image_layout, save_npz, strip_png, write_atomically
+from onnxcollide.artifacts import (
+    basis_png,
+    image_layout,
+    save_npz,
+    strip_png,
+    write_atomically,
+)
+from onnxcollide.cli_types import ANY_FINITE, NON_NEGATIVE, POSITIVE, SEED
 from onnxcollide.errors import UsageError
 from onnxcollide.graph.load import load_model
 from onnxcollide.inputs import ImageOptions, load_inputs, parse_assignments
+from onnxcollide.output_set import Writer, check_output_set_folder, write_output_set
 from onnxcollide.report.collide_format import (
     collide_dict,
     render_json,
     render_table,
+    render_validation_table,
     settings_dict,
 )
 from onnxcollide.search import MODES, CollisionSet, SearchSettings, find_collisions
@@ -25,12 +37,20 @@ from onnxcollide.spectral import ToleranceRule
 
 
 def _floats(text: str | None, option: str, count: int | None = None) -> tuple[float, ...] | None:
+    """``"0.5,0.25"`` -> (0.5, 0.25); every value must be a finite number.
+
+    Raises:
+        UsageError: not numbers, not finite (nan, inf), or not ``count`` of them.
+    """
     if text is None:
         return None
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError as exc:
         raise UsageError(f"{option} '{text}' is not a comma-separated list of numbers") from exc
+    if not all(math.isfinite(v) for v in values):
+        raise UsageError(f"{option} '{text}' holds a value that is not a finite number",
+                         hint=f"give {option} finite numbers")
     if count is not None and len(values) != count:
         raise UsageError(f"{option} '{text}' needs {count} numbers")
     return values
@@ -42,24 +62,54 @@ def _shapes(texts: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
     return dict(parse_input_shape(t) for t in texts)
 
 
+def _resize(text: str | None) -> tuple[int, int] | None:
+    """``"224x224"`` -> (224, 224): two positive integers.
+
+    Raises:
+        UsageError: not HxW, or a zero size.
+    """
+    if not text:
+        return None
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise UsageError(f"--resize '{text}' is not HxW", hint="e.g. --resize 224x224")
+    height, width = int(parts[0]), int(parts[1])
+    if height == 0 or width == 0:
+        raise UsageError(f"--resize '{text}': height and width must be at least 1",
+                         hint="e.g. --resize 224x224")
+    return height, width
+
+
 def _image_options(resize: str | None, layout: str, scale: float, mean: str | None,
                    std: str | None) -> ImageOptions:
-    size = None
-    if resize:
-        parts = resize.lower().split("x")
-        if len(parts) != 2 or not all(p.isdigit() for p in parts):
-            raise UsageError(f"--resize '{resize}' is not HxW", hint="e.g. --resize 224x224")
-        size = (int(parts[0]), int(parts[1]))
-    return ImageOptions(size, layout, scale, _floats(mean, "--mean"), _floats(std, "--std"))
+    """ImageOptions from the option texts (the counts of --mean/--std are checked per image).
+
+    Raises:
+        UsageError: a bad --resize, --mean or --std (a std of 0 or below).
+    """
+    stds = _floats(std, "--std")
+    if stds is not None and min(stds) <= 0:
+        raise UsageError(f"--std '{std}' holds a value that is not positive",
+                         hint="every standard deviation must be above 0")
+    return ImageOptions(_resize(resize), layout, scale, _floats(mean, "--mean"), stds)
 
 
 def _basis(text: str) -> tuple[int, ...]:
+    """``random`` -> (), ``"0,3"`` -> (0, 3): non-negative kernel basis indices.
+
+    Raises:
+        UsageError: neither ``random`` nor non-negative integers.
+    """
     if text == "random":
         return ()
     try:
-        return tuple(int(v) for v in text.split(","))
+        indices = tuple(int(v) for v in text.split(","))
     except ValueError as exc:
         raise UsageError(f"--basis '{text}' is neither 'random' nor indices like 0,3,7") from exc
+    if min(indices) < 0:
+        raise UsageError(f"--basis '{text}' holds a negative index",
+                         hint="kernel basis indices start at 0, e.g. --basis 0,3")
+    return indices
 
 
 def input_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -70,7 +120,7 @@ def input_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--resize", metavar="HxW", help="Resize image inputs."),
         click.option("--layout", type=click.Choice(["auto", "nchw", "nhwc"]), default="auto",
                      show_default=True, help="Layout of image inputs."),
-        click.option("--scale", type=float, default=1.0 / 255.0, show_default=True,
+        click.option("--scale", type=POSITIVE, default=1.0 / 255.0, show_default=True,
                      help="Multiply image pixel values (0..255) by this."),
         click.option("--mean", metavar="M1,M2,M3", help="Subtract per-channel means (images)."),
         click.option("--std", metavar="S1,S2,S3", help="Divide by per-channel stds (images)."),
@@ -79,7 +129,7 @@ def input_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--precision", type=click.Choice(["float32", "float64"]),
                      default="float32", show_default=True,
                      help="float64 runs a float64 copy of the model (Section 6)."),
-        click.option("--seed", type=int, default=0, show_default=True,
+        click.option("--seed", type=SEED, default=0, show_default=True,
                      help="Seeds every random draw."),
     ]
     for option in reversed(options):
@@ -87,10 +137,13 @@ def input_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _save(out: str, found: CollisionSet, report_settings: dict[str, Any],
-          basis: tuple[np.ndarray, tuple[int, ...]] | None) -> dict[str, str]:
-    os.makedirs(out, exist_ok=True)
+def _outputs(out: str, found: CollisionSet, report_settings: dict[str, Any],
+             basis: tuple[np.ndarray, tuple[int, ...]] | None
+             ) -> tuple[dict[str, str], dict[str, Writer]]:
+    """What a run writes: {kind: final path} for the report, {file name: writer} for
+    ``write_output_set`` (nothing is written here)."""
     files: dict[str, str] = {}
+    writers: dict[str, Writer] = {}
     x = found.feeds[found.input_name]
     if found.collisions:
         arrays = {"original": x,
@@ -99,17 +152,23 @@ def _save(out: str, found: CollisionSet, report_settings: dict[str, Any],
                   "beta": np.array([c.beta for c in found.collisions]),
                   "beta_min": np.array([c.beta_min for c in found.collisions])}
         files["inputs"] = os.path.join(out, "collisions.npz")
-        save_npz(files["inputs"], arrays, report_settings)
+        writers["collisions.npz"] = partial(save_npz, arrays=arrays, settings=report_settings)
         layout = image_layout(tuple(x.shape))
         if layout:
             for c in found.collisions:
-                name = os.path.join(out, f"strip-{c.index}.png")
-                strip_png(name, x, c.value, layout)
-                files[f"strip {c.index}"] = name
+                name = f"strip-{c.index}.png"
+                files[f"strip {c.index}"] = os.path.join(out, name)
+                writers[name] = partial(strip_png, original=x, colliding=c.value,
+                                        layout=layout)
     if basis is not None:
         files["basis images"] = os.path.join(out, "basis.png")
-        basis_png(files["basis images"], basis[0], basis[1])
-    return files
+        writers["basis.png"] = partial(basis_png, vectors=basis[0], patch_shape=basis[1])
+    return files, writers
+
+
+def _write_text(path: str, text: str) -> None:
+    """Write ``text`` as UTF-8 (atomically)."""
+    write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def _basis_vectors(found: CollisionSet, count: int) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -125,6 +184,50 @@ def _basis_vectors(found: CollisionSet, count: int) -> tuple[np.ndarray, tuple[i
     return vectors[:count], patch_shape
 
 
+def _search_settings(count: int, beta: float, basis: str, seed: int, region: str | None,
+                     valid_range: str | None, mode: str, input_name: str | None,
+                     rule: ToleranceRule) -> SearchSettings:
+    """SearchSettings from collide's options.
+
+    Raises:
+        UsageError: a bad --range, --basis, or --beta 0 (which moves nothing).
+    """
+    bounds = _floats(valid_range, "--range", 2)
+    if bounds and bounds[0] >= bounds[1]:
+        raise UsageError(f"--range {valid_range}: LO must be below HI")
+    if beta == 0:
+        raise UsageError("--beta 0 does not move the input, so it makes no colliding input",
+                         hint="give a non-zero --beta, e.g. --beta 1")
+    return SearchSettings(count, beta, _basis(basis), seed, region,
+                          (bounds[0], bounds[1]) if bounds else None, mode, input_name, rule)
+
+
+def _validate(found: CollisionSet, enabled: bool, device: str, precision: str, seed: int
+              ) -> tuple[list[dict[str, Any] | None], dict[str, Any] | None]:
+    """Validation dicts (None where not validated) and the runtime facts (None if none)."""
+    if not enabled or not found.collisions:
+        return [None] * len(found.collisions), None
+    from onnxcollide.validation import validate_collisions
+
+    done, runtime = validate_collisions(found, device, precision, seed)
+    if runtime["notice"]:
+        click.echo(f"notice: {runtime['notice']}", err=True)
+    return list(done), runtime
+
+
+def _write_outputs(out: str, found: CollisionSet,
+                   drawing: tuple[np.ndarray, tuple[int, ...]] | None,
+                   validations: list[dict[str, Any] | None],
+                   runtime: dict[str, Any] | None) -> dict[str, Any]:
+    """Write the whole output set (report.json included) into ``out``; return the report."""
+    files, writers = _outputs(out, found, settings_dict(found), drawing)
+    files["report"] = os.path.join(out, "report.json")
+    report = collide_dict(found, validations, runtime, files)
+    writers["report.json"] = partial(_write_text, text=render_json(report))
+    write_output_set(out, writers)
+    return report
+
+
 def register(main: click.Group, run_guarded: Callable[[Callable[[], None], bool], None]) -> None:
     """Add `collide` and `validate` to the CLI group."""
 
@@ -135,8 +238,8 @@ def register(main: click.Group, run_guarded: Callable[[Callable[[], None], bool]
                        "random draw.")
     @click.option("--count", "-n", type=click.IntRange(min=1), default=1, show_default=True,
                   help="How many colliding inputs to make.")
-    @click.option("--beta", type=float, default=1.0, show_default=True,
-                  help="Scale of each unit-norm kernel vector.")
+    @click.option("--beta", type=ANY_FINITE, default=1.0, show_default=True,
+                  help="Scale of each unit-norm kernel vector (not 0; negative flips it).")
     @click.option("--basis", default="random", show_default=True,
                   help="'random' (seeded combinations) or kernel basis indices, e.g. 0,3.")
     @click.option("--region", metavar="SLICES",
@@ -155,9 +258,9 @@ def register(main: click.Group, run_guarded: Callable[[Callable[[], None], bool]
     @click.option("--no-validate", is_flag=True, help="Skip the ONNX Runtime check.")
     @click.option("--format", "-f", "fmt", type=click.Choice(["table", "json"]),
                   default="table", show_default=True, help="What to print.")
-    @click.option("--rtol", type=click.FloatRange(min=0, min_open=True),
+    @click.option("--rtol", type=POSITIVE,
                   help="Rank tolerance relative to sigma_max (as in audit).")
-    @click.option("--atol", type=click.FloatRange(min=0), help="Absolute rank tolerance.")
+    @click.option("--atol", type=NON_NEGATIVE, help="Absolute rank tolerance.")
     @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
     @input_options
     def collide(model: str, input_files: tuple[str, ...], count: int, beta: float, basis: str,
@@ -170,40 +273,21 @@ def register(main: click.Group, run_guarded: Callable[[Callable[[], None], bool]
         """Make inputs that collide with a given input at W1 (Null-space search) and prove it."""
 
         def run() -> None:
-            bounds = _floats(valid_range, "--range", 2)
-            if bounds and bounds[0] >= bounds[1]:
-                raise UsageError(f"--range {valid_range}: LO must be below HI")
-            settings = SearchSettings(count, beta, _basis(basis), seed, region,
-                                      (bounds[0], bounds[1]) if bounds else None, mode,
-                                      input_name, ToleranceRule(rtol, atol))
-            if os.path.exists(out) and not os.path.isdir(out):
-                raise UsageError("is a file, not a folder", f"--out {out}",
-                                 "give a folder for the outputs")
+            settings = _search_settings(count, beta, basis, seed, region, valid_range, mode,
+                                        input_name, ToleranceRule(rtol, atol))
+            image = _image_options(resize, layout, scale, mean, std)
+            shapes = _shapes(input_shapes)
+            check_output_set_folder(out)
             from onnxcollide.search import check_applicable
 
-            check_applicable(model, _shapes(input_shapes), input_name)
-            loaded = load_model(model)
-            feeds = load_inputs(loaded, parse_assignments(input_files, "--input"),
-                                _shapes(input_shapes), seed,
-                                _image_options(resize, layout, scale, mean, std),
-                                (bounds[0], bounds[1]) if bounds else None)
+            check_applicable(model, shapes, input_name)
+            feeds = load_inputs(load_model(model), parse_assignments(input_files, "--input"),
+                                shapes, seed, image, settings.valid_range)
             found = find_collisions(model, feeds, settings)
             drawing = _basis_vectors(found, basis_images) if basis_images else None
-            validations: list[dict[str, Any] | None] = [None] * len(found.collisions)
-            runtime = None
-            if not no_validate and found.collisions:
-                from onnxcollide.validation import validate_collisions
-
-                done, runtime = validate_collisions(found, device, precision, seed)
-                validations = list(done)
-                if runtime["notice"]:
-                    click.echo(f"notice: {runtime['notice']}", err=True)
-            files = _save(out, found, settings_dict(found), drawing)
-            files["report"] = os.path.join(out, "report.json")
-            report = collide_dict(found, validations, runtime, files)
-            text = render_json(report)
-            write_atomically(files["report"], lambda handle: handle.write(text.encode("utf-8")))
-            show = text if fmt == "json" else render_table(report, 160)
+            validations, runtime = _validate(found, not no_validate, device, precision, seed)
+            report = _write_outputs(out, found, drawing, validations, runtime)
+            show = render_json(report) if fmt == "json" else render_table(report, 160)
             click.echo(show, nl=False)
             if runtime and not all(v and v.get("passed") for v in validations):
                 click.echo("some colliding inputs did not pass validation (see the report)",
@@ -237,9 +321,9 @@ def register(main: click.Group, run_guarded: Callable[[Callable[[], None], bool]
             )
             from onnxcollide.search import w1_output_name
 
-            loaded = load_model(model)
             options = _image_options(resize, layout, scale, mean, std)
             shapes = _shapes(input_shapes)
+            loaded = load_model(model)
             feeds_a = load_inputs(loaded, parse_assignments((first,), "FIRST"), shapes, seed,
                                   options)
             feeds_b = load_inputs(loaded, parse_assignments((second,), "SECOND"), shapes,
@@ -250,13 +334,10 @@ def register(main: click.Group, run_guarded: Callable[[Callable[[], None], bool]
             check = validate_pair(runner, feeds_a, feeds_b, target, seed,
                                   Tolerances.for_precision(precision))
             data = validation_dict(check)
-            import json
-
             if fmt == "json":
                 click.echo(json.dumps(data, indent=2, allow_nan=False))
             else:
-                for key, value in data.items():
-                    click.echo(f"{key}: {value}")
+                click.echo(render_validation_table(data), nl=False)
             sys.exit(0 if data.get("passed") else 1)
 
         run_guarded(run, debug)

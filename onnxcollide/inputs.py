@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from onnxcollide.graph.load import LoadedModel
 from onnxcollide.graph.shapes import declared_dims, model_inputs
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+MAX_RANDOM_BYTES = 2 << 30  # a seeded random input is drawn in float64 up to this size
 
 
 @dataclass(frozen=True)
@@ -95,11 +97,64 @@ def _load_image(path: str, dims: list[int | None], options: ImageOptions) -> np.
         raise ModelLoadError(f"cannot read the image ({exc})", path) from exc
     pixels = pixels.reshape(pixels.shape[0], pixels.shape[1], -1) * options.scale
     if options.mean is not None:
-        pixels = pixels - np.asarray(options.mean, dtype=np.float64)
+        pixels = pixels - _per_channel(options.mean, "--mean", pixels.shape[2], path)
     if options.std is not None:
-        pixels = pixels / np.asarray(options.std, dtype=np.float64)
+        pixels = pixels / _per_channel(options.std, "--std", pixels.shape[2], path)
     tensor = pixels[None]  # (1, H, W, C)
     return tensor if layout == "nhwc" else tensor.transpose(0, 3, 1, 2)
+
+
+def _per_channel(values: tuple[float, ...], option: str, channels: int, path: str
+                 ) -> np.ndarray:
+    """``values`` as a float64 array: one per channel of the image (or one for all).
+
+    Raises:
+        UsageError: another number of values than the image has channels.
+    """
+    if len(values) not in (1, channels):
+        shown = ",".join(f"{v:g}" for v in values)
+        raise UsageError(f"{option} '{shown}' has {len(values)} values, the image has "
+                         f"{channels} channel(s)", path,
+                         f"give {option} one value per channel ({channels}) or one for all")
+    return np.asarray(values, dtype=np.float64)
+
+
+def _check_values(array: np.ndarray, dtype: np.dtype, name: str, source: str) -> np.ndarray:
+    """``array`` cast to the input's ``dtype``, refusing what the cast would change silently.
+
+    Raises:
+        UsageError: not real numbers (complex, text), NaN or infinite values, values beyond
+            the range of ``dtype``, or fractions for an integer input.
+    """
+    if array.dtype.kind not in "biuf" and array.dtype.kind != dtype.kind:
+        raise UsageError(f"holds {array.dtype} values; input '{name}' takes real numbers "
+                         f"({dtype})", source, "save a real (float or integer) array")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise UsageError(f"holds NaN or infinite values for input '{name}'", source,
+                         "give finite values")
+    if dtype.kind in "iu" and array.size and array.dtype.kind in "iuf":
+        _check_integers(array, dtype, name, source)
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = array.astype(dtype, copy=False)
+    if cast.dtype.kind == "f" and not np.all(np.isfinite(cast)):
+        raise UsageError(f"holds values beyond the range of {dtype} for input '{name}'",
+                         source, "rescale the values")
+    return cast
+
+
+def _check_integers(array: np.ndarray, dtype: np.dtype, name: str, source: str) -> None:
+    """Refuse fractions and values outside ``dtype`` for an integer input.
+
+    Raises:
+        UsageError: a value that the cast to ``dtype`` would round or wrap around.
+    """
+    if array.dtype.kind == "f" and np.any(array != np.round(array)):
+        raise UsageError(f"holds fractions; input '{name}' takes {dtype}", source,
+                         f"save integer values for '{name}'")
+    info = np.iinfo(dtype)
+    if array.min() < info.min or array.max() > info.max:
+        raise UsageError(f"holds values outside [{info.min}, {info.max}] for input '{name}' "
+                         f"({dtype})", source, "save values that fit the input's type")
 
 
 def _check_shape(array: np.ndarray, dims: list[int | None], name: str, source: str) -> None:
@@ -112,18 +167,36 @@ def _check_shape(array: np.ndarray, dims: list[int | None], name: str, source: s
 
 def random_input(dims: list[int | None], override: tuple[int, ...] | None, dtype: np.dtype,
                  name: str, rng: np.random.Generator,
-                 value_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
-    """A seeded uniform draw in ``value_range`` for a float input (batch 1 where dynamic)."""
+                 value_range: tuple[float, float] = (0.0, 1.0), source: str = "") -> np.ndarray:
+    """A seeded uniform draw in ``value_range`` for a float input (batch 1 where dynamic).
+
+    ``source`` (the model file) is named in errors.
+    """
     shape = override if override is not None else tuple(
         1 if k == 0 and d is None else d for k, d in enumerate(dims))
     if any(d is None for d in shape):
-        raise UsageError(f"input '{name}' has dynamic dims {shape}", hint=f"pass --input-shape "
-                         f"{name}=1x3x224x224 (its full shape) or give a value with --input")
+        example = "x".join(str(d if d is not None else 1 if k == 0 else 224)
+                           for k, d in enumerate(dims))
+        shown = "x".join("?" if d is None else str(d) for d in shape)
+        raise UsageError(f"input '{name}' has dynamic dims ({shown})", source,
+                         f"pass its full shape, e.g. --input-shape {name}={example}, or give a "
+                         "value with --input")
+    size = math.prod(int(d) for d in shape if d is not None) * 8  # float64 draw, in bytes
+    if size > MAX_RANDOM_BYTES:
+        shown = "x".join(map(str, shape))
+        raise UsageError(f"a random draw for input '{name}' of shape {shown} would take "
+                         f"{size / 2**30:.1f} GiB", source, "pass a smaller --input-shape")
     if dtype.kind != "f":
         raise UsageError(f"input '{name}' is {dtype} (not float): a random draw is not "
-                         "meaningful", hint=f"give a value with --input {name}=FILE.npy")
+                         "meaningful", source, f"give a value with --input {name}=FILE.npy")
     lo, hi = value_range
-    return (lo + (hi - lo) * rng.random(shape)).astype(dtype)  # type: ignore[arg-type]
+    with np.errstate(over="ignore", invalid="ignore"):
+        draw = (lo + (hi - lo) * rng.random(shape)).astype(dtype)  # type: ignore[arg-type]
+    if not np.all(np.isfinite(draw)):
+        raise UsageError(f"a random draw in [{lo:g}, {hi:g}) does not fit input '{name}' "
+                         f"({dtype})",
+                         hint=f"give --range bounds within +-{float(np.finfo(dtype).max):g}")
+    return draw
 
 
 def load_inputs(model: LoadedModel, files: dict[str | None, str],
@@ -153,7 +226,7 @@ def load_inputs(model: LoadedModel, files: dict[str | None, str],
         source = files.get(info.name)
         if source is None:
             feeds[info.name] = random_input(dims, shapes.get(info.name), dtype, info.name, rng,
-                                            value_range or (0.0, 1.0))
+                                            value_range or (0.0, 1.0), model.path)
             continue
         if not os.path.isfile(source):
             raise ModelLoadError("file not found", source, "check the path")
@@ -162,5 +235,5 @@ def load_inputs(model: LoadedModel, files: dict[str | None, str],
         else:
             array = _load_array(source, info.name)
         _check_shape(array, dims, info.name, source)
-        feeds[info.name] = array.astype(dtype, copy=False)
+        feeds[info.name] = _check_values(array, dtype, info.name, source)
     return feeds

@@ -389,22 +389,52 @@ def _in_range(value: np.ndarray, valid_range: tuple[float, float] | None) -> boo
         np.all(value >= valid_range[0]) and np.all(value <= valid_range[1]))
 
 
+def _moved(x: np.ndarray, betas: np.ndarray, unit_delta: np.ndarray, k: int,
+           beta: float) -> np.ndarray:
+    """``x + betas * unit_delta`` in x's dtype.
+
+    Raises:
+        UsageError: the result overflows the dtype (beta far too large).
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        value = (x.astype(np.float64) + betas * unit_delta).astype(x.dtype)
+    if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+        raise UsageError(f"beta {beta:g} makes colliding input {k} overflow {x.dtype}",
+                         hint="use a smaller --beta")
+    return value
+
+
+def _unchanged_error(k: int, x: np.ndarray, betas: np.ndarray,
+                     settings: SearchSettings) -> UsageError:
+    """Why colliding input ``k`` came out equal to the input: --range bounded every unit's
+    beta to 0, or beta is too small to change any element in the input's dtype."""
+    if settings.valid_range is not None and not np.any(betas):
+        return UsageError(f"colliding input {k} equals the input: every unit's beta was "
+                          "bounded to 0 by --range",
+                          hint="widen the range or move the input inside it")
+    if settings.beta == 0:
+        return UsageError(f"colliding input {k} equals the input: beta is 0",
+                          hint="use a non-zero --beta")
+    return UsageError(f"colliding input {k} equals the input: beta {settings.beta:g} is too "
+                      f"small to change any element of the {x.dtype} input",
+                      hint="use a larger --beta")
+
+
 def _make_collision(k: int, x: np.ndarray, unit_delta: np.ndarray, unit_of: np.ndarray | None,
                     settings: SearchSettings, basis: int | None) -> tuple[Collision, str | None]:
     betas = _unit_betas(x, unit_delta, unit_of, settings)
     moved = unit_delta != 0
-    value = (x.astype(np.float64) + betas * unit_delta).astype(x.dtype)
+    value = _moved(x, betas, unit_delta, k, settings.beta)
     for _ in range(60):  # rounding to the input dtype may cross a bound by one ulp
         if _in_range(value, settings.valid_range):
             break
         betas = betas * (1.0 - 2.0 ** -20)
-        value = (x.astype(np.float64) + betas * unit_delta).astype(x.dtype)
+        value = _moved(x, betas, unit_delta, k, settings.beta)
     if not _in_range(value, settings.valid_range):
         raise UnsupportedModelError(f"colliding input {k} cannot be kept inside the range "
                                     "after rounding to the input dtype")
     if not np.any(value != x):
-        raise UsageError(f"colliding input {k} equals the input: every unit's beta was bounded "
-                         "to 0 by --range", hint="widen the range or move the input inside it")
+        raise _unchanged_error(k, x, betas[moved], settings)
     used = np.abs(betas[moved]) if moved.any() else np.array([abs(settings.beta)])
     note = None
     if settings.valid_range and float(used.min()) < abs(settings.beta):
@@ -415,6 +445,29 @@ def _make_collision(k: int, x: np.ndarray, unit_delta: np.ndarray, unit_of: np.n
     sign = math.copysign(1.0, settings.beta)
     return Collision(k, sign * float(used.max()), sign * float(used.min()), settings.beta,
                      delta, betas * unit_delta, value, basis), note
+
+
+def _check_start(x: np.ndarray, name: str, settings: SearchSettings, path: str) -> None:
+    """beta and the input to perturb must be finite, and --range must fit its dtype.
+
+    Raises:
+        UsageError: a NaN or infinite beta or input value (no perturbation could be
+            measured), or a range bound beyond the largest value of the input's float dtype.
+    """
+    if not math.isfinite(settings.beta):
+        raise UsageError(f"beta {settings.beta} is not a finite number",
+                         hint="give a finite --beta")
+    if x.dtype.kind != "f":
+        return
+    if not np.all(np.isfinite(x)):
+        raise UsageError(f"the input '{name}' holds NaN or infinite values", path,
+                         "give an input with finite values")
+    if settings.valid_range is not None:
+        largest = float(np.finfo(x.dtype).max)
+        if max(abs(settings.valid_range[0]), abs(settings.valid_range[1])) > largest:
+            raise UsageError(f"--range {settings.valid_range[0]:g},"
+                             f"{settings.valid_range[1]:g} goes beyond the range of {x.dtype}",
+                             path, f"give bounds within +-{largest:g}")
 
 
 def find_collisions(path: str, feeds: dict[str, np.ndarray],
@@ -436,6 +489,7 @@ def find_collisions(path: str, feeds: dict[str, np.ndarray],
         raise UsageError(f"unknown mode '{settings.mode}'", hint=f"use one of {MODES}")
     ctx = _context(path, feeds, settings)
     x = np.asarray(feeds[ctx.route.input])
+    _check_start(x, ctx.route.input, settings, path)
     if settings.valid_range and not _in_range(x, settings.valid_range):
         raise UsageError(f"the input '{ctx.route.input}' is not inside --range "
                          f"{settings.valid_range[0]:g},{settings.valid_range[1]:g}", path,

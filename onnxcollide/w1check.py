@@ -25,7 +25,9 @@ def check_w1(path: str, shapes: dict[str, tuple[int, ...]], seed: int, device: s
         feeds = load_inputs(load_model(path), {}, shapes, seed, ImageOptions())
         found = find_collisions(path, feeds, settings)
     except OnnxCollideError as exc:
-        return {"verdict": f"not checked: {exc.one_line()}", "seed": seed, "input_shapes": None,
+        # Without the hint: it may name a collide option (--input) that audit does not have.
+        reason = OnnxCollideError(exc.what, exc.where).one_line()
+        return {"verdict": f"not checked: {reason}", "seed": seed, "input_shapes": None,
                 "class": None, "method": None, "exact": None, "operator": None,
                 "validation": None}
     result: dict[str, Any] = {

@@ -183,6 +183,65 @@ def test_atomic_write_into_a_missing_folder_is_a_usage_error(tmp_path):
         write_atomically(str(tmp_path / "no" / "out.bin"), lambda h: h.write(b"x"))
 
 
+def test_atomic_write_through_a_symlink_replaces_its_target(tmp_path):
+    """-o link.json: the link stays a link and its target gets the new bytes (renaming onto
+    the link replaced the link with a file and left the target stale)."""
+    target = tmp_path / "real.json"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    write_atomically(str(link), lambda h: h.write(b"new"))
+    assert link.is_symlink()
+    assert target.read_bytes() == b"new"
+    assert leftovers(tmp_path) == []
+
+
+def test_atomic_write_to_a_fifo_writes_into_it(tmp_path):
+    """A path that is not a regular file (a FIFO here, /dev/null in use) is written into,
+    not replaced by a regular file."""
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    write_atomically(str(fifo), lambda h: h.write(b"report"))
+    reader.join(timeout=10)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert received == [b"report"]
+
+
+def test_atomic_write_keeps_the_mode_of_an_existing_file(tmp_path, umask_022):
+    """A private (0600) report stays private when it is rewritten."""
+    target = tmp_path / "out.json"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o600)
+    write_atomically(str(target), lambda h: h.write(b"new"))
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+    assert target.read_bytes() == b"new"
+
+
+def test_atomic_write_to_a_folder_is_a_usage_error(tmp_path):
+    """The path is a folder: UsageError, the folder is untouched."""
+    with pytest.raises(UsageError, match="is a folder"):
+        write_atomically(str(tmp_path), lambda h: h.write(b"x"))
+    assert leftovers(tmp_path) == []
+
+
+def test_atomic_write_os_error_is_a_usage_error(tmp_path):
+    """A write that fails with an OSError (a full disk) is a UsageError naming the path,
+    and leaves nothing behind."""
+    import errno
+
+    def full(handle):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(UsageError, match="No space left on device"):
+        write_atomically(str(tmp_path / "out.json"), full)
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_written_files_respect_the_umask(tmp_path, mask, mode):
     """Files get 0666 & ~umask like any other file (not mkstemp's 0600)."""

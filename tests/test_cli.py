@@ -10,7 +10,16 @@ import os
 import numpy as np
 import onnx
 import pytest
-from builders import DATA, MTCNN, assert_one_line_error, build_model, init, make_model, value
+from builders import (
+    DATA,
+    MODELS,
+    MTCNN,
+    assert_one_line_error,
+    build_model,
+    init,
+    make_model,
+    value,
+)
 from builders import run_cli as run
 from onnx import helper
 
@@ -214,18 +223,27 @@ def test_missing_external_data_exits_3(tmp_path):
     ["--rtol", "abc"],
     ["--atol", "-1"],
     ["--no-such-option"],
-], ids=["format", "convention", "rtol-zero", "rtol-text", "atol-negative", "unknown-option"])
-def test_bad_option_exits_2(args):
-    """Options click rejects exit 2 without a traceback."""
-    result = run("audit", *args, LENET)
-    assert result.exit_code == 2
-    assert "Traceback" not in result.stderr
-    assert result.stdout == ""
+    ["--rtol", "nan"],
+    ["--rtol", "inf"],
+    ["--rtol", "1e400"],
+    ["--atol", "inf"],
+    ["--atol", "nan"],
+    ["--seed", "-1"],
+], ids=["format", "convention", "rtol-zero", "rtol-text", "atol-negative", "unknown-option",
+        "rtol-nan", "rtol-inf", "rtol-overflow", "atol-inf", "atol-nan", "seed-negative"])
+def test_bad_option_is_one_line_and_exit_2(args):
+    """Options click rejects: one 'error:' line naming the option, exit 2, nothing on stdout.
+    A nan tolerance used to run and report rank 0 everywhere; click's usage block was
+    several lines."""
+    line = assert_one_line_error(run("audit", *args, LENET), 2)
+    assert args[0] in line
+    assert "audit --help" in line
 
 
 def test_no_model_exits_2():
-    """`audit` with no model is a usage error."""
-    assert run("audit").exit_code == 2
+    """`audit` with no model is a usage error on one line."""
+    line = assert_one_line_error(run("audit"), 2)
+    assert "MODEL" in line
 
 
 @pytest.mark.parametrize("shape", ["bad", "x=", "=1x2", "x=1xax3", "x=0x3", "x=-1x3"])
@@ -297,3 +315,64 @@ def test_audit_validate_turns_a_runtime_failure_into_the_verdict(tmp_path):
     check = json.loads(result.stdout)["models"][0]["validation"]
     assert check["verdict"].startswith("not validated:")
     assert check["validation"] is None
+
+
+def test_audit_validate_on_cuda_without_cuda_is_a_usage_error():
+    """--validate --device cuda where ONNX Runtime has no CUDA provider: exit 2 before any
+    work, as collide does (the audit ran and the check said 'not validated', exit 0)."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has the CUDA execution provider")
+    line = assert_one_line_error(run("audit", "--validate", "--device", "cuda", LENET), 2)
+    assert "--device cuda" in line
+
+
+def test_validate_reaches_csv_and_the_summary_only_table():
+    """audit --validate: the W1 check is in every format, also the CSVs and the
+    --summary-only table (they had no trace of it)."""
+    model = str(MODELS / "patch_embed.onnx")
+    summary = run("audit", "--validate", "-f", "csv", "--summary-only", model)
+    assert summary.exit_code == 0, summary.stderr
+    header, row = list(csv.reader(io.StringIO(summary.stdout)))
+    assert header[-1] == "W1 check" and row[-1].startswith("PASS")
+    layers = run("audit", "--validate", "-f", "csv", model)
+    rows = list(csv.DictReader(io.StringIO(layers.stdout)))
+    checks = [r["w1_check"] for r in rows]
+    assert sum(c.startswith("PASS") for c in checks) == 1 and checks.count("") == len(rows) - 1
+    table = run("audit", "--validate", "--summary-only", model)
+    assert "W1 check" in table.stdout and "PASS" in table.stdout
+    plain = run("audit", "-f", "csv", "--summary-only", model)
+    assert "W1 check" not in plain.stdout  # no column without --validate
+
+
+def test_blind_count_of_a_not_applicable_w1_says_why(tmp_path):
+    """A static input whose W1 is 'not applicable' (a Relu first): the blind-element line says
+    it is not counted, not 'dynamic input size; pass --input-shape'."""
+    rng = np.random.default_rng(0)
+    path = make_model(tmp_path / "relu.onnx",
+                      [helper.make_node("Relu", ["x"], ["r"]),
+                       helper.make_node("MatMul", ["r", "W"], ["y"])],
+                      [value("x", [1, 8])], [value("y", [1, 4])],
+                      [init("W", rng.standard_normal((8, 4)).astype(np.float32))])
+    result = run("audit", str(path))
+    assert result.exit_code == 0, result.stderr
+    assert "blind input elements: not counted (W1's class is not applicable)" in result.stdout
+    assert "dynamic input size" not in result.stdout
+
+
+def test_validate_verdict_on_token_ids_names_no_collide_option(tmp_path):
+    """audit --validate on int64 token ids: the verdict says why it was not checked without
+    advising '--input ids=FILE.npy', an option audit does not have."""
+    rng = np.random.default_rng(0)
+    path = make_model(tmp_path / "gather.onnx",
+                      [helper.make_node("Gather", ["E", "ids"], ["emb"]),
+                       helper.make_node("MatMul", ["emb", "W"], ["y"])],
+                      [value("ids", [1, 5], onnx.TensorProto.INT64)], [value("y", [1, 5, 4])],
+                      [init("E", rng.standard_normal((10, 8)).astype(np.float32)),
+                       init("W", rng.standard_normal((8, 4)).astype(np.float32))])
+    result = run("audit", "--validate", "-f", "json", str(path))
+    assert result.exit_code == 0, result.stderr
+    verdict = json.loads(result.stdout)["models"][0]["validation"]["verdict"]
+    assert verdict.startswith("not checked:")
+    assert "--input " not in verdict and "FILE.npy" not in verdict

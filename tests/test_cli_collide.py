@@ -187,6 +187,164 @@ def test_collide_usage_errors_exit_2(tmp_path, args, match):
     assert not out.exists()
 
 
+def _png(folder: Path) -> str:
+    """A 20x24 RGB PNG in ``folder``."""
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / "a.png")
+    return str(folder / "a.png")
+
+
+@pytest.mark.parametrize("args, match", [
+    (("--seed", "-1"), "--seed"),
+    (("--basis", "-1"), "--basis '-1'"),
+    (("--basis", "0,-2"), "negative index"),
+    (("--resize", "0x32", "--input", "{png}"), "--resize '0x32'"),
+    (("--mean", "0.5,0.5", "--input", "{png}"), "3 channel"),
+    (("--std", "1,1", "--input", "{png}"), "--std"),
+    (("--std", "0,1,1", "--input", "{png}"), "--std '0,1,1'"),
+    (("--std", "nan,1,1", "--input", "{png}"), "not a finite number"),
+    (("--mean", "inf,0,0", "--input", "{png}"), "not a finite number"),
+    (("--scale", "nan", "--input", "{png}"), "--scale"),
+    (("--beta", "nan"), "--beta"),
+    (("--beta", "inf"), "--beta"),
+    (("--beta", "-inf"), "--beta"),
+    (("--beta", "0"), "--beta 0"),
+    (("--beta", "1e-300"), "too small"),
+    (("--beta", "1e300"), "overflow"),
+    (("--rtol", "nan"), "--rtol"),
+    (("--atol", "inf"), "--atol"),
+    (("--range", "-inf,inf"), "not a finite number"),
+    (("--range", "0,nan"), "not a finite number"),
+    (("--range", "-1e300,1e300"), "does not fit"),
+])
+@pytest.mark.filterwarnings("error")
+def test_collide_bad_values_are_one_line_usage_errors(tmp_path, args, match):
+    """Option values that used to be internal errors (negative seed or basis index, a zero
+    --resize, a --mean of the wrong length), pass silently (nan/inf beta, std, scale, rtol,
+    atol) or blame --range (--beta 0 or too small): exit 2, one line naming the option,
+    no numpy warning, nothing written."""
+    out = tmp_path / "o"
+    args = tuple(a.replace("{png}", _png(tmp_path)) for a in args)
+    line = assert_one_line_error(run("collide", PATCH, "--no-validate", "-o", str(out), *args),
+                                 2)
+    assert match in line
+    assert "--range" not in line or "--range" in args
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("content, match", [
+    (np.full((1, 3, 32, 32), np.inf, np.float32), "NaN or infinite"),
+    (np.where(np.eye(32, dtype=bool), np.nan, 0.5).astype(np.float32)[None, None]
+     .repeat(3, axis=1), "NaN or infinite"),
+    ((np.full((1, 3, 32, 32), 0.5) + 0.5j).astype(np.complex64), "complex64"),
+])
+@pytest.mark.filterwarnings("error")
+def test_collide_input_file_with_nan_inf_or_complex_is_a_usage_error(tmp_path, content, match):
+    """--input x.npy holding inf/NaN or complex numbers: exit 2 naming the file and the input
+    (inf used to be blamed on --range, NaN and complex went through with a wrong number)."""
+    np.save(tmp_path / "x.npy", content)
+    out = tmp_path / "o"
+    line = assert_one_line_error(run("collide", PATCH, "--no-validate", "-o", str(out),
+                                     "--input", str(tmp_path / "x.npy")), 2)
+    assert match in line and "x.npy" in line and "'input'" in line
+    assert "--range" not in line
+    assert not out.exists()
+
+
+@needs_runtime
+def test_validate_negative_seed_is_a_usage_error(tmp_path):
+    """validate --seed -1: exit 2 naming --seed (numpy's ValueError used to surface as an
+    internal error)."""
+    np.save(tmp_path / "a.npy", np.zeros((1, 3, 32, 32), np.float32))
+    np.save(tmp_path / "b.npy", np.ones((1, 3, 32, 32), np.float32))
+    line = assert_one_line_error(run("validate", PATCH, str(tmp_path / "a.npy"),
+                                     str(tmp_path / "b.npy"), "--device", "cpu", "--seed",
+                                     "-1"), 2)
+    assert "--seed" in line
+
+
+def test_collide_out_in_a_folder_that_cannot_be_written_fails_first(tmp_path, monkeypatch):
+    """-o ro/out where ro refuses new entries (PermissionError): exit 2 naming --out before
+    any search runs (it used to be an internal error after all the work)."""
+    import errno
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_mkdir = os.mkdir
+
+    def refuse(path, *args, **kwargs):
+        if str(os.fspath(path)).startswith(str(ro)):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the search ran before the output folder was checked")
+
+    monkeypatch.setattr(os, "mkdir", refuse)
+    monkeypatch.setattr("onnxcollide.cli_collide.find_collisions", no_search)
+    line = assert_one_line_error(run("collide", PATCH, "--no-validate", "-o",
+                                     str(ro / "out")), 2)
+    assert "--out" in line and "Permission denied" in line
+    assert os.listdir(ro) == []
+
+
+def test_collide_output_named_folder_is_a_usage_error_before_writing(tmp_path):
+    """out/report.json is a folder: exit 2 naming it, and no collisions.npz is written
+    (it used to write the .npz and then fail with an internal error)."""
+    out = tmp_path / "o"
+    (out / "report.json").mkdir(parents=True)
+    line = assert_one_line_error(run("collide", PATCH, "--no-validate", "-o", str(out)), 2)
+    assert "report.json" in line
+    assert os.listdir(out) == ["report.json"]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every entry of ``folder`` (hidden ones too) and its bytes."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_collide_failed_write_leaves_the_previous_outputs(tmp_path, monkeypatch):
+    """A write that fails half way (the second strip: a full disk) leaves the folder exactly
+    as the previous run left it: no new .npz beside an old report, no temporary files."""
+    import errno
+
+    from onnxcollide import artifacts
+
+    out = tmp_path / "o"
+    assert run("collide", PATCH, "--no-validate", "-o", str(out), "-n", "3").exit_code == 0
+    before = _snapshot(out)
+    calls = []
+
+    def failing_strip(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        artifacts.strip_png(path, *args, **kwargs)
+
+    monkeypatch.setattr("onnxcollide.cli_collide.strip_png", failing_strip)
+    result = run("collide", PATCH, "--no-validate", "-o", str(out), "-n", "2", "--seed", "5")
+    line = assert_one_line_error(result, 2)
+    assert "No space left on device" in line
+    assert _snapshot(out) == before
+
+
+def test_collide_rerun_replaces_the_previous_set_and_keeps_other_files(tmp_path):
+    """A rerun with a smaller --count and no --basis-images removes the old strip-1/2.png and
+    basis.png: the folder holds exactly what the new report lists, plus the user's files."""
+    out = tmp_path / "o"
+    assert run("collide", PATCH, "--no-validate", "-o", str(out), "-n", "3",
+               "--basis-images", "2").exit_code == 0
+    assert "strip-2.png" in os.listdir(out) and "basis.png" in os.listdir(out)
+    (out / "notes.txt").write_text("mine")
+    (out / "strip-old.png").write_text("mine too")
+    result = run("collide", PATCH, "--no-validate", "-o", str(out), "-n", "1")
+    assert result.exit_code == 0, result.stderr
+    listed = {os.path.basename(p) for p in report_of(out)["files"].values()}
+    assert listed == {"collisions.npz", "report.json", "strip-0.png"}
+    assert sorted(os.listdir(out)) == sorted(listed | {"notes.txt", "strip-old.png"})
+    assert (out / "notes.txt").read_text() == "mine"
+
+
 def test_collide_missing_model_exit_3(tmp_path):
     """A model file that does not exist: exit 3, the line names the file."""
     line = assert_one_line_error(run("collide", str(tmp_path / "nope.onnx"), "--no-validate"), 3)
@@ -348,7 +506,29 @@ def test_validate_exits_0_for_a_collision_and_1_for_a_random_pair(tmp_path):
     bad = run("validate", PATCH, str(tmp_path / "a.npy"), str(tmp_path / "r.npy"),
               "--device", "cpu")
     assert bad.exit_code == 1, bad.stderr
-    assert "passed: False" in bad.stdout
+    assert "passed: no" in bad.stdout
+
+
+@needs_runtime
+def test_validate_table_flattens_nested_values(tmp_path):
+    """`validate -f table` prints one readable `key: value` line per figure (nested values as
+    device.used, collision.outputs[0].max_abs), never a Python dict or list."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "a.npy", rng.random((1, 3, 32, 32), dtype=np.float32))
+    np.save(tmp_path / "b.npy", rng.random((1, 3, 32, 32), dtype=np.float32))
+    result = run("validate", PATCH, str(tmp_path / "a.npy"), str(tmp_path / "b.npy"),
+                 "--device", "cpu")
+    assert result.exit_code == 1, result.stderr
+    data = json.loads(run("validate", PATCH, str(tmp_path / "a.npy"), str(tmp_path / "b.npy"),
+                          "--device", "cpu", "-f", "json").stdout)
+    lines = result.stdout.splitlines()
+    assert "{" not in result.stdout and "'" not in result.stdout  # no Python dict or list
+    assert "device.used: cpu" in lines and "device.providers: CPUExecutionProvider" in lines
+    assert "perturbed_inputs: input" in lines and "collision.passed: no" in lines
+    residual = data["collision"]["layer_residual"]
+    assert f"collision.layer_residual: {residual:.3g}" in lines
+    assert any(line.startswith("collision.outputs[0].max_abs: ") for line in lines)
+    assert all(": " in line for line in lines)
 
 
 @needs_runtime

@@ -86,6 +86,19 @@ def test_overlapping_conv(tmp_path, rng):
     assert fl.blind_elements == 0
 
 
+@pytest.mark.parametrize(("kernel", "stride", "expected"), [((16, 16), 16, PATCHIFY),
+                                                            ((3, 3), 1, OVERLAPPING)])
+def test_huge_input_is_classified_without_counting_each_element(tmp_path, rng, kernel, stride,
+                                                                expected):
+    """--input-shape 1x3x100000x100000 (3e10 elements): the class comes from the geometry and
+    the blind count is unknown, instead of a 74 GiB MemoryError."""
+    path = conv_model(tmp_path, rng, ["N", 3, "H", "W"], kernel, stride)
+    fl = first(path, AuditSettings(input_shapes=(("x", (1, 3, 100_000, 100_000)),)))
+    assert fl.exactness == expected
+    assert fl.blind_elements is None
+    assert fl.input_elements == 3 * 100_000 * 100_000
+
+
 def test_stride_larger_than_kernel_leaves_blind_elements(tmp_path, rng):
     """k=2, s=3 on 1x1x8x8: rows/cols {0,1,3,4,6,7} are read: 36 read, 28 blind, patchify."""
     fl = first(conv_model(tmp_path, rng, [1, 1, 8, 8], (2, 2), 3))

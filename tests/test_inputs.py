@@ -157,10 +157,21 @@ def test_random_draw_shape_override_and_value_range():
 
 def test_random_draw_with_dynamic_spatial_dims_needs_a_shape():
     """mtcnn_pnet's input is [N,M1,M2,3]: without --input-shape the draw is refused."""
-    with pytest.raises(UsageError, match="dynamic dims"):
+    with pytest.raises(UsageError, match="dynamic dims") as info:
         load(MTCNN, {})
     x = load(MTCNN, {}, shapes={"input_1": (1, 12, 12, 3)})["input_1"]
     assert x.shape == (1, 12, 12, 3)
+    # The hint keeps the fixed dims where the model has them (channels last here) and names
+    # the file; it advised 1x3x224x224, which the model refuses.
+    assert "--input-shape input_1=1x224x224x3" in info.value.hint
+    assert info.value.where.endswith("mtcnn_pnet.onnx")
+    assert load(MTCNN, {}, shapes={"input_1": (1, 224, 224, 3)})["input_1"].shape[3] == 3
+
+
+def test_random_draw_too_large_for_memory_is_a_usage_error():
+    """--input-shape 1x100000x100000x3 would draw 223 GiB: a usage error, not a MemoryError."""
+    with pytest.raises(UsageError, match="GiB"):
+        load(MTCNN, {}, shapes={"input_1": (1, 100_000, 100_000, 3)})
 
 
 def test_random_draw_for_an_integer_input_is_refused(tmp_path):
@@ -267,3 +278,79 @@ def test_parse_assignments_bare_value_with_others_is_a_usage_error():
     """A bare value is only allowed alone."""
     with pytest.raises(UsageError, match="NAME="):
         parse_assignments(["x.npy", "b=y.npy"], "--input")
+
+
+# ------------------------------------------------------------------ values a cast would hide
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_npy_with_nan_or_inf_is_a_usage_error_naming_file_and_input(tmp_path, bad):
+    """A .npy holding NaN/inf: UsageError naming the file and the input (it used to be fed as
+    is and surfaced later as a wrong blame on --range or a NaN report)."""
+    array = np.random.default_rng(1).random((1, 3, 32, 32))
+    array[0, 1, 2, 3] = bad
+    np.save(tmp_path / "x.npy", array)
+    with pytest.raises(UsageError, match="NaN or infinite") as info:
+        load(PATCH, {None: str(tmp_path / "x.npy")})
+    assert "x.npy" in info.value.one_line() and "'input'" in info.value.one_line()
+
+
+@pytest.mark.filterwarnings("error")
+def test_complex_npy_is_a_usage_error_not_a_dropped_imaginary_part(tmp_path):
+    """A complex .npy: UsageError (the cast used to drop the imaginary part with a
+    ComplexWarning)."""
+    array = (np.random.default_rng(1).random((1, 3, 32, 32)) + 1j).astype(np.complex64)
+    np.save(tmp_path / "x.npy", array)
+    with pytest.raises(UsageError, match="complex64") as info:
+        load(PATCH, {None: str(tmp_path / "x.npy")})
+    assert "x.npy" in info.value.one_line()
+
+
+@pytest.mark.filterwarnings("error")
+def test_values_beyond_float32_are_a_usage_error(tmp_path):
+    """float64 1e300 into a float32 input: UsageError, not an inf after the cast."""
+    np.save(tmp_path / "x.npy", np.full((1, 3, 32, 32), 1e300))
+    with pytest.raises(UsageError, match="beyond the range of float32"):
+        load(PATCH, {None: str(tmp_path / "x.npy")})
+
+
+def test_fractions_for_an_integer_input_are_a_usage_error(tmp_path):
+    """1.5 for an int64 input: UsageError (the cast would silently truncate it)."""
+    rng = np.random.default_rng(1)
+    path = make_model(tmp_path / "tok.onnx",
+                      [mk("Gather", ["E", "ids"], ["e"]), mk("MatMul", ["e", "W"], ["y"])],
+                      [value("ids", [1, 2], INT64)], [value("y", [1, 2, 4])],
+                      [init("E", rng.standard_normal((5, 8)).astype(np.float32)),
+                       init("W", rng.standard_normal((8, 4)).astype(np.float32))])
+    np.save(tmp_path / "ids.npy", np.array([[1.0, 1.5]]))
+    with pytest.raises(UsageError, match="fractions"):
+        load(load_model(path), {None: str(tmp_path / "ids.npy")})
+    np.save(tmp_path / "ids.npy", np.array([[1.0, 2.0]]))
+    assert load(load_model(path), {None: str(tmp_path / "ids.npy")})["ids"].tolist() == [[1, 2]]
+
+
+@pytest.mark.parametrize("option, values", [("mean", (0.5, 0.5)), ("std", (1.0, 1.0, 1.0, 1.0))])
+def test_png_mean_or_std_count_must_match_the_channels(tmp_path, option, values):
+    """--mean with 2 values on an RGB image: UsageError naming the option and the channel
+    count (it used to be a numpy broadcast error, reported as an internal error)."""
+    path = png(tmp_path / "a.png", rgb(0, 32, 32))
+    with pytest.raises(UsageError, match=f"--{option} .* 3 channel") as info:
+        load(PATCH, {None: path}, image=ImageOptions(**{option: values}))
+    assert "a.png" in info.value.one_line()
+
+
+def test_png_single_mean_applies_to_every_channel(tmp_path):
+    """One --mean value is subtracted from every channel (still allowed)."""
+    path = png(tmp_path / "a.png", rgb(0, 32, 32))
+    plain = load(PATCH, {None: path})["input"]
+    shifted = load(PATCH, {None: path}, image=ImageOptions(mean=(0.5,)))["input"]
+    np.testing.assert_allclose(shifted, plain - 0.5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("error")
+def test_random_draw_beyond_the_dtype_is_a_usage_error():
+    """A value range wider than float32 can hold: UsageError, not inf values and a numpy
+    overflow warning."""
+    with pytest.raises(UsageError, match="does not fit"):
+        load(PATCH, {}, value_range=(-1e300, 1e300))

@@ -682,6 +682,24 @@ def test_external_data_missing_file(tmp_path, rng):
         audit(external)
 
 
+@pytest.mark.parametrize("location", ["../outside.bin", "ABSOLUTE"], ids=["parent", "absolute"])
+def test_external_data_outside_the_model_folder_is_refused(tmp_path, rng, location):
+    """A location that leaves the model's folder is refused, as ONNX and ONNX Runtime do (it
+    was read, and '../../usr/bin/ls' gave 'weight contains NaN')."""
+    _, external = _save_pair(tmp_path, rng)
+    folder = os.path.dirname(external)
+    outside = tmp_path / "outside.bin"
+    os.replace(os.path.join(folder, "w.bin"), outside)
+    model = onnx.load(external, load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = str(outside) if location == "ABSOLUTE" else location
+    onnx.save(model, external)
+    with pytest.raises(ModelLoadError, match="outside the model's folder"):
+        audit(external)
+
+
 def test_external_data_truncated_file(tmp_path, rng):
     """w.bin cut short: a ModelLoadError saying it is shorter than the tensor needs."""
     _, external = _save_pair(tmp_path, rng)

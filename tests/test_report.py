@@ -296,3 +296,41 @@ def test_table_summary_only(lenet, small):
     assert "Table 1" in text
     assert "W1: " not in text
     assert "lenet5_mnist_torch.onnx" in text and "small|model.onnx" in text
+
+
+# ------------------------------------------------------------------ names from the model
+
+
+@pytest.fixture(scope="module")
+def marked(tmp_path_factory) -> ModelAudit:
+    """Node and file names that look like rich markup, and a node name with a newline."""
+    rng = np.random.default_rng(3)
+    path = make_model(
+        tmp_path_factory.mktemp("marked") / "[bold]x[red].onnx",
+        [mk("MatMul", ["x", "W"], ["h"], name="[/bold]"),
+         mk("MatMul", ["h", "V"], ["g"], name="[red]gemm[/red]"),
+         mk("MatMul", ["g", "U"], ["y"], name="two\nlines")],
+        [value("x", [2, 6])], [value("y", [2, 6])],
+        [init("W", irank(rng, 6, 6, 4).astype(np.float32)),
+         init("V", irank(rng, 6, 6, 3).astype(np.float32)),
+         init("U", irank(rng, 6, 6, 2).astype(np.float32))],
+    )
+    return audit_model(path)
+
+
+def test_table_shows_markup_like_names_verbatim(marked):
+    """Names are text, not rich markup: '[/bold]' crashed the table (MarkupError) and
+    '[red]gemm[/red]' lost its brackets."""
+    text = render([marked], Format.TABLE, RenderOptions(width=250))
+    for name in ("[/bold]", "[red]gemm[/red]", "[bold]x[red].onnx"):
+        assert name in text
+
+
+def test_markdown_keeps_a_newline_in_a_name_on_one_row(marked):
+    """A newline in a node name would split its table row in two."""
+    text = render([marked], Format.MARKDOWN)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "MatMul" in line]
+    assert len(rows) == 3
+    assert any("two lines" in row for row in rows)
+    header = next(line for line in text.splitlines() if line.startswith("| #"))
+    assert all(row.count(" | ") == header.count(" | ") for row in rows)

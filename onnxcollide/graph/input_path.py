@@ -183,6 +183,14 @@ def transpose_reach(size: int, kernel: int, stride: int, dilation: int,
     return ((taps >= 0) & (taps < out_len)).sum(axis=1).astype(np.int64)
 
 
+MAX_COUNTED_ELEMENTS = 1 << 25  # read counts (int64) are kept per element up to this per sample
+
+
+def _countable(shape: tuple[int, ...]) -> bool:
+    """Whether per-element read counts of a per-sample ``shape`` fit in memory comfortably."""
+    return int(np.prod(shape, dtype=np.int64)) <= MAX_COUNTED_ELEMENTS
+
+
 def _grid(per_axis: list[np.ndarray], channels: int) -> np.ndarray:
     """Outer product of per-axis counts, repeated over channels: (C, *spatial) int64."""
     grid = per_axis[0]
@@ -200,7 +208,7 @@ def _conv_reads(site: LinearSite, shape: Shape) -> np.ndarray | None:
     geometry = conv_geometry(site, tuple(site.resolver.value(site.weight_name).shape))
     axes = len(geometry.kernel)
     known = _known(shape)
-    if known is None or len(known) != axes + 2:
+    if known is None or len(known) != axes + 2 or not _countable(known[1:]):
         return None
     spatial = known[2:]
     per_axis = []
@@ -385,7 +393,8 @@ def _classify_site(input_name: str, dtype: str, shape: Shape | None, site: Linea
                               _blind(counts), elements)
 
     if site.op_type in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
-        reads = np.ones(data_shape[1:], np.int64) if data_shape else None
+        reads = np.ones(data_shape[1:], np.int64) if data_shape and _countable(
+            data_shape[1:]) else None
         counts = _input_reads(path_nodes, input_name, infos, reads, resolver, opset)
         return result(DENSE, f"{site.op_type} acts on the input directly: every kernel vector "
                              "of W1 lifts exactly.", counts)

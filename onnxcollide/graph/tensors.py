@@ -50,6 +50,14 @@ def tensor_to_array(tensor: TensorProto, base_dir: str) -> np.ndarray:
     location = info.get("location", "")
     path = os.path.normpath(os.path.join(base_dir, location))
     where = f"tensor '{tensor.name}'"
+    inside = os.path.realpath(path).startswith(os.path.join(os.path.realpath(base_dir or "."), ""))
+    if os.path.isabs(location) or not inside:
+        raise ModelLoadError(
+            f"external data location '{location}' points outside the model's folder",
+            where,
+            "keep external data files in the model's folder (ONNX and ONNX Runtime refuse "
+            "other locations too)",
+        )
     if not location or not os.path.isfile(path):
         raise ModelLoadError(
             f"external data file '{location}' not found next to the model",

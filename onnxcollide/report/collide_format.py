@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from onnxcollide.report.json_format import versions
 from onnxcollide.search import CollisionSet
@@ -95,8 +96,8 @@ def render_table(report: dict[str, Any], width: int = 120, color: bool = False) 
                       f"{rt['precision']}, engine {rt['engine']}; tolerances: W1 residual <= "
                       f"{rt['tolerances']['layer_rtol']:g}, outputs max rel <= "
                       f"{rt['tolerances']['output_rtol']:g}", markup=False)
-    table = Table(title=f"{len(report['collisions'])} colliding input(s) for "
-                        f"'{report['input']}'", title_justify="left")
+    table = Table(title=Text(f"{len(report['collisions'])} colliding input(s) for "
+                             f"'{report['input']}'"), title_justify="left")  # a name, not markup
     for header in ("#", "beta", "|d|_2", "W1 residual", "output max|diff|", "argmax",
                    "random W1 residual", "ratio", "verdict"):
         table.add_column(header, justify="left" if header == "verdict" else "right")
@@ -118,3 +119,24 @@ def render_table(report: dict[str, Any], width: int = 120, color: bool = False) 
     for kind, path in report["files"].items():
         console.print(f"wrote {kind}: {path}", markup=False)
     return buffer.getvalue()
+
+
+def _flat(prefix: str, value: Any) -> list[tuple[str, str]]:
+    """(dotted key, shown value) pairs: dicts by ``key.sub``, lists of dicts by ``key[i]``,
+    lists of plain values joined by commas."""
+    if isinstance(value, dict):
+        return [pair for key, item in value.items()
+                for pair in _flat(f"{prefix}.{key}" if prefix else str(key), item)]
+    if isinstance(value, (list, tuple)) and any(isinstance(v, (dict, list, tuple))
+                                                 for v in value):
+        return [pair for k, item in enumerate(value) for pair in _flat(f"{prefix}[{k}]", item)]
+    if isinstance(value, (list, tuple)):
+        return [(prefix, ", ".join(_fmt(v) for v in value) if value else "-")]
+    return [(prefix, _fmt(value))]
+
+
+def render_validation_table(data: dict[str, Any]) -> str:
+    """The result of `onnxcollide validate` as ``key: value`` lines, one per figure (nested
+    values flattened to ``device.used``, ``collision.outputs[0].max_abs``), with the number
+    format of the collide table."""
+    return "".join(f"{key}: {shown}\n" for key, shown in _flat("", data))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from onnxcollide.audit import LayerRow, ModelAudit
+from collections.abc import Sequence
+
+from onnxcollide.audit import FirstLayer, LayerRow, ModelAudit
+from onnxcollide.graph.input_path import MAX_COUNTED_ELEMENTS, NOT_APPLICABLE
 
 CLEAR_MARGIN = 10.0  # a decision is "clear" when no singular value lies within 10x of tol
 
@@ -51,6 +54,24 @@ def summary_cells(audit: ModelAudit) -> tuple[str, ...]:
     )
 
 
+def is_checked(audits: Sequence[ModelAudit]) -> bool:
+    """True when any model carries an ``audit --validate`` W1 check."""
+    return any(a.validation is not None for a in audits)
+
+
+def check_verdict(audit: ModelAudit) -> str:
+    """The W1 check's one-line verdict (``-`` when this model was not checked)."""
+    return "-" if audit.validation is None else str(audit.validation["verdict"])
+
+
+def summary_table(audits: Sequence[ModelAudit]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """Table 1's headers and a row per model; a ``W1 check`` column when --validate ran."""
+    if not is_checked(audits):
+        return SUMMARY_HEADERS, [summary_cells(a) for a in audits]
+    return (*SUMMARY_HEADERS, "W1 check"), [(*summary_cells(a), check_verdict(a))
+                                             for a in audits]
+
+
 LAYER_HEADERS = ("#", "node", "op", "q", "p", "groups", "rank", "nullity", "nu", "mu",
                  "sigma_max", "tol", "margin", "method")
 
@@ -76,9 +97,20 @@ def first_layer_lines(audit: ModelAudit) -> list[str]:
     lines = [f"W1: {first.node} (row {first.row_index}), reached by {path}",
              f"    input '{first.input}' {first.input_dtype} [{shape}]",
              f"    class: {first.exactness}: {first.reason}"]
-    if first.blind_elements is not None:
-        lines.append(f"    blind input elements (no window reads them): "
-                     f"{first.blind_elements} of {first.input_elements} per sample")
-    else:
-        lines.append("    blind input elements: unknown (dynamic input size; pass --input-shape)")
+    lines.append(f"    blind input elements{_blind_text(first)}")
     return lines
+
+
+def _blind_text(first: FirstLayer) -> str:
+    """The blind-element count, or why there is none."""
+    if first.blind_elements is not None:
+        return (f" (no window reads them): {first.blind_elements} of {first.input_elements} "
+                "per sample")
+    if first.exactness == NOT_APPLICABLE:
+        return ": not counted (W1's class is not applicable)"
+    if first.input_shape is None or any(d is None for d in first.input_shape):
+        return ": unknown (dynamic input size; pass --input-shape)"
+    if (first.input_elements or 0) > MAX_COUNTED_ELEMENTS:
+        return (f": unknown (over {MAX_COUNTED_ELEMENTS:,} elements per sample, too many to "
+                "count one by one)")
+    return ": unknown (the path to W1 cannot be followed element by element)"

@@ -8,18 +8,22 @@ from onnxcollide.audit import ModelAudit
 from onnxcollide.report import RenderOptions
 from onnxcollide.report.fields import (
     LAYER_HEADERS,
-    SUMMARY_HEADERS,
     first_layer_lines,
     layer_cells,
     model_name,
-    summary_cells,
+    summary_table,
 )
 from onnxcollide.report.json_format import settings_dict
 
 
+def _one_line(text: str) -> str:
+    """A model-supplied name on one line: a newline would end a table row or a heading."""
+    return " ".join(text.splitlines())
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+        return "| " + " | ".join(_one_line(c).replace("|", "\\|") for c in cells) + " |"
 
     return [line(headers), "|" + "|".join("---" for _ in headers) + "|", *map(line, rows)]
 
@@ -30,15 +34,16 @@ def render(audits: Sequence[ModelAudit], options: RenderOptions) -> str:
     lines = ["# onnxcollide audit", "",
              f"Tolerance: `{settings['tolerance_rule']}`; conv convention: "
              f"`{settings['conv_convention']}`.", "", "## Table 1", ""]
-    lines += _table(SUMMARY_HEADERS, [summary_cells(a) for a in audits])
+    lines += _table(*summary_table(audits))
     if options.summary_only:
         return "\n".join(lines) + "\n"
     for audit in audits:
         check = ([f"W1 check (seed {audit.validation['seed']}): {audit.validation['verdict']}"]
                  if audit.validation is not None else [])
-        lines += ["", f"## {model_name(audit)}", "", "```", *first_layer_lines(audit), *check,
-                  "```", ""]
+        lines += ["", f"## {_one_line(model_name(audit))}", "", "```",
+                  *map(_one_line, first_layer_lines(audit)), *check, "```", ""]
         lines += _table(LAYER_HEADERS, [layer_cells(r) for r in audit.rows])
-        lines += [f"- {note}" for note in audit.notes]
-        lines += [f"- skipped {s.label} ({s.op_type}): {s.reason}" for s in audit.skipped]
+        lines += [f"- {_one_line(note)}" for note in audit.notes]
+        lines += [_one_line(f"- skipped {s.label} ({s.op_type}): {s.reason}")
+                  for s in audit.skipped]
     return "\n".join(lines) + "\n"

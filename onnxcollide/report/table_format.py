@@ -7,16 +7,16 @@ from collections.abc import Sequence
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from onnxcollide.audit import ModelAudit
 from onnxcollide.report import RenderOptions
 from onnxcollide.report.fields import (
     LAYER_HEADERS,
-    SUMMARY_HEADERS,
     first_layer_lines,
     layer_cells,
     model_name,
-    summary_cells,
+    summary_table,
 )
 from onnxcollide.report.json_format import settings_dict
 
@@ -25,12 +25,14 @@ _NUMERIC = {"#", "q", "p", "groups", "rank", "nullity", "sigma_max", "tol", "mar
 
 
 def _table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
-    table = Table(title=title, title_justify="left", show_lines=False)
+    """A rich table whose title and cells are plain text: names from the model such as
+    ``[/bold]`` are shown as they are, never read as rich markup."""
+    table = Table(title=Text(title), title_justify="left", show_lines=False)
     for header in headers:
         table.add_column(header, justify="right" if header in _NUMERIC else "left",
                          overflow="fold")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))
     return table
 
 
@@ -55,8 +57,7 @@ def render(audits: Sequence[ModelAudit], options: RenderOptions) -> str:
                 console.print(f"skipped {skipped.label} ({skipped.op_type}): {skipped.reason}",
                               markup=False)
             console.print()
-    console.print(_table("Table 1 (Ozbulak et al., Eq. 6)", SUMMARY_HEADERS,
-                         [summary_cells(a) for a in audits]))
+    console.print(_table("Table 1 (Ozbulak et al., Eq. 6)", *summary_table(audits)))
     console.print(f"tolerance: {settings['tolerance_rule']}; conv convention: "
                   f"{settings['conv_convention']}; '!' marks a margin under "
                   f"{settings['clear_margin']:g} (rank would change if tol moved that much)",
