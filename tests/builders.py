@@ -87,6 +87,18 @@ def make_model(
     return str(path)
 
 
+def token_ids_model(folder: Path, length: int = 6, name: str = "tokens.onnx") -> str:
+    """int64 ids [1, length] -> Gather(embedding 50 x 8) -> MatMul(8 x 4), seeded weights."""
+    rng = np.random.default_rng(27)
+    return make_model(
+        folder / name,
+        [helper.make_node("Gather", ["E", "ids"], ["e"]),
+         helper.make_node("MatMul", ["e", "W"], ["y"])],
+        [value("ids", [1, length], INT64)], [value("y", [1, length, 4])],
+        [init("E", rng.standard_normal((50, 8)).astype(np.float32)),
+         init("W", rng.standard_normal((8, 4)).astype(np.float32))])
+
+
 def audit(path: str, settings: AuditSettings | None = None) -> ModelAudit:
     """Audit a saved model with the default (or given) settings."""
     return audit_model(path, settings)

@@ -18,6 +18,7 @@ from builders import (
     build_model,
     init,
     make_model,
+    token_ids_model,
     value,
 )
 from builders import run_cli as run
@@ -364,13 +365,7 @@ def test_blind_count_of_a_not_applicable_w1_says_why(tmp_path):
 def test_validate_verdict_on_token_ids_names_no_collide_option(tmp_path):
     """audit --validate on int64 token ids: the verdict says why it was not checked without
     advising '--input ids=FILE.npy', an option audit does not have."""
-    rng = np.random.default_rng(0)
-    path = make_model(tmp_path / "gather.onnx",
-                      [helper.make_node("Gather", ["E", "ids"], ["emb"]),
-                       helper.make_node("MatMul", ["emb", "W"], ["y"])],
-                      [value("ids", [1, 5], onnx.TensorProto.INT64)], [value("y", [1, 5, 4])],
-                      [init("E", rng.standard_normal((10, 8)).astype(np.float32)),
-                       init("W", rng.standard_normal((8, 4)).astype(np.float32))])
+    path = token_ids_model(tmp_path)
     result = run("audit", "--validate", "-f", "json", str(path))
     assert result.exit_code == 0, result.stderr
     verdict = json.loads(result.stdout)["models"][0]["validation"]["verdict"]

@@ -11,15 +11,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 from builders import (
-    INT64,
     MLP,
     MTCNN,
     OVERLAP,
     PATCH,
     assert_one_line_error,
-    init,
-    make_model,
-    value,
+    token_ids_model,
 )
 from builders import run_cli as run
 from onnx import helper
@@ -169,24 +166,6 @@ def test_collide_channels_last_model_with_input_shape(tmp_path):
 # ------------------------------------------------------------------ collide: errors
 
 
-@pytest.mark.parametrize("args, match", [
-    (("--range", "1,0"), "LO must be below HI"),
-    (("--range", "0"), "needs 2 numbers"),
-    (("--range", "a,b"), "not a comma-separated list"),
-    (("--basis", "x"), "--basis 'x'"),
-    (("--resize", "32"), "--resize '32'"),
-    (("--region", ":,99:,:"), "selects no element"),
-    (("--input-shape", "input"), "NAME=DIMS"),
-])
-def test_collide_usage_errors_exit_2(tmp_path, args, match):
-    """Bad option values: exit 2, one 'error:' line, nothing written."""
-    out = tmp_path / "o"
-    line = assert_one_line_error(run("collide", PATCH, "--no-validate", "-o", str(out), *args),
-                                 2)
-    assert match in line
-    assert not out.exists()
-
-
 def _png(folder: Path) -> str:
     """A 20x24 RGB PNG in ``folder``."""
     pixels = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
@@ -195,6 +174,13 @@ def _png(folder: Path) -> str:
 
 
 @pytest.mark.parametrize("args, match", [
+    (("--range", "1,0"), "LO must be below HI"),
+    (("--range", "0"), "needs 2 numbers"),
+    (("--range", "a,b"), "not a comma-separated list"),
+    (("--basis", "x"), "--basis 'x'"),
+    (("--resize", "32"), "--resize '32'"),
+    (("--region", ":,99:,:"), "selects no element"),
+    (("--input-shape", "input"), "NAME=DIMS"),
     (("--seed", "-1"), "--seed"),
     (("--basis", "-1"), "--basis '-1'"),
     (("--basis", "0,-2"), "negative index"),
@@ -219,10 +205,10 @@ def _png(folder: Path) -> str:
 ])
 @pytest.mark.filterwarnings("error")
 def test_collide_bad_values_are_one_line_usage_errors(tmp_path, args, match):
-    """Option values that used to be internal errors (negative seed or basis index, a zero
-    --resize, a --mean of the wrong length), pass silently (nan/inf beta, std, scale, rtol,
-    atol) or blame --range (--beta 0 or too small): exit 2, one line naming the option,
-    no numpy warning, nothing written."""
+    """Bad option values, among them some that used to be internal errors (negative seed or
+    basis index, a zero --resize, a --mean of the wrong length), pass silently (nan/inf beta,
+    std, scale, rtol, atol) or blame --range (--beta 0 or too small): exit 2, one line naming
+    the option, no numpy warning, nothing written."""
     out = tmp_path / "o"
     args = tuple(a.replace("{png}", _png(tmp_path)) for a in args)
     line = assert_one_line_error(run("collide", PATCH, "--no-validate", "-o", str(out), *args),
@@ -360,12 +346,7 @@ def test_collide_missing_input_file_exit_3(tmp_path):
 
 def test_collide_token_ids_exit_3(tmp_path):
     """int64 ids -> Gather -> MatMul with an ids file: exit 3, one line, no output folder."""
-    rng = np.random.default_rng(1)
-    path = make_model(tmp_path / "tok.onnx",
-                      [mk("Gather", ["E", "ids"], ["e"]), mk("MatMul", ["e", "W"], ["y"])],
-                      [value("ids", [1, 6], INT64)], [value("y", [1, 6, 4])],
-                      [init("E", rng.standard_normal((50, 8)).astype(np.float32)),
-                       init("W", rng.standard_normal((8, 4)).astype(np.float32))])
+    path = token_ids_model(tmp_path)
     np.save(tmp_path / "ids.npy", np.arange(6, dtype=np.int64)[None])
     out = tmp_path / "o"
     line = assert_one_line_error(run("collide", path, "--no-validate", "-o", str(out),

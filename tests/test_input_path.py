@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from builders import INT64, UINT8, audit, init, integer_rank, ints, make_model, value
+from builders import (
+    INT64,
+    UINT8,
+    audit,
+    init,
+    integer_rank,
+    ints,
+    make_model,
+    token_ids_model,
+    value,
+)
 from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
@@ -188,14 +198,7 @@ def test_relu_before_first_linear_op(tmp_path, rng):
 
 def test_token_ids_through_gather(tmp_path, rng):
     """int64 token ids -> Gather(embedding) -> MatMul: not applicable (ids are not continuous)."""
-    path = make_model(
-        tmp_path / "m.onnx",
-        [mk("Gather", ["E", "ids"], ["emb"]), mk("MatMul", ["emb", "W"], ["y"])],
-        [value("ids", [1, 5], INT64)], [value("y", [1, 5, 4])],
-        [init("E", rng.standard_normal((20, 8)).astype(np.float32)),
-         init("W", rng.standard_normal((8, 4)).astype(np.float32))],
-    )
-    fl = first(path)
+    fl = first(token_ids_model(tmp_path, length=5))
     assert fl.exactness == NOT_APPLICABLE
     assert fl.input_dtype == "int64"
     assert "int64" in fl.reason and "Gather" in fl.reason

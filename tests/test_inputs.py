@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import DATA, INT64, init, make_model, value
+from builders import DATA, INT64, init, make_model, token_ids_model, value
 from onnx import helper
 from PIL import Image
 
@@ -317,12 +317,7 @@ def test_values_beyond_float32_are_a_usage_error(tmp_path):
 
 def test_fractions_for_an_integer_input_are_a_usage_error(tmp_path):
     """1.5 for an int64 input: UsageError (the cast would silently truncate it)."""
-    rng = np.random.default_rng(1)
-    path = make_model(tmp_path / "tok.onnx",
-                      [mk("Gather", ["E", "ids"], ["e"]), mk("MatMul", ["e", "W"], ["y"])],
-                      [value("ids", [1, 2], INT64)], [value("y", [1, 2, 4])],
-                      [init("E", rng.standard_normal((5, 8)).astype(np.float32)),
-                       init("W", rng.standard_normal((8, 4)).astype(np.float32))])
+    path = token_ids_model(tmp_path, length=2)
     np.save(tmp_path / "ids.npy", np.array([[1.0, 1.5]]))
     with pytest.raises(UsageError, match="fractions"):
         load(load_model(path), {None: str(tmp_path / "ids.npy")})

@@ -13,7 +13,18 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from builders import DATA, INT64, MLP, MTCNN, OVERLAP, PATCH, init, ints, make_model, value
+from builders import (
+    DATA,
+    MLP,
+    MTCNN,
+    OVERLAP,
+    PATCH,
+    init,
+    ints,
+    make_model,
+    token_ids_model,
+    value,
+)
 from onnx import helper, numpy_helper
 
 from onnxcollide.errors import UnsupportedModelError, UsageError
@@ -580,22 +591,11 @@ def test_full_rank_dense_w1_has_no_exact_collision(tmp_path):
         find_collisions(path, {"x": image(35, (1, 8))})
 
 
-def token_model(tmp_path: Path) -> str:
-    """int64 ids [1, 6] -> Gather(embedding 50 x 8) -> MatMul(8 x 4)."""
-    rng = np.random.default_rng(27)
-    return make_model(
-        tmp_path / "tokens.onnx",
-        [mk("Gather", ["E", "ids"], ["e"]), mk("MatMul", ["e", "W"], ["y"])],
-        [value("ids", [1, 6], INT64)], [value("y", [1, 6, 4])],
-        [init("E", rng.standard_normal((50, 8)).astype(np.float32)),
-         init("W", rng.standard_normal((8, 4)).astype(np.float32))])
-
-
 def test_token_ids_named_input_says_token_ids_and_gather(tmp_path):
     """input_name='ids': the error says the input is token ids looked up by Gather."""
     feeds = {"ids": np.arange(6, dtype=np.int64)[None]}
     with pytest.raises(UnsupportedModelError, match="token ids") as info:
-        find_collisions(token_model(tmp_path), feeds, SearchSettings(input_name="ids"))
+        find_collisions(token_ids_model(tmp_path), feeds, SearchSettings(input_name="ids"))
     assert "Gather" in str(info.value)
 
 
@@ -603,7 +603,7 @@ def test_token_ids_error_says_why(tmp_path):
     """int64 ids -> Gather -> MatMul: UnsupportedModelError that names token ids and Gather."""
     feeds = {"ids": np.arange(6, dtype=np.int64)[None]}
     with pytest.raises(UnsupportedModelError) as info:
-        find_collisions(token_model(tmp_path), feeds)
+        find_collisions(token_ids_model(tmp_path), feeds)
     text = str(info.value)
     assert "token ids" in text and "Gather" in text, text
 
