@@ -224,7 +224,17 @@ def test_csv_summary_only(lenet, small):
                                               RenderOptions(summary_only=True)))))
     assert tuple(rows[0]) == SUMMARY_HEADERS
     assert [r[0] for r in rows[1:]] == ["lenet5_mnist_torch.onnx", "small|model.onnx"]
-    assert rows[1][1:5] == ["5", "5", "100%", "5"]
+    assert rows[1][1:5] == ["5", "5", "1.0", "5"]  # plain values: no '%' or ',' to strip
+
+
+def test_csv_summary_numbers_are_plain(ultraface):
+    """The summary CSV holds numbers a spreadsheet or script reads as numbers: ratios as
+    fractions and counts without thousands separators (it had '69%' and '21,391')."""
+    rows = list(csv.DictReader(io.StringIO(render([ultraface], Format.CSV,
+                                                  RenderOptions(summary_only=True)))))
+    m = ultraface.metrics
+    assert int(rows[0]["sum nullity"]) == m.nullity_sum > 1000
+    assert float(rows[0]["nu/n"]) == m.nu_ratio and float(rows[0]["mu/n"]) == m.mu_ratio
 
 
 # ------------------------------------------------------------------ Markdown

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from onnxcollide.audit import ModelAudit
 from onnxcollide.report import RenderOptions
-from onnxcollide.report.fields import check_verdict, is_checked, summary_table
+from onnxcollide.report.fields import check_verdict, is_checked, model_name, summary_table
 from onnxcollide.report.json_format import layer_dict
 
 LAYER_COLUMNS = ("index", "nodes", "op", "weight", "q", "p", "groups", "rank", "nullity", "nu",
@@ -16,14 +16,25 @@ LAYER_COLUMNS = ("index", "nodes", "op", "weight", "q", "p", "groups", "rank", "
                  "largest_dropped", "margin", "clear", "method", "layout")
 
 
+def _summary_values(audit: ModelAudit) -> tuple[object, ...]:
+    """One model's Table 1 row as plain values for a machine (headers: SUMMARY_HEADERS):
+    ratios as fractions, counts without thousands separators, '' where there is none."""
+    m = audit.metrics
+    first = audit.first_layer
+    return (model_name(audit), m.n, m.nu, m.nu_ratio, m.mu, m.mu_ratio, m.nullity_sum,
+            "" if m.nullity_w1 is None else m.nullity_w1, first.exactness if first else "")
+
+
 def render(audits: Sequence[ModelAudit], options: RenderOptions) -> str:
     """CSV text with a header row."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     if options.summary_only:
-        headers, rows = summary_table(audits)
+        headers, _ = summary_table(audits)
         writer.writerow(headers)
-        writer.writerows(rows)
+        checked = is_checked(audits)
+        writer.writerows((*_summary_values(a), *((check_verdict(a),) if checked else ()))
+                         for a in audits)
         return out.getvalue()
     checked = is_checked(audits)
     writer.writerow(("model", *LAYER_COLUMNS, *(("w1_check",) if checked else ())))
