@@ -41,6 +41,11 @@ def write_atomically(path: str, write: Callable[[BinaryIO], object]) -> None:
         raise UsageError(f"cannot write here ({exc.strerror or exc})", path) from exc
 
 
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` as UTF-8, atomically (see ``write_atomically``)."""
+    write_atomically(path, lambda out: out.write(text.encode("utf-8")))
+
+
 def _replace_with_temp(target: str, write: Callable[[BinaryIO], object]) -> None:
     """Write a temporary file in ``target``'s folder and rename it onto ``target``."""
     handle, temp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".onnxcollide-",

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from onnxcollide import __version__
-from onnxcollide.artifacts import write_atomically
+from onnxcollide.artifacts import write_text
 from onnxcollide.audit import AuditSettings, ModelAudit, ProgressCallback, audit_model
 from onnxcollide.cli_types import NON_NEGATIVE, POSITIVE, SEED
 from onnxcollide.errors import OnnxCollideError, UsageError
@@ -55,11 +55,6 @@ def check_output_folder(path: str) -> None:
                          "create it first or choose another path")
     if os.path.isdir(path):
         raise UsageError("is a folder", f"--output {path}", "give a file name")
-
-
-def write_text(path: str, text: str) -> None:
-    """Write a report atomically (temporary file, then rename)."""
-    write_atomically(path, lambda out: out.write(text.encode("utf-8")))
 
 
 @contextmanager

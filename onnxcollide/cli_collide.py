@@ -18,7 +18,7 @@ from onnxcollide.artifacts import (
     image_layout,
     save_npz,
     strip_png,
-    write_atomically,
+    write_text,
 )
 from onnxcollide.cli_types import ANY_FINITE, NON_NEGATIVE, POSITIVE, SEED
 from onnxcollide.errors import UsageError
@@ -166,11 +166,6 @@ def _outputs(out: str, found: CollisionSet, report_settings: dict[str, Any],
     return files, writers
 
 
-def _write_text(path: str, text: str) -> None:
-    """Write ``text`` as UTF-8 (atomically)."""
-    write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
 def _basis_vectors(found: CollisionSet, count: int) -> tuple[np.ndarray, tuple[int, ...]]:
     """W1's first ``count`` kernel basis vectors and their patch shape (checked before any
     file is written)."""
@@ -223,7 +218,7 @@ def _write_outputs(out: str, found: CollisionSet,
     files, writers = _outputs(out, found, settings_dict(found), drawing)
     files["report"] = os.path.join(out, "report.json")
     report = collide_dict(found, validations, runtime, files)
-    writers["report.json"] = partial(_write_text, text=render_json(report))
+    writers["report.json"] = partial(write_text, text=render_json(report))
     write_output_set(out, writers)
     return report
 

@@ -134,12 +134,18 @@ def _check_values(array: np.ndarray, dtype: np.dtype, name: str, source: str) ->
                          "give finite values")
     if dtype.kind in "iu" and array.size and array.dtype.kind in "iuf":
         _check_integers(array, dtype, name, source)
-    with np.errstate(over="ignore", invalid="ignore"):
-        cast = array.astype(dtype, copy=False)
-    if cast.dtype.kind == "f" and not np.all(np.isfinite(cast)):
+    cast = _finite_cast(array, dtype)
+    if cast is None:
         raise UsageError(f"holds values beyond the range of {dtype} for input '{name}'",
                          source, "rescale the values")
     return cast
+
+
+def _finite_cast(array: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
+    """``array`` cast to ``dtype``; None where a float result overflows to inf (or is NaN)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = array.astype(dtype, copy=False)
+    return None if cast.dtype.kind == "f" and not np.all(np.isfinite(cast)) else cast
 
 
 def _check_integers(array: np.ndarray, dtype: np.dtype, name: str, source: str) -> None:
@@ -190,9 +196,9 @@ def random_input(dims: list[int | None], override: tuple[int, ...] | None, dtype
         raise UsageError(f"input '{name}' is {dtype} (not float): a random draw is not "
                          "meaningful", source, f"give a value with --input {name}=FILE.npy")
     lo, hi = value_range
-    with np.errstate(over="ignore", invalid="ignore"):
-        draw = (lo + (hi - lo) * rng.random(shape)).astype(dtype)  # type: ignore[arg-type]
-    if not np.all(np.isfinite(draw)):
+    with np.errstate(over="ignore", invalid="ignore"):  # hi - lo may overflow float64
+        draw = _finite_cast(lo + (hi - lo) * rng.random(shape), dtype)  # type: ignore[arg-type]
+    if draw is None:
         raise UsageError(f"a random draw in [{lo:g}, {hi:g}) does not fit input '{name}' "
                          f"({dtype})",
                          hint=f"give --range bounds within +-{float(np.finfo(dtype).max):g}")

@@ -17,6 +17,7 @@ import onnx.inliner
 from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, TypeProto, helper, numpy_helper
 
 from onnxcollide.errors import UnsupportedModelError, UsageError
+from onnxcollide.graph.linear_ops import subgraphs
 from onnxcollide.graph.tensors import dtype_name, is_external
 
 DOUBLE = TensorProto.DOUBLE
@@ -113,12 +114,8 @@ def _graphs(graph: GraphProto) -> Iterator[GraphProto]:
     """Yield ``graph`` and every subgraph inside it, depth first."""
     yield graph
     for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            elif attr.type == AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from _graphs(sub)
+        for _, sub in subgraphs(node):
+            yield from _graphs(sub)
 
 
 # ------------------------------------------------------------------ float64 copy
