@@ -134,7 +134,8 @@ def main() -> None:
 @click.option("--format", "-f", "fmt", type=click.Choice([f.value for f in Format]),
               default=Format.TABLE.value, show_default=True, help="Report format.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False),
-              help="Write the report to this file instead of standard output.")
+              help="Write the report to this file instead of standard output ('-': standard "
+                   "output).")
 @click.option("--conv-convention", type=click.Choice([c.value for c in ConvConvention]),
               default=ConvConvention.GROUPED.value, show_default=True,
               help="grouped: block-diagonal operator rank; paper: one (C/g*k*k) x O matrix as "
@@ -162,8 +163,9 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
     """Rank and nullity of every Conv/Gemm/MatMul weight, and the paper's Table 1 metrics."""
 
     def run() -> None:
-        if output:
-            check_output_folder(output)
+        target = None if output == "-" else output
+        if target:
+            check_output_folder(target)
         if check:  # --device cuda without CUDA is a usage error before any work (as in collide)
             from onnxcollide.runtime import resolve_device
 
@@ -182,12 +184,12 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
                 result = replace(result, validation=check_w1(
                     path, dict(settings.input_shapes), seed, device, "float32", settings.rule))
             audits.append(result)
-        to_terminal = output is None and sys.stdout.isatty()
+        to_terminal = target is None and sys.stdout.isatty()
         width = os.get_terminal_size().columns if to_terminal else 160
         text = render(audits, Format(fmt), RenderOptions(summary_only, width, to_terminal))
-        if output:
-            write_text(output, text)
-            click.echo(f"wrote {output}", err=True)
+        if target:
+            write_text(target, text)
+            click.echo(f"wrote {target}", err=True)
         else:
             click.echo(text, nl=False)
 

@@ -79,6 +79,15 @@ def test_output_file_matches_stdout(tmp_path):
     assert out.read_text(encoding="utf-8") == run("audit", "-f", "json", LENET).stdout
 
 
+def test_output_dash_is_stdout(tmp_path, monkeypatch):
+    """-o - writes to standard output, as the usual convention has it: no file named '-'."""
+    monkeypatch.chdir(tmp_path)
+    result = run("audit", "-f", "json", "-o", "-", LENET)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == run("audit", "-f", "json", LENET).stdout
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_conv_convention_paper():
     """--conv-convention paper: depthwise convs become one k x C matrix."""
     grouped = json.loads(run("audit", "-f", "json", PADDLE).stdout)

@@ -802,6 +802,27 @@ def test_blocked_dequantize_linear(tmp_path, rng):
     assert row.layer.chain == ("DequantizeLinear",)
 
 
+def test_dequantize_linear_output_dtype(tmp_path, rng):
+    """Opset 23 DequantizeLinear with output_dtype float16 and a float32 scale: W is the
+    product computed in float16 (scale cast first, one rounding), and float16's eps sets
+    the tolerance."""
+    wq = rng.integers(-100, 100, size=(8, 6)).astype(np.int8)
+    scale = np.array(0.0123456, dtype=np.float32)  # not a float16 value
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("DequantizeLinear", ["wq", "s"], ["W"], output_dtype=helper.np_dtype_to_tensor_dtype(
+            np.dtype(np.float16))),
+         mk("MatMul", ["x", "W"], ["y"])],
+        [value("x", [1, 8], onnx.TensorProto.FLOAT16)],
+        [value("y", [1, 6], onnx.TensorProto.FLOAT16)],
+        [init("wq", wq), init("s", scale)], opset=23,
+    )
+    expected = wq.astype(np.float16) * scale.astype(np.float16)
+    row = only_row(audit(path))
+    assert row.layer.compute_dtype == "float16"
+    np.testing.assert_array_equal(blocks_of(row)[0], expected.astype(np.float64))
+
+
 def test_conv_with_runtime_weight_is_skipped(tmp_path, rng):
     """A Conv whose weight is a graph input is skipped ('not constant'), the rest is audited."""
     path = make_model(

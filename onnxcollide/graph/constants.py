@@ -282,11 +282,14 @@ def _dequantize(node: NodeProto, ins: list[np.ndarray | None]) -> np.ndarray:
     attrs = _attrs(node)
     axis = int(attrs.get("axis", 1))  # type: ignore[call-overload]
     block = int(attrs.get("block_size", 0))  # type: ignore[call-overload]
-    return dequantize(np.asarray(x), np.asarray(scale), zero, axis, block)
+    output = int(attrs.get("output_dtype", 0))  # type: ignore[call-overload]
+    out_dtype = np.dtype(helper.tensor_dtype_to_np_dtype(output)) if output else None
+    return dequantize(np.asarray(x), np.asarray(scale), zero, axis, block, out_dtype)
 
 
 def dequantize(
-    x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis: int, block: int = 0
+    x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis: int, block: int = 0,
+    out_dtype: np.dtype | None = None,
 ) -> np.ndarray:
     """``(x - zero) * scale`` with per-tensor, per-axis or blocked scales (DequantizeLinear).
 
@@ -297,11 +300,15 @@ def dequantize(
         zero: zero points shaped like ``scale``, or None.
         axis: the quantization axis for per-axis and blocked scales.
         block: block size for blocked quantization, 0 otherwise.
+        out_dtype: the output type (opset 23's ``output_dtype``); None for ``scale``'s.
 
     Returns:
-        Float array of ``x``'s shape, in ``scale``'s dtype.
+        Float array of ``x``'s shape in ``out_dtype``. The multiplication runs in that type,
+        as the operator specifies: ``x - zero`` (exact in float32) and the scale are cast to
+        it, and each product is rounded once.
     """
-    out_dtype = scale.dtype if scale.dtype.kind == "f" else np.dtype(np.float32)
+    if out_dtype is None:
+        out_dtype = scale.dtype if scale.dtype.kind == "f" else np.dtype(np.float32)
     xf = x.astype(np.float32)
     zf = None if zero is None else zero.astype(np.float32)
     axis = axis % max(x.ndim, 1)
@@ -320,7 +327,7 @@ def dequantize(
         zf = None if zf is None else zf.reshape(view)
     if zf is not None:
         xf = xf - zf
-    return (xf * sf).astype(out_dtype, copy=False)
+    return xf.astype(out_dtype, copy=False) * sf.astype(out_dtype, copy=False)
 
 
 Inputs = list[np.ndarray | None]
