@@ -31,12 +31,15 @@ class Eigenpairs:
         vectors: (n, k) orthonormal Ritz vectors.
         residuals: (k,) norms ||A v - theta v||; an eigenvalue lies within each of its value.
         converged: whether every pair met the requested tolerance.
+        errors: (k,) estimated error of each value: min(||r||, ||r||^2 / gap), and never
+            below the rounding floor ``n * eps * max |value|`` of applying the operator.
     """
 
     values: np.ndarray
     vectors: np.ndarray
     residuals: np.ndarray
     converged: bool
+    errors: np.ndarray
 
 
 def _mul(a: np.ndarray, b: np.ndarray, trans_a: bool = False) -> np.ndarray:
@@ -156,11 +159,12 @@ def top_eigenpairs(apply: Callable[[np.ndarray], np.ndarray], n: int, count: int
         coords = np.asfortranarray(ritz_coords[:, ::-1][:, :count])
         vectors = _mul(basis[:, :filled], coords)
         residuals = np.linalg.norm(_mul(images[:, :filled], coords) - vectors * values, axis=0)
-        errors = _value_errors(ritz_values, count, residuals) if values_only else residuals
         # Below n * eps * ||A|| no residual can be resolved: that floor always counts as met.
         floor = n * EPS64 * float(np.abs(values).max())
+        value_errors = np.maximum(_value_errors(ritz_values, count, residuals), floor)
+        errors = value_errors if values_only else residuals
         converged = bool(np.all(errors <= rtol * np.abs(values) + floor))
         if converged or filled >= limit:
-            return Eigenpairs(values, vectors, residuals, converged)
+            return Eigenpairs(values, vectors, residuals, converged, value_errors)
         width = min(block, limit - filled)
         basis[:, filled:filled + width] = _extend(basis, filled, images[:, new])[:, :width]

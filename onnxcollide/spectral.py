@@ -7,6 +7,12 @@ bounded and memory-mapped weights are streamed) and a Cholesky factorisation of
 ``G - tol^2 I``: it succeeds exactly when every singular value exceeds ``tol``. Where it fails,
 the Gram eigenvalues give the rank. Where a Gram decision is too close to call at Gram
 precision, the block is decided again by an exact SVD.
+
+Every reported value carries an error estimate, and reports print only the digits it resolves
+(``resolved``): a float64 SVD resolves singular values to ``max(q, p) * eps64 * sigma_max``; a
+Gram matrix resolves its eigenvalues to ``n * eps64 * sigma_max^2`` (n the long side: the
+rounding of its length-n inner products), so a singular value ``s`` to about that over ``2 s``;
+Lanczos values add their own error estimate (``min(||r||, ||r||^2 / gap)``).
 """
 
 from __future__ import annotations
@@ -75,6 +81,8 @@ class RankDecision:
         smallest_kept: smallest singular value above ``tol`` (None if rank is 0).
         largest_dropped: largest singular value at or below ``tol`` (None if none dropped).
         method: ``svd``, ``gram-cholesky``, ``gram-eigh``, or a ``+``-joined mix over blocks.
+        sigma_max_error, tol_error, kept_error, dropped_error: estimated absolute errors of
+            sigma_max, tol, smallest_kept and largest_dropped (0 when exact).
     """
 
     rank: int
@@ -84,6 +92,10 @@ class RankDecision:
     smallest_kept: float | None
     largest_dropped: float | None
     method: str
+    sigma_max_error: float = 0.0
+    tol_error: float = 0.0
+    kept_error: float | None = None
+    dropped_error: float | None = None
 
     @property
     def margin(self) -> float | None:
@@ -99,6 +111,103 @@ class RankDecision:
         if self.largest_dropped is not None and self.largest_dropped > 0:
             ratios.append(self.tol / self.largest_dropped)
         return min(ratios) if ratios else None
+
+    def resolved(self) -> dict[str, tuple[float | None, int | None]]:
+        """Each reported value with the significant digits its error estimate resolves.
+
+        Returns:
+            name -> (value, digits) for ``sigma_max``, ``tol``, ``smallest_kept``,
+            ``largest_dropped`` and ``margin``: the value rounded to ``digits`` (1 to 17).
+            A singular value within its error of 0 (a dropped value at the noise floor) is
+            not resolved: it becomes an upper bound (value + error, rounded up to 2 digits)
+            with digits 0, and the margin, when such a bound sets it, becomes the lower bound
+            that gives (rounded down), digits 0. (None, None) where there is no value.
+        """
+        shown = {"sigma_max": resolved(self.sigma_max, self.sigma_max_error),
+                 "tol": resolved(self.tol, self.tol_error),
+                 "smallest_kept": _resolved_or_bound(self.smallest_kept, self.kept_error),
+                 "largest_dropped": _resolved_or_bound(self.largest_dropped,
+                                                       self.dropped_error)}
+        shown["margin"] = self._resolved_margin(shown)
+        return shown
+
+    def _resolved_margin(self, shown: dict[str, tuple[float | None, int | None]]
+                         ) -> tuple[float | None, int | None]:
+        """min(kept / tol, tol / dropped) with its digits, or a lower bound (digits 0)."""
+        if self.tol <= 0:
+            return None, None
+        tol_rel = self.tol_error / self.tol
+        ratios: list[tuple[float | None, int | None]] = []
+        kept, dropped = self.smallest_kept, self.largest_dropped
+        if kept is not None:
+            if shown["smallest_kept"][1] == 0:  # above tol by the decision, size unresolved
+                ratios.append((1.0, 0))
+            else:
+                ratio = kept / self.tol
+                ratios.append(resolved(ratio, ratio * (tol_rel + (self.kept_error or 0) / kept)))
+        if dropped is not None:
+            bound, digits = shown["largest_dropped"]
+            if digits == 0:
+                assert bound is not None
+                ratios.append((_round_to_two(self.tol / bound, math.floor), 0))
+            elif dropped > 0:  # an exact 0 puts no bound on the margin
+                ratio = self.tol / dropped
+                error = ratio * (tol_rel + (self.dropped_error or 0) / dropped)
+                ratios.append(resolved(ratio, error))
+        return min(ratios, key=lambda pair: pair[0] or 0.0) if ratios else (None, None)
+
+
+MAX_DIGITS = 17  # a float64 holds no more
+
+
+def significant_digits(value: float, error: float) -> int:
+    """How many significant digits of ``value`` an absolute ``error`` leaves (1 to 17)."""
+    if not math.isfinite(error):
+        return 1
+    if error <= 0 or value == 0:
+        return MAX_DIGITS
+    return max(1, min(MAX_DIGITS, math.floor(math.log10(abs(value) / error))))
+
+
+def resolved(value: float | None, error: float | None) -> tuple[float | None, int | None]:
+    """``value`` rounded to ``significant_digits(value, error)``, and that count (None, None
+    for no value)."""
+    if value is None or not math.isfinite(value):
+        return None, None
+    digits = significant_digits(value, error or 0.0)
+    return float(f"{value:.{digits}g}"), digits
+
+
+def _round_to_two(value: float, direction: Callable[[float], float]) -> float:
+    """``value`` > 0 rounded to 2 significant digits by ``math.ceil`` or ``math.floor``."""
+    unit = 10.0 ** (math.floor(math.log10(value)) - 1)
+    return float(f"{direction(value / unit) * unit:.2g}")
+
+
+def _resolved_or_bound(value: float | None, error: float | None
+                       ) -> tuple[float | None, int | None]:
+    """A singular value resolved to its digits, or an upper bound (digits 0) when its error
+    reaches 0."""
+    if value is None or not error or error < value:
+        return resolved(value, error)
+    return _round_to_two(value + error, math.ceil), 0
+
+
+def _sigma_error(sigma: float, lam_error: float) -> float:
+    """Error of ``sigma = sqrt(lambda)`` when lambda is known to within ``lam_error``."""
+    if sigma <= 0:
+        return math.sqrt(lam_error)
+    return min(math.sqrt(lam_error), lam_error / (2.0 * sigma))
+
+
+def _gram_error(n: int, sigma_max: float) -> float:
+    """Error scale of a float64 Gram matrix's eigenvalues: ``n * eps64 * sigma_max^2``."""
+    return n * EPS64 * sigma_max * sigma_max
+
+
+def _svd_error(n: int, sigma_max: float) -> float:
+    """Error scale of a float64 SVD's singular values: ``n * eps64 * sigma_max``."""
+    return n * EPS64 * sigma_max
 
 
 @dataclass
@@ -221,14 +330,20 @@ class _BlockRank:
     kept: float | None
     dropped: float | None
     method: str
+    kept_error: float | None = None
+    dropped_error: float | None = None
 
 
-def _rank_from_sigmas(sigmas: np.ndarray, tol: float, method: str) -> _BlockRank:
+def _rank_from_sigmas(sigmas: np.ndarray, tol: float, method: str,
+                      error_of: Callable[[float], float]) -> _BlockRank:
+    """Rank from all singular values; ``error_of(s)`` is the error estimate of value s."""
     above = sigmas > tol
     rank = int(np.count_nonzero(above))
     kept = float(sigmas[above].min()) if rank else None
     dropped = float(sigmas[~above].max()) if rank < sigmas.size else None
-    return _BlockRank(rank, kept, dropped, method)
+    return _BlockRank(rank, kept, dropped, method,
+                      None if kept is None else error_of(kept),
+                      None if dropped is None else error_of(dropped))
 
 
 def _cholesky_solve(factor: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -264,22 +379,25 @@ def _scratch_like(gram: np.ndarray) -> np.ndarray:
     return np.empty(gram.shape, dtype=np.float64, order="F")
 
 
-def _smallest_eigenvalue_from_cholesky(factor: np.ndarray) -> float:
-    """Smallest eigenvalue of R^T R (to KEPT_RTOL) by block Lanczos on its inverse."""
+def _smallest_eigenvalue_from_cholesky(factor: np.ndarray) -> tuple[float, float]:
+    """Smallest eigenvalue of R^T R (to KEPT_RTOL) by block Lanczos on its inverse, and the
+    Lanczos error estimate of it (0 when a dense eigensolver gave it)."""
     m = factor.shape[0]
     top = top_eigenpairs(_cholesky_solve(factor), m, 1, KEPT_RTOL, values_only=True)
     if top.converged:
-        return 1.0 / float(top.values[0])
+        theta = float(top.values[0])
+        return 1.0 / theta, float(top.errors[0]) / (theta * theta)
     upper = np.triu(factor)
-    return float(_upper_eigvalsh(upper.T @ upper, [0, 0])[0])
+    return float(_upper_eigvalsh(upper.T @ upper, [0, 0])[0]), 0.0
 
 
 MAX_DEFLATION = 64  # at most this many eigenvalues below tol^2 are certified by deflation
 
 
 def _smallest_eigenpairs(gram: np.ndarray, shift: float, count: int, scratch: np.ndarray
-                         ) -> tuple[np.ndarray, np.ndarray] | None:
-    """The ``count`` smallest eigenpairs of G by Lanczos on (G + shift I)^{-1}."""
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The ``count`` smallest eigenpairs of G by Lanczos on (G + shift I)^{-1}, ascending,
+    with the Lanczos error estimate of each value."""
     factor, ok = _cholesky(gram, shift, scratch)
     if not ok:
         return None
@@ -287,11 +405,13 @@ def _smallest_eigenpairs(gram: np.ndarray, shift: float, count: int, scratch: np
     if not top.converged:
         return None
     values, vectors = 1.0 / top.values - shift, top.vectors
+    errors = top.errors / (top.values * top.values)
     order = np.argsort(values)
-    return values[order], vectors[:, order]
+    return values[order], vectors[:, order], errors[order]
 
 
-def _deflated_rank(gram: np.ndarray, tol: float, scratch: np.ndarray) -> _BlockRank | None:
+def _deflated_rank(gram: np.ndarray, tol: float, scratch: np.ndarray, lam_error: float
+                   ) -> _BlockRank | None:
     """Rank of a Gram block with a few eigenvalues below tol^2, proved without a full eigh.
 
     Lanczos finds the smallest eigenpairs (V, theta). Lower bound: with R = G V - V Theta,
@@ -299,6 +419,7 @@ def _deflated_rank(gram: np.ndarray, tol: float, scratch: np.ndarray) -> _BlockR
     tol^2. Upper bound: if G - tol^2 I + 2 tol^2 V V^T is positive definite (Cholesky), then
     G - tol^2 I has at most n non-positive eigenvalues (rank-n interlacing). Together: exactly
     n are dropped. None when either proof fails (the caller falls back to a full eigh).
+    ``lam_error`` is the Gram matrix's eigenvalue error scale, for the values' error estimates.
     """
     m, t2 = gram.shape[0], tol * tol
     count = 8
@@ -307,7 +428,7 @@ def _deflated_rank(gram: np.ndarray, tol: float, scratch: np.ndarray) -> _BlockR
         pairs = _smallest_eigenpairs(gram, t2, count, scratch)
         if pairs is None:
             return None
-        values, vectors = pairs
+        values, vectors, errors = pairs
         below = values < t2
         if not below.all() or count >= min(MAX_DEFLATION, m - 1):
             break
@@ -327,27 +448,34 @@ def _deflated_rank(gram: np.ndarray, tol: float, scratch: np.ndarray) -> _BlockR
     _, info = scipy.linalg.lapack.dpotrf(lifted, lower=0, overwrite_a=1)
     if info != 0:
         return None
-    kept = math.sqrt(float(values[~below].min()))
-    dropped = math.sqrt(max(float(low_values.max()), 0.0))
-    return _BlockRank(m - int(below.sum()), kept, dropped, "gram-deflated")
+    kept_at = int(np.flatnonzero(~below)[np.argmin(values[~below])])
+    dropped_at = int(np.flatnonzero(below)[np.argmax(low_values)])
+    kept = math.sqrt(float(values[kept_at]))
+    dropped = math.sqrt(max(float(values[dropped_at]), 0.0))
+    return _BlockRank(m - int(below.sum()), kept, dropped, "gram-deflated",
+                      _sigma_error(kept, lam_error + float(errors[kept_at])),
+                      _sigma_error(dropped, lam_error + float(errors[dropped_at])))
 
 
 def _rank_from_gram(facts: _BlockFacts, tol: float) -> _BlockRank:
     """Rank of one Gram block: a Cholesky certificate, a deflated one, or a full eigh."""
     assert facts.gram is not None
     m = facts.gram.shape[0]
+    lam_error = _gram_error(max(facts.matrix.shape), facts.sigma_max)
     scratch = _scratch_like(facts.gram)
     factor, full_rank = _cholesky(facts.gram, -tol * tol, scratch)
     if full_rank:
-        lam_min = tol * tol + _smallest_eigenvalue_from_cholesky(factor)
-        return _BlockRank(m, math.sqrt(max(lam_min, 0.0)), None, "gram-cholesky")
-    deflated = _deflated_rank(facts.gram, tol, scratch) if tol > 0 else None
+        shifted_min, lanczos_error = _smallest_eigenvalue_from_cholesky(factor)
+        kept = math.sqrt(max(tol * tol + shifted_min, 0.0))
+        return _BlockRank(m, kept, None, "gram-cholesky",
+                          _sigma_error(kept, lam_error + lanczos_error))
+    deflated = _deflated_rank(facts.gram, tol, scratch, lam_error) if tol > 0 else None
     del scratch, factor
     if deflated is not None:
         return deflated
     lam = _upper_eigvalsh(facts.gram)
     sigmas = np.sqrt(np.clip(lam, 0.0, None))[::-1]
-    return _rank_from_sigmas(sigmas, tol, "gram-eigh")
+    return _rank_from_sigmas(sigmas, tol, "gram-eigh", lambda s: _sigma_error(s, lam_error))
 
 
 def _close_call(result: _BlockRank, tol: float) -> bool:
@@ -387,9 +515,9 @@ def decide_rank(blocks: np.ndarray, eps: float, rule: ToleranceRule | None = Non
         sigmas = _singular_values(blocks)
         sigma_max = float(sigmas.max())
         tol = rule.tolerance(sigma_max, q, p, eps)
-        decided = _rank_from_sigmas(sigmas.ravel(), tol, "svd")
-        return RankDecision(decided.rank, sigma_max, tol, eps, decided.kept, decided.dropped,
-                            "svd")
+        error = _svd_error(max(qb, pb), sigma_max)
+        decided = _rank_from_sigmas(sigmas.ravel(), tol, "svd", lambda s: error)
+        return _combine([decided], sigma_max, error, rule, (q, p, eps))
     # Pass 1: sigma_max of every block (it sets tol). Pass 2: decide each block against tol.
     keep = g * min(qb, pb) ** 2 * 8 <= HELD_GRAM_BYTES
     facts = []
@@ -399,6 +527,8 @@ def decide_rank(blocks: np.ndarray, eps: float, rule: ToleranceRule | None = Non
             fact.gram = None
         facts.append(fact)
     sigma_max = max(f.sigma_max for f in facts)
+    # sigma_max^2 is a Gram eigenvalue (Lanczos converges far below the Gram rounding).
+    sigma_max_error = _sigma_error(sigma_max, _gram_error(max(qb, pb), sigma_max))
     tol = rule.tolerance(sigma_max, q, p, eps)
     results = []
     for fact in facts:
@@ -406,7 +536,7 @@ def decide_rank(blocks: np.ndarray, eps: float, rule: ToleranceRule | None = Non
             fact.gram = gram_matrix(fact.matrix)
         results.append(_decide_block(fact, tol, max(qb, pb), sigma_max))
         fact.gram = None
-    return _combine(results, sigma_max, tol, eps)
+    return _combine(results, sigma_max, sigma_max_error, rule, (q, p, eps))
 
 
 def _decide_block(facts: _BlockFacts, tol: float, n: int, sigma_max: float) -> _BlockRank:
@@ -416,18 +546,27 @@ def _decide_block(facts: _BlockFacts, tol: float, n: int, sigma_max: float) -> _
         if not _close_call(result, tol):
             return result
     sigmas = _singular_values(facts.matrix[None])[0]
-    return _rank_from_sigmas(sigmas, tol, "svd")
+    error = _svd_error(n, float(sigmas[0]) if sigmas.size else 0.0)
+    return _rank_from_sigmas(sigmas, tol, "svd", lambda s: error)
 
 
-def _combine(results: list[_BlockRank], sigma_max: float, tol: float, eps: float) -> RankDecision:
-    kept = [r.kept for r in results if r.kept is not None]
-    dropped = [r.dropped for r in results if r.dropped is not None]
+def _combine(results: list[_BlockRank], sigma_max: float, sigma_max_error: float,
+             rule: ToleranceRule, shape_eps: tuple[int, int, float]) -> RankDecision:
+    """One decision over all blocks: ranks summed, the extreme kept and dropped values (with
+    their blocks' error estimates), tol and its error from sigma_max's."""
+    q, p, eps = shape_eps
+    tol = rule.tolerance(sigma_max, q, p, eps)
+    tol_error = abs(rule.tolerance(sigma_max + sigma_max_error, q, p, eps) - tol)
+    kept = [(r.kept, r.kept_error) for r in results if r.kept is not None]
+    dropped = [(r.dropped, r.dropped_error) for r in results if r.dropped is not None]
+    low = min(kept, key=lambda pair: pair[0]) if kept else (None, None)
+    high = max(dropped, key=lambda pair: pair[0]) if dropped else (None, None)
     methods = sorted({r.method for r in results})
     return RankDecision(
         rank=sum(r.rank for r in results), sigma_max=sigma_max, tol=tol, eps=eps,
-        smallest_kept=min(kept) if kept else None,
-        largest_dropped=max(dropped) if dropped else None,
-        method="+".join(methods),
+        smallest_kept=low[0], largest_dropped=high[0], method="+".join(methods),
+        sigma_max_error=sigma_max_error, tol_error=tol_error, kept_error=low[1],
+        dropped_error=high[1],
     )
 
 

@@ -153,8 +153,12 @@ def test_json_carries_the_numbers(small, schema):
     assert layer["nodes"] == ["proj|a", "proj_b"]
     assert (layer["q"], layer["p"], layer["rank"], layer["nullity"]) == (6, 6, 4, 2)
     assert layer["nu"] is True and layer["mu"] is False
-    assert layer["tol"] == row.decision.tol
-    assert layer["sigma_max"] == row.decision.sigma_max
+    shown = row.decision.resolved()
+    for name in ("sigma_max", "tol", "smallest_kept", "largest_dropped", "margin"):
+        assert (layer[name], layer["digits"][name]) == shown[name]
+    digits = layer["digits"]["sigma_max"]
+    assert 10 <= digits <= 17  # a float64 SVD of a 6x6 matrix resolves most digits
+    assert layer["sigma_max"] == pytest.approx(row.decision.sigma_max, rel=10.0 ** (1 - digits))
     assert layer["eps"] == 2.0**-23
     assert model["skipped"] == [{"node": "scores", "op": "MatMul",
                                  "reason": small.skipped[0].reason}]
@@ -213,7 +217,7 @@ def test_csv_one_row_per_layer(lenet, small):
         assert int(cells["p"]) == row.layer.p
         assert int(cells["rank"]) == row.rank
         assert int(cells["nullity"]) == row.nullity
-        assert float(cells["tol"]) == row.decision.tol
+        assert float(cells["tol"]) == row.decision.resolved()["tol"][0]
     assert table[-1]["nodes"] == "proj|a;proj_b"
     assert table[0]["largest_dropped"] == ""  # None renders as an empty cell
 

@@ -399,7 +399,7 @@ def test_deflation_declines_when_nothing_is_below_tol(rng):
     w = rng.standard_normal((400, 300))
     gram = spectral.gram_matrix(w)
     tol = 1e-3 * float(np.linalg.svd(w, compute_uv=False).min())
-    assert spectral._deflated_rank(gram, tol, spectral._scratch_like(gram)) is None
+    assert spectral._deflated_rank(gram, tol, spectral._scratch_like(gram), 0.0) is None
 
 
 def test_hadamard_with_dead_units():
@@ -428,3 +428,85 @@ def test_sigma_max_falls_back_to_dense_when_lanczos_stalls(rng, monkeypatch):
     ref = reference(w[None], EPS32)
     assert decision.rank == ref["rank"] == 400
     assert decision.sigma_max == pytest.approx(ref["sigma_max"], rel=1e-12)
+
+
+# ------------------------------------------------------------------ printed digits
+
+
+def test_significant_digits_and_bounds():
+    """Digits follow the error; a value within its error of 0 becomes an upper bound."""
+    assert spectral.significant_digits(0.123456789, 1e-6) == 5
+    assert spectral.resolved(0.123456789, 1e-6) == (0.12346, 5)
+    assert spectral.resolved(2.5, 0.0) == (2.5, 17)
+    assert spectral.resolved(None, 1e-3) == (None, None)
+    assert spectral._resolved_or_bound(3e-9, 5.16e-7) == (5.2e-7, 0)  # rounded up
+    assert spectral._resolved_or_bound(0.0, 0.0) == (0.0, 17)  # exact zero stays exact
+    assert spectral._round_to_two(137.5, math.floor) == 130.0
+
+
+def _with_spectrum(rng: np.random.Generator, sigmas: np.ndarray) -> np.ndarray:
+    """(n, n) float32 matrix with about these singular values (random orthogonal factors)."""
+    n = sigmas.size
+    u, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    v, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    return ((u * sigmas) @ v.T).astype(np.float32)
+
+
+def _unit_of_last_digit(value: float, digits: int) -> float:
+    return 10.0 ** (math.floor(math.log10(abs(value))) - digits + 1)
+
+
+@pytest.mark.parametrize("case", ["svd", "gram-cholesky", "gram-deflated", "gram-eigh"])
+def test_printed_digits_are_right(rng, case):
+    """Every printed value is within one unit of its last printed digit of a float64 SVD;
+    a bound (digits 0) is on the right side of the SVD's value. Each engine path."""
+    n = 200 if case == "svd" else 300
+    sigmas = np.linspace(1.0, 2.0, n)
+    if case == "gram-deflated":
+        sigmas[:3] = [1e-5, 2e-5, 3e-9]  # below tol (7e-5); one at the Gram noise floor
+    if case == "gram-eigh":
+        sigmas[:100] = 1e-5  # more than MAX_DEFLATION values below tol
+    if case == "svd":
+        sigmas[:2] = 1e-5
+    w = _with_spectrum(rng, sigmas)
+    decision = decide_rank(w[None], EPS32)
+    assert decision.method == case
+    ref = reference(w[None], EPS32)
+    ref["margin"] = min([ref["smallest_kept"] / ref["tol"]]
+                        + ([ref["tol"] / ref["largest_dropped"]] if ref["largest_dropped"]
+                           else []))
+    for name, (shown, digits) in decision.resolved().items():
+        if ref[name] is None:
+            assert (shown, digits) == (None, None)
+            continue
+        assert shown is not None and digits is not None
+        if digits == 0:  # a bound: dropped values from above, the margin from below
+            assert (ref[name] <= shown) if name == "largest_dropped" else (ref[name] >= shown)
+        else:
+            assert abs(shown - ref[name]) <= _unit_of_last_digit(ref[name], digits), name
+    assert decision.resolved()["sigma_max"][1] >= 11
+
+
+def test_deflated_report_is_schema_valid(tmp_path, rng):
+    """A layer decided by the deflated certificate ('gram-deflated') passes the shipped
+    JSON schema (its method name was missing from the schema's pattern)."""
+    import json
+    from importlib import resources
+
+    import jsonschema
+    from builders import init, make_model, value
+    from onnx.helper import make_node as mk
+
+    from onnxcollide.audit import audit_model
+    from onnxcollide.report.json_format import report_dict
+
+    sigmas = np.linspace(1.0, 2.0, 300)
+    sigmas[:2] = [1e-5, 2e-5]
+    path = make_model(tmp_path / "m.onnx", [mk("MatMul", ["x", "W"], ["y"])],
+                      [value("x", [1, 300])], [value("y", [1, 300])],
+                      [init("W", _with_spectrum(rng, sigmas))])
+    data = report_dict([audit_model(str(path))])
+    assert data["models"][0]["layers"][0]["method"] == "gram-deflated"
+    schema = json.loads(resources.files("onnxcollide").joinpath(
+        "schemas", "audit-report-v1.schema.json").read_text("utf-8"))
+    jsonschema.Draft202012Validator(schema).validate(data)

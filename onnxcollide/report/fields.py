@@ -11,8 +11,9 @@ CLEAR_MARGIN = 10.0  # a decision is "clear" when no singular value lies within 
 
 
 def is_clear(row: LayerRow) -> bool:
-    """True when the rank would not change if the tolerance moved by less than 10x."""
-    margin = row.decision.margin
+    """True when the rank would not change if the tolerance moved by less than 10x (judged
+    on the margin as reported: its resolved value, or its lower bound)."""
+    margin = row.decision.resolved()["margin"][0]
     return margin is None or margin >= CLEAR_MARGIN
 
 
@@ -78,12 +79,19 @@ LAYER_HEADERS = ("#", "node", "op", "q", "p", "groups", "rank", "nullity", "nu",
 
 def layer_cells(row: LayerRow) -> tuple[str, ...]:
     """One layer row as text cells (headers: LAYER_HEADERS); unclear margins get a ``!``."""
-    d = row.decision
-    margin = fmt_float(d.margin, 3) + ("" if is_clear(row) else " !")
+    shown = row.decision.resolved()
+
+    def cell(name: str, digits: int) -> str:
+        value, resolved_digits = shown[name]
+        return fmt_float(value, min(digits, resolved_digits or digits))
+
+    at_least = ">=" if shown["margin"][1] == 0 else ""  # a lower bound (see resolved())
+    margin = at_least + cell("margin", 3) + ("" if is_clear(row) else " !")
     return (
         str(row.index), nodes_label(row), row.layer.op, str(row.layer.q), str(row.layer.p),
         str(row.layer.groups), str(row.rank), str(row.nullity), "x" if row.nu else "",
-        "x" if row.mu else "", fmt_float(d.sigma_max), fmt_float(d.tol, 3), margin, d.method,
+        "x" if row.mu else "", cell("sigma_max", 4), cell("tol", 3), margin,
+        row.decision.method,
     )
 
 

@@ -37,17 +37,19 @@ def versions() -> dict[str, str]:
 
 
 def layer_dict(row: LayerRow) -> dict[str, Any]:
-    """Every number of one layer row."""
+    """Every number of one layer row; spectral values rounded to the significant digits
+    their error estimates resolve (``digits``), so no printed digit is noise."""
     layer, d = row.layer, row.decision
+    shown = d.resolved()
     return {
         "index": row.index, "nodes": list(layer.nodes), "op": layer.op, "weight": layer.weight,
         "roots": list(layer.roots), "chain": list(layer.chain), "scope": layer.scope,
         "layout": layer.layout, "q": layer.q, "p": layer.p, "groups": layer.groups,
         "rank": row.rank, "nullity": row.nullity, "nu": row.nu, "mu": row.mu,
         "stored_dtype": layer.stored_dtype, "compute_dtype": layer.compute_dtype,
-        "eps": _num(d.eps), "sigma_max": _num(d.sigma_max), "tol": _num(d.tol),
-        "smallest_kept": _num(d.smallest_kept), "largest_dropped": _num(d.largest_dropped),
-        "margin": _num(d.margin), "clear": is_clear(row), "method": d.method,
+        "eps": _num(d.eps), **{name: value for name, (value, _) in shown.items()},
+        "digits": {name: digits for name, (_, digits) in shown.items()},
+        "clear": is_clear(row), "method": d.method,
     }
 
 
