@@ -38,7 +38,7 @@ EPS64 = float(np.finfo(np.float64).eps)
 SVD_MAX_DIM = 256  # blocks with min(q, p) up to this use a float64 SVD
 GRAM_TRUST = 1.01  # a Gram decision with a margin below this is re-decided by SVD
 CHUNK_BYTES = 64 << 20  # float64 bytes per chunk streamed into the Gram matrix
-SIGMA_MAX_RTOL = 1e-8  # Lanczos residual tolerance for sigma_max^2 (the value converges to ~1e-14)
+SIGMA_MAX_RTOL = 1e-10  # Lanczos residual tolerance for sigma_max^2 (of the scaled Gram matrix)
 SIGMA_MAX_RESTARTS = 200  # beyond (a tight cluster at the top), all eigenvalues by dsyevd
 KEPT_RTOL = 1e-5  # block Lanczos tolerance for the smallest kept eigenvalue on the Gram path
 HELD_GRAM_BYTES = 512 << 20  # Gram matrices kept between the two passes; beyond, recomputed
@@ -80,7 +80,8 @@ class RankDecision:
         eps: machine epsilon of the compute dtype.
         smallest_kept: smallest singular value above ``tol`` (None if rank is 0).
         largest_dropped: largest singular value at or below ``tol`` (None if none dropped).
-        method: ``svd``, ``gram-cholesky``, ``gram-eigh``, or a ``+``-joined mix over blocks.
+        method: ``svd``, ``gram-cholesky``, ``gram-deflated``, ``gram-eigh``, or a
+            ``+``-joined mix over blocks.
         sigma_max_error, tol_error, kept_error, dropped_error: estimated absolute errors of
             sigma_max, tol, smallest_kept and largest_dropped (0 when exact).
     """
@@ -187,8 +188,8 @@ def _round_to_two(value: float, direction: Callable[[float], float]) -> float:
 def _resolved_or_bound(value: float | None, error: float | None
                        ) -> tuple[float | None, int | None]:
     """A singular value resolved to its digits, or an upper bound (digits 0) when its error
-    reaches 0."""
-    if value is None or not error or error < value:
+    leaves no digit (error above a tenth of the value)."""
+    if value is None or not error or 10.0 * error <= value:
         return resolved(value, error)
     return _round_to_two(value + error, math.ceil), 0
 
@@ -218,6 +219,7 @@ class _BlockFacts:
     gram: np.ndarray | None  # upper triangle valid, float64, Fortran order (Gram path)
     sigma_max: float
     matrix: np.ndarray  # the block itself (possibly a memmap view), for an SVD re-check
+    sigma_max_error: float = 0.0  # estimated error of sigma_max
 
 
 def _check_finite(chunk: np.ndarray) -> None:
@@ -286,26 +288,35 @@ def _upper_eigvalsh(gram: np.ndarray, subset: list[int] | None = None) -> np.nda
     return _upper_eigvalsh(gram)[subset[0]:subset[1] + 1]
 
 
-def _largest_eigenvalue(gram: np.ndarray) -> float:
-    """Largest eigenvalue of a symmetric matrix (upper triangle used) by Lanczos.
+def _largest_eigenvalue(gram: np.ndarray) -> tuple[float, float]:
+    """Largest eigenvalue of a symmetric matrix (upper triangle used) by Lanczos, and the
+    residual norm ``||G v - theta v||`` of its Ritz pair (an eigenvalue lies within it; 0 when
+    a dense eigensolver gave the value).
 
-    Matrix-vector products go through scipy's BLAS (dsymv): mixing numpy's and scipy's
-    OpenBLAS thread pools in one loop makes them spin against each other on few cores.
+    The Lanczos runs on G scaled by its largest diagonal entry, so ARPACK's stopping test is
+    relative for weights of any magnitude. Matrix-vector products go through scipy's BLAS
+    (dsymv): mixing numpy's and scipy's OpenBLAS thread pools in one loop makes them spin
+    against each other on few cores.
     """
     m = gram.shape[0]
     if not np.any(gram):
-        return 0.0  # a zero weight (zero-initialised layers): ARPACK cannot start on it
+        return 0.0, 0.0  # a zero weight (zero-initialised layers): ARPACK cannot start on it
     if m <= SVD_MAX_DIM:
-        return float(_upper_eigvalsh(gram, [m - 1, m - 1])[0])
+        return float(_upper_eigvalsh(gram, [m - 1, m - 1])[0]), 0.0
+    scale = float(np.diagonal(gram).max())  # > 0: a nonzero Gram matrix has a positive diagonal
     start = np.ones(m) / math.sqrt(m)
-    operator = LinearOperator((m, m), matvec=lambda x: blas.dsymv(1.0, gram, x.ravel(), lower=0),
-                              dtype=np.float64)
+    operator = LinearOperator(
+        (m, m), matvec=lambda x: blas.dsymv(1.0 / scale, gram, x.ravel(), lower=0),
+        dtype=np.float64)
     try:
-        value = eigsh(operator, k=1, which="LA", v0=start, tol=SIGMA_MAX_RTOL,
-                      maxiter=SIGMA_MAX_RESTARTS, return_eigenvectors=False)
-        return float(value[0])
+        values, vectors = eigsh(operator, k=1, which="LA", v0=start, tol=SIGMA_MAX_RTOL,
+                                maxiter=SIGMA_MAX_RESTARTS)
     except (ArpackNoConvergence, ArpackError):
-        return float(_upper_eigvalsh(gram, [m - 1, m - 1])[0])
+        return float(_upper_eigvalsh(gram, [m - 1, m - 1])[0]), 0.0
+    vector = vectors[:, 0] / np.linalg.norm(vectors[:, 0])
+    value = float(values[0]) * scale
+    residual = blas.dsymv(1.0, gram, vector, lower=0) - value * vector
+    return value, float(np.linalg.norm(residual))
 
 
 def _singular_values(blocks: np.ndarray) -> np.ndarray:
@@ -320,8 +331,10 @@ def _block_facts(block: np.ndarray, use_gram: bool) -> _BlockFacts:
         sigmas = _singular_values(block[None])[0]
         return _BlockFacts(sigmas, None, float(sigmas[0]) if sigmas.size else 0.0, block)
     gram = gram_matrix(block)
-    lam = _largest_eigenvalue(gram)
-    return _BlockFacts(None, gram, math.sqrt(max(lam, 0.0)), block)
+    lam, residual = _largest_eigenvalue(gram)
+    sigma_max = math.sqrt(max(lam, 0.0))
+    error = _sigma_error(sigma_max, _gram_error(max(block.shape), sigma_max) + residual)
+    return _BlockFacts(None, gram, sigma_max, block, error)
 
 
 @dataclass(frozen=True)
@@ -527,8 +540,7 @@ def decide_rank(blocks: np.ndarray, eps: float, rule: ToleranceRule | None = Non
             fact.gram = None
         facts.append(fact)
     sigma_max = max(f.sigma_max for f in facts)
-    # sigma_max^2 is a Gram eigenvalue (Lanczos converges far below the Gram rounding).
-    sigma_max_error = _sigma_error(sigma_max, _gram_error(max(qb, pb), sigma_max))
+    sigma_max_error = max(f.sigma_max_error for f in facts)
     tol = rule.tolerance(sigma_max, q, p, eps)
     results = []
     for fact in facts:
@@ -559,8 +571,10 @@ def _combine(results: list[_BlockRank], sigma_max: float, sigma_max_error: float
     tol_error = abs(rule.tolerance(sigma_max + sigma_max_error, q, p, eps) - tol)
     kept = [(r.kept, r.kept_error) for r in results if r.kept is not None]
     dropped = [(r.dropped, r.dropped_error) for r in results if r.dropped is not None]
-    low = min(kept, key=lambda pair: pair[0]) if kept else (None, None)
-    high = max(dropped, key=lambda pair: pair[0]) if dropped else (None, None)
+    # Blocks' errors differ (each scales with its own sigma_max): the extreme value is the
+    # one with the extreme bound, so a noise-floor value is not hidden behind an exact one.
+    low = min(kept, key=lambda pair: pair[0] - (pair[1] or 0.0)) if kept else (None, None)
+    high = max(dropped, key=lambda pair: pair[0] + (pair[1] or 0.0)) if dropped else (None, None)
     methods = sorted({r.method for r in results})
     return RankDecision(
         rank=sum(r.rank for r in results), sigma_max=sigma_max, tol=tol, eps=eps,

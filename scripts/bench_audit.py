@@ -265,7 +265,7 @@ def phase_lead(path: str, queue: mp.Queue) -> None:
     gram = gram_matrix(matrix)
     gram_s = time.perf_counter() - start
     start = time.perf_counter()
-    sigma_max = math.sqrt(max(_largest_eigenvalue(gram), 0.0))
+    sigma_max = math.sqrt(max(_largest_eigenvalue(gram)[0], 0.0))
     sigma_max_s = time.perf_counter() - start
     tol = sigma_max * max(matrix.shape) * float(np.finfo(matrix.dtype).eps)
     gram[np.diag_indices(gram.shape[0])] -= tol * tol

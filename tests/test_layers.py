@@ -804,8 +804,8 @@ def test_blocked_dequantize_linear(tmp_path, rng):
 
 def test_dequantize_linear_output_dtype(tmp_path, rng):
     """Opset 23 DequantizeLinear with output_dtype float16 and a float32 scale: W is the
-    product computed in float16 (scale cast first, one rounding), and float16's eps sets
-    the tolerance."""
+    float32 product rounded once to float16 (as ONNX Runtime and onnx.reference compute it),
+    and float16's eps sets the tolerance."""
     wq = rng.integers(-100, 100, size=(8, 6)).astype(np.int8)
     scale = np.array(0.0123456, dtype=np.float32)  # not a float16 value
     path = make_model(
@@ -817,9 +817,26 @@ def test_dequantize_linear_output_dtype(tmp_path, rng):
         [value("y", [1, 6], onnx.TensorProto.FLOAT16)],
         [init("wq", wq), init("s", scale)], opset=23,
     )
-    expected = wq.astype(np.float16) * scale.astype(np.float16)
+    expected = (wq.astype(np.float32) * scale).astype(np.float16)
     row = only_row(audit(path))
     assert row.layer.compute_dtype == "float16"
+    np.testing.assert_array_equal(blocks_of(row)[0], expected.astype(np.float64))
+
+
+def test_dequantize_16_bit_weights_to_float16_do_not_overflow(tmp_path, rng):
+    """uint16 weights with a float16 scale (opset 21): x * scale is formed in float32 and
+    rounded once, so values above float16's range (65504) do not become inf."""
+    wq = rng.integers(60000, 65536, size=(8, 6)).astype(np.uint16)
+    scale = np.array(1e-4, dtype=np.float16)
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("DequantizeLinear", ["wq", "s"], ["W"]), mk("MatMul", ["x", "W"], ["y"])],
+        [value("x", [1, 8], onnx.TensorProto.FLOAT16)],
+        [value("y", [1, 6], onnx.TensorProto.FLOAT16)],
+        [init("wq", wq), init("s", scale)], opset=21,
+    )
+    expected = (wq.astype(np.float32) * np.float32(scale)).astype(np.float16)
+    row = only_row(audit(path))
     np.testing.assert_array_equal(blocks_of(row)[0], expected.astype(np.float64))
 
 

@@ -456,22 +456,41 @@ def _unit_of_last_digit(value: float, digits: int) -> float:
     return 10.0 ** (math.floor(math.log10(abs(value))) - digits + 1)
 
 
-@pytest.mark.parametrize("case", ["svd", "gram-cholesky", "gram-deflated", "gram-eigh"])
-def test_printed_digits_are_right(rng, case):
-    """Every printed value is within one unit of its last printed digit of a float64 SVD;
-    a bound (digits 0) is on the right side of the SVD's value. Each engine path."""
+def _digits_case(rng: np.random.Generator, case: str) -> tuple[np.ndarray, str]:
+    """(g, q, p) blocks and the method expected for one case of the printed-digits test."""
     n = 200 if case == "svd" else 300
     sigmas = np.linspace(1.0, 2.0, n)
+    method = case
     if case == "gram-deflated":
         sigmas[:3] = [1e-5, 2e-5, 3e-9]  # below tol (7e-5); one at the Gram noise floor
     if case == "gram-eigh":
         sigmas[:100] = 1e-5  # more than MAX_DEFLATION values below tol
     if case == "svd":
         sigmas[:2] = 1e-5
+    if case == "clustered-top":  # an orthogonal matrix: every singular value 1
+        sigmas, method = np.ones(512), "gram-cholesky"
     w = _with_spectrum(rng, sigmas)
-    decision = decide_rank(w[None], EPS32)
-    assert decision.method == case
-    ref = reference(w[None], EPS32)
+    if case == "tiny":  # ARPACK's stopping test turns absolute for tiny Gram eigenvalues
+        w, method = (rng.standard_normal((400, 300)) * 1e-10).astype(np.float32), "gram-cholesky"
+    if case in ("grouped-zero-last", "grouped-zero-first"):
+        sigmas[:3] = 0.0  # a dropped value at the Gram noise floor, beside an exact zero block
+        pair = [_with_spectrum(rng, sigmas), np.zeros((n, n), np.float32)]
+        blocks = np.stack(pair if case == "grouped-zero-last" else pair[::-1])
+        return blocks, "gram-deflated+gram-eigh"
+    return w[None], method
+
+
+@pytest.mark.parametrize("case", ["svd", "gram-cholesky", "gram-deflated", "gram-eigh",
+                                  "clustered-top", "tiny", "grouped-zero-last",
+                                  "grouped-zero-first"])
+def test_printed_digits_are_right(rng, case):
+    """Every printed value is within 1.5 units of its last printed digit of a float64 SVD
+    (the error estimate's unit plus rounding's half); a bound (digits 0) is on the right side
+    of the SVD's value. Each engine path, a clustered top, tiny weights, grouped blocks."""
+    blocks, method = _digits_case(rng, case)
+    decision = decide_rank(blocks, EPS32)
+    assert decision.method == method
+    ref = reference(blocks, EPS32)
     ref["margin"] = min([ref["smallest_kept"] / ref["tol"]]
                         + ([ref["tol"] / ref["largest_dropped"]] if ref["largest_dropped"]
                            else []))
@@ -483,8 +502,8 @@ def test_printed_digits_are_right(rng, case):
         if digits == 0:  # a bound: dropped values from above, the margin from below
             assert (ref[name] <= shown) if name == "largest_dropped" else (ref[name] >= shown)
         else:
-            assert abs(shown - ref[name]) <= _unit_of_last_digit(ref[name], digits), name
-    assert decision.resolved()["sigma_max"][1] >= 11
+            assert abs(shown - ref[name]) <= 1.5 * _unit_of_last_digit(ref[name], digits), name
+    assert decision.resolved()["sigma_max"][1] >= 9
 
 
 def test_deflated_report_is_schema_valid(tmp_path, rng):

@@ -303,9 +303,9 @@ def dequantize(
         out_dtype: the output type (opset 23's ``output_dtype``); None for ``scale``'s.
 
     Returns:
-        Float array of ``x``'s shape in ``out_dtype``. The multiplication runs in that type,
-        as the operator specifies: ``x - zero`` (exact in float32) and the scale are cast to
-        it, and each product is rounded once.
+        Float array of ``x``'s shape in ``out_dtype``: ``(x - zero) * scale`` in float32,
+        rounded once to the output type, as ONNX Runtime and the ONNX reference compute it
+        (casting ``x - zero`` first would overflow float16 for 16-bit weights).
     """
     if out_dtype is None:
         out_dtype = scale.dtype if scale.dtype.kind == "f" else np.dtype(np.float32)
@@ -327,7 +327,7 @@ def dequantize(
         zf = None if zf is None else zf.reshape(view)
     if zf is not None:
         xf = xf - zf
-    return xf.astype(out_dtype, copy=False) * sf.astype(out_dtype, copy=False)
+    return (xf * sf).astype(out_dtype, copy=False)
 
 
 Inputs = list[np.ndarray | None]

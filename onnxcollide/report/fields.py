@@ -11,9 +11,10 @@ CLEAR_MARGIN = 10.0  # a decision is "clear" when no singular value lies within 
 
 
 def is_clear(row: LayerRow) -> bool:
-    """True when the rank would not change if the tolerance moved by less than 10x (judged
-    on the margin as reported: its resolved value, or its lower bound)."""
-    margin = row.decision.resolved()["margin"][0]
+    """True when the rank would not change if the tolerance moved by less than 10x: judged on
+    the margin's value, or on its lower bound where a noise-floor value sets it (digits 0)."""
+    bound, digits = row.decision.resolved()["margin"]
+    margin = bound if digits == 0 else row.decision.margin
     return margin is None or margin >= CLEAR_MARGIN
 
 
