@@ -12,7 +12,8 @@ Every reported value carries an error estimate, and reports print only the digit
 (``resolved``): a float64 SVD resolves singular values to ``max(q, p) * eps64 * sigma_max``; a
 Gram matrix resolves its eigenvalues to ``n * eps64 * sigma_max^2`` (n the long side: the
 rounding of its length-n inner products), so a singular value ``s`` to about that over ``2 s``;
-Lanczos values add their own error estimate (``min(||r||, ||r||^2 / gap)``).
+Lanczos values add their own error estimate: sigma_max its Ritz residual, the others
+``min(||r||, 10 ||r||^2 / gap)`` (``krylov.Eigenpairs.errors``).
 """
 
 from __future__ import annotations
@@ -138,23 +139,26 @@ class RankDecision:
         if self.tol <= 0:
             return None, None
         tol_rel = self.tol_error / self.tol
+
+        def ratio_resolved(ratio: float, value: float, error: float | None
+                           ) -> tuple[float | None, int | None]:
+            """A ratio of ``value`` and tol: their relative errors add."""
+            return resolved(ratio, ratio * (tol_rel + (error or 0.0) / value))
+
         ratios: list[tuple[float | None, int | None]] = []
         kept, dropped = self.smallest_kept, self.largest_dropped
         if kept is not None:
             if shown["smallest_kept"][1] == 0:  # above tol by the decision, size unresolved
                 ratios.append((1.0, 0))
             else:
-                ratio = kept / self.tol
-                ratios.append(resolved(ratio, ratio * (tol_rel + (self.kept_error or 0) / kept)))
+                ratios.append(ratio_resolved(kept / self.tol, kept, self.kept_error))
         if dropped is not None:
             bound, digits = shown["largest_dropped"]
             if digits == 0:
                 assert bound is not None
                 ratios.append((_round_to_two(self.tol / bound, math.floor), 0))
             elif dropped > 0:  # an exact 0 puts no bound on the margin
-                ratio = self.tol / dropped
-                error = ratio * (tol_rel + (self.dropped_error or 0) / dropped)
-                ratios.append(resolved(ratio, error))
+                ratios.append(ratio_resolved(self.tol / dropped, dropped, self.dropped_error))
         return min(ratios, key=lambda pair: pair[0] or 0.0) if ratios else (None, None)
 
 
@@ -213,9 +217,8 @@ def _svd_error(n: int, sigma_max: float) -> float:
 
 @dataclass
 class _BlockFacts:
-    """What is known of one block while deciding: its singular values or its Gram matrix."""
+    """What is known of one Gram-path block while deciding."""
 
-    sigmas: np.ndarray | None  # all singular values (SVD path), float64
     gram: np.ndarray | None  # upper triangle valid, float64, Fortran order (Gram path)
     sigma_max: float
     matrix: np.ndarray  # the block itself (possibly a memmap view), for an SVD re-check
@@ -326,15 +329,13 @@ def _singular_values(blocks: np.ndarray) -> np.ndarray:
     return np.linalg.svd(as64, compute_uv=False)
 
 
-def _block_facts(block: np.ndarray, use_gram: bool) -> _BlockFacts:
-    if not use_gram:
-        sigmas = _singular_values(block[None])[0]
-        return _BlockFacts(sigmas, None, float(sigmas[0]) if sigmas.size else 0.0, block)
+def _block_facts(block: np.ndarray) -> _BlockFacts:
+    """The block's Gram matrix and sigma_max (with its error estimate)."""
     gram = gram_matrix(block)
     lam, residual = _largest_eigenvalue(gram)
     sigma_max = math.sqrt(max(lam, 0.0))
     error = _sigma_error(sigma_max, _gram_error(max(block.shape), sigma_max) + residual)
-    return _BlockFacts(None, gram, sigma_max, block, error)
+    return _BlockFacts(gram, sigma_max, block, error)
 
 
 @dataclass(frozen=True)
@@ -535,7 +536,7 @@ def decide_rank(blocks: np.ndarray, eps: float, rule: ToleranceRule | None = Non
     keep = g * min(qb, pb) ** 2 * 8 <= HELD_GRAM_BYTES
     facts = []
     for k in range(g):
-        fact = _block_facts(blocks[k], True)
+        fact = _block_facts(blocks[k])
         if not keep:
             fact.gram = None
         facts.append(fact)
