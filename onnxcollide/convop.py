@@ -53,6 +53,7 @@ import scipy.linalg
 import scipy.sparse
 
 from onnxcollide.errors import UsageError
+from onnxcollide.spectral import EPS64, root_error
 
 EPS32 = 2.0**-23
 DENSE_MAX_DIM = 1536  # a group with at most this many inputs uses a dense SVD ...
@@ -698,16 +699,17 @@ def _lobpcg(
         theta = evals[:m]
 
 
-def _lanczos_max(op: Callable[[np.ndarray], np.ndarray], v0: np.ndarray, steps: int) -> float:
+def _lanczos_max(op: Callable[[np.ndarray], np.ndarray], v0: np.ndarray, steps: int
+                 ) -> tuple[float, float]:
     """Largest eigenvalue of the SPD ``op`` by Lanczos with full reorthogonalisation (a lower
-    bound, from below). Stops when the top Ritz pair's residual ``beta * |s_last|`` drops below
-    ``LANCZOS_RTOL`` times the value (the eigenvalue error is at most that, usually its square)
-    or after ``steps`` steps."""
+    bound, from below) and the residual norm of its Ritz pair (an eigenvalue lies within it).
+    Stops when that residual ``beta * |s_last|`` drops below ``LANCZOS_RTOL`` times the value
+    (the eigenvalue error is at most that, usually its square) or after ``steps`` steps."""
     basis = np.empty((steps + 1, v0.size))
     basis[0] = v0 / np.linalg.norm(v0)
     alpha: list[float] = []
     beta: list[float] = []
-    top = 0.0
+    top, residual = 0.0, math.inf
     for j in range(steps):
         z = op(basis[j][None])[0]
         alpha.append(float(basis[j] @ z))
@@ -717,11 +719,11 @@ def _lanczos_max(op: Callable[[np.ndarray], np.ndarray], v0: np.ndarray, steps: 
         beta.append(float(np.linalg.norm(z)))
         tri = np.diag(alpha) + np.diag(beta[:-1], 1) + np.diag(beta[:-1], -1)
         vals, vecs = np.linalg.eigh(tri)
-        top = max(top, float(vals[-1]))
-        if beta[-1] * abs(vecs[-1, -1]) <= LANCZOS_RTOL * top or beta[-1] <= 1e-14 * top:
+        top, residual = float(vals[-1]), beta[-1] * abs(float(vecs[-1, -1]))
+        if residual <= LANCZOS_RTOL * top or beta[-1] <= 1e-14 * top:
             break
         basis[j + 1] = z / beta[-1]
-    return top
+    return top, residual
 
 
 # ---------------------------------------------------------------------------------------------
@@ -749,6 +751,8 @@ class OperatorSpectrum:
             conv: a cheap estimate that ignores the image border.
         converged: every residual is ``<= RESIDUAL_RTOL * sigma_max^2``.
         blind: number of input elements no window reads (each an exact collision direction).
+        sigma_max_error, tol_error: estimated errors of sigma_max (its Lanczos residual, or
+            the dense SVD's rounding) and of tol.
     """
 
     sigmas: np.ndarray
@@ -764,6 +768,8 @@ class OperatorSpectrum:
     circular: np.ndarray = field(default_factory=lambda: np.zeros(0))
     converged: bool = True
     blind: int = 0
+    sigma_max_error: float = 0.0
+    tol_error: float = 0.0
 
 
 @dataclass
@@ -778,6 +784,7 @@ class _Part:
     method: str
     circular: np.ndarray
     converged: bool
+    sigma_max_error: float = 0.0  # estimated error of sigma_max
 
 
 def blind_inputs(spec: ConvSpec) -> np.ndarray:
@@ -840,7 +847,8 @@ def _dense_part(geo: _Geometry, w: np.ndarray, k: int, circ: _Circular | None) -
     res = np.linalg.norm(_normal_op(geo, w)(vec) - (sigmas**2)[:, None] * vec, axis=1)
     smax = float(sig[0]) if n else 0.0
     est = circ.smallest(k) if circ is not None else np.zeros(0)
-    return _Part(sigmas, vec, res, smax, 0, "dense SVD", est, True)
+    return _Part(sigmas, vec, res, smax, 0, "dense SVD", est, True,
+                 max(n, geo.n_out) * EPS64 * smax)
 
 
 def _seeds(geo: _Geometry, circ: _Circular | None, patches: _Patches, blind: np.ndarray,
@@ -876,8 +884,9 @@ def _iterative_part(geo: _Geometry, w: np.ndarray, k: int, rng: np.random.Genera
         top = circ.modes(1, largest=True)
         if top.shape[0]:
             start += (top[0] * _window(geo)[0]).ravel()
-    lam_max = _lanczos_max(op, start, LANCZOS_STEPS)
+    lam_max, lam_residual = _lanczos_max(op, start, LANCZOS_STEPS)
     smax = math.sqrt(max(lam_max, 0.0))
+    smax_error = root_error(smax, lam_residual + n * EPS64 * max(lam_max, 0.0))
     est = circ.smallest(k) if circ is not None else np.zeros(0)
     if lam_max <= 0.0:  # all-zero weights: everything collides
         vec = np.zeros((k, n))
@@ -888,7 +897,8 @@ def _iterative_part(geo: _Geometry, w: np.ndarray, k: int, rng: np.random.Genera
         vec = np.zeros((k, n))
         vec[np.arange(k), np.flatnonzero(blind.ravel())[:k]] = 1.0
         return _Part(np.zeros(k), vec, np.zeros(k), smax, 0,
-                     f"{n_blind} blind input elements (unit vectors, exact)", est, True)
+                     f"{n_blind} blind input elements (unit vectors, exact)", est, True,
+                     smax_error)
     patches = _Patches(geo, w)
     m = k + max(k, EXTRA)
     floor = patches.lowest()
@@ -937,7 +947,7 @@ def _iterative_part(geo: _Geometry, w: np.ndarray, k: int, rng: np.random.Genera
         f" + {len(patches.patches)} boundary patches"
     method = (f"LOBPCG on A^T A (Schwarz preconditioner: {pieces}): {how} after {iterations} "
               f"iterations")
-    return _Part(sigmas, vec, res, smax, iterations, method, est, converged)
+    return _Part(sigmas, vec, res, smax, iterations, method, est, converged, smax_error)
 
 
 def _window(geo: _Geometry) -> np.ndarray:
@@ -1019,10 +1029,11 @@ def _merge(geo: _Geometry, parts: list[_Part], k: int, seed: int, rtol: float | 
     sigmas = sig[order]
     residuals = np.concatenate([p.residuals for p in parts])[order]
     smax = max(p.sigma_max for p in parts)
+    smax_high = max(p.sigma_max + p.sigma_max_error for p in parts)
     rel = rtol if rtol is not None else max(geo.n_in, geo.n_out) * eps
-    tol = smax * rel
+    tol, tol_high = smax * rel, smax_high * rel
     if atol is not None:
-        tol = max(tol, float(atol))
+        tol, tol_high = max(tol, float(atol)), max(tol_high, float(atol))
     circular = np.sort(np.concatenate([p.circular for p in parts]))[:k]
     methods = sorted({p.method for p in parts})
     method = methods[0] if len(methods) == 1 else "; ".join(methods)
@@ -1033,4 +1044,5 @@ def _merge(geo: _Geometry, parts: list[_Part], k: int, seed: int, rtol: float | 
         exact=int(np.sum(sigmas <= tol)),
         relative=sigmas / smax if smax > 0 else np.zeros_like(sigmas),
         residuals=residuals, iterations=sum(p.iterations for p in parts), method=method,
-        seed=seed, circular=circular, converged=all(p.converged for p in parts), blind=blind)
+        seed=seed, circular=circular, converged=all(p.converged for p in parts), blind=blind,
+        sigma_max_error=smax_high - smax, tol_error=tol_high - tol)

@@ -53,6 +53,9 @@ class LinearLayer:
         quantization: digest of the scale and zero point values a quantized op dequantizes the
             weight with ("" for float ops): nodes that share an integer weight but dequantize it
             differently read different matrices.
+        reading: which matrix is read off the weight tensor, independent of the op's name
+            (e.g. ``T^T`` for Gemm with transB=1 and for MatMul with the weight on the left):
+            a Gemm and a MatMul that read the same matrix are one parameter.
     """
 
     nodes: tuple[str, ...]
@@ -73,6 +76,7 @@ class LinearLayer:
     scope: str
     load_blocks: Callable[[], np.ndarray] = field(compare=False, repr=False)
     quantization: str = ""
+    reading: str = ""
 
     @property
     def block_shape(self) -> tuple[int, int]:
@@ -204,7 +208,7 @@ def _conv_layer_parts(
 
 
 def _gemm_parts(site: LinearSite, infos: dict[str, TensorInfo]
-                ) -> tuple[int, int, int, str, Callable[[], np.ndarray]]:
+                ) -> tuple[int, int, int, str, str, Callable[[], np.ndarray]]:
     wshape = _weight_shape(site, infos)
     if len(wshape) != 2:
         raise UnsupportedModelError(f"Gemm weight has shape {wshape}, expected 2-D", _where(site))
@@ -218,15 +222,22 @@ def _gemm_parts(site: LinearSite, infos: dict[str, TensorInfo]
     q, p = (wshape[1], wshape[0]) if transpose else wshape
     side = "B" if on_right else "A"
     layout = f"W = {side}{'^T' if transpose else ''} ({flag}={trans})"
+    reading = _matrix_reading(transpose)
     if alpha != 1.0:
         layout += f", alpha={alpha:g}"
+        reading += f" * {alpha!r}"
 
     def load() -> np.ndarray:
         weight = _float_weight(site, 0)
         matrix = weight.T if transpose else weight
         return (matrix * alpha if alpha != 1.0 else matrix)[None]
 
-    return q, p, 1, layout, load
+    return q, p, 1, layout, reading, load
+
+
+def _matrix_reading(transpose: bool) -> str:
+    """The matrix a 2-D weight tensor T stands for: ``T`` or ``T^T``."""
+    return "T^T" if transpose else "T"
 
 
 def _stack_modes(site: LinearSite, infos: dict[str, TensorInfo], lead: tuple[int, ...]
@@ -282,7 +293,7 @@ def _arrange_stack(mats: np.ndarray, lead: tuple[int, ...], modes: tuple[str, ..
 
 
 def _matmul_parts(site: LinearSite, infos: dict[str, TensorInfo]
-                  ) -> tuple[int, int, int, str, Callable[[], np.ndarray]]:
+                  ) -> tuple[int, int, int, str, str, Callable[[], np.ndarray]]:
     wshape = _weight_shape(site, infos)
     on_right = site.weight_index in (1, 3) if site.op_type == "QLinearMatMul" else \
         site.weight_index == 1
@@ -298,8 +309,10 @@ def _matmul_parts(site: LinearSite, infos: dict[str, TensorInfo]
     groups = int(np.prod([n for n, m in zip(lead, modes, strict=True) if m != "concat"],
                          dtype=np.int64))
     layout = "W = B" if on_right else "W = A^T"
+    reading = _matrix_reading(not on_right) if len(wshape) == 2 else f"MatMul {layout}"
     if stack > 1:
         layout += f", {_stack_layout(stack, modes, groups)}"
+        reading = f"MatMul {layout}"
     quant_axis = -1 if on_right else -2
 
     def load() -> np.ndarray:
@@ -310,7 +323,7 @@ def _matmul_parts(site: LinearSite, infos: dict[str, TensorInfo]
         mats = mats if on_right else mats.transpose(0, 2, 1)
         return mats if groups == stack else _arrange_stack(mats, lead, modes)
 
-    return q * groups, p * stack, groups, layout, load
+    return q * groups, p * stack, groups, layout, reading, load
 
 
 # ----------------------------------------------------------------- public
@@ -328,10 +341,11 @@ def build_layer(
     geometry = None
     if site.op_type in ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv"):
         q, p, groups, layout, geometry, load = _conv_layer_parts(site, infos, convention)
+        reading = f"{site.op_type} {layout}"
     elif site.op_type == "Gemm":
-        q, p, groups, layout, load = _gemm_parts(site, infos)
+        q, p, groups, layout, reading, load = _gemm_parts(site, infos)
     else:
-        q, p, groups, layout, load = _matmul_parts(site, infos)
+        q, p, groups, layout, reading, load = _matmul_parts(site, infos)
     compute = "float" if site.op_type in _QUANTIZED else _float_dtype(site, infos)
     if site.op_type in _QUANTIZED:
         layout += " (dequantized)"
@@ -341,12 +355,13 @@ def build_layer(
         chain=trace.ops, q=int(q), p=int(p), groups=int(groups), layout=layout,
         stored_dtype=trace.stored_dtype, compute_dtype=compute, geometry=geometry,
         data_input=site.data_input, topo_index=site.topo_index, scope=site.scope,
-        load_blocks=load, quantization=_quantization_digest(site),
+        load_blocks=load, quantization=_quantization_digest(site), reading=reading,
     )
 
 
 def parameter_key(layer: LinearLayer) -> tuple[object, ...]:
-    """Layers with equal keys are one parameter used by several nodes the same way (same op,
-    same layout, and for quantized ops the same scale and zero point values)."""
-    return (layer.weight_id, layer.op, layer.layout, layer.q, layer.p, layer.groups,
-            layer.quantization)
+    """Layers with equal keys are one parameter used by several nodes the same way: the same
+    matrix read off the same tensor (whatever the op: a Gemm with transB=0 and a MatMul with
+    the weight on the right read the same matrix), and for quantized ops the same scale and
+    zero point values."""
+    return (layer.weight_id, layer.reading, layer.q, layer.p, layer.groups, layer.quantization)

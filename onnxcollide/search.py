@@ -112,7 +112,8 @@ class CollisionSet:
         exact: True when the colliding inputs collide exactly at W1 in exact arithmetic.
         units: number of units (rows, windows, positions) that were perturbed.
         kernel_dims: (smallest, largest) kernel dimension over perturbed units.
-        tol: the rank tolerance of W1.
+        tol: the rank tolerance of W1; ``tol_error`` its estimated error (reports print the
+            digits it resolves).
         collisions: the colliding inputs.
         operator: conv-operator facts for an overlapping W1 (sigmas, relative, exact), or None.
         notes: anything the user should know (bounded beta, skipped units).
@@ -134,6 +135,7 @@ class CollisionSet:
     operator: dict[str, Any] | None
     notes: tuple[str, ...]
     settings: SearchSettings
+    tol_error: float = 0.0
 
 
 # ------------------------------------------------------------------ model context
@@ -567,7 +569,8 @@ def _unit_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
         model=ctx.model.path, input_name=ctx.route.input, feeds={}, w1_node=ctx.site.label,
         w1_output=str(ctx.site.node.output[0]), exactness=ctx.route.exactness, method=method,
         exact=not tiled and not rounding, units=used, kernel_dims=dims, tol=whole.tol,
-        collisions=tuple(collisions), operator=None, notes=tuple(notes), settings=settings)
+        collisions=tuple(collisions), operator=None, notes=tuple(notes), settings=settings,
+        tol_error=whole.tol_error)
 
 
 def _owners_at_input(ctx: _Context, owner: np.ndarray, data_shape: tuple[int, ...]

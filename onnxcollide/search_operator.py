@@ -15,7 +15,7 @@ from onnxcollide.convop import ConvSpec, OperatorSpectrum, smallest_singular
 from onnxcollide.errors import UsageError
 from onnxcollide.graph.linear_ops import conv_geometry
 from onnxcollide.graph.path_map import pull_delta
-from onnxcollide.spectral import EPS_OF
+from onnxcollide.spectral import EPS_OF, resolved
 
 if TYPE_CHECKING:
     from onnxcollide.search import CollisionSet, SearchSettings, _Context
@@ -36,9 +36,12 @@ def conv_spec(ctx: _Context, data_shape: tuple[int, ...]) -> ConvSpec:
 
 def operator_dict(spectrum: OperatorSpectrum, spec: ConvSpec) -> dict[str, Any]:
     """The operator facts as plain data (for reports)."""
+    sigma_max, sigma_max_digits = resolved(spectrum.sigma_max, spectrum.sigma_max_error)
+    tol, tol_digits = resolved(spectrum.tol, spectrum.tol_error)
     return {
-        "input_shape": list(spec.input_shape), "sigma_max": float(spectrum.sigma_max),
-        "tol": float(spectrum.tol), "exact": int(spectrum.exact),
+        "input_shape": list(spec.input_shape), "sigma_max": sigma_max,
+        "sigma_max_digits": sigma_max_digits, "tol": tol, "tol_digits": tol_digits,
+        "exact": int(spectrum.exact),
         "sigmas": [float(v) for v in spectrum.sigmas],
         "relative": [float(v) for v in spectrum.relative],
         "residuals": [float(v) for v in spectrum.residuals],
@@ -98,7 +101,7 @@ def overlapping_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, 
             exact=False, units=0, kernel_dims=(0, 0), tol=float(spectrum.tol), collisions=(),
             operator=facts, notes=("use --mode approximate for the strongest approximate "
                                    "collision, or --mode tiled for the paper's tiling",),
-            settings=settings)
+            settings=settings, tol_error=spectrum.tol_error)
     collisions, notes = [], []
     for k in range(settings.count):
         rng = np.random.default_rng([settings.seed, k])
@@ -115,4 +118,5 @@ def overlapping_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, 
         model=ctx.model.path, input_name=ctx.route.input, feeds={}, w1_node=ctx.site.label,
         w1_output=str(ctx.site.node.output[0]), exactness=ctx.route.exactness, method=method,
         exact=exact, units=data_shape[0], kernel_dims=(usable, usable), tol=float(spectrum.tol),
-        collisions=tuple(collisions), operator=facts, notes=tuple(notes), settings=settings)
+        collisions=tuple(collisions), operator=facts, notes=tuple(notes), settings=settings,
+        tol_error=spectrum.tol_error)

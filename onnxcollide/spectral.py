@@ -198,7 +198,7 @@ def _resolved_or_bound(value: float | None, error: float | None
     return _round_to_two(value + error, math.ceil), 0
 
 
-def _sigma_error(sigma: float, lam_error: float) -> float:
+def root_error(sigma: float, lam_error: float) -> float:
     """Error of ``sigma = sqrt(lambda)`` when lambda is known to within ``lam_error``."""
     if sigma <= 0:
         return math.sqrt(lam_error)
@@ -334,7 +334,7 @@ def _block_facts(block: np.ndarray) -> _BlockFacts:
     gram = gram_matrix(block)
     lam, residual = _largest_eigenvalue(gram)
     sigma_max = math.sqrt(max(lam, 0.0))
-    error = _sigma_error(sigma_max, _gram_error(max(block.shape), sigma_max) + residual)
+    error = root_error(sigma_max, _gram_error(max(block.shape), sigma_max) + residual)
     return _BlockFacts(gram, sigma_max, block, error)
 
 
@@ -467,8 +467,8 @@ def _deflated_rank(gram: np.ndarray, tol: float, scratch: np.ndarray, lam_error:
     kept = math.sqrt(float(values[kept_at]))
     dropped = math.sqrt(max(float(values[dropped_at]), 0.0))
     return _BlockRank(m - int(below.sum()), kept, dropped, "gram-deflated",
-                      _sigma_error(kept, lam_error + float(errors[kept_at])),
-                      _sigma_error(dropped, lam_error + float(errors[dropped_at])))
+                      root_error(kept, lam_error + float(errors[kept_at])),
+                      root_error(dropped, lam_error + float(errors[dropped_at])))
 
 
 def _rank_from_gram(facts: _BlockFacts, tol: float) -> _BlockRank:
@@ -482,14 +482,23 @@ def _rank_from_gram(facts: _BlockFacts, tol: float) -> _BlockRank:
         shifted_min, lanczos_error = _smallest_eigenvalue_from_cholesky(factor)
         kept = math.sqrt(max(tol * tol + shifted_min, 0.0))
         return _BlockRank(m, kept, None, "gram-cholesky",
-                          _sigma_error(kept, lam_error + lanczos_error))
+                          root_error(kept, lam_error + lanczos_error))
     deflated = _deflated_rank(facts.gram, tol, scratch, lam_error) if tol > 0 else None
     del scratch, factor
     if deflated is not None:
         return deflated
     lam = _upper_eigvalsh(facts.gram)
     sigmas = np.sqrt(np.clip(lam, 0.0, None))[::-1]
-    return _rank_from_sigmas(sigmas, tol, "gram-eigh", lambda s: _sigma_error(s, lam_error))
+    return _rank_from_sigmas(sigmas, tol, "gram-eigh", lambda s: root_error(s, lam_error))
+
+
+def tolerance_error(rule: ToleranceRule, sigma_max: float, sigma_max_error: float,
+                    shape_eps: tuple[int, int, float]) -> float:
+    """Error of ``tol`` when sigma_max is known to within ``sigma_max_error`` (0 where an
+    ``atol`` that sets tol holds it fixed)."""
+    q, p, eps = shape_eps
+    return abs(rule.tolerance(sigma_max + sigma_max_error, q, p, eps)
+               - rule.tolerance(sigma_max, q, p, eps))
 
 
 def _close_call(result: _BlockRank, tol: float) -> bool:
@@ -569,7 +578,7 @@ def _combine(results: list[_BlockRank], sigma_max: float, sigma_max_error: float
     their blocks' error estimates), tol and its error from sigma_max's."""
     q, p, eps = shape_eps
     tol = rule.tolerance(sigma_max, q, p, eps)
-    tol_error = abs(rule.tolerance(sigma_max + sigma_max_error, q, p, eps) - tol)
+    tol_error = tolerance_error(rule, sigma_max, sigma_max_error, (q, p, eps))
     kept = [(r.kept, r.kept_error) for r in results if r.kept is not None]
     dropped = [(r.dropped, r.dropped_error) for r in results if r.dropped is not None]
     # Blocks' errors differ (each scales with its own sigma_max): the extreme value is the
@@ -612,6 +621,7 @@ class KernelSpace:
         range_basis: (q, rank) orthonormal basis of W's column space (float64).
         basis: (nullity, q) orthonormal, sign-fixed kernel basis, or None when q is too large
             to hold one (then random vectors are projections of Gaussian draws).
+        tol_error: estimated error of ``tol`` (from the float64 SVD's error in sigma_max).
     """
 
     q: int
@@ -620,6 +630,7 @@ class KernelSpace:
     sigma_max: float
     range_basis: np.ndarray
     basis: np.ndarray | None
+    tol_error: float = 0.0
 
     @property
     def nullity(self) -> int:
@@ -675,4 +686,6 @@ def kernel_space(matrix: np.ndarray, eps: float, rule: ToleranceRule | None = No
     tol = rule.tolerance(ref, q_total or q, p_total or p, eps)
     rank = int(np.count_nonzero(sigmas > tol))
     basis = sign_fixed(u[:, rank:].T.copy()) if full else None
-    return KernelSpace(q, rank, tol, ref, np.ascontiguousarray(u[:, :rank]), basis)
+    tol_error = tolerance_error(rule, ref, _svd_error(max(q, p), ref),
+                                (q_total or q, p_total or p, eps))
+    return KernelSpace(q, rank, tol, ref, np.ascontiguousarray(u[:, :rank]), basis, tol_error)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -519,3 +520,38 @@ def test_validate_identical_inputs_is_a_usage_error(tmp_path):
     line = assert_one_line_error(run("validate", PATCH, str(tmp_path / "a.npy"),
                                      str(tmp_path / "a.npy"), "--device", "cpu"), 2)
     assert "identical" in line
+
+
+def _digits_match(value: float, digits: int, exact: float) -> bool:
+    """``value`` is ``exact`` rounded to ``digits`` significant digits."""
+    return value == float(f"{exact:.{digits}g}")
+
+
+def test_collide_report_prints_only_the_resolved_digits_of_tol(tmp_path):
+    """The W1 tolerance in report.json is rounded to the digits its float64 SVD resolves
+    (max(q, p) * eps64 relative): 13 for the MLP's 256 x 64 W1, not all 17."""
+    from onnxcollide.audit import audit_model
+
+    out = tmp_path / "o"
+    assert run("collide", MLP, "--no-validate", "-o", str(out)).exit_code == 0
+    w1 = report_of(out)["w1"]
+    row = next(r for r in audit_model(MLP).rows if r.layer.nodes[0] == w1["node"])
+    assert (row.layer.q, row.layer.p) == (256, 64)
+    assert w1["tol_digits"] == 13 == math.floor(-math.log10(256 * np.finfo(np.float64).eps))
+    assert _digits_match(w1["tol"], 13, row.decision.tol)
+
+
+@pytest.mark.skipif(not _convop_available(),
+                    reason="onnxcollide.convop (conv operator spectrum) is missing or incomplete")
+def test_collide_operator_facts_print_resolved_digits(tmp_path):
+    """The conv operator's sigma_max and tol carry the digits their Lanczos residual resolves
+    (fewer than 17, at least the 6 that LANCZOS_RTOL = 1e-6 asks for), and tol in the W1 facts
+    is the operator's, by the audit's rule for W1 (max(q, p) = 75 for its 3 x 5 x 5 kernel)."""
+    out = tmp_path / "o"
+    assert run("collide", OVERLAP, "--no-validate", "-o", str(out)).exit_code == 0
+    w1 = report_of(out)["w1"]
+    op = w1["operator"]
+    assert 6 <= op["sigma_max_digits"] < 17 and 6 <= op["tol_digits"] < 17
+    assert (w1["tol"], w1["tol_digits"]) == (op["tol"], op["tol_digits"])
+    assert op["tol"] == pytest.approx(op["sigma_max"] * 75 * 2.0**-23,
+                                      rel=10.0 ** (1 - op["sigma_max_digits"]))

@@ -987,3 +987,23 @@ def test_shared_integer_weight_with_other_zero_points_is_two_rows(tmp_path, rng)
     assert rows[("plain",)].rank == 2
     assert rows[("shifted",)].rank == np.linalg.matrix_rank(b - zeros[None, :].astype(np.float64))
     assert rows[("shifted",)].rank == 3
+
+
+def test_gemm_and_matmul_reading_the_same_matrix_are_one_row(tmp_path, rng):
+    """Gemm(transB=0) and MatMul both read W = T off one tensor T: one parameter, one row.
+    Gemm(transB=1) on the same tensor reads T^T, another matrix (another nullity): its own row."""
+    w = irank(rng, 8, 6, 4).astype(np.float32)
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("Gemm", ["x", "W"], ["h"], name="gemm"), mk("Relu", ["h"], ["r"]),
+         mk("MatMul", ["x", "W"], ["m"], name="mm"), mk("Add", ["r", "m"], ["s"]),
+         mk("Gemm", ["s", "W"], ["y"], transB=1, name="gemm_t")],
+        [value("x", [1, 8])], [value("y", [1, 8])], [init("W", w)],
+    )
+    result = audit(path)
+    shared, transposed = result.rows
+    assert shared.layer.nodes == ("gemm", "mm")
+    assert row_summary(shared) == flags(8, 6, 4)
+    assert transposed.layer.nodes == ("gemm_t",)
+    assert row_summary(transposed) == flags(6, 8, 4)
+    assert result.metrics.n == 2

@@ -16,6 +16,7 @@ from rich.text import Text
 
 from onnxcollide.report.json_format import versions
 from onnxcollide.search import CollisionSet
+from onnxcollide.spectral import resolved
 
 COLLIDE_SCHEMA_VERSION = 1
 
@@ -55,6 +56,7 @@ def collide_dict(found: CollisionSet, validations: Sequence[dict[str, Any] | Non
             "changed_elements": int(np.count_nonzero(collision.delta)),
             "validation": validation,
         })
+    tol, tol_digits = resolved(found.tol, found.tol_error)
     return _clean({
         "schema": "onnxcollide.collide", "schema_version": COLLIDE_SCHEMA_VERSION,
         "tool": versions(), "model": found.model, "input": found.input_name,
@@ -62,7 +64,7 @@ def collide_dict(found: CollisionSet, validations: Sequence[dict[str, Any] | Non
         "settings": settings_dict(found), "runtime": runtime,
         "w1": {"node": found.w1_node, "output": found.w1_output, "class": found.exactness,
                "method": found.method, "exact": found.exact, "units": found.units,
-               "kernel_dims": list(found.kernel_dims), "tol": found.tol,
+               "kernel_dims": list(found.kernel_dims), "tol": tol, "tol_digits": tol_digits,
                "operator": found.operator},
         "collisions": rows, "notes": list(found.notes), "files": files,
     })
