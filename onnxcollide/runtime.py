@@ -38,13 +38,14 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
 from onnxcollide.errors import UnsupportedModelError, UsageError
-from onnxcollide.graph.load import load_model
+from onnxcollide.graph.load import LoadedModel, load_model
 from onnxcollide.graph.rewrite import to_float64, with_extra_outputs
-from onnxcollide.graph.shapes import declared_dims
+from onnxcollide.graph.shapes import declared_dims, infer_shapes
 from onnxcollide.graph.tensors import is_external, tensor_to_array
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("float32", "float64")
+HALF_EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7}  # 16-bit float types a model may compute in
 ENGINE_ORT = "onnxruntime"
 ENGINE_REFERENCE = "onnx.reference"
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -305,6 +306,9 @@ class ModelRunner:
     Attributes:
         path: the model file.
         precision: ``float32`` (the model as stored) or ``float64`` (its float64 copy).
+        computed_in: the narrowest float type the run computes in: ``float64`` for the copy,
+            else the narrowest of the model's float tensors (``float16`` for an fp16 model run
+            as stored); the validation tolerances follow it.
         device: where it runs (for the reference evaluator: the CPU, with a notice).
         engine: ``onnxruntime`` or ``onnx.reference``.
         providers: the session's providers as ONNX Runtime reports them (empty for the reference).
@@ -326,6 +330,7 @@ class ModelRunner:
         self.precision = precision
         self.model_outputs = tuple(value.name for value in loaded.proto.graph.output)
         proto = to_float64(loaded.proto) if precision == "float64" else loaded.proto
+        self.computed_in = narrowest_float(loaded) if precision == "float32" else precision
         proto = with_extra_outputs(proto, extra_outputs)
         self.extra_outputs = tuple(dict.fromkeys(extra_outputs))
         self.output_names = tuple(value.name for value in proto.graph.output)
@@ -520,7 +525,9 @@ class Tolerances:
 
     @classmethod
     def for_precision(cls, precision: str) -> Tolerances:
-        """Defaults: float32 1e-5 / 1e-4 (~100 eps32 / ~1000 eps32); float64 1e-12 / 1e-10.
+        """Defaults by the type the run computes in: float32 1e-5 / 1e-4 (~100 eps32 /
+        ~1000 eps32); float64 1e-12 / 1e-10; float16 and bfloat16 10 eps / 100 eps (their
+        inputs alone are rounded to eps / 2, so the float32 multiples would admit anything).
 
         Raises:
             UsageError: an unknown precision.
@@ -529,6 +536,8 @@ class Tolerances:
             return cls()
         if precision == "float64":
             return cls(layer_rtol=1e-12, output_rtol=1e-10)
+        if precision in HALF_EPS:
+            return cls(layer_rtol=10 * HALF_EPS[precision], output_rtol=100 * HALF_EPS[precision])
         raise UsageError(f"unknown precision '{precision}'", "--precision",
                          "use float32 or float64")
 
@@ -593,6 +602,7 @@ class PairValidation:
         ratios: baseline / collision for the layer residual and each output's max_abs.
         passed: whether B's figures meet the tolerances.
         notices: lines for the user (device fallback, reference evaluator).
+        computed_in: the narrowest float type of the run (``ModelRunner.computed_in``).
     """
 
     device: str
@@ -611,6 +621,7 @@ class PairValidation:
     ratios: tuple[Ratio, ...]
     passed: bool
     notices: tuple[str, ...]
+    computed_in: str = "float32"
 
 
 def _perturbed_inputs(runner: ModelRunner, a: Arrays, b: Arrays) -> tuple[str, ...]:
@@ -700,13 +711,13 @@ def validate_pair(runner: ModelRunner, feeds_a: Arrays, feeds_b: Arrays,
         feeds_b: the same for the colliding input; the inputs that differ are the perturbed ones.
         layer_output: the first linear op's output for the layer residual, or None.
         seed: seeds ``np.random.default_rng`` for the baseline's Gaussian noise.
-        tolerances: what B must meet (default: ``Tolerances.for_precision(runner.precision)``).
+        tolerances: what B must meet (default: ``Tolerances.for_precision(runner.computed_in)``).
 
     Raises:
         UsageError: A and B do not differ, differ in an integer input or in shape, or the layer
             is not an output of the runner.
     """
-    tolerances = tolerances or Tolerances.for_precision(runner.precision)
+    tolerances = tolerances or Tolerances.for_precision(runner.computed_in)
     if layer_output is not None and layer_output not in runner.output_names:
         raise UsageError(f"'{layer_output}' is not an output of the runner", runner.path,
                          "create the ModelRunner with extra_outputs=[the layer's output]")
@@ -723,10 +734,27 @@ def validate_pair(runner: ModelRunner, feeds_a: Arrays, feeds_b: Arrays,
         runner.device.used, runner.device.requested, runner.providers, runner.precision,
         runner.engine, seed, tolerances, layer_output, perturbed, norm,
         collision.layer_residual, collision.outputs, baseline,
-        _ratios(layer_output, collision, baseline), collision.passed, notices)
+        _ratios(layer_output, collision, baseline), collision.passed, notices, runner.computed_in)
 
 
 # ------------------------------------------------------------------ JSON
+
+
+def narrowest_float(loaded: LoadedModel) -> str:
+    """The narrowest float type the model's activations have (graph inputs and the outputs of
+    main-graph nodes other than Constant, as shape inference types them): ``float16``,
+    ``bfloat16`` or ``float32`` (also for float64 models: their runs are at least as
+    precise). Weights are left out: fp16 weights Cast to float32 compute in float32."""
+    infos = infer_shapes(loaded, {})
+    graph = loaded.proto.graph
+    stored = {t.name for t in graph.initializer}
+    names = [v.name for v in graph.input if v.name not in stored]
+    names += [out for node in graph.node if node.op_type != "Constant" for out in node.output]
+    types = {infos[name].dtype for name in names if name in infos}
+    for name in ("bfloat16", "float16"):
+        if name in types:
+            return name
+    return "float32"
 
 
 def _num(value: float | None) -> float | None:
@@ -746,6 +774,7 @@ def validation_dict(v: PairValidation) -> dict[str, Any]:
         "device": {"requested": v.device_requested, "used": v.device,
                    "providers": list(v.providers)},
         "precision": v.precision,
+        "computed_in": v.computed_in,
         "engine": v.engine,
         "seed": v.seed,
         "tolerances": {"layer_rtol": v.tolerances.layer_rtol,

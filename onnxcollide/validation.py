@@ -26,7 +26,7 @@ def validate_collisions(found: CollisionSet, device: str, precision: str, seed: 
 
     runner = ModelRunner(found.model, extra_outputs=[found.w1_output], device=device,
                          precision=precision)
-    tolerances = Tolerances.for_precision(precision)
+    tolerances = Tolerances.for_precision(runner.computed_in)
     base = dict(found.feeds)
     if precision == "float64":
         base = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in base.items()}
@@ -38,7 +38,8 @@ def validate_collisions(found: CollisionSet, device: str, precision: str, seed: 
         check = validate_pair(runner, base, moved, found.w1_output, seed, tolerances)
         results.append(validation_dict(check))
     runtime = {"device": runner.device.used, "requested": device, "precision": precision,
-               "engine": runner.engine, "providers": list(runner.providers),
+               "computed_in": runner.computed_in, "engine": runner.engine,
+               "providers": list(runner.providers),
                "notice": runner.device.notice,
                "tolerances": {"layer_rtol": tolerances.layer_rtol,
                               "output_rtol": tolerances.output_rtol}}

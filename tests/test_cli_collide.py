@@ -555,3 +555,58 @@ def test_collide_operator_facts_print_resolved_digits(tmp_path):
     assert (w1["tol"], w1["tol_digits"]) == (op["tol"], op["tol_digits"])
     assert op["tol"] == pytest.approx(op["sigma_max"] * 75 * 2.0**-23,
                                       rel=10.0 ** (1 - op["sigma_max_digits"]))
+
+
+def _fp16_mlp(path: Path, cast_weights: bool) -> str:
+    """x (1, 64) -> W1 (64 x 32, rank 32) -> Relu -> W2 (32 x 10). ``cast_weights``: the
+    weights are fp16 initializers Cast to float32 and every activation is float32; otherwise
+    the whole model (input, weights, activations) is fp16."""
+    from builders import FLOAT, FLOAT16, init, make_model, value
+
+    rng = np.random.default_rng(0)
+    w1, w2 = (rng.standard_normal(s).astype(np.float16) for s in ((64, 32), (32, 10)))
+    elem = FLOAT if cast_weights else FLOAT16
+    nodes = [helper.make_node("MatMul", ["x", "W1c" if cast_weights else "W1"], ["h"],
+                              name="mm1"),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "W2c" if cast_weights else "W2"], ["y"],
+                              name="mm2")]
+    if cast_weights:
+        nodes = [helper.make_node("Cast", ["W1"], ["W1c"], to=FLOAT),
+                 helper.make_node("Cast", ["W2"], ["W2c"], to=FLOAT), *nodes]
+    return make_model(path, nodes, [value("x", [1, 64], elem)], [value("y", [1, 10], elem)],
+                      [init("W1", w1), init("W2", w2)])
+
+
+@needs_runtime
+def test_fp16_model_is_validated_against_float16_tolerances(tmp_path):
+    """An fp16 model run as stored computes in float16: its true collisions (W1 residual a
+    fraction of eps16, hundreds of times below a random perturbation's) PASS against
+    10 eps16 / 100 eps16 and the report says so; float32's 1e-5 would FAIL every one."""
+    model = _fp16_mlp(tmp_path / "fp16.onnx", cast_weights=False)
+    out = tmp_path / "o"
+    result = run("collide", model, "-n", "2", "--device", "cpu", "-o", str(out))
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "float32 (as stored: computes in float16)" in result.stdout
+    report = report_of(out)
+    eps16 = 2.0**-10
+    assert report["runtime"]["computed_in"] == "float16"
+    assert report["runtime"]["tolerances"] == {"layer_rtol": 10 * eps16,
+                                               "output_rtol": 100 * eps16}
+    for row in report["collisions"]:
+        check = row["validation"]
+        assert check["passed"] and check["computed_in"] == "float16"
+        assert 1e-5 < check["collision"]["layer_residual"] < eps16
+        assert check["ratios"][0]["ratio"] > 100
+
+
+@needs_runtime
+def test_fp16_weights_cast_to_float32_keep_float32_tolerances(tmp_path):
+    """fp16 weights Cast to float32 before the op: the activations are float32, so the run
+    computes in float32 and the float32 tolerances apply."""
+    model = _fp16_mlp(tmp_path / "cast.onnx", cast_weights=True)
+    out = tmp_path / "o"
+    assert run("collide", model, "--device", "cpu", "-o", str(out)).exit_code == 0
+    runtime = report_of(out)["runtime"]
+    assert runtime["computed_in"] == "float32"
+    assert runtime["tolerances"] == {"layer_rtol": 1e-5, "output_rtol": 1e-4}

@@ -460,9 +460,9 @@ def test_validation_dict_is_strict_json_in_a_fixed_order(dense, rng):
                       {"x": collision(rng, w, x)}, "h", seed=0)
     record = validation_dict(v)
     text = json.dumps(record, allow_nan=False)
-    assert list(record) == ["passed", "device", "precision", "engine", "seed", "tolerances",
-                            "layer", "perturbed_inputs", "perturbation_norm", "collision",
-                            "baseline", "ratios", "notices"]
+    assert list(record) == ["passed", "device", "precision", "computed_in", "engine", "seed",
+                            "tolerances", "layer", "perturbed_inputs", "perturbation_norm",
+                            "collision", "baseline", "ratios", "notices"]
     assert json.loads(text)["collision"]["outputs"][0]["name"] == "logits"
     if not HAS_CUDA:
         assert record["notices"] == [AUTO_CPU_NOTICE]

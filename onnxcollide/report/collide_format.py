@@ -85,6 +85,13 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _precision(runtime: dict[str, Any]) -> str:
+    """``float32``, or ``float32 (as stored: computes in float16)`` for an fp16 model."""
+    computed = runtime.get("computed_in", runtime["precision"])
+    return runtime["precision"] + ("" if computed == runtime["precision"] else
+                                   f" (as stored: computes in {computed})")
+
+
 def render_table(report: dict[str, Any], width: int = 120, color: bool = False) -> str:
     """A readable summary: W1, how directions were made, one row per colliding input."""
     buffer = io.StringIO()
@@ -95,7 +102,7 @@ def render_table(report: dict[str, Any], width: int = 120, color: bool = False) 
     if report.get("runtime"):
         rt = report["runtime"]
         console.print(f"validated on {rt['device']} ({', '.join(rt['providers'])}), "
-                      f"{rt['precision']}, engine {rt['engine']}; tolerances: W1 residual <= "
+                      f"{_precision(rt)}, engine {rt['engine']}; tolerances: W1 residual <= "
                       f"{rt['tolerances']['layer_rtol']:g}, outputs max rel <= "
                       f"{rt['tolerances']['output_rtol']:g}", markup=False)
     table = Table(title=Text(f"{len(report['collisions'])} colliding input(s) for "
