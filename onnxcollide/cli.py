@@ -43,6 +43,27 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name, tuple(int(p) for p in parts)
 
 
+def shapes_per_model(texts: tuple[str, ...], models: tuple[str, ...]
+                     ) -> dict[str, tuple[tuple[str, tuple[int, ...]], ...]]:
+    """The ``--input-shape`` overrides of each model of an audit.
+
+    ``NAME=DIMS`` applies to every model; ``MODEL:NAME=DIMS`` only to the model given as
+    MODEL (its path as written, or its file name). A prefix counts only where it names one
+    of the models, so input names with a colon (tf2onnx's ``input_1:0``) stay whole.
+
+    Raises:
+        UsageError: a text is not [MODEL:]NAME=DIMS.
+    """
+    chosen: dict[str, dict[str, tuple[int, ...]]] = {m: {} for m in models}
+    for text in texts:
+        prefix, colon, rest = text.partition(":")
+        targets = [m for m in models if colon and prefix in (m, os.path.basename(m))]
+        name, dims = parse_input_shape(rest if targets else text)
+        for model in targets or models:
+            chosen[model][name] = dims
+    return {m: tuple(shapes.items()) for m, shapes in chosen.items()}
+
+
 def check_output_folder(path: str) -> None:
     """Fail before any work when the report could not be written.
 
@@ -144,8 +165,9 @@ def main() -> None:
               help="Relative tolerance: tol = rtol * sigma_max (default max(q,p) * eps).")
 @click.option("--atol", type=NON_NEGATIVE,
               help="Absolute tolerance floor: tol = max(atol, relative tol).")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
-              help="Fix an input's shape, e.g. input=1x3x224x224 (repeatable).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="[MODEL:]NAME=DIMS",
+              help="Fix an input's shape, e.g. input=1x3x224x224 (repeatable); with a "
+                   "MODEL: prefix (its path or file name) for that model only.")
 @click.option("--summary-only", is_flag=True, help="Only the Table 1 summary, a row per model.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: when stderr is a terminal).")
@@ -170,12 +192,13 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
             from onnxcollide.runtime import resolve_device
 
             resolve_device(device)
-        settings = AuditSettings(
-            convention=ConvConvention(conv_convention), rule=ToleranceRule(rtol, atol),
-            input_shapes=tuple(parse_input_shape(s) for s in input_shapes))
+        shapes = shapes_per_model(input_shapes, models)
+        base = AuditSettings(convention=ConvConvention(conv_convention),
+                             rule=ToleranceRule(rtol, atol))
         show = sys.stderr.isatty() if progress is None else progress
         audits: list[ModelAudit] = []
         for path in models:
+            settings = replace(base, input_shapes=shapes[path])
             with _progress(show, os.path.basename(path)) as callback:
                 result = audit_model(path, settings, callback)
             if check:

@@ -12,6 +12,7 @@ import onnx
 import pytest
 from builders import (
     DATA,
+    MLP,
     MODELS,
     MTCNN,
     assert_one_line_error,
@@ -125,7 +126,25 @@ def test_input_shape_option():
     assert fixed.exit_code == 0, fixed.stderr
     data = json.loads(fixed.stdout)
     assert data["models"][0]["first_layer"]["blind_elements"] == 0
-    assert data["settings"]["input_shapes"] == {name: [1, 12, 12, 3]}
+    assert data["models"][0]["input_shapes"] == {name: [1, 12, 12, 3]}
+
+
+def test_input_shape_with_a_model_prefix_applies_to_that_model_only():
+    """Two models with different inputs: a prefix by file name fixes the P-Net's shape, one by
+    path the MLP's; each model's JSON records its own overrides. Without a prefix an override
+    applies to every model, and one that a model lacks is a usage error naming that model."""
+    mtcnn_file = os.path.basename(MTCNN)
+    result = run("audit", "-f", "json", "--input-shape", f"{mtcnn_file}:input_1=1x12x12x3",
+                 "--input-shape", f"{MLP}:input=4x1x16x16", MTCNN, MLP)
+    assert result.exit_code == 0, result.stderr
+    pnet, mlp = json.loads(result.stdout)["models"]
+    assert pnet["input_shapes"] == {"input_1": [1, 12, 12, 3]}
+    assert pnet["first_layer"]["input_shape"] == [1, 12, 12, 3]
+    assert mlp["input_shapes"] == {"input": [4, 1, 16, 16]}
+    assert mlp["first_layer"]["input_shape"] == [4, 1, 16, 16]
+    unprefixed = run("audit", "-f", "json", "--input-shape", "input_1=1x12x12x3", MTCNN, MLP)
+    assert unprefixed.exit_code == 2
+    assert "mlp_dense.onnx" in unprefixed.stderr and "input_1" in unprefixed.stderr
 
 
 def test_several_models_give_one_summary():

@@ -128,7 +128,7 @@ def test_json_validates_against_schema(schema, settings):
     assert data["schema_version"] == SCHEMA_VERSION
     assert data["settings"]["conv_convention"] == settings.convention.value
     assert data["settings"]["rtol"] == settings.rule.rtol
-    assert data["settings"]["input_shapes"] == {k: list(v) for k, v in settings.input_shapes}
+    assert data["models"][0]["input_shapes"] == {k: list(v) for k, v in settings.input_shapes}
 
 
 def test_json_of_every_real_model_validates(schema):

@@ -73,6 +73,7 @@ def model_dict(audit: ModelAudit) -> dict[str, Any]:
     return {
         "path": audit.path, "sha256": audit.sha256, "producer": audit.producer,
         "ir_version": audit.ir_version, "opset": audit.opset,
+        "input_shapes": {name: list(dims) for name, dims in audit.settings.input_shapes},
         "metrics": {"n": m.n, "nu": m.nu, "nu_ratio": m.nu_ratio, "mu": m.mu,
                     "mu_ratio": m.mu_ratio, "nullity_sum": m.nullity_sum,
                     "nullity_w1": m.nullity_w1},
@@ -86,13 +87,13 @@ def model_dict(audit: ModelAudit) -> dict[str, Any]:
 
 
 def settings_dict(audits: Sequence[ModelAudit]) -> dict[str, Any]:
-    """The settings every number was decided with (taken from the first audit)."""
+    """The settings every number was decided with (the same for every audit of one call;
+    input shapes, which are per model, are in each model's record)."""
     settings = audits[0].settings
     return {
         "conv_convention": settings.convention.value,
         "tolerance_rule": settings.rule.describe(),
         "rtol": settings.rule.rtol, "atol": settings.rule.atol,
-        "input_shapes": {name: list(dims) for name, dims in settings.input_shapes},
         "svd_max_dim": SVD_MAX_DIM, "gram_trust": GRAM_TRUST, "clear_margin": CLEAR_MARGIN,
     }
 
