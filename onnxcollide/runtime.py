@@ -307,8 +307,8 @@ class ModelRunner:
         path: the model file.
         precision: ``float32`` (the model as stored) or ``float64`` (its float64 copy).
         computed_in: the narrowest float type the run computes in: ``float64`` for the copy,
-            else the narrowest of the model's float tensors (``float16`` for an fp16 model run
-            as stored); the validation tolerances follow it.
+            else the narrowest float type of the model's activations (``float16`` for an fp16
+            model run as stored; see ``narrowest_float``); the validation tolerances follow it.
         device: where it runs (for the reference evaluator: the CPU, with a notice).
         engine: ``onnxruntime`` or ``onnx.reference``.
         providers: the session's providers as ONNX Runtime reports them (empty for the reference).
@@ -509,6 +509,23 @@ def compare_outputs(a: Arrays, b: Arrays,
 
 
 # ------------------------------------------------------------------ validation
+
+
+def narrowest_float(loaded: LoadedModel) -> str:
+    """The narrowest float type the model's activations have (graph inputs and the outputs of
+    main-graph nodes other than Constant, as shape inference types them): ``float16``,
+    ``bfloat16`` or ``float32`` (also for float64 models: their runs are at least as
+    precise). Weights are left out: fp16 weights Cast to float32 compute in float32."""
+    infos = infer_shapes(loaded, {})
+    graph = loaded.proto.graph
+    stored = {t.name for t in graph.initializer}
+    names = [v.name for v in graph.input if v.name not in stored]
+    names += [out for node in graph.node if node.op_type != "Constant" for out in node.output]
+    types = {infos[name].dtype for name in names if name in infos}
+    for name in ("bfloat16", "float16"):
+        if name in types:
+            return name
+    return "float32"
 
 
 @dataclass(frozen=True)
@@ -738,23 +755,6 @@ def validate_pair(runner: ModelRunner, feeds_a: Arrays, feeds_b: Arrays,
 
 
 # ------------------------------------------------------------------ JSON
-
-
-def narrowest_float(loaded: LoadedModel) -> str:
-    """The narrowest float type the model's activations have (graph inputs and the outputs of
-    main-graph nodes other than Constant, as shape inference types them): ``float16``,
-    ``bfloat16`` or ``float32`` (also for float64 models: their runs are at least as
-    precise). Weights are left out: fp16 weights Cast to float32 compute in float32."""
-    infos = infer_shapes(loaded, {})
-    graph = loaded.proto.graph
-    stored = {t.name for t in graph.initializer}
-    names = [v.name for v in graph.input if v.name not in stored]
-    names += [out for node in graph.node if node.op_type != "Constant" for out in node.output]
-    types = {infos[name].dtype for name in names if name in infos}
-    for name in ("bfloat16", "float16"):
-        if name in types:
-            return name
-    return "float32"
 
 
 def _num(value: float | None) -> float | None:
