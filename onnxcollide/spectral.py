@@ -5,8 +5,10 @@ of the dtype the weight is computed in; ``rtol`` / ``atol`` override. Small bloc
 SVD. Large blocks use a float64 Gram matrix (BLAS syrk, accumulated in row chunks so memory stays
 bounded and memory-mapped weights are streamed) and a Cholesky factorisation of
 ``G - tol^2 I``: it succeeds exactly when every singular value exceeds ``tol``. Where it fails,
-the Gram eigenvalues give the rank. Where a Gram decision is too close to call at Gram
-precision, the block is decided again by an exact SVD.
+the Schur complement of the positive definite leading block it leaves counts the values below
+``tol`` (``inertia``); failing that, a deflated certificate or the Gram eigenvalues do. Where
+a Gram decision is too close to call at Gram precision, the block is decided again by an exact
+SVD.
 
 Every reported value carries an error estimate, and reports print only the digits it resolves
 (``resolved``): a float64 SVD resolves singular values to ``max(q, p) * eps64 * sigma_max``; a
@@ -27,6 +29,7 @@ import scipy.linalg
 from scipy.linalg import blas
 from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
 
+from onnxcollide.inertia import SchurSplit, schur_split
 from onnxcollide.krylov import top_eigenpairs
 
 EPS_OF: dict[str, float] = {
@@ -81,7 +84,7 @@ class RankDecision:
         eps: machine epsilon of the compute dtype.
         smallest_kept: smallest singular value above ``tol`` (None if rank is 0).
         largest_dropped: largest singular value at or below ``tol`` (None if none dropped).
-        method: ``svd``, ``gram-cholesky``, ``gram-deflated``, ``gram-eigh``, or a
+        method: ``svd``, ``gram-cholesky``, ``gram-ldl``, ``gram-deflated``, ``gram-eigh``, or a
             ``+``-joined mix over blocks.
         sigma_max_error, tol_error, kept_error, dropped_error: estimated absolute errors of
             sigma_max, tol, smallest_kept and largest_dropped (0 when exact).
@@ -381,12 +384,14 @@ def _shifted_copy(gram: np.ndarray, shift: float, scratch: np.ndarray) -> np.nda
     return scratch
 
 
-def _cholesky(gram: np.ndarray, shift: float, scratch: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Upper Cholesky factor of ``gram + shift * I`` (in ``scratch``) and whether it
-    succeeded. Only the factor's upper triangle is meaningful."""
+def _cholesky(gram: np.ndarray, shift: float, scratch: np.ndarray) -> tuple[np.ndarray, int]:
+    """Upper Cholesky factor of ``gram + shift * I`` (in ``scratch``) and LAPACK's info: 0 on
+    success, else the 1-based pivot where it stopped (the leading info - 1 rows and columns
+    then hold the factor of a positive definite leading block). Only the upper triangle is
+    meaningful."""
     factor, info = scipy.linalg.lapack.dpotrf(_shifted_copy(gram, shift, scratch), lower=0,
                                               clean=0, overwrite_a=1)
-    return factor, info == 0
+    return factor, int(info)
 
 
 def _scratch_like(gram: np.ndarray) -> np.ndarray:
@@ -406,14 +411,15 @@ def _smallest_eigenvalue_from_cholesky(factor: np.ndarray) -> tuple[float, float
 
 
 MAX_DEFLATION = 64  # at most this many eigenvalues below tol^2 are certified by deflation
+SCHUR_MAX_DIM = 1024  # a failed Cholesky leaving a Schur complement up to this decides by it
 
 
 def _smallest_eigenpairs(gram: np.ndarray, shift: float, count: int, scratch: np.ndarray
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """The ``count`` smallest eigenpairs of G by Lanczos on (G + shift I)^{-1}, ascending,
     with the Lanczos error estimate of each value."""
-    factor, ok = _cholesky(gram, shift, scratch)
-    if not ok:
+    factor, info = _cholesky(gram, shift, scratch)
+    if info != 0:
         return None
     top = top_eigenpairs(_cholesky_solve(factor), gram.shape[0], count, 1e-10)
     if not top.converged:
@@ -471,18 +477,62 @@ def _deflated_rank(gram: np.ndarray, tol: float, scratch: np.ndarray, lam_error:
                       root_error(dropped, lam_error + float(errors[dropped_at])))
 
 
+def _nearest_to_shift(split: SchurSplit, sign: float, m: int, shift: float
+                      ) -> tuple[float, float] | None:
+    """The eigenvalue of G nearest ``shift`` above it (sign 1) or below it (sign -1), by block
+    Lanczos on ``sign (G - shift I)^{-1}``, and its Lanczos error; None if it does not
+    converge."""
+    top = top_eigenpairs(lambda block: sign * split.solve(block), m, 1, KEPT_RTOL,
+                         values_only=True)
+    theta = float(top.values[0])
+    if not top.converged or theta <= 0:
+        return None
+    return shift + sign / theta, float(top.errors[0]) / (theta * theta)
+
+
+def _ldl_rank(facts: _BlockFacts, tol: float, factor: np.ndarray, failed_at: int,
+              lam_error: float) -> _BlockRank | None:
+    """Rank of a Gram block from the Cholesky factorisation of ``G - tol^2 I`` that failed at
+    pivot ``failed_at``: its leading block is positive definite, and the Schur complement of
+    that block has as many negative eigenvalues as ``G - tol^2 I`` (``inertia.schur_split``).
+    The kept and dropped values nearest tol come from shift-invert Lanczos through the same
+    factors. None when the count is not resolved at the factorisation's rounding (then the
+    deflated certificate or a full eigh decides)."""
+    assert facts.gram is not None
+    gram, t2, m = facts.gram, tol * tol, facts.gram.shape[0]
+    split = schur_split(gram, -t2, facts.sigma_max ** 2, factor, failed_at)
+    if split is None or not split.resolved or split.negatives == 0:
+        return None
+    error = lam_error + split.error
+    kept = _nearest_to_shift(split, 1.0, m, t2) if split.negatives < m else None
+    dropped = _nearest_to_shift(split, -1.0, m, t2)
+    if dropped is None or (kept is None and split.negatives < m):
+        return None
+    low = math.sqrt(max(dropped[0], 0.0))
+    high = high_error = None
+    if kept is not None:
+        high = math.sqrt(max(kept[0], 0.0))
+        high_error = root_error(high, error + kept[1])
+    return _BlockRank(m - split.negatives, high, low, "gram-ldl", high_error,
+                      root_error(low, error + dropped[1]))
+
+
 def _rank_from_gram(facts: _BlockFacts, tol: float) -> _BlockRank:
     """Rank of one Gram block: a Cholesky certificate, a deflated one, or a full eigh."""
     assert facts.gram is not None
     m = facts.gram.shape[0]
     lam_error = _gram_error(max(facts.matrix.shape), facts.sigma_max)
     scratch = _scratch_like(facts.gram)
-    factor, full_rank = _cholesky(facts.gram, -tol * tol, scratch)
-    if full_rank:
+    factor, failed_at = _cholesky(facts.gram, -tol * tol, scratch)
+    if failed_at == 0:
         shifted_min, lanczos_error = _smallest_eigenvalue_from_cholesky(factor)
         kept = math.sqrt(max(tol * tol + shifted_min, 0.0))
         return _BlockRank(m, kept, None, "gram-cholesky",
                           root_error(kept, lam_error + lanczos_error))
+    if tol > 0 and m - failed_at + 1 <= SCHUR_MAX_DIM:
+        split = _ldl_rank(facts, tol, factor, failed_at, lam_error)
+        if split is not None:
+            return split
     deflated = _deflated_rank(facts.gram, tol, scratch, lam_error) if tol > 0 else None
     del scratch, factor
     if deflated is not None:

@@ -238,6 +238,21 @@ def test_gram_path_rank_deficient_tall(rng):
     assert decision.margin is not None and decision.margin > 10
 
 
+def test_gram_path_large_nullity_is_decided_by_the_schur_complement(rng, monkeypatch):
+    """800 x 600 of rank 350: 250 singular values below tol, beyond what deflation certifies.
+    The failed Cholesky's Schur complement counts them ('gram-ldl') without a full eigh, and
+    agrees with the float64 SVD; the full eigh (Schur path off) decides the same."""
+    w = low_rank(rng, 800, 600, 350)
+    decision = decide_rank(w[None], EPS32)
+    ref = reference(w[None], EPS32)
+    assert decision.method == "gram-ldl"
+    assert decision.rank == 350
+    assert_matches(decision, ref, rel=1e-3)
+    monkeypatch.setattr(spectral, "SCHUR_MAX_DIM", 0)
+    full = decide_rank(w[None], EPS32)
+    assert full.method == "gram-eigh" and full.rank == 350
+
+
 def test_gram_path_rank_deficient_wide(rng):
     """300 x 600 of rank 250: the Gram matrix of the short side, same rank as the SVD."""
     w = low_rank(rng, 300, 600, 250)
@@ -461,10 +476,11 @@ def _digits_case(rng: np.random.Generator, case: str) -> tuple[np.ndarray, str]:
     n = 200 if case == "svd" else 300
     sigmas = np.linspace(1.0, 2.0, n)
     method = case
-    if case == "gram-deflated":
+    if case in ("gram-ldl", "gram-deflated"):
         sigmas[:3] = [1e-5, 2e-5, 3e-9]  # below tol (7e-5); one at the Gram noise floor
-    if case == "gram-eigh":
+    if case in ("gram-ldl-many", "gram-eigh"):
         sigmas[:100] = 1e-5  # more than MAX_DEFLATION values below tol
+        method = "gram-ldl" if case == "gram-ldl-many" else case
     if case == "svd":
         sigmas[:2] = 1e-5
     if case == "clustered-top":  # an orthogonal matrix: every singular value 1
@@ -476,18 +492,21 @@ def _digits_case(rng: np.random.Generator, case: str) -> tuple[np.ndarray, str]:
         sigmas[:3] = 0.0  # a dropped value at the Gram noise floor, beside an exact zero block
         pair = [_with_spectrum(rng, sigmas), np.zeros((n, n), np.float32)]
         blocks = np.stack(pair if case == "grouped-zero-last" else pair[::-1])
-        return blocks, "gram-deflated+gram-eigh"
+        return blocks, "gram-eigh+gram-ldl"
     return w[None], method
 
 
-@pytest.mark.parametrize("case", ["svd", "gram-cholesky", "gram-deflated", "gram-eigh",
-                                  "clustered-top", "tiny", "grouped-zero-last",
-                                  "grouped-zero-first"])
-def test_printed_digits_are_right(rng, case):
+@pytest.mark.parametrize("case", ["svd", "gram-cholesky", "gram-ldl", "gram-ldl-many",
+                                  "gram-deflated", "gram-eigh", "clustered-top", "tiny",
+                                  "grouped-zero-last", "grouped-zero-first"])
+def test_printed_digits_are_right(rng, case, monkeypatch):
     """Every printed value is within 1.5 units of its last printed digit of a float64 SVD
     (the error estimate's unit plus rounding's half); a bound (digits 0) is on the right side
-    of the SVD's value. Each engine path, a clustered top, tiny weights, grouped blocks."""
+    of the SVD's value. Each engine path (the deflated certificate and the full eigh with the
+    Schur-complement path switched off), a clustered top, tiny weights, grouped blocks."""
     blocks, method = _digits_case(rng, case)
+    if case in ("gram-deflated", "gram-eigh"):
+        monkeypatch.setattr(spectral, "SCHUR_MAX_DIM", 0)
     decision = decide_rank(blocks, EPS32)
     assert decision.method == method
     ref = reference(blocks, EPS32)
@@ -506,9 +525,11 @@ def test_printed_digits_are_right(rng, case):
     assert decision.resolved()["sigma_max"][1] >= 9
 
 
-def test_deflated_report_is_schema_valid(tmp_path, rng):
-    """A layer decided by the deflated certificate ('gram-deflated') passes the shipped
-    JSON schema (its method name was missing from the schema's pattern)."""
+@pytest.mark.parametrize("method", ["gram-ldl", "gram-deflated"])
+def test_deflated_report_is_schema_valid(tmp_path, rng, monkeypatch, method):
+    """A layer decided by the Schur complement ('gram-ldl') or the deflated certificate
+    ('gram-deflated') passes the shipped JSON schema (a method name was once missing from the
+    schema's pattern)."""
     import json
     from importlib import resources
 
@@ -524,8 +545,10 @@ def test_deflated_report_is_schema_valid(tmp_path, rng):
     path = make_model(tmp_path / "m.onnx", [mk("MatMul", ["x", "W"], ["y"])],
                       [value("x", [1, 300])], [value("y", [1, 300])],
                       [init("W", _with_spectrum(rng, sigmas))])
+    if method == "gram-deflated":
+        monkeypatch.setattr(spectral, "SCHUR_MAX_DIM", 0)
     data = report_dict([audit_model(str(path))])
-    assert data["models"][0]["layers"][0]["method"] == "gram-deflated"
+    assert data["models"][0]["layers"][0]["method"] == method
     schema = json.loads(resources.files("onnxcollide").joinpath(
         "schemas", "audit-report-v1.schema.json").read_text("utf-8"))
     jsonschema.Draft202012Validator(schema).validate(data)
