@@ -48,20 +48,42 @@ def shapes_per_model(texts: tuple[str, ...], models: tuple[str, ...]
     """The ``--input-shape`` overrides of each model of an audit.
 
     ``NAME=DIMS`` applies to every model; ``MODEL:NAME=DIMS`` only to the model given as
-    MODEL (its path as written, or its file name). A prefix counts only where it names one
-    of the models, so input names with a colon (tf2onnx's ``input_1:0``) stay whole.
+    MODEL (its path as written, or its file name; the longest match wins, so a path may hold
+    colons). A prefix counts only where it names one of the models, so input names with a
+    colon (tf2onnx's ``input_1:0``) stay whole.
 
     Raises:
-        UsageError: a text is not [MODEL:]NAME=DIMS.
+        UsageError: a text is not [MODEL:]NAME=DIMS, its prefix looks like a model file but
+            names none of them, or a file name prefix fits several models.
     """
     chosen: dict[str, dict[str, tuple[int, ...]]] = {m: {} for m in models}
     for text in texts:
-        prefix, colon, rest = text.partition(":")
-        targets = [m for m in models if colon and prefix in (m, os.path.basename(m))]
-        name, dims = parse_input_shape(rest if targets else text)
-        for model in targets or models:
+        targets, rest = _prefix_targets(text, models)
+        name, dims = parse_input_shape(rest)
+        for model in targets:
             chosen[model][name] = dims
     return {m: tuple(shapes.items()) for m, shapes in chosen.items()}
+
+
+def _prefix_targets(text: str, models: tuple[str, ...]) -> tuple[list[str], str]:
+    """The models an ``--input-shape`` text applies to and the text without its prefix."""
+    matches = [(len(label), label, m) for m in models
+               for label in dict.fromkeys((m, os.path.basename(m)))
+               if text.startswith(label + ":")]
+    if not matches:
+        head = text.partition("=")[0]
+        if ":" in head and head.rpartition(":")[0].endswith(".onnx"):
+            raise UsageError(f"--input-shape '{text}': the prefix names none of the models",
+                             hint="write MODEL:NAME=DIMS with a model path or file name "
+                                  "given to this command")
+        return list(models), text
+    longest = max(size for size, _, _ in matches)
+    label = next(lab for size, lab, _ in matches if size == longest)
+    targets = list(dict.fromkeys(m for size, lab, m in matches if lab == label))
+    if len(targets) > 1:
+        raise UsageError(f"--input-shape '{text}': '{label}' names several models",
+                         hint="use the model's path as written instead of its file name")
+    return targets, text[len(label) + 1:]
 
 
 def check_output_folder(path: str) -> None:

@@ -327,7 +327,7 @@ def register(main: click.Group, run_guarded: Callable[[Callable[[], None], bool]
             runner = ModelRunner(model, extra_outputs=[target] if target else [],
                                  device=device, precision=precision)
             check = validate_pair(runner, feeds_a, feeds_b, target, seed,
-                                  Tolerances.for_precision(runner.computed_in))
+                                  Tolerances.for_run(runner, target))
             data = validation_dict(check)
             if fmt == "json":
                 click.echo(json.dumps(data, indent=2, allow_nan=False))

@@ -309,7 +309,9 @@ def _matmul_parts(site: LinearSite, infos: dict[str, TensorInfo]
     groups = int(np.prod([n for n, m in zip(lead, modes, strict=True) if m != "concat"],
                          dtype=np.int64))
     layout = "W = B" if on_right else "W = A^T"
-    reading = _matrix_reading(not on_right) if len(wshape) == 2 else f"MatMul {layout}"
+    # A vector operand is W = that vector (K x 1) on either side; a matrix W = T or T^T.
+    reading = {1: "T (vector)", 2: _matrix_reading(not on_right)}.get(len(wshape),
+                                                                      f"MatMul {layout}")
     if stack > 1:
         layout += f", {_stack_layout(stack, modes, groups)}"
         reading = f"MatMul {layout}"

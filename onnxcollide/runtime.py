@@ -38,6 +38,8 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
 from onnxcollide.errors import UnsupportedModelError, UsageError
+from onnxcollide.graph.constants import scoped_key
+from onnxcollide.graph.linear_ops import node_label, subgraph_label, subgraphs
 from onnxcollide.graph.load import LoadedModel, load_model
 from onnxcollide.graph.rewrite import to_float64, with_extra_outputs
 from onnxcollide.graph.shapes import declared_dims, infer_shapes
@@ -45,6 +47,8 @@ from onnxcollide.graph.tensors import is_external, tensor_to_array
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("float32", "float64")
+INCONCLUSIVE = ("inconclusive: a random perturbation of the same norm also meets the "
+                "tolerances, so this pair shows nothing; use a larger perturbation")
 HALF_EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7}  # 16-bit float types a model may compute in
 ENGINE_ORT = "onnxruntime"
 ENGINE_REFERENCE = "onnx.reference"
@@ -308,7 +312,8 @@ class ModelRunner:
         precision: ``float32`` (the model as stored) or ``float64`` (its float64 copy).
         computed_in: the narrowest float type the run computes in: ``float64`` for the copy,
             else the narrowest float type of the model's activations (``float16`` for an fp16
-            model run as stored; see ``narrowest_float``); the validation tolerances follow it.
+            model run as stored; see ``compute_type``); the outputs' tolerance follows it, the
+            layer's follows ``type_of(layer)``.
         device: where it runs (for the reference evaluator: the CPU, with a notice).
         engine: ``onnxruntime`` or ``onnx.reference``.
         providers: the session's providers as ONNX Runtime reports them (empty for the reference).
@@ -330,7 +335,9 @@ class ModelRunner:
         self.precision = precision
         self.model_outputs = tuple(value.name for value in loaded.proto.graph.output)
         proto = to_float64(loaded.proto) if precision == "float64" else loaded.proto
-        self.computed_in = narrowest_float(loaded) if precision == "float32" else precision
+        self._types = activation_types(loaded) if precision == "float32" else {}
+        self.computed_in = compute_type(self._types.values()) if precision == "float32" else \
+            precision
         proto = with_extra_outputs(proto, extra_outputs)
         self.extra_outputs = tuple(dict.fromkeys(extra_outputs))
         self.output_names = tuple(value.name for value in proto.graph.output)
@@ -344,6 +351,13 @@ class ModelRunner:
         self._ort_values: dict[str, Any] = {}
         self._recent: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
         self._start(proto, loaded.base_dir, choice)
+
+    def type_of(self, name: str) -> str:
+        """The type a main-graph tensor is computed in (``compute_type`` of its element type;
+        ``float64`` for the float64 copy)."""
+        if self.precision == "float64":
+            return "float64"
+        return compute_type([self._types.get(name, "float")])
 
     def _start(self, proto: onnx.ModelProto, base_dir: str, choice: DeviceChoice) -> None:
         """Open the ONNX Runtime session, or the reference evaluator for a float64 copy."""
@@ -511,21 +525,31 @@ def compare_outputs(a: Arrays, b: Arrays,
 # ------------------------------------------------------------------ validation
 
 
-def narrowest_float(loaded: LoadedModel) -> str:
-    """The narrowest float type the model's activations have (graph inputs and the outputs of
-    main-graph nodes other than Constant, as shape inference types them): ``float16``,
-    ``bfloat16`` or ``float32`` (also for float64 models: their runs are at least as
-    precise). Weights are left out: fp16 weights Cast to float32 compute in float32."""
+def activation_types(loaded: LoadedModel) -> dict[str, str]:
+    """Element type of every activation shape inference types: graph inputs and the outputs of
+    nodes other than Constant, in the main graph (bare names) and in subgraphs (``scope::name``
+    keys). Weights are left out: fp16 weights Cast to float32 compute in float32."""
     infos = infer_shapes(loaded, {})
-    graph = loaded.proto.graph
+    return {key: infos[key].dtype for key in _activation_keys(loaded.proto.graph, "main")
+            if key in infos}
+
+
+def _activation_keys(graph: onnx.GraphProto, label: str) -> Iterator[str]:
     stored = {t.name for t in graph.initializer}
-    names = [v.name for v in graph.input if v.name not in stored]
-    names += [out for node in graph.node if node.op_type != "Constant" for out in node.output]
-    types = {infos[name].dtype for name in names if name in infos}
-    for name in ("bfloat16", "float16"):
-        if name in types:
-            return name
-    return "float32"
+    yield from (scoped_key(label, v.name) for v in graph.input if v.name not in stored)
+    for node in graph.node:
+        if node.op_type != "Constant":
+            yield from (scoped_key(label, out) for out in node.output)
+        for attr_name, sub in subgraphs(node):
+            yield from _activation_keys(sub, subgraph_label(node_label(node, label), attr_name))
+
+
+def compute_type(types: Iterable[str]) -> str:
+    """The narrowest of these element types a run computes in: ``bfloat16``, ``float16``, or
+    else ``float32`` (also for float64 tensors: validating them against float32's tolerances
+    is the looser, safe side)."""
+    present = set(types)
+    return next((name for name in ("bfloat16", "float16") if name in present), "float32")
 
 
 @dataclass(frozen=True)
@@ -557,6 +581,17 @@ class Tolerances:
             return cls(layer_rtol=10 * HALF_EPS[precision], output_rtol=100 * HALF_EPS[precision])
         raise UsageError(f"unknown precision '{precision}'", "--precision",
                          "use float32 or float64")
+
+    @classmethod
+    def for_run(cls, runner: ModelRunner, layer: str | None) -> Tolerances:
+        """The layer residual's tolerance by the type the layer computes in, the outputs' by
+        the narrowest type of the run: a float32 first layer keeps 1e-5 in a model that
+        computes in float16 further on."""
+        outputs = cls.for_precision(runner.computed_in)
+        if layer is None:
+            return outputs
+        return cls(layer_rtol=cls.for_precision(runner.type_of(layer)).layer_rtol,
+                   output_rtol=outputs.output_rtol)
 
 
 @dataclass(frozen=True)
@@ -617,9 +652,12 @@ class PairValidation:
         outputs: every model output's comparison of B's run with A's.
         baseline: the same figures for A + a random perturbation of the same norm.
         ratios: baseline / collision for the layer residual and each output's max_abs.
-        passed: whether B's figures meet the tolerances.
-        notices: lines for the user (device fallback, reference evaluator).
+        passed: whether B's figures meet the tolerances and the random baseline's do not
+            (where both meet them, the perturbation is too small for the pair to show
+            anything: a notice says so).
+        notices: lines for the user (device fallback, reference evaluator, inconclusive).
         computed_in: the narrowest float type of the run (``ModelRunner.computed_in``).
+        meets: whether B's figures meet the tolerances.
     """
 
     device: str
@@ -639,6 +677,7 @@ class PairValidation:
     passed: bool
     notices: tuple[str, ...]
     computed_in: str = "float32"
+    meets: bool = True
 
 
 def _perturbed_inputs(runner: ModelRunner, a: Arrays, b: Arrays) -> tuple[str, ...]:
@@ -728,13 +767,13 @@ def validate_pair(runner: ModelRunner, feeds_a: Arrays, feeds_b: Arrays,
         feeds_b: the same for the colliding input; the inputs that differ are the perturbed ones.
         layer_output: the first linear op's output for the layer residual, or None.
         seed: seeds ``np.random.default_rng`` for the baseline's Gaussian noise.
-        tolerances: what B must meet (default: ``Tolerances.for_precision(runner.computed_in)``).
+        tolerances: what B must meet (default: ``Tolerances.for_run(runner, layer_output)``).
 
     Raises:
         UsageError: A and B do not differ, differ in an integer input or in shape, or the layer
             is not an output of the runner.
     """
-    tolerances = tolerances or Tolerances.for_precision(runner.computed_in)
+    tolerances = tolerances or Tolerances.for_run(runner, layer_output)
     if layer_output is not None and layer_output not in runner.output_names:
         raise UsageError(f"'{layer_output}' is not an output of the runner", runner.path,
                          "create the ModelRunner with extra_outputs=[the layer's output]")
@@ -747,11 +786,14 @@ def validate_pair(runner: ModelRunner, feeds_a: Arrays, feeds_b: Arrays,
     baseline = _figures(runner, out_a, runner.run(r), layer_output, _norm(a, r, perturbed),
                         tolerances)
     notices = tuple(n for n in (runner.device.notice,) if n)
+    if collision.passed and baseline.passed:
+        notices += (INCONCLUSIVE,)
     return PairValidation(
         runner.device.used, runner.device.requested, runner.providers, runner.precision,
         runner.engine, seed, tolerances, layer_output, perturbed, norm,
         collision.layer_residual, collision.outputs, baseline,
-        _ratios(layer_output, collision, baseline), collision.passed, notices, runner.computed_in)
+        _ratios(layer_output, collision, baseline), collision.passed and not baseline.passed,
+        notices, runner.computed_in, collision.passed)
 
 
 # ------------------------------------------------------------------ JSON
@@ -771,6 +813,7 @@ def validation_dict(v: PairValidation) -> dict[str, Any]:
     """A JSON-ready dict of ``v`` (no inf or nan: those become null), keys in a fixed order."""
     return {
         "passed": v.passed,
+        "conclusive": not v.baseline.passed,
         "device": {"requested": v.device_requested, "used": v.device,
                    "providers": list(v.providers)},
         "precision": v.precision,
@@ -783,7 +826,7 @@ def validation_dict(v: PairValidation) -> dict[str, Any]:
         "perturbed_inputs": list(v.perturbed_inputs),
         "perturbation_norm": _num(v.perturbation_norm),
         "collision": {"layer_residual": _num(v.layer_residual),
-                      "outputs": [_output_dict(o) for o in v.outputs], "passed": v.passed},
+                      "outputs": [_output_dict(o) for o in v.outputs], "passed": v.meets},
         "baseline": {"norm": _num(v.baseline.norm),
                      "layer_residual": _num(v.baseline.layer_residual),
                      "outputs": [_output_dict(o) for o in v.baseline.outputs],

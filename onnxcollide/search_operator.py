@@ -79,7 +79,7 @@ def overlapping_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, 
     # max(n_in, n_out) * eps of the whole operator would be ~0.1 sigma_max at 224x224 and call
     # near-collisions exact that validation then rejects.
     rtol = settings.rule.rtol
-    if rtol is None and settings.rule.atol is None:
+    if rtol is None:  # an --atol alone only adds a floor to this relative part
         rtol = max(ctx.layer.q, ctx.layer.p) * eps
     spectrum = smallest_singular(spec, k=wanted, seed=settings.seed, rtol=rtol,
                                  atol=settings.rule.atol, eps=eps)

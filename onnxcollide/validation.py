@@ -26,7 +26,7 @@ def validate_collisions(found: CollisionSet, device: str, precision: str, seed: 
 
     runner = ModelRunner(found.model, extra_outputs=[found.w1_output], device=device,
                          precision=precision)
-    tolerances = Tolerances.for_precision(runner.computed_in)
+    tolerances = Tolerances.for_run(runner, found.w1_output)
     base = dict(found.feeds)
     if precision == "float64":
         base = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in base.items()}

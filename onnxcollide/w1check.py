@@ -52,7 +52,8 @@ def check_w1(path: str, shapes: dict[str, tuple[int, ...]], seed: int, device: s
     shown = "inf" if ratio is None else f"{ratio:.3g}"
     residual = check["collision"]["layer_residual"] or 0.0
     baseline = check["baseline"]["layer_residual"] or 0.0
-    result["verdict"] = (f"{'PASS' if check['passed'] else 'FAIL'}: W1 residual {residual:.3g} "
+    word = "PASS" if check["passed"] else "FAIL" if check["conclusive"] else "INCONCLUSIVE"
+    result["verdict"] = (f"{word}: W1 residual {residual:.3g} "
                          f"vs {baseline:.3g} for a random perturbation of equal norm (ratio "
                          f"{shown})")
     return result

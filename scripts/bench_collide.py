@@ -99,7 +99,8 @@ def run_search(path: str, count: int, mode: str, seed: int) -> None:
     made = time.perf_counter() - start
     runner = ModelRunner(path, extra_outputs=[found.w1_output], device="cpu")
     checks = [validate_pair(runner, feeds, {"x": c.value}, found.w1_output, seed,
-                            Tolerances.for_precision("float32")) for c in found.collisions]
+                            Tolerances.for_run(runner, found.w1_output))
+              for c in found.collisions]
     total = time.perf_counter() - start
     residuals = [c.layer_residual for c in checks]
     passed = sum(c.passed for c in checks)

@@ -147,6 +147,28 @@ def test_input_shape_with_a_model_prefix_applies_to_that_model_only():
     assert "mlp_dense.onnx" in unprefixed.stderr and "input_1" in unprefixed.stderr
 
 
+def test_input_shape_prefixes_hold_colons_and_are_checked():
+    """A model path with a colon still works as a prefix (longest match), an input name with
+    a colon (tf2onnx's 'input_1:0') stays whole, and a prefix that names no model or a file
+    name that fits two models is a usage error, not an override of a strange input name."""
+    from onnxcollide.cli import shapes_per_model
+    from onnxcollide.errors import UsageError
+
+    windows = "C:\\models\\m.onnx"
+    assert shapes_per_model((f"{windows}:input=1x2",), (windows, "b.onnx")) == {
+        windows: (("input", (1, 2)),), "b.onnx": ()}
+    assert shapes_per_model(("input_1:0=1x2",), ("a.onnx",)) == {
+        "a.onnx": (("input_1:0", (1, 2)),)}
+    assert shapes_per_model(("b.onnx:input_1:0=1x2",), ("a.onnx", "d/b.onnx")) == {
+        "a.onnx": (), "d/b.onnx": (("input_1:0", (1, 2)),)}
+    with pytest.raises(UsageError, match="names none of the models"):
+        shapes_per_model(("mlp_dens.onnx:input=1x2",), ("mlp_dense.onnx",))
+    with pytest.raises(UsageError, match="names several models"):
+        shapes_per_model(("m.onnx:input=1x2",), ("d1/m.onnx", "d2/m.onnx"))
+    typo = run("audit", "--input-shape", "mlp_dens.onnx:input=4x1x16x16", MLP)
+    assert_one_line_error(typo, 2)
+
+
 def test_several_models_give_one_summary():
     """Three models: one Table 1 with a row per model (CSV summary and JSON)."""
     result = run("audit", "-f", "csv", "--summary-only", LENET, CNTK, PADDLE)

@@ -610,3 +610,17 @@ def test_fp16_weights_cast_to_float32_keep_float32_tolerances(tmp_path):
     runtime = report_of(out)["runtime"]
     assert runtime["computed_in"] == "float32"
     assert runtime["tolerances"] == {"layer_rtol": 1e-5, "output_rtol": 1e-4}
+
+
+@pytest.mark.skipif(not _convop_available(),
+                    reason="onnxcollide.convop (conv operator spectrum) is missing or incomplete")
+def test_collide_atol_alone_only_adds_a_floor_to_the_operator_tolerance(tmp_path):
+    """On an overlapping conv, `--atol 1e-12` (below the relative part) leaves the operator's
+    tolerance as it is without it; it once switched the relative part to the whole operator's
+    max(n_in, n_out) * eps, 55 times larger."""
+    tols = []
+    for extra in ((), ("--atol", "1e-12")):
+        out = tmp_path / f"o{len(extra)}"
+        assert run("collide", OVERLAP, "--no-validate", "-o", str(out), *extra).exit_code == 0
+        tols.append(report_of(out)["w1"]["tol"])
+    assert tols[0] == tols[1]

@@ -1007,3 +1007,18 @@ def test_gemm_and_matmul_reading_the_same_matrix_are_one_row(tmp_path, rng):
     assert transposed.layer.nodes == ("gemm_t",)
     assert row_summary(transposed) == flags(6, 8, 4)
     assert result.metrics.n == 2
+
+
+def test_vector_weight_on_either_side_of_matmul_is_one_row(tmp_path, rng):
+    """x @ b and b @ X both read W = b (K x 1): one parameter, one row listing both nodes."""
+    b = np.array([1.0, -2.0, 0.5, 3.0], np.float32)
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("MatMul", ["x", "b"], ["right"], name="mv_right"),
+         mk("MatMul", ["b", "X"], ["left"], name="mv_left")],
+        [value("x", [2, 4]), value("X", [4, 3])], [value("right", [2]), value("left", [3])],
+        [init("b", b)],
+    )
+    row = only_row(audit(path))
+    assert row.layer.nodes == ("mv_right", "mv_left")
+    assert row_summary(row) == flags(4, 1, 1)

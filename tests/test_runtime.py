@@ -16,7 +16,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from builders import DATA, build_model, init, integer_rank, value
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from onnxcollide import runtime
@@ -460,9 +460,9 @@ def test_validation_dict_is_strict_json_in_a_fixed_order(dense, rng):
                       {"x": collision(rng, w, x)}, "h", seed=0)
     record = validation_dict(v)
     text = json.dumps(record, allow_nan=False)
-    assert list(record) == ["passed", "device", "precision", "computed_in", "engine", "seed",
-                            "tolerances", "layer", "perturbed_inputs", "perturbation_norm",
-                            "collision", "baseline", "ratios", "notices"]
+    assert list(record) == ["passed", "conclusive", "device", "precision", "computed_in",
+                            "engine", "seed", "tolerances", "layer", "perturbed_inputs",
+                            "perturbation_norm", "collision", "baseline", "ratios", "notices"]
     assert json.loads(text)["collision"]["outputs"][0]["name"] == "logits"
     if not HAS_CUDA:
         assert record["notices"] == [AUTO_CPU_NOTICE]
@@ -600,3 +600,58 @@ def test_commands_leave_the_cached_model_proto_untouched(tmp_path):
     ModelRunner(path, extra_outputs=[found.w1_output], device="cpu")
     assert load_model(path).proto is load_model(path).proto  # one parse per file
     assert load_model(path).proto.SerializeToString() == before
+
+
+def test_a_pair_a_random_perturbation_matches_too_is_inconclusive(dense, rng):
+    """B = A + noise far below float32's tolerances: B meets them, but so does the random
+    baseline of the same norm, so the pair proves nothing: passed False, conclusive False,
+    a notice says why (it once passed)."""
+    path, _, x = dense
+    noise = rng.standard_normal(x.shape).astype(np.float32)
+    tiny = x + 1e-7 * np.linalg.norm(x) * noise / np.linalg.norm(noise)
+    v = validate_pair(ModelRunner(path, ["h"], device="cpu"), {"x": x}, {"x": tiny}, "h")
+    record = validation_dict(v)
+    assert record["collision"]["passed"] and record["baseline"]["passed"]
+    assert record["passed"] is False and record["conclusive"] is False
+    assert any(note.startswith("inconclusive") for note in record["notices"])
+
+
+def test_float32_first_layer_keeps_float32_tolerance_in_a_float16_model(tmp_path, rng):
+    """W1 computes in float32, the rest in float16 (a Cast after W1): the layer residual is
+    held to float32's 1e-5, the outputs to 100 eps16; a 0.2% random change fails at W1."""
+    w1 = rng.standard_normal((16, 8)).astype(np.float32)
+    w2 = rng.standard_normal((8, 4)).astype(np.float16)
+    model = build_model(
+        [helper.make_node("MatMul", ["x", "W1"], ["h"]),
+         helper.make_node("Cast", ["h"], ["h16"], to=TensorProto.FLOAT16),
+         helper.make_node("MatMul", ["h16", "W2"], ["y"])],
+        [value("x", [1, 16])], [value("y", [1, 4], TensorProto.FLOAT16)],
+        [init("W1", w1), init("W2", w2)])
+    path = save(model, tmp_path / "mixed.onnx")
+    runner = ModelRunner(path, ["h"], device="cpu")
+    assert runner.computed_in == "float16" and runner.type_of("h") == "float32"
+    x = rng.standard_normal((1, 16)).astype(np.float32)
+    noise = rng.standard_normal(x.shape).astype(np.float32)
+    moved = x + 2e-3 * np.linalg.norm(x) * noise / np.linalg.norm(noise)
+    v = validate_pair(runner, {"x": x}, {"x": moved}, "h")
+    assert v.tolerances == Tolerances(layer_rtol=1e-5, output_rtol=100 * 2.0**-10)
+    assert v.layer_residual is not None and v.layer_residual > 1e-5
+    assert not v.passed
+
+
+def test_float16_inside_a_subgraph_counts(tmp_path):
+    """An If whose branches round through float16 computes in float16 although every
+    main-graph tensor is float32: the runner looks into subgraphs."""
+    def branch(name: str) -> onnx.GraphProto:
+        return helper.make_graph(
+            [helper.make_node("Cast", ["x"], [f"{name}16"], to=TensorProto.FLOAT16),
+             helper.make_node("Cast", [f"{name}16"], [f"{name}_out"], to=TensorProto.FLOAT)],
+            name, [], [value(f"{name}_out", [1, 4])])
+
+    model = build_model(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=branch("then"),
+                          else_branch=branch("else"))],
+        [value("cond", [], TensorProto.BOOL), value("x", [1, 4])], [value("y", [1, 4])])
+    runner = ModelRunner(save(model, tmp_path / "if16.onnx"), device="cpu")
+    assert runner.computed_in == "float16"
+    assert runtime.compute_type(["float", "double"]) == "float32"

@@ -116,7 +116,8 @@ def render_table(report: dict[str, Any], width: int = 120, color: bool = False) 
         first = (hit.get("outputs") or [{}])[0]
         layer_ratio = next((r["ratio"] for r in v.get("ratios") or []
                             if r["figure"] == "layer_residual"), None)
-        verdict = "-" if not v else ("PASS" if v.get("passed") else "FAIL")
+        verdict = "-" if not v else ("PASS" if v.get("passed") else
+                                     "FAIL" if v.get("conclusive", True) else "INCONCLUSIVE")
         table.add_row(str(row["index"]), _fmt(row["beta"]), _fmt(row["delta_l2"]),
                       _fmt(hit.get("layer_residual")), _fmt(first.get("max_abs")),
                       _fmt(first.get("argmax_agree")), _fmt(base.get("layer_residual")),
