@@ -148,21 +148,26 @@ class RankDecision:
             """A ratio of ``value`` and tol: their relative errors add."""
             return resolved(ratio, ratio * (tol_rel + (error or 0.0) / value))
 
-        ratios: list[tuple[float | None, int | None]] = []
+        # (unrounded ratio or bound, as shown): the smaller is chosen before rounding, since
+        # rounding can reorder two close ratios.
+        ratios: list[tuple[float, tuple[float | None, int | None]]] = []
         kept, dropped = self.smallest_kept, self.largest_dropped
         if kept is not None:
             if shown["smallest_kept"][1] == 0:  # above tol by the decision, size unresolved
-                ratios.append((1.0, 0))
+                ratios.append((1.0, (1.0, 0)))
             else:
-                ratios.append(ratio_resolved(kept / self.tol, kept, self.kept_error))
+                ratios.append((kept / self.tol,
+                               ratio_resolved(kept / self.tol, kept, self.kept_error)))
         if dropped is not None:
             bound, digits = shown["largest_dropped"]
             if digits == 0:
                 assert bound is not None
-                ratios.append((_round_to_two(self.tol / bound, math.floor), 0))
+                ratios.append((self.tol / bound,
+                               (_round_to_two(self.tol / bound, math.floor), 0)))
             elif dropped > 0:  # an exact 0 puts no bound on the margin
-                ratios.append(ratio_resolved(self.tol / dropped, dropped, self.dropped_error))
-        return min(ratios, key=lambda pair: pair[0] or 0.0) if ratios else (None, None)
+                ratios.append((self.tol / dropped, ratio_resolved(self.tol / dropped, dropped,
+                                                                  self.dropped_error)))
+        return min(ratios, key=lambda pair: pair[0])[1] if ratios else (None, None)
 
 
 MAX_DIGITS = 17  # a float64 holds no more
@@ -415,6 +420,8 @@ def _smallest_eigenvalue_from_cholesky(factor: np.ndarray) -> tuple[float, float
 
 MAX_DEFLATION = 64  # at most this many eigenvalues below tol^2 are certified by deflation
 SCHUR_MAX_DIM = 1024  # a failed Cholesky leaving a Schur complement up to this decides by it
+LDL_ERROR_SHARE = 0.01  # ... when its rounding estimate is at most this share of tol^2
+LDL_COLUMNS = 240  # Lanczos basis limit for the values nearest tol (then: fall back)
 
 
 def _smallest_eigenpairs(gram: np.ndarray, shift: float, count: int, scratch: np.ndarray
@@ -480,44 +487,80 @@ def _deflated_rank(gram: np.ndarray, tol: float, scratch: np.ndarray, lam_error:
                       root_error(dropped, lam_error + float(errors[dropped_at])))
 
 
-def _nearest_to_shift(split: SchurSplit, sign: float, m: int, shift: float
-                      ) -> tuple[float, float] | None:
-    """The eigenvalue of G nearest ``shift`` above it (sign 1) or below it (sign -1), by block
-    Lanczos on ``sign (G - shift I)^{-1}``, and its Lanczos error; None if it does not
-    converge."""
+def _shift_invert_top(split: SchurSplit, sign: float, m: int) -> tuple[float, float] | None:
+    """The largest eigenvalue theta > 0 of ``sign (G - shift I)^{-1}`` (1 / the distance from
+    the shift to the nearest eigenvalue of G above it, sign 1, or below it, sign -1) by block
+    Lanczos, and its Lanczos error; None if it does not converge within LDL_COLUMNS."""
     top = top_eigenpairs(lambda block: sign * split.solve(block), m, 1, KEPT_RTOL,
-                         values_only=True)
+                         max_columns=LDL_COLUMNS, values_only=True)
     theta = float(top.values[0])
     if not top.converged or theta <= 0:
         return None
-    return shift + sign / theta, float(top.errors[0]) / (theta * theta)
+    return theta, float(top.errors[0])
 
 
-def _ldl_rank(facts: _BlockFacts, tol: float, factor: np.ndarray, failed_at: int,
-              lam_error: float) -> _BlockRank | None:
+def _ldl_rank(gram: np.ndarray, sigma_max: float, tol: float, factor: np.ndarray,
+              failed_at: int, lam_error: float) -> _BlockRank | None:
     """Rank of a Gram block from the Cholesky factorisation of ``G - tol^2 I`` that failed at
     pivot ``failed_at``: its leading block is positive definite, and the Schur complement of
     that block has as many negative eigenvalues as ``G - tol^2 I`` (``inertia.schur_split``).
     The kept and dropped values nearest tol come from shift-invert Lanczos through the same
-    factors. None when the count is not resolved at the factorisation's rounding (then the
-    deflated certificate or a full eigh decides)."""
-    assert facts.gram is not None
-    gram, t2, m = facts.gram, tol * tol, facts.gram.shape[0]
-    split = schur_split(gram, -t2, facts.sigma_max ** 2, factor, failed_at)
-    if split is None or not split.resolved or split.negatives == 0:
+    factors. None (the deflated certificate or a full eigh then decides) when the count is not
+    resolved at the factorisation's rounding, when that rounding is not small beside tol^2
+    (the values near tol would mean nothing), or when Lanczos does not converge."""
+    t2, m = tol * tol, gram.shape[0]
+    split = schur_split(gram, -t2, sigma_max**2, factor, failed_at)
+    if split is None or not split.resolved or split.negatives == 0 \
+            or split.error > LDL_ERROR_SHARE * t2:
         return None
-    error = lam_error + split.error
-    kept = _nearest_to_shift(split, 1.0, m, t2) if split.negatives < m else None
-    dropped = _nearest_to_shift(split, -1.0, m, t2)
+    kept = _shift_invert_top(split, 1.0, m) if split.negatives < m else None
+    dropped = _shift_invert_top(split, -1.0, m)
     if dropped is None or (kept is None and split.negatives < m):
         return None
-    low = math.sqrt(max(dropped[0], 0.0))
-    high = high_error = None
-    if kept is not None:
-        high = math.sqrt(max(kept[0], 0.0))
-        high_error = root_error(high, error + kept[1])
-    return _BlockRank(m - split.negatives, high, low, "gram-ldl", high_error,
-                      root_error(low, error + dropped[1]))
+    # Applying (G - t2 I)^{-1} rounds at m eps ||(G - t2 I)^{-1}||, and the larger side sets
+    # that norm: a dropped value close to tol makes the kept side's floor large.
+    floor = m * EPS64 * max(dropped[0], kept[0] if kept else 0.0)
+    error = lam_error + split.error
+
+    def value(sign: float, top: tuple[float, float]) -> tuple[float, float]:
+        """A singular value from its shift-invert theta, with its error."""
+        theta, lanczos_error = top
+        sigma = math.sqrt(max(t2 + sign / theta, 0.0))
+        return sigma, root_error(sigma, error + max(lanczos_error, floor) / theta**2)
+
+    low, low_error = value(-1.0, dropped)
+    high, high_error = value(1.0, kept) if kept else (None, None)
+    return _BlockRank(m - split.negatives, high, low, "gram-ldl", high_error, low_error)
+
+
+def _largest_diagonal_first(gram: np.ndarray) -> np.ndarray | None:
+    """G (upper triangle valid) symmetrically permuted so that its diagonal decreases, as a
+    full symmetric Fortran array; None if it decreases already. The eigenvalues are G's."""
+    order = np.argsort(-np.diagonal(gram), kind="stable")
+    if np.array_equal(order, np.arange(order.size)):
+        return None
+    full = np.triu(gram)
+    full += np.triu(gram, 1).T
+    return np.asfortranarray(full[np.ix_(order, order)])
+
+
+def _ldl_after_failure(facts: _BlockFacts, tol: float, factor: np.ndarray, failed_at: int,
+                       lam_error: float, scratch: np.ndarray) -> _BlockRank | None:
+    """The Schur-complement decision after the Cholesky factorisation of ``G - tol^2 I``
+    failed. A failure at the first pivot, or one that leaves a Schur complement wider than
+    SCHUR_MAX_DIM (dead units early in a wide layer: zero rows and columns of G), is retried
+    once with G permuted so its diagonal decreases, which moves them to the end."""
+    assert facts.gram is not None
+    gram, m = facts.gram, facts.gram.shape[0]
+    if failed_at == 1 or m - failed_at + 1 > SCHUR_MAX_DIM:
+        permuted = _largest_diagonal_first(gram)
+        if permuted is None:
+            return None
+        gram = permuted
+        factor, failed_at = _cholesky(gram, -tol * tol, scratch)
+        if failed_at in (0, 1) or m - failed_at + 1 > SCHUR_MAX_DIM:
+            return None  # succeeding now only means a value within rounding of tol
+    return _ldl_rank(gram, facts.sigma_max, tol, factor, failed_at, lam_error)
 
 
 def _rank_from_gram(facts: _BlockFacts, tol: float) -> _BlockRank:
@@ -532,10 +575,10 @@ def _rank_from_gram(facts: _BlockFacts, tol: float) -> _BlockRank:
         kept = math.sqrt(max(tol * tol + shifted_min, 0.0))
         return _BlockRank(m, kept, None, "gram-cholesky",
                           root_error(kept, lam_error + lanczos_error))
-    if tol > 0 and m - failed_at + 1 <= SCHUR_MAX_DIM:
-        split = _ldl_rank(facts, tol, factor, failed_at, lam_error)
-        if split is not None:
-            return split
+    split = _ldl_after_failure(facts, tol, factor, failed_at, lam_error, scratch) \
+        if tol > 0 else None
+    if split is not None:
+        return split
     deflated = _deflated_rank(facts.gram, tol, scratch, lam_error) if tol > 0 else None
     del scratch, factor
     if deflated is not None:
@@ -555,8 +598,11 @@ def tolerance_error(rule: ToleranceRule, sigma_max: float, sigma_max_error: floa
 
 
 def _close_call(result: _BlockRank, tol: float) -> bool:
-    near_kept = result.kept is not None and result.kept < tol * GRAM_TRUST
-    near_dropped = result.dropped is not None and result.dropped * GRAM_TRUST > tol
+    """Whether a kept or dropped value is within GRAM_TRUST of tol, error bars included."""
+    near_kept = result.kept is not None and \
+        result.kept - (result.kept_error or 0.0) < tol * GRAM_TRUST
+    near_dropped = result.dropped is not None and \
+        (result.dropped + (result.dropped_error or 0.0)) * GRAM_TRUST > tol
     return near_kept or near_dropped
 
 
@@ -586,7 +632,10 @@ def decide_rank(blocks: np.ndarray, eps: float, rule: ToleranceRule | None = Non
     if qb == 0 or pb == 0:
         return RankDecision(0, 0.0, 0.0, eps, None, None, "empty")
     default_rel = rule.rtol if rule.rtol is not None else max(q, p) * eps
-    big = min(qb, pb) > SVD_MAX_DIM and _gram_is_precise(max(qb, pb), default_rel)
+    # float64 weights always take the SVD: their squares can over- or underflow in a float64
+    # Gram matrix, and the default rule's tolerance is below what a Gram matrix resolves.
+    big = min(qb, pb) > SVD_MAX_DIM and _gram_is_precise(max(qb, pb), default_rel) \
+        and np.dtype(blocks.dtype).itemsize < 8
     if not big:
         sigmas = _singular_values(blocks)
         sigma_max = float(sigmas.max())

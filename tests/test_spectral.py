@@ -253,6 +253,22 @@ def test_gram_path_large_nullity_is_decided_by_the_schur_complement(rng, monkeyp
     assert full.method == "gram-eigh" and full.rank == 350
 
 
+@pytest.mark.parametrize("dead", ["first", "scattered"])
+def test_dead_units_early_are_moved_to_the_end(rng, monkeypatch, dead):
+    """Zero columns (dead or pruned units) make G's Cholesky fail at the first one: at pivot
+    1, or, scattered from the start, leaving a Schur complement wider than SCHUR_MAX_DIM (50
+    here, for a 400-wide layer). Permuting G so its diagonal decreases moves them to the end,
+    and the Schur complement decides ('gram-ldl', not a full eigh), as the SVD does."""
+    monkeypatch.setattr(spectral, "SCHUR_MAX_DIM", 50)
+    w = rng.standard_normal((500, 400)).astype(np.float32)
+    w[:, [0] if dead == "first" else rng.choice(400, 30, replace=False)] = 0.0
+    decision = decide_rank(w[None], EPS32)
+    ref = reference(w[None], EPS32)
+    assert decision.method == "gram-ldl"
+    assert decision.rank == ref["rank"] == 400 - (1 if dead == "first" else 30)
+    assert_matches(decision, ref, rel=1e-3)
+
+
 def test_gram_path_rank_deficient_wide(rng):
     """300 x 600 of rank 250: the Gram matrix of the short side, same rank as the SVD."""
     w = low_rank(rng, 300, 600, 250)
@@ -311,10 +327,21 @@ def test_gram_close_call_is_redecided_by_svd(rng):
 
 
 def test_gram_scale_invariance(rng):
-    """The Gram path keeps the rank of a tiny-valued (1e-30) float64 weight."""
-    w = low_rank(rng, 600, 300, 250, np.float64) * 1e-30
+    """The Gram path keeps the rank of a tiny-valued (1e-30) float32 weight."""
+    w = (low_rank(rng, 600, 300, 250, np.float64) * 1e-30).astype(np.float32)
     decision = decide_rank(w[None], EPS32)
     assert decision.method.startswith("gram")
+    assert decision.rank == 250
+
+
+@pytest.mark.parametrize("scale", [1e-160, 1e160])
+def test_float64_weights_take_the_svd_at_any_scale(rng, scale):
+    """float64 weights always take the SVD, also where an --rtol would make a Gram matrix
+    precise enough: at 1e-160 or 1e160 its squares under- or overflow float64 (one crashed,
+    one reported finite weights as NaN/Inf)."""
+    w = low_rank(rng, 360, 300, 250, np.float64) * scale
+    decision = decide_rank(w[None], EPS32, ToleranceRule(rtol=1e-3))
+    assert decision.method == "svd"
     assert decision.rank == 250
 
 
@@ -509,6 +536,36 @@ def test_printed_digits_are_right(rng, case, monkeypatch):
         monkeypatch.setattr(spectral, "SCHUR_MAX_DIM", 0)
     decision = decide_rank(blocks, EPS32)
     assert decision.method == method
+    _assert_digits_right(decision, blocks)
+    assert decision.resolved()["sigma_max"][1] >= 9
+
+
+@pytest.mark.parametrize(("q", "rank"), [(300, 1), (700, 2)])
+def test_ldl_kept_value_digits_count_the_rounding_of_the_other_side(q, rank):
+    """Low-rank products (seed 5012): the dropped values sit at the noise floor, so
+    (G - tol^2 I)^{-1} is dominated by them and rounds at m eps64 times their size; the kept
+    value's error counts that floor (it once printed 12 digits with 6 right)."""
+    rng = np.random.default_rng(5012)
+    w = (rng.standard_normal((q, rank)) @ rng.standard_normal((rank, q))).astype(np.float32)
+    decision = decide_rank(w[None], EPS32)
+    assert decision.rank == rank
+    _assert_digits_right(decision, w[None])
+
+
+def test_margin_is_the_smaller_ratio_before_rounding():
+    """kept / tol = 2.9603 (7 digits) and tol / dropped = 2.9544 (1 digit, rounds to 3.0):
+    the margin is the second, shown as 3.0, not the first because 2.9603 < 3.0."""
+    decision = RankDecision(rank=10, sigma_max=1.0, tol=1e-3, eps=EPS32,
+                            smallest_kept=2.9603e-3, largest_dropped=1e-3 / 2.9544,
+                            method="gram-ldl", kept_error=1e-10, dropped_error=3e-6)
+    shown, digits = decision.resolved()["margin"]
+    assert shown is not None and digits is not None
+    assert abs(shown - 2.9544) <= 1.5 * _unit_of_last_digit(2.9544, digits)
+
+
+def _assert_digits_right(decision: RankDecision, blocks: np.ndarray) -> None:
+    """Every printed value within 1.5 units of its last digit of a float64 SVD; bounds on
+    the right side."""
     ref = reference(blocks, EPS32)
     ref["margin"] = min([ref["smallest_kept"] / ref["tol"]]
                         + ([ref["tol"] / ref["largest_dropped"]] if ref["largest_dropped"]
@@ -522,7 +579,6 @@ def test_printed_digits_are_right(rng, case, monkeypatch):
             assert (ref[name] <= shown) if name == "largest_dropped" else (ref[name] >= shown)
         else:
             assert abs(shown - ref[name]) <= 1.5 * _unit_of_last_digit(ref[name], digits), name
-    assert decision.resolved()["sigma_max"][1] >= 9
 
 
 @pytest.mark.parametrize("method", ["gram-ldl", "gram-deflated"])
