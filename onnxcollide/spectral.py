@@ -541,7 +541,8 @@ def _largest_diagonal_first(gram: np.ndarray) -> np.ndarray | None:
         return None
     full = np.triu(gram)
     full += np.triu(gram, 1).T
-    return np.asfortranarray(full[np.ix_(order, order)])
+    # The permuted matrix is symmetric: its transpose is the same matrix in Fortran order.
+    return np.asarray(full[np.ix_(order, order)].T)
 
 
 def _ldl_after_failure(facts: _BlockFacts, tol: float, factor: np.ndarray, failed_at: int,
@@ -564,7 +565,8 @@ def _ldl_after_failure(facts: _BlockFacts, tol: float, factor: np.ndarray, faile
 
 
 def _rank_from_gram(facts: _BlockFacts, tol: float) -> _BlockRank:
-    """Rank of one Gram block: a Cholesky certificate, a deflated one, or a full eigh."""
+    """Rank of one Gram block: a Cholesky certificate; where it fails, the Schur complement
+    it leaves; else a deflated certificate or a full eigh."""
     assert facts.gram is not None
     m = facts.gram.shape[0]
     lam_error = _gram_error(max(facts.matrix.shape), facts.sigma_max)
