@@ -421,7 +421,9 @@ def _smallest_eigenvalue_from_cholesky(factor: np.ndarray) -> tuple[float, float
 MAX_DEFLATION = 64  # at most this many eigenvalues below tol^2 are certified by deflation
 SCHUR_MAX_DIM = 1024  # a failed Cholesky leaving a Schur complement up to this decides by it
 LDL_ERROR_SHARE = 0.01  # ... when its rounding estimate is at most this share of tol^2
-LDL_COLUMNS = 240  # Lanczos basis limit for the values nearest tol (then: fall back)
+LDL_COLUMNS = 240  # Lanczos basis limit for the values nearest tol (then: fall back) ...
+KEPT_COLUMNS = 600  # ... and for the smallest kept value once the dropped side is deflated
+LDL_DEFLATION = 256  # at most this many dropped eigenvectors deflate the kept side
 
 
 def _smallest_eigenpairs(gram: np.ndarray, shift: float, count: int, scratch: np.ndarray
@@ -487,16 +489,52 @@ def _deflated_rank(gram: np.ndarray, tol: float, scratch: np.ndarray, lam_error:
                       root_error(dropped, lam_error + float(errors[dropped_at])))
 
 
-def _shift_invert_top(split: SchurSplit, sign: float, m: int) -> tuple[float, float] | None:
+def _shift_invert_top(split: SchurSplit, sign: float, m: int, deflate: np.ndarray | None = None
+                      ) -> tuple[float, float] | None:
     """The largest eigenvalue theta > 0 of ``sign (G - shift I)^{-1}`` (1 / the distance from
     the shift to the nearest eigenvalue of G above it, sign 1, or below it, sign -1) by block
-    Lanczos, and its Lanczos error; None if it does not converge within LDL_COLUMNS."""
-    top = top_eigenpairs(lambda block: sign * split.solve(block), m, 1, KEPT_RTOL,
-                         max_columns=LDL_COLUMNS, values_only=True)
+    Lanczos, and its Lanczos error; None if it does not converge within LDL_COLUMNS.
+
+    ``deflate`` (m, r): orthonormal eigenvectors to project out first (the dropped side's,
+    whose large thetas would otherwise slow the kept side's convergence)."""
+    def apply(block: np.ndarray) -> np.ndarray:
+        if deflate is None:
+            return sign * split.solve(block)
+        return sign * _project_out(deflate, split.solve(_project_out(deflate, block)))
+
+    # Deflated, the kept side converges like the Cholesky path's and gets its basis limit.
+    columns = LDL_COLUMNS if deflate is None and sign > 0 else KEPT_COLUMNS
+    top = top_eigenpairs(apply, m, 1, KEPT_RTOL, max_columns=columns, values_only=True)
     theta = float(top.values[0])
     if not top.converged or theta <= 0:
         return None
     return theta, float(top.errors[0])
+
+
+def _project_out(basis: np.ndarray, block: np.ndarray) -> np.ndarray:
+    """(I - B B^T) X for an orthonormal (m, r) B and an (m, b) X (Fortran order)."""
+    return np.asfortranarray(block - blas.dgemm(1.0, basis, blas.dgemm(1.0, basis, block,
+                                                                         trans_a=1)))
+
+
+def _dropped_side(split: SchurSplit, m: int) -> tuple[tuple[float, float], np.ndarray | None
+                                                       ] | None:
+    """The dropped value nearest tol as (theta, Lanczos error) of ``-(G - tol^2 I)^{-1}``,
+    and, for at most LDL_DEFLATION dropped values, all their eigenvectors (m, r) to deflate
+    the kept side with (None beyond that)."""
+    def apply(block: np.ndarray) -> np.ndarray:
+        return -split.solve(block)
+
+    if split.negatives <= LDL_DEFLATION:
+        # Vectors to 1e-8 leave at most ~1e-16 of a dropped theta in the deflated operator.
+        top = top_eigenpairs(apply, m, split.negatives, 1e-8, max_columns=LDL_COLUMNS)
+        if top.converged and bool(np.all(top.values > 0)):
+            return (float(top.values[0]), float(top.errors[0])), top.vectors
+    top = top_eigenpairs(apply, m, 1, KEPT_RTOL, max_columns=LDL_COLUMNS, values_only=True)
+    theta = float(top.values[0])
+    if not top.converged or theta <= 0:
+        return None
+    return (theta, float(top.errors[0])), None
 
 
 def _ldl_rank(gram: np.ndarray, sigma_max: float, tol: float, factor: np.ndarray,
@@ -513,9 +551,12 @@ def _ldl_rank(gram: np.ndarray, sigma_max: float, tol: float, factor: np.ndarray
     if split is None or not split.resolved or split.negatives == 0 \
             or split.error > LDL_ERROR_SHARE * t2:
         return None
-    kept = _shift_invert_top(split, 1.0, m) if split.negatives < m else None
-    dropped = _shift_invert_top(split, -1.0, m)
-    if dropped is None or (kept is None and split.negatives < m):
+    side = _dropped_side(split, m)
+    if side is None:
+        return None
+    dropped, dropped_vectors = side
+    kept = _shift_invert_top(split, 1.0, m, dropped_vectors) if split.negatives < m else None
+    if kept is None and split.negatives < m:
         return None
     # Applying (G - t2 I)^{-1} rounds at m eps ||(G - t2 I)^{-1}||, and the larger side sets
     # that norm: a dropped value close to tol makes the kept side's floor large.

@@ -269,6 +269,22 @@ def test_dead_units_early_are_moved_to_the_end(rng, monkeypatch, dead):
     assert_matches(decision, ref, rel=1e-3)
 
 
+def test_ldl_deflates_the_dropped_side_for_the_kept_value(rng, monkeypatch):
+    """600 wide, 100 distinct singular values below tol, the kept ones dense in [1, 2]: the
+    dropped side's large shift-invert values would stall the kept value's Lanczos, so their
+    eigenvectors are projected out first and the Schur path decides ('gram-ldl'; without the
+    deflation it falls back to a full eigh)."""
+    sigmas = rng.uniform(1.0, 2.0, 600)
+    tol = 600 * EPS32 * sigmas.max()
+    sigmas[:100] = rng.uniform(0.0, 0.9, 100) * tol
+    w = _with_spectrum(rng, sigmas)[None]
+    decision = decide_rank(w, EPS32)
+    assert decision.method == "gram-ldl" and decision.rank == 500
+    _assert_digits_right(decision, w)
+    monkeypatch.setattr(spectral, "LDL_DEFLATION", 0)
+    assert decide_rank(w, EPS32).method == "gram-eigh"
+
+
 def test_gram_path_rank_deficient_wide(rng):
     """300 x 600 of rank 250: the Gram matrix of the short side, same rank as the SVD."""
     w = low_rank(rng, 300, 600, 250)
