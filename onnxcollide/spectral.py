@@ -517,24 +517,35 @@ def _project_out(basis: np.ndarray, block: np.ndarray) -> np.ndarray:
                                                                          trans_a=1)))
 
 
-def _dropped_side(split: SchurSplit, m: int) -> tuple[tuple[float, float], np.ndarray | None
-                                                       ] | None:
-    """The dropped value nearest tol as (theta, Lanczos error) of ``-(G - tol^2 I)^{-1}``,
-    and, for at most LDL_DEFLATION dropped values, all their eigenvectors (m, r) to deflate
-    the kept side with (None beyond that)."""
-    def apply(block: np.ndarray) -> np.ndarray:
-        return -split.solve(block)
+def _dropped_side(split: SchurSplit, gram: np.ndarray
+                  ) -> tuple[float, float, float, np.ndarray] | None:
+    """The dropped side of a Schur split, for at most LDL_DEFLATION dropped values.
 
-    if split.negatives <= LDL_DEFLATION:
-        # Vectors to 1e-8 leave at most ~1e-16 of a dropped theta in the deflated operator.
-        top = top_eigenpairs(apply, m, split.negatives, 1e-8, max_columns=LDL_COLUMNS)
-        if top.converged and bool(np.all(top.values > 0)):
-            return (float(top.values[0]), float(top.errors[0])), top.vectors
-    top = top_eigenpairs(apply, m, 1, KEPT_RTOL, max_columns=LDL_COLUMNS, values_only=True)
-    theta = float(top.values[0])
-    if not top.converged or theta <= 0:
+    Returns:
+        (theta, lam, lam_error, vectors): the largest eigenvalue theta of
+        ``-(G - tol^2 I)^{-1}`` (it sets that operator's rounding floor); the largest dropped
+        eigenvalue lam of G and its error; the (m, r) eigenvectors of all r dropped values.
+        lam is the largest Ritz value of G itself on their span, within the residual norm
+        ``||G V - V Theta||`` of an eigenvalue: from theta alone, ``tol^2 - 1 / theta`` would
+        cancel for values far below tol, where every dropped value maps to theta ~ 1 / tol^2
+        and the Ritz values need not have resolved that cluster (a fuzzed float16 layer then
+        printed an upper bound below the true value). None beyond LDL_DEFLATION dropped values
+        or if Lanczos does not converge.
+    """
+    m, r = gram.shape[0], split.negatives
+    if r > LDL_DEFLATION:
         return None
-    return (theta, float(top.errors[0])), None
+    # Vectors to 1e-8 leave at most ~1e-16 of a dropped theta in the deflated operator.
+    top = top_eigenpairs(lambda block: -split.solve(block), m, r, 1e-8,
+                         max_columns=LDL_COLUMNS)
+    if not top.converged or not bool(np.all(top.values > 0)):
+        return None
+    vectors = np.asfortranarray(top.vectors)
+    applied = blas.dsymm(1.0, gram, vectors, side=0, lower=0)
+    projected = blas.dgemm(1.0, vectors, applied, trans_a=1)
+    ritz = np.linalg.eigvalsh((projected + projected.T) / 2)
+    residual = float(np.linalg.norm(applied - blas.dgemm(1.0, vectors, projected)))
+    return float(top.values[0]), float(ritz[-1]), residual, vectors
 
 
 def _ldl_rank(gram: np.ndarray, sigma_max: float, tol: float, factor: np.ndarray,
@@ -551,26 +562,29 @@ def _ldl_rank(gram: np.ndarray, sigma_max: float, tol: float, factor: np.ndarray
     if split is None or not split.resolved or split.negatives == 0 \
             or split.error > LDL_ERROR_SHARE * t2:
         return None
-    side = _dropped_side(split, m)
+    side = _dropped_side(split, gram)
     if side is None:
         return None
-    dropped, dropped_vectors = side
+    dropped_theta, dropped_lam, dropped_error, dropped_vectors = side
     kept = _shift_invert_top(split, 1.0, m, dropped_vectors) if split.negatives < m else None
     if kept is None and split.negatives < m:
         return None
-    # Applying (G - t2 I)^{-1} rounds at m eps ||(G - t2 I)^{-1}||, and the larger side sets
-    # that norm: a dropped value close to tol makes the kept side's floor large.
-    floor = m * EPS64 * max(dropped[0], kept[0] if kept else 0.0)
     error = lam_error + split.error
-
-    def value(sign: float, top: tuple[float, float]) -> tuple[float, float]:
-        """A singular value from its shift-invert theta, with its error."""
-        theta, lanczos_error = top
-        sigma = math.sqrt(max(t2 + sign / theta, 0.0))
-        return sigma, root_error(sigma, error + max(lanczos_error, floor) / theta**2)
-
-    low, low_error = value(-1.0, dropped)
-    high, high_error = value(1.0, kept) if kept else (None, None)
+    high = high_error = None
+    if kept is not None:
+        # Applying (G - t2 I)^{-1} rounds at m eps ||(G - t2 I)^{-1}||, and the larger side
+        # sets that norm: a dropped value close to tol makes the kept side's floor large.
+        theta, lanczos_error = kept
+        floor = m * EPS64 * max(dropped_theta, theta)
+        high = math.sqrt(max(t2 + 1.0 / theta, 0.0))
+        high_error = root_error(high, error + max(lanczos_error, floor) / theta**2)
+        # The Ritz value's error is quadratic in the residual over the gap to the rest of
+        # the spectrum (the kept side, at high^2 and above; halved for safety).
+        gap = 0.5 * (high * high - dropped_lam)
+        if gap > 0:
+            dropped_error = min(dropped_error, dropped_error**2 / gap)
+    low = math.sqrt(max(dropped_lam, 0.0))
+    low_error = root_error(low, error + dropped_error)
     return _BlockRank(m - split.negatives, high, low, "gram-ldl", high_error, low_error)
 
 

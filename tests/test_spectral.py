@@ -285,6 +285,25 @@ def test_ldl_deflates_the_dropped_side_for_the_kept_value(rng, monkeypatch):
     assert decide_rank(w, EPS32).method == "gram-eigh"
 
 
+def test_ldl_dropped_values_far_below_a_float16_tol(rng):
+    """float16's eps puts tol at ~0.4 sigma_max: 200 dropped values far below it all map to
+    shift-invert values within 1e-2 of 1 / tol^2, a cluster Lanczos need not resolve. The
+    largest dropped value comes from G's own Ritz values on their span, so its digits (or its
+    upper bound) hold against the SVD."""
+    sigmas = np.r_[rng.uniform(1.8, 2.0, 200), rng.uniform(0.0, 0.2, 200)]
+    w = _with_spectrum(rng, sigmas)[None]
+    decision = decide_rank(w, EPS16)
+    assert decision.method == "gram-ldl" and decision.rank == 200
+    ref = reference(w, EPS16)
+    shown, digits = decision.resolved()["largest_dropped"]
+    assert shown is not None and digits is not None
+    if digits == 0:
+        assert ref["largest_dropped"] <= shown
+    else:
+        assert abs(shown - ref["largest_dropped"]) <= 1.5 * _unit_of_last_digit(
+            ref["largest_dropped"], digits)
+
+
 def test_gram_path_rank_deficient_wide(rng):
     """300 x 600 of rank 250: the Gram matrix of the short side, same rank as the SVD."""
     w = low_rank(rng, 300, 600, 250)
