@@ -48,7 +48,7 @@ def _mul(a: np.ndarray, b: np.ndarray, trans_a: bool = False) -> np.ndarray:
     return blas.dgemm(1.0, a, b, trans_a=int(trans_a))
 
 
-def _project_out(known: np.ndarray, block: np.ndarray) -> np.ndarray:
+def project_out(known: np.ndarray, block: np.ndarray) -> np.ndarray:
     """block - known known^T block, applied twice (classical Gram-Schmidt, reorthogonalised)."""
     for _ in range(2):
         block = block - _mul(known, _mul(known, block, trans_a=True))
@@ -74,14 +74,14 @@ def _extend(basis: np.ndarray, filled: int, block: np.ndarray) -> np.ndarray:
     """
     known = basis[:, :filled]
     before = float(np.linalg.norm(block, axis=0).max())
-    q, r = _qr(_project_out(known, block))
+    q, r = _qr(project_out(known, block))
     # A column is spanned already when projection left almost nothing of the block's size.
     weak = np.abs(np.diag(r)) <= 1e-10 * max(before, 1e-300)
-    q = _qr(_project_out(known, q))[0]  # Q of an ill-conditioned block: orthogonalise again
+    q = _qr(project_out(known, q))[0]  # Q of an ill-conditioned block: orthogonalise again
     if np.any(weak):
         draw = np.random.default_rng(START_SEED + filled).standard_normal((known.shape[0],
                                                                            int(weak.sum())))
-        fresh = _project_out(np.hstack([known, q[:, ~weak]]), draw)
+        fresh = project_out(np.hstack([known, q[:, ~weak]]), draw)
         q[:, weak] = _qr(fresh)[0]
     return q
 

@@ -310,8 +310,7 @@ def _matmul_parts(site: LinearSite, infos: dict[str, TensorInfo]
                          dtype=np.int64))
     layout = "W = B" if on_right else "W = A^T"
     # A vector operand is W = that vector (K x 1) on either side; a matrix W = T or T^T.
-    reading = {1: "T (vector)", 2: _matrix_reading(not on_right)}.get(len(wshape),
-                                                                      f"MatMul {layout}")
+    reading = "T (vector)" if len(wshape) == 1 else _matrix_reading(not on_right)
     if stack > 1:
         layout += f", {_stack_layout(stack, modes, groups)}"
         reading = f"MatMul {layout}"

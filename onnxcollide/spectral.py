@@ -30,7 +30,7 @@ from scipy.linalg import blas
 from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
 
 from onnxcollide.inertia import SchurSplit, schur_split
-from onnxcollide.krylov import top_eigenpairs
+from onnxcollide.krylov import project_out, top_eigenpairs
 
 EPS_OF: dict[str, float] = {
     "float": float(np.finfo(np.float32).eps),
@@ -421,8 +421,8 @@ def _smallest_eigenvalue_from_cholesky(factor: np.ndarray) -> tuple[float, float
 MAX_DEFLATION = 64  # at most this many eigenvalues below tol^2 are certified by deflation
 SCHUR_MAX_DIM = 1024  # a failed Cholesky leaving a Schur complement up to this decides by it
 LDL_ERROR_SHARE = 0.01  # ... when its rounding estimate is at most this share of tol^2
-LDL_COLUMNS = 240  # Lanczos basis limit for the values nearest tol (then: fall back) ...
-KEPT_COLUMNS = 600  # ... and for the smallest kept value once the dropped side is deflated
+LDL_COLUMNS = 240  # Lanczos basis limit for the dropped side (then: fall back) ...
+KEPT_COLUMNS = 600  # ... and for the deflated kept side (the Cholesky path's default)
 LDL_DEFLATION = 256  # at most this many dropped eigenvectors deflate the kept side
 
 
@@ -470,10 +470,8 @@ def _deflated_rank(gram: np.ndarray, tol: float, scratch: np.ndarray, lam_error:
     low_values, low = values[below], np.ascontiguousarray(vectors[:, below])
     if np.abs(low.T @ low - np.eye(low.shape[1])).max() > 1e-12:
         return None  # the bounds below assume orthonormal vectors
-    applied = blas.dsymm(1.0, gram, low, side=0, lower=0)
-    theta = low.T @ applied
-    residual = float(np.linalg.norm(applied - low @ theta, 2))
-    if float(np.linalg.eigvalsh(theta).max()) + residual >= t2:
+    ritz, residual_block = _rayleigh_ritz(gram, low)
+    if float(ritz[-1]) + float(np.linalg.norm(residual_block, 2)) >= t2:
         return None
     lifted = blas.dsyrk(2.0 * t2, low, beta=1.0, c=_shifted_copy(gram, -t2, scratch), trans=0,
                         lower=0, overwrite_c=1)
@@ -489,32 +487,30 @@ def _deflated_rank(gram: np.ndarray, tol: float, scratch: np.ndarray, lam_error:
                       root_error(dropped, lam_error + float(errors[dropped_at])))
 
 
-def _shift_invert_top(split: SchurSplit, sign: float, m: int, deflate: np.ndarray | None = None
-                      ) -> tuple[float, float] | None:
-    """The largest eigenvalue theta > 0 of ``sign (G - shift I)^{-1}`` (1 / the distance from
-    the shift to the nearest eigenvalue of G above it, sign 1, or below it, sign -1) by block
-    Lanczos, and its Lanczos error; None if it does not converge within LDL_COLUMNS.
+def _kept_side(split: SchurSplit, m: int, dropped: np.ndarray) -> tuple[float, float] | None:
+    """The largest eigenvalue theta > 0 of ``(G - tol^2 I)^{-1}`` (1 / the distance from tol^2
+    to the smallest kept eigenvalue of G) by block Lanczos, and its Lanczos error; None if it
+    does not converge within KEPT_COLUMNS.
 
-    ``deflate`` (m, r): orthonormal eigenvectors to project out first (the dropped side's,
-    whose large thetas would otherwise slow the kept side's convergence)."""
+    ``dropped`` (m, r): the orthonormal eigenvectors of every dropped value, projected out
+    first (their large thetas would otherwise stall the kept side's convergence)."""
     def apply(block: np.ndarray) -> np.ndarray:
-        if deflate is None:
-            return sign * split.solve(block)
-        return sign * _project_out(deflate, split.solve(_project_out(deflate, block)))
+        return project_out(dropped, split.solve(project_out(dropped, block)))
 
-    # Deflated, the kept side converges like the Cholesky path's and gets its basis limit.
-    columns = LDL_COLUMNS if deflate is None and sign > 0 else KEPT_COLUMNS
-    top = top_eigenpairs(apply, m, 1, KEPT_RTOL, max_columns=columns, values_only=True)
+    top = top_eigenpairs(apply, m, 1, KEPT_RTOL, max_columns=KEPT_COLUMNS, values_only=True)
     theta = float(top.values[0])
     if not top.converged or theta <= 0:
         return None
     return theta, float(top.errors[0])
 
 
-def _project_out(basis: np.ndarray, block: np.ndarray) -> np.ndarray:
-    """(I - B B^T) X for an orthonormal (m, r) B and an (m, b) X (Fortran order)."""
-    return np.asfortranarray(block - blas.dgemm(1.0, basis, blas.dgemm(1.0, basis, block,
-                                                                         trans_a=1)))
+def _rayleigh_ritz(gram: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ritz values (ascending) of G on the span of orthonormal (m, r) ``vectors`` (upper
+    triangle of G used), and the residual block ``G V - V (V^T G V)`` (m, r)."""
+    applied = blas.dsymm(1.0, gram, vectors, side=0, lower=0)
+    projected = blas.dgemm(1.0, vectors, applied, trans_a=1)
+    ritz = np.linalg.eigvalsh((projected + projected.T) / 2)
+    return ritz, applied - blas.dgemm(1.0, vectors, projected)
 
 
 def _dropped_side(split: SchurSplit, gram: np.ndarray
@@ -541,11 +537,8 @@ def _dropped_side(split: SchurSplit, gram: np.ndarray
     if not top.converged or not bool(np.all(top.values > 0)):
         return None
     vectors = np.asfortranarray(top.vectors)
-    applied = blas.dsymm(1.0, gram, vectors, side=0, lower=0)
-    projected = blas.dgemm(1.0, vectors, applied, trans_a=1)
-    ritz = np.linalg.eigvalsh((projected + projected.T) / 2)
-    residual = float(np.linalg.norm(applied - blas.dgemm(1.0, vectors, projected)))
-    return float(top.values[0]), float(ritz[-1]), residual, vectors
+    ritz, residual = _rayleigh_ritz(gram, vectors)
+    return float(top.values[0]), float(ritz[-1]), float(np.linalg.norm(residual)), vectors
 
 
 def _ldl_rank(gram: np.ndarray, sigma_max: float, tol: float, factor: np.ndarray,
@@ -566,7 +559,7 @@ def _ldl_rank(gram: np.ndarray, sigma_max: float, tol: float, factor: np.ndarray
     if side is None:
         return None
     dropped_theta, dropped_lam, dropped_error, dropped_vectors = side
-    kept = _shift_invert_top(split, 1.0, m, dropped_vectors) if split.negatives < m else None
+    kept = _kept_side(split, m, dropped_vectors) if split.negatives < m else None
     if kept is None and split.negatives < m:
         return None
     error = lam_error + split.error

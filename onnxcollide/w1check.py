@@ -7,6 +7,7 @@ from typing import Any
 from onnxcollide.errors import OnnxCollideError
 from onnxcollide.graph.load import load_model
 from onnxcollide.inputs import ImageOptions, load_inputs
+from onnxcollide.report.collide_format import verdict_word
 from onnxcollide.search import SearchSettings, find_collisions
 from onnxcollide.spectral import ToleranceRule
 
@@ -52,8 +53,7 @@ def check_w1(path: str, shapes: dict[str, tuple[int, ...]], seed: int, device: s
     shown = "inf" if ratio is None else f"{ratio:.3g}"
     residual = check["collision"]["layer_residual"] or 0.0
     baseline = check["baseline"]["layer_residual"] or 0.0
-    word = "PASS" if check["passed"] else "FAIL" if check["conclusive"] else "INCONCLUSIVE"
-    result["verdict"] = (f"{word}: W1 residual {residual:.3g} "
+    result["verdict"] = (f"{verdict_word(check)}: W1 residual {residual:.3g} "
                          f"vs {baseline:.3g} for a random perturbation of equal norm (ratio "
                          f"{shown})")
     return result

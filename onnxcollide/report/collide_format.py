@@ -85,6 +85,13 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def verdict_word(validation: dict[str, Any]) -> str:
+    """PASS, FAIL or INCONCLUSIVE for one ``runtime.validation_dict``."""
+    if validation["passed"]:
+        return "PASS"
+    return "FAIL" if validation["conclusive"] else "INCONCLUSIVE"
+
+
 def _precision(runtime: dict[str, Any]) -> str:
     """``float32``, or ``float32 (as stored: computes in float16)`` for an fp16 model."""
     computed = runtime.get("computed_in", runtime["precision"])
@@ -116,8 +123,7 @@ def render_table(report: dict[str, Any], width: int = 120, color: bool = False) 
         first = (hit.get("outputs") or [{}])[0]
         layer_ratio = next((r["ratio"] for r in v.get("ratios") or []
                             if r["figure"] == "layer_residual"), None)
-        verdict = "-" if not v else ("PASS" if v.get("passed") else
-                                     "FAIL" if v.get("conclusive", True) else "INCONCLUSIVE")
+        verdict = verdict_word(v) if v else "-"
         table.add_row(str(row["index"]), _fmt(row["beta"]), _fmt(row["delta_l2"]),
                       _fmt(hit.get("layer_residual")), _fmt(first.get("max_abs")),
                       _fmt(first.get("argmax_agree")), _fmt(base.get("layer_residual")),
