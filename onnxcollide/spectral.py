@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.linalg
@@ -612,9 +612,32 @@ def _ldl_after_failure(facts: _BlockFacts, tol: float, factor: np.ndarray, faile
     return _ldl_rank(gram, facts.sigma_max, tol, factor, failed_at, lam_error)
 
 
+def _live_facts(facts: _BlockFacts, live: np.ndarray) -> _BlockFacts:
+    """The block without its dead lines: G with the rows and columns of ``live`` (sorted
+    indices) only. A zero diagonal entry of G is an all-zero row or column of the weight on
+    the Gram side (a sum of squares of float32 or float16 values is 0 only if each is), which
+    adds an exact zero singular value and changes nothing else."""
+    assert facts.gram is not None
+    gram = np.asfortranarray(facts.gram[np.ix_(live, live)])  # upper triangle stays upper
+    return _BlockFacts(gram, facts.sigma_max, facts.matrix, facts.sigma_max_error)
+
+
 def _rank_from_gram(facts: _BlockFacts, tol: float) -> _BlockRank:
-    """Rank of one Gram block: a Cholesky certificate; where it fails, the Schur complement
-    it leaves; else a deflated certificate or a full eigh."""
+    """Rank of one Gram block: dead lines (pruned or unused units) set aside as exact zeros;
+    then a Cholesky certificate; where it fails, the Schur complement it leaves; else a
+    deflated certificate or a full eigh."""
+    assert facts.gram is not None
+    dead = np.diagonal(facts.gram) == 0
+    if dead.any() and not dead.all():
+        live = _rank_of_live_part(_live_facts(facts, np.flatnonzero(~dead)), tol)
+        if live.dropped is not None:  # a live value below tol, >= the exact zeros
+            return live
+        return replace(live, dropped=0.0, dropped_error=0.0)
+    return _rank_of_live_part(facts, tol)
+
+
+def _rank_of_live_part(facts: _BlockFacts, tol: float) -> _BlockRank:
+    """``_rank_from_gram`` once dead lines are set aside."""
     assert facts.gram is not None
     m = facts.gram.shape[0]
     lam_error = _gram_error(max(facts.matrix.shape), facts.sigma_max)

@@ -18,7 +18,7 @@ from onnxcollide.audit import AuditSettings, ModelAudit, audit_model
 from onnxcollide.layers import ConvConvention
 from onnxcollide.report import Format, RenderOptions, render, renderer
 from onnxcollide.report.csv_format import LAYER_COLUMNS
-from onnxcollide.report.fields import SUMMARY_HEADERS
+from onnxcollide.report.fields import SUMMARY_HEADERS, digits_text
 from onnxcollide.report.json_format import SCHEMA_ID, SCHEMA_VERSION, report_dict
 from onnxcollide.spectral import ToleranceRule
 
@@ -220,6 +220,39 @@ def test_csv_one_row_per_layer(lenet, small):
         assert float(cells["tol"]) == row.decision.resolved()["tol"][0]
     assert table[-1]["nodes"] == "proj|a;proj_b"
     assert table[0]["largest_dropped"] == ""  # None renders as an empty cell
+
+
+def _significant_digits(cell: str) -> int:
+    """Significant digits written in a decimal or scientific cell ('0.5320' -> 4)."""
+    mantissa = cell.split("e")[0].replace("-", "").replace(".", "").lstrip("0")
+    return len(mantissa)
+
+
+def test_csv_cells_keep_their_resolved_digits(ultraface, lenet):
+    """A CSV spectral value shows exactly the digits the JSON says are resolved, trailing zeros
+    included (CSV wrote 1.8476000628 for a 13-digit 1.847600062800), and reads back as the
+    JSON's number."""
+    rows = list(csv.DictReader(io.StringIO(render([lenet, ultraface], Format.CSV))))
+    layers = [layer for m in report_dict([lenet, ultraface])["models"] for layer in m["layers"]]
+    checked = 0
+    for cells, layer in zip(rows, layers, strict=True):
+        for name, digits in layer["digits"].items():
+            if layer[name] is None:
+                assert cells[name] == ""
+                continue
+            assert float(cells[name]) == layer[name]
+            if digits:
+                assert _significant_digits(cells[name]) == digits, (name, cells[name], digits)
+                checked += 1
+    assert checked > 50
+
+
+@pytest.mark.parametrize(("value", "digits", "text"), [
+    (0.532, 4, "0.5320"), (1.8476000628, 13, "1.847600062800"), (50.0, 2, "5.0e+01"),
+    (50.0, 1, "5e+01"), (123.4, 4, "123.4"), (1.2e-7, 3, "1.20e-07")])
+def test_digits_text(value, digits, text):
+    assert digits_text(value, digits) == text
+    assert _significant_digits(text) == digits
 
 
 def test_csv_summary_only(lenet, small):

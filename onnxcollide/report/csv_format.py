@@ -6,9 +6,15 @@ import csv
 import io
 from collections.abc import Sequence
 
-from onnxcollide.audit import ModelAudit
+from onnxcollide.audit import LayerRow, ModelAudit
 from onnxcollide.report import RenderOptions
-from onnxcollide.report.fields import check_verdict, is_checked, model_name, summary_table
+from onnxcollide.report.fields import (
+    check_verdict,
+    digits_text,
+    is_checked,
+    model_name,
+    summary_table,
+)
 from onnxcollide.report.json_format import layer_dict
 
 LAYER_COLUMNS = ("index", "nodes", "op", "weight", "q", "p", "groups", "rank", "nullity", "nu",
@@ -23,6 +29,17 @@ def _summary_values(audit: ModelAudit) -> tuple[object, ...]:
     first = audit.first_layer
     return (model_name(audit), m.n, m.nu, m.nu_ratio, m.mu, m.mu_ratio, m.nullity_sum,
             "" if m.nullity_w1 is None else m.nullity_w1, first.exactness if first else "")
+
+
+def _layer_cells(row: LayerRow) -> dict[str, object]:
+    """One layer's cells by column name: spectral values with the digits their error estimates
+    resolve, trailing zeros kept (bounds, digits 0, keep their 2 digits as in the JSON)."""
+    data = layer_dict(row)
+    data["nodes"] = ";".join(data["nodes"])
+    for name, (value, digits) in row.decision.resolved().items():
+        if value is not None and digits:
+            data[name] = digits_text(value, digits)
+    return data
 
 
 def render(audits: Sequence[ModelAudit], options: RenderOptions) -> str:
@@ -41,8 +58,7 @@ def render(audits: Sequence[ModelAudit], options: RenderOptions) -> str:
     for audit in audits:
         w1_row = audit.first_layer.row_index if audit.first_layer else None
         for row in audit.rows:
-            data = layer_dict(row)
-            data["nodes"] = ";".join(data["nodes"])
+            data = _layer_cells(row)
             check = (check_verdict(audit) if row.index == w1_row else "",) if checked else ()
             writer.writerow((audit.path, *("" if data[c] is None else data[c]
                                            for c in LAYER_COLUMNS), *check))

@@ -28,6 +28,16 @@ def fmt_float(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}g}"
 
 
+def digits_text(value: float, digits: int) -> str:
+    """``value`` written with exactly ``digits`` significant digits, trailing zeros kept
+    (``0.5320`` for 4 digits), so a machine-read cell shows how many digits are resolved;
+    scientific notation where positional notation would hide them (``5.0e+01``, not ``50``)."""
+    text = f"{value:#.{digits}g}"
+    if text.endswith(".") or ".e" in text:  # '50.' or '5.e+01': a bare point
+        return f"{value:.{digits - 1}e}"
+    return text
+
+
 def fmt_percent(ratio: float) -> str:
     """``0.8 -> 80%`` as in the paper's Table 1."""
     return f"{ratio:.0%}"
