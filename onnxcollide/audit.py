@@ -219,6 +219,19 @@ def _metrics(rows: list[LayerRow], first: FirstLayer | None) -> ModelMetrics:
     )
 
 
+def _skipped_summary(skipped: list[SkippedOp], shown: int = 3) -> str:
+    """``; N ops hold weights that are not analysed (...): <the first one's reason>``, or
+    ``""`` when nothing was skipped."""
+    if not skipped:
+        return ""
+    named = ", ".join(f"{s.op_type} '{s.label}'" for s in skipped[:shown])
+    more = f" and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    if len(skipped) == 1:
+        return f"; 1 op holds weights that are not analysed ({named}: {skipped[0].reason})"
+    return (f"; {len(skipped)} ops hold weights that are not analysed ({named}{more}; the "
+            f"first: {skipped[0].reason})")
+
+
 def audit_model(path: str, settings: AuditSettings | None = None,
                 progress: ProgressCallback | None = None) -> ModelAudit:
     """Audit one ONNX file: rank and nullity of every constant linear weight, and Table 1.
@@ -237,8 +250,8 @@ def audit_model(path: str, settings: AuditSettings | None = None,
     sites, skipped = find_linear_ops(model)
     if not sites:
         raise UnsupportedModelError(
-            "no Conv/ConvTranspose/Gemm/MatMul (or quantized variant) with a constant weight",
-            path, "nothing to audit: is this the model you meant?")
+            "no Conv/ConvTranspose/Gemm/MatMul (or quantized variant) with a constant weight"
+            + _skipped_summary(skipped), path, "nothing to audit: is this the model you meant?")
     layers = _unique_layers([build_layer(s, infos, settings.convention) for s in sites])
     rows: list[LayerRow] = []
     for k, layer in enumerate(layers, start=1):

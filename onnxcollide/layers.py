@@ -35,7 +35,8 @@ class LinearLayer:
 
     Attributes:
         nodes: labels of every node that uses this parameter the same way.
-        weight_id: the weight tensor, unique across scopes (``scope::name``).
+        weight_id: the weight tensor, unique across scopes, the same for copies of one
+            constant chain (``ConstantResolver.identity``).
         op: op type of the first node.
         weight: the weight tensor name consumed by the first node.
         roots: initializer / Constant names the weight is computed from.
@@ -123,13 +124,14 @@ def _float_dtype(site: LinearSite, infos: dict[str, TensorInfo]) -> str:
                ).removeprefix("TensorProto.").lower()
 
 
-_QUANTIZED = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
+_QUANTIZED = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm"}
 # op -> weight index -> (scale index or None, zero point index or None)
 _QPARAMS: dict[str, dict[int, tuple[int | None, int | None]]] = {
     "QLinearConv": {3: (4, 5)},
     "ConvInteger": {1: (None, 3)},
     "QLinearMatMul": {3: (4, 5), 0: (1, 2)},
     "MatMulInteger": {1: (None, 3), 0: (None, 2)},
+    "QGemm": {3: (4, 5), 0: (1, 2)},
 }
 
 
@@ -213,12 +215,14 @@ def _gemm_parts(site: LinearSite, infos: dict[str, TensorInfo]
     if len(wshape) != 2:
         raise UnsupportedModelError(f"Gemm weight has shape {wshape}, expected 2-D", _where(site))
     alpha = float(_attr(site, "alpha", 1.0))  # type: ignore[arg-type]
-    on_right = site.weight_index == 1
+    on_right = site.weight_index != 0  # Gemm's B is input 1, QGemm's input 3
     flag = "transB" if on_right else "transA"
     trans = int(_attr(site, flag, 0))  # type: ignore[call-overload]
     # x @ B': W = B' ; A' @ x: W = A'^T.  So W = weight^T exactly when (right and trans) or
     # (left and not trans).
     transpose = trans == 1 if on_right else trans == 0
+    # QGemm's per-column scales and zero points run along W's output axis (N of B', M of A').
+    output_axis = 0 if transpose else 1
     q, p = (wshape[1], wshape[0]) if transpose else wshape
     side = "B" if on_right else "A"
     layout = f"W = {side}{'^T' if transpose else ''} ({flag}={trans})"
@@ -228,7 +232,7 @@ def _gemm_parts(site: LinearSite, infos: dict[str, TensorInfo]
         reading += f" * {alpha!r}"
 
     def load() -> np.ndarray:
-        weight = _float_weight(site, 0)
+        weight = _float_weight(site, output_axis)
         matrix = weight.T if transpose else weight
         return (matrix * alpha if alpha != 1.0 else matrix)[None]
 
@@ -343,7 +347,7 @@ def build_layer(
     if site.op_type in ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv"):
         q, p, groups, layout, geometry, load = _conv_layer_parts(site, infos, convention)
         reading = f"{site.op_type} {layout}"
-    elif site.op_type == "Gemm":
+    elif site.op_type in ("Gemm", "QGemm"):
         q, p, groups, layout, reading, load = _gemm_parts(site, infos)
     else:
         q, p, groups, layout, reading, load = _matmul_parts(site, infos)

@@ -208,10 +208,11 @@ def _dense_units(site: LinearSite, shape: tuple[int, ...], q: int) -> np.ndarray
     size = int(np.prod(shape))
     index = np.arange(size).reshape(shape)
     op, w = site.op_type, site.weight_index
-    if op == "Gemm":
+    if op in ("Gemm", "QGemm"):
+        right = w != 0  # the weight is B (Gemm's input 1, QGemm's input 3): x is A
         trans = next((int(a.i) for a in site.node.attribute
-                      if a.name == ("transA" if w == 1 else "transB")), 0)
-        rows = (trans == 0) if w == 1 else (trans == 1)
+                      if a.name == ("transA" if right else "transB")), 0)
+        rows = (trans == 0) if right else (trans == 1)
         return index if rows else index.T
     right = w in (1, 3) if op == "QLinearMatMul" else w == 1
     if len(shape) == 1:

@@ -389,6 +389,39 @@ def test_qlinearmatmul_per_column(tmp_path, rng):
     np.testing.assert_allclose(blocks_of(row)[0], dequantized, rtol=1e-6)
 
 
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_qgemm_per_column_dequantizes_as_onnx_runtime_computes(tmp_path, rng, trans_b):
+    """ONNX Runtime's QGemm (com.microsoft, its QOperator quantizer's Gemm), per-column int8 B
+    stored either way round: one row of rank 3 whose matrix, applied to the dequantized
+    input, gives what ONNX Runtime's QGemm outputs (it was ignored with no row and no note,
+    and W1 moved to the next layer)."""
+    import onnxruntime as ort
+
+    m = irank(rng, 12, 6, 3)
+    scales, zeros = _per_channel(rng, 6)
+    b = (m + zeros[None, :]).astype(np.int8)
+    inputs = ["xq", "as", "az", "B", "bs", "bz"]
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("QuantizeLinear", ["x", "as", "az"], ["xq"]),
+         mk("QGemm", inputs, ["y"], domain="com.microsoft", transB=trans_b, alpha=0.5)],
+        [value("x", [2, 12])], [value("y", [2, 6])],
+        [init("as", np.float32(0.1)), init("az", np.uint8(128)),
+         init("B", b.T.copy() if trans_b else b), init("bs", scales), init("bz", zeros)],
+        extra_opsets=[("com.microsoft", 1)], check=False,
+    )
+    result = audit(path)
+    row = only_row(result)
+    assert row.layer.op == "QGemm" and row_summary(row) == flags(12, 6, 3)
+    assert result.first_layer is not None and result.first_layer.exactness == "dense"
+    steps = rng.integers(-128, 128, (2, 12))
+    x = (np.float32(0.1) * steps).astype(np.float32)  # on the quantization grid: exact
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"x": x})[0]
+    np.testing.assert_allclose(x.astype(np.float64) @ blocks_of(row)[0], expected, rtol=1e-5,
+                               atol=1e-4)
+
+
 def test_matmulinteger_per_column_zero_point(tmp_path, rng):
     """MatMulInteger x @ B with int8 B and per-column zero points: rank of B - zp."""
     m = irank(rng, 12, 6, 4)
@@ -743,6 +776,80 @@ def test_constant_times_constant_is_skipped(tmp_path, rng):
     assert "both operands are constant" in result.skipped[0].reason
 
 
+def test_weights_of_ops_that_are_not_analysed_are_listed(tmp_path, rng):
+    """An LSTM, an Einsum with a weight, ONNX Runtime's MatMulNBits and FusedConv and a
+    custom-domain op that read constant matrices are listed as skipped, with their weight
+    names and what to do (they vanished without a word). The LSTM's bias and initial states
+    are not weights; a Gather of an embedding table and a bias Add are not layers."""
+    hidden, size = 3, 4
+    w = rng.standard_normal((1, 4 * hidden, size)).astype(np.float32)
+    r = rng.standard_normal((1, 4 * hidden, hidden)).astype(np.float32)
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("LSTM", ["x", "W", "R", "B", "", "h0"], ["seq"], hidden_size=hidden, name="lstm"),
+         mk("Einsum", ["x", "E"], ["e"], equation="tbi,ij->tbj", name="einsum"),
+         mk("MatMulNBits", ["x", "Q4", "S"], ["n"], domain="com.microsoft", K=4, N=2,
+            bits=4, block_size=16, name="nbits"),
+         mk("FusedConv", ["img", "K"], ["c"], domain="com.microsoft", name="fused"),
+         mk("Mystery", ["x", "M"], ["z"], domain="acme", name="custom"),
+         mk("Gather", ["T", "ids"], ["g"], name="embed"), mk("Add", ["x", "x2"], ["a"]),
+         mk("MatMul", ["a", "V"], ["y"], name="head")],
+        [value("x", [2, 1, size]), value("img", [1, 1, 4, 4]),
+         value("ids", [3], onnx.TensorProto.INT64)],
+        [value(n, None) for n in ("seq", "e", "n", "c", "z", "g", "y")],
+        [init("W", w), init("R", r), init("B", np.zeros((1, 8 * hidden), np.float32)),
+         init("h0", np.zeros((1, 1, hidden), np.float32)),
+         init("E", np.eye(size, dtype=np.float32)),
+         init("Q4", np.zeros((2, 1, 8), np.uint8)), init("S", np.ones((2, 1), np.float32)),
+         init("K", np.ones((1, 1, 3, 3), np.float32)), init("M", np.ones((4, 4), np.float32)),
+         init("T", np.ones((5, 4), np.float32)), init("x2", np.ones((2, 1, size), np.float32)),
+         init("V", np.eye(size, dtype=np.float32))],
+        extra_opsets=[("com.microsoft", 1), ("acme", 1)], check=False,
+    )
+    result = audit(path)
+    assert only_row(result).layer.nodes == ("head",)
+    skipped = {s.label: s for s in result.skipped}
+    assert [s.op_type for s in skipped.values()] == ["LSTM", "Einsum", "MatMulNBits",
+                                                     "FusedConv", "acme.Mystery"]
+    assert "'W', 'R':" in skipped["lstm"].reason and "'B'" not in skipped["lstm"].reason
+    assert "as MatMul or Gemm" in skipped["einsum"].reason
+    assert "QDQ format" in skipped["nbits"].reason
+    assert "before ONNX Runtime's graph optimizations" in skipped["fused"].reason
+    assert "domain 'acme'" in skipped["custom"].reason and "'M'" in skipped["custom"].reason
+
+
+def test_a_model_of_unanalysed_ops_says_which_in_its_error(tmp_path, rng):
+    """Nothing analysable but an Einsum with a weight: the one-line error names it and why."""
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("Einsum", ["x", "E"], ["y"], equation="bi,ij->bj", name="contract")],
+        [value("x", [2, 4])], [value("y", [2, 3])],
+        [init("E", rng.standard_normal((4, 3)).astype(np.float32))],
+    )
+    with pytest.raises(UnsupportedModelError, match="1 op holds weights that are not analysed "
+                                                    r"\(Einsum 'contract': holds the weights 'E'"):
+        audit(path)
+
+
+def test_onnx_runtime_dequantize_linear_chain_is_a_weight(tmp_path, rng):
+    """Older ONNX Runtime QDQ exports (16-bit and 4-bit weights) use its com.microsoft
+    DequantizeLinear, which computes what ONNX's does: the MatMul's weight is constant (it was
+    skipped as computed at run time)."""
+    m = irank(rng, 8, 6, 3)
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("DequantizeLinear", ["Q", "s"], ["W"], domain="com.microsoft"),
+         mk("MatMul", ["x", "W"], ["y"], name="mm")],
+        [value("x", [2, 8])], [value("y", [2, 6])],
+        [init("Q", m.astype(np.int16)), init("s", np.float32(0.25))],
+        extra_opsets=[("com.microsoft", 1)], check=False,
+    )
+    row = only_row(audit(path))
+    assert row.layer.chain == ("DequantizeLinear",)
+    assert row_summary(row) == flags(8, 6, 3)
+    np.testing.assert_array_equal(blocks_of(row)[0], 0.25 * m)
+
+
 def test_fused_weight_split_into_three_is_three_rows(tmp_path, rng):
     """qkv (8, 24) -> Split -> Wq, Wk, Wv (ranks 2, 4, 8) -> three MatMuls: three rows."""
     qkv = np.concatenate([irank(rng, 8, 8, r) for r in (2, 4, 8)], axis=1).astype(np.float32)
@@ -1007,6 +1114,37 @@ def test_gemm_and_matmul_reading_the_same_matrix_are_one_row(tmp_path, rng):
     assert transposed.layer.nodes == ("gemm_t",)
     assert row_summary(transposed) == flags(6, 8, 4)
     assert result.metrics.n == 2
+
+
+@pytest.mark.parametrize("copy", ["Transpose", "DequantizeLinear"])
+def test_per_consumer_copies_of_one_weight_chain_are_one_row(tmp_path, rng, copy):
+    """Exporters copy a shared weight's Transpose (torch, constant folding off) or
+    DequantizeLinear (QDQ) once per consumer: copies applying the same attributes to the same
+    tensors are one parameter (they gave two rows, n and the nullity sum counted it twice).
+    A copy with another perm reads another matrix: its own row."""
+    w = irank(rng, 12, 16, 4)
+    if copy == "Transpose":
+        inits = [init("T", w.T.astype(np.float32))]
+        chains = [mk("Transpose", ["T"], [f"W{k}"], perm=[1, 0], name=f"t{k}") for k in (1, 2)]
+    else:
+        inits = [init("Q", w.T.astype(np.int8).T), init("s", np.float32(0.5)),
+                 init("z", np.int8(0))]
+        chains = [mk("DequantizeLinear", ["Q", "s", "z"], [f"W{k}"], name=f"dq{k}")
+                  for k in (1, 2)]
+    other = mk("Transpose", ["W1"], ["Wt"], perm=[1, 0], name="other")
+    path = make_model(
+        tmp_path / "m.onnx",
+        [*chains, other, mk("MatMul", ["x", "W1"], ["h1"], name="mm1"),
+         mk("MatMul", ["x", "W2"], ["h2"], name="mm2"), mk("Add", ["h1", "h2"], ["h"]),
+         mk("MatMul", ["h", "Wt"], ["y"], name="mm3")],
+        [value("x", [2, 12])], [value("y", [2, 12])], inits,
+    )
+    result = audit(path)
+    shared, transposed = result.rows
+    assert shared.layer.nodes == ("mm1", "mm2")
+    assert row_summary(shared) == flags(12, 16, 4)
+    assert transposed.layer.nodes == ("mm3",)
+    assert result.metrics.n == 2 and result.metrics.nullity_sum == 8 + 12
 
 
 def test_vector_weight_on_either_side_of_matmul_is_one_row(tmp_path, rng):

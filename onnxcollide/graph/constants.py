@@ -7,6 +7,7 @@ DequantizeLinear, ...). Subgraphs (If/Loop/Scan bodies) see the constants of enc
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -120,7 +121,7 @@ class ConstantResolver:
         if kind != "node":
             return kind == "initializer"
         node = scope.producers[name]
-        if node.domain not in ("", "ai.onnx") or node.op_type in _NOT_FOLDED:
+        if not _foldable_domain(node) or node.op_type in _NOT_FOLDED:
             return False
         if node.op_type == "Constant":
             return True
@@ -204,18 +205,37 @@ class ConstantResolver:
         return name if found is None else scoped_key(found[0].label, name)
 
     def identity(self, name: str) -> str:
-        """A name for the tensor that is unique across scopes: ``scope::name``.
+        """A name for the constant that is the same exactly when it is computed the same way.
 
-        Identity hops are skipped, so a weight read through Identity nodes is one tensor.
+        A root (initializer, Constant output, or anything not made by a node here) is
+        ``scope::name``, unique across scopes. A computed tensor is the op with its attributes
+        applied to its inputs' identities, so two Transpose (or DequantizeLinear) nodes that
+        apply the same attributes to the same tensors give one identity: exporters copy such
+        nodes once per consumer of a shared weight. Identity hops are skipped.
         """
         found = self._lookup(name)
-        while found is not None and found[1] == "node":
-            node = found[0].producers[name]
-            if node.op_type != "Identity" or not node.input:
-                break
-            name = node.input[0]
-            found = self._lookup(name)
-        return name if found is None else f"{found[0].label}::{name}"
+        if found is None:
+            return name
+        scope, kind = found
+        node = scope.producers.get(name) if kind == "node" else None
+        if node is None or node.op_type == "Constant" or not node.input:
+            return f"{scope.label}::{name}"
+        resolver = self._resolver_for(scope)
+        if node.op_type == "Identity":
+            return resolver.identity(node.input[0])
+        inputs = ", ".join(resolver.identity(i) if i else "" for i in node.input)
+        attributes = hashlib.sha256(b"".join(
+            a.SerializeToString(deterministic=True)
+            for a in sorted(node.attribute, key=lambda a: a.name))).hexdigest()[:16]
+        output = list(node.output).index(name)
+        return f"{node.domain}.{node.op_type}[{attributes}]({inputs})#{output}"
+
+
+def _foldable_domain(node: NodeProto) -> bool:
+    """ONNX's own ops, and ONNX Runtime's DequantizeLinear (older QDQ exports of 16-bit and
+    4-bit weights), which computes what ONNX's does."""
+    return node.domain in ("", "ai.onnx") or (
+        node.domain == "com.microsoft" and node.op_type == "DequantizeLinear")
 
 
 def scoped_key(label: str, name: str) -> str:

@@ -392,7 +392,7 @@ def _classify_site(input_name: str, dtype: str, shape: Shape | None, site: Linea
         return FirstLayerPath(input_name, dtype, shape, site, steps, exactness, reason + caveat,
                               _blind(counts), elements)
 
-    if site.op_type in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
+    if site.op_type in ("Gemm", "QGemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
         reads = np.ones(data_shape[1:], np.int64) if data_shape and _countable(
             data_shape[1:]) else None
         counts = _input_reads(path_nodes, input_name, infos, reads, resolver, opset)

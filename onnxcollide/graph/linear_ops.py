@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 from onnx import AttributeProto, NodeProto, helper
 
@@ -22,13 +23,41 @@ LINEAR_OPS: dict[str, tuple[int, ...]] = {
     "MatMul": (1, 0),
     "MatMulInteger": (1, 0),
     "QLinearMatMul": (3, 0),
+    "QGemm": (3, 0),  # ONNX Runtime's quantized Gemm (com.microsoft), from its QOperator format
 }
+MS_DOMAIN = "com.microsoft"
+# Linear ops outside ONNX's own domain, with the domain they must come from.
+_CONTRIB_LINEAR_OPS = {"QGemm": MS_DOMAIN}
 # For two-sided ops: weight operand index -> data operand index.
 _OTHER_OPERAND = {
     "Gemm": {1: 0, 0: 1},
     "MatMul": {1: 0, 0: 1},
     "MatMulInteger": {1: 0, 0: 1},
     "QLinearMatMul": {3: 0, 0: 3},
+    "QGemm": {3: 0, 0: 3},
+}
+# Ops of ONNX's domain that hold weights but are not analysed: their weight inputs (None: any
+# constant input of two or more dimensions) and why.
+_RECURRENT = ((1, 2), "recurrent weights are not analysed yet (only Conv/Gemm/MatMul and "
+                      "their quantized forms are)")
+_UNANALYSED_STANDARD: dict[str, tuple[tuple[int, ...] | None, str]] = {
+    "LSTM": _RECURRENT,
+    "GRU": _RECURRENT,
+    "RNN": _RECURRENT,
+    "Einsum": (None, "Einsum is not analysed: export the contraction as MatMul or Gemm to "
+                     "audit it"),
+    "DeformConv": ((1,), "deformable convolution is not analysed"),
+}
+# Ops of ONNX Runtime's domain that hold weights, with advice.
+_UNANALYSED_CONTRIB = {
+    "FusedConv": "an ONNX Runtime fusion: audit the model as exported, before ONNX Runtime's "
+                 "graph optimizations",
+    "FusedGemm": "an ONNX Runtime fusion: audit the model as exported, before ONNX Runtime's "
+                 "graph optimizations",
+    "FusedMatMul": "an ONNX Runtime fusion: audit the model as exported, before ONNX "
+                   "Runtime's graph optimizations",
+    "MatMulNBits": "block-quantized n-bit weights are not dequantized here: quantize to QDQ "
+                   "format (DequantizeLinear with block_size) to audit them",
 }
 
 
@@ -116,6 +145,61 @@ def _classify(
     return constant[0], inputs[0]
 
 
+def is_linear_op(node: NodeProto) -> bool:
+    """Whether the node is one of the linear ops analysed (in the domain it must come from)."""
+    if node.op_type in _CONTRIB_LINEAR_OPS:
+        return node.domain == _CONTRIB_LINEAR_OPS[node.op_type]
+    return node.domain in ("", "ai.onnx") and node.op_type in LINEAR_OPS
+
+
+def _constant_matrices(node: NodeProto, resolver: ConstantResolver,
+                       indices: tuple[int, ...] | None) -> list[str]:
+    """The node's constant inputs of two or more dimensions (weights, not scales or shapes)
+    among ``indices`` (None: all), each once; none when every input is constant (a node that
+    constant folding would remove)."""
+    names = [name for name in node.input if name]
+    if all(resolver.is_constant(name) for name in names):
+        return []
+    chosen = names if indices is None else [node.input[k] for k in indices
+                                            if k < len(node.input) and node.input[k]]
+    matrices: list[str] = []
+    for name in dict.fromkeys(chosen):
+        if not resolver.is_constant(name):
+            continue
+        try:
+            if np.ndim(resolver.value(name)) >= 2:
+                matrices.append(name)
+        except UnsupportedModelError:
+            matrices.append(name)  # a weight we cannot even compute is still a weight
+    return matrices
+
+
+def _unanalysed_reason(node: NodeProto, resolver: ConstantResolver) -> str | None:
+    """Why a node that reads constant matrices is not analysed; None for nodes that hold no
+    weight (or ONNX ops that are not layers, such as an embedding Gather)."""
+    standard = node.domain in ("", "ai.onnx")
+    if standard and node.op_type not in _UNANALYSED_STANDARD:
+        return None
+    indices, why = _UNANALYSED_STANDARD[node.op_type] if standard else (None, "")
+    matrices = _constant_matrices(node, resolver, indices)
+    if not matrices:
+        return None
+    held = ", ".join(f"'{name}'" for name in matrices)
+    if standard:
+        return f"holds the weights {held}: {why}"
+    advice = _UNANALYSED_CONTRIB.get(node.op_type) if node.domain == MS_DOMAIN else None
+    return (f"an op of domain '{node.domain}' that reads the constant matrices {held}: "
+            + (advice or "only ONNX's Conv/Gemm/MatMul ops (quantized forms included) and "
+                         "ONNX Runtime's QGemm are analysed"))
+
+
+def op_name(node: NodeProto) -> str:
+    """The op type, prefixed with its domain outside ONNX's own and ONNX Runtime's."""
+    if node.domain in ("", "ai.onnx", MS_DOMAIN):
+        return str(node.op_type)
+    return f"{node.domain}.{node.op_type}"
+
+
 def find_linear_ops(model: LoadedModel) -> tuple[list[LinearSite], list[SkippedOp]]:
     """Walk the graph and its subgraphs; return the analysable linear ops and the skipped ones."""
     root = Scope.of_graph(model.proto.graph, "main", None)
@@ -133,13 +217,15 @@ def _walk_graph(
     scope_label = resolver.scope.label
     for index, node in enumerate(graph.node):
         label = node_label(node, scope_label)
-        if node.domain in ("", "ai.onnx") and node.op_type in LINEAR_OPS:
+        if is_linear_op(node):
             verdict = _classify(node, resolver)
             if isinstance(verdict, str):
                 out.append(SkippedOp(label, node.op_type, verdict))
             else:
                 weight, data = verdict
                 out.append(LinearSite(label, node, weight, data, resolver, index, scope_label))
+        elif (reason := _unanalysed_reason(node, resolver)) is not None:
+            out.append(SkippedOp(label, op_name(node), reason))
         for attr_name, sub in subgraphs(node):
             sub_scope = Scope.of_graph(sub, subgraph_label(label, attr_name), resolver.scope)
             _walk_graph(sub, resolver.child(sub_scope), out)
