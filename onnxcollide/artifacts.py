@@ -23,11 +23,16 @@ def write_atomically(path: str, write: Callable[[BinaryIO], object]) -> None:
 
     A symbolic link is followed (its target is replaced, the link stays), an existing file
     keeps its permission bits, and a path that is not a regular file (``/dev/null``, a FIFO)
-    is written directly: renaming over it would replace the device with a file.
+    is written directly: renaming over it would replace the device with a file. A path that
+    names an open descriptor (``/dev/stdout``, ``/dev/fd/3``) is written through it.
 
     Raises:
         UsageError: the folder does not exist, ``path`` is a folder, or it cannot be written.
     """
+    descriptor = _open_descriptor(path)
+    if descriptor is not None:
+        _write_to_descriptor(descriptor, path, write)
+        return
     target = os.path.realpath(path)
     if os.path.isdir(target):
         raise UsageError("is a folder", path, "give a file name")
@@ -37,6 +42,40 @@ def write_atomically(path: str, write: Callable[[BinaryIO], object]) -> None:
                 write(out)
             return
         _replace_with_temp(target, write)
+    except OSError as exc:
+        raise UsageError(f"cannot write here ({exc.strerror or exc})", path) from exc
+
+
+_STANDARD_STREAMS = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+_DESCRIPTOR_FOLDERS = ("/dev/fd/", "/proc/self/fd/")
+
+
+def _open_descriptor(path: str) -> int | None:
+    """The file descriptor a path such as ``/dev/stdout`` or ``/dev/fd/3`` names, else None.
+
+    Such a path stands for whatever the descriptor is open on (a pipe, a terminal, a file
+    opened for appending by ``>>``): it is written through the descriptor, not resolved to a
+    file and replaced (which failed on a pipe and wiped a file being appended to).
+    """
+    if path in _STANDARD_STREAMS:
+        return _STANDARD_STREAMS[path]
+    for folder in _DESCRIPTOR_FOLDERS:
+        number = path[len(folder):]
+        if path.startswith(folder) and number.isdigit():
+            return int(number)
+    return None
+
+
+def _write_to_descriptor(descriptor: int, path: str,
+                         write: Callable[[BinaryIO], object]) -> None:
+    """Write through a duplicate of ``descriptor`` (its position and append mode are kept)."""
+    try:
+        duplicate = os.dup(descriptor)
+    except OSError as exc:
+        raise UsageError(f"cannot write here ({exc.strerror or exc})", path) from exc
+    try:
+        with os.fdopen(duplicate, "wb") as out:
+            write(out)
     except OSError as exc:
         raise UsageError(f"cannot write here ({exc.strerror or exc})", path) from exc
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from onnxcollide.errors import UnsupportedModelError
+from onnxcollide.errors import OnnxCollideError, UnsupportedModelError
 from onnxcollide.graph.constants import ConstantResolver, Scope
 from onnxcollide.graph.input_path import FirstLayerPath, PathStep, trace_input
 from onnxcollide.graph.linear_ops import LinearSite, SkippedOp, find_linear_ops
@@ -243,8 +243,18 @@ def audit_model(path: str, settings: AuditSettings | None = None,
         ModelLoadError: the file cannot be read as ONNX.
         UnsupportedModelError: it holds nothing to audit, or something we cannot analyse.
         UsageError: ``settings.input_shapes`` does not fit the model.
+
+        Each names ``path`` in its location.
     """
-    settings = settings or AuditSettings()
+    try:
+        return _audit(path, settings or AuditSettings(), progress)
+    except OnnxCollideError as exc:
+        raise exc.in_file(path) from None
+
+
+def _audit(path: str, settings: AuditSettings, progress: ProgressCallback | None
+           ) -> ModelAudit:
+    """``audit_model`` without the file name added to its errors."""
     model = load_model(path)
     infos = infer_shapes(model, dict(settings.input_shapes))
     sites, skipped = find_linear_ops(model)

@@ -86,6 +86,21 @@ def _prefix_targets(text: str, models: tuple[str, ...]) -> tuple[list[str], str]
     return targets, text[len(label) + 1:]
 
 
+def check_report_path(path: str, models: tuple[str, ...]) -> None:
+    """Fail before any work when the report could not be written or would replace a model.
+
+    Raises:
+        UsageError: an empty path, a missing folder, a folder, or one of ``models``.
+    """
+    if not path:
+        raise UsageError("needs a file name", "--output ''", "use '-' for standard output")
+    check_output_folder(path)
+    for model in models:
+        if os.path.exists(path) and os.path.exists(model) and os.path.samefile(path, model):
+            raise UsageError(f"is the model '{model}': the report would replace it",
+                             f"--output {path}", "choose another file name")
+
+
 def check_output_folder(path: str) -> None:
     """Fail before any work when the report could not be written.
 
@@ -102,8 +117,17 @@ def check_output_folder(path: str) -> None:
 
 @contextmanager
 def _progress(enabled: bool, label: str) -> Iterator[ProgressCallback | None]:
+    """A bar on a terminal's stderr; with --progress on a pipe or log file (where a bar
+    would leave only blank lines), one plain line per layer."""
     if not enabled:
         yield None
+        return
+    if not sys.stderr.isatty():
+        def line(done: int, total: int, layer: str) -> None:
+            if done < total:
+                click.echo(f"{label}: layer {done + 1}/{total} {layer}", err=True)
+
+        yield line
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -207,9 +231,9 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
     """Rank and nullity of every Conv/Gemm/MatMul weight, and the paper's Table 1 metrics."""
 
     def run() -> None:
-        target = None if output == "-" else output
-        if target:
-            check_output_folder(target)
+        target = None if output == "-" or output is None else output
+        if target is not None:
+            check_report_path(target, models)
         if check:  # --device cuda without CUDA is a usage error before any work (as in collide)
             from onnxcollide.runtime import resolve_device
 
@@ -232,7 +256,7 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
         to_terminal = target is None and sys.stdout.isatty()
         width = os.get_terminal_size().columns if to_terminal else 160
         text = render(audits, Format(fmt), RenderOptions(summary_only, width, to_terminal))
-        if target:
+        if target is not None:
             write_text(target, text)
             click.echo(f"wrote {target}", err=True)
         else:

@@ -21,6 +21,14 @@ class OnnxCollideError(Exception):
         self.hint = hint
         super().__init__(self.one_line())
 
+    def in_file(self, path: str) -> OnnxCollideError:
+        """This error with ``path`` in its location, unless it names it already (a node name
+        alone does not say which of several models is at fault)."""
+        if path not in self.where:
+            self.where = f"{path}, {self.where}" if self.where else path
+            self.args = (self.one_line(),)
+        return self
+
     def one_line(self) -> str:
         """Return ``where: what. hint`` as one line."""
         text = _sentence(f"{self.where}: {self.what}" if self.where else self.what)

@@ -16,6 +16,7 @@ from onnxcollide.artifacts import (
     save_npz,
     strip_png,
     write_atomically,
+    write_text,
 )
 from onnxcollide.errors import UsageError
 
@@ -260,3 +261,21 @@ def test_png_files_are_not_private(tmp_path, umask_022):
     x = np.zeros((1, 3, 8, 8), np.float32)
     strip_png(str(tmp_path / "s.png"), x, x + 0.5, "nchw")
     assert stat.S_IMODE(os.stat(tmp_path / "s.png").st_mode) == 0o644
+
+
+def test_a_descriptor_path_is_written_through_the_descriptor(tmp_path):
+    """``-o /dev/stdout`` (or /dev/fd/N) writes through the open descriptor: into a pipe, and
+    appended to a file opened for appending (``>>``). Resolving it to the file and replacing
+    that wiped what was there, and failed on a pipe."""
+    log = tmp_path / "log.txt"
+    log.write_text("FIRST\n")
+    with open(log, "a") as appending:
+        write_text(f"/dev/fd/{appending.fileno()}", "report\n")
+    assert log.read_text() == "FIRST\nreport\n"
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end) as reader:
+        with os.fdopen(write_end, "w") as writer:
+            write_text(f"/proc/self/fd/{writer.fileno()}", "through a pipe\n")
+        assert reader.read() == "through a pipe\n"
+    with pytest.raises(UsageError, match="cannot write here"):
+        write_text("/dev/fd/987", "nowhere")

@@ -343,10 +343,56 @@ def test_output_into_missing_folder_is_a_clear_error(tmp_path):
 
 
 def test_progress_bar_goes_to_stderr_only():
-    """--progress draws on stderr; stdout still holds exactly the JSON report."""
+    """--progress draws on stderr; stdout still holds exactly the JSON report. Where stderr
+    is not a terminal (here, and in a CI log), one plain line per layer (a bar left only
+    blank lines)."""
     result = run("audit", "--progress", "-f", "json", LENET)
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["models"][0]["metrics"]["n"] == 5
+    lines = result.stderr.splitlines()
+    assert lines == [f"lenet5_mnist_torch.onnx: layer {k}/5 {node}" for k, node in
+                     enumerate(["Conv:11", "Conv:14", "Gemm:19", "Gemm:21", "Gemm:23"], 1)]
+
+
+def test_report_path_that_is_a_model_or_empty_is_a_usage_error(tmp_path):
+    """-o naming an input model would replace it with the report (even a read-only one: the
+    rename goes around its mode); -o '' wrote to stdout. Both are usage errors before any
+    work, and the model is untouched."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes((DATA / "lenet5_mnist_torch.onnx").read_bytes())
+    before = model.read_bytes()
+    line = assert_one_line_error(run("audit", str(model), "-o", str(model)), 2)
+    assert "the report would replace it" in line
+    assert model.read_bytes() == before
+    line = assert_one_line_error(run("audit", str(model), "-o", ""), 2)
+    assert "needs a file name" in line
+
+
+def test_errors_name_the_model_file_among_several(tmp_path):
+    """A weight error names the file: two models can have a node of the same name."""
+    w = np.ones((4, 3), np.float32)
+    w[0, 0] = np.nan
+    bad = make_model(tmp_path / "bad.onnx", [helper.make_node("MatMul", ["x", "W"], ["y"])],
+                     [value("x", [1, 4])], [value("y", [1, 3])], [init("W", w)])
+    line = assert_one_line_error(run("audit", LENET, bad), 3)
+    assert line.startswith(f"error: {bad}, node 'MatMul:y'") and "NaN or Inf" in line
+
+
+def test_models_sharing_a_file_name_are_told_apart_in_the_summary(tmp_path):
+    """Model zoos call every file model.onnx: where two models of one report share a file
+    name, the summary names them by their paths (it showed two identical rows)."""
+    copies = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        copy = tmp_path / folder / "model.onnx"
+        copy.write_bytes((DATA / "lenet5_mnist_torch.onnx").read_bytes())
+        copies.append(str(copy))
+    result = run("audit", "-f", "csv", "--summary-only", *copies, CNTK)
+    assert result.exit_code == 0, result.stderr
+    names = [row[0] for row in csv.reader(io.StringIO(result.stdout))][1:]
+    assert names == [*copies, "mnist-8_cntk.onnx"]
+    table = run("audit", *copies)
+    assert f"{copies[0]}: 5 weights" in table.stdout.replace("\n", "")
 
 
 def test_audit_validate_turns_a_runtime_failure_into_the_verdict(tmp_path):

@@ -610,6 +610,13 @@ def test_if_subgraph_matmul_with_outer_weight(tmp_path, rng):
     assert row.layer.scope.startswith("branch/then_branch")
     assert row.layer.nodes[0].endswith("inner_mm")
     assert row.layer.roots == ("W",)
+    # W1 is not followed into the branch: the report says so in words ("W1: None (row
+    # None), reached by x -> ?" before).
+    from onnxcollide.report.fields import first_layer_lines
+
+    lines = first_layer_lines(result)
+    assert lines[0] == "W1: none reached from input 'x' in the main graph (see the note)"
+    assert "If/Loop/Scan bodies are not followed" in lines[2]
 
 
 def test_loop_body_matmul_with_outer_weight(tmp_path, rng):
@@ -743,6 +750,18 @@ def test_external_data_truncated_file(tmp_path, rng):
         audit(external)
 
 
+def test_external_data_length_that_does_not_fit_the_tensor(tmp_path, rng):
+    """A 'length' record that disagrees with the tensor's size is a corrupt model (onnx.load
+    refuses it too); it was accepted."""
+    _, external = _save_pair(tmp_path, rng)
+    model = onnx.load(external, load_external_data=False)
+    record = next(e for e in model.graph.initializer[0].external_data if e.key == "length")
+    record.value = "999999"
+    onnx.save(model, external)
+    with pytest.raises(ModelLoadError, match="external data length 999999 does not match"):
+        audit(external)
+
+
 # ------------------------------------------------------------------ what is skipped
 
 
@@ -816,6 +835,24 @@ def test_weights_of_ops_that_are_not_analysed_are_listed(tmp_path, rng):
     assert "QDQ format" in skipped["nbits"].reason
     assert "before ONNX Runtime's graph optimizations" in skipped["fused"].reason
     assert "domain 'acme'" in skipped["custom"].reason and "'M'" in skipped["custom"].reason
+
+
+def test_weight_behind_an_op_that_is_not_evaluated_says_which(tmp_path, rng):
+    """An initializer through a custom-domain op into a MatMul: the weight is made of
+    constants, but the custom op is not evaluated; the skip names it (it said "no operand is
+    constant (e.g. attention scores)")."""
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("Weird", ["T"], ["W"], domain="acme", name="weird"),
+         mk("MatMul", ["x", "W"], ["y"], name="mm"), mk("MatMul", ["x", "V"], ["z"])],
+        [value("x", [2, 4])], [value("y", None), value("z", None)],
+        [init("T", np.ones((4, 3), np.float32)), init("V", np.eye(4, dtype=np.float32))],
+        extra_opsets=[("acme", 1)], check=False,
+    )
+    result = audit(path)
+    (skipped,) = result.skipped
+    assert skipped.label == "mm"
+    assert "computed from constants by acme.Weird 'weird' (domain 'acme')" in skipped.reason
 
 
 def test_a_model_of_unanalysed_ops_says_which_in_its_error(tmp_path, rng):

@@ -127,6 +127,28 @@ class ConstantResolver:
             return True
         return all(self._resolver_for(scope).is_constant(i) for i in node.input)
 
+    def unfolded_op(self, name: str) -> NodeProto | None:
+        """The op that keeps ``name`` from being a constant although it is computed from
+        constants only (an op of another domain, control flow, a random op); None when it
+        depends on a model input or is constant."""
+        found = self._lookup(name)
+        if found is None or found[1] != "node" or self.is_constant(name):
+            return None
+        scope = found[0]
+        node = scope.producers[name]
+        resolver = self._resolver_for(scope)
+        inputs = [i for i in node.input if i]
+        if not inputs:
+            return None  # made from nothing (a random op): a run-time value
+        blockers = []
+        for item in inputs:
+            if not resolver.is_constant(item):
+                blocker = resolver.unfolded_op(item)
+                if blocker is None:
+                    return None
+                blockers.append(blocker)
+        return blockers[0] if blockers else node
+
     def _resolver_for(self, scope: Scope) -> ConstantResolver:
         return self if scope is self.scope else ConstantResolver(
             scope, self.base_dir, self.opset_imports

@@ -350,7 +350,8 @@ def _trace(
     steps = tuple(PathStep(node_label(n, "main"), n.op_type) for n in path_nodes)
     if site is None:
         return FirstLayerPath(input_name, dtype, shape, None, steps, NOT_APPLICABLE,
-                              "the input reaches no linear op with a constant weight",
+                              "the input reaches no linear op with a constant weight in the "
+                              "main graph (ops inside If/Loop/Scan bodies are not followed)",
                               None, elements)
     if dtype not in ("float", "float16", "double", "bfloat16"):
         return FirstLayerPath(input_name, dtype, shape, site, steps, NOT_APPLICABLE,

@@ -133,6 +133,10 @@ def _classify(
     if len(inputs) <= max(candidates):
         return "has fewer inputs than the op needs"
     constant = [k for k in candidates if resolver.is_constant(inputs[k])]
+    if not constant:
+        blocked = _blocked_weight(inputs, candidates, resolver)
+        if blocked:
+            return blocked
     if node.op_type in _OTHER_OPERAND:
         if len(constant) == len(candidates):
             return "both operands are constant (constant folding, not a layer)"
@@ -143,6 +147,21 @@ def _classify(
     if not constant:
         return "weight is not constant (computed at run time)"
     return constant[0], inputs[0]
+
+
+def _blocked_weight(inputs: list[str], candidates: tuple[int, ...],
+                    resolver: ConstantResolver) -> str | None:
+    """Why a weight operand made from constants only is not read: the op on the way that is
+    not evaluated here (an op of another domain, control flow); None if there is none."""
+    for k in candidates:
+        blocker = resolver.unfolded_op(inputs[k])
+        if blocker is not None:
+            domain = blocker.domain if blocker.domain not in ("", "ai.onnx") else "ai.onnx"
+            return (f"the weight '{inputs[k]}' is computed from constants by "
+                    f"{op_name(blocker)} '{node_label(blocker, 'main')}' (domain '{domain}'), "
+                    "which is not evaluated here: export with constant folding, or make the "
+                    "weight an initializer")
+    return None
 
 
 def is_linear_op(node: NodeProto) -> bool:

@@ -72,6 +72,13 @@ def tensor_to_array(tensor: TensorProto, base_dir: str) -> np.ndarray:
     offset = int(info.get("offset", 0))
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
     need = count * dtype.itemsize
+    if "length" in info and int(info["length"]) != need:
+        raise ModelLoadError(
+            f"external data length {info['length']} does not match the tensor's {need} bytes "
+            f"({'x'.join(map(str, shape)) or 'scalar'} {dtype_name(tensor.data_type)})",
+            where,
+            "the model's external data records are corrupt; export the model again",
+        )
     if os.path.getsize(path) < offset + need:
         raise ModelLoadError(
             f"external data file '{location}' is shorter than the tensor needs "

@@ -12,7 +12,7 @@ from onnxcollide.report.fields import (
     check_verdict,
     digits_text,
     is_checked,
-    model_name,
+    model_labels,
     summary_table,
 )
 from onnxcollide.report.json_format import layer_dict
@@ -22,12 +22,12 @@ LAYER_COLUMNS = ("index", "nodes", "op", "weight", "q", "p", "groups", "rank", "
                  "largest_dropped", "margin", "clear", "method", "layout")
 
 
-def _summary_values(audit: ModelAudit) -> tuple[object, ...]:
+def _summary_values(audit: ModelAudit, label: str) -> tuple[object, ...]:
     """One model's Table 1 row as plain values for a machine (headers: SUMMARY_HEADERS):
     ratios as fractions, counts without thousands separators, '' where there is none."""
     m = audit.metrics
     first = audit.first_layer
-    return (model_name(audit), m.n, m.nu, m.nu_ratio, m.mu, m.mu_ratio, m.nullity_sum,
+    return (label, m.n, m.nu, m.nu_ratio, m.mu, m.mu_ratio, m.nullity_sum,
             "" if m.nullity_w1 is None else m.nullity_w1, first.exactness if first else "")
 
 
@@ -50,8 +50,8 @@ def render(audits: Sequence[ModelAudit], options: RenderOptions) -> str:
         headers, _ = summary_table(audits)
         writer.writerow(headers)
         checked = is_checked(audits)
-        writer.writerows((*_summary_values(a), *((check_verdict(a),) if checked else ()))
-                         for a in audits)
+        writer.writerows((*_summary_values(a, label), *((check_verdict(a),) if checked else ()))
+                         for a, label in zip(audits, model_labels(audits), strict=True))
         return out.getvalue()
     checked = is_checked(audits)
     writer.writerow(("model", *LAYER_COLUMNS, *(("w1_check",) if checked else ())))

@@ -19,8 +19,16 @@ def is_clear(row: LayerRow) -> bool:
 
 
 def model_name(audit: ModelAudit) -> str:
-    """The model's file name without folders, for tables."""
+    """The model's file name without folders."""
     return audit.path.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def model_labels(audits: Sequence[ModelAudit]) -> list[str]:
+    """How tables name each model: its file name, or the path as given where two models of
+    one report share a file name (model zoos call every file model.onnx)."""
+    names = [model_name(a) for a in audits]
+    return [a.path if names.count(name) > 1 else name
+            for a, name in zip(audits, names, strict=True)]
 
 
 def fmt_float(value: float | None, digits: int = 4) -> str:
@@ -54,12 +62,12 @@ SUMMARY_HEADERS = ("model", "n", "nu", "nu/n", "mu", "mu/n", "sum nullity", "nul
                    "W1 class")
 
 
-def summary_cells(audit: ModelAudit) -> tuple[str, ...]:
-    """One model's Table 1 row as text cells (headers: SUMMARY_HEADERS)."""
+def summary_cells(audit: ModelAudit, label: str) -> tuple[str, ...]:
+    """One model's Table 1 row as text cells (headers: SUMMARY_HEADERS), named ``label``."""
     m = audit.metrics
     first = audit.first_layer
     return (
-        model_name(audit), str(m.n), str(m.nu), fmt_percent(m.nu_ratio), str(m.mu),
+        label, str(m.n), str(m.nu), fmt_percent(m.nu_ratio), str(m.mu),
         fmt_percent(m.mu_ratio), f"{m.nullity_sum:,}",
         "-" if m.nullity_w1 is None else str(m.nullity_w1),
         first.exactness if first else "-",
@@ -78,10 +86,12 @@ def check_verdict(audit: ModelAudit) -> str:
 
 def summary_table(audits: Sequence[ModelAudit]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     """Table 1's headers and a row per model; a ``W1 check`` column when --validate ran."""
+    cells = [summary_cells(a, label) for a, label in zip(audits, model_labels(audits),
+                                                         strict=True)]
     if not is_checked(audits):
-        return SUMMARY_HEADERS, [summary_cells(a) for a in audits]
-    return (*SUMMARY_HEADERS, "W1 check"), [(*summary_cells(a), check_verdict(a))
-                                             for a in audits]
+        return SUMMARY_HEADERS, cells
+    return (*SUMMARY_HEADERS, "W1 check"), [(*row, check_verdict(a))
+                                             for a, row in zip(audits, cells, strict=True)]
 
 
 LAYER_HEADERS = ("#", "node", "op", "q", "p", "groups", "rank", "nullity", "nu", "mu",
@@ -111,9 +121,14 @@ def first_layer_lines(audit: ModelAudit) -> list[str]:
     first = audit.first_layer
     if first is None:
         return ["W1: the model has no graph input."]
-    path = " -> ".join([first.input, *[s.op for s in first.path], first.node or "?"])
     shape = "x".join("?" if d is None else str(d) for d in first.input_shape or ())
-    lines = [f"W1: {first.node} (row {first.row_index}), reached by {path}",
+    if first.node is None:
+        found = (f"W1: none reached from input '{first.input}' in the main graph (see the "
+                 "note)")
+    else:
+        path = " -> ".join([first.input, *[s.op for s in first.path], first.node])
+        found = f"W1: {first.node} (row {first.row_index}), reached by {path}"
+    lines = [found,
              f"    input '{first.input}' {first.input_dtype} [{shape}]",
              f"    class: {first.exactness}: {first.reason}"]
     lines.append(f"    blind input elements{_blind_text(first)}")

@@ -10,7 +10,7 @@ from onnxcollide.report.fields import (
     LAYER_HEADERS,
     first_layer_lines,
     layer_cells,
-    model_name,
+    model_labels,
     summary_table,
 )
 from onnxcollide.report.json_format import settings_dict
@@ -37,10 +37,10 @@ def render(audits: Sequence[ModelAudit], options: RenderOptions) -> str:
     lines += _table(*summary_table(audits))
     if options.summary_only:
         return "\n".join(lines) + "\n"
-    for audit in audits:
+    for audit, label in zip(audits, model_labels(audits), strict=True):
         check = ([f"W1 check (seed {audit.validation['seed']}): {audit.validation['verdict']}"]
                  if audit.validation is not None else [])
-        lines += ["", f"## {_one_line(model_name(audit))}", "", "```",
+        lines += ["", f"## {_one_line(label)}", "", "```",
                   *map(_one_line, first_layer_lines(audit)), *check, "```", ""]
         lines += _table(LAYER_HEADERS, [layer_cells(r) for r in audit.rows])
         lines += [f"- {_one_line(note)}" for note in audit.notes]

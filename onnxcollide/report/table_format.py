@@ -15,7 +15,7 @@ from onnxcollide.report.fields import (
     LAYER_HEADERS,
     first_layer_lines,
     layer_cells,
-    model_name,
+    model_labels,
     summary_table,
 )
 from onnxcollide.report.json_format import settings_dict
@@ -43,9 +43,9 @@ def render(audits: Sequence[ModelAudit], options: RenderOptions) -> str:
                       else None, force_terminal=options.color, highlight=False)
     settings = settings_dict(audits)
     if not options.summary_only:
-        for audit in audits:
+        for audit, label in zip(audits, model_labels(audits), strict=True):
             rows = [layer_cells(r) for r in audit.rows]
-            console.print(_table(f"{model_name(audit)}: {len(rows)} weights", LAYER_HEADERS, rows))
+            console.print(_table(f"{label}: {len(rows)} weights", LAYER_HEADERS, rows))
             for line in first_layer_lines(audit):
                 console.print(line, markup=False)
             if audit.validation is not None:
