@@ -66,18 +66,41 @@ def _open_descriptor(path: str) -> int | None:
     return None
 
 
-def _write_to_descriptor(descriptor: int, path: str,
-                         write: Callable[[BinaryIO], object]) -> None:
-    """Write through a duplicate of ``descriptor`` (its position and append mode are kept)."""
+def claim_descriptor(path: str) -> int | None:
+    """A duplicate, taken now, of the descriptor ``path`` names (``/dev/stdout``,
+    ``/dev/fd/N``); None for any other path. Take it before any work: a descriptor that was
+    not open when the program started may be opened meanwhile on a file of its own (ONNX
+    Runtime's cache), and the report would go there.
+
+    Raises:
+        UsageError: the descriptor is not open.
+    """
+    descriptor = _open_descriptor(path)
+    if descriptor is None:
+        return None
     try:
-        duplicate = os.dup(descriptor)
+        return os.dup(descriptor)
     except OSError as exc:
-        raise UsageError(f"cannot write here ({exc.strerror or exc})", path) from exc
+        raise UsageError(f"is not an open file descriptor ({exc.strerror or exc})", path,
+                         "open it in the shell (e.g. 3>file) or give a file name") from exc
+
+
+def write_claimed(claimed: int, path: str, write: Callable[[BinaryIO], object]) -> None:
+    """Write through a descriptor from ``claim_descriptor`` (its position and append mode
+    are kept), and close it."""
     try:
-        with os.fdopen(duplicate, "wb") as out:
+        with os.fdopen(claimed, "wb") as out:
             write(out)
     except OSError as exc:
         raise UsageError(f"cannot write here ({exc.strerror or exc})", path) from exc
+
+
+def _write_to_descriptor(descriptor: int, path: str,
+                         write: Callable[[BinaryIO], object]) -> None:
+    """Write through a duplicate of ``descriptor`` taken now."""
+    claimed = claim_descriptor(path)
+    assert claimed is not None
+    write_claimed(claimed, path, write)
 
 
 def write_text(path: str, text: str) -> None:

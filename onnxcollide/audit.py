@@ -221,7 +221,8 @@ def _metrics(rows: list[LayerRow], first: FirstLayer | None) -> ModelMetrics:
 
 def _skipped_summary(skipped: list[SkippedOp], shown: int = 3) -> str:
     """``; N ops hold weights that are not analysed (...): <the first one's reason>``, or
-    ``""`` when nothing was skipped."""
+    ``""`` when no skipped op holds weights."""
+    skipped = [s for s in skipped if s.holds_weights]
     if not skipped:
         return ""
     named = ", ".join(f"{s.op_type} '{s.label}'" for s in skipped[:shown])

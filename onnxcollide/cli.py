@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from onnxcollide import __version__
-from onnxcollide.artifacts import write_text
+from onnxcollide.artifacts import claim_descriptor, write_claimed, write_text
 from onnxcollide.audit import AuditSettings, ModelAudit, ProgressCallback, audit_model
 from onnxcollide.cli_types import NON_NEGATIVE, POSITIVE, SEED
 from onnxcollide.errors import OnnxCollideError, UsageError
@@ -86,19 +86,28 @@ def _prefix_targets(text: str, models: tuple[str, ...]) -> tuple[list[str], str]
     return targets, text[len(label) + 1:]
 
 
-def check_report_path(path: str, models: tuple[str, ...]) -> None:
+def check_report_path(path: str, models: tuple[str, ...]) -> int | None:
     """Fail before any work when the report could not be written or would replace a model.
 
+    Returns:
+        A duplicate of the descriptor a path such as ``/dev/fd/3`` names, claimed now
+        (``artifacts.claim_descriptor``); None for a file path.
+
     Raises:
-        UsageError: an empty path, a missing folder, a folder, or one of ``models``.
+        UsageError: an empty path, a missing folder, a folder, one of ``models``, or a
+            descriptor that is not open.
     """
     if not path:
         raise UsageError("needs a file name", "--output ''", "use '-' for standard output")
+    claimed = claim_descriptor(path)
+    if claimed is not None:
+        return claimed
     check_output_folder(path)
     for model in models:
         if os.path.exists(path) and os.path.exists(model) and os.path.samefile(path, model):
             raise UsageError(f"is the model '{model}': the report would replace it",
                              f"--output {path}", "choose another file name")
+    return None
 
 
 def check_output_folder(path: str) -> None:
@@ -232,8 +241,7 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
 
     def run() -> None:
         target = None if output == "-" or output is None else output
-        if target is not None:
-            check_report_path(target, models)
+        claimed = None if target is None else check_report_path(target, models)
         if check:  # --device cuda without CUDA is a usage error before any work (as in collide)
             from onnxcollide.runtime import resolve_device
 
@@ -256,11 +264,14 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
         to_terminal = target is None and sys.stdout.isatty()
         width = os.get_terminal_size().columns if to_terminal else 160
         text = render(audits, Format(fmt), RenderOptions(summary_only, width, to_terminal))
-        if target is not None:
-            write_text(target, text)
-            click.echo(f"wrote {target}", err=True)
-        else:
+        if target is None:
             click.echo(text, nl=False)
+            return
+        if claimed is not None:
+            write_claimed(claimed, target, lambda out: out.write(text.encode("utf-8")))
+        else:
+            write_text(target, text)
+        click.echo(f"wrote {target}", err=True)
 
     _run_guarded(run, debug)
 

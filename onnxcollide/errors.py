@@ -22,9 +22,9 @@ class OnnxCollideError(Exception):
         super().__init__(self.one_line())
 
     def in_file(self, path: str) -> OnnxCollideError:
-        """This error with ``path`` in its location, unless it names it already (a node name
-        alone does not say which of several models is at fault)."""
-        if path not in self.where:
+        """This error with ``path`` leading its location, unless it leads it already (a node
+        name alone does not say which of several models is at fault)."""
+        if not (self.where == path or self.where.startswith((f"{path},", f"{path}:"))):
             self.where = f"{path}, {self.where}" if self.where else path
             self.args = (self.one_line(),)
         return self

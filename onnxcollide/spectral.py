@@ -454,6 +454,8 @@ def _deflated_rank(gram: np.ndarray, tol: float, scratch: np.ndarray, lam_error:
     ``lam_error`` is the Gram matrix's eigenvalue error scale, for the values' error estimates.
     """
     m, t2 = gram.shape[0], tol * tol
+    if m < 2:
+        return None  # nothing to deflate against
     count = 8
     while True:
         count = min(count, m - 1)
@@ -637,10 +639,13 @@ def _rank_from_gram(facts: _BlockFacts, tol: float) -> _BlockRank:
 
 
 def _rank_of_live_part(facts: _BlockFacts, tol: float) -> _BlockRank:
-    """``_rank_from_gram`` once dead lines are set aside."""
+    """``_rank_from_gram`` once dead lines are set aside (a live part of at most
+    SVD_MAX_DIM lines, as pruning can leave, takes the eigenvalues directly)."""
     assert facts.gram is not None
     m = facts.gram.shape[0]
     lam_error = _gram_error(max(facts.matrix.shape), facts.sigma_max)
+    if m <= SVD_MAX_DIM:
+        return _rank_from_eigenvalues(facts.gram, tol, lam_error)
     scratch = _scratch_like(facts.gram)
     factor, failed_at = _cholesky(facts.gram, -tol * tol, scratch)
     if failed_at == 0:
@@ -656,7 +661,12 @@ def _rank_of_live_part(facts: _BlockFacts, tol: float) -> _BlockRank:
     del scratch, factor
     if deflated is not None:
         return deflated
-    lam = _upper_eigvalsh(facts.gram)
+    return _rank_from_eigenvalues(facts.gram, tol, lam_error)
+
+
+def _rank_from_eigenvalues(gram: np.ndarray, tol: float, lam_error: float) -> _BlockRank:
+    """Rank from all eigenvalues of the Gram matrix (``lam_error``: their error scale)."""
+    lam = _upper_eigvalsh(gram)
     sigmas = np.sqrt(np.clip(lam, 0.0, None))[::-1]
     return _rank_from_sigmas(sigmas, tol, "gram-eigh", lambda s: root_error(s, lam_error))
 

@@ -277,5 +277,5 @@ def test_a_descriptor_path_is_written_through_the_descriptor(tmp_path):
         with os.fdopen(write_end, "w") as writer:
             write_text(f"/proc/self/fd/{writer.fileno()}", "through a pipe\n")
         assert reader.read() == "through a pipe\n"
-    with pytest.raises(UsageError, match="cannot write here"):
+    with pytest.raises(UsageError, match="is not an open file descriptor"):
         write_text("/dev/fd/987", "nowhere")

@@ -368,6 +368,14 @@ def test_report_path_that_is_a_model_or_empty_is_a_usage_error(tmp_path):
     assert "needs a file name" in line
 
 
+def test_a_descriptor_that_is_not_open_is_refused_before_any_work():
+    """-o /dev/fd/N for a descriptor the shell did not open: a usage error up front (the
+    audit's own files, such as ONNX Runtime's cache under --validate, could take the number
+    meanwhile and the report would go into them)."""
+    line = assert_one_line_error(run("audit", LENET, "-o", "/dev/fd/987"), 2)
+    assert "/dev/fd/987: is not an open file descriptor" in line
+
+
 def test_errors_name_the_model_file_among_several(tmp_path):
     """A weight error names the file: two models can have a node of the same name."""
     w = np.ones((4, 3), np.float32)

@@ -855,6 +855,53 @@ def test_weight_behind_an_op_that_is_not_evaluated_says_which(tmp_path, rng):
     assert "computed from constants by acme.Weird 'weird' (domain 'acme')" in skipped.reason
 
 
+def test_onnx_runtime_ops_without_weights_are_not_listed(tmp_path, rng):
+    """ONNX Runtime's EmbedLayerNormalization (embedding tables) and RotaryEmbedding (int64
+    position ids, cos/sin caches) hold no layer weights, nor does a custom op's integer index
+    table: none is listed as skipped. Its Attention's packed QKV weight is."""
+    d = 8
+    f32 = np.float32
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("EmbedLayerNormalization", ["ids", "", "word", "pos", "", "gamma", "beta"],
+            ["emb", "mask"], domain="com.microsoft", name="embed"),
+         mk("RotaryEmbedding", ["emb", "pos_ids", "cos", "sin"], ["rot"],
+            domain="com.microsoft", name="rotary"),
+         mk("Attention", ["rot", "qkv", "qkv_b"], ["att"], domain="com.microsoft", num_heads=2,
+            name="attention"),
+         mk("Lookup", ["att", "index"], ["looked"], domain="acme", name="lookup"),
+         mk("MatMul", ["looked", "W"], ["y"], name="head")],
+        [value("ids", [1, 4], onnx.TensorProto.INT32)], [value("y", None)],
+        [init("word", np.ones((50, d), f32)), init("pos", np.ones((16, d), f32)),
+         init("gamma", np.ones(d, f32)), init("beta", np.zeros(d, f32)),
+         init("pos_ids", np.zeros((1, 4), np.int64)), init("cos", np.ones((16, 2), f32)),
+         init("sin", np.ones((16, 2), f32)), init("qkv", np.ones((d, 3 * d), f32)),
+         init("qkv_b", np.zeros(3 * d, f32)), init("index", np.zeros((4, 2), np.int64)),
+         init("W", np.eye(d, dtype=f32))],
+        extra_opsets=[("com.microsoft", 1), ("acme", 1)], check=False,
+    )
+    result = audit(path)
+    assert [(s.label, s.holds_weights) for s in result.skipped] == [("attention", True)]
+    assert "'qkv'" in result.skipped[0].reason and "'qkv_b'" not in result.skipped[0].reason
+
+
+def test_deep_graphs_and_reused_values_stay_cheap(tmp_path):
+    """1500 nodes before an attention-score MatMul (both operands computed): the walk back
+    for an unevaluated op is bounded and iterative (it hit Python's recursion limit). A
+    weight built by 40 doublings of one value (a DAG reusing it) gets a short identity at
+    once (it grew as 2^40)."""
+    nodes = [mk("Relu", ["x" if k == 0 else f"h{k - 1}"], [f"h{k}"]) for k in range(1500)]
+    nodes.append(mk("MatMul", ["h1499", "h1499"], ["scores"], name="scores"))
+    nodes += [mk("Add", ["w" if k == 0 else f"t{k - 1}"] * 2, [f"t{k}"]) for k in range(40)]
+    nodes.append(mk("MatMul", ["scores", "t39"], ["y"], name="proj"))
+    path = make_model(tmp_path / "m.onnx", nodes, [value("x", [4, 4])], [value("y", [4, 4])],
+                      [init("w", np.eye(4, dtype=np.float32))])
+    result = audit(path)
+    row = only_row(result)
+    assert row.layer.nodes == ("proj",) and len(row.layer.weight_id) < 64
+    assert [s.label for s in result.skipped] == ["scores"]
+
+
 def test_a_model_of_unanalysed_ops_says_which_in_its_error(tmp_path, rng):
     """Nothing analysable but an Einsum with a weight: the one-line error names it and why."""
     path = make_model(
@@ -866,6 +913,12 @@ def test_a_model_of_unanalysed_ops_says_which_in_its_error(tmp_path, rng):
     with pytest.raises(UnsupportedModelError, match="1 op holds weights that are not analysed "
                                                     r"\(Einsum 'contract': holds the weights 'E'"):
         audit(path)
+    # A MatMul of two activations holds no weight: the error does not say it does.
+    scores = make_model(tmp_path / "s.onnx", [mk("MatMul", ["x", "x"], ["y"])],
+                        [value("x", [4, 4])], [value("y", [4, 4])])
+    with pytest.raises(UnsupportedModelError) as error:
+        audit(scores)
+    assert "not analysed" not in str(error.value) and "with a constant weight" in str(error.value)
 
 
 def test_onnx_runtime_dequantize_linear_chain_is_a_weight(tmp_path, rng):

@@ -249,10 +249,12 @@ def test_csv_cells_keep_their_resolved_digits(ultraface, lenet):
 
 @pytest.mark.parametrize(("value", "digits", "text"), [
     (0.532, 4, "0.5320"), (1.8476000628, 13, "1.847600062800"), (50.0, 2, "5.0e+01"),
-    (50.0, 1, "5e+01"), (123.4, 4, "123.4"), (1.2e-7, 3, "1.20e-07")])
+    (50.0, 1, "5e+01"), (123.4, 4, "123.4"), (1.2e-7, 3, "1.20e-07"), (0.0, 17, "0")])
 def test_digits_text(value, digits, text):
+    """Exactly the resolved digits; an exact zero (a pruned unit's singular value) is 0."""
     assert digits_text(value, digits) == text
-    assert _significant_digits(text) == digits
+    if value:
+        assert _significant_digits(text) == digits
 
 
 def test_csv_summary_only(lenet, small):

@@ -303,6 +303,19 @@ def test_pruned_units_are_set_aside_as_exact_zeros(rng, shape, low_rank_part):
         assert shown["margin"][0] == pytest.approx(kept / decision.tol, rel=1e-3)
 
 
+@pytest.mark.parametrize("live", [1, 2, 5])
+def test_pruned_layer_with_a_few_live_lines_below_tol(rng, live):
+    """A 300-wide block pruned down to a few tiny lines (tol set by a second block): the live
+    part is decided from its eigenvalues. With one live line the deflated certificate asked
+    Lanczos for 0 pairs and crashed."""
+    block = np.zeros((600, 300), np.float32)
+    block[:, :live] = 1e-6 * rng.standard_normal((600, live))
+    blocks = np.stack([block, rng.standard_normal((600, 300)).astype(np.float32)])
+    decision = decide_rank(blocks, EPS32)
+    ref = reference(blocks, EPS32)
+    assert decision.rank == ref["rank"] == 300
+
+
 def test_ldl_deflates_the_dropped_side_for_the_kept_value(rng, monkeypatch):
     """600 wide, 100 distinct singular values below tol, the kept ones dense in [1, 2]: the
     dropped side's large shift-invert values would stall the kept value's Lanczos, so their

@@ -54,6 +54,8 @@ class Scope:
     variables: set[str]
     label: str
     parent: Scope | None = None
+    identities: dict[str, str] = field(default_factory=dict)  # ConstantResolver.identity's memo
+    constants: dict[str, bool] = field(default_factory=dict)  # ... and is_constant's
 
     @classmethod
     def of_graph(cls, graph: onnx.GraphProto, label: str, parent: Scope | None) -> Scope:
@@ -87,7 +89,6 @@ class ConstantResolver:
     base_dir: str
     opset_imports: list[onnx.OperatorSetIdProto]
     _cache: dict[str, np.ndarray] = field(default_factory=dict)
-    _const: dict[str, bool] = field(default_factory=dict)
 
     def child(self, scope: Scope) -> ConstantResolver:
         """Resolver for a subgraph scope nested in this one (shares opsets and base dir)."""
@@ -106,48 +107,112 @@ class ConstantResolver:
         return None
 
     def is_constant(self, name: str) -> bool:
-        """Tell whether ``name`` holds a value known without running the model."""
+        """Tell whether ``name`` holds a value known without running the model.
+
+        Memoised in the scope that defines each tensor, and iterative: a chain of thousands
+        of nodes before an op costs one visit per tensor and no recursion.
+        """
         if name == "":
             return True
-        if name not in self._const:
-            self._const[name] = self._is_constant(name)
-        return self._const[name]
+        pending: list[tuple[ConstantResolver, str]] = [(self, name)]
+        expanded: set[tuple[str, str]] = set()
+        while pending:
+            resolver, current = pending[-1]
+            found = resolver._lookup(current)
+            if found is None or found[1] != "node":
+                pending.pop()  # a root: answered by _known_constant without a memo
+                continue
+            scope = found[0]
+            if current in scope.constants:
+                pending.pop()
+                continue
+            node = scope.producers[current]
+            owner = resolver._resolver_for(scope)
+            if not _foldable_domain(node) or node.op_type in _NOT_FOLDED:
+                scope.constants[current] = False
+            elif node.op_type == "Constant":
+                scope.constants[current] = True
+            else:
+                unknown = [i for i in node.input if owner._known_constant(i) is None]
+                if unknown and (scope.label, current) not in expanded:
+                    expanded.add((scope.label, current))
+                    pending.extend((owner, i) for i in unknown)
+                    continue
+                # (inputs still unknown after their visit: a cycle, not valid ONNX)
+                scope.constants[current] = not unknown and all(
+                    owner._known_constant(i) for i in node.input)
+            pending.pop()
+        return bool(self._known_constant(name))
 
-    def _is_constant(self, name: str) -> bool:
+    def _known_constant(self, name: str) -> bool | None:
+        """Whether ``name`` is constant, if known without evaluating a node (None if not)."""
+        if name == "":
+            return True
         found = self._lookup(name)
         if found is None:
             return False
         scope, kind = found
         if kind != "node":
             return kind == "initializer"
-        node = scope.producers[name]
-        if not _foldable_domain(node) or node.op_type in _NOT_FOLDED:
-            return False
-        if node.op_type == "Constant":
-            return True
-        return all(self._resolver_for(scope).is_constant(i) for i in node.input)
+        return scope.constants.get(name)
 
-    def unfolded_op(self, name: str) -> NodeProto | None:
+    def unfolded_op(self, name: str, limit: int = 256) -> NodeProto | None:
         """The op that keeps ``name`` from being a constant although it is computed from
-        constants only (an op of another domain, control flow, a random op); None when it
-        depends on a model input or is constant."""
-        found = self._lookup(name)
-        if found is None or found[1] != "node" or self.is_constant(name):
+        constants only (an op of another domain, control flow); None when it depends on a
+        model input, on a run-time value (a random op), or is constant. The walk back visits
+        at most ``limit`` tensors (then None), without recursion."""
+        if self.is_constant(name):
             return None
-        scope = found[0]
-        node = scope.producers[name]
-        resolver = self._resolver_for(scope)
-        inputs = [i for i in node.input if i]
-        if not inputs:
-            return None  # made from nothing (a random op): a run-time value
-        blockers = []
-        for item in inputs:
-            if not resolver.is_constant(item):
-                blocker = resolver.unfolded_op(item)
-                if blocker is None:
-                    return None
-                blockers.append(blocker)
-        return blockers[0] if blockers else node
+        blocker: NodeProto | None = None
+        seen: set[tuple[str, str]] = set()
+        pending: list[tuple[ConstantResolver, str]] = [(self, name)]
+        while pending:
+            resolver, current = pending.pop()
+            found = resolver._lookup(current)
+            if found is None or found[1] == "variable":
+                return None
+            scope, kind = found
+            if kind != "node" or (scope.label, current) in seen:
+                continue
+            seen.add((scope.label, current))
+            if len(seen) > limit:
+                return None
+            node = scope.producers[current]
+            owner = resolver._resolver_for(scope)
+            inputs = [i for i in node.input if i]
+            if not inputs:
+                return None  # made from nothing (a random op): a run-time value
+            variable = [i for i in inputs if not owner.is_constant(i)]
+            if not variable:
+                blocker = blocker or node
+            pending.extend((owner, i) for i in variable)
+        return blocker
+
+    def declared_type(self, name: str) -> tuple[int, int] | None:
+        """(number of dimensions, ONNX element type) of an initializer or a Constant output,
+        read from the proto without loading values (through Identity, Transpose, Cast and
+        DequantizeLinear); None for anything else."""
+        found = self._lookup(name)
+        if found is not None and found[1] == "node":
+            scope = found[0]
+            node = scope.producers[name]
+            if node.op_type == "Constant":
+                tensor = next((a.t for a in node.attribute if a.name == "value"), None)
+                return None if tensor is None else (len(tensor.dims), int(tensor.data_type))
+            if node.op_type not in ("Identity", "Transpose", "Cast", "DequantizeLinear") \
+                    or not node.input:
+                return None
+            below = self._resolver_for(scope).declared_type(node.input[0])
+            if below is None or node.op_type in ("Identity", "Transpose"):
+                return below
+            if node.op_type == "Cast":
+                return below[0], int(helper.get_attribute_value(
+                    next(a for a in node.attribute if a.name == "to")))
+            return below[0], TensorProto.FLOAT
+        if found is None or found[1] != "initializer":
+            return None
+        tensor = found[0].initializers[name]
+        return len(tensor.dims), int(tensor.data_type)
 
     def _resolver_for(self, scope: Scope) -> ConstantResolver:
         return self if scope is self.scope else ConstantResolver(
@@ -184,42 +249,51 @@ class ConstantResolver:
         return result
 
     def trace(self, name: str) -> ConstantTrace:
-        """Describe how the constant ``name`` is made (roots, ops, stored dtype)."""
+        """Describe how the constant ``name`` is made (roots, ops, stored dtype).
+
+        Each tensor is visited once (a DAG that reuses a value is not walked once per use)
+        and without recursion (a long chain is one step per node): roots in first-seen
+        order, ops after their inputs.
+        """
         roots: list[str] = []
         ops: list[str] = []
         sizes: dict[str, tuple[int, str]] = {}
-        self._walk(name, roots, ops, sizes)
+        seen: set[tuple[str, str]] = set()
+        pending: list[tuple[ConstantResolver, str, bool]] = [(self, name, False)]
+        while pending:
+            resolver, current, inputs_done = pending.pop()
+            found = resolver._lookup(current)
+            if found is None or found[1] == "variable":
+                continue
+            scope, kind = found
+            if inputs_done:
+                ops.append(scope.producers[current].op_type)
+                continue
+            if (scope.label, current) in seen:
+                continue
+            seen.add((scope.label, current))
+            node = scope.producers.get(current) if kind == "node" else None
+            if node is None or node.op_type == "Constant":
+                label = _scoped(scope, current)
+                roots.append(label)
+                sizes[label] = resolver._root_size(scope, current)
+                continue
+            owner = resolver._resolver_for(scope)
+            data = node.input[:1] if node.op_type in _DATA_INPUT_ONLY else node.input
+            pending.append((resolver, current, True))
+            pending.extend((owner, i, False) for i in reversed(data) if i)
         biggest = max(roots, key=lambda r: sizes[r][0]) if roots else ""
         stored = sizes[biggest][1] if biggest else "undefined"
         return ConstantTrace(tuple(roots), tuple(ops), stored)
 
-    def _walk(
-        self, name: str, roots: list[str], ops: list[str], sizes: dict[str, tuple[int, str]]
-    ) -> None:
-        found = self._lookup(name)
-        if found is None or _scoped(found[0], name) in roots:
-            return
-        scope, kind = found
-        if kind == "initializer":
+    def _root_size(self, scope: Scope, name: str) -> tuple[int, str]:
+        """(element count, element type name) of an initializer or a Constant output."""
+        if name in scope.initializers:
             tensor = scope.initializers[name]
-            label = _scoped(scope, name)
-            roots.append(label)
             count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
-            sizes[label] = (count, _elem_name(tensor.data_type))
-            return
-        node = scope.producers[name]
-        if node.op_type == "Constant":
-            label = _scoped(scope, name)
-            roots.append(label)
-            value = self._resolver_for(scope).value(name)
-            sizes[label] = (int(value.size), _numpy_elem_name(value.dtype))
-            return
-        resolver = self._resolver_for(scope)
-        data = node.input[:1] if node.op_type in _DATA_INPUT_ONLY else node.input
-        for i in data:
-            if i:
-                resolver._walk(i, roots, ops, sizes)
-        ops.append(node.op_type)
+            return count, _elem_name(tensor.data_type)
+        value = self._resolver_for(scope).value(name)
+        return int(value.size), _numpy_elem_name(value.dtype)
 
     def qualified(self, name: str) -> str:
         """``name`` keyed by the scope that defines it (``scoped_key``); bare when unknown."""
@@ -230,27 +304,65 @@ class ConstantResolver:
         """A name for the constant that is the same exactly when it is computed the same way.
 
         A root (initializer, Constant output, or anything not made by a node here) is
-        ``scope::name``, unique across scopes. A computed tensor is the op with its attributes
-        applied to its inputs' identities, so two Transpose (or DequantizeLinear) nodes that
-        apply the same attributes to the same tensors give one identity: exporters copy such
-        nodes once per consumer of a shared weight. Identity hops are skipped.
+        ``scope::name``, unique across scopes. A computed tensor is its op and a digest of the
+        op's attributes and its inputs' identities, so two Transpose (or DequantizeLinear)
+        nodes that apply the same attributes to the same tensors give one identity: exporters
+        copy such nodes once per consumer of a shared weight. Identity hops are skipped.
+        Memoised per scope, and iterative: a long chain or a DAG that reuses a value costs
+        one visit per tensor.
         """
+        pending: list[tuple[ConstantResolver, str]] = [(self, name)]
+        expanded: set[tuple[str, str]] = set()
+        while pending:
+            resolver, current = pending[-1]
+            found = resolver._lookup(current)
+            if found is None:
+                pending.pop()
+                continue
+            scope, kind = found
+            if current in scope.identities:
+                pending.pop()
+                continue
+            node = scope.producers.get(current) if kind == "node" else None
+            if node is None or node.op_type == "Constant" or not node.input:
+                scope.identities[current] = f"{scope.label}::{current}"
+                pending.pop()
+                continue
+            owner = resolver._resolver_for(scope)
+            inputs = [i for i in node.input if i] if node.op_type != "Identity" else \
+                [node.input[0]]
+            missing = [(owner, i) for i in inputs if owner._known_identity(i) is None]
+            if missing and (scope.label, current) not in expanded:
+                expanded.add((scope.label, current))
+                pending.extend(missing)
+                continue
+            if missing:  # its inputs did not resolve: a cycle (not valid ONNX); stop it here
+                scope.identities[current] = f"{scope.label}::{current}"
+                pending.pop()
+                continue
+            scope.identities[current] = _computed_identity(node, current, owner)
+            pending.pop()
+        identity = self._known_identity(name)
+        return name if identity is None else identity
+
+    def _known_identity(self, name: str) -> str | None:
+        """The memoised identity of ``name`` (its own name when no scope defines it)."""
         found = self._lookup(name)
-        if found is None:
-            return name
-        scope, kind = found
-        node = scope.producers.get(name) if kind == "node" else None
-        if node is None or node.op_type == "Constant" or not node.input:
-            return f"{scope.label}::{name}"
-        resolver = self._resolver_for(scope)
-        if node.op_type == "Identity":
-            return resolver.identity(node.input[0])
-        inputs = ", ".join(resolver.identity(i) if i else "" for i in node.input)
-        attributes = hashlib.sha256(b"".join(
-            a.SerializeToString(deterministic=True)
-            for a in sorted(node.attribute, key=lambda a: a.name))).hexdigest()[:16]
-        output = list(node.output).index(name)
-        return f"{node.domain}.{node.op_type}[{attributes}]({inputs})#{output}"
+        return name if found is None else found[0].identities.get(name)
+
+
+def _computed_identity(node: NodeProto, output: str, owner: ConstantResolver) -> str:
+    """Identity of a node's output from its inputs' (memoised) identities: Identity passes
+    its input's through; any other op is its type and a digest of attributes and inputs."""
+    if node.op_type == "Identity":
+        return str(owner._known_identity(node.input[0]))
+    digest = hashlib.sha256(f"{node.domain}.{node.op_type}#{list(node.output).index(output)}"
+                            .encode())
+    for attribute in sorted(node.attribute, key=lambda a: a.name):
+        digest.update(attribute.SerializeToString(deterministic=True))
+    for item in node.input:
+        digest.update(f"|{owner._known_identity(item) if item else ''}".encode())
+    return f"{node.op_type}:{digest.hexdigest()[:24]}"
 
 
 def _foldable_domain(node: NodeProto) -> bool:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import onnx
-from onnx import AttributeProto, NodeProto, helper
+from onnx import AttributeProto, NodeProto, TensorProto, helper
 
 from onnxcollide.errors import UnsupportedModelError
 from onnxcollide.graph.constants import ConstantResolver, Scope
@@ -36,8 +35,8 @@ _OTHER_OPERAND = {
     "QLinearMatMul": {3: 0, 0: 3},
     "QGemm": {3: 0, 0: 3},
 }
-# Ops of ONNX's domain that hold weights but are not analysed: their weight inputs (None: any
-# constant input of two or more dimensions) and why.
+# Ops of ONNX's domain that hold weights but are not analysed: the inputs that may be weights
+# (None: any input), and why.
 _RECURRENT = ((1, 2), "recurrent weights are not analysed yet (only Conv/Gemm/MatMul and "
                       "their quantized forms are)")
 _UNANALYSED_STANDARD: dict[str, tuple[tuple[int, ...] | None, str]] = {
@@ -48,17 +47,29 @@ _UNANALYSED_STANDARD: dict[str, tuple[tuple[int, ...] | None, str]] = {
                      "audit it"),
     "DeformConv": ((1,), "deformable convolution is not analysed"),
 }
-# Ops of ONNX Runtime's domain that hold weights, with advice.
-_UNANALYSED_CONTRIB = {
-    "FusedConv": "an ONNX Runtime fusion: audit the model as exported, before ONNX Runtime's "
-                 "graph optimizations",
-    "FusedGemm": "an ONNX Runtime fusion: audit the model as exported, before ONNX Runtime's "
-                 "graph optimizations",
-    "FusedMatMul": "an ONNX Runtime fusion: audit the model as exported, before ONNX "
-                   "Runtime's graph optimizations",
-    "MatMulNBits": "block-quantized n-bit weights are not dequantized here: quantize to QDQ "
-                   "format (DequantizeLinear with block_size) to audit them",
+# Ops of ONNX Runtime's domain that hold weights: their weight inputs and advice. Its other
+# ops (normalisations, embeddings, rotary caches, attention on computed q/k/v) hold none.
+_FUSION = ("an ONNX Runtime fusion: audit the model as exported, before ONNX Runtime's graph "
+           "optimizations")
+_NBITS = ("block-quantized n-bit weights are not dequantized here: quantize to QDQ format "
+          "(DequantizeLinear with block_size) to audit them")
+_DYNAMIC = "ONNX Runtime's dynamic quantization op: audit the float model it was made from"
+_UNANALYSED_CONTRIB: dict[str, tuple[tuple[int, ...] | None, str]] = {
+    "FusedConv": ((1,), _FUSION),
+    "FusedGemm": ((0, 1), _FUSION),
+    "FusedMatMul": ((0, 1), _FUSION),
+    "NhwcConv": ((1,), _FUSION),
+    "Attention": ((1,), "ONNX Runtime's fused attention: its packed QKV weight is not "
+                        "analysed; audit the model as exported"),
+    "QAttention": ((1,), "ONNX Runtime's quantized attention: its packed QKV weight is not "
+                         "analysed; audit the float model it was made from"),
+    "MatMulNBits": ((1,), _NBITS),
+    "MatMulBnb4": ((1,), _NBITS),
+    "MatMulFpQ4": ((1,), _NBITS),
+    "DynamicQuantizeMatMul": ((1,), _DYNAMIC),
+    "MatMulIntegerToFloat": ((0, 1), _DYNAMIC),
 }
+_FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 
 
 @dataclass(frozen=True)
@@ -96,11 +107,15 @@ class LinearSite:
 
 @dataclass(frozen=True)
 class SkippedOp:
-    """A linear op that is not analysed, and why (e.g. both operands are activations)."""
+    """An op that is not analysed, and why: a linear op without a constant operand (e.g.
+    attention scores), or an op that holds weights onnxcollide does not read
+    (``holds_weights``: LSTM, Einsum, ONNX Runtime's fused ops, a weight behind an op that
+    is not evaluated)."""
 
     label: str
     op_type: str
     reason: str
+    holds_weights: bool = False
 
 
 def node_label(node: NodeProto, scope: str) -> str:
@@ -149,6 +164,9 @@ def _classify(
     return constant[0], inputs[0]
 
 
+BLOCKED_WEIGHT = "the weight"  # how a skip reason for a weight behind an unevaluated op begins
+
+
 def _blocked_weight(inputs: list[str], candidates: tuple[int, ...],
                     resolver: ConstantResolver) -> str | None:
     """Why a weight operand made from constants only is not read: the op on the way that is
@@ -157,7 +175,7 @@ def _blocked_weight(inputs: list[str], candidates: tuple[int, ...],
         blocker = resolver.unfolded_op(inputs[k])
         if blocker is not None:
             domain = blocker.domain if blocker.domain not in ("", "ai.onnx") else "ai.onnx"
-            return (f"the weight '{inputs[k]}' is computed from constants by "
+            return (f"{BLOCKED_WEIGHT} '{inputs[k]}' is computed from constants by "
                     f"{op_name(blocker)} '{node_label(blocker, 'main')}' (domain '{domain}'), "
                     "which is not evaluated here: export with constant folding, or make the "
                     "weight an initializer")
@@ -172,10 +190,12 @@ def is_linear_op(node: NodeProto) -> bool:
 
 
 def _constant_matrices(node: NodeProto, resolver: ConstantResolver,
-                       indices: tuple[int, ...] | None) -> list[str]:
-    """The node's constant inputs of two or more dimensions (weights, not scales or shapes)
-    among ``indices`` (None: all), each once; none when every input is constant (a node that
-    constant folding would remove)."""
+                       indices: tuple[int, ...] | None, float_only: bool) -> list[str]:
+    """The node's weights: constant inputs among ``indices`` (None: all) whose declared
+    shape has two or more dimensions, or is not declared (a computed weight), each once.
+    ``float_only`` (an op of an unknown domain): declared float tensors only (integer tensors
+    there are indices or shapes). None when every input is constant (a node that constant
+    folding would remove). No value is loaded."""
     names = [name for name in node.input if name]
     if all(resolver.is_constant(name) for name in names):
         return []
@@ -185,31 +205,39 @@ def _constant_matrices(node: NodeProto, resolver: ConstantResolver,
     for name in dict.fromkeys(chosen):
         if not resolver.is_constant(name):
             continue
-        try:
-            if np.ndim(resolver.value(name)) >= 2:
+        declared = resolver.declared_type(name)
+        if float_only:
+            if declared is not None and declared[0] >= 2 and declared[1] in _FLOAT_TYPES:
                 matrices.append(name)
-        except UnsupportedModelError:
-            matrices.append(name)  # a weight we cannot even compute is still a weight
+        elif declared is None or declared[0] >= 2:
+            matrices.append(name)
     return matrices
 
 
 def _unanalysed_reason(node: NodeProto, resolver: ConstantResolver) -> str | None:
-    """Why a node that reads constant matrices is not analysed; None for nodes that hold no
-    weight (or ONNX ops that are not layers, such as an embedding Gather)."""
+    """Why a node that holds weights is not analysed; None for nodes that hold none (ONNX
+    ops that are not layers, such as an embedding Gather, and ONNX Runtime ops without
+    weights)."""
     standard = node.domain in ("", "ai.onnx")
-    if standard and node.op_type not in _UNANALYSED_STANDARD:
+    if standard:
+        known = _UNANALYSED_STANDARD.get(node.op_type)
+    elif node.domain == MS_DOMAIN:
+        known = _UNANALYSED_CONTRIB.get(node.op_type)
+    else:
+        known = (None, "")
+    if known is None:
         return None
-    indices, why = _UNANALYSED_STANDARD[node.op_type] if standard else (None, "")
-    matrices = _constant_matrices(node, resolver, indices)
+    indices, why = known
+    other_domain = not standard and node.domain != MS_DOMAIN
+    matrices = _constant_matrices(node, resolver, indices, float_only=other_domain)
     if not matrices:
         return None
     held = ", ".join(f"'{name}'" for name in matrices)
-    if standard:
+    if not other_domain:
         return f"holds the weights {held}: {why}"
-    advice = _UNANALYSED_CONTRIB.get(node.op_type) if node.domain == MS_DOMAIN else None
-    return (f"an op of domain '{node.domain}' that reads the constant matrices {held}: "
-            + (advice or "only ONNX's Conv/Gemm/MatMul ops (quantized forms included) and "
-                         "ONNX Runtime's QGemm are analysed"))
+    return (f"an op of domain '{node.domain}' that reads the constant matrices {held}: only "
+            "ONNX's Conv/Gemm/MatMul ops (quantized forms included) and ONNX Runtime's QGemm "
+            "are analysed")
 
 
 def op_name(node: NodeProto) -> str:
@@ -239,12 +267,13 @@ def _walk_graph(
         if is_linear_op(node):
             verdict = _classify(node, resolver)
             if isinstance(verdict, str):
-                out.append(SkippedOp(label, node.op_type, verdict))
+                blocked = verdict.startswith(BLOCKED_WEIGHT)
+                out.append(SkippedOp(label, node.op_type, verdict, holds_weights=blocked))
             else:
                 weight, data = verdict
                 out.append(LinearSite(label, node, weight, data, resolver, index, scope_label))
         elif (reason := _unanalysed_reason(node, resolver)) is not None:
-            out.append(SkippedOp(label, op_name(node), reason))
+            out.append(SkippedOp(label, op_name(node), reason, holds_weights=True))
         for attr_name, sub in subgraphs(node):
             sub_scope = Scope.of_graph(sub, subgraph_label(label, attr_name), resolver.scope)
             _walk_graph(sub, resolver.child(sub_scope), out)

@@ -40,6 +40,8 @@ def digits_text(value: float, digits: int) -> str:
     """``value`` written with exactly ``digits`` significant digits, trailing zeros kept
     (``0.5320`` for 4 digits), so a machine-read cell shows how many digits are resolved;
     scientific notation where positional notation would hide them (``5.0e+01``, not ``50``)."""
+    if value == 0:
+        return "0"  # an exact zero (a pruned unit's singular value), whatever the digit count
     text = f"{value:#.{digits}g}"
     if text.endswith(".") or ".e" in text:  # '50.' or '5.e+01': a bare point
         return f"{value:.{digits - 1}e}"
