@@ -87,9 +87,9 @@ def claim_descriptor(path: str) -> int | None:
 
 def write_claimed(claimed: int, path: str, write: Callable[[BinaryIO], object]) -> None:
     """Write through a descriptor from ``claim_descriptor`` (its position and append mode
-    are kept), and close it."""
+    are kept); the caller closes it."""
     try:
-        with os.fdopen(claimed, "wb") as out:
+        with os.fdopen(claimed, "wb", closefd=False) as out:
             write(out)
     except OSError as exc:
         raise UsageError(f"cannot write here ({exc.strerror or exc})", path) from exc
@@ -100,7 +100,10 @@ def _write_to_descriptor(descriptor: int, path: str,
     """Write through a duplicate of ``descriptor`` taken now."""
     claimed = claim_descriptor(path)
     assert claimed is not None
-    write_claimed(claimed, path, write)
+    try:
+        write_claimed(claimed, path, write)
+    finally:
+        os.close(claimed)
 
 
 def write_text(path: str, text: str) -> None:

@@ -100,14 +100,18 @@ def check_report_path(path: str, models: tuple[str, ...]) -> int | None:
     if not path:
         raise UsageError("needs a file name", "--output ''", "use '-' for standard output")
     claimed = claim_descriptor(path)
-    if claimed is not None:
-        return claimed
-    check_output_folder(path)
+    if claimed is None:
+        check_output_folder(path)
+    target = os.fstat(claimed) if claimed is not None else \
+        os.stat(path) if os.path.exists(path) else None
     for model in models:
-        if os.path.exists(path) and os.path.exists(model) and os.path.samefile(path, model):
+        if target is not None and os.path.exists(model) and os.path.samestat(target,
+                                                                             os.stat(model)):
+            if claimed is not None:
+                os.close(claimed)
             raise UsageError(f"is the model '{model}': the report would replace it",
                              f"--output {path}", "choose another file name")
-    return None
+    return claimed
 
 
 def check_output_folder(path: str) -> None:
@@ -242,6 +246,13 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
     def run() -> None:
         target = None if output == "-" or output is None else output
         claimed = None if target is None else check_report_path(target, models)
+        try:
+            _audit_and_report(target, claimed)
+        finally:
+            if claimed is not None:
+                os.close(claimed)
+
+    def _audit_and_report(target: str | None, claimed: int | None) -> None:
         if check:  # --device cuda without CUDA is a usage error before any work (as in collide)
             from onnxcollide.runtime import resolve_device
 

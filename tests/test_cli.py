@@ -376,6 +376,24 @@ def test_a_descriptor_that_is_not_open_is_refused_before_any_work():
     assert "/dev/fd/987: is not an open file descriptor" in line
 
 
+def test_a_descriptor_on_the_model_is_refused_and_claimed_ones_are_closed(tmp_path):
+    """-o /dev/fd/N open on an input model (3>>model.onnx) would append the report to the
+    model: a usage error, the model intact. A claimed descriptor is closed on every path (a
+    failed audit leaked one per run)."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes((DATA / "lenet5_mnist_torch.onnx").read_bytes())
+    before = model.read_bytes()
+    with open(model, "ab") as appending:
+        line = assert_one_line_error(run("audit", str(model), "-o",
+                                         f"/dev/fd/{appending.fileno()}"), 2)
+    assert "the report would replace it" in line and model.read_bytes() == before
+    open_before = len(os.listdir("/proc/self/fd"))
+    with open(tmp_path / "report.txt", "wb") as report:
+        for _ in range(3):
+            run("audit", str(tmp_path / "missing.onnx"), "-o", f"/dev/fd/{report.fileno()}")
+        assert len(os.listdir("/proc/self/fd")) == open_before + 1
+
+
 def test_errors_name_the_model_file_among_several(tmp_path):
     """A weight error names the file: two models can have a node of the same name."""
     w = np.ones((4, 3), np.float32)

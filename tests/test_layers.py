@@ -902,6 +902,38 @@ def test_deep_graphs_and_reused_values_stay_cheap(tmp_path):
     assert [s.label for s in result.skipped] == ["scores"]
 
 
+def test_declared_shapes_decide_what_counts_as_a_weight(tmp_path, rng):
+    """What the skip rules call a weight comes from declared shapes, without loading values:
+    a custom op's Reshape-made float matrix is one; an Einsum's Constant(value_floats) vector
+    is not; a Cast without 'to' (an invalid model) is not read and does not crash."""
+    f32 = np.float32
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("Reshape", ["W16", "shape"], ["Wr"]),
+         mk("Foo", ["x", "Wr"], ["a"], domain="my.dom", name="reshaped"),
+         mk("Constant", [], ["s"], value_floats=[1.0, 2.0, 3.0, 4.0]),
+         mk("Einsum", ["x", "s"], ["b"], equation="bi,i->b", name="vector"),
+         mk("Cast", ["V"], ["Vc"]), mk("Bar", ["x", "Vc"], ["c"], domain="my.dom", name="cast"),
+         mk("MatMul", ["x", "M"], ["y"], name="mm")],
+        [value("x", [2, 4])], [value(n, None) for n in ("a", "b", "c", "y")],
+        [init("W16", np.ones(16, f32)), ints("shape", [4, 4]), init("V", np.ones((4, 4), f32)),
+         init("M", np.eye(4, dtype=f32))],
+        extra_opsets=[("my.dom", 1)], check=False,
+    )
+    result = audit(path)
+    assert [s.label for s in result.skipped] == ["reshaped"]
+
+
+def test_a_weight_behind_thousands_of_identity_nodes(tmp_path, rng):
+    """3000 Identity nodes between an initializer and its MatMul (value() recursed once per
+    node and hit Python's limit at about 450)."""
+    w = irank(rng, 6, 4, 2).astype(np.float32)
+    chain = [mk("Identity", ["W" if k == 0 else f"w{k - 1}"], [f"w{k}"]) for k in range(3000)]
+    path = make_model(tmp_path / "m.onnx", [*chain, mk("MatMul", ["x", "w2999"], ["y"])],
+                      [value("x", [1, 6])], [value("y", [1, 4])], [init("W", w)])
+    assert row_summary(only_row(audit(path))) == flags(6, 4, 2)
+
+
 def test_a_model_of_unanalysed_ops_says_which_in_its_error(tmp_path, rng):
     """Nothing analysable but an Einsum with a weight: the one-line error names it and why."""
     path = make_model(

@@ -185,34 +185,57 @@ class ConstantResolver:
             variable = [i for i in inputs if not owner.is_constant(i)]
             if not variable:
                 blocker = blocker or node
-            pending.extend((owner, i) for i in variable)
+            pending.extend((owner, i) for i in reversed(variable))  # the first input first
         return blocker
 
     def declared_type(self, name: str) -> tuple[int, int] | None:
-        """(number of dimensions, ONNX element type) of an initializer or a Constant output,
-        read from the proto without loading values (through Identity, Transpose, Cast and
-        DequantizeLinear); None for anything else."""
-        found = self._lookup(name)
-        if found is not None and found[1] == "node":
-            scope = found[0]
-            node = scope.producers[name]
-            if node.op_type == "Constant":
-                tensor = next((a.t for a in node.attribute if a.name == "value"), None)
-                return None if tensor is None else (len(tensor.dims), int(tensor.data_type))
-            if node.op_type not in ("Identity", "Transpose", "Cast", "DequantizeLinear") \
-                    or not node.input:
+        """(number of dimensions, ONNX element type) of a constant, read from the proto
+        without loading weight values: an initializer or a Constant output, seen through
+        Identity, Transpose, Cast, DequantizeLinear, Flatten and Reshape (its small shape
+        input is read); None for anything else."""
+        chain: list[NodeProto] = []
+        resolver, current = self, name
+        while True:
+            found = resolver._lookup(current)
+            if found is None or found[1] == "variable":
                 return None
-            below = self._resolver_for(scope).declared_type(node.input[0])
-            if below is None or node.op_type in ("Identity", "Transpose"):
-                return below
-            if node.op_type == "Cast":
-                return below[0], int(helper.get_attribute_value(
-                    next(a for a in node.attribute if a.name == "to")))
-            return below[0], TensorProto.FLOAT
-        if found is None or found[1] != "initializer":
-            return None
-        tensor = found[0].initializers[name]
-        return len(tensor.dims), int(tensor.data_type)
+            scope, kind = found
+            if kind == "initializer":
+                tensor = scope.initializers[current]
+                declared: tuple[int, int] | None = (len(tensor.dims), int(tensor.data_type))
+                break
+            node = scope.producers[current]
+            if node.op_type == "Constant":
+                declared = _constant_type(node)
+                break
+            if node.op_type not in _TYPE_KEEPING_OPS or not node.input or not node.input[0]:
+                return None
+            chain.append(node)
+            resolver, current = resolver._resolver_for(scope), node.input[0]
+        for node in reversed(chain):
+            if declared is None:
+                return None
+            declared = self._after(node, declared)
+        return declared
+
+    def _after(self, node: NodeProto, declared: tuple[int, int]) -> tuple[int, int] | None:
+        """The declared (dims, type) of ``node``'s output from its first input's."""
+        dims, elem = declared
+        if node.op_type == "Cast":
+            to = next((a for a in node.attribute if a.name == "to"), None)
+            return None if to is None else (dims, int(helper.get_attribute_value(to)))
+        if node.op_type == "DequantizeLinear":
+            return dims, TensorProto.FLOAT
+        if node.op_type == "Flatten":
+            return 2, elem
+        if node.op_type == "Reshape":
+            if len(node.input) < 2 or not self.is_constant(node.input[1]):
+                return None
+            try:
+                return int(np.size(self.value(node.input[1]))), elem
+            except UnsupportedModelError:
+                return None
+        return dims, elem  # Identity, Transpose
 
     def _resolver_for(self, scope: Scope) -> ConstantResolver:
         return self if scope is self.scope else ConstantResolver(
@@ -235,6 +258,8 @@ class ConstantResolver:
         found = self._lookup(name)
         if found is None or not self.is_constant(name):
             raise UnsupportedModelError(f"tensor '{name}' is not a constant")
+        if found[1] == "node" and found[0].producers[name].op_type == "Identity":
+            return self._through_identities(name)
         scope, kind = found
         if kind == "initializer":
             result = tensor_to_array(scope.initializers[name], self.base_dir)
@@ -247,6 +272,18 @@ class ConstantResolver:
         if result.nbytes <= _CACHE_BYTES:
             self._cache[name] = result
         return result
+
+    def _through_identities(self, name: str) -> np.ndarray:
+        """The value behind a run of Identity nodes, followed in a loop (exporters can chain
+        hundreds; one recursion per node would hit Python's limit)."""
+        resolver = self
+        found = resolver._lookup(name)
+        while found is not None and found[1] == "node" and \
+                found[0].producers[name].op_type == "Identity":
+            resolver = resolver._resolver_for(found[0])
+            name = found[0].producers[name].input[0]
+            found = resolver._lookup(name)
+        return resolver.value(name)
 
     def trace(self, name: str) -> ConstantTrace:
         """Describe how the constant ``name`` is made (roots, ops, stored dtype).
@@ -363,6 +400,26 @@ def _computed_identity(node: NodeProto, output: str, owner: ConstantResolver) ->
     for item in node.input:
         digest.update(f"|{owner._known_identity(item) if item else ''}".encode())
     return f"{node.op_type}:{digest.hexdigest()[:24]}"
+
+
+_TYPE_KEEPING_OPS = {"Identity", "Transpose", "Cast", "DequantizeLinear", "Flatten", "Reshape"}
+
+
+# Constant attributes other than ``value``: (number of dimensions, ONNX element type).
+_CONSTANT_ATTRIBUTE_TYPES = {
+    "value_float": (0, TensorProto.FLOAT), "value_int": (0, TensorProto.INT64),
+    "value_floats": (1, TensorProto.FLOAT), "value_ints": (1, TensorProto.INT64),
+}
+
+
+def _constant_type(node: NodeProto) -> tuple[int, int] | None:
+    """(number of dimensions, ONNX element type) of a Constant node's value."""
+    for attr in node.attribute:
+        if attr.name == "value":
+            return len(attr.t.dims), int(attr.t.data_type)
+        if attr.name in _CONSTANT_ATTRIBUTE_TYPES:
+            return _CONSTANT_ATTRIBUTE_TYPES[attr.name]
+    return None
 
 
 def _foldable_domain(node: NodeProto) -> bool:
