@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, NodeProto, TensorProto, helper
 
-from onnxcollide.errors import UnsupportedModelError
+from onnxcollide.errors import OnnxCollideError, UnsupportedModelError
 from onnxcollide.graph.tensors import tensor_to_array
 
 # Ops never folded: their output is not a function of their inputs alone.
@@ -233,7 +233,7 @@ class ConstantResolver:
                 return None
             try:
                 return int(np.size(self.value(node.input[1]))), elem
-            except UnsupportedModelError:
+            except OnnxCollideError:  # a shape we cannot read (missing external data, ...)
                 return None
         return dims, elem  # Identity, Transpose
 
