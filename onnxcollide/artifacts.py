@@ -29,9 +29,12 @@ def write_atomically(path: str, write: Callable[[BinaryIO], object]) -> None:
     Raises:
         UsageError: the folder does not exist, ``path`` is a folder, or it cannot be written.
     """
-    descriptor = _open_descriptor(path)
-    if descriptor is not None:
-        _write_to_descriptor(descriptor, path, write)
+    claimed = claim_descriptor(path)
+    if claimed is not None:
+        try:
+            write_claimed(claimed, path, write)
+        finally:
+            os.close(claimed)
         return
     target = os.path.realpath(path)
     if os.path.isdir(target):
@@ -93,17 +96,6 @@ def write_claimed(claimed: int, path: str, write: Callable[[BinaryIO], object]) 
             write(out)
     except OSError as exc:
         raise UsageError(f"cannot write here ({exc.strerror or exc})", path) from exc
-
-
-def _write_to_descriptor(descriptor: int, path: str,
-                         write: Callable[[BinaryIO], object]) -> None:
-    """Write through a duplicate of ``descriptor`` taken now."""
-    claimed = claim_descriptor(path)
-    assert claimed is not None
-    try:
-        write_claimed(claimed, path, write)
-    finally:
-        os.close(claimed)
 
 
 def write_text(path: str, text: str) -> None:

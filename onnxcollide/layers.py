@@ -215,7 +215,7 @@ def _gemm_parts(site: LinearSite, infos: dict[str, TensorInfo]
     if len(wshape) != 2:
         raise UnsupportedModelError(f"Gemm weight has shape {wshape}, expected 2-D", _where(site))
     alpha = float(_attr(site, "alpha", 1.0))  # type: ignore[arg-type]
-    on_right = site.weight_index != 0  # Gemm's B is input 1, QGemm's input 3
+    on_right = site.weight_on_right
     flag = "transB" if on_right else "transA"
     trans = int(_attr(site, flag, 0))  # type: ignore[call-overload]
     # x @ B': W = B' ; A' @ x: W = A'^T.  So W = weight^T exactly when (right and trans) or
@@ -299,8 +299,7 @@ def _arrange_stack(mats: np.ndarray, lead: tuple[int, ...], modes: tuple[str, ..
 def _matmul_parts(site: LinearSite, infos: dict[str, TensorInfo]
                   ) -> tuple[int, int, int, str, str, Callable[[], np.ndarray]]:
     wshape = _weight_shape(site, infos)
-    on_right = site.weight_index in (1, 3) if site.op_type == "QLinearMatMul" else \
-        site.weight_index == 1
+    on_right = site.weight_on_right
     lead: tuple[int, ...] = ()
     if len(wshape) == 1:  # a vector operand: x @ b gives W = b (K x 1); a @ x gives W = a
         q, p, stack = wshape[0], 1, 1

@@ -207,14 +207,12 @@ def _dense_units(site: LinearSite, shape: tuple[int, ...], q: int) -> np.ndarray
     """(units, q) flat positions of each input vector of a Gemm/MatMul in its data operand."""
     size = int(np.prod(shape))
     index = np.arange(size).reshape(shape)
-    op, w = site.op_type, site.weight_index
-    if op in ("Gemm", "QGemm"):
-        right = w != 0  # the weight is B (Gemm's input 1, QGemm's input 3): x is A
+    right = site.weight_on_right  # the data operand is then A, on the left
+    if site.op_type in ("Gemm", "QGemm"):
         trans = next((int(a.i) for a in site.node.attribute
                       if a.name == ("transA" if right else "transB")), 0)
         rows = (trans == 0) if right else (trans == 1)
         return index if rows else index.T
-    right = w in (1, 3) if op == "QLinearMatMul" else w == 1
     if len(shape) == 1:
         return index.reshape(1, -1)
     if right:

@@ -599,8 +599,9 @@ def _ldl_after_failure(facts: _BlockFacts, tol: float, factor: np.ndarray, faile
                        lam_error: float, scratch: np.ndarray) -> _BlockRank | None:
     """The Schur-complement decision after the Cholesky factorisation of ``G - tol^2 I``
     failed. A failure at the first pivot, or one that leaves a Schur complement wider than
-    SCHUR_MAX_DIM (dead units early in a wide layer: zero rows and columns of G), is retried
-    once with G permuted so its diagonal decreases, which moves them to the end."""
+    SCHUR_MAX_DIM (nearly dead units early in a wide layer: tiny rows and columns of G; exact
+    zeros were set aside before), is retried once with G permuted so its diagonal decreases,
+    which moves them to the end."""
     assert facts.gram is not None
     gram, m = facts.gram, facts.gram.shape[0]
     if failed_at == 1 or m - failed_at + 1 > SCHUR_MAX_DIM:

@@ -104,6 +104,13 @@ class LinearSite:
         """Name of the weight tensor as the node consumes it."""
         return str(self.node.input[self.weight_index])
 
+    @property
+    def weight_on_right(self) -> bool:
+        """Whether the weight is the right operand (``x @ W``) of a two-sided op: every one
+        has its left operand at input 0 (Gemm's B is input 1, QGemm's and QLinearMatMul's 3).
+        """
+        return self.weight_index != 0
+
 
 @dataclass(frozen=True)
 class SkippedOp:
