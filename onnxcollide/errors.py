@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class OnnxCollideError(Exception):
     """Base class: a problem the user can act on.
@@ -24,7 +26,8 @@ class OnnxCollideError(Exception):
     def in_file(self, path: str) -> OnnxCollideError:
         """This error with ``path`` leading its location, unless it leads it already (a node
         name alone does not say which of several models is at fault)."""
-        if not (self.where == path or self.where.startswith((f"{path},", f"{path}:"))):
+        named = (path, os.path.abspath(path))  # the loader names the file by its full path
+        if not any(self.where == p or self.where.startswith((f"{p},", f"{p}:")) for p in named):
             self.where = f"{path}, {self.where}" if self.where else path
             self.args = (self.one_line(),)
         return self

@@ -394,6 +394,15 @@ def test_a_descriptor_on_the_model_is_refused_and_claimed_ones_are_closed(tmp_pa
         assert len(os.listdir("/proc/self/fd")) == open_before + 1
 
 
+def test_a_load_error_names_the_file_once(tmp_path, monkeypatch):
+    """A file given by a relative path that is not ONNX: its full path is named once (it
+    read 'notes.txt, /full/path/notes.txt: not a valid ONNX file')."""
+    (tmp_path / "notes.txt").write_text("not a model")
+    monkeypatch.chdir(tmp_path)
+    line = assert_one_line_error(run("audit", "notes.txt"), 3)
+    assert line.count("notes.txt") == 1 and "not a valid ONNX file" in line
+
+
 def test_errors_name_the_model_file_among_several(tmp_path):
     """A weight error names the file: two models can have a node of the same name."""
     w = np.ones((4, 3), np.float32)
