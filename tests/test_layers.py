@@ -934,6 +934,27 @@ def test_a_weight_behind_thousands_of_identity_nodes(tmp_path, rng):
     assert row_summary(only_row(audit(path))) == flags(6, 4, 2)
 
 
+def test_a_weight_behind_thousands_of_transpose_nodes(tmp_path, rng):
+    """2001 Transpose nodes fold into a MatMul weight (value() recursed once per folded op
+    other than Identity and hit Python's limit at about 450); an odd count transposes it."""
+    w = irank(rng, 4, 6, 2).astype(np.float32)
+    chain = [mk("Transpose", ["W" if k == 0 else f"w{k - 1}"], [f"w{k}"], perm=[1, 0])
+             for k in range(2001)]
+    path = make_model(tmp_path / "m.onnx", [*chain, mk("MatMul", ["x", "w2000"], ["y"])],
+                      [value("x", [1, 6])], [value("y", [1, 4])], [init("W", w)])
+    assert row_summary(only_row(audit(path))) == flags(6, 4, 2)
+
+
+def test_a_weight_built_from_a_value_reused_at_every_level(tmp_path, rng):
+    """w_k+1 = w_k + w_k, 40 levels, on a weight too large for the small-value cache: each op
+    is evaluated once (recursion evaluated 2^40 of them)."""
+    w = irank(rng, 500, 600, 200).astype(np.float32)
+    adds = [mk("Add", [f"w{k}", f"w{k}"], [f"w{k + 1}"]) for k in range(40)]
+    path = make_model(tmp_path / "m.onnx", [*adds, mk("MatMul", ["x", "w40"], ["y"])],
+                      [value("x", [1, 500])], [value("y", [1, 600])], [init("w0", w)])
+    assert row_summary(only_row(audit(path))) == flags(500, 600, 200)
+
+
 def test_a_model_of_unanalysed_ops_says_which_in_its_error(tmp_path, rng):
     """Nothing analysable but an Einsum with a weight: the one-line error names it and why."""
     path = make_model(

@@ -250,40 +250,89 @@ class ConstantResolver:
     def value(self, name: str) -> np.ndarray:
         """Compute the constant ``name`` (memory-mapped where it is external data).
 
+        The chain that makes it is evaluated in order without recursion (exporters can chain
+        hundreds of Identity or Transpose nodes), each op once, and an intermediate value is
+        released as soon as its last consumer in the chain has been computed.
+
         Raises:
             UnsupportedModelError: the tensor is not constant or an op cannot be folded.
         """
         if name in self._cache:
             return self._cache[name]
-        found = self._lookup(name)
-        if found is None or not self.is_constant(name):
+        if self._lookup(name) is None or not self.is_constant(name):
             raise UnsupportedModelError(f"tensor '{name}' is not a constant")
-        if found[1] == "node" and found[0].producers[name].op_type == "Identity":
-            return self._through_identities(name)
-        scope, kind = found
-        if kind == "initializer":
-            result = tensor_to_array(scope.initializers[name], self.base_dir)
-        else:
-            node = scope.producers[name]
-            resolver = self._resolver_for(scope)
-            inputs = [resolver.value(i) if i else None for i in node.input]
-            outputs = fold_node(node, inputs, self.opset_imports, self.base_dir)
-            result = outputs[list(node.output).index(name)]
+        order, uses = self._fold_order(name)
+        target = order[-1][0]
+        results: dict[tuple[str, str], np.ndarray] = {}
+        for key, resolver, current in order:
+            results[key] = resolver._value_of(current, results)
+            for used in resolver._input_keys(current):
+                uses[used] -= 1
+                if uses[used] == 0 and used != target:
+                    del results[used]
+        result = results[target]
         if result.nbytes <= _CACHE_BYTES:
             self._cache[name] = result
         return result
 
-    def _through_identities(self, name: str) -> np.ndarray:
-        """The value behind a run of Identity nodes, followed in a loop (exporters can chain
-        hundreds; one recursion per node would hit Python's limit)."""
-        resolver = self
-        found = resolver._lookup(name)
-        while found is not None and found[1] == "node" and \
-                found[0].producers[name].op_type == "Identity":
-            resolver = resolver._resolver_for(found[0])
-            name = found[0].producers[name].input[0]
-            found = resolver._lookup(name)
-        return resolver.value(name)
+    def _key(self, name: str) -> tuple[str, str]:
+        """``name`` qualified by the label of the scope that defines it."""
+        found = self._lookup(name)
+        return (found[0].label if found else "", name)
+
+    def _input_keys(self, name: str) -> list[tuple[str, str]]:
+        """Keys of the inputs ``name``'s producer reads (none for a root or a cached value)."""
+        found = self._lookup(name)
+        if found is None or found[1] != "node" or name in self._cache:
+            return []
+        owner = self._resolver_for(found[0])
+        return [owner._key(i) for i in found[0].producers[name].input if i]
+
+    def _fold_order(
+        self, name: str
+    ) -> tuple[list[tuple[tuple[str, str], ConstantResolver, str]], dict[tuple[str, str], int]]:
+        """The tensors that make ``name``, each once, inputs before consumers (``name`` last),
+        and how many of them read each one."""
+        order: list[tuple[tuple[str, str], ConstantResolver, str]] = []
+        uses: dict[tuple[str, str], int] = {}
+        seen: set[tuple[str, str]] = set()
+        pending: list[tuple[ConstantResolver, str, bool]] = [(self, name, False)]
+        while pending:
+            resolver, current, inputs_done = pending.pop()
+            key = resolver._key(current)
+            if inputs_done:
+                order.append((key, resolver, current))
+                continue
+            if key in seen:
+                continue
+            seen.add(key)
+            pending.append((resolver, current, True))
+            found = resolver._lookup(current)
+            if found is None or found[1] != "node" or current in resolver._cache:
+                continue
+            owner = resolver._resolver_for(found[0])
+            for i in found[0].producers[current].input:
+                if i:
+                    uses[owner._key(i)] = uses.get(owner._key(i), 0) + 1
+                    pending.append((owner, i, False))
+        return order, uses
+
+    def _value_of(self, name: str, inputs: dict[tuple[str, str], np.ndarray]) -> np.ndarray:
+        """``name``'s value: a cached value, a root's, or its producer folded on ``inputs``
+        (the values of its inputs, by key)."""
+        if name in self._cache:
+            return self._cache[name]
+        found = self._lookup(name)
+        if found is None:
+            raise UnsupportedModelError(f"tensor '{name}' is not a constant")
+        scope, kind = found
+        if kind == "initializer":
+            return tensor_to_array(scope.initializers[name], self.base_dir)
+        node = scope.producers[name]
+        owner = self._resolver_for(scope)
+        values = [inputs[owner._key(i)] if i else None for i in node.input]
+        outputs = fold_node(node, values, self.opset_imports, self.base_dir)
+        return outputs[list(node.output).index(name)]
 
     def trace(self, name: str) -> ConstantTrace:
         """Describe how the constant ``name`` is made (roots, ops, stored dtype).
