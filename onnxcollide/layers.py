@@ -108,20 +108,23 @@ def _info(site: LinearSite, name: str, infos: dict[str, TensorInfo]) -> TensorIn
     return infos.get(site.resolver.qualified(name))
 
 
-def _weight_shape(site: LinearSite, infos: dict[str, TensorInfo]) -> tuple[int, ...]:
-    info = _info(site, site.weight_name, infos)
-    if info is not None and info.shape is not None and all(d is not None for d in info.shape):
-        return tuple(int(d) for d in info.shape)  # type: ignore[arg-type]
+def _weight_shape(site: LinearSite) -> tuple[int, ...]:
+    """The weight tensor's shape, from the protos that hold it (never from value_info, which
+    can be stale), else from its value."""
+    declared = site.resolver.declared(site.weight_name)
+    if declared is not None:
+        return declared[0]
     return tuple(site.resolver.value(site.weight_name).shape)
 
 
-def _float_dtype(site: LinearSite, infos: dict[str, TensorInfo]) -> str:
-    info = _info(site, site.weight_name, infos)
-    if info is not None and info.dtype in ("float", "float16", "double", "bfloat16"):
-        return info.dtype
-    value = site.resolver.value(site.weight_name)
-    return str(helper.tensor_dtype_to_string(helper.np_dtype_to_tensor_dtype(value.dtype))
-               ).removeprefix("TensorProto.").lower()
+def _float_dtype(site: LinearSite) -> str:
+    """The element type the op computes the weight in (``float``, ``float16``, ...)."""
+    declared = site.resolver.declared(site.weight_name)
+    if declared is not None:
+        elem = declared[1]
+    else:
+        elem = helper.np_dtype_to_tensor_dtype(site.resolver.value(site.weight_name).dtype)
+    return str(helper.tensor_dtype_to_string(elem)).removeprefix("TensorProto.").lower()
 
 
 _QUANTIZED = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm"}
@@ -180,7 +183,7 @@ def _conv_blocks(weight: np.ndarray, groups: int, transposed: bool) -> np.ndarra
 def _conv_layer_parts(
     site: LinearSite, infos: dict[str, TensorInfo], convention: ConvConvention
 ) -> tuple[int, int, int, str, ConvGeometry, Callable[[], np.ndarray]]:
-    wshape = _weight_shape(site, infos)
+    wshape = _weight_shape(site)
     geometry = conv_geometry(site, wshape)
     g = geometry.groups
     kernel_size = int(np.prod(wshape[2:]))
@@ -211,7 +214,7 @@ def _conv_layer_parts(
 
 def _gemm_parts(site: LinearSite, infos: dict[str, TensorInfo]
                 ) -> tuple[int, int, int, str, str, Callable[[], np.ndarray]]:
-    wshape = _weight_shape(site, infos)
+    wshape = _weight_shape(site)
     if len(wshape) != 2:
         raise UnsupportedModelError(f"Gemm weight has shape {wshape}, expected 2-D", _where(site))
     alpha = float(_attr(site, "alpha", 1.0))  # type: ignore[arg-type]
@@ -298,7 +301,7 @@ def _arrange_stack(mats: np.ndarray, lead: tuple[int, ...], modes: tuple[str, ..
 
 def _matmul_parts(site: LinearSite, infos: dict[str, TensorInfo]
                   ) -> tuple[int, int, int, str, str, Callable[[], np.ndarray]]:
-    wshape = _weight_shape(site, infos)
+    wshape = _weight_shape(site)
     on_right = site.weight_on_right
     lead: tuple[int, ...] = ()
     if len(wshape) == 1:  # a vector operand: x @ b gives W = b (K x 1); a @ x gives W = a
@@ -350,7 +353,7 @@ def build_layer(
         q, p, groups, layout, reading, load = _gemm_parts(site, infos)
     else:
         q, p, groups, layout, reading, load = _matmul_parts(site, infos)
-    compute = "float" if site.op_type in _QUANTIZED else _float_dtype(site, infos)
+    compute = "float" if site.op_type in _QUANTIZED else _float_dtype(site)
     if site.op_type in _QUANTIZED:
         layout += " (dequantized)"
     return LinearLayer(

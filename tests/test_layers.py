@@ -26,7 +26,7 @@ from builders import (
     value,
 )
 from builders import integer_rank as irank
-from onnx import helper
+from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from onnxcollide.audit import AuditSettings
@@ -1303,3 +1303,73 @@ def test_vector_weight_on_either_side_of_matmul_is_one_row(tmp_path, rng):
     row = only_row(audit(path))
     assert row.layer.nodes == ("mv_right", "mv_left")
     assert row_summary(row) == flags(4, 1, 1)
+
+
+def test_a_stale_value_info_does_not_set_the_weight_shape(tmp_path, rng):
+    """value_info declaring Transpose(W)'s output with W's own shape (a leftover that ONNX
+    Runtime only warns about): q and p come from the tensor, not the declaration."""
+    w = irank(rng, 4, 6, 2).astype(np.float32)
+    model = build_model(
+        [mk("Transpose", ["W"], ["Wt"], perm=[1, 0]), mk("MatMul", ["x", "Wt"], ["y"])],
+        [value("x", [1, 6])], [value("y", [1, 4])], [init("W", w)])
+    model.graph.value_info.append(value("Wt", [4, 6]))
+    path = str(tmp_path / "m.onnx")
+    onnx.save(model, path)
+    assert row_summary(only_row(audit(path))) == flags(6, 4, 2)
+
+
+def _ref_attr(name: str, ref: str) -> onnx.AttributeProto:
+    attr = onnx.AttributeProto(name=name, ref_attr_name=ref, type=onnx.AttributeProto.INT)
+    return attr
+
+
+def test_a_function_attribute_default_reaches_the_linear_op(tmp_path, rng):
+    """A model-local function whose Gemm reads transB from an attribute with a default
+    (attribute_proto, left out at the call): ONNX's inliner drops it, which read B untransposed."""
+    gemm = mk("Gemm", ["a", "w"], ["b"])
+    gemm.attribute.append(_ref_attr("transB", "tb"))
+    function = helper.make_function("local", "lin", ["a", "w"], ["b"], [gemm],
+                                    [helper.make_opsetid("", 17)])
+    function.attribute_proto.append(helper.make_attribute("tb", 1))
+    w = irank(rng, 4, 6, 2).astype(np.float32)  # stored N x K: transB=1 reads W^T (6 x 4)
+    path = make_model(tmp_path / "m.onnx", [mk("lin", ["x", "B"], ["y"], domain="local")],
+                      [value("x", [1, 6])], [value("y", [1, 4])], [init("B", w)],
+                      functions=[function], extra_opsets=[("local", 1)])
+    assert row_summary(only_row(audit(path))) == flags(6, 4, 2)
+
+
+def test_sparse_weights_are_read_dense(tmp_path, rng):
+    """A weight in graph.sparse_initializer and one in a Constant's sparse_value (linear and
+    coordinate indices): both are rows, with the ranks of their dense values."""
+    values = numpy_helper.from_array(np.array([1.0, 2.0], np.float32), "S")
+    sparse = helper.make_sparse_tensor(values, numpy_helper.from_array(
+        np.array([0, 4], np.int64), "S_idx"), [3, 3])  # diag(1, 2, 0): rank 2
+    coords = helper.make_sparse_tensor(
+        numpy_helper.from_array(np.array([1.0, 2.0, 3.0], np.float32), "c"),
+        numpy_helper.from_array(np.array([[0, 0], [1, 1], [2, 0]], np.int64), "c_idx"), [3, 2])
+    model = build_model([mk("MatMul", ["x", "S"], ["h"]),
+                         mk("Constant", [], ["C"], sparse_value=coords),
+                         mk("MatMul", ["h", "C"], ["y"])],
+                        [value("x", [1, 3])], [value("y", [1, 2])], check=False)
+    model.graph.sparse_initializer.append(sparse)
+    path = str(tmp_path / "m.onnx")
+    onnx.save(model, path)
+    rows = audit(path).rows
+    assert [row_summary(r) for r in rows] == [flags(3, 3, 2), flags(3, 2, 2)]
+    np.testing.assert_array_equal(blocks_of(rows[1])[0], [[1, 0], [0, 2], [3, 0]])
+
+
+def test_opset_4_reshape_with_a_shape_attribute_in_a_weight_chain(tmp_path, rng):
+    """Reshape in opsets 1 to 4 takes its target shape as an attribute."""
+    w = irank(rng, 6, 4, 2).astype(np.float32)
+    model = build_model([mk("Reshape", ["Wf"], ["W"], shape=[6, 4]),
+                         mk("MatMul", ["x", "W"], ["y"])],
+                        [value("x", [1, 6])], [value("y", [1, 4])],
+                        [init("Wf", w.reshape(-1))], check=False)
+    model.opset_import[0].version = 4
+    model.ir_version = 3
+    model.graph.input.append(value("Wf", [24]))  # IR 3: initializers are graph inputs
+    onnx.checker.check_model(model)
+    path = str(tmp_path / "m.onnx")
+    onnx.save(model, path)
+    assert row_summary(only_row(audit(path))) == flags(6, 4, 2)

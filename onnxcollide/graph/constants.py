@@ -190,9 +190,15 @@ class ConstantResolver:
 
     def declared_type(self, name: str) -> tuple[int, int] | None:
         """(number of dimensions, ONNX element type) of a constant, read from the proto
-        without loading weight values: an initializer or a Constant output, seen through
-        Identity, Transpose, Cast, DequantizeLinear, Flatten and Reshape (its small shape
-        input is read); None for anything else."""
+        without loading weight values (see ``declared``); None where unknown."""
+        declared = self.declared(name)
+        return None if declared is None else (len(declared[0]), declared[1])
+
+    def declared(self, name: str) -> tuple[tuple[int, ...], int] | None:
+        """(shape, ONNX element type) of a constant, read from the protos without loading
+        weight values: an initializer or a Constant output, seen through Identity, Transpose,
+        Cast, DequantizeLinear, Flatten and Reshape (its small shape input is read); None for
+        anything else. Never taken from value_info, which a model may carry stale."""
         chain: list[NodeProto] = []
         resolver, current = self, name
         while True:
@@ -202,11 +208,12 @@ class ConstantResolver:
             scope, kind = found
             if kind == "initializer":
                 tensor = scope.initializers[current]
-                declared: tuple[int, int] | None = (len(tensor.dims), int(tensor.data_type))
+                declared: tuple[tuple[int, ...], int] | None = (
+                    tuple(int(d) for d in tensor.dims), int(tensor.data_type))
                 break
             node = scope.producers[current]
             if node.op_type == "Constant":
-                declared = _constant_type(node)
+                declared = _constant_declared(node)
                 break
             if node.op_type not in _TYPE_KEEPING_OPS or not node.input or not node.input[0]:
                 return None
@@ -218,24 +225,50 @@ class ConstantResolver:
             declared = self._after(node, declared)
         return declared
 
-    def _after(self, node: NodeProto, declared: tuple[int, int]) -> tuple[int, int] | None:
-        """The declared (dims, type) of ``node``'s output from its first input's."""
-        dims, elem = declared
+    def _after(self, node: NodeProto, declared: tuple[tuple[int, ...], int]
+               ) -> tuple[tuple[int, ...], int] | None:
+        """The declared (shape, type) of ``node``'s output from its first input's."""
+        shape, elem = declared
         if node.op_type == "Cast":
             to = next((a for a in node.attribute if a.name == "to"), None)
-            return None if to is None else (dims, int(helper.get_attribute_value(to)))
+            return None if to is None else (shape, int(helper.get_attribute_value(to)))
         if node.op_type == "DequantizeLinear":
-            return dims, TensorProto.FLOAT
+            return shape, self._dequantized_type(node)
+        if node.op_type == "Transpose":
+            perm = _ints_attr(node, "perm") or list(range(len(shape)))[::-1]
+            return (tuple(shape[a] for a in perm), elem) if sorted(perm) == list(
+                range(len(shape))) else None
         if node.op_type == "Flatten":
-            return 2, elem
+            axis = int(_attrs(node).get("axis", 1))  # type: ignore[call-overload]
+            axis = axis + len(shape) if axis < 0 else axis
+            return (int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))), elem
         if node.op_type == "Reshape":
-            if len(node.input) < 2 or not self.is_constant(node.input[1]):
-                return None
-            try:
-                return int(np.size(self.value(node.input[1]))), elem
-            except OnnxCollideError:  # a shape we cannot read (missing external data, ...)
-                return None
-        return dims, elem  # Identity, Transpose
+            target = self._reshape_target(node)
+            reshaped = None if target is None else _reshaped_shape(
+                shape, target, int(_attrs(node).get("allowzero", 0)))  # type: ignore[call-overload]
+            return None if reshaped is None else (reshaped, elem)
+        return shape, elem  # Identity
+
+    def _dequantized_type(self, node: NodeProto) -> int:
+        """DequantizeLinear's output type: ``output_dtype`` (opset 23), else the scale's type
+        (float where the scale's is not declared)."""
+        output_dtype = int(_attrs(node).get("output_dtype", 0))  # type: ignore[call-overload]
+        if output_dtype:
+            return output_dtype
+        scale = self.declared(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+        return TensorProto.FLOAT if scale is None else scale[1]
+
+    def _reshape_target(self, node: NodeProto) -> list[int] | None:
+        """A Reshape's target shape: its constant shape input (opset 5+) or its ``shape``
+        attribute (opsets 1 to 4); None where it cannot be read."""
+        if len(node.input) < 2 or not node.input[1]:
+            return _ints_attr(node, "shape")
+        if not self.is_constant(node.input[1]):
+            return None
+        try:
+            return [int(d) for d in np.asarray(self.value(node.input[1])).reshape(-1)]
+        except OnnxCollideError:  # a shape we cannot read (missing external data, ...)
+            return None
 
     def _resolver_for(self, scope: Scope) -> ConstantResolver:
         return self if scope is self.scope else ConstantResolver(
@@ -461,14 +494,41 @@ _CONSTANT_ATTRIBUTE_TYPES = {
 }
 
 
-def _constant_type(node: NodeProto) -> tuple[int, int] | None:
-    """(number of dimensions, ONNX element type) of a Constant node's value."""
+def _constant_declared(node: NodeProto) -> tuple[tuple[int, ...], int] | None:
+    """(shape, ONNX element type) of a Constant node's value, None where not declared."""
     for attr in node.attribute:
         if attr.name == "value":
-            return len(attr.t.dims), int(attr.t.data_type)
+            return tuple(int(d) for d in attr.t.dims), int(attr.t.data_type)
+        if attr.name == "sparse_value":
+            return tuple(int(d) for d in attr.sparse_tensor.dims), int(
+                attr.sparse_tensor.values.data_type)
         if attr.name in _CONSTANT_ATTRIBUTE_TYPES:
-            return _CONSTANT_ATTRIBUTE_TYPES[attr.name]
+            ndims, elem = _CONSTANT_ATTRIBUTE_TYPES[attr.name]
+            count = len(attr.floats) if attr.name == "value_floats" else len(attr.ints)
+            return ((count,) if ndims == 1 else ()), elem
     return None
+
+
+def _ints_attr(node: NodeProto, name: str) -> list[int] | None:
+    attr = next((a for a in node.attribute if a.name == name), None)
+    return None if attr is None else [int(v) for v in attr.ints]
+
+
+def _reshaped_shape(shape: tuple[int, ...], target: list[int], allowzero: int
+                    ) -> tuple[int, ...] | None:
+    """The shape Reshape gives ``shape`` for ``target`` (0 copies a dim unless allowzero, one
+    -1 is inferred); None where the target does not fit."""
+    dims = [shape[k] if d == 0 and not allowzero and k < len(shape) else d
+            for k, d in enumerate(target)]
+    size = int(np.prod(shape, dtype=np.int64))
+    if dims.count(-1) == 1:
+        known = int(np.prod([d for d in dims if d != -1], dtype=np.int64))
+        if known == 0 or size % known:
+            return None
+        dims[dims.index(-1)] = size // known
+    if any(d < 0 for d in dims) or int(np.prod(dims, dtype=np.int64)) != size:
+        return None
+    return tuple(dims)
 
 
 def _foldable_domain(node: NodeProto) -> bool:
@@ -616,8 +676,8 @@ def _fold_transpose(node: NodeProto, inputs: Inputs, opset: int) -> np.ndarray:
 
 
 def _fold_reshape(node: NodeProto, inputs: Inputs, opset: int) -> np.ndarray:
-    shape = inputs[1]
-    if shape is None:  # opset < 5: shape attribute
+    shape = inputs[1] if len(inputs) > 1 else None
+    if shape is None:  # opsets 1 to 4: a shape attribute
         shape = np.array(_attrs(node).get("shape"), dtype=np.int64)
     return _reshape(_first(inputs), shape, _int_attr(node, "allowzero", 0))
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import onnx
 import onnx.inliner
 from google.protobuf.message import DecodeError
+from onnx import AttributeProto, GraphProto, NodeProto, helper, numpy_helper
 
 from onnxcollide.errors import ModelLoadError
+from onnxcollide.graph.tensors import sparse_to_array
 
 
 @dataclass(frozen=True)
@@ -21,7 +24,8 @@ class LoadedModel:
     Attributes:
         path: the file as the user gave it.
         base_dir: folder that external data locations resolve against.
-        proto: the ModelProto, model-local functions inlined.
+        proto: the ModelProto, model-local functions inlined (their attribute defaults
+            applied), sparse tensors stored dense.
         opset: version of the default ONNX domain.
         sha256: hex digest of the .onnx file's bytes.
     """
@@ -97,13 +101,78 @@ def _load_cached(path: str, mtime_ns: int, size: int) -> LoadedModel:
 def _load_uncached(path: str) -> LoadedModel:
     data = _read_bytes(path)
     proto = _parse(data, path)
+    base_dir = os.path.dirname(os.path.abspath(path))
     if len(proto.functions) > 0:
+        _apply_function_defaults(proto)
         try:
             proto = onnx.inliner.inline_local_functions(proto)
         except Exception as exc:  # onnx raises plain exceptions from C++
             raise ModelLoadError(
                 f"cannot inline the model-local functions ({exc})", path
             ) from exc
-    base_dir = os.path.dirname(os.path.abspath(path))
+    _densify_sparse(proto, base_dir)
     digest = hashlib.sha256(data).hexdigest()
     return LoadedModel(path, base_dir, proto, _default_opset(proto), digest)
+
+
+def graphs_in(graph: GraphProto) -> Iterator[GraphProto]:
+    """Yield ``graph`` and every subgraph inside it (If/Loop/Scan bodies at any depth),
+    depth first in node order, without recursion."""
+    pending = [graph]
+    while pending:
+        current = pending.pop()
+        yield current
+        inner: list[GraphProto] = []
+        for node in current.node:
+            inner.extend(_node_subgraphs(node))
+        pending.extend(reversed(inner))
+
+
+def _node_subgraphs(node: NodeProto) -> list[GraphProto]:
+    graphs: list[GraphProto] = []
+    for attr in node.attribute:
+        if attr.type == AttributeProto.GRAPH:
+            graphs.append(attr.g)
+        elif attr.type == AttributeProto.GRAPHS:
+            graphs.extend(attr.graphs)
+    return graphs
+
+
+def _apply_function_defaults(proto: onnx.ModelProto) -> None:
+    """Write each model-local function's attribute defaults (``attribute_proto``) onto the
+    calls that leave them out: ONNX's inliner drops an attribute that refers to a default
+    (onnx 1.23), which would turn e.g. a default ``transB=1`` into 0."""
+    defaults = {(f.domain, f.name, f.overload): list(f.attribute_proto)
+                for f in proto.functions if len(f.attribute_proto) > 0}
+    if not defaults:
+        return
+    for node in _all_nodes(proto):
+        given = {a.name for a in node.attribute}
+        for default in defaults.get((node.domain, node.op_type, node.overload), []):
+            if default.name not in given:
+                node.attribute.append(default)
+
+
+def _all_nodes(proto: onnx.ModelProto) -> list[NodeProto]:
+    """The nodes of the main graph, of every function body, and of every subgraph in them."""
+    tops = list(proto.graph.node) + [node for f in proto.functions for node in f.node]
+    nodes: list[NodeProto] = []
+    for top in tops:
+        nodes.append(top)
+        nodes += [n for sub in _node_subgraphs(top) for g in graphs_in(sub) for n in g.node]
+    return nodes
+
+
+def _densify_sparse(proto: onnx.ModelProto, base_dir: str) -> None:
+    """Store sparse initializers and Constant ``sparse_value`` attributes as dense tensors
+    (the same values; weights are read from dense tensors only)."""
+    for graph in graphs_in(proto.graph):
+        for sparse in graph.sparse_initializer:
+            graph.initializer.append(
+                numpy_helper.from_array(sparse_to_array(sparse, base_dir), sparse.values.name))
+        del graph.sparse_initializer[:]
+        for node in graph.node:
+            for k, attr in enumerate(node.attribute):
+                if node.op_type == "Constant" and attr.name == "sparse_value":
+                    dense = numpy_helper.from_array(sparse_to_array(attr.sparse_tensor, base_dir))
+                    node.attribute[k].CopyFrom(helper.make_attribute("value", dense))

@@ -8,7 +8,7 @@ converting its bytes), so the rewritten model still refers to the same files and
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +17,7 @@ import onnx.inliner
 from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, TypeProto, helper, numpy_helper
 
 from onnxcollide.errors import UnsupportedModelError, UsageError
-from onnxcollide.graph.linear_ops import subgraphs
+from onnxcollide.graph.load import graphs_in
 from onnxcollide.graph.tensors import dtype_name, is_external
 
 DOUBLE = TensorProto.DOUBLE
@@ -101,21 +101,13 @@ def inferred_elem_types(model: onnx.ModelProto) -> dict[str, int]:
     except Exception:  # onnx raises plain exceptions from C++; declared types still help
         inferred = model
     types: dict[str, int] = {}
-    for graph in _graphs(inferred.graph):
+    for graph in graphs_in(inferred.graph):
         for value in [*graph.input, *graph.value_info, *graph.output]:
             if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
                 types[value.name] = value.type.tensor_type.elem_type
         for tensor in graph.initializer:
             types[tensor.name] = tensor.data_type
     return types
-
-
-def _graphs(graph: GraphProto) -> Iterator[GraphProto]:
-    """Yield ``graph`` and every subgraph inside it, depth first."""
-    yield graph
-    for node in graph.node:
-        for _, sub in subgraphs(node):
-            yield from _graphs(sub)
 
 
 # ------------------------------------------------------------------ float64 copy
@@ -145,7 +137,7 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     copy.CopyFrom(model)
     if len(copy.functions) > 0:
         copy = onnx.inliner.inline_local_functions(copy)
-    for graph in _graphs(copy.graph):
+    for graph in graphs_in(copy.graph):
         _refuse_quantized(graph)
     context = _Float64Context(
         types=inferred_elem_types(copy),
@@ -175,7 +167,7 @@ class _NameMaker:
 
     def __init__(self, graph: GraphProto) -> None:
         self._used: set[str] = set()
-        for sub in _graphs(graph):
+        for sub in graphs_in(graph):
             self._used |= _main_graph_tensors(sub) | {n.name for n in sub.node}
             self._used |= {name for n in sub.node for name in n.input}
 

@@ -89,3 +89,28 @@ def tensor_to_array(tensor: TensorProto, base_dir: str) -> np.ndarray:
     if count == 0:
         return np.zeros(shape, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+def sparse_to_array(sparse: onnx.SparseTensorProto, base_dir: str) -> np.ndarray:
+    """Return a SparseTensorProto's dense values (absent entries are 0).
+
+    ``indices`` is (NNZ,) linear indices or (NNZ, rank) coordinates (the ONNX spec's two forms).
+
+    Raises:
+        ModelLoadError: the indices do not fit the tensor's dims.
+    """
+    values = np.asarray(tensor_to_array(sparse.values, base_dir)).reshape(-1)
+    indices = np.asarray(tensor_to_array(sparse.indices, base_dir)).astype(np.int64)
+    dims = tuple(int(d) for d in sparse.dims)
+    dense = np.zeros(int(np.prod(dims, dtype=np.int64)), dtype=values.dtype)
+    try:
+        flat = indices.reshape(-1) if indices.ndim <= 1 else np.ravel_multi_index(
+            tuple(indices.reshape(values.size, len(dims)).T), dims)
+        dense[flat] = values
+    except (ValueError, IndexError) as exc:
+        raise ModelLoadError(
+            f"sparse tensor indices do not fit its dims {list(dims)} ({exc})",
+            f"tensor '{sparse.values.name}'",
+            "the model is corrupt; export it again",
+        ) from exc
+    return dense.reshape(dims)
