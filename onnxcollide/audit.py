@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from onnxcollide.errors import OnnxCollideError, UnsupportedModelError
+from onnxcollide.errors import OnnxCollideError, UnsupportedModelError, UsageError
 from onnxcollide.graph.constants import ConstantResolver, Scope
 from onnxcollide.graph.input_path import FirstLayerPath, PathStep, trace_input
 from onnxcollide.graph.linear_ops import LinearSite, SkippedOp, find_linear_ops
@@ -171,6 +171,8 @@ def _decide(layer: LinearLayer, rule: ToleranceRule) -> RankDecision:
         return decide_rank(layer.load_blocks(), eps, rule)
     except FloatingPointError as exc:
         raise UnsupportedModelError(str(exc), where, "the model's weights are corrupt") from exc
+    except OverflowError as exc:
+        raise UsageError(str(exc), where, "use a smaller --rtol") from exc
     except ValueError as exc:
         raise UnsupportedModelError(f"the weight does not fit the op ({exc})", where) from exc
 

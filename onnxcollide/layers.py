@@ -237,7 +237,10 @@ def _gemm_parts(site: LinearSite, infos: dict[str, TensorInfo]
     def load() -> np.ndarray:
         weight = _float_weight(site, output_axis)
         matrix = weight.T if transpose else weight
-        return (matrix * alpha if alpha != 1.0 else matrix)[None]
+        if alpha == 1.0:
+            return matrix[None]
+        # at least float32: alpha * W can overflow float16 (the rank is alpha's to scale)
+        return (matrix.astype(np.promote_types(matrix.dtype, np.float32)) * alpha)[None]
 
     return q, p, 1, layout, reading, load
 

@@ -44,6 +44,8 @@ GRAM_TRUST = 1.01  # a Gram decision with a margin below this is re-decided by S
 CHUNK_BYTES = 64 << 20  # float64 bytes per chunk streamed into the Gram matrix
 SIGMA_MAX_RTOL = 1e-10  # Lanczos residual tolerance for sigma_max^2 (of the scaled Gram matrix)
 SIGMA_MAX_RESTARTS = 200  # beyond (a tight cluster at the top), all eigenvalues by dsyevd
+SIGMA_MAX_SEED = 20241121  # the Lanczos start vector for sigma_max: the same bytes every run
+CERTIFICATE_ROUNDING = 8.0  # sigma_max^2's certificate shift above the Ritz value, in m*eps64
 KEPT_RTOL = 1e-5  # block Lanczos tolerance for the smallest kept eigenvalue on the Gram path
 HELD_GRAM_BYTES = 512 << 20  # Gram matrices kept between the two passes; beyond, recomputed
 
@@ -303,14 +305,16 @@ def _upper_eigvalsh(gram: np.ndarray, subset: list[int] | None = None) -> np.nda
 
 
 def _largest_eigenvalue(gram: np.ndarray) -> tuple[float, float]:
-    """Largest eigenvalue of a symmetric matrix (upper triangle used) by Lanczos, and the
-    residual norm ``||G v - theta v||`` of its Ritz pair (an eigenvalue lies within it; 0 when
-    a dense eigensolver gave the value).
+    """Largest eigenvalue of a symmetric positive semidefinite matrix (upper triangle used)
+    and a bound on its error: Lanczos, then a Cholesky certificate that no eigenvalue lies
+    above it (0 error when a dense eigensolver gave the value).
 
     The Lanczos runs on G scaled by its largest diagonal entry, so ARPACK's stopping test is
-    relative for weights of any magnitude. Matrix-vector products go through scipy's BLAS
-    (dsymv): mixing numpy's and scipy's OpenBLAS thread pools in one loop makes them spin
-    against each other on few cores.
+    relative for weights of any magnitude, from a seeded random start (a structured start
+    such as all ones can be orthogonal to the top eigenvector of a structured weight, e.g.
+    mirrored units, and Lanczos then never sees it). Matrix-vector products go through
+    scipy's BLAS (dsymv): mixing numpy's and scipy's OpenBLAS thread pools in one loop makes
+    them spin against each other on few cores.
     """
     m = gram.shape[0]
     if not np.any(gram):
@@ -318,7 +322,7 @@ def _largest_eigenvalue(gram: np.ndarray) -> tuple[float, float]:
     if m <= SVD_MAX_DIM:
         return float(_upper_eigvalsh(gram, [m - 1, m - 1])[0]), 0.0
     scale = float(np.diagonal(gram).max())  # > 0: a nonzero Gram matrix has a positive diagonal
-    start = np.ones(m) / math.sqrt(m)
+    start = np.random.default_rng(SIGMA_MAX_SEED).standard_normal(m)
     operator = LinearOperator(
         (m, m), matvec=lambda x: blas.dsymv(1.0 / scale, gram, x.ravel(), lower=0),
         dtype=np.float64)
@@ -329,8 +333,23 @@ def _largest_eigenvalue(gram: np.ndarray) -> tuple[float, float]:
         return float(_upper_eigvalsh(gram, [m - 1, m - 1])[0]), 0.0
     vector = vectors[:, 0] / np.linalg.norm(vectors[:, 0])
     value = float(values[0]) * scale
-    residual = blas.dsymv(1.0, gram, vector, lower=0) - value * vector
-    return value, float(np.linalg.norm(residual))
+    residual = float(np.linalg.norm(blas.dsymv(1.0, gram, vector, lower=0) - value * vector))
+    bound = value + residual + CERTIFICATE_ROUNDING * m * EPS64 * value
+    if not _nothing_above(gram, bound):  # Lanczos missed the top: take it from all of them
+        return float(_upper_eigvalsh(gram, [m - 1, m - 1])[0]), 0.0
+    # value - residual <= lambda_max <= bound, up to the certificate's own rounding
+    return value, bound - value + 2.0 * m * EPS64 * bound
+
+
+def _nothing_above(gram: np.ndarray, bound: float) -> bool:
+    """Whether every eigenvalue of G is below ``bound``: a Cholesky factorisation of
+    ``bound * I - G`` succeeds (in float64, for eigenvalues further below than its rounding,
+    about m * eps64 * bound)."""
+    scratch = _scratch_like(gram)
+    np.negative(gram, out=scratch)
+    scratch[np.diag_indices(gram.shape[0])] += bound
+    _, info = scipy.linalg.lapack.dpotrf(scratch, lower=0, clean=0, overwrite_a=1)
+    return int(info) == 0
 
 
 def _singular_values(blocks: np.ndarray) -> np.ndarray:
@@ -723,7 +742,7 @@ def decide_rank(blocks: np.ndarray, eps: float, rule: ToleranceRule | None = Non
     if not big:
         sigmas = _singular_values(blocks)
         sigma_max = float(sigmas.max())
-        tol = rule.tolerance(sigma_max, q, p, eps)
+        tol = _checked_tolerance(rule, sigma_max, (q, p, eps))
         error = _svd_error(max(qb, pb), sigma_max)
         decided = _rank_from_sigmas(sigmas.ravel(), tol, "svd", lambda s: error)
         return _combine([decided], sigma_max, error, rule, (q, p, eps))
@@ -737,7 +756,7 @@ def decide_rank(blocks: np.ndarray, eps: float, rule: ToleranceRule | None = Non
         facts.append(fact)
     sigma_max = max(f.sigma_max for f in facts)
     sigma_max_error = max(f.sigma_max_error for f in facts)
-    tol = rule.tolerance(sigma_max, q, p, eps)
+    tol = _checked_tolerance(rule, sigma_max, (q, p, eps))
     results = []
     for fact in facts:
         if fact.gram is None:
@@ -747,7 +766,26 @@ def decide_rank(blocks: np.ndarray, eps: float, rule: ToleranceRule | None = Non
     return _combine(results, sigma_max, sigma_max_error, rule, (q, p, eps))
 
 
+def _checked_tolerance(rule: ToleranceRule, sigma_max: float,
+                       shape_eps: tuple[int, int, float]) -> float:
+    """``tol`` for this sigma_max.
+
+    Raises:
+        FloatingPointError: sigma_max overflows float64 (entries near float64's maximum).
+        OverflowError: tol does (an ``rtol`` too large for this weight's scale).
+    """
+    if not math.isfinite(sigma_max):
+        raise FloatingPointError("the weight's largest singular value overflows float64")
+    tol = rule.tolerance(sigma_max, *shape_eps)
+    if not math.isfinite(tol):
+        raise OverflowError(f"tol = sigma_max * rtol overflows float64 (sigma_max "
+                            f"{sigma_max:.6g}, rtol {rule.rtol:g})")
+    return tol
+
+
 def _decide_block(facts: _BlockFacts, tol: float, n: int, sigma_max: float) -> _BlockRank:
+    if tol > facts.sigma_max + facts.sigma_max_error:  # all below tol (tol^2 may overflow)
+        return _BlockRank(0, None, facts.sigma_max, "gram-eigh", None, facts.sigma_max_error)
     precise = sigma_max > 0 and _gram_is_precise(n, tol / sigma_max)
     if precise:
         result = _rank_from_gram(facts, tol)

@@ -1373,3 +1373,45 @@ def test_opset_4_reshape_with_a_shape_attribute_in_a_weight_chain(tmp_path, rng)
     path = str(tmp_path / "m.onnx")
     onnx.save(model, path)
     assert row_summary(only_row(audit(path))) == flags(6, 4, 2)
+
+
+def test_integer_matmul_and_more_onnx_runtime_weight_ops_are_listed(tmp_path, rng):
+    """An int64 MatMul on a constant (index arithmetic) is skipped, not a stop for the whole
+    audit; ONNX Runtime's channels-last QLinearConv and MoE are listed with their weights."""
+    f32 = np.float32
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("MatMul", ["x", "W"], ["y"], name="dense"),
+         mk("MatMul", ["i", "K"], ["j"], name="index"),
+         mk("QLinearConv", ["xq", "s", "z", "wq", "s", "z", "s", "z"], ["yq"],
+            domain="com.microsoft", channels_last=1, name="nhwc"),
+         mk("MoE", ["x", "router", "fc1", "", "fc2"], ["moe"], domain="com.microsoft",
+            name="experts")],
+        [value("x", [1, 4]), value("i", [1, 3], onnx.TensorProto.INT64),
+         value("xq", [1, 5, 5, 2], UINT8), value("router", [1, 2])],
+        [value("y", [1, 4]), value("j", None), value("yq", None), value("moe", None)],
+        [init("W", np.eye(4, dtype=f32)), init("K", np.ones((3, 2), np.int64)),
+         init("s", np.array(0.1, f32)), init("z", np.array(0, np.uint8)),
+         init("wq", np.ones((3, 3, 3, 2), np.uint8)), init("fc1", np.ones((2, 4, 8), f32)),
+         init("fc2", np.ones((2, 8, 4), f32))],
+        extra_opsets=[("com.microsoft", 1)], check=False,
+    )
+    result = audit(path)
+    assert [r.layer.nodes for r in result.rows] == [("dense",)]
+    reasons = {s.label: s.reason for s in result.skipped}
+    assert "int64: integer arithmetic" in reasons["index"]
+    assert "'wq'" in reasons["nhwc"] and "'fc1', 'fc2'" in reasons["experts"]
+
+
+def test_gemm_alpha_does_not_overflow_a_float16_weight(tmp_path, rng):
+    """alpha * W formed in float16 overflowed (max |W| 390, alpha 1000) and was reported as
+    corrupt weights; the scaled matrix is formed in float32."""
+    w = (irank(rng, 6, 5, 3) * 30).astype(np.float16)
+    w[0, 0] = 390
+    path = make_model(tmp_path / "m.onnx", [mk("Gemm", ["x", "W"], ["y"], alpha=1000.0)],
+                      [value("x", [1, 6], FLOAT16)], [value("y", [1, 5], FLOAT16)],
+                      [init("W", w)])
+    row = only_row(audit(path))
+    expected = np.linalg.svd(w.astype(np.float64) * 1000, compute_uv=False)
+    assert row.decision.sigma_max == pytest.approx(expected[0], rel=1e-6)
+    assert row.layer.compute_dtype == "float16"

@@ -690,3 +690,62 @@ def test_deflated_report_is_schema_valid(tmp_path, rng, monkeypatch, method):
     schema = json.loads(resources.files("onnxcollide").joinpath(
         "schemas", "audit-report-v1.schema.json").read_text("utf-8"))
     jsonschema.Draft202012Validator(schema).validate(data)
+
+
+def _mirrored_pair_weight() -> np.ndarray:
+    """1200 x 400: two mirrored units (16 e0 and -16 e0, sigma 16 sqrt(2), right singular
+    vector (e0 - e1)/sqrt(2), orthogonal to all ones) beside a block of values 1e-3 (20) and
+    0.05..0.1. Power-of-two entries keep every Krylov vector started from all ones exactly 0
+    on the pair, so a Lanczos started there converged to 0.1 (rank 399, not 379)."""
+    rng = np.random.default_rng(1)
+    w = np.zeros((1200, 400), np.float32)
+    u = np.linalg.qr(rng.standard_normal((1198, 398)))[0]
+    v = np.linalg.qr(rng.standard_normal((398, 398)))[0]
+    s = np.linspace(0.05, 0.1, 398)
+    s[:20] = 1e-3
+    w[2:, 2:] = ((u * s) @ v.T).astype(np.float32)
+    w[0, 0], w[0, 1] = 16.0, -16.0
+    return w
+
+
+def test_sigma_max_of_mirrored_units_is_found():
+    w = _mirrored_pair_weight()
+    decision = decide_rank(w[None], EPS_OF["float"])
+    reference = np.linalg.svd(w.astype(np.float64), compute_uv=False)
+    assert decision.rank == 379
+    assert decision.sigma_max == pytest.approx(reference[0], rel=1e-10)
+
+
+def test_a_lanczos_that_misses_the_top_is_caught_by_the_certificate(monkeypatch):
+    """Lanczos made to return the second eigenpair: the Cholesky of bound*I - G fails, and the
+    top comes from a dense eigensolver instead of the missed value."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((500, 300))
+    gram = gram_matrix(w.astype(np.float32))
+    lam, vec = np.linalg.eigh(np.triu(gram) + np.triu(gram, 1).T)
+
+    def second_pair(*args, **kwargs):
+        return lam[-2:-1] / float(np.diagonal(gram).max()), vec[:, -2:-1]
+
+    monkeypatch.setattr(spectral, "eigsh", second_pair)
+    value, error = spectral._largest_eigenvalue(gram)
+    assert value == pytest.approx(lam[-1], rel=1e-12) and error == 0.0
+    assert not spectral._nothing_above(gram, lam[-2] * (1 + 1e-9))
+    assert spectral._nothing_above(gram, lam[-1] * (1 + 1e-9))
+
+
+def test_a_tolerance_or_sigma_max_that_overflows_is_refused():
+    w = np.random.default_rng(0).standard_normal((40, 30)).astype(np.float32) * 1e9
+    with pytest.raises(OverflowError, match="overflows float64"):
+        decide_rank(w[None], EPS32, ToleranceRule(rtol=1e300))
+    with pytest.raises(FloatingPointError, match="largest singular value overflows"):
+        decide_rank(np.full((1, 40, 30), 1.5e308), EPS_OF["double"])
+
+
+def test_a_tolerance_above_sigma_max_drops_everything_on_the_gram_path(recwarn):
+    """atol 1e300: tol^2 overflows float64; every value is dropped without a warning."""
+    w = np.random.default_rng(0).standard_normal((600, 400)).astype(np.float32)
+    decision = decide_rank(w[None], EPS32, ToleranceRule(atol=1e300))
+    assert decision.rank == 0 and decision.smallest_kept is None
+    assert decision.largest_dropped == pytest.approx(np.linalg.norm(w.astype(np.float64), 2), rel=1e-9)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

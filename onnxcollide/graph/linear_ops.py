@@ -11,6 +11,7 @@ from onnx import AttributeProto, NodeProto, TensorProto, helper
 from onnxcollide.errors import UnsupportedModelError
 from onnxcollide.graph.constants import ConstantResolver, Scope
 from onnxcollide.graph.load import LoadedModel
+from onnxcollide.graph.tensors import dtype_name
 
 # op type -> (indices of the operands that may be the weight, in order of preference)
 LINEAR_OPS: dict[str, tuple[int, ...]] = {
@@ -68,8 +69,27 @@ _UNANALYSED_CONTRIB: dict[str, tuple[tuple[int, ...] | None, str]] = {
     "MatMulFpQ4": ((1,), _NBITS),
     "DynamicQuantizeMatMul": ((1,), _DYNAMIC),
     "MatMulIntegerToFloat": ((0, 1), _DYNAMIC),
+    "DynamicQuantizeLSTM": ((1, 2), _DYNAMIC),
+    "QLinearConv": ((3,), "ONNX Runtime's channels-last QLinearConv (from its layout "
+                          "optimizations): audit the model as exported"),
+    "NhwcFusedConv": ((1,), _FUSION),
+    "GemmFastGelu": ((1,), _FUSION),
+    "ConvTransposeWithDynamicPads": ((1,), "ONNX Runtime's ConvTranspose with run-time pads is "
+                                           "not analysed: export a standard ConvTranspose"),
+    "MatMulInteger16": ((0, 1), "16-bit integer MatMul is not analysed: export in QDQ format"),
+    "GemmFloat8": ((0, 1), "float8 Gemm is not analysed: export in QDQ format"),
+    "DecoderAttention": ((1, 2), "ONNX Runtime's fused decoder attention: its weights are not "
+                                 "analysed; audit the model as exported"),
+    "LongformerAttention": ((1,), "ONNX Runtime's fused attention: its weight is not analysed; "
+                                  "audit the model as exported"),
+    "QOrderedMatMul": (None, _DYNAMIC),
+    "QOrderedAttention": (None, _DYNAMIC),
+    "MoE": (None, "mixture-of-experts weights are not analysed"),
+    "QMoE": (None, "mixture-of-experts weights are not analysed"),
 }
 _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+# Linear ops whose weights are integers by design (dequantized before the analysis).
+_INTEGER_OPS = {"ConvInteger", "QLinearConv", "MatMulInteger", "QLinearMatMul", "QGemm"}
 
 
 @dataclass(frozen=True)
@@ -165,10 +185,23 @@ def _classify(
         if not constant:
             return "no operand is constant (e.g. attention scores): no trainable weight"
         weight = constant[0]
-        return weight, inputs[_OTHER_OPERAND[node.op_type][weight]]
+        return _integer_reason(node, inputs[weight], resolver) or (
+            weight, inputs[_OTHER_OPERAND[node.op_type][weight]])
     if not constant:
         return "weight is not constant (computed at run time)"
-    return constant[0], inputs[0]
+    return _integer_reason(node, inputs[constant[0]], resolver) or (constant[0], inputs[0])
+
+
+def _integer_reason(node: NodeProto, weight: str, resolver: ConstantResolver) -> str | None:
+    """Why a float op (Conv, Gemm, MatMul) on an integer weight is skipped: ONNX allows
+    integer MatMul and Gemm, which exporters use for index and shape arithmetic."""
+    if node.op_type in _INTEGER_OPS:
+        return None
+    declared = resolver.declared_type(weight)
+    if declared is None or declared[1] in _FLOAT_TYPES:
+        return None
+    return (f"the weight is {dtype_name(declared[1])}: integer arithmetic (indices, counts), "
+            "not a float layer")
 
 
 BLOCKED_WEIGHT = "the weight"  # how a skip reason for a weight behind an unevaluated op begins
