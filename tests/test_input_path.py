@@ -475,3 +475,47 @@ def test_input_used_twice_by_a_non_additive_op_is_not_applicable(tmp_path, rng, 
                           channels=3))
     assert fl.exactness == NOT_APPLICABLE
     assert "uses the input twice" in fl.reason
+
+
+def test_an_input_added_as_gemm_bias_does_not_make_that_gemm_w1(tmp_path, rng):
+    """y = Gemm(Tanh(x), W, C=x): x reaches W's operand only through Tanh; as C it is added,
+    not multiplied by W. W1 is that Gemm through Tanh (not applicable), not a dense Gemm on x."""
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("Tanh", ["x"], ["t"]), mk("Gemm", ["t", "W", "x"], ["y"])],
+        [value("x", [1, 4])], [value("y", [1, 4])],
+        [init("W", rng.standard_normal((4, 4)).astype(np.float32))],
+    )
+    fl = first(path)
+    assert fl.exactness == NOT_APPLICABLE and [s.op for s in fl.path] == ["Tanh"]
+
+
+@pytest.mark.parametrize("relu_first", [True, False])
+def test_w1_does_not_depend_on_the_order_nodes_are_listed_in(tmp_path, rng, relu_first):
+    """x feeds MatMul(W2) directly and MatMul(W) through Relu: W1 is the direct one in both
+    topological orders (it was the one listed first)."""
+    through_relu = [mk("Relu", ["x"], ["r"]), mk("MatMul", ["r", "W"], ["a"], name="a")]
+    direct = [mk("MatMul", ["x", "W2"], ["b"], name="b")]
+    path = make_model(
+        tmp_path / "m.onnx",
+        [*through_relu, *direct, mk("Add", ["a", "b"], ["y"])] if relu_first
+        else [*direct, *through_relu, mk("Add", ["a", "b"], ["y"])],
+        [value("x", [1, 4])], [value("y", [1, 3])],
+        [init("W", integer_rank(rng, 4, 3, 2).astype(np.float32)),
+         init("W2", integer_rank(rng, 4, 3, 3).astype(np.float32))],
+    )
+    result = audit(path)
+    fl = result.first_layer
+    assert fl is not None and (fl.node, fl.exactness) == ("b", DENSE)
+    assert result.metrics.nullity_w1 == 1
+
+
+def test_a_two_d_input_read_as_the_right_operand_has_columns_as_samples(tmp_path, rng):
+    """MatMul(A, x) with x (7, 2): two input vectors of 7 elements (dim 0 is not a batch)."""
+    path = make_model(
+        tmp_path / "m.onnx", [mk("MatMul", ["A", "x"], ["y"])],
+        [value("x", [7, 2])], [value("y", [3, 2])],
+        [init("A", rng.standard_normal((3, 7)).astype(np.float32))],
+    )
+    fl = first(path)
+    assert (fl.exactness, fl.input_elements, fl.blind_elements) == (DENSE, 7, 0)

@@ -89,28 +89,36 @@ def _consumers(nodes: list[NodeProto]) -> dict[str, list[int]]:
 def _reach_first_linear(
     input_name: str, nodes: list[NodeProto], sites: dict[int, LinearSite]
 ) -> tuple[LinearSite | None, list[int]]:
-    """Breadth-first from the input; return the earliest linear op reached and the node path."""
+    """Breadth-first from the input; return the linear op reached in the fewest steps through
+    its data operand (ties: the first in node order), and the node path to it.
+
+    A linear op the input reaches only through another operand (Gemm's bias C, a scale) is
+    not a first layer of the input; the walk goes on through it like through any other op.
+    """
     consumers = _consumers(nodes)
     previous: dict[int, int | None] = {}
     queue: deque[tuple[str, int | None]] = deque([(input_name, None)])
     while queue:
         tensor, parent = queue.popleft()
         for index in consumers.get(tensor, []):
+            if index in sites and sites[index].data_input == tensor:
+                previous[index] = parent  # (also where it was walked through before)
+                return sites[index], _path_to(index, previous)
             if index in previous or nodes[index].op_type in SHAPE_ONLY_OPS:
                 continue
             previous[index] = parent
-            if index in sites:
-                continue  # the walk ends at a linear op
             queue.extend((out, index) for out in nodes[index].output if out)
-    reached = sorted(i for i in previous if i in sites)
-    if not reached:
-        return None, []
+    return None, []
+
+
+def _path_to(index: int, previous: dict[int, int | None]) -> list[int]:
+    """The nodes before ``index`` on the walk that reached it, in order."""
     path: list[int] = []
-    cursor = previous[reached[0]]
+    cursor = previous[index]
     while cursor is not None:
         path.append(cursor)
         cursor = previous[cursor]
-    return sites[reached[0]], path[::-1]
+    return path[::-1]
 
 
 # ------------------------------------------------------------------ path checks
@@ -345,8 +353,7 @@ def _trace(
     info = infos.get(input_name)
     dtype = info.dtype if info else "undefined"
     shape = info.shape if info else None
-    per_sample = _known(shape)
-    elements = int(np.prod(per_sample)) if per_sample else None
+    elements = _elements_per_sample(shape, site, path_nodes)
     steps = tuple(PathStep(node_label(n, "main"), n.op_type) for n in path_nodes)
     if site is None:
         return FirstLayerPath(input_name, dtype, shape, None, steps, NOT_APPLICABLE,
@@ -365,6 +372,21 @@ def _trace(
         came_from = node.output[0]
     return _classify_site(input_name, dtype, shape, site, path_nodes, steps, infos,
                           resolver, opset, elements)
+
+
+def _elements_per_sample(shape: Shape | None, site: LinearSite | None,
+                         path_nodes: list[NodeProto]) -> int | None:
+    """Elements of one sample of the input: all but dim 0 (the batch), except for a 2-D
+    input read directly as the right operand (``A @ x``, x (K, N)): its columns are the
+    samples, K elements each."""
+    per_sample = _known(shape)
+    if per_sample is None or shape is None:
+        return None
+    if site is not None and not path_nodes and not site.weight_on_right and len(shape) == 2 \
+            and site.op_type in ("Gemm", "QGemm", "MatMul", "MatMulInteger", "QLinearMatMul") \
+            and shape[0] is not None:
+        return int(shape[0])
+    return int(np.prod(per_sample))
 
 
 def _discrete_reason(dtype: str, path: list[NodeProto]) -> str:
