@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from onnx import helper
+from onnx import NodeProto, helper
 
 from onnxcollide.errors import UnsupportedModelError
 from onnxcollide.graph.constants import dequantize
@@ -163,11 +163,31 @@ def _float_weight(site: LinearSite, axis: int) -> np.ndarray:
     zero = _value(site, zero_i) if zero_i is not None else None
     scale = np.ones((), np.float32) if scale is None else scale.astype(np.float32)
     if scale.ndim > 1 or (zero is not None and zero.ndim > 1):
-        raise UnsupportedModelError("quantization parameters with more than one axis",
-                                    _where(site), "report the model to the developers")
+        return _dequantize_broadcast(site, np.asarray(weight), scale, zero)
     if zero is not None and zero.size > 1 and scale.size == 1:
         scale = np.broadcast_to(scale, zero.shape)
     return dequantize(np.asarray(weight), scale, zero, axis)
+
+
+def _dequantize_broadcast(site: LinearSite, weight: np.ndarray, scale: np.ndarray,
+                          zero: np.ndarray | None) -> np.ndarray:
+    """``(w - zero) * scale`` in float32 for N-D quantization parameters that broadcast
+    against the weight (MatMulInteger allows e.g. a (D1, D2, 1, N) zero point for a
+    (D1, D2, K, N) weight)."""
+    shapes = [scale.shape] + ([] if zero is None else [zero.shape])
+    try:
+        fits = np.broadcast_shapes(weight.shape, *shapes) == weight.shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise UnsupportedModelError(
+            f"quantization parameters of shape {' and '.join(map(str, shapes))} do not "
+            f"broadcast against the weight's {weight.shape}", _where(site),
+            "quantize per tensor or per axis")
+    weight_f = weight.astype(np.float32)
+    if zero is not None:
+        weight_f = weight_f - zero.astype(np.float32)
+    return weight_f * scale
 
 
 # ----------------------------------------------------------------- conv
@@ -176,7 +196,7 @@ def _float_weight(site: LinearSite, axis: int) -> np.ndarray:
 def _conv_blocks(weight: np.ndarray, groups: int, transposed: bool) -> np.ndarray:
     """Conv (O, C/g, k...) -> (g, C/g*K, O/g); ConvTranspose (C, O/g, k...) -> (g, C/g, O/g*K)."""
     lead = weight.shape[0]
-    per_group = weight.reshape(groups, lead // groups, -1)
+    per_group = weight.reshape(groups, lead // groups, int(np.prod(weight.shape[1:])))
     return per_group if transposed else per_group.transpose(0, 2, 1)
 
 
@@ -197,8 +217,9 @@ def _conv_layer_parts(
     else:
         q, p = wshape[1] * kernel_size * blocks, wshape[0]
         layout = "(C/g * prod k) x (O/g) per group"
-    if convention is ConvConvention.PAPER:
-        layout = "paper: one " + layout.replace(" per group", "") + " matrix"
+    if convention is ConvConvention.PAPER:  # the group's blocks side by side: O (or C_in) whole
+        whole = "C_in x (C_out/g * prod k)" if geometry.transposed else "(C/g * prod k) x O"
+        layout = f"paper: one {whole} matrix"
     elif g > 1:
         layout = f"grouped: {g} blocks of " + layout.replace(" per group", "")
     axis = 0  # quantized conv weights are per output channel (axis 0)
@@ -359,14 +380,37 @@ def build_layer(
     compute = "float" if site.op_type in _QUANTIZED else _float_dtype(site)
     if site.op_type in _QUANTIZED:
         layout += " (dequantized)"
+    weight_id, reading = _matrix_identity(site, reading)
     return LinearLayer(
-        nodes=(site.label,), weight_id=site.resolver.identity(site.weight_name),
+        nodes=(site.label,), weight_id=weight_id,
         op=site.op_type, weight=site.weight_name, roots=trace.roots,
         chain=trace.ops, q=int(q), p=int(p), groups=int(groups), layout=layout,
         stored_dtype=trace.stored_dtype, compute_dtype=compute, geometry=geometry,
         data_input=site.data_input, topo_index=site.topo_index, scope=site.scope,
         load_blocks=load, quantization=_quantization_digest(site), reading=reading,
     )
+
+
+def _matrix_identity(site: LinearSite, reading: str) -> tuple[str, str]:
+    """(identity, reading) of the matrix a float Gemm/MatMul reads off a 2-D weight, with
+    2-D Transpose nodes on the weight folded into the reading: ``Gemm(x, B, transB=1)`` and
+    ``MatMul(x, Transpose(B))`` read one matrix, B^T, of one tensor."""
+    if site.op_type not in ("Gemm", "MatMul") or reading not in ("T", "T^T"):
+        return site.resolver.identity(site.weight_name), reading
+    name, flips = site.weight_name, 0
+    node = site.resolver.producer(name)
+    while node is not None and node.op_type == "Transpose" and _swaps_two_axes(site, node):
+        name, flips = node.input[0], flips + 1
+        node = site.resolver.producer(name)
+    transposed = (reading == "T^T") != (flips % 2 == 1)
+    return site.resolver.identity(name), _matrix_reading(transposed)
+
+
+def _swaps_two_axes(site: LinearSite, node: NodeProto) -> bool:
+    """Whether a Transpose node is the plain transpose of a 2-D tensor."""
+    declared = site.resolver.declared(node.input[0]) if node.input and node.input[0] else None
+    perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
+    return declared is not None and len(declared[0]) == 2 and perm == [1, 0]
 
 
 def parameter_key(layer: LinearLayer) -> tuple[object, ...]:

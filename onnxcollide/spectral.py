@@ -732,7 +732,7 @@ def decide_rank(blocks: np.ndarray, eps: float, rule: ToleranceRule | None = Non
     rule = rule or ToleranceRule()
     g, qb, pb = blocks.shape
     q, p = g * qb, g * pb
-    if qb == 0 or pb == 0:
+    if g == 0 or qb == 0 or pb == 0:
         return RankDecision(0, 0.0, 0.0, eps, None, None, "empty")
     default_rel = rule.rtol if rule.rtol is not None else max(q, p) * eps
     # float64 weights always take the SVD: their squares can over- or underflow in a float64

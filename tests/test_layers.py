@@ -1415,3 +1415,72 @@ def test_gemm_alpha_does_not_overflow_a_float16_weight(tmp_path, rng):
     expected = np.linalg.svd(w.astype(np.float64) * 1000, compute_uv=False)
     assert row.decision.sigma_max == pytest.approx(expected[0], rel=1e-6)
     assert row.layer.compute_dtype == "float16"
+
+
+def test_one_matrix_spelled_as_gemm_transb_and_matmul_of_a_transpose_is_one_row(tmp_path, rng):
+    """Gemm(x, B, transB=1) and MatMul(x, Transpose(B)) read one matrix, B^T, of one tensor:
+    one parameter (two rows counted it twice in n and the nullity sum)."""
+    b = irank(rng, 4, 6, 2).astype(np.float32)
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("Gemm", ["x", "B"], ["h1"], transB=1), mk("Transpose", ["B"], ["Bt"], perm=[1, 0]),
+         mk("MatMul", ["x", "Bt"], ["h2"]), mk("Add", ["h1", "h2"], ["y"])],
+        [value("x", [1, 6])], [value("y", [1, 4])], [init("B", b)],
+    )
+    result = audit(path)
+    assert [(row_summary(r), len(r.layer.nodes)) for r in result.rows] == [(flags(6, 4, 2), 2)]
+    assert result.metrics.n == 1 and result.metrics.nullity_sum == 4
+
+
+def test_a_conv_of_two_constants_is_constant_folding(tmp_path, rng):
+    """A Conv whose data and weight are both constant (e.g. a positional table) is skipped
+    like such a MatMul, not counted as a layer."""
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("Conv", ["P", "K"], ["pos"], name="pos"), mk("Flatten", ["pos"], ["pf"]),
+         mk("MatMul", ["x", "W"], ["h"]), mk("Add", ["h", "pf"], ["y"])],
+        [value("x", [1, 4])], [value("y", [1, 4])],
+        [init("P", np.ones((1, 1, 3, 3), np.float32)), init("K", np.ones((4, 1, 3, 3), np.float32)),
+         init("W", np.eye(4, dtype=np.float32))],
+    )
+    result = audit(path)
+    assert len(result.rows) == 1 and result.rows[0].layer.op == "MatMul"
+    assert [s.label for s in result.skipped] == ["pos"]
+    assert "constant folding" in result.skipped[0].reason
+
+
+def test_matmul_integer_with_an_n_d_zero_point(tmp_path, rng):
+    """MatMulInteger's spec allows a (D1, 1, N) zero point for a (D1, K, N) weight: it is
+    subtracted by broadcasting (it was refused as 'more than one axis')."""
+    bq = rng.integers(0, 255, size=(2, 4, 3)).astype(np.uint8)
+    zp = rng.integers(0, 255, size=(2, 1, 3)).astype(np.uint8)
+    path = make_model(
+        tmp_path / "m.onnx", [mk("MatMulInteger", ["xq", "B", "", "zp"], ["y"])],
+        [value("xq", [2, 5, 4], UINT8)], [value("y", [2, 5, 3], onnx.TensorProto.INT32)],
+        [init("B", bq), init("zp", zp)],
+    )
+    row = only_row(audit(path))
+    expected = bq.astype(np.float64) - zp
+    np.testing.assert_array_equal(blocks_of(row), expected)
+
+
+@pytest.mark.parametrize("shape, q_p", [((0, 3, 3, 3), (27, 0)), ((0, 4, 3), (0, 0))])
+def test_zero_size_conv_and_stacked_weights_have_rank_0(tmp_path, shape, q_p):
+    """A conv with no output channels and a stack of no matrices: rank 0 rows (they were
+    refused as 'the weight does not fit the op')."""
+    conv = len(shape) == 4
+    node = mk("Conv", ["x", "W"], ["y"]) if conv else mk("MatMul", ["x", "W"], ["y"])
+    x = value("x", [1, 3, 5, 5] if conv else [0, 2, 4])
+    path = make_model(tmp_path / "m.onnx", [node], [x], [value("y", None)],
+                      [init("W", np.zeros(shape, np.float32))], check=False)
+    row = only_row(audit(path))
+    assert (row.layer.q, row.layer.p, row.decision.rank) == (*q_p, 0)
+
+
+def test_paper_convention_layout_names_the_whole_output_axis(tmp_path, rng):
+    path = make_model(tmp_path / "m.onnx", [mk("Conv", ["x", "W"], ["y"], group=2)],
+                      [value("x", [1, 4, 5, 5])], [value("y", [1, 6, 3, 3])],
+                      [init("W", rng.standard_normal((6, 2, 3, 3)).astype(np.float32))])
+    row = only_row(audit(path, PAPER))
+    assert (row.layer.q, row.layer.p) == (18, 6)
+    assert row.layer.layout == "paper: one (C/g * prod k) x O matrix"

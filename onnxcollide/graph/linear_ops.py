@@ -189,6 +189,8 @@ def _classify(
             weight, inputs[_OTHER_OPERAND[node.op_type][weight]])
     if not constant:
         return "weight is not constant (computed at run time)"
+    if resolver.is_constant(inputs[0]):
+        return "both operands are constant (constant folding, not a layer)"
     return _integer_reason(node, inputs[constant[0]], resolver) or (constant[0], inputs[0])
 
 
