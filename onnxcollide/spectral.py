@@ -952,6 +952,11 @@ def kernel_space(matrix: np.ndarray, eps: float, rule: ToleranceRule | None = No
                  p_total: int | None = None) -> KernelSpace:
     """ker(W^T) of a (q, p) matrix by a float64 SVD, with the audit's tolerance rule.
 
+    A wide matrix that streams (``streams``: q small, p long) takes the SVD of R^T, R from
+    ``streamed_r`` (``W W^T = R^T R``: the same left singular vectors and values), not of a
+    float64 copy of W. The right singular vectors are never formed (a full SVD of a wide W
+    would hold a p x p one).
+
     Args:
         matrix: (q, p) weight rows (possibly a subset of a layer's rows).
         eps: machine epsilon of the compute dtype.
@@ -960,18 +965,25 @@ def kernel_space(matrix: np.ndarray, eps: float, rule: ToleranceRule | None = No
         q_total, p_total: the whole layer's dims for the default rule, else the matrix's.
     """
     rule = rule or ToleranceRule()
-    work = np.asarray(matrix, dtype=np.float64)
-    q, p = work.shape
+    q, p = matrix.shape
     full = q <= FULL_BASIS_MAX
+    length = max(q, p)
     if q == 0 or p == 0:
         u, sigmas = np.eye(q), np.zeros(0)
+    elif q < p and streams((q, p)):
+        r, chunks = streamed_r(matrix)
+        u, sigmas, _ = np.linalg.svd(r.T)
+        length = _streamed_length((q, p), chunks)
     else:
-        u, sigmas, _ = np.linalg.svd(work, full_matrices=full)
+        # Full u only where it is wider than the reduced one (q > p); with q <= p the reduced
+        # SVD gives the same u (LAPACK computes it the same way) without a p x p vh.
+        u, sigmas, _ = np.linalg.svd(np.asarray(matrix, dtype=np.float64),
+                                     full_matrices=full and q > p)
     top = float(sigmas[0]) if sigmas.size else 0.0
     ref = top if sigma_max is None else sigma_max
     tol = rule.tolerance(ref, q_total or q, p_total or p, eps)
     rank = int(np.count_nonzero(sigmas > tol))
     basis = sign_fixed(u[:, rank:].T.copy()) if full else None
-    tol_error = tolerance_error(rule, ref, _svd_error(max(q, p), ref),
+    tol_error = tolerance_error(rule, ref, _svd_error(length, ref),
                                 (q_total or q, p_total or p, eps))
     return KernelSpace(q, rank, tol, ref, np.ascontiguousarray(u[:, :rank]), basis, tol_error)

@@ -864,3 +864,26 @@ def test_many_small_groups_are_copied_a_chunk_at_a_time(rng, monkeypatch):
     assert batched == whole
     assert peak < 8 * blocks.size / 4
 
+
+@pytest.mark.parametrize("shape", [(12, 20000), (40, 9000)], ids=lambda s: "x".join(map(str, s)))
+def test_kernel_space_of_a_long_wide_matrix_streams(rng, monkeypatch, shape):
+    """kernel_space of a wide matrix (q inputs, p >> q outputs): the same rank, kernel and
+    range as a float64 SVD, without a float64 copy of W or the p x p right factor a full SVD
+    made (a 128 x 100000 layer needed 80 GB)."""
+    q, p = shape
+    sigmas, rank = _near_tol_spectrum(q, p)
+    w = _with_spectrum_shaped(rng, q, p, sigmas)
+    chunk = _stream_in_chunks(monkeypatch, q)
+    space, peak = _peak_allocation(lambda: spectral.kernel_space(w, EPS32))
+    _assert_no_whole_copy(peak, chunk, shape)
+    u, s, _ = np.linalg.svd(w.astype(np.float64), full_matrices=False)
+    assert space.rank == rank == int(np.count_nonzero(s > s[0] * p * EPS32))
+    assert space.sigma_max == pytest.approx(s[0], rel=1e-12)
+    assert space.basis is not None and space.basis.shape == (q - rank, q)
+    kernel = u[:, rank:]
+    np.testing.assert_allclose(space.basis.T @ space.basis, kernel @ kernel.T, atol=1e-9)
+    np.testing.assert_allclose(space.range_basis @ space.range_basis.T,
+                               u[:, :rank] @ u[:, :rank].T, atol=1e-9)
+    again = spectral.kernel_space(w, EPS32)  # deterministic
+    assert np.array_equal(again.basis, space.basis)
+    assert np.array_equal(again.range_basis, space.range_basis)
