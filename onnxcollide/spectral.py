@@ -8,10 +8,13 @@ bounded and memory-mapped weights are streamed) and a Cholesky factorisation of
 the Schur complement of the positive definite leading block it leaves counts the values below
 ``tol`` (``inertia``); failing that, a deflated certificate or the Gram eigenvalues do. Where
 a Gram decision is too close to call at Gram precision, the block is decided again by an exact
-SVD.
+SVD. An SVD of a long block (a float64 copy over CHUNK_BYTES, see ``streams``) takes the
+singular values of the R factor of a tall-skinny QR streamed along its long side
+(``streamed_r``), not of a float64 copy of the block.
 
 Every reported value carries an error estimate, and reports print only the digits it resolves
-(``resolved``): a float64 SVD resolves singular values to ``max(q, p) * eps64 * sigma_max``; a
+(``resolved``): a float64 SVD resolves singular values to ``max(q, p) * eps64 * sigma_max``
+(streamed: ``n + (chunks + 1) * min(q, p)`` in place of ``max(q, p)``, ``_streamed_length``); a
 Gram matrix resolves its eigenvalues to ``n * eps64 * sigma_max^2`` (n the long side: the
 rounding of its length-n inner products), so a singular value ``s`` to about that over ``2 s``;
 Lanczos values add their own error estimate: sigma_max its Ritz residual, the others
@@ -48,6 +51,8 @@ SIGMA_MAX_SEED = 20241121  # the Lanczos start vector for sigma_max: the same by
 CERTIFICATE_ROUNDING = 8.0  # sigma_max^2's certificate shift above the Ritz value, in m*eps64
 KEPT_RTOL = 1e-5  # block Lanczos tolerance for the smallest kept eigenvalue on the Gram path
 HELD_GRAM_BYTES = 512 << 20  # Gram matrices kept between the two passes; beyond, recomputed
+STREAM_ROWS_PER_WIDTH = 4  # a streamed QR's chunk holds at least this many lines per R row
+TSQR_BLOCK = 32  # dtpqrt's block size (nb)
 
 
 @dataclass(frozen=True)
@@ -357,6 +362,100 @@ def _singular_values(blocks: np.ndarray) -> np.ndarray:
     as64 = np.asarray(blocks, dtype=np.float64)
     _check_finite(as64)
     return np.linalg.svd(as64, compute_uv=False)
+
+
+def streams(shape: tuple[int, int]) -> bool:
+    """Whether a (q, p) block's SVD streams (``streamed_r``) instead of copying it whole.
+
+    It does when its float64 copy would exceed CHUNK_BYTES and a chunk of CHUNK_BYTES along
+    the long side holds at least STREAM_ROWS_PER_WIDTH times as many lines as the short side
+    m: each QR stage also carries the m rows of the previous R, at most a quarter more rows
+    than the chunk. With 64 MB chunks: m up to 1448 and a long side over 8 Mi / m (every SVD-
+    path block, m <= SVD_MAX_DIM, with a float64 copy over 64 MB has a long side >= 128 m).
+    """
+    m, n = min(shape), max(shape)
+    return 8 * m * n > CHUNK_BYTES and \
+        CHUNK_BYTES // (8 * max(m, 1)) >= STREAM_ROWS_PER_WIDTH * m
+
+
+def streamed_r(matrix: np.ndarray) -> tuple[np.ndarray, int]:
+    """R factor of the block's QR along its long side, streamed in float64 chunks.
+
+    A tall-skinny QR: R is the triangle of the QR of [R; chunk] (LAPACK dtpqrt, which keeps
+    R's triangle), chunk by chunk along the long side, each chunk converted to float64 into one
+    buffer of at most CHUNK_BYTES (a memory-mapped block is read once, never copied whole). A
+    Fortran-ordered matrix (a transposed view) is read as its C-ordered transpose, like
+    ``gram_matrix``.
+
+    Args:
+        matrix: (q, p) array of any float dtype, possibly a read-only memmap, q, p >= 1.
+
+    Returns:
+        (R, chunks): R (m, m) float64 upper triangular, m = min(q, p), with ``R^T R`` the
+        smaller-side Gram matrix (``W^T W`` if q >= p, ``W W^T`` if q < p), so R has the
+        block's singular values and, if q < p, its left singular vectors are those of R^T;
+        and the number of chunks (for ``_streamed_length``).
+
+    Raises:
+        FloatingPointError: the weight contains NaN or Inf.
+    """
+    if matrix.flags.f_contiguous and not matrix.flags.c_contiguous:
+        matrix = matrix.T  # same smaller-side Gram matrix; rows of the C-ordered side stream
+    tall = matrix.shape[0] >= matrix.shape[1]
+    long_side, m = matrix.shape if tall else matrix.shape[::-1]
+    step = min(max(1, CHUNK_BYTES // (8 * m)), long_side)
+    r = np.zeros((m, m), dtype=np.float64, order="F")
+    # One Fortran float64 buffer for every full chunk: a wide matrix's column block, read as
+    # its transpose, fills it contiguously; a tall one's rows are transposed as they convert.
+    buffer = np.empty((step, m), dtype=np.float64, order="F")
+    nb = min(TSQR_BLOCK, m)
+    chunks = 0
+    for start in range(0, long_side, step):
+        part = matrix[start:start + step] if tall else matrix[:, start:start + step].T
+        chunk = buffer if part.shape[0] == step else \
+            np.empty(part.shape, dtype=np.float64, order="F")
+        np.copyto(chunk, part, casting="unsafe")
+        _check_finite(chunk)
+        r, _, _, info = scipy.linalg.lapack.dtpqrt(0, nb, r, chunk, overwrite_a=1,
+                                                   overwrite_b=1)
+        if info != 0:
+            raise ValueError(f"dtpqrt failed (info {info})")
+        chunks += 1
+    return np.triu(r), chunks
+
+
+def _streamed_length(shape: tuple[int, int], chunks: int) -> int:
+    """The length the SVD error model counts for a streamed block (``_svd_error``'s n).
+
+    A float64 SVD's values are those of W + E with ||E|| ~ n eps64 sigma_max, n the long side
+    (LAPACK's own SVD of a long block is a Householder QR of its n rows, then an SVD of R).
+    Each streamed stage is a Householder QR of [R; chunk], m + r_k rows, whose backward error
+    (m + r_k) eps64 ||[R; chunk]|| <= (m + r_k) eps64 sigma_max is a perturbation of the rows
+    of W it has reduced (R is an orthogonal image of them), so the stages' errors add: n + s m
+    over s chunks, and m more for the SVD of the m x m R.
+    """
+    m, n = min(shape), max(shape)
+    return n + (chunks + 1) * m
+
+
+def _svd_singular_values(blocks: np.ndarray) -> tuple[np.ndarray, int]:
+    """Float64 singular values of each block, (g, q, p) -> (g, min(q, p)), and the length
+    n of their error model (``_svd_error``): the long side, or ``_streamed_length`` where
+    the blocks stream (``streams``). Unstreamed blocks are copied at most CHUNK_BYTES of
+    float64 at a time (one block at least); each block's SVD is the same either way."""
+    g, qb, pb = blocks.shape
+    if streams((qb, pb)):
+        values, lengths = [], []
+        for k in range(g):
+            r, chunks = streamed_r(blocks[k])
+            values.append(np.linalg.svd(r, compute_uv=False))
+            lengths.append(_streamed_length((qb, pb), chunks))
+        return np.stack(values), max(lengths)
+    per = max(1, CHUNK_BYTES // (8 * qb * pb))
+    if per >= g:
+        return _singular_values(blocks), max(qb, pb)
+    return np.concatenate([_singular_values(blocks[k:k + per]) for k in range(0, g, per)]), \
+        max(qb, pb)
 
 
 def _block_facts(block: np.ndarray) -> _BlockFacts:
@@ -740,10 +839,10 @@ def decide_rank(blocks: np.ndarray, eps: float, rule: ToleranceRule | None = Non
     big = min(qb, pb) > SVD_MAX_DIM and _gram_is_precise(max(qb, pb), default_rel) \
         and np.dtype(blocks.dtype).itemsize < 8
     if not big:
-        sigmas = _singular_values(blocks)
+        sigmas, length = _svd_singular_values(blocks)
         sigma_max = float(sigmas.max())
         tol = _checked_tolerance(rule, sigma_max, (q, p, eps))
-        error = _svd_error(max(qb, pb), sigma_max)
+        error = _svd_error(length, sigma_max)
         decided = _rank_from_sigmas(sigmas.ravel(), tol, "svd", lambda s: error)
         return _combine([decided], sigma_max, error, rule, (q, p, eps))
     # Pass 1: sigma_max of every block (it sets tol). Pass 2: decide each block against tol.
@@ -791,8 +890,9 @@ def _decide_block(facts: _BlockFacts, tol: float, n: int, sigma_max: float) -> _
         result = _rank_from_gram(facts, tol)
         if not _close_call(result, tol):
             return result
-    sigmas = _singular_values(facts.matrix[None])[0]
-    error = _svd_error(n, float(sigmas[0]) if sigmas.size else 0.0)
+    values, length = _svd_singular_values(facts.matrix[None])
+    sigmas = values[0]
+    error = _svd_error(length, float(sigmas[0]) if sigmas.size else 0.0)
     return _rank_from_sigmas(sigmas, tol, "svd", lambda s: error)
 
 
@@ -890,6 +990,11 @@ def kernel_space(matrix: np.ndarray, eps: float, rule: ToleranceRule | None = No
                  p_total: int | None = None) -> KernelSpace:
     """ker(W^T) of a (q, p) matrix by a float64 SVD, with the audit's tolerance rule.
 
+    A wide matrix that streams (``streams``: q small, p long) takes the SVD of R^T, R from
+    ``streamed_r`` (``W W^T = R^T R``: the same left singular vectors and values), not of a
+    float64 copy of W. The right singular vectors are never formed (a full SVD of a wide W
+    would hold a p x p one).
+
     Args:
         matrix: (q, p) weight rows (possibly a subset of a layer's rows).
         eps: machine epsilon of the compute dtype.
@@ -898,18 +1003,25 @@ def kernel_space(matrix: np.ndarray, eps: float, rule: ToleranceRule | None = No
         q_total, p_total: the whole layer's dims for the default rule, else the matrix's.
     """
     rule = rule or ToleranceRule()
-    work = np.asarray(matrix, dtype=np.float64)
-    q, p = work.shape
+    q, p = matrix.shape
     full = q <= FULL_BASIS_MAX
+    length = max(q, p)
     if q == 0 or p == 0:
         u, sigmas = np.eye(q), np.zeros(0)
+    elif q < p and streams((q, p)):
+        r, chunks = streamed_r(matrix)
+        u, sigmas, _ = np.linalg.svd(r.T)
+        length = _streamed_length((q, p), chunks)
     else:
-        u, sigmas, _ = np.linalg.svd(work, full_matrices=full)
+        # Full u only where it is wider than the reduced one (q > p); with q <= p the reduced
+        # SVD gives the same u (LAPACK computes it the same way) without a p x p vh.
+        u, sigmas, _ = np.linalg.svd(np.asarray(matrix, dtype=np.float64),
+                                     full_matrices=full and q > p)
     top = float(sigmas[0]) if sigmas.size else 0.0
     ref = top if sigma_max is None else sigma_max
     tol = rule.tolerance(ref, q_total or q, p_total or p, eps)
     rank = int(np.count_nonzero(sigmas > tol))
     basis = sign_fixed(u[:, rank:].T.copy()) if full else None
-    tol_error = tolerance_error(rule, ref, _svd_error(max(q, p), ref),
+    tol_error = tolerance_error(rule, ref, _svd_error(length, ref),
                                 (q_total or q, p_total or p, eps))
     return KernelSpace(q, rank, tol, ref, np.ascontiguousarray(u[:, :rank]), basis, tol_error)

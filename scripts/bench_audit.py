@@ -16,6 +16,7 @@ and checks that the ranks agree layer by layer.
     python scripts/bench_audit.py                 # AlexNet and ViT-B/16 shapes
     python scripts/bench_audit.py --shape vit-b16
     python scripts/bench_audit.py --shape large   # VGG-16 and ViT-L/16 shapes
+    python scripts/bench_audit.py --shape heads --naive none  # long 128/256/257-wide heads
     python scripts/bench_audit.py path/to/model.onnx
 """
 
@@ -160,11 +161,24 @@ def build_vit(path: str, seed: int, d: int, hidden: int, blocks: int,
     _save(nodes, inits, ("x", [1, 3, 224, 224]), "logits", path)
 
 
-SHAPES: dict[str, Callable[[str, int], None]] = {"alexnet": build_alexnet,
-                                                 "vit-b16": build_vit_b16,
-                                                 "vgg16": build_vgg16,
-                                                 "vit-l16": build_vit_l16}
-GROUPS = {"all": ["alexnet", "vit-b16"], "large": ["vgg16", "vit-l16"]}
+def build_head(path: str, seed: int, q: int, p: int) -> None:
+    """One MatMul with a (q, p) random float32 weight (external data): a q-wide projection
+    onto p outputs, such as a vocabulary head."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(_weight(rng, (q, p), q), "head.w")]
+    _save([helper.make_node("MatMul", ["x", "head.w"], ["logits"])], inits, ("x", [1, q]),
+          "logits", path)
+
+
+SHAPES: dict[str, Callable[[str, int], None]] = {
+    "alexnet": build_alexnet, "vit-b16": build_vit_b16, "vgg16": build_vgg16,
+    "vit-l16": build_vit_l16,
+    # Long SVD-path blocks (streamed QR), and one just over the SVD/Gram switch to compare.
+    "head-256x200000": lambda path, seed: build_head(path, seed, 256, 200_000),
+    "head-257x200000": lambda path, seed: build_head(path, seed, 257, 200_000),
+    "head-128x1000000": lambda path, seed: build_head(path, seed, 128, 1_000_000)}
+GROUPS = {"all": ["alexnet", "vit-b16"], "large": ["vgg16", "vit-l16"],
+          "heads": ["head-256x200000", "head-257x200000", "head-128x1000000"]}
 
 
 # ---------------------------------------------------------------- phases (run in subprocesses)
@@ -341,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("models", nargs="*", help="ONNX files to time instead of built shapes")
     parser.add_argument("--shape", choices=[*SHAPES, *GROUPS], default="all",
                         help="all: the issue's AlexNet and ViT-B/16 shapes; large: VGG-16 and "
-                             "ViT-L/16")
+                             "ViT-L/16; heads: 256x200000, 257x200000 and 128x1000000 "
+                             "projections")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--naive", choices=["stored", "float64", "none"], default="stored",
                         help="naive loop precision: the weights' own dtype (default), a float64 "

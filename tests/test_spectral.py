@@ -750,3 +750,198 @@ def test_a_tolerance_above_sigma_max_drops_everything_on_the_gram_path(recwarn):
     top = np.linalg.norm(w.astype(np.float64), 2)
     assert decision.largest_dropped == pytest.approx(top, rel=1e-9)
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+# ------------------------------------------------------------------ streamed (TSQR) SVD path
+
+
+def _stream_in_chunks(monkeypatch, m: int) -> int:
+    """Chunks small enough that an m-wide test block streams in many of them; returns the
+    chunk size (the rule needs at least 4 m lines a chunk)."""
+    chunk = max(32 * m * m, 8192)
+    monkeypatch.setattr(spectral, "CHUNK_BYTES", chunk)
+    return chunk
+
+
+def _peak_allocation(run):
+    """(run(), peak bytes traced by tracemalloc while it ran: numpy arrays included)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = run()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _assert_no_whole_copy(peak: int, chunk: int, shape: tuple[int, ...]) -> None:
+    """The streamed path holds about two chunks (the buffer, a short last one) and R: far
+    below a float64 copy of the block, which the bound must stay well under to mean it."""
+    bound = 3 * chunk + (64 << 10)
+    whole = 8 * math.prod(shape)
+    assert 4 * bound <= whole
+    assert peak < bound, f"peak {peak} B, a float64 copy is {whole} B"
+
+
+def _near_tol_spectrum(q: int, p: int, groups: int = 1) -> tuple[np.ndarray, int]:
+    """Singular values of a (q, p) block: 2 .. 1, then tol * 1.03, tol / 1.03, tol * 1e-3
+    and 0 (tol from sigma_max 2 and the default float32 rule on ``groups`` such blocks):
+    rank min(q, p) - 3."""
+    m = min(q, p)
+    tol = 2.0 * groups * max(q, p) * EPS32
+    sigmas = np.linspace(2.0, 1.0, m)
+    sigmas[-4:] = [tol * 1.03, tol / 1.03, tol * 1e-3, 0.0]
+    return sigmas, m - 3
+
+
+def _with_spectrum_shaped(rng: np.random.Generator, q: int, p: int, sigmas: np.ndarray
+                          ) -> np.ndarray:
+    """(q, p) float32 matrix with about these min(q, p) singular values."""
+    m = min(q, p)
+    u, _ = np.linalg.qr(rng.standard_normal((q, m)))
+    v, _ = np.linalg.qr(rng.standard_normal((p, m)))
+    return ((u * sigmas) @ v.T).astype(np.float32)
+
+
+def _assert_within_errors(decision: RankDecision, ref: dict) -> None:
+    """Rank equal to the float64 SVD's; sigma_max, the kept and the dropped values within
+    the decision's own error estimates of it (the ref's rounding, ~1e-16 relative, aside)."""
+    assert decision.rank == ref["rank"]
+    slack = 4 * EPS64 * ref["sigma_max"]
+    assert abs(decision.sigma_max - ref["sigma_max"]) <= decision.sigma_max_error + slack
+    assert decision.smallest_kept is not None and decision.kept_error is not None
+    assert abs(decision.smallest_kept - ref["smallest_kept"]) <= decision.kept_error + slack
+    assert decision.largest_dropped is not None and decision.dropped_error is not None
+    assert abs(decision.largest_dropped - ref["largest_dropped"]) \
+        <= decision.dropped_error + slack
+
+
+@pytest.mark.parametrize("shape", [(5, 60000), (60000, 5), (40, 12000), (12000, 40),
+                                   (100, 16000)], ids=lambda s: "x".join(map(str, s)))
+def test_streamed_svd_matches_float64_svd_near_tol(rng, monkeypatch, shape):
+    """Long blocks of known rank with values 3% either side of tol, both orientations, aspect
+    ratios 120 to 12000: the streamed QR decides as a float64 SVD of the whole block (rank,
+    values within the reported errors, printed digits), without a float64 copy of it."""
+    q, p = shape
+    sigmas, rank = _near_tol_spectrum(q, p)
+    w = _with_spectrum_shaped(rng, q, p, sigmas)
+    ref = reference(w[None], EPS32)
+    assert ref["rank"] == rank
+    assert max(ref["smallest_kept"] / ref["tol"], ref["tol"] / ref["largest_dropped"]) < 1.05
+    chunk = _stream_in_chunks(monkeypatch, min(shape))
+    decision, peak = _peak_allocation(lambda: decide_rank(w[None], EPS32))
+    _assert_no_whole_copy(peak, chunk, shape)
+    assert decision.method == "svd"
+    _assert_within_errors(decision, ref)
+    _assert_digits_right(decision, w[None])
+    assert decide_rank(w[None], EPS32) == decision  # deterministic
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "grouped"])
+def test_streamed_svd_of_a_memmap(tmp_path, rng, monkeypatch, layout):
+    """A memory-mapped long block, C-ordered, as a transposed (Fortran) view, or two groups:
+    streamed from the file in chunks (no float64 copy), the float64 SVD's decision."""
+    q, p = 30, 16000
+    groups = 2 if layout == "grouped" else 1
+    sigmas, rank = _near_tol_spectrum(q, p, groups)
+    w = np.stack([_with_spectrum_shaped(rng, q, p, sigmas) for _ in range(groups)])
+    path = tmp_path / "w.bin"
+    w.tofile(path)
+    mapped = np.memmap(path, dtype=np.float32, mode="r", shape=w.shape)
+    blocks = mapped.transpose(0, 2, 1) if layout == "F" else mapped
+    chunk = _stream_in_chunks(monkeypatch, q)
+    decision, peak = _peak_allocation(lambda: decide_rank(blocks, EPS32))
+    _assert_no_whole_copy(peak, chunk, (q, p))
+    assert decision.method == "svd"
+    ref = reference(np.asarray(blocks), EPS32)
+    assert ref["rank"] == rank * blocks.shape[0]
+    _assert_within_errors(decision, ref)
+
+
+@pytest.mark.parametrize("scale", [1e-160, 1e160])
+def test_streamed_svd_of_float64_at_any_scale(rng, monkeypatch, scale):
+    """float64 long blocks at 1e-160 and 1e160: the streamed QR (scaled Householder norms)
+    neither under- nor overflows; rank and values as the float64 SVD's."""
+    w = low_rank(rng, 20, 6000, 7, np.float64) * scale
+    _stream_in_chunks(monkeypatch, 20)
+    decision = decide_rank(w[None], EPS32)
+    ref = reference(w[None], EPS32)
+    assert decision.rank == ref["rank"] == 7
+    assert decision.sigma_max == pytest.approx(ref["sigma_max"], rel=1e-12)
+    assert decision.smallest_kept == pytest.approx(ref["smallest_kept"], rel=1e-10)
+
+
+def test_streamed_svd_of_float16_and_nan(rng, monkeypatch):
+    """float16 blocks stream like float32 ones (promoted chunk by chunk: an integer rank-3
+    product keeps rank 3 under rtol 1e-9, which float16 arithmetic could not resolve); a NaN
+    in the last chunk raises like the whole-block SVD."""
+    w = (rng.integers(-3, 4, size=(9, 3)) @ rng.integers(-3, 4, size=(3, 5000))) \
+        .astype(np.float16)
+    _stream_in_chunks(monkeypatch, 9)
+    rule = ToleranceRule(rtol=1e-9)
+    assert decide_rank(w[None], EPS16, rule).rank == 3
+    assert np.linalg.matrix_rank(w.astype(np.float64)) == 3
+    w[-1, -1] = np.nan
+    with pytest.raises(FloatingPointError):
+        decide_rank(w[None], EPS16, rule)
+
+
+def test_gram_close_call_redecided_by_a_streamed_svd(rng, monkeypatch):
+    """A Gram-path block (300 wide) with a value 0.8% above tol is re-decided by SVD; a long
+    one streams that SVD too (no float64 copy) and decides as the float64 SVD."""
+    q, p = 300, 20000
+    sigmas = np.linspace(2.0, 1.0, q)
+    sigmas[-1] = 2.0 * p * EPS32 * 1.008
+    w = _with_spectrum_shaped(rng, q, p, sigmas)
+    chunk = _stream_in_chunks(monkeypatch, q)
+    decision, peak = _peak_allocation(lambda: decide_rank(w[None], EPS32))
+    assert decision.method == "svd"
+    assert peak < 4 * chunk + (2 << 20) < 8 * q * p / 3
+    ref = reference(w[None], EPS32)
+    assert decision.rank == ref["rank"] == q
+    assert decision.smallest_kept == pytest.approx(ref["smallest_kept"], rel=1e-9)
+    assert decision.margin == pytest.approx(1.008, rel=1e-3)
+
+
+def test_streaming_rule():
+    """A block streams when its float64 copy exceeds CHUNK_BYTES (64 MiB) and a chunk holds
+    at least 4 lines per short-side line; smaller or squarer blocks keep the whole-block SVD."""
+    assert not spectral.streams((256, 32768))  # exactly 64 MiB of float64
+    assert spectral.streams((256, 32769)) and spectral.streams((32769, 256))
+    assert spectral.streams((1448, 10**5)) and not spectral.streams((1449, 10**5))
+    assert spectral.streams((1, 8 << 20 | 1)) and not spectral.streams((4096, 4096))
+
+
+def test_many_small_groups_are_copied_a_chunk_at_a_time(rng, monkeypatch):
+    """Unstreamed groups go to the SVD a CHUNK_BYTES batch at a time: the same decision as one
+    batch (each block's SVD is the same), without a float64 copy of the whole stack."""
+    blocks = rng.standard_normal((400, 6, 9)).astype(np.float32)
+    blocks[::7, :, 4:] = 0.0
+    whole = decide_rank(blocks, EPS32)
+    monkeypatch.setattr(spectral, "CHUNK_BYTES", 8 * 6 * 9 * 16)
+    batched, peak = _peak_allocation(lambda: decide_rank(blocks, EPS32))
+    assert batched == whole
+    assert peak < 8 * blocks.size / 4
+
+
+@pytest.mark.parametrize("shape", [(12, 20000), (40, 9000)], ids=lambda s: "x".join(map(str, s)))
+def test_kernel_space_of_a_long_wide_matrix_streams(rng, monkeypatch, shape):
+    """kernel_space of a wide matrix (q inputs, p >> q outputs): the same rank, kernel and
+    range as a float64 SVD, without a float64 copy of W or the p x p right factor a full SVD
+    made (a 128 x 100000 layer needed 80 GB)."""
+    q, p = shape
+    sigmas, rank = _near_tol_spectrum(q, p)
+    w = _with_spectrum_shaped(rng, q, p, sigmas)
+    chunk = _stream_in_chunks(monkeypatch, q)
+    space, peak = _peak_allocation(lambda: spectral.kernel_space(w, EPS32))
+    _assert_no_whole_copy(peak, chunk, shape)
+    u, s, _ = np.linalg.svd(w.astype(np.float64), full_matrices=False)
+    assert space.rank == rank == int(np.count_nonzero(s > s[0] * p * EPS32))
+    assert space.sigma_max == pytest.approx(s[0], rel=1e-12)
+    assert space.basis is not None and space.basis.shape == (q - rank, q)
+    kernel = u[:, rank:]
+    np.testing.assert_allclose(space.basis.T @ space.basis, kernel @ kernel.T, atol=1e-9)
+    np.testing.assert_allclose(space.range_basis @ space.range_basis.T,
+                               u[:, :rank] @ u[:, :rank].T, atol=1e-9)
+    again = spectral.kernel_space(w, EPS32)  # deterministic
+    assert np.array_equal(again.basis, space.basis)
+    assert np.array_equal(again.range_basis, space.range_basis)
