@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxcollide.convop import TRANSPOSED_DENSE_MAX_DIM
 from onnxcollide.errors import OnnxCollideError, UnsupportedModelError, UsageError
 from onnxcollide.graph.constants import ConstantResolver, Scope
 from onnxcollide.graph.input_path import (
@@ -499,11 +500,12 @@ def find_collisions(path: str, feeds: dict[str, np.ndarray],
     if data_shape is None:
         raise UnsupportedModelError(f"the shape of W1's input '{ctx.site.data_input}' is "
                                     "unknown", path, "pass --input-shape")
+    found = None
     if ctx.route.exactness == OVERLAPPING and settings.mode != "tiled":
         from onnxcollide.search_operator import overlapping_collisions
 
         found = overlapping_collisions(ctx, x, data_shape, settings)
-    else:
+    if found is None:  # patchify, dense, tiled, or a ConvTranspose too large to analyse whole
         found = _unit_collisions(ctx, x, data_shape, settings)
     return replace(found, feeds=dict(feeds))
 
@@ -531,7 +533,8 @@ def _unit_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
     whole = kernel_space(matrix, eps, settings.rule)  # the layer's sigma_max and tolerance
     kernels = _UnitKernels(matrix, eps, settings.rule, whole.sigma_max)
     kernels.cache[np.arange(matrix.shape[0]).tobytes()] = whole
-    tiled = ctx.route.exactness == OVERLAPPING
+    transposed = ctx.site.op_type == "ConvTranspose"
+    tiled = ctx.route.exactness == OVERLAPPING and not transposed
     if tiled:
         method = "tiled per-patch kernel vector (the paper's repetition; not a collision of " \
                  "the whole operator)"
@@ -561,7 +564,9 @@ def _unit_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
     if rounding:
         notes.append("QuantizeLinear on the path rounds the input: the colliding inputs "
                       "collide at W1 only up to that rounding, so they are not exact")
-    if settings.mode != "auto" and not tiled:
+    if ctx.route.exactness == OVERLAPPING and transposed:
+        notes.append(_per_position_note(settings))
+    elif settings.mode != "auto" and not tiled:
         notes.append(f"mode '{settings.mode}' applies to an overlapping first conv only; W1 "
                      f"is {ctx.route.exactness}, so the collisions are exact")
     return CollisionSet(
@@ -580,16 +585,52 @@ def _owners_at_input(ctx: _Context, owner: np.ndarray, data_shape: tuple[int, ..
     return np.where(positions >= 0, owner[np.maximum(positions, 0)], -1)
 
 
+def _per_position_note(settings: SearchSettings) -> str:
+    """Why an overlapping ConvTranspose got per-position kernel vectors."""
+    if settings.mode == "tiled":
+        return ("mode 'tiled': per-position kernel vectors of the ConvTranspose, which lift "
+                "exactly; combinations across overlapping positions are not sought")
+    return ("the whole ConvTranspose operator was not analysed (more than "
+            f"{TRANSPOSED_DENSE_MAX_DIM} inputs, or no explicit output geometry): these are "
+            "per-position kernel vectors, which lift exactly; the operator may have more "
+            "null directions")
+
+
+def _trivial_kernel_error(ctx: _Context, whole: KernelSpace, p: int, mode: str
+                          ) -> OnnxCollideError:
+    """W1's per-unit kernel is trivial: no exact collision where that settles it (dense, a
+    patchify conv, an uncropped patchify ConvTranspose); otherwise say what is not known."""
+    where = f"{ctx.model.path}: W1 node '{ctx.site.label}'"
+    rank = f"W1 ({whole.q} x {p}) has rank {whole.rank}: its kernel is trivial (tol " \
+           f"{whole.tol:.3g})"
+    transposed = ctx.site.op_type == "ConvTranspose"
+    if ctx.route.exactness == OVERLAPPING and (mode == "tiled" or not transposed):
+        return UnsupportedModelError(f"{rank}, so --mode tiled has nothing to tile", where,
+                                     "use --mode auto to analyse the whole operator")
+    cropped = transposed and any(conv_geometry(ctx.site, tuple(
+        ctx.site.resolver.value(ctx.site.weight_name).shape)).pads)
+    if ctx.route.exactness == OVERLAPPING or cropped:
+        n_in = int(np.prod(ctx.shapes.get(ctx.site.data_input, (0, 0))[1:]))
+        n_out = int(np.prod(ctx.shapes.get(str(ctx.site.node.output[0]), (0, 0))[1:]))
+        bound = (f"; it maps {n_in} values to {n_out}, so it has at least {n_in - n_out} null "
+                 "directions" if 0 < n_out < n_in else "")
+        return UnsupportedModelError(
+            f"{rank} per input position, but the whole ConvTranspose operator (outputs overlap "
+            f"or are cropped) may still have exact collisions{bound}; this search analyses it "
+            f"only up to {TRANSPOSED_DENSE_MAX_DIM} inputs with explicit pads", where,
+            "give a smaller --input-shape to have the whole operator analysed")
+    return UnsupportedModelError(f"{rank}, so no exact collision exists at W1", where,
+                                 "collisions may still exist at later layers, which this "
+                                 "search does not build")
+
+
 def _no_unit_error(ctx: _Context, kernels: _UnitKernels, basis: int | None,
                    settings: SearchSettings) -> OnnxCollideError:
     """Why no unit could be perturbed, with what to do."""
     whole = kernels.space(np.arange(kernels.matrix.shape[0]))
     where = f"{ctx.model.path}: W1 node '{ctx.site.label}'"
     if whole.nullity == 0:
-        return UnsupportedModelError(
-            f"W1 ({whole.q} x {kernels.matrix.shape[1]}) has rank {whole.rank}: its kernel is "
-            f"trivial (tol {whole.tol:.3g}), so no exact collision exists at W1", where,
-            "collisions may still exist at later layers, which this search does not build")
+        return _trivial_kernel_error(ctx, whole, kernels.matrix.shape[1], settings.mode)
     if basis is not None:
         return UsageError(f"basis index {basis} is not below the kernel dimension of any unit",
                           where, f"use an index below {whole.nullity}")

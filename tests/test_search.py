@@ -724,3 +724,67 @@ def test_tiled_mode_refuses_a_region():
     x = np.random.default_rng(0).random((1, 3, 32, 32)).astype(np.float32)
     with pytest.raises(UsageError, match="region"):
         find_collisions(OVERLAP, {"input": x}, SearchSettings(mode="tiled", region=":,0:8,0:8"))
+
+
+# ------------------------------------------------------------------ overlapping ConvTranspose
+
+
+def conv_transpose_model(tmp_path: Path, shape: list[int], kernel: int = 3,
+                         stride: int = 1) -> str:
+    """ConvTranspose 6 -> 1 channels, k x k, stride s: per-position W is 6 x k^2."""
+    weight = np.random.default_rng(41).standard_normal((6, 1, kernel, kernel))
+    return make_model(tmp_path / "convT.onnx",
+                      [mk("ConvTranspose", ["x", "W"], ["y"], strides=[stride, stride])],
+                      [value("x", shape)], [value("y", None)],
+                      [init("W", weight.astype(np.float32))], check=False)
+
+
+@needs_convop
+def test_overlapping_conv_transpose_uses_the_whole_operator(tmp_path):
+    """The review's convT_s1: 6 -> 1, k3 s1 on 5x5 maps R^150 -> R^49. The per-position
+    W (6 x 9) has rank 6 (trivial kernel), but the operator has a 101-dim null space: the
+    search used to say 'no exact collision exists'. Now it reports the dimension and makes
+    exact collisions, checked in ONNX Runtime."""
+    path = conv_transpose_model(tmp_path, [1, 6, 5, 5])
+    found = find_collisions(path, {"x": image(42, (1, 6, 5, 5))}, SearchSettings(count=2))
+    assert found.exactness == OVERLAPPING
+    assert found.operator is not None and found.operator["null_space_dim"] == 101
+    assert "null space of dimension 101" in found.method
+    assert_exact(found)
+
+
+@needs_convop
+def test_conv_transpose_too_large_never_claims_no_collision(tmp_path, monkeypatch):
+    """Where the whole ConvTranspose is too large for the dense analysis and the per-position
+    kernel is trivial, the error says collisions may exist (at least n_in - n_out of them),
+    never that none exists."""
+    from onnxcollide import convop, search
+
+    monkeypatch.setattr(convop, "TRANSPOSED_DENSE_MAX_DIM", 10)
+    monkeypatch.setattr(search, "TRANSPOSED_DENSE_MAX_DIM", 10)
+    path = conv_transpose_model(tmp_path, [1, 6, 5, 5])
+    with pytest.raises(UnsupportedModelError) as caught:
+        find_collisions(path, {"x": image(42, (1, 6, 5, 5))})
+    text = caught.value.one_line()
+    assert "no exact collision exists" not in text
+    assert "at least 101 null directions" in text
+
+
+def test_conv_transpose_spectrum_matches_a_dense_svd():
+    """convop.transposed_smallest_singular: the ConvTranspose is the adjoint of the conv, so
+    its singular values and null dimension are those of conv_matrix(spec)^T."""
+    from onnxcollide.convop import ConvSpec, conv_matrix, transposed_smallest_singular
+
+    weight = np.random.default_rng(43).standard_normal((6, 2, 3, 3))
+    spec = ConvSpec(weight=weight, strides=(2, 2), dilations=(1, 1), pads=(1, 1, 1, 1),
+                    groups=1, input_shape=(2, 7, 7))
+    spectrum = transposed_smallest_singular(spec, k=3)
+    assert spectrum is not None
+    t = conv_matrix(spec).toarray().T  # (n_out of T, n_in of T)
+    full = np.zeros(t.shape[1])
+    s = np.linalg.svd(t, compute_uv=False)
+    full[: s.size] = s
+    np.testing.assert_allclose(spectrum.sigmas, np.sort(full)[:3], atol=1e-10)
+    for v, sigma in zip(spectrum.vectors.reshape(3, -1), spectrum.sigmas, strict=True):
+        assert abs(np.linalg.norm(t @ v) - sigma) < 1e-10
+    assert spectrum.null_dim == int(np.sum(full <= spectrum.tol))

@@ -402,6 +402,12 @@ def _classify_site(input_name: str, dtype: str, shape: Shape | None, site: Linea
     reads = _conv_reads(site, data_info.shape) if data_info and data_info.shape else None
     counts = _input_reads(path_nodes, input_name, infos, reads, resolver, opset)
     if site.op_type == "ConvTranspose":
+        if _transpose_outputs_overlap(site, data_shape):
+            return result(OVERLAPPING, "ConvTranspose outputs of neighbouring input positions "
+                                       "overlap: per-position kernel vectors still lift exactly, "
+                                       "but combinations across positions can cancel too, so "
+                                       "analyse the whole operator on the real input size.",
+                          counts)
         return result(PATCHIFY, "ConvTranspose adds up independent contributions v^T W of each "
                                 "input position: per-position kernel vectors lift exactly.",
                       counts)
@@ -417,3 +423,29 @@ def _classify_site(input_name: str, dtype: str, shape: Shape | None, site: Linea
                                    "conv operator on the real input size.", counts)
     return result(PATCHIFY, "conv windows never share an input element: per-patch kernel "
                             "vectors lift exactly, patch by patch.", counts)
+
+
+def _transpose_outputs_overlap(site: LinearSite, data_shape: tuple[int, ...] | None) -> bool:
+    """Whether two input positions of a ConvTranspose write to one kept output element.
+
+    On an axis of known size, an output position (inside the cropped output) written by two
+    input positions makes neighbouring positions overlap; where the size or the output
+    geometry is unknown, the kernel, stride and dilation decide (as for Conv).
+    """
+    geometry = conv_geometry(site, tuple(site.resolver.value(site.weight_name).shape))
+    axes = len(geometry.kernel)
+    explicit = geometry.auto_pad in ("NOTSET", "") and \
+        node_attr(site.node, "output_shape", None) is None
+    if data_shape is None or len(data_shape) != axes + 2 or not explicit:
+        return _geometric_overlap(site)
+    extra = node_attr(site.node, "output_padding", [0] * axes)
+    for a in range(axes):
+        size, k, s, d = data_shape[2 + a], geometry.kernel[a], geometry.strides[a], \
+            geometry.dilations[a]
+        pads = (geometry.pads[a], geometry.pads[a + axes])
+        out_len = s * (size - 1) + int(extra[a]) + (k - 1) * d + 1 - sum(pads)  # type: ignore[index]
+        taps = (np.arange(size)[:, None] * s + np.arange(k)[None, :] * d - pads[0]).ravel()
+        taps = taps[(taps >= 0) & (taps < out_len)]
+        if taps.size and int(np.bincount(taps).max()) > 1:
+            return True
+    return False
