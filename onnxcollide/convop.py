@@ -756,6 +756,8 @@ class OperatorSpectrum:
         null_dim: the dimension of the operator's null space under ``tol`` where the whole
             spectrum was computed (dense SVD of every group), None otherwise (then ``exact``
             and ``blind`` are only lower bounds of it).
+        wide: ``max(0, n_in - n_out)``, a lower bound of the null space's dimension
+            (rank-nullity).
     """
 
     sigmas: np.ndarray
@@ -774,11 +776,14 @@ class OperatorSpectrum:
     sigma_max_error: float = 0.0
     tol_error: float = 0.0
     null_dim: int | None = None
+    wide: int = 0
 
     @property
     def null_at_least(self) -> int:
         """A lower bound of the null space's dimension (its dimension where known)."""
-        return self.null_dim if self.null_dim is not None else max(self.exact, self.blind)
+        if self.null_dim is not None:
+            return self.null_dim
+        return max(self.exact, self.blind, self.wide)
 
 
 @dataclass
@@ -1058,7 +1063,8 @@ def _merge(geo: _Geometry, parts: list[_Part], k: int, seed: int, rtol: float | 
         relative=sigmas / smax if smax > 0 else np.zeros_like(sigmas),
         residuals=residuals, iterations=sum(p.iterations for p in parts), method=method,
         seed=seed, circular=circular, converged=all(p.converged for p in parts), blind=blind,
-        sigma_max_error=smax_high - smax, tol_error=tol_high - tol, null_dim=null_dim)
+        sigma_max_error=smax_high - smax, tol_error=tol_high - tol, null_dim=null_dim,
+        wide=max(0, geo.n_in - geo.n_out))
 
 
 TRANSPOSED_DENSE_MAX_DIM = 4096  # a ConvTranspose with more inputs is not analysed
@@ -1107,4 +1113,4 @@ def transposed_smallest_singular(spec: ConvSpec, k: int = 4, rtol: float | None 
         relative=sigmas / smax if smax > 0 else np.zeros_like(sigmas), residuals=residuals,
         iterations=0, method="dense SVD of the ConvTranspose (the adjoint conv)", seed=0,
         blind=blind, sigma_max_error=error, tol_error=tol_high - tol,
-        null_dim=int(np.count_nonzero(full <= tol)))
+        null_dim=int(np.count_nonzero(full <= tol)), wide=max(0, m - n))
