@@ -30,6 +30,7 @@ from onnxcollide.graph.input_path import (
     NOT_APPLICABLE,
     OVERLAPPING,
     FirstLayerPath,
+    input_read_counts,
     trace_input,
 )
 from onnxcollide.graph.linear_ops import ConvGeometry, LinearSite, conv_geometry, find_linear_ops
@@ -535,6 +536,10 @@ def _unit_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
     kernels.cache[np.arange(matrix.shape[0]).tobytes()] = whole
     transposed = ctx.site.op_type == "ConvTranspose"
     tiled = ctx.route.exactness == OVERLAPPING and not transposed
+    if whole.nullity == 0 and not tiled:
+        blind = _blind_collisions(ctx, x, settings, whole)
+        if blind is not None:
+            return blind
     if tiled:
         method = "tiled per-patch kernel vector (the paper's repetition; not a collision of " \
                  "the whole operator)"
@@ -577,6 +582,57 @@ def _unit_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
         tol_error=whole.tol_error)
 
 
+def _blind_mask(ctx: _Context, x: np.ndarray, settings: SearchSettings) -> np.ndarray | None:
+    """Model-input elements no window of W1 reads that may move (inside the region, off the
+    range's bounds), all samples: bool like ``x``; None where the reads cannot be followed."""
+    counts = input_read_counts(ctx.route, ctx.infos, ctx.resolver, ctx.model.opset)
+    if counts is None or counts.shape != x.shape[1:]:
+        return None
+    movable = np.broadcast_to(counts == 0, x.shape) & _region_mask(settings.region, x.shape)
+    if settings.valid_range is not None:
+        movable &= (x > settings.valid_range[0]) & (x < settings.valid_range[1])
+    return movable
+
+
+def _blind_collisions(ctx: _Context, x: np.ndarray, settings: SearchSettings,
+                      whole: KernelSpace) -> CollisionSet | None:
+    """Collisions that move only blind input elements (each its own unit, +-beta), for a W1
+    whose per-unit kernel is trivial; None where there is no movable blind element.
+
+    Raises:
+        UsageError: a basis index other than 0 (a blind element's kernel is 1-dimensional).
+    """
+    movable = _blind_mask(ctx, x, settings)
+    if movable is None or not movable.any():
+        return None
+    if any(b != 0 for b in settings.basis):
+        raise UsageError("W1's only exact collisions move blind input elements, whose kernel "
+                         "is 1-dimensional", hint="use --basis 0 or --basis random")
+    where = np.flatnonzero(movable)
+    unit_of = np.full(x.size, -1, dtype=np.int64)
+    unit_of[where] = np.arange(where.size)
+    collisions, notes = [], []
+    for k in range(settings.count):
+        rng = np.random.default_rng([settings.seed, k])
+        signs = np.ones(where.size) if settings.basis else rng.choice([-1.0, 1.0], where.size)
+        unit_delta = np.zeros(x.size)
+        unit_delta[where] = signs
+        collision, note = _make_collision(k, x, unit_delta.reshape(x.shape),
+                                          unit_of.reshape(x.shape), settings,
+                                          0 if settings.basis else None)
+        collisions.append(collision)
+        if note:
+            notes.append(note)
+    return CollisionSet(
+        model=ctx.model.path, input_name=ctx.route.input, feeds={}, w1_node=ctx.site.label,
+        w1_output=str(ctx.site.node.output[0]), exactness=ctx.route.exactness,
+        method=(f"W1's kernel is trivial; {where.size} blind input element(s) (no window "
+                "reads them) moved by +-beta each"),
+        exact=True, units=int(where.size), kernel_dims=(1, 1), tol=whole.tol,
+        collisions=tuple(collisions), operator=None, notes=tuple(notes), settings=settings,
+        tol_error=whole.tol_error)
+
+
 def _owners_at_input(ctx: _Context, owner: np.ndarray, data_shape: tuple[int, ...]
                      ) -> np.ndarray:
     """The unit owning each model-input element (-1 for none), via the path's positions."""
@@ -604,6 +660,11 @@ def _trivial_kernel_error(ctx: _Context, whole: KernelSpace, p: int, mode: str
     rank = f"W1 ({whole.q} x {p}) has rank {whole.rank}: its kernel is trivial (tol " \
            f"{whole.tol:.3g})"
     transposed = ctx.site.op_type == "ConvTranspose"
+    if ctx.route.blind_elements and ctx.route.exactness != OVERLAPPING:
+        return UsageError(f"{rank}; its {ctx.route.blind_elements} blind input element(s) per "
+                          "sample (no window reads them) are its only exact collisions, and "
+                          "none of them may move inside --region and --range", where,
+                          "widen the region or the range")
     if ctx.route.exactness == OVERLAPPING and (mode == "tiled" or not transposed):
         return UnsupportedModelError(f"{rank}, so --mode tiled has nothing to tile", where,
                                      "use --mode auto to analyse the whole operator")

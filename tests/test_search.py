@@ -788,3 +788,42 @@ def test_conv_transpose_spectrum_matches_a_dense_svd():
     for v, sigma in zip(spectrum.vectors.reshape(3, -1), spectrum.sigmas, strict=True):
         assert abs(np.linalg.norm(t @ v) - sigma) < 1e-10
     assert spectrum.null_dim == int(np.sum(full <= spectrum.tol))
+
+
+# ------------------------------------------------------------------ blind elements
+
+
+def blind_model(tmp_path: Path) -> str:
+    """Conv 1 -> 4 channels, k2 s4 on 8x8: W (4 x 4) has full rank, 48 of 64 elements blind."""
+    weight = np.random.default_rng(44).standard_normal((4, 1, 2, 2)).astype(np.float32)
+    return make_model(tmp_path / "blind.onnx",
+                      [mk("Conv", ["x", "W"], ["y"], kernel_shape=[2, 2], strides=[4, 4])],
+                      [value("x", [1, 1, 8, 8])], [value("y", None)], [init("W", weight)],
+                      check=False)
+
+
+def test_blind_elements_are_the_collisions_of_an_injective_w1(tmp_path):
+    """The review's blind.onnx: W1's per-window kernel is trivial, but 48 input elements are
+    read by no window, so moving them is an exact collision; collide used to say none exists.
+    Only blind elements move, each by +-beta, and the range bounds each one's own beta."""
+    path = blind_model(tmp_path)
+    found = find_collisions(path, {"x": image(45, (1, 1, 8, 8))},
+                            SearchSettings(count=2, valid_range=(0.0, 1.0)))
+    assert found.units == 48 and found.kernel_dims == (1, 1)
+    assert "48 blind input element(s)" in found.method
+    read = np.zeros((8, 8), dtype=bool)
+    read[np.ix_([0, 1, 4, 5], [0, 1, 4, 5])] = True
+    for c in found.collisions:
+        assert not c.delta[0, 0][read].any() and np.count_nonzero(c.delta) == 48
+        assert c.value.min() >= 0.0 and c.value.max() <= 1.0
+    assert_exact(found)
+
+
+def test_blind_elements_outside_the_region_are_named(tmp_path):
+    """A region that holds no blind element: a usage error that names the blind elements,
+    not 'no exact collision exists'."""
+    path = blind_model(tmp_path)
+    with pytest.raises(UsageError) as caught:
+        find_collisions(path, {"x": image(45, (1, 1, 8, 8))}, SearchSettings(region=":,0:2,0:2"))
+    assert "48 blind input element(s)" in caught.value.one_line()
+    assert "no exact collision exists" not in caught.value.one_line()

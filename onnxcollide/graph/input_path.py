@@ -449,3 +449,20 @@ def _transpose_outputs_overlap(site: LinearSite, data_shape: tuple[int, ...] | N
         if taps.size and int(np.bincount(taps).max()) > 1:
             return True
     return False
+
+
+def input_read_counts(route: FirstLayerPath, infos: dict[str, TensorInfo],
+                      resolver: ConstantResolver, opset: int) -> np.ndarray | None:
+    """How often W1 reads each element of one sample of the model input: per-sample shape
+    (e.g. (C, H, W)) int64, 0 for a blind element; None where it cannot be followed."""
+    site = route.site
+    if site is None:
+        return None
+    data_info = infos.get(site.data_input)
+    data_shape = _known(data_info.shape if data_info else None)
+    if site.op_type in ("Gemm", "QGemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
+        reads = np.ones(data_shape[1:], np.int64) if data_shape and _countable(
+            data_shape[1:]) else None
+    else:
+        reads = _conv_reads(site, data_info.shape) if data_info and data_info.shape else None
+    return _input_reads(list(route.nodes), route.input, infos, reads, resolver, opset)
