@@ -37,6 +37,7 @@ from onnxcollide.graph.linear_ops import ConvGeometry, LinearSite, conv_geometry
 from onnxcollide.graph.load import LoadedModel, load_model
 from onnxcollide.graph.path_map import pull_delta, pull_positions
 from onnxcollide.graph.shapes import TensorInfo, infer_shapes, is_float_input, model_inputs
+from onnxcollide.graph.tensors import is_external, tensor_to_array
 from onnxcollide.layers import ConvConvention, LinearLayer, build_layer
 from onnxcollide.spectral import EPS_OF, KernelSpace, ToleranceRule, kernel_space
 
@@ -170,7 +171,11 @@ def _choose_route(model: LoadedModel, infos: dict[str, TensorInfo], sites: list[
     inputs = [i for i in model_inputs(model) if wanted is None or i.name == wanted]
     if wanted is not None and not inputs:
         raise UsageError(f"the model has no input '{wanted}'", model.path)
-    routes = [trace_input(i.name, nodes, main, infos, resolver, model.opset) for i in inputs]
+    try:
+        routes = [trace_input(i.name, nodes, main, infos, resolver, model.opset)
+                  for i in inputs]
+    except OnnxCollideError as exc:
+        raise exc.in_file(model.path) from exc
     for route in routes:
         if route.site is not None and (wanted or is_float_input(
                 next(i for i in inputs if i.name == route.input))):
@@ -183,15 +188,45 @@ def _choose_route(model: LoadedModel, infos: dict[str, TensorInfo], sites: list[
                                 model.path, "the Null-space search needs a continuous input")
 
 
+FINITE_CHUNK = 1 << 22  # elements of a weight checked for NaN/Inf at once
+
+
+def check_weights(model: LoadedModel, sites: list[LinearSite]) -> None:
+    """Every external data tensor is readable and every linear weight finite, as the audit
+    requires (before any shape advice: a missing data file leaves shapes unknown).
+
+    Raises:
+        ModelLoadError: an external data file is missing, truncated or outside the folder.
+        UnsupportedModelError: a linear weight holds NaN or Inf (names node and weight).
+    """
+    for tensor in model.proto.graph.initializer:
+        if is_external(tensor):
+            try:
+                tensor_to_array(tensor, model.base_dir)
+            except OnnxCollideError as exc:
+                raise exc.in_file(model.path) from exc
+    for site in sites:
+        weight = np.asarray(site.resolver.value(site.weight_name)).reshape(-1)
+        if weight.dtype.kind not in "fc":
+            continue
+        for lo in range(0, weight.size, FINITE_CHUNK):
+            if not np.all(np.isfinite(weight[lo:lo + FINITE_CHUNK])):
+                raise UnsupportedModelError(
+                    "weight contains NaN or Inf",
+                    f"{model.path}, node '{site.label}' ({site.op_type}), weight "
+                    f"'{site.weight_name}'", "the model's weights are corrupt")
+
+
 def _context(path: str, feeds: dict[str, np.ndarray], settings: SearchSettings) -> _Context:
     model = load_model(path)
+    sites, _ = find_linear_ops(model)
+    check_weights(model, sites)
     known = {i.name for i in model_inputs(model)}
     missing = sorted(known - set(feeds))
     if missing:
         raise UsageError(f"no value for input(s) {', '.join(missing)}", path,
                          "give each input a value or a shape")
     infos = infer_shapes(model, {n: tuple(v.shape) for n, v in feeds.items() if n in known})
-    sites, _ = find_linear_ops(model)
     scope = Scope.of_graph(model.proto.graph, "main", None)
     resolver = ConstantResolver(scope, model.base_dir, list(model.proto.opset_import))
     route = _choose_route(model, infos, sites, resolver, settings.input_name)
@@ -733,8 +768,9 @@ def check_applicable(path: str, shapes: dict[str, tuple[int, ...]],
         UnsupportedModelError: W1 is not reached through affine ops from a float input.
     """
     model = load_model(path)
-    infos = infer_shapes(model, shapes)
     sites, _ = find_linear_ops(model)
+    check_weights(model, sites)
+    infos = infer_shapes(model, shapes)
     scope = Scope.of_graph(model.proto.graph, "main", None)
     resolver = ConstantResolver(scope, model.base_dir, list(model.proto.opset_import))
     route = _choose_route(model, infos, sites, resolver, input_name)
@@ -744,7 +780,13 @@ def check_applicable(path: str, shapes: dict[str, tuple[int, ...]],
 
 
 def w1_output_name(path: str, feeds: dict[str, np.ndarray]) -> str | None:
-    """Name of W1's output tensor for these inputs, None where the search does not apply."""
+    """Name of W1's output tensor for these inputs, None where the search does not apply.
+
+    Raises:
+        OnnxCollideError: the weights cannot be read or are not finite.
+    """
+    model = load_model(path)
+    check_weights(model, find_linear_ops(model)[0])
     try:
         return str(_context(path, feeds, SearchSettings()).site.node.output[0])
     except UnsupportedModelError:

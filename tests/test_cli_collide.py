@@ -624,3 +624,69 @@ def test_collide_atol_alone_only_adds_a_floor_to_the_operator_tolerance(tmp_path
         assert run("collide", OVERLAP, "--no-validate", "-o", str(out), *extra).exit_code == 0
         tols.append(report_of(out)["w1"]["tol"])
     assert tols[0] == tols[1]
+
+
+# ------------------------------------------------------------------ broken weights, bad shapes
+
+
+def _external_copy(tmp_path: Path) -> Path:
+    """mlp_dense with every tensor in one external data file, 'ext.onnx.data'."""
+    model = onnx.load(MLP)
+    path = tmp_path / "ext.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.onnx.data", size_threshold=0)
+    return path
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_collide_and_validate_name_missing_external_data(tmp_path, damage):
+    """A missing or truncated external data file: collide used to advise --input-shape (the
+    shapes were unknown because the Reshape target was unreadable) and validate named no
+    model; both now give the audit's line, with the model path, exit 3."""
+    path = _external_copy(tmp_path)
+    data = tmp_path / "ext.onnx.data"
+    if damage == "missing":
+        data.unlink()
+    else:
+        data.write_bytes(data.read_bytes()[:100])
+    line = assert_one_line_error(run("collide", str(path), "-o", str(tmp_path / "out"),
+                                     "--input-shape", "input=1x1x16x16"), 3)
+    assert str(path) in line and "ext.onnx.data" in line and "--input-shape" not in line
+    a = tmp_path / "a.npy"
+    np.save(a, np.zeros((1, 1, 16, 16), np.float32))
+    np.save(tmp_path / "b.npy", np.ones((1, 1, 16, 16), np.float32))
+    line = assert_one_line_error(run("validate", str(path), str(a), str(tmp_path / "b.npy")), 3)
+    assert str(path) in line and "ext.onnx.data" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("tensor", ["fc1.weight", "fc2.weight"])
+def test_collide_refuses_nan_weights_like_the_audit(tmp_path, tensor):
+    """NaN in W1 crashed the SVD ('internal error'); NaN in a later layer ran and FAILed
+    (exit 1). Both are now the audit's exit-3 line naming node and weight."""
+    model = onnx.load(MLP)
+    for t in model.graph.initializer:
+        if t.name == tensor:
+            array = onnx.numpy_helper.to_array(t).copy()
+            array[0, 0] = np.nan
+            t.CopyFrom(onnx.numpy_helper.from_array(array, t.name))
+    path = tmp_path / "nan.onnx"
+    onnx.save(model, str(path))
+    line = assert_one_line_error(run("collide", str(path), "-o", str(tmp_path / "out")), 3)
+    assert "weight contains NaN or Inf" in line and f"weight '{tensor}'" in line
+    assert str(path) in line
+    audit = assert_one_line_error(run("audit", str(path)), 3)
+    assert audit.split(": ", 2)[-1] == line.split(": ", 2)[-1]
+
+
+@pytest.mark.parametrize("command", [("collide", "-o", "OUT"), ("audit",),
+                                     ("audit", "--validate", "--summary-only")])
+def test_input_smaller_than_the_first_window_is_a_usage_error(tmp_path, command):
+    """mtcnn_pnet (3x3 first conv) at 2x2: audit reported a 'patchify' W1 and exit 0,
+    collide and --validate crashed ('window shape cannot be larger'). Now exit 2, one line
+    naming the input, the node and the window."""
+    args = [a.replace("OUT", str(tmp_path / "out")) for a in command]
+    line = assert_one_line_error(run(*args[:1], MTCNN, *args[1:], "--input-shape",
+                                     "input_1=1x2x2x3"), 2)
+    assert "'input_1' (1x2x2x3) is smaller than W1's window" in line
+    assert "node 'conv2d' (Conv) reads 3x3" in line and MTCNN in line

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from onnx import NodeProto, helper
 
+from onnxcollide.errors import UsageError
 from onnxcollide.graph.constants import ConstantResolver
 from onnxcollide.graph.linear_ops import LinearSite, conv_geometry, node_attr, node_label
 from onnxcollide.graph.pad_slice import pad_amounts, scatter_to, slice_sources
@@ -399,6 +400,7 @@ def _classify_site(input_name: str, dtype: str, shape: Shape | None, site: Linea
         counts = _input_reads(path_nodes, input_name, infos, reads, resolver, opset)
         return result(DENSE, f"{site.op_type} acts on the input directly: every kernel vector "
                              "of W1 lifts exactly.", counts)
+    _check_window_fits(input_name, shape, site, data_shape)
     reads = _conv_reads(site, data_info.shape) if data_info and data_info.shape else None
     counts = _input_reads(path_nodes, input_name, infos, reads, resolver, opset)
     if site.op_type == "ConvTranspose":
@@ -466,3 +468,29 @@ def input_read_counts(route: FirstLayerPath, infos: dict[str, TensorInfo],
     else:
         reads = _conv_reads(site, data_info.shape) if data_info and data_info.shape else None
     return _input_reads(list(route.nodes), route.input, infos, reads, resolver, opset)
+
+
+def _check_window_fits(input_name: str, shape: Shape | None, site: LinearSite,
+                       data_shape: tuple[int, ...] | None) -> None:
+    """A conv W1 whose (padded) input is smaller than its window has no output at all.
+
+    Raises:
+        UsageError: names the input, its shape, the node and the window (the input shape is
+            the user's --input-shape or the model's own).
+    """
+    if site.op_type == "ConvTranspose" or data_shape is None:
+        return
+    geometry = conv_geometry(site, tuple(site.resolver.value(site.weight_name).shape))
+    spatial = data_shape[2:]
+    if len(spatial) != len(geometry.kernel):
+        return
+    extents = [(k - 1) * d + 1 for k, d in zip(geometry.kernel, geometry.dilations, strict=True)]
+    padded = [n + b + e for n, (b, e) in zip(spatial, geometry.pads_for(spatial), strict=True)]
+    if all(p >= e for p, e in zip(padded, extents, strict=True)):
+        return
+    dims = "x".join("?" if d is None else str(d) for d in shape) if shape else "?"
+    raise UsageError(
+        f"the input '{input_name}' ({dims}) is smaller than W1's window: node '{site.label}' "
+        f"({site.op_type}) reads {'x'.join(map(str, extents))} from its input "
+        f"'{site.data_input}', which is {'x'.join(map(str, padded))} with padding",
+        hint=f"give '{input_name}' a larger --input-shape")
