@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from onnxcollide import __version__
-from onnxcollide.artifacts import claim_descriptor, write_claimed, write_text
+from onnxcollide.artifacts import claim_descriptor, write_claimed, write_stdout, write_text
 from onnxcollide.audit import AuditSettings, ModelAudit, ProgressCallback, audit_model
 from onnxcollide.cli_types import NON_NEGATIVE, POSITIVE, SEED
 from onnxcollide.errors import OnnxCollideError, UsageError
@@ -276,7 +276,7 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
         width = os.get_terminal_size().columns if to_terminal else 160
         text = render(audits, Format(fmt), RenderOptions(summary_only, width, to_terminal))
         if target is None:
-            click.echo(text, nl=False)
+            write_stdout(text)
             return
         if claimed is not None:
             write_claimed(claimed, target, lambda out: out.write(text.encode("utf-8")))

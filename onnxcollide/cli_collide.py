@@ -18,6 +18,7 @@ from onnxcollide.artifacts import (
     image_layout,
     save_npz,
     strip_png,
+    write_stdout,
     write_text,
 )
 from onnxcollide.cli_types import ANY_FINITE, NON_NEGATIVE, POSITIVE, SEED
@@ -283,7 +284,7 @@ def register(main: click.Group, run_guarded: Callable[[Callable[[], None], bool]
             validations, runtime = _validate(found, not no_validate, device, precision, seed)
             report = _write_outputs(out, found, drawing, validations, runtime)
             show = render_json(report) if fmt == "json" else render_table(report, 160)
-            click.echo(show, nl=False)
+            write_stdout(show)
             if runtime and not all(v and v.get("passed") for v in validations):
                 click.echo("some colliding inputs did not pass validation (see the report)",
                            err=True)
@@ -329,10 +330,8 @@ def register(main: click.Group, run_guarded: Callable[[Callable[[], None], bool]
             check = validate_pair(runner, feeds_a, feeds_b, target, seed,
                                   Tolerances.for_run(runner, target))
             data = validation_dict(check)
-            if fmt == "json":
-                click.echo(json.dumps(data, indent=2, allow_nan=False))
-            else:
-                click.echo(render_validation_table(data), nl=False)
+            write_stdout(json.dumps(data, indent=2, allow_nan=False) + "\n" if fmt == "json"
+                         else render_validation_table(data))
             sys.exit(0 if data.get("passed") else 1)
 
         run_guarded(run, debug)
