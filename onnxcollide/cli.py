@@ -265,7 +265,7 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
         for path in models:
             settings = replace(base, input_shapes=shapes[path])
             with _progress(show, os.path.basename(path)) as callback:
-                result = audit_model(path, settings, callback)
+                result = _audit_one(path, settings, callback, len(models))
             if check:
                 from onnxcollide.w1check import check_w1
 
@@ -285,6 +285,19 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
         click.echo(f"wrote {target}", err=True)
 
     _run_guarded(run, debug)
+
+
+def _audit_one(path: str, settings: AuditSettings, callback: ProgressCallback | None,
+               models: int) -> ModelAudit:
+    """audit_model; with several models, an --input-shape naming an input this one lacks
+    also says how to aim it at one model (MODEL:NAME=DIMS, which only audit takes)."""
+    try:
+        return audit_model(path, settings, callback)
+    except UsageError as exc:
+        if models > 1 and exc.what.startswith("--input-shape names input"):
+            exc.hint += " (to fix one model of several, write MODEL:NAME=DIMS)"
+            exc.args = (exc.one_line(),)
+        raise
 
 
 def _register_commands() -> None:

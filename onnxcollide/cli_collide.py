@@ -321,9 +321,9 @@ def register(main: click.Group, run_guarded: Callable[[Callable[[], None], bool]
             shapes = _shapes(input_shapes)
             loaded = load_model(model)
             feeds_a = load_inputs(loaded, parse_assignments((first,), "FIRST"), shapes, seed,
-                                  options)
+                                  options, option="FIRST")
             feeds_b = load_inputs(loaded, parse_assignments((second,), "SECOND"), shapes,
-                                  seed, options)
+                                  seed, options, option="SECOND")
             target = layer or w1_output_name(model, feeds_a)
             runner = ModelRunner(model, extra_outputs=[target] if target else [],
                                  device=device, precision=precision)

@@ -207,8 +207,12 @@ def random_input(dims: list[int | None], override: tuple[int, ...] | None, dtype
 
 def load_inputs(model: LoadedModel, files: dict[str | None, str],
                 shapes: dict[str, tuple[int, ...]], seed: int, image: ImageOptions,
-                value_range: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
+                value_range: tuple[float, float] | None = None,
+                option: str = "--input") -> dict[str, np.ndarray]:
     """A value for every graph input: from a file where given, else a seeded random draw.
+
+    ``option`` is how the command takes a file (``--input``, or validate's ``FIRST``), for
+    the hint of a model with several inputs.
 
     Raises:
         UsageError: a name the model lacks, a shape or dtype that does not fit.
@@ -218,8 +222,10 @@ def load_inputs(model: LoadedModel, files: dict[str | None, str],
     names = [i.name for i in inputs]
     if None in files:
         if len(inputs) != 1:
+            how = "name each: --input NAME=FILE" if option == "--input" else \
+                f"write {option} as NAME=FILE"
             raise UsageError("the model has several inputs", model.path,
-                             f"name each: --input NAME=FILE (inputs: {', '.join(names)})")
+                             f"{how} (inputs: {', '.join(names)})")
         files = {names[0]: files[None]}
     for name in list(files) + list(shapes):
         if name not in names:

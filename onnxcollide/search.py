@@ -176,6 +176,13 @@ def _choose_route(model: LoadedModel, infos: dict[str, TensorInfo], sites: list[
                   for i in inputs]
     except OnnxCollideError as exc:
         raise exc.in_file(model.path) from exc
+    if wanted is not None and routes[0].site is None:
+        others = [r.input for r in (trace_input(i.name, nodes, main, infos, resolver,
+                                                model.opset) for i in model_inputs(model))
+                  if r.site is not None]
+        raise UsageError(f"--input-name '{wanted}': that input reaches no linear op with a "
+                         "constant weight", model.path,
+                         f"use {' or '.join(repr(o) for o in others)}" if others else "")
     for route in routes:
         if route.site is not None and (wanted or is_float_input(
                 next(i for i in inputs if i.name == route.input))):

@@ -690,3 +690,52 @@ def test_input_smaller_than_the_first_window_is_a_usage_error(tmp_path, command)
                                      "input_1=1x2x2x3"), 2)
     assert "'input_1' (1x2x2x3) is smaller than W1's window" in line
     assert "node 'conv2d' (Conv) reads 3x3" in line and MTCNN in line
+
+
+# ------------------------------------------------------------------ hints that fit the command
+
+
+def _two_inputs(tmp_path: Path) -> str:
+    """x [1, 8] -> Gemm (3 x 8, transB) -> + m [1, 3]: only x reaches a linear op."""
+    from builders import init, make_model, value
+
+    weight = np.random.default_rng(46).standard_normal((3, 8)).astype(np.float32)
+    return make_model(tmp_path / "two_in.onnx",
+                      [mk("Gemm", ["x", "w"], ["g"], transB=1), mk("Add", ["g", "m"], ["y"])],
+                      [value("x", [1, 8]), value("m", [1, 3])], [value("y", [1, 3])],
+                      [init("w", weight)])
+
+
+def test_hints_name_what_each_command_takes(tmp_path):
+    """collide's --input-shape error no longer suggests MODEL:NAME=DIMS (audit's form, which
+    collide rejects); validate on a two-input model says to write FIRST as NAME=FILE, not
+    --input (which validate lacks)."""
+    line = assert_one_line_error(run("collide", PATCH, "-o", str(tmp_path / "o"),
+                                     "--input-shape", "patch_embed.onnx:input=1x3x32x32"), 2)
+    assert "MODEL:NAME=DIMS" not in line and "Its inputs are: input" in line
+    path = _two_inputs(tmp_path)
+    for name, fill in (("a.npy", 0.0), ("b.npy", 1.0)):
+        np.save(tmp_path / name, np.full((1, 8), fill, np.float32))
+    line = assert_one_line_error(run("validate", path, str(tmp_path / "a.npy"),
+                                     str(tmp_path / "b.npy")), 2)
+    assert "Write FIRST as NAME=FILE (inputs: x, m)" in line and "--input" not in line
+
+
+def test_input_name_that_reaches_no_linear_op_is_a_usage_error(tmp_path):
+    """--input-name m, where m only joins after the Gemm: it said 'no input reaches a linear
+    op' (exit 3), though x does. Now exit 2 naming m and the input to use."""
+    line = assert_one_line_error(run("collide", _two_inputs(tmp_path), "-o",
+                                     str(tmp_path / "o"), "--input-name", "m"), 2)
+    assert "--input-name 'm': that input reaches no linear op" in line and "Use 'x'" in line
+
+
+def test_float64_on_a_quantized_model_names_the_file_exit_2(tmp_path):
+    """--precision float64 on a QDQ model with QuantizeLinear: an option that does not fit
+    the model (exit 2, not 3), and the line names the model file."""
+    from builders import DATA
+
+    model = str(DATA / "lenet5_mnist_qdq.onnx")
+    line = assert_one_line_error(run("collide", model, "-o", str(tmp_path / "o"),
+                                     "--precision", "float64", "--mode", "approximate"), 2)
+    assert model in line and "quantizes activations" in line
+    assert not (tmp_path / "o").exists()
