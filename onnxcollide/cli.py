@@ -1,7 +1,8 @@
 """Command line: parse, call one core function, render, exit with a code a CI gate can use.
 
-Exit codes: 0 success; 1 reserved for the policy gate; 2 usage error; 3 the model cannot be
-read or holds something we cannot analyse.
+Exit codes: 0 success; 1 a check failed (collide: a collision claimed exact did not pass
+validation; validate: the inputs do not collide; audit: reserved for the policy gate); 2 usage
+error; 3 the model cannot be read or holds something we cannot analyse.
 """
 
 from __future__ import annotations

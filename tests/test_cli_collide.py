@@ -739,3 +739,26 @@ def test_float64_on_a_quantized_model_names_the_file_exit_2(tmp_path):
                                      "--precision", "float64", "--mode", "approximate"), 2)
     assert model in line and "quantizes activations" in line
     assert not (tmp_path / "o").exists()
+
+
+def test_collide_exit_1_only_when_a_claimed_exact_collision_fails(tmp_path, monkeypatch):
+    """Exit codes as documented: an exact collision that fails validation exits 1 with a line
+    that says it was claimed exact (approximate and tiled FAILs exit 0, test above)."""
+    import onnxcollide.validation as validation
+
+    real = validation.validate_collisions
+
+    def failing(found, *args, **kwargs):
+        done, runtime = real(found, *args, **kwargs)
+        return [{**d, "passed": False} for d in done], runtime
+
+    monkeypatch.setattr(validation, "validate_collisions", failing)
+    result = run("collide", PATCH, "-o", str(tmp_path / "o"), "--device", "cpu")
+    assert result.exit_code == 1, result.stderr
+    assert "claimed exact did not pass validation" in result.stderr
+
+
+def test_collide_help_shows_no_empty_range():
+    """--beta has no bounds: its help said '[default: 1.0; x<=None]'."""
+    result = run("collide", "--help")
+    assert "None" not in result.stdout and "[default: 1.0]" in result.stdout
