@@ -582,6 +582,7 @@ def _unit_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
         blind = _blind_collisions(ctx, x, settings, whole)
         if blind is not None:
             return blind
+    coarse = _coarse_kernel_note(matrix, whole, eps, ctx.layer.compute_dtype)
     if tiled:
         method = "tiled per-patch kernel vector (the paper's repetition; not a collision of " \
                  "the whole operator)"
@@ -611,6 +612,10 @@ def _unit_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
     if rounding:
         notes.append("QuantizeLinear on the path rounds the input: the colliding inputs "
                       "collide at W1 only up to that rounding, so they are not exact")
+    if coarse:
+        notes.append(coarse)
+        method += " at its float16 tolerance (approximate)" if ctx.layer.compute_dtype == \
+            "float16" else f" at its {ctx.layer.compute_dtype} tolerance (approximate)"
     if ctx.route.exactness == OVERLAPPING and transposed:
         notes.append(_per_position_note(settings))
     elif settings.mode != "auto" and not tiled:
@@ -619,9 +624,36 @@ def _unit_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
     return CollisionSet(
         model=ctx.model.path, input_name=ctx.route.input, feeds={}, w1_node=ctx.site.label,
         w1_output=str(ctx.site.node.output[0]), exactness=ctx.route.exactness, method=method,
-        exact=not tiled and not rounding, units=used, kernel_dims=dims, tol=whole.tol,
+        exact=not tiled and not rounding and not coarse, units=used, kernel_dims=dims,
+        tol=whole.tol,
         collisions=tuple(collisions), operator=None, notes=tuple(notes), settings=settings,
         tol_error=whole.tol_error)
+
+
+def _coarse_kernel_note(matrix: np.ndarray, whole: KernelSpace, eps: float,
+                        dtype: str) -> str | None:
+    """Why W1's kernel vectors are approximate, or None where they are exact.
+
+    A W1 that computes in float16 or bfloat16 has a tolerance of ``max(q, p) * eps`` of that
+    type, often a large fraction of sigma_max: the singular values it drops can be far above
+    float32 rounding, so ``W^T v`` of a kernel vector is not 0, and validation (which holds W1
+    to ``10 eps`` of the type) need not pass. Such vectors are labelled approximate.
+
+    Args:
+        matrix: (q, p) W1 (all blocks, float64).
+    """
+    if eps <= EPS_OF["float"] or whole.nullity == 0:
+        return None
+    q, p = matrix.shape
+    sigmas = np.linalg.svd(matrix, compute_uv=False)
+    dropped = sigmas[sigmas <= whole.tol]
+    largest = float(dropped.max()) if dropped.size else 0.0
+    if largest <= whole.sigma_max * max(q, p) * EPS_OF["float"]:
+        return None
+    return (f"W1 computes in {dtype}: its kernel at that type's tolerance (tol {whole.tol:.3g}) "
+            f"holds singular values up to {largest:.3g} ({largest / whole.sigma_max:.3g} of "
+            "sigma_max), so W^T v is not 0 and these collisions are approximate; give a "
+            "smaller --rtol (e.g. 1e-6) for a smaller kernel whose vectors collide exactly")
 
 
 def _blind_mask(ctx: _Context, x: np.ndarray, settings: SearchSettings) -> np.ndarray | None:

@@ -36,6 +36,7 @@ from onnxcollide.search import (
     first_layer_kernel,
     w1_output_name,
 )
+from onnxcollide.spectral import ToleranceRule
 
 mk = helper.make_node
 LENET_QDQ = str(DATA / "lenet5_mnist_qdq.onnx")
@@ -827,3 +828,34 @@ def test_blind_elements_outside_the_region_are_named(tmp_path):
         find_collisions(path, {"x": image(45, (1, 1, 8, 8))}, SearchSettings(region=":,0:2,0:2"))
     assert "48 blind input element(s)" in caught.value.one_line()
     assert "no exact collision exists" not in caught.value.one_line()
+
+
+# ------------------------------------------------------------------ float16 W1
+
+
+def fp16_gemm(tmp_path: Path) -> str:
+    """float16 x [1, 40] -> MatMul W (40 x 20, float16) with singular values 4 ... 0.04: the
+    float16 tolerance (40 * 2^-10 * 4 = 0.156) drops three values far above float32 rounding,
+    beside the 20 structural zeros."""
+    rng = np.random.default_rng(47)
+    u, _ = np.linalg.qr(rng.standard_normal((40, 20)))
+    v, _ = np.linalg.qr(rng.standard_normal((20, 20)))
+    sigmas = np.linspace(4.0, 0.04, 20)
+    weight = ((u * sigmas) @ v.T).astype(np.float16)
+    return make_model(tmp_path / "fp16.onnx", [mk("MatMul", ["x", "W"], ["y"])],
+                      [value("x", [1, 40], onnx.TensorProto.FLOAT16)],
+                      [value("y", [1, 20], onnx.TensorProto.FLOAT16)], [init("W", weight)])
+
+
+def test_float16_kernel_at_its_tolerance_is_labelled_approximate(tmp_path):
+    """The review's fp16.onnx: collide called kernel vectors at the float16 tolerance exact,
+    then validation FAILed them. They are now approximate, with a note naming the largest
+    dropped singular value; a float32-level --rtol gives a kernel that is exact."""
+    path = fp16_gemm(tmp_path)
+    x = {"x": image(48, (1, 40)).astype(np.float16)}
+    found = find_collisions(path, x)
+    assert found.exact is False and "float16 tolerance (approximate)" in found.method
+    assert any("these collisions are approximate" in n for n in found.notes)
+    tight = find_collisions(path, x, SearchSettings(rule=ToleranceRule(rtol=1e-6)))
+    assert tight.exact is True and tight.kernel_dims == (20, 20)
+    assert not any("approximate" in n for n in tight.notes)
