@@ -62,6 +62,9 @@ def shapes_per_model(texts: tuple[str, ...], models: tuple[str, ...]
         targets, rest = _prefix_targets(text, models)
         name, dims = parse_input_shape(rest)
         for model in targets:
+            if name in chosen[model]:
+                raise UsageError(f"--input-shape sets input '{name}' of {model} twice",
+                                 hint="give one --input-shape per input and model")
             chosen[model][name] = dims
     return {m: tuple(shapes.items()) for m, shapes in chosen.items()}
 
@@ -243,6 +246,7 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
           summary_only: bool, progress: bool | None, check: bool, seed: int, device: str,
           debug: bool) -> None:
     """Rank and nullity of every Conv/Gemm/MatMul weight, and the paper's Table 1 metrics."""
+    fmt = _audit_format(click.get_current_context(), fmt, output, check)
 
     def run() -> None:
         target = None if output == "-" or output is None else output
@@ -286,6 +290,31 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
         click.echo(f"wrote {target}", err=True)
 
     _run_guarded(run, debug)
+
+
+SUFFIX_FORMATS = {".json": Format.JSON, ".csv": Format.CSV, ".md": Format.MARKDOWN,
+                  ".markdown": Format.MARKDOWN}
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    """Whether the option ``name`` was given on the command line (not its default)."""
+    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+
+
+def _audit_format(ctx: click.Context, fmt: str, output: str | None, check: bool) -> str:
+    """The report format: ``-f`` where given, else the ``-o`` file's suffix (``.json``,
+    ``.csv``, ``.md``), else a table; --seed and --device without --validate are refused.
+
+    Raises:
+        click.UsageError: --seed or --device without --validate (they would be ignored).
+    """
+    if not check:
+        ignored = [f"--{n}" for n in ("seed", "device") if _given(ctx, n)]
+        if ignored:
+            raise click.UsageError(f"{' and '.join(ignored)} only apply with --validate", ctx)
+    if _given(ctx, "fmt") or not output or output == "-":
+        return fmt
+    return SUFFIX_FORMATS.get(os.path.splitext(output)[1].lower(), Format(fmt)).value
 
 
 def _audit_one(path: str, settings: AuditSettings, callback: ProgressCallback | None,

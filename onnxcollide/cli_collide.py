@@ -24,7 +24,13 @@ from onnxcollide.artifacts import (
 from onnxcollide.cli_types import ANY_FINITE, NON_NEGATIVE, POSITIVE, SEED
 from onnxcollide.errors import UsageError
 from onnxcollide.graph.load import load_model
-from onnxcollide.inputs import ImageOptions, load_inputs, parse_assignments
+from onnxcollide.inputs import (
+    IMAGE_SUFFIXES,
+    ImageOptions,
+    check_image_options,
+    load_inputs,
+    parse_assignments,
+)
 from onnxcollide.output_set import Writer, check_output_set_folder, write_output_set
 from onnxcollide.report.collide_format import (
     collide_dict,
@@ -60,7 +66,14 @@ def _floats(text: str | None, option: str, count: int | None = None) -> tuple[fl
 def _shapes(texts: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
     from onnxcollide.cli import parse_input_shape
 
-    return dict(parse_input_shape(t) for t in texts)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for text in texts:
+        name, dims = parse_input_shape(text)
+        if name in shapes:
+            raise UsageError(f"--input-shape sets input '{name}' twice",
+                             hint="give one --input-shape per input")
+        shapes[name] = dims
+    return shapes
 
 
 def _resize(text: str | None) -> tuple[int, int] | None:
@@ -329,10 +342,18 @@ def register(main: click.Group, run_guarded: Callable[[Callable[[], None], bool]
             options = _image_options(resize, layout, scale, mean, std)
             shapes = _shapes(input_shapes)
             loaded = load_model(model)
-            feeds_a = load_inputs(loaded, parse_assignments((first,), "FIRST"), shapes, seed,
-                                  options, option="FIRST")
-            feeds_b = load_inputs(loaded, parse_assignments((second,), "SECOND"), shapes,
-                                  seed, options, option="SECOND")
+            files_a = parse_assignments((first,), "FIRST")
+            files_b = parse_assignments((second,), "SECOND")
+            check_image_options(options, [*files_a.values(), *files_b.values()], model)
+
+            def image_of(files: dict[str | None, str]) -> ImageOptions:
+                is_image = any(f.lower().endswith(IMAGE_SUFFIXES) for f in files.values())
+                return options if is_image else ImageOptions()
+
+            feeds_a = load_inputs(loaded, files_a, shapes, seed, image_of(files_a),
+                                  option="FIRST")
+            feeds_b = load_inputs(loaded, files_b, shapes, seed, image_of(files_b),
+                                  option="SECOND")
             target = layer or w1_output_name(model, feeds_a)
             runner = ModelRunner(model, extra_outputs=[target] if target else [],
                                  device=device, precision=precision)

@@ -526,3 +526,29 @@ def test_failed_write_to_stdout_is_one_line_exit_2(tmp_path, args):
     assert done.returncode == 2, done.stderr
     assert done.stderr == "error: standard output: cannot write here (No space left on " \
                           "device).\n"
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    (("--input-shape", "input=1x1x16x16", "--input-shape", "input=1x1x16x16"),
+     "--input-shape sets input 'input' of"),
+    (("--device", "cpu"), "--device only apply with --validate"),
+    (("--seed", "5"), "--seed only apply with --validate"),
+])
+def test_audit_options_that_would_be_ignored_are_usage_errors(args, match):
+    """A repeated --input-shape (the last won) and --seed/--device without --validate
+    (silently unused) are one-line usage errors."""
+    line = assert_one_line_error(run("audit", MLP, *args), 2)
+    assert match in line
+
+
+@pytest.mark.parametrize(("suffix", "start"), [(".json", "{"), (".csv", "model,index,"),
+                                               (".md", "#"), (".txt", "mlp_dense.onnx")])
+def test_audit_report_format_follows_the_output_suffix(tmp_path, suffix, start):
+    """-o report.json without -f wrote a table into the .json file; the suffix now picks the
+    format (an explicit -f still wins)."""
+    out = tmp_path / f"report{suffix}"
+    result = run("audit", MLP, "-o", str(out))
+    assert result.exit_code == 0, result.stderr
+    assert out.read_text().lstrip().startswith(start)
+    run("audit", MLP, "-o", str(out), "-f", "table")
+    assert out.read_text().lstrip().startswith("mlp_dense.onnx")

@@ -762,3 +762,27 @@ def test_collide_help_shows_no_empty_range():
     """--beta has no bounds: its help said '[default: 1.0; x<=None]'."""
     result = run("collide", "--help")
     assert "None" not in result.stdout and "[default: 1.0]" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    (("--input", "input=A", "--input", "input=B"), "--input gives input 'input' twice"),
+    (("--input", "A", "--input-shape", "input=2x3x32x32"),
+     "--input-shape and --input both give input 'input'"),
+    (("--input", "A", "--resize", "16x16", "--mean", "9,9,9"),
+     "--resize, --mean apply to image inputs (PNG/JPEG), and no input is an image"),
+    (("--input-shape", "input=1x3x32x32", "--input-shape", "input=1x3x32x32"),
+     "--input-shape sets input 'input' twice"),
+])
+def test_collide_options_that_would_be_ignored_are_usage_errors(tmp_path, args, match):
+    """Repeated --input (the last won), --input with --input-shape (the shape was ignored),
+    image options with a .npy input (ignored) and a repeated --input-shape: exit 2, one line,
+    nothing written."""
+    for name in ("A", "B"):
+        np.save(tmp_path / f"{name}.npy", np.zeros((1, 3, 32, 32), np.float32))
+    files = {"A": str(tmp_path / "A.npy"), "B": str(tmp_path / "B.npy")}
+    given = [a.replace("=A", "=" + files["A"]).replace("=B", "=" + files["B"]) if "=" in a
+             else files.get(a, a) for a in args]
+    line = assert_one_line_error(run("collide", PATCH, "-o", str(tmp_path / "o"),
+                                     "--no-validate", *given), 2)
+    assert match in line
+    assert not (tmp_path / "o").exists()
