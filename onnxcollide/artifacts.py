@@ -18,6 +18,29 @@ import numpy as np
 from onnxcollide.errors import UsageError
 
 
+def write_stdout(text: str) -> None:
+    """Print ``text`` on standard output and flush it.
+
+    Raises:
+        UsageError: the write failed (a full disk, a closed pipe), as for an ``-o`` file; the
+            descriptor is then pointed at /dev/null so the exit's own flush stays quiet.
+    """
+    import sys
+
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as exc:
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, sys.stdout.fileno())
+            os.close(null)
+        except (OSError, ValueError):
+            pass  # not a real descriptor (a test's captured stream)
+        raise UsageError(f"cannot write here ({exc.strerror or exc})",
+                         "standard output") from exc
+
+
 def write_atomically(path: str, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write`` on a temporary file next to ``path``, then rename it into place.
 

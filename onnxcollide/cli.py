@@ -1,7 +1,8 @@
 """Command line: parse, call one core function, render, exit with a code a CI gate can use.
 
-Exit codes: 0 success; 1 reserved for the policy gate; 2 usage error; 3 the model cannot be
-read or holds something we cannot analyse.
+Exit codes: 0 success; 1 a check failed (collide: a collision claimed exact did not pass
+validation; validate: the inputs do not collide; audit: reserved for the policy gate); 2 usage
+error; 3 the model cannot be read or holds something we cannot analyse.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import click
 
 from onnxcollide import __version__
-from onnxcollide.artifacts import claim_descriptor, write_claimed, write_text
+from onnxcollide.artifacts import claim_descriptor, write_claimed, write_stdout, write_text
 from onnxcollide.audit import AuditSettings, ModelAudit, ProgressCallback, audit_model
 from onnxcollide.cli_types import NON_NEGATIVE, POSITIVE, SEED
 from onnxcollide.errors import OnnxCollideError, UsageError
@@ -61,6 +62,9 @@ def shapes_per_model(texts: tuple[str, ...], models: tuple[str, ...]
         targets, rest = _prefix_targets(text, models)
         name, dims = parse_input_shape(rest)
         for model in targets:
+            if name in chosen[model]:
+                raise UsageError(f"--input-shape sets input '{name}' of {model} twice",
+                                 hint="give one --input-shape per input and model")
             chosen[model][name] = dims
     return {m: tuple(shapes.items()) for m, shapes in chosen.items()}
 
@@ -242,6 +246,7 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
           summary_only: bool, progress: bool | None, check: bool, seed: int, device: str,
           debug: bool) -> None:
     """Rank and nullity of every Conv/Gemm/MatMul weight, and the paper's Table 1 metrics."""
+    fmt = _audit_format(click.get_current_context(), fmt, output, check)
 
     def run() -> None:
         target = None if output == "-" or output is None else output
@@ -265,7 +270,7 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
         for path in models:
             settings = replace(base, input_shapes=shapes[path])
             with _progress(show, os.path.basename(path)) as callback:
-                result = audit_model(path, settings, callback)
+                result = _audit_one(path, settings, callback, len(models))
             if check:
                 from onnxcollide.w1check import check_w1
 
@@ -276,7 +281,7 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
         width = os.get_terminal_size().columns if to_terminal else 160
         text = render(audits, Format(fmt), RenderOptions(summary_only, width, to_terminal))
         if target is None:
-            click.echo(text, nl=False)
+            write_stdout(text)
             return
         if claimed is not None:
             write_claimed(claimed, target, lambda out: out.write(text.encode("utf-8")))
@@ -285,6 +290,44 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
         click.echo(f"wrote {target}", err=True)
 
     _run_guarded(run, debug)
+
+
+SUFFIX_FORMATS = {".json": Format.JSON, ".csv": Format.CSV, ".md": Format.MARKDOWN,
+                  ".markdown": Format.MARKDOWN}
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    """Whether the option ``name`` was given on the command line (not its default)."""
+    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+
+
+def _audit_format(ctx: click.Context, fmt: str, output: str | None, check: bool) -> str:
+    """The report format: ``-f`` where given, else the ``-o`` file's suffix (``.json``,
+    ``.csv``, ``.md``), else a table; --seed and --device without --validate are refused.
+
+    Raises:
+        click.UsageError: --seed or --device without --validate (they would be ignored).
+    """
+    if not check:
+        ignored = [f"--{n}" for n in ("seed", "device") if _given(ctx, n)]
+        if ignored:
+            raise click.UsageError(f"{' and '.join(ignored)} only apply with --validate", ctx)
+    if _given(ctx, "fmt") or not output or output == "-":
+        return fmt
+    return SUFFIX_FORMATS.get(os.path.splitext(output)[1].lower(), Format(fmt)).value
+
+
+def _audit_one(path: str, settings: AuditSettings, callback: ProgressCallback | None,
+               models: int) -> ModelAudit:
+    """audit_model; with several models, an --input-shape naming an input this one lacks
+    also says how to aim it at one model (MODEL:NAME=DIMS, which only audit takes)."""
+    try:
+        return audit_model(path, settings, callback)
+    except UsageError as exc:
+        if models > 1 and exc.what.startswith("--input-shape names input"):
+            exc.hint += " (to fix one model of several, write MODEL:NAME=DIMS)"
+            exc.args = (exc.one_line(),)
+        raise
 
 
 def _register_commands() -> None:

@@ -753,6 +753,11 @@ class OperatorSpectrum:
         blind: number of input elements no window reads (each an exact collision direction).
         sigma_max_error, tol_error: estimated errors of sigma_max (its Lanczos residual, or
             the dense SVD's rounding) and of tol.
+        null_dim: the dimension of the operator's null space under ``tol`` where the whole
+            spectrum was computed (dense SVD of every group), None otherwise (then ``exact``
+            and ``blind`` are only lower bounds of it).
+        wide: ``max(0, n_in - n_out)``, a lower bound of the null space's dimension
+            (rank-nullity).
     """
 
     sigmas: np.ndarray
@@ -770,6 +775,15 @@ class OperatorSpectrum:
     blind: int = 0
     sigma_max_error: float = 0.0
     tol_error: float = 0.0
+    null_dim: int | None = None
+    wide: int = 0
+
+    @property
+    def null_at_least(self) -> int:
+        """A lower bound of the null space's dimension (its dimension where known)."""
+        if self.null_dim is not None:
+            return self.null_dim
+        return max(self.exact, self.blind, self.wide)
 
 
 @dataclass
@@ -785,6 +799,7 @@ class _Part:
     circular: np.ndarray
     converged: bool
     sigma_max_error: float = 0.0  # estimated error of sigma_max
+    spectrum: np.ndarray | None = None  # every singular value (dense SVD), else None
 
 
 def blind_inputs(spec: ConvSpec) -> np.ndarray:
@@ -848,7 +863,7 @@ def _dense_part(geo: _Geometry, w: np.ndarray, k: int, circ: _Circular | None) -
     smax = float(sig[0]) if n else 0.0
     est = circ.smallest(k) if circ is not None else np.zeros(0)
     return _Part(sigmas, vec, res, smax, 0, "dense SVD", est, True,
-                 max(n, geo.n_out) * EPS64 * smax)
+                 max(n, geo.n_out) * EPS64 * smax, sig)
 
 
 def _seeds(geo: _Geometry, circ: _Circular | None, patches: _Patches, blind: np.ndarray,
@@ -1039,10 +1054,63 @@ def _merge(geo: _Geometry, parts: list[_Part], k: int, seed: int, rtol: float | 
     method = methods[0] if len(methods) == 1 else "; ".join(methods)
     if geo.g > 1:
         method = f"{geo.g} groups solved separately: {method}"
+    spectra = [p.spectrum for p in parts]
+    null_dim = None if any(v is None for v in spectra) else \
+        int(sum(np.count_nonzero(v <= tol) for v in spectra if v is not None))
     return OperatorSpectrum(
         sigmas=sigmas, vectors=vectors, sigma_max=smax, tol=tol,
         exact=int(np.sum(sigmas <= tol)),
         relative=sigmas / smax if smax > 0 else np.zeros_like(sigmas),
         residuals=residuals, iterations=sum(p.iterations for p in parts), method=method,
         seed=seed, circular=circular, converged=all(p.converged for p in parts), blind=blind,
-        sigma_max_error=smax_high - smax, tol_error=tol_high - tol)
+        sigma_max_error=smax_high - smax, tol_error=tol_high - tol, null_dim=null_dim,
+        wide=max(0, geo.n_in - geo.n_out))
+
+
+TRANSPOSED_DENSE_MAX_DIM = 4096  # a ConvTranspose with more inputs is not analysed
+
+
+def transposed_smallest_singular(spec: ConvSpec, k: int = 4, rtol: float | None = None,
+                                 atol: float | None = None, eps: float = EPS32
+                                 ) -> OperatorSpectrum | None:
+    """The ``k`` smallest singular values of a ConvTranspose, the adjoint of ``spec``'s conv.
+
+    A ConvTranspose with weight ``(C_in, C_out/g, k...)`` is the exact adjoint of the conv
+    with the same weight, strides, dilations, pads and groups on its output shape:
+    ``T = A^T: R^{C_in x n} -> R^{C_out x spatial}`` with ``spec.input_shape = (C_out,
+    *spatial)``. Its whole spectrum comes from a dense SVD of ``A`` (the right singular
+    vectors of ``T`` are the left ones of ``A``), so ``null_dim`` is exact.
+
+    Returns:
+        An :class:`OperatorSpectrum` whose ``vectors`` are ``(k, C_in, *n)`` (T's input space),
+        or None when T has more than TRANSPOSED_DENSE_MAX_DIM inputs or its dense matrix
+        more than DENSE_MAX_ENTRIES entries.
+    """
+    geo = _geometry(spec)
+    if not np.all(np.isfinite(_weight64(spec))):
+        raise UsageError("the conv weight holds NaN or infinite values")
+    m, n = geo.n_out, geo.n_in  # T: R^m -> R^n
+    if m > TRANSPOSED_DENSE_MAX_DIM or m * n > DENSE_MAX_ENTRIES:
+        return None
+    a = conv_matrix(spec).toarray()  # (m, n) = T^T
+    u, s, _ = np.linalg.svd(a, full_matrices=m > n)  # u: (m, m)
+    full = np.zeros(m)
+    full[: s.size] = s
+    k = max(1, min(int(k), m))
+    vectors = _sign_fixed(u[:, ::-1][:, :k].T)
+    sigmas = full[::-1][:k]
+    residuals = np.linalg.norm(vectors @ a @ a.T - (sigmas**2)[:, None] * vectors, axis=1)
+    smax = float(full[0]) if m else 0.0
+    rel = rtol if rtol is not None else max(m, n) * eps
+    error = max(m, n) * EPS64 * smax
+    tol, tol_high = smax * rel, (smax + error) * rel
+    if atol is not None:
+        tol, tol_high = max(tol, float(atol)), max(tol_high, float(atol))
+    blind = int(np.count_nonzero(~np.abs(a).any(axis=1)))
+    return OperatorSpectrum(
+        sigmas=sigmas, vectors=vectors.reshape(k, geo.o, *geo.out), sigma_max=smax, tol=tol,
+        exact=int(np.sum(sigmas <= tol)),
+        relative=sigmas / smax if smax > 0 else np.zeros_like(sigmas), residuals=residuals,
+        iterations=0, method="dense SVD of the ConvTranspose (the adjoint conv)", seed=0,
+        blind=blind, sigma_max_error=error, tol_error=tol_high - tol,
+        null_dim=int(np.count_nonzero(full <= tol)), wide=max(0, m - n))

@@ -42,6 +42,9 @@ def parse_assignments(texts: Sequence[str], option: str) -> dict[str | None, str
     for text in texts:
         name, sep, value = text.partition("=")
         if sep and name and not os.path.exists(text):
+            if name in out:
+                raise UsageError(f"{option} gives input '{name}' twice",
+                                 hint=f"give one {option} per input")
             out[name] = value
         else:
             out[None] = text
@@ -205,10 +208,44 @@ def random_input(dims: list[int | None], override: tuple[int, ...] | None, dtype
     return draw
 
 
+def _check_conflicts(files: dict[str | None, str], shapes: dict[str, tuple[int, ...]],
+                     image: ImageOptions, option: str, path: str) -> None:
+    """Options that would be ignored are usage errors: a shape for an input that a file gives,
+    image options where no input is an image.
+
+    Raises:
+        UsageError: names the options and the input.
+    """
+    both = sorted(n for n in files if n is not None and n in shapes)
+    if both:
+        raise UsageError(f"--input-shape and {option} both give input '{both[0]}'", path,
+                         "the file's shape is used: drop --input-shape for that input")
+    check_image_options(image, list(files.values()), path)
+
+
+def check_image_options(image: ImageOptions, sources: Sequence[str], path: str) -> None:
+    """Image options where none of ``sources`` is an image would be ignored: refuse them.
+
+    Raises:
+        UsageError: names the options given.
+    """
+    if image != ImageOptions() and not any(f.lower().endswith(IMAGE_SUFFIXES) for f in sources):
+        given = [flag for flag, value, default in (
+            ("--resize", image.size, None), ("--layout", image.layout, "auto"),
+            ("--scale", image.scale, 1.0 / 255.0), ("--mean", image.mean, None),
+            ("--std", image.std, None)) if value != default]
+        raise UsageError(f"{', '.join(given)} apply to image inputs (PNG/JPEG), and no input "
+                         "is an image", path, "drop them, or give an image file")
+
+
 def load_inputs(model: LoadedModel, files: dict[str | None, str],
                 shapes: dict[str, tuple[int, ...]], seed: int, image: ImageOptions,
-                value_range: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
+                value_range: tuple[float, float] | None = None,
+                option: str = "--input") -> dict[str, np.ndarray]:
     """A value for every graph input: from a file where given, else a seeded random draw.
+
+    ``option`` is how the command takes a file (``--input``, or validate's ``FIRST``), for
+    the hint of a model with several inputs.
 
     Raises:
         UsageError: a name the model lacks, a shape or dtype that does not fit.
@@ -218,9 +255,12 @@ def load_inputs(model: LoadedModel, files: dict[str | None, str],
     names = [i.name for i in inputs]
     if None in files:
         if len(inputs) != 1:
+            how = "name each: --input NAME=FILE" if option == "--input" else \
+                f"write {option} as NAME=FILE"
             raise UsageError("the model has several inputs", model.path,
-                             f"name each: --input NAME=FILE (inputs: {', '.join(names)})")
+                             f"{how} (inputs: {', '.join(names)})")
         files = {names[0]: files[None]}
+    _check_conflicts(files, shapes, image, option, model.path)
     for name in list(files) + list(shapes):
         if name not in names:
             raise UsageError(f"the model has no input '{name}'", model.path,

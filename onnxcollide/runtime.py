@@ -37,7 +37,7 @@ from onnx import AttributeProto, GraphProto, TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
-from onnxcollide.errors import UnsupportedModelError, UsageError
+from onnxcollide.errors import OnnxCollideError, UnsupportedModelError, UsageError
 from onnxcollide.graph.constants import scoped_key
 from onnxcollide.graph.linear_ops import node_label, subgraph_label, subgraphs
 from onnxcollide.graph.load import LoadedModel, load_model
@@ -335,7 +335,10 @@ class ModelRunner:
         self.path = model_path
         self.precision = precision
         self.model_outputs = tuple(value.name for value in loaded.proto.graph.output)
-        proto = to_float64(loaded.proto) if precision == "float64" else loaded.proto
+        try:
+            proto = to_float64(loaded.proto) if precision == "float64" else loaded.proto
+        except OnnxCollideError as exc:
+            raise exc.in_file(model_path) from exc
         self._types = activation_types(loaded) if precision == "float32" else {}
         self.computed_in = compute_type(self._types.values()) if precision == "float32" else \
             precision

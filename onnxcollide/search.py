@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxcollide.convop import TRANSPOSED_DENSE_MAX_DIM
 from onnxcollide.errors import OnnxCollideError, UnsupportedModelError, UsageError
 from onnxcollide.graph.constants import ConstantResolver, Scope
 from onnxcollide.graph.input_path import (
@@ -29,12 +30,14 @@ from onnxcollide.graph.input_path import (
     NOT_APPLICABLE,
     OVERLAPPING,
     FirstLayerPath,
+    input_read_counts,
     trace_input,
 )
 from onnxcollide.graph.linear_ops import ConvGeometry, LinearSite, conv_geometry, find_linear_ops
 from onnxcollide.graph.load import LoadedModel, load_model
 from onnxcollide.graph.path_map import pull_delta, pull_positions
 from onnxcollide.graph.shapes import TensorInfo, infer_shapes, is_float_input, model_inputs
+from onnxcollide.graph.tensors import is_external, tensor_to_array
 from onnxcollide.layers import ConvConvention, LinearLayer, build_layer
 from onnxcollide.spectral import EPS_OF, KernelSpace, ToleranceRule, kernel_space
 
@@ -168,7 +171,18 @@ def _choose_route(model: LoadedModel, infos: dict[str, TensorInfo], sites: list[
     inputs = [i for i in model_inputs(model) if wanted is None or i.name == wanted]
     if wanted is not None and not inputs:
         raise UsageError(f"the model has no input '{wanted}'", model.path)
-    routes = [trace_input(i.name, nodes, main, infos, resolver, model.opset) for i in inputs]
+    try:
+        routes = [trace_input(i.name, nodes, main, infos, resolver, model.opset)
+                  for i in inputs]
+    except OnnxCollideError as exc:
+        raise exc.in_file(model.path) from exc
+    if wanted is not None and routes[0].site is None:
+        others = [r.input for r in (trace_input(i.name, nodes, main, infos, resolver,
+                                                model.opset) for i in model_inputs(model))
+                  if r.site is not None]
+        raise UsageError(f"--input-name '{wanted}': that input reaches no linear op with a "
+                         "constant weight", model.path,
+                         f"use {' or '.join(repr(o) for o in others)}" if others else "")
     for route in routes:
         if route.site is not None and (wanted or is_float_input(
                 next(i for i in inputs if i.name == route.input))):
@@ -181,15 +195,45 @@ def _choose_route(model: LoadedModel, infos: dict[str, TensorInfo], sites: list[
                                 model.path, "the Null-space search needs a continuous input")
 
 
+FINITE_CHUNK = 1 << 22  # elements of a weight checked for NaN/Inf at once
+
+
+def check_weights(model: LoadedModel, sites: list[LinearSite]) -> None:
+    """Every external data tensor is readable and every linear weight finite, as the audit
+    requires (before any shape advice: a missing data file leaves shapes unknown).
+
+    Raises:
+        ModelLoadError: an external data file is missing, truncated or outside the folder.
+        UnsupportedModelError: a linear weight holds NaN or Inf (names node and weight).
+    """
+    for tensor in model.proto.graph.initializer:
+        if is_external(tensor):
+            try:
+                tensor_to_array(tensor, model.base_dir)
+            except OnnxCollideError as exc:
+                raise exc.in_file(model.path) from exc
+    for site in sites:
+        weight = np.asarray(site.resolver.value(site.weight_name)).reshape(-1)
+        if weight.dtype.kind not in "fc":
+            continue
+        for lo in range(0, weight.size, FINITE_CHUNK):
+            if not np.all(np.isfinite(weight[lo:lo + FINITE_CHUNK])):
+                raise UnsupportedModelError(
+                    "weight contains NaN or Inf",
+                    f"{model.path}, node '{site.label}' ({site.op_type}), weight "
+                    f"'{site.weight_name}'", "the model's weights are corrupt")
+
+
 def _context(path: str, feeds: dict[str, np.ndarray], settings: SearchSettings) -> _Context:
     model = load_model(path)
+    sites, _ = find_linear_ops(model)
+    check_weights(model, sites)
     known = {i.name for i in model_inputs(model)}
     missing = sorted(known - set(feeds))
     if missing:
         raise UsageError(f"no value for input(s) {', '.join(missing)}", path,
                          "give each input a value or a shape")
     infos = infer_shapes(model, {n: tuple(v.shape) for n, v in feeds.items() if n in known})
-    sites, _ = find_linear_ops(model)
     scope = Scope.of_graph(model.proto.graph, "main", None)
     resolver = ConstantResolver(scope, model.base_dir, list(model.proto.opset_import))
     route = _choose_route(model, infos, sites, resolver, settings.input_name)
@@ -499,11 +543,12 @@ def find_collisions(path: str, feeds: dict[str, np.ndarray],
     if data_shape is None:
         raise UnsupportedModelError(f"the shape of W1's input '{ctx.site.data_input}' is "
                                     "unknown", path, "pass --input-shape")
+    found = None
     if ctx.route.exactness == OVERLAPPING and settings.mode != "tiled":
         from onnxcollide.search_operator import overlapping_collisions
 
         found = overlapping_collisions(ctx, x, data_shape, settings)
-    else:
+    if found is None:  # patchify, dense, tiled, or a ConvTranspose too large to analyse whole
         found = _unit_collisions(ctx, x, data_shape, settings)
     return replace(found, feeds=dict(feeds))
 
@@ -531,7 +576,13 @@ def _unit_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
     whole = kernel_space(matrix, eps, settings.rule)  # the layer's sigma_max and tolerance
     kernels = _UnitKernels(matrix, eps, settings.rule, whole.sigma_max)
     kernels.cache[np.arange(matrix.shape[0]).tobytes()] = whole
-    tiled = ctx.route.exactness == OVERLAPPING
+    transposed = ctx.site.op_type == "ConvTranspose"
+    tiled = ctx.route.exactness == OVERLAPPING and not transposed
+    if whole.nullity == 0 and not tiled:
+        blind = _blind_collisions(ctx, x, settings, whole)
+        if blind is not None:
+            return blind
+    coarse = _coarse_kernel_note(matrix, whole, eps, ctx.layer.compute_dtype)
     if tiled:
         method = "tiled per-patch kernel vector (the paper's repetition; not a collision of " \
                  "the whole operator)"
@@ -561,13 +612,97 @@ def _unit_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
     if rounding:
         notes.append("QuantizeLinear on the path rounds the input: the colliding inputs "
                       "collide at W1 only up to that rounding, so they are not exact")
-    if settings.mode != "auto" and not tiled:
+    if coarse:
+        notes.append(coarse)
+        method += " at its float16 tolerance (approximate)" if ctx.layer.compute_dtype == \
+            "float16" else f" at its {ctx.layer.compute_dtype} tolerance (approximate)"
+    if ctx.route.exactness == OVERLAPPING and transposed:
+        notes.append(_per_position_note(settings))
+    elif settings.mode != "auto" and not tiled:
         notes.append(f"mode '{settings.mode}' applies to an overlapping first conv only; W1 "
                      f"is {ctx.route.exactness}, so the collisions are exact")
     return CollisionSet(
         model=ctx.model.path, input_name=ctx.route.input, feeds={}, w1_node=ctx.site.label,
         w1_output=str(ctx.site.node.output[0]), exactness=ctx.route.exactness, method=method,
-        exact=not tiled and not rounding, units=used, kernel_dims=dims, tol=whole.tol,
+        exact=not tiled and not rounding and not coarse, units=used, kernel_dims=dims,
+        tol=whole.tol,
+        collisions=tuple(collisions), operator=None, notes=tuple(notes), settings=settings,
+        tol_error=whole.tol_error)
+
+
+def _coarse_kernel_note(matrix: np.ndarray, whole: KernelSpace, eps: float,
+                        dtype: str) -> str | None:
+    """Why W1's kernel vectors are approximate, or None where they are exact.
+
+    A W1 that computes in float16 or bfloat16 has a tolerance of ``max(q, p) * eps`` of that
+    type, often a large fraction of sigma_max: the singular values it drops can be far above
+    float32 rounding, so ``W^T v`` of a kernel vector is not 0, and validation (which holds W1
+    to ``10 eps`` of the type) need not pass. Such vectors are labelled approximate.
+
+    Args:
+        matrix: (q, p) W1 (all blocks, float64).
+    """
+    if eps <= EPS_OF["float"] or whole.nullity == 0:
+        return None
+    q, p = matrix.shape
+    sigmas = np.linalg.svd(matrix, compute_uv=False)
+    dropped = sigmas[sigmas <= whole.tol]
+    largest = float(dropped.max()) if dropped.size else 0.0
+    if largest <= whole.sigma_max * max(q, p) * EPS_OF["float"]:
+        return None
+    return (f"W1 computes in {dtype}: its kernel at that type's tolerance (tol {whole.tol:.3g}) "
+            f"holds singular values up to {largest:.3g} ({largest / whole.sigma_max:.3g} of "
+            "sigma_max), so W^T v is not 0 and these collisions are approximate; give a "
+            "smaller --rtol (e.g. 1e-6) for a smaller kernel whose vectors collide exactly")
+
+
+def _blind_mask(ctx: _Context, x: np.ndarray, settings: SearchSettings) -> np.ndarray | None:
+    """Model-input elements no window of W1 reads that may move (inside the region, off the
+    range's bounds), all samples: bool like ``x``; None where the reads cannot be followed."""
+    counts = input_read_counts(ctx.route, ctx.infos, ctx.resolver, ctx.model.opset)
+    if counts is None or counts.shape != x.shape[1:]:
+        return None
+    movable = np.broadcast_to(counts == 0, x.shape) & _region_mask(settings.region, x.shape)
+    if settings.valid_range is not None:
+        movable &= (x > settings.valid_range[0]) & (x < settings.valid_range[1])
+    return movable
+
+
+def _blind_collisions(ctx: _Context, x: np.ndarray, settings: SearchSettings,
+                      whole: KernelSpace) -> CollisionSet | None:
+    """Collisions that move only blind input elements (each its own unit, +-beta), for a W1
+    whose per-unit kernel is trivial; None where there is no movable blind element.
+
+    Raises:
+        UsageError: a basis index other than 0 (a blind element's kernel is 1-dimensional).
+    """
+    movable = _blind_mask(ctx, x, settings)
+    if movable is None or not movable.any():
+        return None
+    if any(b != 0 for b in settings.basis):
+        raise UsageError("W1's only exact collisions move blind input elements, whose kernel "
+                         "is 1-dimensional", hint="use --basis 0 or --basis random")
+    where = np.flatnonzero(movable)
+    unit_of = np.full(x.size, -1, dtype=np.int64)
+    unit_of[where] = np.arange(where.size)
+    collisions, notes = [], []
+    for k in range(settings.count):
+        rng = np.random.default_rng([settings.seed, k])
+        signs = np.ones(where.size) if settings.basis else rng.choice([-1.0, 1.0], where.size)
+        unit_delta = np.zeros(x.size)
+        unit_delta[where] = signs
+        collision, note = _make_collision(k, x, unit_delta.reshape(x.shape),
+                                          unit_of.reshape(x.shape), settings,
+                                          0 if settings.basis else None)
+        collisions.append(collision)
+        if note:
+            notes.append(note)
+    return CollisionSet(
+        model=ctx.model.path, input_name=ctx.route.input, feeds={}, w1_node=ctx.site.label,
+        w1_output=str(ctx.site.node.output[0]), exactness=ctx.route.exactness,
+        method=(f"W1's kernel is trivial; {where.size} blind input element(s) (no window "
+                "reads them) moved by +-beta each"),
+        exact=True, units=int(where.size), kernel_dims=(1, 1), tol=whole.tol,
         collisions=tuple(collisions), operator=None, notes=tuple(notes), settings=settings,
         tol_error=whole.tol_error)
 
@@ -580,16 +715,57 @@ def _owners_at_input(ctx: _Context, owner: np.ndarray, data_shape: tuple[int, ..
     return np.where(positions >= 0, owner[np.maximum(positions, 0)], -1)
 
 
+def _per_position_note(settings: SearchSettings) -> str:
+    """Why an overlapping ConvTranspose got per-position kernel vectors."""
+    if settings.mode == "tiled":
+        return ("mode 'tiled': per-position kernel vectors of the ConvTranspose, which lift "
+                "exactly; combinations across overlapping positions are not sought")
+    return ("the whole ConvTranspose operator was not analysed (more than "
+            f"{TRANSPOSED_DENSE_MAX_DIM} inputs, or no explicit output geometry): these are "
+            "per-position kernel vectors, which lift exactly; the operator may have more "
+            "null directions")
+
+
+def _trivial_kernel_error(ctx: _Context, whole: KernelSpace, p: int, mode: str
+                          ) -> OnnxCollideError:
+    """W1's per-unit kernel is trivial: no exact collision where that settles it (dense, a
+    patchify conv, an uncropped patchify ConvTranspose); otherwise say what is not known."""
+    where = f"{ctx.model.path}: W1 node '{ctx.site.label}'"
+    rank = f"W1 ({whole.q} x {p}) has rank {whole.rank}: its kernel is trivial (tol " \
+           f"{whole.tol:.3g})"
+    transposed = ctx.site.op_type == "ConvTranspose"
+    if ctx.route.blind_elements and ctx.route.exactness != OVERLAPPING:
+        return UsageError(f"{rank}; its {ctx.route.blind_elements} blind input element(s) per "
+                          "sample (no window reads them) are its only exact collisions, and "
+                          "none of them may move inside --region and --range", where,
+                          "widen the region or the range")
+    if ctx.route.exactness == OVERLAPPING and (mode == "tiled" or not transposed):
+        return UnsupportedModelError(f"{rank}, so --mode tiled has nothing to tile", where,
+                                     "use --mode auto to analyse the whole operator")
+    cropped = transposed and any(conv_geometry(ctx.site, tuple(
+        ctx.site.resolver.value(ctx.site.weight_name).shape)).pads)
+    if ctx.route.exactness == OVERLAPPING or cropped:
+        n_in = int(np.prod(ctx.shapes.get(ctx.site.data_input, (0, 0))[1:]))
+        n_out = int(np.prod(ctx.shapes.get(str(ctx.site.node.output[0]), (0, 0))[1:]))
+        bound = (f"; it maps {n_in} values to {n_out}, so it has at least {n_in - n_out} null "
+                 "directions" if 0 < n_out < n_in else "")
+        return UnsupportedModelError(
+            f"{rank} per input position, but the whole ConvTranspose operator (outputs overlap "
+            f"or are cropped) may still have exact collisions{bound}; this search analyses it "
+            f"only up to {TRANSPOSED_DENSE_MAX_DIM} inputs with explicit pads", where,
+            "give a smaller --input-shape to have the whole operator analysed")
+    return UnsupportedModelError(f"{rank}, so no exact collision exists at W1", where,
+                                 "collisions may still exist at later layers, which this "
+                                 "search does not build")
+
+
 def _no_unit_error(ctx: _Context, kernels: _UnitKernels, basis: int | None,
                    settings: SearchSettings) -> OnnxCollideError:
     """Why no unit could be perturbed, with what to do."""
     whole = kernels.space(np.arange(kernels.matrix.shape[0]))
     where = f"{ctx.model.path}: W1 node '{ctx.site.label}'"
     if whole.nullity == 0:
-        return UnsupportedModelError(
-            f"W1 ({whole.q} x {kernels.matrix.shape[1]}) has rank {whole.rank}: its kernel is "
-            f"trivial (tol {whole.tol:.3g}), so no exact collision exists at W1", where,
-            "collisions may still exist at later layers, which this search does not build")
+        return _trivial_kernel_error(ctx, whole, kernels.matrix.shape[1], settings.mode)
     if basis is not None:
         return UsageError(f"basis index {basis} is not below the kernel dimension of any unit",
                           where, f"use an index below {whole.nullity}")
@@ -631,8 +807,9 @@ def check_applicable(path: str, shapes: dict[str, tuple[int, ...]],
         UnsupportedModelError: W1 is not reached through affine ops from a float input.
     """
     model = load_model(path)
-    infos = infer_shapes(model, shapes)
     sites, _ = find_linear_ops(model)
+    check_weights(model, sites)
+    infos = infer_shapes(model, shapes)
     scope = Scope.of_graph(model.proto.graph, "main", None)
     resolver = ConstantResolver(scope, model.base_dir, list(model.proto.opset_import))
     route = _choose_route(model, infos, sites, resolver, input_name)
@@ -642,7 +819,13 @@ def check_applicable(path: str, shapes: dict[str, tuple[int, ...]],
 
 
 def w1_output_name(path: str, feeds: dict[str, np.ndarray]) -> str | None:
-    """Name of W1's output tensor for these inputs, None where the search does not apply."""
+    """Name of W1's output tensor for these inputs, None where the search does not apply.
+
+    Raises:
+        OnnxCollideError: the weights cannot be read or are not finite.
+    """
+    model = load_model(path)
+    check_weights(model, find_linear_ops(model)[0])
     try:
         return str(_context(path, feeds, SearchSettings()).site.node.output[0])
     except UnsupportedModelError:

@@ -11,9 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from onnxcollide.convop import ConvSpec, OperatorSpectrum, smallest_singular
+from onnxcollide.convop import (
+    ConvSpec,
+    OperatorSpectrum,
+    output_shape,
+    smallest_singular,
+    transposed_smallest_singular,
+)
 from onnxcollide.errors import UsageError
-from onnxcollide.graph.linear_ops import conv_geometry
+from onnxcollide.graph.linear_ops import conv_geometry, node_attr
 from onnxcollide.graph.path_map import pull_delta
 from onnxcollide.spectral import EPS_OF, resolved
 
@@ -34,14 +40,41 @@ def conv_spec(ctx: _Context, data_shape: tuple[int, ...]) -> ConvSpec:
                     pads=pads, groups=geometry.groups, input_shape=tuple(data_shape[1:]))
 
 
-def operator_dict(spectrum: OperatorSpectrum, spec: ConvSpec) -> dict[str, Any]:
-    """The operator facts as plain data (for reports)."""
+def transposed_spec(ctx: _Context, data_shape: tuple[int, ...]) -> ConvSpec | None:
+    """A ConvTranspose W1 as the conv it is the adjoint of, on its real output shape; None
+    where its output geometry is not explicit (auto_pad, output_shape) or does not fit."""
+    weight_shape = tuple(ctx.site.resolver.value(ctx.site.weight_name).shape)
+    geometry = conv_geometry(ctx.site, weight_shape)
+    axes = len(geometry.kernel)
+    if geometry.auto_pad not in ("NOTSET", "") or \
+            node_attr(ctx.site.node, "output_shape", None) is not None:
+        return None
+    extra = [int(v) for v in node_attr(ctx.site.node, "output_padding", [0] * axes)]  # type: ignore[attr-defined]
+    spatial = tuple(s * (n - 1) + e + (k - 1) * d + 1 - geometry.pads[a] - geometry.pads[a + axes]
+                    for a, (n, k, s, d, e) in enumerate(zip(
+                        data_shape[2:], geometry.kernel, geometry.strides, geometry.dilations,
+                        extra, strict=True)))
+    blocks = np.asarray(ctx.layer.load_blocks(), dtype=np.float64)  # (g, C_in/g, C_out/g*K)
+    weight = blocks.reshape(weight_shape)
+    spec = ConvSpec(weight=weight, strides=geometry.strides, dilations=geometry.dilations,
+                    pads=geometry.pads, groups=geometry.groups,
+                    input_shape=(weight_shape[1] * geometry.groups, *spatial))
+    if min(spatial) < 1 or output_shape(spec) != tuple(data_shape[1:]):
+        return None
+    return spec
+
+
+def operator_dict(spectrum: OperatorSpectrum, spec: ConvSpec,
+                  input_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """The operator facts as plain data (for reports); ``input_shape`` is the operator's
+    per-sample input shape (default the conv's)."""
     sigma_max, sigma_max_digits = resolved(spectrum.sigma_max, spectrum.sigma_max_error)
     tol, tol_digits = resolved(spectrum.tol, spectrum.tol_error)
     return {
-        "input_shape": list(spec.input_shape), "sigma_max": sigma_max,
+        "input_shape": list(input_shape or spec.input_shape), "sigma_max": sigma_max,
         "sigma_max_digits": sigma_max_digits, "tol": tol, "tol_digits": tol_digits,
-        "exact": int(spectrum.exact),
+        "exact": int(spectrum.exact), "null_space_dim": spectrum.null_dim,
+        "null_space_at_least": int(spectrum.null_at_least),
         "sigmas": [float(v) for v in spectrum.sigmas],
         "relative": [float(v) for v in spectrum.relative],
         "residuals": [float(v) for v in spectrum.residuals],
@@ -61,16 +94,11 @@ def _direction(spectrum: OperatorSpectrum, usable: int, basis: int | None,
     return np.asarray(mix / np.linalg.norm(mix))
 
 
-def overlapping_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
-                           settings: SearchSettings) -> CollisionSet:
-    """Exact collisions from the conv operator's kernel, the strongest approximate one on
-    request, or none (with the smallest relative singular value) for an overlapping W1."""
-    from onnxcollide.search import CollisionSet, _make_collision
-
-    if settings.region is not None:
-        raise UsageError("--region is not supported for an overlapping first conv",
-                         hint="the operator's singular vectors span the whole input")
-    spec = conv_spec(ctx, data_shape)
+def _operator(ctx: _Context, data_shape: tuple[int, ...], settings: SearchSettings
+              ) -> tuple[OperatorSpectrum, dict[str, Any], str] | None:
+    """The smallest singular values of W1's whole operator at the real input size, their
+    facts for the report and the operator's name; None for a ConvTranspose the dense analysis
+    cannot take (too large, or an output geometry that is not explicit)."""
     eps = EPS_OF.get(ctx.layer.compute_dtype, EPS_OF["float"])
     # Four directions are enough: distinct colliding inputs are random combinations of the
     # exact ones found; only an explicit basis index asks for more.
@@ -81,23 +109,58 @@ def overlapping_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, 
     rtol = settings.rule.rtol
     if rtol is None:  # an --atol alone only adds a floor to this relative part
         rtol = max(ctx.layer.q, ctx.layer.p) * eps
+    if ctx.site.op_type == "ConvTranspose":
+        spec = transposed_spec(ctx, data_shape)
+        spectrum = None if spec is None else transposed_smallest_singular(
+            spec, wanted, rtol, settings.rule.atol, eps)
+        if spec is None or spectrum is None:
+            return None
+        shape = tuple(data_shape[1:])
+        return spectrum, operator_dict(spectrum, spec, shape), f"ConvTranspose operator at " \
+            f"{list(shape)}"
+    spec = conv_spec(ctx, data_shape)
     spectrum = smallest_singular(spec, k=wanted, seed=settings.seed, rtol=rtol,
                                  atol=settings.rule.atol, eps=eps)
-    facts = operator_dict(spectrum, spec)
+    return spectrum, operator_dict(spectrum, spec), f"conv operator at {list(spec.input_shape)}"
+
+
+def exact_count_words(spectrum: OperatorSpectrum) -> str:
+    """How many exact directions the operator has, honestly: its null space's dimension where
+    the whole spectrum was computed, else a lower bound (only the smallest few are sought)."""
+    if spectrum.null_dim is not None:
+        return f"null space of dimension {spectrum.null_dim} (every singular value computed)"
+    return (f"at least {spectrum.null_at_least} exact direction(s) (a lower bound: only the "
+            f"{spectrum.sigmas.size} smallest singular values are computed)")
+
+
+def overlapping_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
+                           settings: SearchSettings) -> CollisionSet | None:
+    """Exact collisions from the operator's kernel, the strongest approximate one on request,
+    or none (with the smallest relative singular value) for an overlapping W1; None for a
+    ConvTranspose whose operator cannot be analysed here (the caller falls back)."""
+    from onnxcollide.search import CollisionSet, _make_collision
+
+    if settings.region is not None:
+        raise UsageError("--region is not supported for an overlapping first conv",
+                         hint="the operator's singular vectors span the whole input")
+    analysed = _operator(ctx, data_shape, settings)
+    if analysed is None:
+        return None
+    spectrum, facts, name = analysed
     r = float(spectrum.relative[0]) if spectrum.relative.size else float("nan")
     if spectrum.exact > 0:
         usable, exact = int(spectrum.exact), True
-        method = f"conv operator at {list(spec.input_shape)}: {usable} exact direction(s)"
+        method = f"{name}: {exact_count_words(spectrum)}"
     elif settings.mode == "approximate":
         usable, exact = 1, False
-        method = (f"conv operator at {list(spec.input_shape)}: no exact collision; the "
-                  f"strongest approximate one, smallest relative singular value {r:.3g}")
+        method = (f"{name}: no exact collision; the strongest approximate one, smallest "
+                  f"relative singular value {r:.3g}")
     else:
         return CollisionSet(
             model=ctx.model.path, input_name=ctx.route.input, feeds={}, w1_node=ctx.site.label,
             w1_output=str(ctx.site.node.output[0]), exactness=ctx.route.exactness,
             method=(f"no exact collision at this layer: smallest relative singular value of "
-                    f"the conv operator at {list(spec.input_shape)} is {r:.3g}"),
+                    f"the {name} is {r:.3g}"),
             exact=False, units=0, kernel_dims=(0, 0), tol=float(spectrum.tol), collisions=(),
             operator=facts, notes=("use --mode approximate for the strongest approximate "
                                    "collision, or --mode tiled for the paper's tiling",),

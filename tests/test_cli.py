@@ -502,3 +502,53 @@ def test_validate_verdict_on_token_ids_names_no_collide_option(tmp_path):
     verdict = json.loads(result.stdout)["models"][0]["validation"]["verdict"]
     assert verdict.startswith("not checked:")
     assert "--input " not in verdict and "FILE.npy" not in verdict
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("args", [("audit", MLP, "-f", "json"),
+                                  ("validate", MLP, "A", "B")])
+def test_failed_write_to_stdout_is_one_line_exit_2(tmp_path, args):
+    """`audit m.onnx -f json > /dev/full` was an 'internal error ... this is a bug', exit 3;
+    it is now the line an unwritable -o file gives, exit 2, with no traceback at exit."""
+    import subprocess
+    import sys
+
+    files = {"A": str(tmp_path / "a.npy"), "B": str(tmp_path / "b.npy")}
+    np.save(files["A"], np.zeros((1, 1, 16, 16), np.float32))
+    np.save(files["B"], np.ones((1, 1, 16, 16), np.float32))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "onnxcollide.cli",
+                               *[files.get(v, v) for v in args]],
+                              stdout=full, stderr=subprocess.PIPE, text=True, env=env,
+                              timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == "error: standard output: cannot write here (No space left on " \
+                          "device).\n"
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    (("--input-shape", "input=1x1x16x16", "--input-shape", "input=1x1x16x16"),
+     "--input-shape sets input 'input' of"),
+    (("--device", "cpu"), "--device only apply with --validate"),
+    (("--seed", "5"), "--seed only apply with --validate"),
+])
+def test_audit_options_that_would_be_ignored_are_usage_errors(args, match):
+    """A repeated --input-shape (the last won) and --seed/--device without --validate
+    (silently unused) are one-line usage errors."""
+    line = assert_one_line_error(run("audit", MLP, *args), 2)
+    assert match in line
+
+
+@pytest.mark.parametrize(("suffix", "start"), [(".json", "{"), (".csv", "model,index,"),
+                                               (".md", "#"), (".txt", "mlp_dense.onnx")])
+def test_audit_report_format_follows_the_output_suffix(tmp_path, suffix, start):
+    """-o report.json without -f wrote a table into the .json file; the suffix now picks the
+    format (an explicit -f still wins)."""
+    out = tmp_path / f"report{suffix}"
+    result = run("audit", MLP, "-o", str(out))
+    assert result.exit_code == 0, result.stderr
+    assert out.read_text().lstrip().startswith(start)
+    run("audit", MLP, "-o", str(out), "-f", "table")
+    assert out.read_text().lstrip().startswith("mlp_dense.onnx")

@@ -624,3 +624,165 @@ def test_collide_atol_alone_only_adds_a_floor_to_the_operator_tolerance(tmp_path
         assert run("collide", OVERLAP, "--no-validate", "-o", str(out), *extra).exit_code == 0
         tols.append(report_of(out)["w1"]["tol"])
     assert tols[0] == tols[1]
+
+
+# ------------------------------------------------------------------ broken weights, bad shapes
+
+
+def _external_copy(tmp_path: Path) -> Path:
+    """mlp_dense with every tensor in one external data file, 'ext.onnx.data'."""
+    model = onnx.load(MLP)
+    path = tmp_path / "ext.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.onnx.data", size_threshold=0)
+    return path
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_collide_and_validate_name_missing_external_data(tmp_path, damage):
+    """A missing or truncated external data file: collide used to advise --input-shape (the
+    shapes were unknown because the Reshape target was unreadable) and validate named no
+    model; both now give the audit's line, with the model path, exit 3."""
+    path = _external_copy(tmp_path)
+    data = tmp_path / "ext.onnx.data"
+    if damage == "missing":
+        data.unlink()
+    else:
+        data.write_bytes(data.read_bytes()[:100])
+    line = assert_one_line_error(run("collide", str(path), "-o", str(tmp_path / "out"),
+                                     "--input-shape", "input=1x1x16x16"), 3)
+    assert str(path) in line and "ext.onnx.data" in line and "--input-shape" not in line
+    a = tmp_path / "a.npy"
+    np.save(a, np.zeros((1, 1, 16, 16), np.float32))
+    np.save(tmp_path / "b.npy", np.ones((1, 1, 16, 16), np.float32))
+    line = assert_one_line_error(run("validate", str(path), str(a), str(tmp_path / "b.npy")), 3)
+    assert str(path) in line and "ext.onnx.data" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("tensor", ["fc1.weight", "fc2.weight"])
+def test_collide_refuses_nan_weights_like_the_audit(tmp_path, tensor):
+    """NaN in W1 crashed the SVD ('internal error'); NaN in a later layer ran and FAILed
+    (exit 1). Both are now the audit's exit-3 line naming node and weight."""
+    model = onnx.load(MLP)
+    for t in model.graph.initializer:
+        if t.name == tensor:
+            array = onnx.numpy_helper.to_array(t).copy()
+            array[0, 0] = np.nan
+            t.CopyFrom(onnx.numpy_helper.from_array(array, t.name))
+    path = tmp_path / "nan.onnx"
+    onnx.save(model, str(path))
+    line = assert_one_line_error(run("collide", str(path), "-o", str(tmp_path / "out")), 3)
+    assert "weight contains NaN or Inf" in line and f"weight '{tensor}'" in line
+    assert str(path) in line
+    audit = assert_one_line_error(run("audit", str(path)), 3)
+    assert audit.split(": ", 2)[-1] == line.split(": ", 2)[-1]
+
+
+@pytest.mark.parametrize("command", [("collide", "-o", "OUT"), ("audit",),
+                                     ("audit", "--validate", "--summary-only")])
+def test_input_smaller_than_the_first_window_is_a_usage_error(tmp_path, command):
+    """mtcnn_pnet (3x3 first conv) at 2x2: audit reported a 'patchify' W1 and exit 0,
+    collide and --validate crashed ('window shape cannot be larger'). Now exit 2, one line
+    naming the input, the node and the window."""
+    args = [a.replace("OUT", str(tmp_path / "out")) for a in command]
+    line = assert_one_line_error(run(*args[:1], MTCNN, *args[1:], "--input-shape",
+                                     "input_1=1x2x2x3"), 2)
+    assert "'input_1' (1x2x2x3) is smaller than W1's window" in line
+    assert "node 'conv2d' (Conv) reads 3x3" in line and MTCNN in line
+
+
+# ------------------------------------------------------------------ hints that fit the command
+
+
+def _two_inputs(tmp_path: Path) -> str:
+    """x [1, 8] -> Gemm (3 x 8, transB) -> + m [1, 3]: only x reaches a linear op."""
+    from builders import init, make_model, value
+
+    weight = np.random.default_rng(46).standard_normal((3, 8)).astype(np.float32)
+    return make_model(tmp_path / "two_in.onnx",
+                      [mk("Gemm", ["x", "w"], ["g"], transB=1), mk("Add", ["g", "m"], ["y"])],
+                      [value("x", [1, 8]), value("m", [1, 3])], [value("y", [1, 3])],
+                      [init("w", weight)])
+
+
+def test_hints_name_what_each_command_takes(tmp_path):
+    """collide's --input-shape error no longer suggests MODEL:NAME=DIMS (audit's form, which
+    collide rejects); validate on a two-input model says to write FIRST as NAME=FILE, not
+    --input (which validate lacks)."""
+    line = assert_one_line_error(run("collide", PATCH, "-o", str(tmp_path / "o"),
+                                     "--input-shape", "patch_embed.onnx:input=1x3x32x32"), 2)
+    assert "MODEL:NAME=DIMS" not in line and "Its inputs are: input" in line
+    path = _two_inputs(tmp_path)
+    for name, fill in (("a.npy", 0.0), ("b.npy", 1.0)):
+        np.save(tmp_path / name, np.full((1, 8), fill, np.float32))
+    line = assert_one_line_error(run("validate", path, str(tmp_path / "a.npy"),
+                                     str(tmp_path / "b.npy")), 2)
+    assert "Write FIRST as NAME=FILE (inputs: x, m)" in line and "--input" not in line
+
+
+def test_input_name_that_reaches_no_linear_op_is_a_usage_error(tmp_path):
+    """--input-name m, where m only joins after the Gemm: it said 'no input reaches a linear
+    op' (exit 3), though x does. Now exit 2 naming m and the input to use."""
+    line = assert_one_line_error(run("collide", _two_inputs(tmp_path), "-o",
+                                     str(tmp_path / "o"), "--input-name", "m"), 2)
+    assert "--input-name 'm': that input reaches no linear op" in line and "Use 'x'" in line
+
+
+def test_float64_on_a_quantized_model_names_the_file_exit_2(tmp_path):
+    """--precision float64 on a QDQ model with QuantizeLinear: an option that does not fit
+    the model (exit 2, not 3), and the line names the model file."""
+    from builders import DATA
+
+    model = str(DATA / "lenet5_mnist_qdq.onnx")
+    line = assert_one_line_error(run("collide", model, "-o", str(tmp_path / "o"),
+                                     "--precision", "float64", "--mode", "approximate"), 2)
+    assert model in line and "quantizes activations" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_collide_exit_1_only_when_a_claimed_exact_collision_fails(tmp_path, monkeypatch):
+    """Exit codes as documented: an exact collision that fails validation exits 1 with a line
+    that says it was claimed exact (approximate and tiled FAILs exit 0, test above)."""
+    import onnxcollide.validation as validation
+
+    real = validation.validate_collisions
+
+    def failing(found, *args, **kwargs):
+        done, runtime = real(found, *args, **kwargs)
+        return [{**d, "passed": False} for d in done], runtime
+
+    monkeypatch.setattr(validation, "validate_collisions", failing)
+    result = run("collide", PATCH, "-o", str(tmp_path / "o"), "--device", "cpu")
+    assert result.exit_code == 1, result.stderr
+    assert "claimed exact did not pass validation" in result.stderr
+
+
+def test_collide_help_shows_no_empty_range():
+    """--beta has no bounds: its help said '[default: 1.0; x<=None]'."""
+    result = run("collide", "--help")
+    assert "None" not in result.stdout and "[default: 1.0]" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    (("--input", "input=A", "--input", "input=B"), "--input gives input 'input' twice"),
+    (("--input", "A", "--input-shape", "input=2x3x32x32"),
+     "--input-shape and --input both give input 'input'"),
+    (("--input", "A", "--resize", "16x16", "--mean", "9,9,9"),
+     "--resize, --mean apply to image inputs (PNG/JPEG), and no input is an image"),
+    (("--input-shape", "input=1x3x32x32", "--input-shape", "input=1x3x32x32"),
+     "--input-shape sets input 'input' twice"),
+])
+def test_collide_options_that_would_be_ignored_are_usage_errors(tmp_path, args, match):
+    """Repeated --input (the last won), --input with --input-shape (the shape was ignored),
+    image options with a .npy input (ignored) and a repeated --input-shape: exit 2, one line,
+    nothing written."""
+    for name in ("A", "B"):
+        np.save(tmp_path / f"{name}.npy", np.zeros((1, 3, 32, 32), np.float32))
+    files = {"A": str(tmp_path / "A.npy"), "B": str(tmp_path / "B.npy")}
+    given = [a.replace("=A", "=" + files["A"]).replace("=B", "=" + files["B"]) if "=" in a
+             else files.get(a, a) for a in args]
+    line = assert_one_line_error(run("collide", PATCH, "-o", str(tmp_path / "o"),
+                                     "--no-validate", *given), 2)
+    assert match in line
+    assert not (tmp_path / "o").exists()

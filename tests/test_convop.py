@@ -327,3 +327,17 @@ def test_time_limit_returns_honest_result(rng: np.random.Generator) -> None:
     assert_certified(spec, quick)
     if not quick.converged:
         assert "time limit" in quick.method
+
+
+def test_null_space_count_is_a_lower_bound_unless_every_value_is_known(
+        rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 3x3/2 pad 1 conv 3 -> 2 channels on 12x12 maps 432 values to 72: its null space has
+    dimension 360. The dense SVD knows it (null_dim 360); the iterative path seeks only k=4
+    values, so its 'exact' (4) is a search limit and null_at_least is n_in - n_out = 360,
+    never 4 (the review's ppocr case: 'N exact directions' was k, not the dimension)."""
+    spec = make_spec(rng, 2, 3, (3, 3), (12, 12), strides=(2, 2), pads=(1, 1, 1, 1))
+    dense = smallest_singular(spec, k=4)
+    assert (dense.exact, dense.null_dim, dense.null_at_least) == (4, 360, 360)
+    monkeypatch.setattr(convop, "DENSE_MAX_DIM", 0)
+    sought = smallest_singular(spec, k=4)
+    assert (sought.exact, sought.null_dim, sought.null_at_least) == (4, None, 360)

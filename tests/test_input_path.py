@@ -450,8 +450,9 @@ def test_input_added_to_itself_is_still_affine(tmp_path, rng):
 
 def test_conv_transpose_kernel_lifts_pixel_by_pixel(tmp_path, rng):
     """ConvTranspose C_in=8 -> 1, k=2, s=1 (outputs overlap), W 8 x 4 of rank 3: perturbing
-    every pixel by its own multiple of a ker(W^T) vector leaves the output unchanged, so W1
-    is not 'overlapping' in the sense the class states."""
+    every pixel by its own multiple of a ker(W^T) vector leaves the output unchanged, yet W1
+    is 'overlapping': combinations across positions can cancel too, so the per-position
+    kernel is not all there is (the class's reason says both)."""
     m = integer_rank(rng, 8, 4, 3)
     path = make_model(tmp_path / "m.onnx", [mk("ConvTranspose", ["x", "W"], ["y"])],
                       [value("x", [1, 8, 5, 5])], [value("y", [1, 1, 6, 6])],
@@ -463,7 +464,29 @@ def test_conv_transpose_kernel_lifts_pixel_by_pixel(tmp_path, rng):
     y0 = evaluator.run(None, {"x": x.astype(np.float32)})[0]
     y1 = evaluator.run(None, {"x": moved.astype(np.float32)})[0]
     np.testing.assert_allclose(y1, y0, atol=1e-4 * np.abs(y0).max())  # an exact collision
-    assert first(path).exactness != OVERLAPPING
+    fl = first(path)
+    assert fl.exactness == OVERLAPPING
+    assert "per-position kernel vectors still lift exactly" in fl.reason
+
+
+@pytest.mark.parametrize(("kernel", "stride", "pads", "shape", "expected"), [
+    (3, 1, [0, 0, 0, 0], [1, 6, 5, 5], OVERLAPPING),  # the review's convT_s1
+    (2, 2, [0, 0, 0, 0], [1, 6, 5, 5], PATCHIFY),  # outputs tile the image
+    (3, 2, [0, 0, 0, 0], [1, 6, 5, 5], OVERLAPPING),  # k > s: shared border rows
+    (3, 1, [0, 0, 0, 0], [1, 6, 1, 1], PATCHIFY),  # one position: nothing to share
+    (3, 2, [0, 0, 0, 0], ["n", 6, "h", "w"], OVERLAPPING),  # size unknown: k, s decide
+])
+def test_conv_transpose_overlap_is_decided_on_the_output(tmp_path, rng, kernel, stride, pads,
+                                                         shape, expected):
+    """ConvTranspose is 'overlapping' exactly when two input positions write to one kept
+    output element (stride < kernel on an axis with at least two positions)."""
+    path = make_model(tmp_path / "m.onnx",
+                      [mk("ConvTranspose", ["x", "W"], ["y"], strides=[stride, stride],
+                          pads=pads)],
+                      [value("x", shape)], [value("y", None)],
+                      [init("W", rng.standard_normal((6, 1, kernel, kernel)).astype(np.float32))],
+                      check=False)
+    assert first(path).exactness == expected
 
 
 @pytest.mark.parametrize("op", ["Mul", "Div", "Sub"])

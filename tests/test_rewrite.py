@@ -25,7 +25,7 @@ from builders import (
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from onnxcollide.errors import UnsupportedModelError, UsageError
+from onnxcollide.errors import UsageError
 from onnxcollide.graph.rewrite import inferred_elem_types, to_float64, with_extra_outputs
 
 mk = helper.make_node
@@ -230,7 +230,7 @@ def test_float64_of_weight_only_quantization(rng):
 def test_float64_refuses_activation_quantization(op):
     model = build_model([mk(op, ["x", "s"], ["y"], name="q1")], [value("x", [2])],
                         [value("y", [2], INT8)], check=False)
-    with pytest.raises(UnsupportedModelError, match="quantizes activations") as info:
+    with pytest.raises(UsageError, match="quantizes activations") as info:
         to_float64(model)
     assert info.value.where == "node 'q1'"
     assert "float32" in info.value.hint
@@ -284,7 +284,7 @@ def test_float64_of_real_models_is_strictly_typed(name):
 
 
 def test_float64_of_the_qdq_model_is_refused():
-    with pytest.raises(UnsupportedModelError, match="QuantizeLinear"):
+    with pytest.raises(UsageError, match="QuantizeLinear"):
         to_float64(onnx.load(str(DATA / "lenet5_mnist_qdq.onnx")))
 
 

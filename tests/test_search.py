@@ -36,6 +36,7 @@ from onnxcollide.search import (
     first_layer_kernel,
     w1_output_name,
 )
+from onnxcollide.spectral import ToleranceRule
 
 mk = helper.make_node
 LENET_QDQ = str(DATA / "lenet5_mnist_qdq.onnx")
@@ -558,7 +559,7 @@ def test_two_inputs_missing_feed_and_unknown_input_name(tmp_path):
         find_collisions(path, {"x": x})
     with pytest.raises(UsageError, match="no input 'z'"):
         find_collisions(path, {"x": x, "y": y}, SearchSettings(input_name="z"))
-    with pytest.raises(UnsupportedModelError):  # y reaches no linear op
+    with pytest.raises(UsageError, match="reaches no linear op"):  # y reaches no linear op
         find_collisions(path, {"x": x, "y": y}, SearchSettings(input_name="y"))
 
 
@@ -724,3 +725,137 @@ def test_tiled_mode_refuses_a_region():
     x = np.random.default_rng(0).random((1, 3, 32, 32)).astype(np.float32)
     with pytest.raises(UsageError, match="region"):
         find_collisions(OVERLAP, {"input": x}, SearchSettings(mode="tiled", region=":,0:8,0:8"))
+
+
+# ------------------------------------------------------------------ overlapping ConvTranspose
+
+
+def conv_transpose_model(tmp_path: Path, shape: list[int], kernel: int = 3,
+                         stride: int = 1) -> str:
+    """ConvTranspose 6 -> 1 channels, k x k, stride s: per-position W is 6 x k^2."""
+    weight = np.random.default_rng(41).standard_normal((6, 1, kernel, kernel))
+    return make_model(tmp_path / "convT.onnx",
+                      [mk("ConvTranspose", ["x", "W"], ["y"], strides=[stride, stride])],
+                      [value("x", shape)], [value("y", None)],
+                      [init("W", weight.astype(np.float32))], check=False)
+
+
+@needs_convop
+def test_overlapping_conv_transpose_uses_the_whole_operator(tmp_path):
+    """The review's convT_s1: 6 -> 1, k3 s1 on 5x5 maps R^150 -> R^49. The per-position
+    W (6 x 9) has rank 6 (trivial kernel), but the operator has a 101-dim null space: the
+    search used to say 'no exact collision exists'. Now it reports the dimension and makes
+    exact collisions, checked in ONNX Runtime."""
+    path = conv_transpose_model(tmp_path, [1, 6, 5, 5])
+    found = find_collisions(path, {"x": image(42, (1, 6, 5, 5))}, SearchSettings(count=2))
+    assert found.exactness == OVERLAPPING
+    assert found.operator is not None and found.operator["null_space_dim"] == 101
+    assert "null space of dimension 101" in found.method
+    assert_exact(found)
+
+
+@needs_convop
+def test_conv_transpose_too_large_never_claims_no_collision(tmp_path, monkeypatch):
+    """Where the whole ConvTranspose is too large for the dense analysis and the per-position
+    kernel is trivial, the error says collisions may exist (at least n_in - n_out of them),
+    never that none exists."""
+    from onnxcollide import convop, search
+
+    monkeypatch.setattr(convop, "TRANSPOSED_DENSE_MAX_DIM", 10)
+    monkeypatch.setattr(search, "TRANSPOSED_DENSE_MAX_DIM", 10)
+    path = conv_transpose_model(tmp_path, [1, 6, 5, 5])
+    with pytest.raises(UnsupportedModelError) as caught:
+        find_collisions(path, {"x": image(42, (1, 6, 5, 5))})
+    text = caught.value.one_line()
+    assert "no exact collision exists" not in text
+    assert "at least 101 null directions" in text
+
+
+def test_conv_transpose_spectrum_matches_a_dense_svd():
+    """convop.transposed_smallest_singular: the ConvTranspose is the adjoint of the conv, so
+    its singular values and null dimension are those of conv_matrix(spec)^T."""
+    from onnxcollide.convop import ConvSpec, conv_matrix, transposed_smallest_singular
+
+    weight = np.random.default_rng(43).standard_normal((6, 2, 3, 3))
+    spec = ConvSpec(weight=weight, strides=(2, 2), dilations=(1, 1), pads=(1, 1, 1, 1),
+                    groups=1, input_shape=(2, 7, 7))
+    spectrum = transposed_smallest_singular(spec, k=3)
+    assert spectrum is not None
+    t = conv_matrix(spec).toarray().T  # (n_out of T, n_in of T)
+    full = np.zeros(t.shape[1])
+    s = np.linalg.svd(t, compute_uv=False)
+    full[: s.size] = s
+    np.testing.assert_allclose(spectrum.sigmas, np.sort(full)[:3], atol=1e-10)
+    for v, sigma in zip(spectrum.vectors.reshape(3, -1), spectrum.sigmas, strict=True):
+        assert abs(np.linalg.norm(t @ v) - sigma) < 1e-10
+    assert spectrum.null_dim == int(np.sum(full <= spectrum.tol))
+
+
+# ------------------------------------------------------------------ blind elements
+
+
+def blind_model(tmp_path: Path) -> str:
+    """Conv 1 -> 4 channels, k2 s4 on 8x8: W (4 x 4) has full rank, 48 of 64 elements blind."""
+    weight = np.random.default_rng(44).standard_normal((4, 1, 2, 2)).astype(np.float32)
+    return make_model(tmp_path / "blind.onnx",
+                      [mk("Conv", ["x", "W"], ["y"], kernel_shape=[2, 2], strides=[4, 4])],
+                      [value("x", [1, 1, 8, 8])], [value("y", None)], [init("W", weight)],
+                      check=False)
+
+
+def test_blind_elements_are_the_collisions_of_an_injective_w1(tmp_path):
+    """The review's blind.onnx: W1's per-window kernel is trivial, but 48 input elements are
+    read by no window, so moving them is an exact collision; collide used to say none exists.
+    Only blind elements move, each by +-beta, and the range bounds each one's own beta."""
+    path = blind_model(tmp_path)
+    found = find_collisions(path, {"x": image(45, (1, 1, 8, 8))},
+                            SearchSettings(count=2, valid_range=(0.0, 1.0)))
+    assert found.units == 48 and found.kernel_dims == (1, 1)
+    assert "48 blind input element(s)" in found.method
+    read = np.zeros((8, 8), dtype=bool)
+    read[np.ix_([0, 1, 4, 5], [0, 1, 4, 5])] = True
+    for c in found.collisions:
+        assert not c.delta[0, 0][read].any() and np.count_nonzero(c.delta) == 48
+        assert c.value.min() >= 0.0 and c.value.max() <= 1.0
+    assert_exact(found)
+
+
+def test_blind_elements_outside_the_region_are_named(tmp_path):
+    """A region that holds no blind element: a usage error that names the blind elements,
+    not 'no exact collision exists'."""
+    path = blind_model(tmp_path)
+    with pytest.raises(UsageError) as caught:
+        find_collisions(path, {"x": image(45, (1, 1, 8, 8))}, SearchSettings(region=":,0:2,0:2"))
+    assert "48 blind input element(s)" in caught.value.one_line()
+    assert "no exact collision exists" not in caught.value.one_line()
+
+
+# ------------------------------------------------------------------ float16 W1
+
+
+def fp16_gemm(tmp_path: Path) -> str:
+    """float16 x [1, 40] -> MatMul W (40 x 20, float16) with singular values 4 ... 0.04: the
+    float16 tolerance (40 * 2^-10 * 4 = 0.156) drops three values far above float32 rounding,
+    beside the 20 structural zeros."""
+    rng = np.random.default_rng(47)
+    u, _ = np.linalg.qr(rng.standard_normal((40, 20)))
+    v, _ = np.linalg.qr(rng.standard_normal((20, 20)))
+    sigmas = np.linspace(4.0, 0.04, 20)
+    weight = ((u * sigmas) @ v.T).astype(np.float16)
+    return make_model(tmp_path / "fp16.onnx", [mk("MatMul", ["x", "W"], ["y"])],
+                      [value("x", [1, 40], onnx.TensorProto.FLOAT16)],
+                      [value("y", [1, 20], onnx.TensorProto.FLOAT16)], [init("W", weight)])
+
+
+def test_float16_kernel_at_its_tolerance_is_labelled_approximate(tmp_path):
+    """The review's fp16.onnx: collide called kernel vectors at the float16 tolerance exact,
+    then validation FAILed them. They are now approximate, with a note naming the largest
+    dropped singular value; a float32-level --rtol gives a kernel that is exact."""
+    path = fp16_gemm(tmp_path)
+    x = {"x": image(48, (1, 40)).astype(np.float16)}
+    found = find_collisions(path, x)
+    assert found.exact is False and "float16 tolerance (approximate)" in found.method
+    assert any("these collisions are approximate" in n for n in found.notes)
+    tight = find_collisions(path, x, SearchSettings(rule=ToleranceRule(rtol=1e-6)))
+    assert tight.exact is True and tight.kernel_dims == (20, 20)
+    assert not any("approximate" in n for n in tight.notes)

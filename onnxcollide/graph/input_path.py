@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from onnx import NodeProto, helper
 
+from onnxcollide.errors import UsageError
 from onnxcollide.graph.constants import ConstantResolver
 from onnxcollide.graph.linear_ops import LinearSite, conv_geometry, node_attr, node_label
 from onnxcollide.graph.pad_slice import pad_amounts, scatter_to, slice_sources
@@ -421,9 +422,16 @@ def _classify_site(input_name: str, dtype: str, shape: Shape | None, site: Linea
         counts = _input_reads(path_nodes, input_name, infos, reads, resolver, opset)
         return result(DENSE, f"{site.op_type} acts on the input directly: every kernel vector "
                              "of W1 lifts exactly.", counts)
+    _check_window_fits(input_name, shape, site, data_shape)
     reads = _conv_reads(site, data_info.shape) if data_info and data_info.shape else None
     counts = _input_reads(path_nodes, input_name, infos, reads, resolver, opset)
     if site.op_type == "ConvTranspose":
+        if _transpose_outputs_overlap(site, data_shape):
+            return result(OVERLAPPING, "ConvTranspose outputs of neighbouring input positions "
+                                       "overlap: per-position kernel vectors still lift exactly, "
+                                       "but combinations across positions can cancel too, so "
+                                       "analyse the whole operator on the real input size.",
+                          counts)
         return result(PATCHIFY, "ConvTranspose adds up independent contributions v^T W of each "
                                 "input position: per-position kernel vectors lift exactly.",
                       counts)
@@ -439,3 +447,72 @@ def _classify_site(input_name: str, dtype: str, shape: Shape | None, site: Linea
                                    "conv operator on the real input size.", counts)
     return result(PATCHIFY, "conv windows never share an input element: per-patch kernel "
                             "vectors lift exactly, patch by patch.", counts)
+
+
+def _transpose_outputs_overlap(site: LinearSite, data_shape: tuple[int, ...] | None) -> bool:
+    """Whether two input positions of a ConvTranspose write to one kept output element.
+
+    On an axis of known size, an output position (inside the cropped output) written by two
+    input positions makes neighbouring positions overlap; where the size or the output
+    geometry is unknown, the kernel, stride and dilation decide (as for Conv).
+    """
+    geometry = conv_geometry(site, tuple(site.resolver.value(site.weight_name).shape))
+    axes = len(geometry.kernel)
+    explicit = geometry.auto_pad in ("NOTSET", "") and \
+        node_attr(site.node, "output_shape", None) is None
+    if data_shape is None or len(data_shape) != axes + 2 or not explicit:
+        return _geometric_overlap(site)
+    extra = node_attr(site.node, "output_padding", [0] * axes)
+    for a in range(axes):
+        size, k, s, d = data_shape[2 + a], geometry.kernel[a], geometry.strides[a], \
+            geometry.dilations[a]
+        pads = (geometry.pads[a], geometry.pads[a + axes])
+        out_len = s * (size - 1) + int(extra[a]) + (k - 1) * d + 1 - sum(pads)  # type: ignore[index]
+        taps = (np.arange(size)[:, None] * s + np.arange(k)[None, :] * d - pads[0]).ravel()
+        taps = taps[(taps >= 0) & (taps < out_len)]
+        if taps.size and int(np.bincount(taps).max()) > 1:
+            return True
+    return False
+
+
+def input_read_counts(route: FirstLayerPath, infos: dict[str, TensorInfo],
+                      resolver: ConstantResolver, opset: int) -> np.ndarray | None:
+    """How often W1 reads each element of one sample of the model input: per-sample shape
+    (e.g. (C, H, W)) int64, 0 for a blind element; None where it cannot be followed."""
+    site = route.site
+    if site is None:
+        return None
+    data_info = infos.get(site.data_input)
+    data_shape = _known(data_info.shape if data_info else None)
+    if site.op_type in ("Gemm", "QGemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
+        reads = np.ones(data_shape[1:], np.int64) if data_shape and _countable(
+            data_shape[1:]) else None
+    else:
+        reads = _conv_reads(site, data_info.shape) if data_info and data_info.shape else None
+    return _input_reads(list(route.nodes), route.input, infos, reads, resolver, opset)
+
+
+def _check_window_fits(input_name: str, shape: Shape | None, site: LinearSite,
+                       data_shape: tuple[int, ...] | None) -> None:
+    """A conv W1 whose (padded) input is smaller than its window has no output at all.
+
+    Raises:
+        UsageError: names the input, its shape, the node and the window (the input shape is
+            the user's --input-shape or the model's own).
+    """
+    if site.op_type == "ConvTranspose" or data_shape is None:
+        return
+    geometry = conv_geometry(site, tuple(site.resolver.value(site.weight_name).shape))
+    spatial = data_shape[2:]
+    if len(spatial) != len(geometry.kernel):
+        return
+    extents = [(k - 1) * d + 1 for k, d in zip(geometry.kernel, geometry.dilations, strict=True)]
+    padded = [n + b + e for n, (b, e) in zip(spatial, geometry.pads_for(spatial), strict=True)]
+    if all(p >= e for p, e in zip(padded, extents, strict=True)):
+        return
+    dims = "x".join("?" if d is None else str(d) for d in shape) if shape else "?"
+    raise UsageError(
+        f"the input '{input_name}' ({dims}) is smaller than W1's window: node '{site.label}' "
+        f"({site.op_type}) reads {'x'.join(map(str, extents))} from its input "
+        f"'{site.data_input}', which is {'x'.join(map(str, padded))} with padding",
+        hint=f"give '{input_name}' a larger --input-shape")

@@ -16,7 +16,7 @@ import onnx
 import onnx.inliner
 from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, TypeProto, helper, numpy_helper
 
-from onnxcollide.errors import UnsupportedModelError, UsageError
+from onnxcollide.errors import UsageError
 from onnxcollide.graph.load import graphs_in
 from onnxcollide.graph.tensors import dtype_name, is_external
 
@@ -130,8 +130,9 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
         model: the float model (not modified).
 
     Raises:
-        UnsupportedModelError: the model quantizes activations (QuantizeLinear, QLinearConv,
-            ConvInteger, ...): that rounding is the model's own and float64 cannot remove it.
+        UsageError: --precision float64 on a model that quantizes activations (QuantizeLinear,
+            QLinearConv, ConvInteger, ...): that rounding is the model's own and float64 cannot
+            remove it.
     """
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
@@ -152,8 +153,9 @@ def _refuse_quantized(graph: GraphProto) -> None:
     for node in graph.node:
         if node.op_type in _QUANTIZING_OPS or node.op_type.startswith("QLinear"):
             label = node.name or node.output[0]
-            raise UnsupportedModelError(
-                f"cannot make a float64 copy: the model quantizes activations ({node.op_type}), "
+            raise UsageError(
+                f"--precision float64 cannot make a float64 copy: the model quantizes "
+                f"activations ({node.op_type}), "
                 "a rounding that float64 cannot take out", f"node '{label}'",
                 "validate with --precision float32")
 

@@ -45,8 +45,7 @@ def _apply_overrides(proto: onnx.ModelProto, overrides: dict[str, tuple[int, ...
         if name not in inputs:
             known = ", ".join(inputs) or "none"
             raise UsageError(f"--input-shape names input '{name}', which the model does not "
-                             f"have", model.path, f"its inputs are: {known} (to fix one model "
-                             "of several, write MODEL:NAME=DIMS)")
+                             f"have", model.path, f"its inputs are: {known}")
         target = next(i for i in proto.graph.input if i.name == name)
         shape = target.type.tensor_type.shape
         if len(shape.dim) and len(shape.dim) != len(dims):
