@@ -25,9 +25,9 @@ from onnxcollide.cli_types import ANY_FINITE, NON_NEGATIVE, POSITIVE, SEED
 from onnxcollide.errors import UsageError
 from onnxcollide.graph.load import load_model
 from onnxcollide.inputs import (
-    IMAGE_SUFFIXES,
     ImageOptions,
     check_image_options,
+    is_image,
     load_inputs,
     parse_assignments,
 )
@@ -347,8 +347,7 @@ def register(main: click.Group, run_guarded: Callable[[Callable[[], None], bool]
             check_image_options(options, [*files_a.values(), *files_b.values()], model)
 
             def image_of(files: dict[str | None, str]) -> ImageOptions:
-                is_image = any(f.lower().endswith(IMAGE_SUFFIXES) for f in files.values())
-                return options if is_image else ImageOptions()
+                return options if any(is_image(f) for f in files.values()) else ImageOptions()
 
             feeds_a = load_inputs(loaded, files_a, shapes, seed, image_of(files_a),
                                   option="FIRST")

@@ -53,7 +53,7 @@ import scipy.linalg
 import scipy.sparse
 
 from onnxcollide.errors import UsageError
-from onnxcollide.spectral import EPS64, root_error
+from onnxcollide.spectral import EPS64, ToleranceRule, root_error
 
 EPS32 = 2.0**-23
 DENSE_MAX_DIM = 1536  # a group with at most this many inputs uses a dense SVD ...
@@ -1045,10 +1045,7 @@ def _merge(geo: _Geometry, parts: list[_Part], k: int, seed: int, rtol: float | 
     residuals = np.concatenate([p.residuals for p in parts])[order]
     smax = max(p.sigma_max for p in parts)
     smax_high = max(p.sigma_max + p.sigma_max_error for p in parts)
-    rel = rtol if rtol is not None else max(geo.n_in, geo.n_out) * eps
-    tol, tol_high = smax * rel, smax_high * rel
-    if atol is not None:
-        tol, tol_high = max(tol, float(atol)), max(tol_high, float(atol))
+    tol, tol_high = _tolerances((smax, smax_high), geo.n_in, geo.n_out, rtol, atol, eps)
     circular = np.sort(np.concatenate([p.circular for p in parts]))[:k]
     methods = sorted({p.method for p in parts})
     method = methods[0] if len(methods) == 1 else "; ".join(methods)
@@ -1065,6 +1062,14 @@ def _merge(geo: _Geometry, parts: list[_Part], k: int, seed: int, rtol: float | 
         seed=seed, circular=circular, converged=all(p.converged for p in parts), blind=blind,
         sigma_max_error=smax_high - smax, tol_error=tol_high - tol, null_dim=null_dim,
         wide=max(0, geo.n_in - geo.n_out))
+
+
+def _tolerances(smax: tuple[float, float], q: int, p: int, rtol: float | None,
+                atol: float | None, eps: float) -> tuple[float, float]:
+    """``tol`` for sigma_max and for sigma_max at the top of its error bar (``smax``: both),
+    by the audit's rule for a (q, p) operator."""
+    rule = ToleranceRule(rtol, None if atol is None else float(atol))
+    return rule.tolerance(smax[0], q, p, eps), rule.tolerance(smax[1], q, p, eps)
 
 
 TRANSPOSED_DENSE_MAX_DIM = 4096  # a ConvTranspose with more inputs is not analysed
@@ -1101,11 +1106,8 @@ def transposed_smallest_singular(spec: ConvSpec, k: int = 4, rtol: float | None 
     sigmas = full[::-1][:k]
     residuals = np.linalg.norm(vectors @ a @ a.T - (sigmas**2)[:, None] * vectors, axis=1)
     smax = float(full[0]) if m else 0.0
-    rel = rtol if rtol is not None else max(m, n) * eps
     error = max(m, n) * EPS64 * smax
-    tol, tol_high = smax * rel, (smax + error) * rel
-    if atol is not None:
-        tol, tol_high = max(tol, float(atol)), max(tol_high, float(atol))
+    tol, tol_high = _tolerances((smax, smax + error), m, n, rtol, atol, eps)
     blind = int(np.count_nonzero(~np.abs(a).any(axis=1)))
     return OperatorSpectrum(
         sigmas=sigmas, vectors=vectors.reshape(k, geo.o, *geo.out), sigma_max=smax, tol=tol,

@@ -18,6 +18,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 MAX_RANDOM_BYTES = 2 << 30  # a seeded random input is drawn in float64 up to this size
 
 
+def is_image(path: str) -> bool:
+    """Whether an input file is read as an image (by its suffix: PNG, JPEG, ...)."""
+    return path.lower().endswith(IMAGE_SUFFIXES)
+
+
 @dataclass(frozen=True)
 class ImageOptions:
     """How an image file becomes a tensor.
@@ -229,7 +234,7 @@ def check_image_options(image: ImageOptions, sources: Sequence[str], path: str) 
     Raises:
         UsageError: names the options given.
     """
-    if image != ImageOptions() and not any(f.lower().endswith(IMAGE_SUFFIXES) for f in sources):
+    if image != ImageOptions() and not any(is_image(f) for f in sources):
         given = [flag for flag, value, default in (
             ("--resize", image.size, None), ("--layout", image.layout, "auto"),
             ("--scale", image.scale, 1.0 / 255.0), ("--mean", image.mean, None),
@@ -276,7 +281,7 @@ def load_inputs(model: LoadedModel, files: dict[str | None, str],
             continue
         if not os.path.isfile(source):
             raise ModelLoadError("file not found", source, "check the path")
-        if source.lower().endswith(IMAGE_SUFFIXES):
+        if is_image(source):
             array = _load_image(source, dims, image)
         else:
             array = _load_array(source, info.name)

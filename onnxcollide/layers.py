@@ -18,8 +18,15 @@ from onnx import NodeProto, helper
 
 from onnxcollide.errors import UnsupportedModelError
 from onnxcollide.graph.constants import dequantize
-from onnxcollide.graph.linear_ops import ConvGeometry, LinearSite, conv_geometry, node_attr
+from onnxcollide.graph.linear_ops import (
+    QUANTIZED_OPS,
+    ConvGeometry,
+    LinearSite,
+    conv_geometry,
+    node_attr,
+)
 from onnxcollide.graph.shapes import TensorInfo
+from onnxcollide.graph.tensors import dtype_name
 
 
 class ConvConvention(str, enum.Enum):
@@ -108,26 +115,14 @@ def _info(site: LinearSite, name: str, infos: dict[str, TensorInfo]) -> TensorIn
     return infos.get(site.resolver.qualified(name))
 
 
-def _weight_shape(site: LinearSite) -> tuple[int, ...]:
-    """The weight tensor's shape, from the protos that hold it (never from value_info, which
-    can be stale), else from its value."""
-    declared = site.resolver.declared(site.weight_name)
-    if declared is not None:
-        return declared[0]
-    return tuple(site.resolver.value(site.weight_name).shape)
-
-
 def _float_dtype(site: LinearSite) -> str:
     """The element type the op computes the weight in (``float``, ``float16``, ...)."""
     declared = site.resolver.declared(site.weight_name)
     if declared is not None:
-        elem = declared[1]
-    else:
-        elem = helper.np_dtype_to_tensor_dtype(site.resolver.value(site.weight_name).dtype)
-    return str(helper.tensor_dtype_to_string(elem)).removeprefix("TensorProto.").lower()
+        return dtype_name(declared[1])
+    return dtype_name(helper.np_dtype_to_tensor_dtype(site.resolver.value(site.weight_name).dtype))
 
 
-_QUANTIZED = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm"}
 # op -> weight index -> (scale index or None, zero point index or None)
 _QPARAMS: dict[str, dict[int, tuple[int | None, int | None]]] = {
     "QLinearConv": {3: (4, 5)},
@@ -140,7 +135,7 @@ _QPARAMS: dict[str, dict[int, tuple[int | None, int | None]]] = {
 
 def _quantization_digest(site: LinearSite) -> str:
     """SHA-256 over the dtype, shape and bytes of the weight's scale and zero point."""
-    if site.op_type not in _QUANTIZED:
+    if site.op_type not in QUANTIZED_OPS:
         return ""
     digest = hashlib.sha256()
     for index in _QPARAMS[site.op_type][site.weight_index]:
@@ -156,7 +151,7 @@ def _quantization_digest(site: LinearSite) -> str:
 def _float_weight(site: LinearSite, axis: int) -> np.ndarray:
     """The weight as floats: dequantized for integer ops (``(w - zp) * scale`` along ``axis``)."""
     weight = site.resolver.value(site.weight_name)
-    if site.op_type not in _QUANTIZED:
+    if site.op_type not in QUANTIZED_OPS:
         return weight
     scale_i, zero_i = _QPARAMS[site.op_type][site.weight_index]
     scale = _value(site, scale_i) if scale_i is not None else None
@@ -203,7 +198,7 @@ def _conv_blocks(weight: np.ndarray, groups: int, transposed: bool) -> np.ndarra
 def _conv_layer_parts(
     site: LinearSite, infos: dict[str, TensorInfo], convention: ConvConvention
 ) -> tuple[int, int, int, str, ConvGeometry, Callable[[], np.ndarray]]:
-    wshape = _weight_shape(site)
+    wshape = site.weight_shape()
     geometry = conv_geometry(site, wshape)
     g = geometry.groups
     kernel_size = int(np.prod(wshape[2:]))
@@ -235,7 +230,7 @@ def _conv_layer_parts(
 
 def _gemm_parts(site: LinearSite, infos: dict[str, TensorInfo]
                 ) -> tuple[int, int, int, str, str, Callable[[], np.ndarray]]:
-    wshape = _weight_shape(site)
+    wshape = site.weight_shape()
     if len(wshape) != 2:
         raise UnsupportedModelError(f"Gemm weight has shape {wshape}, expected 2-D", _where(site))
     alpha = float(_attr(site, "alpha", 1.0))  # type: ignore[arg-type]
@@ -325,7 +320,7 @@ def _arrange_stack(mats: np.ndarray, lead: tuple[int, ...], modes: tuple[str, ..
 
 def _matmul_parts(site: LinearSite, infos: dict[str, TensorInfo]
                   ) -> tuple[int, int, int, str, str, Callable[[], np.ndarray]]:
-    wshape = _weight_shape(site)
+    wshape = site.weight_shape()
     on_right = site.weight_on_right
     lead: tuple[int, ...] = ()
     if len(wshape) == 1:  # a vector operand: x @ b gives W = b (K x 1); a @ x gives W = a
@@ -377,8 +372,8 @@ def build_layer(
         q, p, groups, layout, reading, load = _gemm_parts(site, infos)
     else:
         q, p, groups, layout, reading, load = _matmul_parts(site, infos)
-    compute = "float" if site.op_type in _QUANTIZED else _float_dtype(site)
-    if site.op_type in _QUANTIZED:
+    compute = "float" if site.op_type in QUANTIZED_OPS else _float_dtype(site)
+    if site.op_type in QUANTIZED_OPS:
         layout += " (dequantized)"
     weight_id, reading = _matrix_identity(site, reading)
     return LinearLayer(
@@ -409,8 +404,8 @@ def _matrix_identity(site: LinearSite, reading: str) -> tuple[str, str]:
 def _swaps_two_axes(site: LinearSite, node: NodeProto) -> bool:
     """Whether a Transpose node is the plain transpose of a 2-D tensor."""
     declared = site.resolver.declared(node.input[0]) if node.input and node.input[0] else None
-    perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
-    return declared is not None and len(declared[0]) == 2 and perm == [1, 0]
+    return declared is not None and len(declared[0]) == 2 and \
+        node_attr(node, "perm", [1, 0]) == [1, 0]
 
 
 def parameter_key(layer: LinearLayer) -> tuple[object, ...]:

@@ -17,6 +17,7 @@ built depends on W1's class (DESIGN.md):
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -196,16 +197,28 @@ def _choose_route(model: LoadedModel, infos: dict[str, TensorInfo], sites: list[
 
 
 FINITE_CHUNK = 1 << 22  # elements of a weight checked for NaN/Inf at once
+# Model files (absolute path, SHA-256) whose weights passed check_weights in this process: one
+# command asks several times (collide: before loading inputs and in the search; validate).
+_CHECKED_MODELS: set[tuple[str, str]] = set()
 
 
 def check_weights(model: LoadedModel, sites: list[LinearSite]) -> None:
     """Every external data tensor is readable and every linear weight finite, as the audit
-    requires (before any shape advice: a missing data file leaves shapes unknown).
+    requires (before any shape advice: a missing data file leaves shapes unknown). Each
+    weight is read once per model file and process; a failure is raised every time.
 
     Raises:
         ModelLoadError: an external data file is missing, truncated or outside the folder.
         UnsupportedModelError: a linear weight holds NaN or Inf (names node and weight).
     """
+    key = (os.path.abspath(model.path), model.sha256)
+    if key in _CHECKED_MODELS:
+        return
+    _check_weights(model, sites)
+    _CHECKED_MODELS.add(key)
+
+
+def _check_weights(model: LoadedModel, sites: list[LinearSite]) -> None:
     for tensor in model.proto.graph.initializer:
         if is_external(tensor):
             try:
@@ -556,7 +569,7 @@ def find_collisions(path: str, feeds: dict[str, np.ndarray],
 def _units_for(ctx: _Context, data_shape: tuple[int, ...]) -> tuple[np.ndarray, str]:
     if ctx.route.exactness == DENSE:
         return _dense_units(ctx.site, data_shape, ctx.layer.q), "kernel of W1 per input vector"
-    geometry = conv_geometry(ctx.site, tuple(ctx.site.resolver.value(ctx.site.weight_name).shape))
+    geometry = conv_geometry(ctx.site, ctx.site.weight_shape())
     if geometry.transposed:
         return _position_units(data_shape), "kernel of W1 per input position (ConvTranspose)"
     return _window_units(geometry, data_shape), "kernel of W1 per conv window"
@@ -742,8 +755,7 @@ def _trivial_kernel_error(ctx: _Context, whole: KernelSpace, p: int, mode: str
     if ctx.route.exactness == OVERLAPPING and (mode == "tiled" or not transposed):
         return UnsupportedModelError(f"{rank}, so --mode tiled has nothing to tile", where,
                                      "use --mode auto to analyse the whole operator")
-    cropped = transposed and any(conv_geometry(ctx.site, tuple(
-        ctx.site.resolver.value(ctx.site.weight_name).shape)).pads)
+    cropped = transposed and any(conv_geometry(ctx.site, ctx.site.weight_shape()).pads)
     if ctx.route.exactness == OVERLAPPING or cropped:
         n_in = int(np.prod(ctx.shapes.get(ctx.site.data_input, (0, 0))[1:]))
         n_out = int(np.prod(ctx.shapes.get(str(ctx.site.node.output[0]), (0, 0))[1:]))
@@ -787,7 +799,7 @@ def _tiled_direction(ctx: _Context, data_shape: tuple[int, ...], kernels: _UnitK
     if space.nullity == 0:
         return np.zeros(size), 0, (0, 0)
     vector = space.vector(basis) if basis is not None else space.random_vector(rng)
-    geometry = conv_geometry(ctx.site, tuple(ctx.site.resolver.value(ctx.site.weight_name).shape))
+    geometry = conv_geometry(ctx.site, ctx.site.weight_shape())
     spatial = data_shape[2:]
     axes = len(spatial)
     patch = vector.reshape(data_shape[1], *geometry.kernel)
@@ -848,7 +860,7 @@ def first_layer_kernel(path: str, feeds: dict[str, np.ndarray], settings: Search
                                     "kernel basis", path)
     patch = None
     if ctx.layer.geometry is not None and not ctx.layer.geometry.transposed:
-        weight_shape = tuple(ctx.site.resolver.value(ctx.site.weight_name).shape)
+        weight_shape = ctx.site.weight_shape()
         channels = weight_shape[1] * ctx.layer.geometry.groups
         patch = (channels, *weight_shape[2:])
     return space.basis, patch

@@ -19,7 +19,7 @@ from onnxcollide.convop import (
     transposed_smallest_singular,
 )
 from onnxcollide.errors import UsageError
-from onnxcollide.graph.linear_ops import conv_geometry, node_attr
+from onnxcollide.graph.linear_ops import conv_geometry, transposed_output_spatial
 from onnxcollide.graph.path_map import pull_delta
 from onnxcollide.spectral import EPS_OF, resolved
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 def conv_spec(ctx: _Context, data_shape: tuple[int, ...]) -> ConvSpec:
     """The W1 conv as a ConvSpec on one sample of its real input shape (float64 weight)."""
-    weight_shape = tuple(ctx.site.resolver.value(ctx.site.weight_name).shape)
+    weight_shape = ctx.site.weight_shape()
     geometry = conv_geometry(ctx.site, weight_shape)
     blocks = np.asarray(ctx.layer.load_blocks(), dtype=np.float64)  # (g, C/g*K, O/g)
     out_channels, kernel = weight_shape[0], weight_shape[2:]
@@ -43,17 +43,11 @@ def conv_spec(ctx: _Context, data_shape: tuple[int, ...]) -> ConvSpec:
 def transposed_spec(ctx: _Context, data_shape: tuple[int, ...]) -> ConvSpec | None:
     """A ConvTranspose W1 as the conv it is the adjoint of, on its real output shape; None
     where its output geometry is not explicit (auto_pad, output_shape) or does not fit."""
-    weight_shape = tuple(ctx.site.resolver.value(ctx.site.weight_name).shape)
+    weight_shape = ctx.site.weight_shape()
     geometry = conv_geometry(ctx.site, weight_shape)
-    axes = len(geometry.kernel)
-    if geometry.auto_pad not in ("NOTSET", "") or \
-            node_attr(ctx.site.node, "output_shape", None) is not None:
+    spatial = transposed_output_spatial(ctx.site, geometry, tuple(data_shape[2:]))
+    if spatial is None:
         return None
-    extra = [int(v) for v in node_attr(ctx.site.node, "output_padding", [0] * axes)]  # type: ignore[attr-defined]
-    spatial = tuple(s * (n - 1) + e + (k - 1) * d + 1 - geometry.pads[a] - geometry.pads[a + axes]
-                    for a, (n, k, s, d, e) in enumerate(zip(
-                        data_shape[2:], geometry.kernel, geometry.strides, geometry.dilations,
-                        extra, strict=True)))
     blocks = np.asarray(ctx.layer.load_blocks(), dtype=np.float64)  # (g, C_in/g, C_out/g*K)
     weight = blocks.reshape(weight_shape)
     spec = ConvSpec(weight=weight, strides=geometry.strides, dilations=geometry.dilations,

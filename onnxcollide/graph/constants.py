@@ -239,20 +239,20 @@ class ConstantResolver:
             return (tuple(shape[a] for a in perm), elem) if sorted(perm) == list(
                 range(len(shape))) else None
         if node.op_type == "Flatten":
-            axis = int(_attrs(node).get("axis", 1))  # type: ignore[call-overload]
+            axis = _int_attr(node, "axis", 1)
             axis = axis + len(shape) if axis < 0 else axis
             return (int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))), elem
         if node.op_type == "Reshape":
             target = self._reshape_target(node)
             reshaped = None if target is None else _reshaped_shape(
-                shape, target, int(_attrs(node).get("allowzero", 0)))  # type: ignore[call-overload]
+                shape, target, _int_attr(node, "allowzero", 0))
             return None if reshaped is None else (reshaped, elem)
         return shape, elem  # Identity
 
     def _dequantized_type(self, node: NodeProto) -> int:
         """DequantizeLinear's output type: ``output_dtype`` (opset 23), else the scale's type
         (float where the scale's is not declared)."""
-        output_dtype = int(_attrs(node).get("output_dtype", 0))  # type: ignore[call-overload]
+        output_dtype = _int_attr(node, "output_dtype", 0)
         if output_dtype:
             return output_dtype
         scale = self.declared(node.input[1]) if len(node.input) > 1 and node.input[1] else None
@@ -346,7 +346,8 @@ class ConstantResolver:
             owner = resolver._resolver_for(found[0])
             for i in found[0].producers[current].input:
                 if i:
-                    uses[owner._key(i)] = uses.get(owner._key(i), 0) + 1
+                    input_key = owner._key(i)
+                    uses[input_key] = uses.get(input_key, 0) + 1
                     pending.append((owner, i, False))
         return order, uses
 
@@ -495,13 +496,11 @@ _CONSTANT_ATTRIBUTE_TYPES = {
 
 
 def _constant_declared(node: NodeProto) -> tuple[tuple[int, ...], int] | None:
-    """(shape, ONNX element type) of a Constant node's value, None where not declared."""
+    """(shape, ONNX element type) of a Constant node's value, None where not declared
+    (``sparse_value`` is made ``value`` when the model is loaded)."""
     for attr in node.attribute:
         if attr.name == "value":
             return tuple(int(d) for d in attr.t.dims), int(attr.t.data_type)
-        if attr.name == "sparse_value":
-            return tuple(int(d) for d in attr.sparse_tensor.dims), int(
-                attr.sparse_tensor.values.data_type)
         if attr.name in _CONSTANT_ATTRIBUTE_TYPES:
             ndims, elem = _CONSTANT_ATTRIBUTE_TYPES[attr.name]
             count = len(attr.floats) if attr.name == "value_floats" else len(attr.ints)
@@ -575,7 +574,7 @@ def _constant_value(node: NodeProto, base_dir: str) -> np.ndarray:
         if attr.name in kinds:
             return np.array(helper.get_attribute_value(attr), dtype=kinds[attr.name])
     raise UnsupportedModelError(
-        "Constant node has no value attribute we can read (sparse_value?)",
+        "Constant node has no value attribute we can read",
         node.name or node.output[0],
     )
 

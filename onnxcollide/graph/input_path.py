@@ -21,7 +21,13 @@ from onnx import NodeProto, helper
 
 from onnxcollide.errors import UsageError
 from onnxcollide.graph.constants import ConstantResolver
-from onnxcollide.graph.linear_ops import LinearSite, conv_geometry, node_attr, node_label
+from onnxcollide.graph.linear_ops import (
+    LinearSite,
+    conv_geometry,
+    node_attr,
+    node_label,
+    transposed_output_spatial,
+)
 from onnxcollide.graph.pad_slice import pad_amounts, scatter_to, slice_sources
 from onnxcollide.graph.shapes import Shape, TensorInfo
 
@@ -36,6 +42,8 @@ ROUNDING_OPS = {"QuantizeLinear", "DequantizeLinear"}
 SHAPE_ONLY_OPS = {"Shape", "Size"}
 
 DENSE, PATCHIFY, OVERLAPPING, NOT_APPLICABLE = "dense", "patchify", "overlapping", "not applicable"
+# Linear ops that read their data operand as whole vectors (every element, once).
+_MATRIX_OPS = ("Gemm", "QGemm", "MatMul", "MatMulInteger", "QLinearMatMul")
 
 
 @dataclass(frozen=True)
@@ -214,7 +222,7 @@ def _conv_reads(site: LinearSite, shape: Shape) -> np.ndarray | None:
     For Conv: how many windows read each element. For ConvTranspose: how many output
     positions each element reaches (0 means it is cropped away entirely).
     """
-    geometry = conv_geometry(site, tuple(site.resolver.value(site.weight_name).shape))
+    geometry = conv_geometry(site, site.weight_shape())
     axes = len(geometry.kernel)
     known = _known(shape)
     if known is None or len(known) != axes + 2 or not _countable(known[1:]):
@@ -237,7 +245,7 @@ def _conv_reads(site: LinearSite, shape: Shape) -> np.ndarray | None:
 
 def _geometric_overlap(site: LinearSite) -> bool:
     """Whether windows can share an element, judged from kernel, stride and dilation alone."""
-    geometry = conv_geometry(site, tuple(site.resolver.value(site.weight_name).shape))
+    geometry = conv_geometry(site, site.weight_shape())
     return any(windows_can_overlap(k, s, d) for k, s, d in
                zip(geometry.kernel, geometry.strides, geometry.dilations, strict=True))
 
@@ -384,7 +392,7 @@ def _elements_per_sample(shape: Shape | None, site: LinearSite | None,
     if per_sample is None or shape is None:
         return None
     if site is not None and not path_nodes and not site.weight_on_right and len(shape) == 2 \
-            and site.op_type in ("Gemm", "QGemm", "MatMul", "MatMulInteger", "QLinearMatMul") \
+            and site.op_type in _MATRIX_OPS \
             and shape[0] is not None:
         return int(shape[0])
     return int(np.prod(per_sample))
@@ -416,15 +424,13 @@ def _classify_site(input_name: str, dtype: str, shape: Shape | None, site: Linea
         return FirstLayerPath(input_name, dtype, shape, site, steps, exactness, reason + caveat,
                               _blind(counts), elements)
 
-    if site.op_type in ("Gemm", "QGemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
-        reads = np.ones(data_shape[1:], np.int64) if data_shape and _countable(
-            data_shape[1:]) else None
-        counts = _input_reads(path_nodes, input_name, infos, reads, resolver, opset)
+    if site.op_type in _MATRIX_OPS:
+        counts = _input_reads(path_nodes, input_name, infos, _w1_reads(site, infos), resolver,
+                              opset)
         return result(DENSE, f"{site.op_type} acts on the input directly: every kernel vector "
                              "of W1 lifts exactly.", counts)
     _check_window_fits(input_name, shape, site, data_shape)
-    reads = _conv_reads(site, data_info.shape) if data_info and data_info.shape else None
-    counts = _input_reads(path_nodes, input_name, infos, reads, resolver, opset)
+    counts = _input_reads(path_nodes, input_name, infos, _w1_reads(site, infos), resolver, opset)
     if site.op_type == "ConvTranspose":
         if _transpose_outputs_overlap(site, data_shape):
             return result(OVERLAPPING, "ConvTranspose outputs of neighbouring input positions "
@@ -456,19 +462,17 @@ def _transpose_outputs_overlap(site: LinearSite, data_shape: tuple[int, ...] | N
     input positions makes neighbouring positions overlap; where the size or the output
     geometry is unknown, the kernel, stride and dilation decide (as for Conv).
     """
-    geometry = conv_geometry(site, tuple(site.resolver.value(site.weight_name).shape))
+    geometry = conv_geometry(site, site.weight_shape())
     axes = len(geometry.kernel)
-    explicit = geometry.auto_pad in ("NOTSET", "") and \
-        node_attr(site.node, "output_shape", None) is None
-    if data_shape is None or len(data_shape) != axes + 2 or not explicit:
+    if data_shape is None or len(data_shape) != axes + 2:
         return _geometric_overlap(site)
-    extra = node_attr(site.node, "output_padding", [0] * axes)
-    for a in range(axes):
+    outputs = transposed_output_spatial(site, geometry, tuple(data_shape[2:]))
+    if outputs is None:
+        return _geometric_overlap(site)
+    for a, out_len in enumerate(outputs):
         size, k, s, d = data_shape[2 + a], geometry.kernel[a], geometry.strides[a], \
             geometry.dilations[a]
-        pads = (geometry.pads[a], geometry.pads[a + axes])
-        out_len = s * (size - 1) + int(extra[a]) + (k - 1) * d + 1 - sum(pads)  # type: ignore[index]
-        taps = (np.arange(size)[:, None] * s + np.arange(k)[None, :] * d - pads[0]).ravel()
+        taps = (np.arange(size)[:, None] * s + np.arange(k)[None, :] * d - geometry.pads[a]).ravel()
         taps = taps[(taps >= 0) & (taps < out_len)]
         if taps.size and int(np.bincount(taps).max()) > 1:
             return True
@@ -479,17 +483,21 @@ def input_read_counts(route: FirstLayerPath, infos: dict[str, TensorInfo],
                       resolver: ConstantResolver, opset: int) -> np.ndarray | None:
     """How often W1 reads each element of one sample of the model input: per-sample shape
     (e.g. (C, H, W)) int64, 0 for a blind element; None where it cannot be followed."""
-    site = route.site
-    if site is None:
+    if route.site is None:
         return None
+    return _input_reads(list(route.nodes), route.input, infos, _w1_reads(route.site, infos),
+                        resolver, opset)
+
+
+def _w1_reads(site: LinearSite, infos: dict[str, TensorInfo]) -> np.ndarray | None:
+    """How often W1 reads each element of one sample of its own data input: all ones for a
+    matrix op, the window counts for a conv; None where the shape is unknown."""
     data_info = infos.get(site.data_input)
-    data_shape = _known(data_info.shape if data_info else None)
-    if site.op_type in ("Gemm", "QGemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
-        reads = np.ones(data_shape[1:], np.int64) if data_shape and _countable(
+    if site.op_type in _MATRIX_OPS:
+        data_shape = _known(data_info.shape if data_info else None)
+        return np.ones(data_shape[1:], np.int64) if data_shape and _countable(
             data_shape[1:]) else None
-    else:
-        reads = _conv_reads(site, data_info.shape) if data_info and data_info.shape else None
-    return _input_reads(list(route.nodes), route.input, infos, reads, resolver, opset)
+    return _conv_reads(site, data_info.shape) if data_info and data_info.shape else None
 
 
 def _check_window_fits(input_name: str, shape: Shape | None, site: LinearSite,
@@ -502,7 +510,7 @@ def _check_window_fits(input_name: str, shape: Shape | None, site: LinearSite,
     """
     if site.op_type == "ConvTranspose" or data_shape is None:
         return
-    geometry = conv_geometry(site, tuple(site.resolver.value(site.weight_name).shape))
+    geometry = conv_geometry(site, site.weight_shape())
     spatial = data_shape[2:]
     if len(spatial) != len(geometry.kernel):
         return

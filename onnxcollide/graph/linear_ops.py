@@ -89,7 +89,7 @@ _UNANALYSED_CONTRIB: dict[str, tuple[tuple[int, ...] | None, str]] = {
 }
 _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 # Linear ops whose weights are integers by design (dequantized before the analysis).
-_INTEGER_OPS = {"ConvInteger", "QLinearConv", "MatMulInteger", "QLinearMatMul", "QGemm"}
+QUANTIZED_OPS = {"ConvInteger", "QLinearConv", "MatMulInteger", "QLinearMatMul", "QGemm"}
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,14 @@ class LinearSite:
     def weight_name(self) -> str:
         """Name of the weight tensor as the node consumes it."""
         return str(self.node.input[self.weight_index])
+
+    def weight_shape(self) -> tuple[int, ...]:
+        """The weight tensor's shape, from the protos that hold it (never from value_info,
+        which can be stale), else from its value."""
+        declared = self.resolver.declared(self.weight_name)
+        if declared is not None:
+            return declared[0]
+        return tuple(self.resolver.value(self.weight_name).shape)
 
     @property
     def weight_on_right(self) -> bool:
@@ -197,7 +205,7 @@ def _classify(
 def _integer_reason(node: NodeProto, weight: str, resolver: ConstantResolver) -> str | None:
     """Why a float op (Conv, Gemm, MatMul) on an integer weight is skipped: ONNX allows
     integer MatMul and Gemm, which exporters use for index and shape arithmetic."""
-    if node.op_type in _INTEGER_OPS:
+    if node.op_type in QUANTIZED_OPS:
         return None
     declared = resolver.declared_type(weight)
     if declared is None or declared[1] in _FLOAT_TYPES:
@@ -397,3 +405,19 @@ def conv_geometry(site: LinearSite, weight_shape: tuple[int, ...]) -> ConvGeomet
         groups=int(node_attr(node, "group", 1)),  # type: ignore[call-overload]
         transposed=site.op_type == "ConvTranspose",
     )
+
+
+def transposed_output_spatial(site: LinearSite, geometry: ConvGeometry,
+                              spatial: tuple[int, ...]) -> tuple[int, ...] | None:
+    """A ConvTranspose's output spatial size for the input spatial size ``spatial``, where
+    its output geometry is explicit (pads, output_padding); None with auto_pad or
+    output_shape."""
+    if geometry.auto_pad not in ("NOTSET", "") or \
+            node_attr(site.node, "output_shape", None) is not None:
+        return None
+    axes = len(geometry.kernel)
+    extra = node_ints(site.node, "output_padding", [0] * axes)
+    return tuple(s * (n - 1) + e + (k - 1) * d + 1 - geometry.pads[a] - geometry.pads[a + axes]
+                 for a, (n, k, s, d, e) in enumerate(zip(
+                     spatial, geometry.kernel, geometry.strides, geometry.dilations, extra,
+                     strict=True)))
