@@ -28,8 +28,8 @@ from onnxcollide.inputs import (
     ImageOptions,
     check_image_options,
     is_image,
-    load_inputs,
     parse_assignments,
+    read_inputs,
 )
 from onnxcollide.output_set import Writer, check_output_set_folder, write_output_set
 from onnxcollide.report.collide_format import (
@@ -227,14 +227,24 @@ def _validate(found: CollisionSet, enabled: bool, device: str, precision: str, s
 def _write_outputs(out: str, found: CollisionSet,
                    drawing: tuple[np.ndarray, tuple[int, ...]] | None,
                    validations: list[dict[str, Any] | None],
-                   runtime: dict[str, Any] | None) -> dict[str, Any]:
-    """Write the whole output set (report.json included) into ``out``; return the report."""
-    files, writers = _outputs(out, found, settings_dict(found), drawing)
+                   runtime: dict[str, Any] | None,
+                   inputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Write the whole output set (report.json included) into ``out``; return the report.
+    ``inputs``: how each model input was made (``read_inputs``' records)."""
+    files, writers = _outputs(out, found, settings_dict(found, inputs), drawing)
     files["report"] = os.path.join(out, "report.json")
-    report = collide_dict(found, validations, runtime, files)
+    report = collide_dict(found, validations, runtime, files, inputs)
     writers["report.json"] = partial(write_text, text=render_json(report))
     write_output_set(out, writers)
     return report
+
+
+def _tell_notices(*records: dict[str, dict[str, Any]]) -> None:
+    """Print the inputs' notices (an image resized without --resize) on stderr."""
+    for by_name in records:
+        for record in by_name.values():
+            if "notice" in record:
+                click.echo(f"notice: {record['notice']}", err=True)
 
 
 def _failed_validation(exact: bool) -> int:
@@ -302,12 +312,14 @@ def register(main: click.Group, run_guarded: Callable[[Callable[[], None], bool]
             from onnxcollide.search import check_applicable
 
             check_applicable(model, shapes, input_name)
-            feeds = load_inputs(load_model(model), parse_assignments(input_files, "--input"),
-                                shapes, seed, image, settings.valid_range)
+            feeds, records = read_inputs(load_model(model),
+                                         parse_assignments(input_files, "--input"), shapes,
+                                         seed, image, settings.valid_range)
+            _tell_notices(records)
             found = find_collisions(model, feeds, settings)
             drawing = _basis_vectors(found, basis_images) if basis_images else None
             validations, runtime = _validate(found, not no_validate, device, precision, seed)
-            report = _write_outputs(out, found, drawing, validations, runtime)
+            report = _write_outputs(out, found, drawing, validations, runtime, records)
             show = render_json(report) if fmt == "json" else render_table(report, 160)
             write_stdout(show)
             if runtime and not all(v and v.get("passed") for v in validations):
@@ -349,16 +361,18 @@ def register(main: click.Group, run_guarded: Callable[[Callable[[], None], bool]
             def image_of(files: dict[str | None, str]) -> ImageOptions:
                 return options if any(is_image(f) for f in files.values()) else ImageOptions()
 
-            feeds_a = load_inputs(loaded, files_a, shapes, seed, image_of(files_a),
-                                  option="FIRST")
-            feeds_b = load_inputs(loaded, files_b, shapes, seed, image_of(files_b),
-                                  option="SECOND")
+            feeds_a, records_a = read_inputs(loaded, files_a, shapes, seed, image_of(files_a),
+                                             option="FIRST")
+            feeds_b, records_b = read_inputs(loaded, files_b, shapes, seed, image_of(files_b),
+                                             option="SECOND")
+            _tell_notices(records_a, records_b)
             target = layer or w1_output_name(model, feeds_a)
             runner = ModelRunner(model, extra_outputs=[target] if target else [],
                                  device=device, precision=precision)
             check = validate_pair(runner, feeds_a, feeds_b, target, seed,
                                   Tolerances.for_run(runner, target))
-            data = validation_dict(check)
+            data = {**validation_dict(check), "inputs": {"first": records_a,
+                                                         "second": records_b}}
             write_stdout(json.dumps(data, indent=2, allow_nan=False) + "\n" if fmt == "json"
                          else render_validation_table(data))
             sys.exit(0 if data.get("passed") else 1)

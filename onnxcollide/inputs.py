@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from onnx import helper
@@ -82,7 +84,10 @@ def _load_array(path: str, name: str) -> np.ndarray:
                      f"save the array under the key '{name}'")
 
 
-def _load_image(path: str, dims: list[int | None], options: ImageOptions) -> np.ndarray:
+def _load_image(path: str, dims: list[int | None], options: ImageOptions
+                ) -> tuple[np.ndarray, dict[str, Any]]:
+    """The image as a (1, C, H, W) or (1, H, W, C) float64 tensor, and how it was made (see
+    ``read_inputs``)."""
     from PIL import Image, UnidentifiedImageError
 
     layout = options.layout
@@ -93,11 +98,13 @@ def _load_image(path: str, dims: list[int | None], options: ImageOptions) -> np.
         else 3
     spatial = (dims[2], dims[3]) if layout == "nchw" and len(dims) == 4 else \
         (dims[1], dims[2]) if len(dims) == 4 else (None, None)
+    mode = "L" if channels == 1 else "RGB"
     try:
         with Image.open(path) as opened:
-            image = opened.convert("L" if channels == 1 else "RGB")
+            native = (opened.height, opened.width)
+            image = opened.convert(mode)
             size = options.size or (spatial if None not in spatial else None)
-            if size is not None:
+            if size is not None and tuple(size) != native:
                 height, width = (int(d) for d in size)  # type: ignore[arg-type]
                 image = image.resize((width, height), Image.Resampling.BILINEAR)
             pixels = np.asarray(image, dtype=np.float64)
@@ -109,7 +116,35 @@ def _load_image(path: str, dims: list[int | None], options: ImageOptions) -> np.
     if options.std is not None:
         pixels = pixels / _per_channel(options.std, "--std", pixels.shape[2], path)
     tensor = pixels[None]  # (1, H, W, C)
-    return tensor if layout == "nhwc" else tensor.transpose(0, 3, 1, 2)
+    record = _image_record(path, native, tuple(pixels.shape[:2]), mode, layout, options)
+    return (tensor if layout == "nhwc" else tensor.transpose(0, 3, 1, 2)), record
+
+
+def _image_record(path: str, native: tuple[int, int], made: tuple[int, ...], mode: str,
+                  layout: str, options: ImageOptions) -> dict[str, Any]:
+    """How an image file became a tensor; a ``notice`` where it was resized without --resize
+    (a different aspect ratio, or a model that expects another size, changes the input)."""
+    resized = made != native
+    record: dict[str, Any] = {
+        "source": "image", "path": path, "sha256": _sha256(path),
+        "image_size": list(native), "resized_to": list(made) if resized else None,
+        "resample": "bilinear" if resized else None, "mode": mode, "layout": layout,
+        "scale": options.scale, "mean": list(options.mean) if options.mean else None,
+        "std": list(options.std) if options.std else None,
+    }
+    if resized and options.size is None:
+        record["notice"] = (f"{path} is {native[0]}x{native[1]}; it was resized (bilinear) to "
+                            f"the model's {made[0]}x{made[1]}: pass --resize HxW to choose, or "
+                            "give an image of that size")
+    return record
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _per_channel(values: tuple[float, ...], option: str, channels: int, path: str
@@ -247,10 +282,28 @@ def load_inputs(model: LoadedModel, files: dict[str | None, str],
                 shapes: dict[str, tuple[int, ...]], seed: int, image: ImageOptions,
                 value_range: tuple[float, float] | None = None,
                 option: str = "--input") -> dict[str, np.ndarray]:
-    """A value for every graph input: from a file where given, else a seeded random draw.
+    """A value for every graph input (``read_inputs`` without the records)."""
+    return read_inputs(model, files, shapes, seed, image, value_range, option)[0]
+
+
+def read_inputs(model: LoadedModel, files: dict[str | None, str],
+                shapes: dict[str, tuple[int, ...]], seed: int, image: ImageOptions,
+                value_range: tuple[float, float] | None = None,
+                option: str = "--input"
+                ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+    """A value for every graph input: from a file where given, else a seeded random draw;
+    and, per input, how its value was made, for reports.
 
     ``option`` is how the command takes a file (``--input``, or validate's ``FIRST``), for
     the hint of a model with several inputs.
+
+    Returns:
+        (feeds, records): feeds {input name: array in the input's dtype}; records {input
+        name: {"source": "random", "seed", "range", "shape", "dtype"} (draws are taken from
+        one generator seeded with ``seed``, in the model's input order), {"source": "file",
+        "path", "sha256"} (.npy/.npz), or {"source": "image", "path", "sha256",
+        "image_size", "resized_to", "resample", "mode", "layout", "scale", "mean", "std"},
+        plus a "notice" for an image resized without --resize}.
 
     Raises:
         UsageError: a name the model lacks, a shape or dtype that does not fit.
@@ -272,19 +325,24 @@ def load_inputs(model: LoadedModel, files: dict[str | None, str],
                              f"its inputs are: {', '.join(names)}")
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
+    records: dict[str, dict[str, Any]] = {}
     for info in inputs:
         dims, dtype = _declared(info)
         source = files.get(info.name)
         if source is None:
+            draw_range = value_range or (0.0, 1.0)
             feeds[info.name] = random_input(dims, shapes.get(info.name), dtype, info.name, rng,
-                                            value_range or (0.0, 1.0), model.path)
+                                            draw_range, model.path)
+            records[info.name] = {"source": "random", "seed": seed, "range": list(draw_range),
+                                  "shape": list(feeds[info.name].shape), "dtype": str(dtype)}
             continue
         if not os.path.isfile(source):
             raise ModelLoadError("file not found", source, "check the path")
         if is_image(source):
-            array = _load_image(source, dims, image)
+            array, records[info.name] = _load_image(source, dims, image)
         else:
             array = _load_array(source, info.name)
+            records[info.name] = {"source": "file", "path": source, "sha256": _sha256(source)}
         _check_shape(array, dims, info.name, source)
         feeds[info.name] = _check_values(array, dtype, info.name, source)
-    return feeds
+    return feeds, records

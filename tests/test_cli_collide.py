@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -149,6 +150,39 @@ def test_collide_png_input_with_normalisation(tmp_path):
     with np.load(out / "collisions.npz") as data:
         np.testing.assert_allclose(data["original"][0], ((resized / 255 - 0.5) / 0.25)
                                    .transpose(2, 0, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_collide_records_the_image_and_tells_of_a_resize(tmp_path):
+    """A 20x24 PNG for the 32x32 model without --resize: a one-line notice on stderr, and
+    report.json (and the .npz) record the file, its hash, both sizes and the scaling."""
+    pixels = np.random.default_rng(1).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    out = tmp_path / "o"
+    result = run("collide", PATCH, "--no-validate", "-o", str(out), "--input",
+                 str(tmp_path / "a.png"))
+    assert result.exit_code == 0, result.stderr
+    notices = [line for line in result.stderr.splitlines() if line.startswith("notice:")]
+    assert len(notices) == 1 and "is 20x24; it was resized (bilinear) to the model's 32x32" \
+        in notices[0]
+    record = report_of(out)["settings"]["inputs"]["input"]
+    assert record["source"] == "image" and record["path"] == str(tmp_path / "a.png")
+    assert record["sha256"] == hashlib.sha256((tmp_path / "a.png").read_bytes()).hexdigest()
+    assert (record["image_size"], record["resized_to"], record["scale"]) == \
+        ([20, 24], [32, 32], 1.0 / 255.0)
+    with np.load(out / "collisions.npz") as data:
+        assert json.loads(str(data["settings"]))["inputs"] == {"input": record}
+
+
+def test_collide_records_a_random_input_s_seed_and_range(tmp_path):
+    """Without --input the report records the draw: seed, range, shape, dtype; no notice."""
+    out = tmp_path / "o"
+    result = run("collide", PATCH, "--no-validate", "-o", str(out), "--seed", "4",
+                 "--range", "0,2")
+    assert result.exit_code == 0, result.stderr
+    assert "notice:" not in result.stderr
+    assert report_of(out)["settings"]["inputs"] == {"input": {
+        "source": "random", "seed": 4, "range": [0.0, 2.0], "shape": [1, 3, 32, 32],
+        "dtype": "float32"}}
 
 
 def test_collide_channels_last_model_with_input_shape(tmp_path):
@@ -485,6 +519,9 @@ def test_validate_exits_0_for_a_collision_and_1_for_a_random_pair(tmp_path):
     assert good.exit_code == 0, good.stderr
     data = json.loads(good.stdout)
     assert data["passed"] is True and data["collision"]["layer_residual"] < 1e-5
+    assert data["inputs"]["first"]["input"]["path"] == str(tmp_path / "a.npy")
+    assert data["inputs"]["second"]["input"]["sha256"] == hashlib.sha256(
+        (tmp_path / "b.npy").read_bytes()).hexdigest()
     bad = run("validate", PATCH, str(tmp_path / "a.npy"), str(tmp_path / "r.npy"),
               "--device", "cpu")
     assert bad.exit_code == 1, bad.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from PIL import Image
 
 from onnxcollide.errors import ModelLoadError, UsageError
 from onnxcollide.graph.load import load_model
-from onnxcollide.inputs import ImageOptions, load_inputs, parse_assignments
+from onnxcollide.inputs import ImageOptions, load_inputs, parse_assignments, read_inputs
 
 mk = helper.make_node
 MODELS = Path(__file__).parent.parent / "models"
@@ -203,6 +204,43 @@ def test_png_is_resized_to_the_model_size(tmp_path):
     expected = np.asarray(Image.fromarray(pixels).resize((32, 32), Image.Resampling.BILINEAR),
                           np.float64)
     np.testing.assert_allclose(x[0], expected.transpose(2, 0, 1) / 255.0, rtol=1e-6)
+
+
+def test_records_say_how_each_input_was_made(tmp_path):
+    """read_inputs' records: a random draw's seed, range, shape and dtype; an array file's
+    path and SHA-256; an image's size, resize, mode, layout and normalisation."""
+    draws, records = read_inputs(PATCH, {}, {}, 5, DEFAULT, (-1.0, 2.0))
+    assert records == {"input": {"source": "random", "seed": 5, "range": [-1.0, 2.0],
+                                 "shape": [1, 3, 32, 32], "dtype": "float32"}}
+    np.testing.assert_array_equal(draws["input"], load(PATCH, {}, seed=5,
+                                                       value_range=(-1.0, 2.0))["input"])
+    array = tmp_path / "a.npy"
+    np.save(array, np.zeros((1, 3, 32, 32), np.float32))
+    _, records = read_inputs(PATCH, {None: str(array)}, {}, 0, DEFAULT)
+    assert records["input"] == {"source": "file", "path": str(array),
+                                "sha256": hashlib.sha256(array.read_bytes()).hexdigest()}
+    image = png(tmp_path / "a.png", rgb(3, 32, 32))
+    options = ImageOptions(mean=(0.5,), std=(0.25, 0.5, 0.75))
+    _, records = read_inputs(PATCH, {None: image}, {}, 0, options)
+    assert records["input"] == {
+        "source": "image", "path": image, "sha256": hashlib.sha256(
+            Path(image).read_bytes()).hexdigest(), "image_size": [32, 32], "resized_to": None,
+        "resample": None, "mode": "RGB", "layout": "nchw", "scale": 1.0 / 255.0,
+        "mean": [0.5], "std": [0.25, 0.5, 0.75]}
+
+
+def test_an_image_resized_without_resize_gets_a_notice(tmp_path):
+    """A 10x20 PNG for a 32x32 model is resized, and the record says so with a notice; with
+    --resize the same resize is the user's choice and carries no notice."""
+    image = png(tmp_path / "a.png", rgb(8, 10, 20))
+    _, records = read_inputs(PATCH, {None: image}, {}, 0, DEFAULT)
+    record = records["input"]
+    assert (record["image_size"], record["resized_to"], record["resample"]) == \
+        ([10, 20], [32, 32], "bilinear")
+    assert "is 10x20; it was resized (bilinear) to the model's 32x32" in record["notice"]
+    assert "--resize" in record["notice"]
+    _, records = read_inputs(PATCH, {None: image}, {}, 0, ImageOptions(size=(32, 32)))
+    assert records["input"]["resized_to"] == [32, 32] and "notice" not in records["input"]
 
 
 def test_png_explicit_resize_option(tmp_path):

@@ -1030,6 +1030,57 @@ def test_same_local_name_in_sibling_branches_is_two_parameters(tmp_path, rng):
     assert sorted(r.rank for r in result.rows) == [2, 5]
 
 
+def test_same_named_if_nodes_keep_their_branch_weights_apart(tmp_path, rng):
+    """Two If nodes named alike (ONNX allows it), each branch with its own Constant 'W' of
+    rank 2 and 5: two parameters, not one (their scope labels were both 'blk/then_branch')."""
+
+    def branch(name: str, rank: int) -> onnx.GraphProto:
+        w = irank(rng, 8, 6, rank).astype(np.float32)
+        return helper.make_graph(
+            [mk("Constant", [], ["W"], value=onnx.numpy_helper.from_array(w, "W")),
+             mk("MatMul", ["x", "W"], [f"{name}_out"])],
+            name, [], [value(f"{name}_out", [1, 6])])
+
+    def identity(name: str) -> onnx.GraphProto:
+        return helper.make_graph([mk("Constant", [], [f"{name}_out"], value=onnx.numpy_helper
+                                     .from_array(np.zeros((1, 6), np.float32), "z"))],
+                                 name, [], [value(f"{name}_out", [1, 6])])
+
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("If", ["cond"], ["a"], name="blk", then_branch=branch("t1", 2),
+            else_branch=identity("e1")),
+         mk("If", ["cond"], ["b"], name="blk", then_branch=branch("t2", 5),
+            else_branch=identity("e2")),
+         mk("Add", ["a", "b"], ["y"])],
+        [value("cond", [], BOOL), value("x", [1, 8])], [value("y", [1, 6])],
+    )
+    result = audit(path)
+    assert [r.rank for r in result.rows] == [2, 5]
+    assert [r.layer.nodes for r in result.rows] == [("blk#0/then_branch/MatMul:t1_out",),
+                                                    ("blk#1/then_branch/MatMul:t2_out",)]
+
+
+def test_w1_row_of_same_named_nodes_is_the_one_reached(tmp_path, rng):
+    """Two Gemm nodes both named 'fc': W1 is the one reached first from the input (the second
+    in graph order), and the summary's nullity(W1) is its row's, not the first 'fc' row's."""
+    far = irank(rng, 6, 8, 2).astype(np.float32)  # reached through two Relus
+    near = irank(rng, 6, 8, 5).astype(np.float32)  # reached directly: W1
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("Relu", ["x"], ["r1"]), mk("Relu", ["r1"], ["r2"]),
+         mk("Gemm", ["r2", "Wfar"], ["a"], name="fc", transB=1),
+         mk("Gemm", ["x", "Wnear"], ["b"], name="fc", transB=1),
+         mk("Add", ["a", "b"], ["y"])],
+        [value("x", [1, 8])], [value("y", [1, 6])], [init("Wfar", far), init("Wnear", near)],
+    )
+    result = audit(path)
+    assert [r.rank for r in result.rows] == [2, 5]
+    assert result.first_layer is not None and result.first_layer.node == "fc#3"
+    assert result.first_layer.row_index == 2
+    assert result.metrics.nullity_w1 == 8 - 5
+
+
 def test_blocked_dequantize_linear(tmp_path, rng):
     """Opset 21 DequantizeLinear with block_size 2 along axis 0: W equals the reference
     dequantization, and its rank is that of the dequantized matrix."""

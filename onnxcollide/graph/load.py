@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -111,6 +112,7 @@ def _load_uncached(path: str) -> LoadedModel:
                 f"cannot inline the model-local functions ({exc})", path
             ) from exc
     _densify_sparse(proto, base_dir)
+    _tell_same_named_nodes_apart(proto)
     digest = hashlib.sha256(data).hexdigest()
     return LoadedModel(path, base_dir, proto, _default_opset(proto), digest)
 
@@ -161,6 +163,18 @@ def _all_nodes(proto: onnx.ModelProto) -> list[NodeProto]:
         nodes.append(top)
         nodes += [n for sub in _node_subgraphs(top) for g in graphs_in(sub) for n in g.node]
     return nodes
+
+
+def _tell_same_named_nodes_apart(proto: onnx.ModelProto) -> None:
+    """Rename nodes that share a name within one graph to ``NAME#INDEX`` (their index in
+    that graph). ONNX does not require unique node names (ONNX Runtime does), and labels,
+    subgraph scopes and W1's row are keyed by them: two If nodes named alike would otherwise
+    merge their branches' weights into one parameter."""
+    for graph in graphs_in(proto.graph):
+        counts = Counter(node.name for node in graph.node if node.name)
+        for index, node in enumerate(graph.node):
+            if counts[node.name] > 1:
+                node.name = f"{node.name}#{index}"
 
 
 def _densify_sparse(proto: onnx.ModelProto, base_dir: str) -> None:

@@ -34,9 +34,13 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def settings_dict(found: CollisionSet) -> dict[str, Any]:
-    """The search settings as plain data."""
+def settings_dict(found: CollisionSet, inputs: dict[str, dict[str, Any]] | None = None
+                  ) -> dict[str, Any]:
+    """The search settings as plain data, with how each model input was made (``inputs``:
+    the records of ``inputs.read_inputs``) where given."""
     data = asdict(found.settings)
+    if inputs is not None:
+        data["inputs"] = inputs
     data["rule"] = found.settings.rule.describe()
     data["rtol"], data["atol"] = found.settings.rule.rtol, found.settings.rule.atol
     cleaned: dict[str, Any] = _clean(data)
@@ -44,8 +48,10 @@ def settings_dict(found: CollisionSet) -> dict[str, Any]:
 
 
 def collide_dict(found: CollisionSet, validations: Sequence[dict[str, Any] | None],
-                 runtime: dict[str, Any] | None, files: dict[str, str]) -> dict[str, Any]:
-    """The whole collide report as plain data."""
+                 runtime: dict[str, Any] | None, files: dict[str, str],
+                 inputs: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The whole collide report as plain data; ``inputs`` (how each model input was made)
+    goes into the settings."""
     rows = []
     for collision, validation in zip(found.collisions, validations, strict=True):
         rows.append({
@@ -61,7 +67,7 @@ def collide_dict(found: CollisionSet, validations: Sequence[dict[str, Any] | Non
         "schema": "onnxcollide.collide", "schema_version": COLLIDE_SCHEMA_VERSION,
         "tool": versions(), "model": found.model, "input": found.input_name,
         "input_shape": list(found.feeds[found.input_name].shape) if found.feeds else None,
-        "settings": settings_dict(found), "runtime": runtime,
+        "settings": settings_dict(found, inputs), "runtime": runtime,
         "w1": {"node": found.w1_node, "output": found.w1_output, "class": found.exactness,
                "method": found.method, "exact": found.exact, "units": found.units,
                "kernel_dims": list(found.kernel_dims), "tol": tol, "tol_digits": tol_digits,
