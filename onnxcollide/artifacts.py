@@ -133,6 +133,8 @@ def _replace_with_temp(target: str, write: Callable[[BinaryIO], object]) -> None
     try:
         with os.fdopen(handle, "wb") as out:
             write(out)
+            out.flush()
+            os.fsync(out.fileno())  # the data is on disk before the rename makes it the file
         if os.path.exists(target):
             mode = stat.S_IMODE(os.stat(target).st_mode)
         else:

@@ -15,6 +15,8 @@ from onnxcollide.graph.shapes import Shape, TensorInfo, infer_shapes, is_float_i
 from onnxcollide.layers import ConvConvention, LinearLayer, build_layer, parameter_key
 from onnxcollide.spectral import EPS_OF, RankDecision, ToleranceRule, decide_rank
 
+CLEAR_MARGIN = 10.0  # a decision is "clear" when no singular value lies within 10x of tol
+
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, current layer label)
 
 
@@ -67,16 +69,35 @@ class LayerRow:
         """Lemma 3: the layer maps to fewer dimensions than it reads (p < q)."""
         return self.layer.p < self.layer.q
 
+    @property
+    def clear(self) -> bool:
+        """True when the rank would not change if the tolerance moved by less than
+        CLEAR_MARGIN (10x): judged on the margin's value, or on its lower bound where a
+        noise-floor value sets it (digits 0)."""
+        bound, digits = self.decision.resolved()["margin"]
+        margin = bound if digits == 0 else self.decision.margin
+        return margin is None or margin >= CLEAR_MARGIN
+
 
 @dataclass(frozen=True)
 class ModelMetrics:
-    """The paper's Table 1 for one model (Eq. 6)."""
+    """The paper's Table 1 for one model (Eq. 6), and what its numbers leave out.
+
+    Attributes:
+        n, nu, mu, nullity_sum: over the analysed parameters (rows).
+        nullity_w1: W1's nullity; None where there is no W1 row, or where the input passes
+            through an op whose weights are not analysed (an LSTM) before it.
+        skipped_weights: ops holding weights that are not analysed (not counted in n).
+        unclear: rows whose rank decision is not clear (margin under CLEAR_MARGIN).
+    """
 
     n: int
     nu: int
     mu: int
     nullity_sum: int
     nullity_w1: int | None
+    skipped_weights: int = 0
+    unclear: int = 0
 
     @property
     def nu_ratio(self) -> float:
@@ -209,7 +230,9 @@ def _row_of(site: LinearSite | None, rows: list[LayerRow]) -> LayerRow | None:
     return next((r for r in rows if site.label in r.layer.nodes), None)
 
 
-def _metrics(rows: list[LayerRow], first: FirstLayer | None) -> ModelMetrics:
+def _metrics(rows: list[LayerRow], first: FirstLayer | None, skipped: list[SkippedOp],
+             hidden_w1: bool) -> ModelMetrics:
+    """Table 1 over ``rows``; nullity(W1) is None where ``hidden_w1`` (see ModelMetrics)."""
     w1 = None
     if first is not None and first.row_index is not None:
         w1 = rows[first.row_index - 1].nullity
@@ -217,8 +240,24 @@ def _metrics(rows: list[LayerRow], first: FirstLayer | None) -> ModelMetrics:
         w1 = rows[0].nullity
     return ModelMetrics(
         n=len(rows), nu=sum(r.nu for r in rows), mu=sum(r.mu for r in rows),
-        nullity_sum=sum(r.nullity for r in rows), nullity_w1=w1,
+        nullity_sum=sum(r.nullity for r in rows), nullity_w1=None if hidden_w1 else w1,
+        skipped_weights=sum(s.holds_weights for s in skipped),
+        unclear=sum(not r.clear for r in rows),
     )
+
+
+def _weights_before_w1(first: FirstLayer | None, skipped: list[SkippedOp]) -> str | None:
+    """A note where the input passes through an op whose weights are not analysed (an LSTM)
+    before W1: that op holds the model's first weight, so W1's nullity is not the paper's
+    nullity(W1). None otherwise."""
+    holding = {s.label: s for s in skipped if s.holds_weights}
+    before = [holding[step.node] for step in (first.path if first else ()) if step.node in holding]
+    if not before:
+        return None
+    op = before[0]
+    return (f"nullity(W1) is not given: the input passes through {op.op_type} '{op.label}', "
+            f"whose weights are not analysed, before W1 ({first.node if first else '-'}); the "
+            "paper's W1 is the model's first weight")
 
 
 def _skipped_summary(skipped: list[SkippedOp], shown: int = 3) -> str:
@@ -274,7 +313,10 @@ def _audit(path: str, settings: AuditSettings, progress: ProgressCallback | None
     if progress:
         progress(len(layers), len(layers), "")
     first, notes = _first_layer(model, sites, infos, rows)
-    if first is None or first.row_index is None:
+    hidden_w1 = _weights_before_w1(first, skipped)
+    if hidden_w1:
+        notes.append(hidden_w1)
+    elif first is None or first.row_index is None:
         notes.append("no linear op is reached from a model input in the main graph: "
                      f"nullity(W1) is that of row 1 ({rows[0].layer.nodes[0]}), the first linear "
                      "op in graph order")
@@ -287,5 +329,5 @@ def _audit(path: str, settings: AuditSettings, progress: ProgressCallback | None
         producer=f"{model.proto.producer_name} {model.proto.producer_version}".strip(),
         ir_version=int(model.proto.ir_version), opset=model.opset, settings=settings,
         rows=tuple(rows), skipped=tuple(skipped), first_layer=first,
-        metrics=_metrics(rows, first), notes=tuple(notes),
+        metrics=_metrics(rows, first, skipped, hidden_w1 is not None), notes=tuple(notes),
     )

@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 1 a check failed (collide: a collision claimed exact did not pass
 validation; validate: the inputs do not collide; audit: reserved for the policy gate); 2 usage
-error; 3 the model cannot be read or holds something we cannot analyse.
+error; 3 the model cannot be read or holds something we cannot analyse; 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from onnxcollide.spectral import ToleranceRule
 
 EXIT_USAGE = 2
 EXIT_MODEL = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a job stopped by Ctrl-C
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -38,9 +39,13 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     """
     name, sep, dims = text.rpartition("=")
     parts = dims.lower().replace(",", "x").split("x")
-    if not sep or not name or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+    if not sep or not name or not all(p.strip().isdigit() for p in parts):
         raise UsageError(f"--input-shape '{text}' is not NAME=DIMS",
                          hint="write it like input=1x3x224x224")
+    if not all(int(p) > 0 for p in parts):
+        raise UsageError(f"--input-shape '{text}' has a dimension 0",
+                         hint="give every dimension as a positive integer, e.g. "
+                              "input=1x3x224x224")
     return name, tuple(int(p) for p in parts)
 
 
@@ -91,15 +96,16 @@ def _prefix_targets(text: str, models: tuple[str, ...]) -> tuple[list[str], str]
 
 
 def check_report_path(path: str, models: tuple[str, ...]) -> int | None:
-    """Fail before any work when the report could not be written or would replace a model.
+    """Fail before any work when the report could not be written or would replace a model
+    or one of its external data files.
 
     Returns:
         A duplicate of the descriptor a path such as ``/dev/fd/3`` names, claimed now
         (``artifacts.claim_descriptor``); None for a file path.
 
     Raises:
-        UsageError: an empty path, a missing folder, a folder, one of ``models``, or a
-            descriptor that is not open.
+        UsageError: an empty path, a missing folder, a folder, one of ``models`` or their
+            external data files, or a descriptor that is not open.
     """
     if not path:
         raise UsageError("needs a file name", "--output ''", "use '-' for standard output")
@@ -108,14 +114,30 @@ def check_report_path(path: str, models: tuple[str, ...]) -> int | None:
         check_output_folder(path)
     target = os.fstat(claimed) if claimed is not None else \
         os.stat(path) if os.path.exists(path) else None
-    for model in models:
-        if target is not None and os.path.exists(model) and os.path.samestat(target,
-                                                                             os.stat(model)):
-            if claimed is not None:
-                os.close(claimed)
-            raise UsageError(f"is the model '{model}': the report would replace it",
-                             f"--output {path}", "choose another file name")
+    replaced = None if target is None else next(
+        (what for what, read in _files_read(models)
+         if os.path.exists(read) and os.path.samestat(target, os.stat(read))), None)
+    if replaced is not None:
+        if claimed is not None:
+            os.close(claimed)
+        raise UsageError(f"is {replaced}: the report would replace it", f"--output {path}",
+                         "choose another file name")
     return claimed
+
+
+def _files_read(models: tuple[str, ...]) -> Iterator[tuple[str, str]]:
+    """(what it is, path) for each model file and each of its external data files; a model
+    that cannot be read is left to the audit to report."""
+    from onnxcollide.graph.load import external_data_files, load_model
+
+    for model in models:
+        yield f"the model '{model}'", model
+        try:
+            loaded = load_model(model) if os.path.isfile(model) else None
+        except OnnxCollideError:
+            continue
+        for data in external_data_files(loaded) if loaded else ():
+            yield f"an external data file of the model '{model}'", data
 
 
 def check_output_folder(path: str) -> None:
@@ -202,9 +224,10 @@ class _OneLineErrors(click.Group):
         except click.ClickException as exc:
             exc.show()
             sys.exit(exc.exit_code)
-        except click.Abort:
-            click.echo("Aborted!", err=True)
-            sys.exit(1)
+        except click.Abort:  # Ctrl-C (click turns KeyboardInterrupt into Abort)
+            click.echo("error: interrupted; no report was written (a report being written is "
+                       "left as it was)", err=True)
+            sys.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -216,7 +239,9 @@ def main() -> None:
 @main.command()
 @click.argument("models", nargs=-1, required=True, metavar="MODEL...")
 @click.option("--format", "-f", "fmt", type=click.Choice([f.value for f in Format]),
-              default=Format.TABLE.value, show_default=True, help="Report format.")
+              default=Format.TABLE.value,
+              help="Report format [default: from the --output file's suffix (.json, .csv, "
+                   ".md, .txt), else table].")
 @click.option("--output", "-o", type=click.Path(dir_okay=False),
               help="Write the report to this file instead of standard output ('-': standard "
                    "output).")
@@ -246,18 +271,18 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
           summary_only: bool, progress: bool | None, check: bool, seed: int, device: str,
           debug: bool) -> None:
     """Rank and nullity of every Conv/Gemm/MatMul weight, and the paper's Table 1 metrics."""
-    fmt = _audit_format(click.get_current_context(), fmt, output, check)
+    ctx = click.get_current_context()
 
     def run() -> None:
         target = None if output == "-" or output is None else output
         claimed = None if target is None else check_report_path(target, models)
         try:
-            _audit_and_report(target, claimed)
+            _audit_and_report(target, claimed, _audit_format(ctx, fmt, output, check))
         finally:
             if claimed is not None:
                 os.close(claimed)
 
-    def _audit_and_report(target: str | None, claimed: int | None) -> None:
+    def _audit_and_report(target: str | None, claimed: int | None, fmt: str) -> None:
         if check:  # --device cuda without CUDA is a usage error before any work (as in collide)
             from onnxcollide.runtime import resolve_device
 
@@ -293,7 +318,7 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
 
 
 SUFFIX_FORMATS = {".json": Format.JSON, ".csv": Format.CSV, ".md": Format.MARKDOWN,
-                  ".markdown": Format.MARKDOWN}
+                  ".markdown": Format.MARKDOWN, ".txt": Format.TABLE, "": Format.TABLE}
 
 
 def _given(ctx: click.Context, name: str) -> bool:
@@ -303,18 +328,53 @@ def _given(ctx: click.Context, name: str) -> bool:
 
 def _audit_format(ctx: click.Context, fmt: str, output: str | None, check: bool) -> str:
     """The report format: ``-f`` where given, else the ``-o`` file's suffix (``.json``,
-    ``.csv``, ``.md``), else a table; --seed and --device without --validate are refused.
+    ``.csv``, ``.md``; ``.txt`` or none: a table), else a table. Options that would be
+    ignored or contradict each other are refused (``-f`` with a ``.txt`` file is fine).
 
     Raises:
-        click.UsageError: --seed or --device without --validate (they would be ignored).
+        UsageError: --seed or --device without --validate (they would be ignored);
+            --summary-only with JSON (which always holds every layer); an ``-o`` suffix that
+            names another format than ``-f``, or, without ``-f``, no format at all.
     """
     if not check:
         ignored = [f"--{n}" for n in ("seed", "device") if _given(ctx, n)]
         if ignored:
-            raise click.UsageError(f"{' and '.join(ignored)} only apply with --validate", ctx)
-    if _given(ctx, "fmt") or not output or output == "-":
+            verb = "applies" if len(ignored) == 1 else "apply"
+            raise UsageError(f"{' and '.join(ignored)} only {verb} with --validate",
+                             hint="add --validate, or drop them")
+    chosen = _suffix_format(ctx, fmt, output)
+    if chosen == Format.JSON.value and _given(ctx, "summary_only"):
+        raise UsageError("--summary-only does not apply to JSON, which always holds every "
+                         "layer (its metrics are the summary)",
+                         hint="drop --summary-only, or use -f csv, markdown or table")
+    return chosen
+
+
+FORMAT_SUFFIXES = {Format.JSON.value: ".json", Format.CSV.value: ".csv",
+                   Format.MARKDOWN.value: ".md", Format.TABLE.value: ".txt"}
+
+
+def _suffix_format(ctx: click.Context, fmt: str, output: str | None) -> str:
+    """``-f`` checked against the ``-o`` suffix, or the format the suffix names.
+
+    Raises:
+        UsageError: see ``_audit_format``.
+    """
+    if not output or output == "-" or output.startswith("/dev/"):
         return fmt
-    return SUFFIX_FORMATS.get(os.path.splitext(output)[1].lower(), Format(fmt)).value
+    suffix = os.path.splitext(output)[1].lower()
+    named = SUFFIX_FORMATS.get(suffix)
+    if _given(ctx, "fmt"):
+        if named is not None and suffix not in ("", ".txt") and named.value != fmt:
+            raise UsageError(f"-f {fmt} but the file name says {named.value}",
+                             f"--output {output}",
+                             f"drop -f, or name a {FORMAT_SUFFIXES[fmt]} file")
+        return fmt
+    if named is None:
+        raise UsageError(f"cannot tell the report format from the suffix '{suffix}'",
+                         f"--output {output}", "give -f table, json, markdown or csv, or "
+                         "name a .txt, .json, .md or .csv file")
+    return named.value
 
 
 def _audit_one(path: str, settings: AuditSettings, callback: ProgressCallback | None,

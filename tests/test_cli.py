@@ -6,6 +6,8 @@ import csv
 import io
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -304,6 +306,12 @@ def test_bad_input_shape_text_exits_2(shape):
     assert "--input-shape" in line
 
 
+def test_input_shape_with_a_zero_dimension_says_so():
+    """x=0x3 said 'is not NAME=DIMS'; it now names the zero dimension."""
+    line = assert_one_line_error(run("audit", "--input-shape", "input_0=0x1x28x28", LENET), 2)
+    assert "has a dimension 0" in line and "positive integer" in line
+
+
 def test_input_shape_for_unknown_input_exits_2():
     """--input-shape naming an input the model lacks: exit 2, the line names its real input."""
     line = assert_one_line_error(run("audit", "--input-shape", "unknown_input=1x2", LENET), 2)
@@ -366,6 +374,44 @@ def test_report_path_that_is_a_model_or_empty_is_a_usage_error(tmp_path):
     assert model.read_bytes() == before
     line = assert_one_line_error(run("audit", str(model), "-o", ""), 2)
     assert "needs a file name" in line
+
+
+def test_report_path_that_is_a_model_s_external_data_is_a_usage_error(tmp_path):
+    """-o naming the model's external data file replaced the weights with the report (exit
+    0, and the model could no longer be read): a usage error now, the weights untouched."""
+    model = build_model([helper.make_node("MatMul", ["x", "W"], ["y"])], [value("x", [1, 4])],
+                        [value("y", [1, 3])], [init("W", np.ones((4, 3), np.float32))])
+    path = str(tmp_path / "ext.onnx")
+    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="w.bin", size_threshold=0)
+    before = (tmp_path / "w.bin").read_bytes()
+    line = assert_one_line_error(run("audit", path, "-o", str(tmp_path / "w.bin"), "-f",
+                                     "json"), 2)
+    assert f"is an external data file of the model '{path}'" in line
+    assert (tmp_path / "w.bin").read_bytes() == before
+    assert run("audit", path).exit_code == 0
+
+
+def test_interrupt_exits_130_and_writes_nothing(tmp_path, monkeypatch):
+    """Ctrl-C exited 1, the code of a failed check (a CI gate read a cancelled job as a
+    failed gate): it is 130 now, with one line, and no report file."""
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("onnxcollide.cli.audit_model", interrupted)
+    out = tmp_path / "r.json"
+    line = assert_one_line_error(run("audit", LENET, "-o", str(out)), 130)
+    assert "interrupted" in line
+    assert os.listdir(tmp_path) == []
+
+
+def test_python_dash_m_runs_the_cli():
+    """`python -m onnxcollide` is the command line (it had no __main__)."""
+    done = subprocess.run([sys.executable, "-m", "onnxcollide", "--version"],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("onnxcollide, version ")
 
 
 def test_a_descriptor_that_is_not_open_is_refused_before_any_work():
@@ -467,7 +513,7 @@ def test_validate_reaches_csv_and_the_summary_only_table():
     summary = run("audit", "--validate", "-f", "csv", "--summary-only", model)
     assert summary.exit_code == 0, summary.stderr
     header, row = list(csv.reader(io.StringIO(summary.stdout)))
-    assert header[-1] == "W1 check" and row[-1].startswith("PASS")
+    assert row[header.index("W1 check")].startswith("PASS")
     layers = run("audit", "--validate", "-f", "csv", model)
     rows = list(csv.DictReader(io.StringIO(layers.stdout)))
     checks = [r["w1_check"] for r in rows]
@@ -531,14 +577,19 @@ def test_failed_write_to_stdout_is_one_line_exit_2(tmp_path, args):
 @pytest.mark.parametrize(("args", "match"), [
     (("--input-shape", "input=1x1x16x16", "--input-shape", "input=1x1x16x16"),
      "--input-shape sets input 'input' of"),
-    (("--device", "cpu"), "--device only apply with --validate"),
-    (("--seed", "5"), "--seed only apply with --validate"),
+    (("--device", "cpu"), "--device only applies with --validate"),
+    (("--seed", "5"), "--seed only applies with --validate"),
+    (("--seed", "5", "--device", "cpu"), "--seed and --device only apply with --validate"),
+    (("--summary-only", "-f", "json"), "--summary-only does not apply to JSON"),
+    (("--summary-only", "-o", "{tmp}/r.json"), "--summary-only does not apply to JSON"),
 ])
-def test_audit_options_that_would_be_ignored_are_usage_errors(args, match):
-    """A repeated --input-shape (the last won) and --seed/--device without --validate
-    (silently unused) are one-line usage errors."""
+def test_audit_options_that_would_be_ignored_are_usage_errors(tmp_path, args, match):
+    """A repeated --input-shape (the last won), --seed/--device without --validate and
+    --summary-only with JSON (silently unused) are one-line usage errors."""
+    args = tuple(a.replace("{tmp}", str(tmp_path)) for a in args)
     line = assert_one_line_error(run("audit", MLP, *args), 2)
     assert match in line
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize(("suffix", "start"), [(".json", "{"), (".csv", "model,index,"),
@@ -550,5 +601,32 @@ def test_audit_report_format_follows_the_output_suffix(tmp_path, suffix, start):
     result = run("audit", MLP, "-o", str(out))
     assert result.exit_code == 0, result.stderr
     assert out.read_text().lstrip().startswith(start)
-    run("audit", MLP, "-o", str(out), "-f", "table")
-    assert out.read_text().lstrip().startswith("mlp_dense.onnx")
+    fmt = {".json": "json", ".csv": "csv", ".md": "markdown", ".txt": "table"}[suffix]
+    assert run("audit", MLP, "-o", str(out), "-f", fmt).exit_code == 0
+    assert out.read_text().lstrip().startswith(start)
+
+
+@pytest.mark.parametrize(("name", "args", "match"), [
+    ("r.json", ("-f", "csv"), "--output {out}: -f csv but the file name says json"),
+    ("r.md", ("-f", "table"), "--output {out}: -f table but the file name says markdown"),
+    ("r.tsv", (), "--output {out}: cannot tell the report format from the suffix '.tsv'"),
+    ("r.csv.gz", (), "the suffix '.gz'"),
+])
+def test_audit_output_suffix_that_contradicts_or_names_no_format_is_a_usage_error(
+        tmp_path, name, args, match):
+    """-f csv -o r.json wrote CSV into a .json file, and -o r.tsv a box-drawn table: both are
+    one-line usage errors now, and nothing is written."""
+    out = tmp_path / name
+    line = assert_one_line_error(run("audit", MLP, "-o", str(out), *args), 2)
+    assert match.replace("{out}", str(out)) in line
+    assert os.listdir(tmp_path) == []
+
+
+def test_audit_txt_or_no_suffix_is_a_table_and_takes_any_format(tmp_path):
+    """.txt or no suffix: a table by default; -f json into them is the user's choice."""
+    for name in ("report.txt", "report"):
+        out = tmp_path / name
+        assert run("audit", MLP, "-o", str(out)).exit_code == 0
+        assert out.read_text().lstrip().startswith("mlp_dense.onnx")
+        assert run("audit", MLP, "-o", str(out), "-f", "json").exit_code == 0
+        assert out.read_text().startswith("{")

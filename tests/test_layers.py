@@ -837,6 +837,57 @@ def test_weights_of_ops_that_are_not_analysed_are_listed(tmp_path, rng):
     assert "domain 'acme'" in skipped["custom"].reason and "'M'" in skipped["custom"].reason
 
 
+def test_weight_holding_op_before_w1_hides_nullity_w1(tmp_path, rng):
+    """x -> LSTM -> Squeeze -> MatMul: the LSTM holds the model's first weight, which is not
+    analysed, so nullity(W1) is not given (it was the MatMul's, 2, unflagged); the summary
+    counts the skipped op, and a note says why."""
+    hidden = 4
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("LSTM", ["x", "W", "R"], ["seq", "h"], hidden_size=hidden, name="lstm"),
+         mk("Squeeze", ["h", "axes"], ["s"]), mk("MatMul", ["s", "V"], ["y"], name="head")],
+        [value("x", [5, 1, 3])], [value("y", [1, 2])],
+        [init("W", rng.standard_normal((1, 4 * hidden, 3)).astype(np.float32)),
+         init("R", rng.standard_normal((1, 4 * hidden, hidden)).astype(np.float32)),
+         ints("axes", [0]), init("V", rng.standard_normal((hidden, 2)).astype(np.float32))],
+    )
+    result = audit(path)
+    assert only_row(result).nullity == 2
+    assert result.metrics.nullity_w1 is None
+    assert (result.metrics.skipped_weights, result.metrics.unclear) == (1, 0)
+    assert any(n.startswith("nullity(W1) is not given: the input passes through LSTM 'lstm'")
+               for n in result.notes)
+
+
+def test_skipped_op_off_the_input_path_keeps_nullity_w1(tmp_path, rng):
+    """An Einsum with a weight on a side branch is counted as skipped, but W1 (reached from
+    the input directly) keeps its nullity."""
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("MatMul", ["x", "V"], ["y"], name="head"),
+         mk("Einsum", ["y", "E"], ["z"], equation="bi,ij->bj", name="side")],
+        [value("x", [1, 6])], [value("y", [1, 4]), value("z", [1, 4])],
+        [init("V", irank(rng, 6, 4, 3).astype(np.float32)),
+         init("E", np.eye(4, dtype=np.float32))],
+    )
+    result = audit(path)
+    assert (result.metrics.nullity_w1, result.metrics.skipped_weights) == (3, 1)
+
+
+def test_unclear_rows_are_counted(tmp_path):
+    """A singular value 3x above tol (margin 3, under 10) makes a row unclear; the metrics
+    count it."""
+    eps = float(np.finfo(np.float32).eps)
+    sigmas = np.array([1.0, 0.5, 3 * 4 * eps], np.float64)
+    w = np.diag(sigmas).astype(np.float32)
+    path = make_model(tmp_path / "m.onnx", [mk("MatMul", ["x", "W"], ["y"], name="mm")],
+                      [value("x", [1, 3])], [value("y", [1, 3])], [init("W", w)])
+    result = audit(path)
+    row = only_row(result)
+    assert row.rank == 3 and not row.clear
+    assert result.metrics.unclear == 1
+
+
 def test_weight_behind_an_op_that_is_not_evaluated_says_which(tmp_path, rng):
     """An initializer through a custom-domain op into a MatMul: the weight is made of
     constants, but the custom op is not evaluated; the skip names it (it said "no operand is

@@ -17,8 +17,8 @@ from onnx import helper
 from onnxcollide.audit import AuditSettings, ModelAudit, audit_model
 from onnxcollide.layers import ConvConvention
 from onnxcollide.report import Format, RenderOptions, render, renderer
-from onnxcollide.report.csv_format import LAYER_COLUMNS
-from onnxcollide.report.fields import SUMMARY_HEADERS, digits_text
+from onnxcollide.report.csv_format import LAYER_COLUMNS, SETTINGS_COLUMNS
+from onnxcollide.report.fields import LAYER_HEADERS, SUMMARY_HEADERS, digits_text, layer_cells
 from onnxcollide.report.json_format import SCHEMA_ID, SCHEMA_VERSION, report_dict
 from onnxcollide.spectral import ToleranceRule
 
@@ -201,6 +201,38 @@ def test_unclear_row_is_marked_in_every_format(ultraface):
     assert " !" in render([ultraface], Format.TABLE)
 
 
+def test_unclear_and_skipped_counts_agree_in_every_format(ultraface, small):
+    """Table 1 gains 'skipped' and 'unclear': the count of rows marked '!' (UltraFace had 4 of
+    them under a plain sum of nullities), the same in JSON metrics, CSV, Markdown and table."""
+    unclear = sum(not r.clear for r in ultraface.rows)
+    assert unclear >= 1 and ultraface.metrics.unclear == unclear
+    assert report_dict([ultraface])["models"][0]["metrics"]["unclear"] == unclear
+    rows = list(csv.DictReader(io.StringIO(render([ultraface, small], Format.CSV,
+                                                  RenderOptions(summary_only=True)))))
+    assert [(r["skipped"], r["unclear"]) for r in rows] == [("0", str(unclear)), ("0", "0")]
+    table1 = _table1_lines(render([ultraface], Format.MARKDOWN))
+    assert table1[2].endswith(f"| 0 | {unclear} |")
+    for fmt in (Format.MARKDOWN, Format.TABLE):
+        assert "unclear: rows whose margin is under 10, marked '!'" in " ".join(
+            render([ultraface], fmt, RenderOptions(width=400)).split())
+
+
+def test_table_cells_keep_trailing_zeros(lenet, ultraface):
+    """Table and Markdown cells show up to 4 digits (3 for tol), never more than resolved,
+    trailing zeros kept: LeNet's sigma_max 2.4097990 was '2.41', a margin of 4003.5 '4e+03'."""
+    checked = 0
+    for row in [*lenet.rows, *ultraface.rows]:
+        cells = dict(zip(LAYER_HEADERS, layer_cells(row), strict=True))
+        for name, most in (("sigma_max", 4), ("tol", 3), ("margin", 4)):
+            value, digits = row.decision.resolved()[name]
+            if value is None or not digits:
+                continue
+            shown = cells[name].removesuffix(" !")
+            assert _significant_digits(shown) == min(most, digits), (name, shown)
+            checked += 1
+    assert checked > 30
+
+
 # ------------------------------------------------------------------ CSV
 
 
@@ -208,10 +240,14 @@ def test_csv_one_row_per_layer(lenet, small):
     """CSV parses with the csv module: a header, then one row per layer of every model."""
     text = render([lenet, small], Format.CSV)
     rows = list(csv.reader(io.StringIO(text)))
-    assert tuple(rows[0]) == ("model", *LAYER_COLUMNS)
+    assert tuple(rows[0]) == ("model", *LAYER_COLUMNS, *SETTINGS_COLUMNS)
+    assert {tuple(r[-2:]) for r in rows[1:]} == {("sigma_max * max(q, p) * eps", "grouped")}
     body = rows[1:]
     assert len(body) == len(lenet.rows) + len(small.rows)
     table = [dict(zip(rows[0], r, strict=True)) for r in body]
+    summary = list(csv.reader(io.StringIO(render([lenet], Format.CSV,
+                                                 RenderOptions(summary_only=True)))))
+    assert summary[1][-2:] == ["sigma_max * max(q, p) * eps", "grouped"]
     for cells, row in zip(table, [*lenet.rows, *small.rows], strict=True):
         assert int(cells["q"]) == row.layer.q
         assert int(cells["p"]) == row.layer.p
@@ -261,7 +297,7 @@ def test_csv_summary_only(lenet, small):
     """--summary-only CSV: the Table 1 header and one row per model."""
     rows = list(csv.reader(io.StringIO(render([lenet, small], Format.CSV,
                                               RenderOptions(summary_only=True)))))
-    assert tuple(rows[0]) == SUMMARY_HEADERS
+    assert tuple(rows[0]) == (*SUMMARY_HEADERS, *SETTINGS_COLUMNS)
     assert [r[0] for r in rows[1:]] == ["lenet5_mnist_torch.onnx", "small|model.onnx"]
     assert rows[1][1:5] == ["5", "5", "1.0", "5"]  # plain values: no '%' or ',' to strip
 

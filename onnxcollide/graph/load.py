@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 from onnx import AttributeProto, GraphProto, NodeProto, helper, numpy_helper
 
 from onnxcollide.errors import ModelLoadError
-from onnxcollide.graph.tensors import sparse_to_array
+from onnxcollide.graph.tensors import is_external, sparse_to_array
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,23 @@ def _load_uncached(path: str) -> LoadedModel:
     _tell_same_named_nodes_apart(proto)
     digest = hashlib.sha256(data).hexdigest()
     return LoadedModel(path, base_dir, proto, _default_opset(proto), digest)
+
+
+def external_data_files(model: LoadedModel) -> list[str]:
+    """The files (paths as found next to the model) that hold the model's external data:
+    initializers and Constant values of every graph, subgraphs included."""
+    files: dict[str, None] = {}
+    for graph in graphs_in(model.proto.graph):
+        tensors = list(graph.initializer)
+        for node in graph.node:
+            for attr in node.attribute:
+                tensors += [attr.t] if attr.type == AttributeProto.TENSOR else list(attr.tensors)
+        for tensor in tensors:
+            if is_external(tensor):
+                location = next((e.value for e in tensor.external_data if e.key == "location"),
+                                "")
+                files[os.path.join(model.base_dir, location)] = None
+    return list(files)
 
 
 def graphs_in(graph: GraphProto) -> Iterator[GraphProto]:

@@ -15,11 +15,21 @@ from onnxcollide.report.fields import (
     model_labels,
     summary_table,
 )
-from onnxcollide.report.json_format import layer_dict
+from onnxcollide.report.json_format import layer_dict, settings_dict
 
 LAYER_COLUMNS = ("index", "nodes", "op", "weight", "q", "p", "groups", "rank", "nullity", "nu",
                  "mu", "compute_dtype", "eps", "sigma_max", "tol", "smallest_kept",
                  "largest_dropped", "margin", "clear", "method", "layout")
+
+
+SETTINGS_COLUMNS = ("tolerance_rule", "conv_convention")  # the call's settings, on every row
+
+
+def _settings_cells(audits: Sequence[ModelAudit]) -> tuple[str, str]:
+    """The settings every number of the CSV was decided with (SETTINGS_COLUMNS), so a CSV
+    made with other settings can be told apart."""
+    settings = settings_dict(audits)
+    return settings["tolerance_rule"], settings["conv_convention"]
 
 
 def _summary_values(audit: ModelAudit, label: str) -> tuple[object, ...]:
@@ -28,7 +38,8 @@ def _summary_values(audit: ModelAudit, label: str) -> tuple[object, ...]:
     m = audit.metrics
     first = audit.first_layer
     return (label, m.n, m.nu, m.nu_ratio, m.mu, m.mu_ratio, m.nullity_sum,
-            "" if m.nullity_w1 is None else m.nullity_w1, first.exactness if first else "")
+            "" if m.nullity_w1 is None else m.nullity_w1, first.exactness if first else "",
+            m.skipped_weights, m.unclear)
 
 
 def _layer_cells(row: LayerRow) -> dict[str, object]:
@@ -46,20 +57,23 @@ def render(audits: Sequence[ModelAudit], options: RenderOptions) -> str:
     """CSV text with a header row."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
+    settings = _settings_cells(audits)
     if options.summary_only:
         headers, _ = summary_table(audits)
-        writer.writerow(headers)
+        writer.writerow((*headers, *SETTINGS_COLUMNS))
         checked = is_checked(audits)
-        writer.writerows((*_summary_values(a, label), *((check_verdict(a),) if checked else ()))
+        writer.writerows((*_summary_values(a, label), *((check_verdict(a),) if checked else ()),
+                          *settings)
                          for a, label in zip(audits, model_labels(audits), strict=True))
         return out.getvalue()
     checked = is_checked(audits)
-    writer.writerow(("model", *LAYER_COLUMNS, *(("w1_check",) if checked else ())))
+    writer.writerow(("model", *LAYER_COLUMNS, *(("w1_check",) if checked else ()),
+                     *SETTINGS_COLUMNS))
     for audit in audits:
         w1_row = audit.first_layer.row_index if audit.first_layer else None
         for row in audit.rows:
             data = _layer_cells(row)
             check = (check_verdict(audit) if row.index == w1_row else "",) if checked else ()
             writer.writerow((audit.path, *("" if data[c] is None else data[c]
-                                           for c in LAYER_COLUMNS), *check))
+                                           for c in LAYER_COLUMNS), *check, *settings))
     return out.getvalue()

@@ -7,16 +7,6 @@ from collections.abc import Sequence
 from onnxcollide.audit import FirstLayer, LayerRow, ModelAudit
 from onnxcollide.graph.input_path import MAX_COUNTED_ELEMENTS, NOT_APPLICABLE
 
-CLEAR_MARGIN = 10.0  # a decision is "clear" when no singular value lies within 10x of tol
-
-
-def is_clear(row: LayerRow) -> bool:
-    """True when the rank would not change if the tolerance moved by less than 10x: judged on
-    the margin's value, or on its lower bound where a noise-floor value sets it (digits 0)."""
-    bound, digits = row.decision.resolved()["margin"]
-    margin = bound if digits == 0 else row.decision.margin
-    return margin is None or margin >= CLEAR_MARGIN
-
 
 def model_name(audit: ModelAudit) -> str:
     """The model's file name without folders."""
@@ -61,7 +51,7 @@ def nodes_label(row: LayerRow) -> str:
 
 # Table 1 of the paper: one row per model.
 SUMMARY_HEADERS = ("model", "n", "nu", "nu/n", "mu", "mu/n", "sum nullity", "nullity(W1)",
-                   "W1 class")
+                   "W1 class", "skipped", "unclear")
 
 
 def summary_cells(audit: ModelAudit, label: str) -> tuple[str, ...]:
@@ -72,8 +62,15 @@ def summary_cells(audit: ModelAudit, label: str) -> tuple[str, ...]:
         label, str(m.n), str(m.nu), fmt_percent(m.nu_ratio), str(m.mu),
         fmt_percent(m.mu_ratio), f"{m.nullity_sum:,}",
         "-" if m.nullity_w1 is None else str(m.nullity_w1),
-        first.exactness if first else "-",
+        first.exactness if first else "-", str(m.skipped_weights), str(m.unclear),
     )
+
+
+def summary_legend(clear_margin: float) -> str:
+    """What the summary's last columns and the layer tables' ``!`` mean."""
+    return (f"skipped: ops holding weights that are not analysed (not counted in n); unclear: "
+            f"rows whose margin is under {clear_margin:g}, marked '!' (the rank would change "
+            "if tol moved that much)")
 
 
 def is_checked(audits: Sequence[ModelAudit]) -> bool:
@@ -101,15 +98,18 @@ LAYER_HEADERS = ("#", "node", "op", "q", "p", "groups", "rank", "nullity", "nu",
 
 
 def layer_cells(row: LayerRow) -> tuple[str, ...]:
-    """One layer row as text cells (headers: LAYER_HEADERS); unclear margins get a ``!``."""
+    """One layer row as text cells (headers: LAYER_HEADERS): sigma_max and the margin with 4
+    significant digits, tol with 3, each at most the digits its error estimate resolves,
+    trailing zeros kept (``2.410``, ``4.00e+03``); unclear margins get a ``!``."""
     shown = row.decision.resolved()
 
     def cell(name: str, digits: int) -> str:
         value, resolved_digits = shown[name]
-        return fmt_float(value, min(digits, resolved_digits or digits))
+        return "-" if value is None else \
+            digits_text(value, min(digits, resolved_digits or digits))
 
     at_least = ">=" if shown["margin"][1] == 0 else ""  # a lower bound (see resolved())
-    margin = at_least + cell("margin", 3) + ("" if is_clear(row) else " !")
+    margin = at_least + cell("margin", 4) + ("" if row.clear else " !")
     return (
         str(row.index), nodes_label(row), row.layer.op, str(row.layer.q), str(row.layer.p),
         str(row.layer.groups), str(row.rank), str(row.nullity), "x" if row.nu else "",

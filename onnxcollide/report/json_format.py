@@ -11,9 +11,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from onnxcollide.audit import FirstLayer, LayerRow, ModelAudit
+from onnxcollide.audit import CLEAR_MARGIN, FirstLayer, LayerRow, ModelAudit
 from onnxcollide.report import RenderOptions
-from onnxcollide.report.fields import CLEAR_MARGIN, is_clear
 from onnxcollide.spectral import GRAM_TRUST, SVD_MAX_DIM
 
 SCHEMA_ID = "https://onnxcollide.dev/schemas/audit-report-v1.schema.json"
@@ -49,7 +48,7 @@ def layer_dict(row: LayerRow) -> dict[str, Any]:
         "stored_dtype": layer.stored_dtype, "compute_dtype": layer.compute_dtype,
         "eps": _num(d.eps), **{name: value for name, (value, _) in shown.items()},
         "digits": {name: digits for name, (_, digits) in shown.items()},
-        "clear": is_clear(row), "method": d.method,
+        "clear": row.clear, "method": d.method,
     }
 
 
@@ -76,7 +75,8 @@ def model_dict(audit: ModelAudit) -> dict[str, Any]:
         "input_shapes": {name: list(dims) for name, dims in audit.settings.input_shapes},
         "metrics": {"n": m.n, "nu": m.nu, "nu_ratio": m.nu_ratio, "mu": m.mu,
                     "mu_ratio": m.mu_ratio, "nullity_sum": m.nullity_sum,
-                    "nullity_w1": m.nullity_w1},
+                    "nullity_w1": m.nullity_w1, "skipped_weights": m.skipped_weights,
+                    "unclear": m.unclear},
         "first_layer": first_layer_dict(audit.first_layer),
         "layers": [layer_dict(r) for r in audit.rows],
         "skipped": [{"node": s.label, "op": s.op_type, "reason": s.reason}

@@ -11,6 +11,7 @@ from onnxcollide.report.fields import (
     first_layer_lines,
     layer_cells,
     model_labels,
+    summary_legend,
     summary_table,
 )
 from onnxcollide.report.json_format import settings_dict
@@ -35,6 +36,7 @@ def render(audits: Sequence[ModelAudit], options: RenderOptions) -> str:
              f"Tolerance: `{settings['tolerance_rule']}`; conv convention: "
              f"`{settings['conv_convention']}`.", "", "## Table 1", ""]
     lines += _table(*summary_table(audits))
+    lines += ["", _one_line(summary_legend(settings["clear_margin"])) + "."]
     if options.summary_only:
         return "\n".join(lines) + "\n"
     for audit, label in zip(audits, model_labels(audits), strict=True):

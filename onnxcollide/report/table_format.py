@@ -16,12 +16,13 @@ from onnxcollide.report.fields import (
     first_layer_lines,
     layer_cells,
     model_labels,
+    summary_legend,
     summary_table,
 )
 from onnxcollide.report.json_format import settings_dict
 
 _NUMERIC = {"#", "q", "p", "groups", "rank", "nullity", "sigma_max", "tol", "margin", "n", "nu",
-            "nu/n", "mu", "mu/n", "sum nullity", "nullity(W1)"}
+            "nu/n", "mu", "mu/n", "sum nullity", "nullity(W1)", "skipped", "unclear"}
 
 
 def _table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
@@ -59,7 +60,6 @@ def render(audits: Sequence[ModelAudit], options: RenderOptions) -> str:
             console.print()
     console.print(_table("Table 1 (Ozbulak et al., Eq. 6)", *summary_table(audits)))
     console.print(f"tolerance: {settings['tolerance_rule']}; conv convention: "
-                  f"{settings['conv_convention']}; '!' marks a margin under "
-                  f"{settings['clear_margin']:g} (rank would change if tol moved that much)",
+                  f"{settings['conv_convention']}; {summary_legend(settings['clear_margin'])}",
                   markup=False)
     return buffer.getvalue()

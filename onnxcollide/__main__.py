@@ -1,0 +1,5 @@
+"""`python -m onnxcollide`: the command line."""
+
+from onnxcollide.cli import main
+
+main()
