@@ -375,6 +375,16 @@ def test_table_has_layers_w1_and_summary(lenet, small):
     assert "\x1b[" not in text  # no colour unless asked
 
 
+def test_table_lines_are_whole_and_end_without_spaces(ultraface):
+    """At a narrow width (a file or pipe gets 160 columns) the W1 sentences stay whole lines
+    (they were cut mid-sentence with an unindented rest), and no line ends in spaces."""
+    text = render([ultraface], Format.TABLE, RenderOptions(width=100))
+    lines = text.splitlines()
+    assert not [line for line in lines if line != line.rstrip()]
+    reason = ultraface.first_layer.reason if ultraface.first_layer else ""
+    assert len(reason) > 100 and any(line.endswith(reason) for line in lines)
+
+
 def test_table_summary_only(lenet, small):
     """--summary-only table: only Table 1, with both models."""
     text = render([lenet, small], Format.TABLE, RenderOptions(summary_only=True, width=200))

@@ -38,7 +38,9 @@ def _table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) ->
 
 
 def render(audits: Sequence[ModelAudit], options: RenderOptions) -> str:
-    """The tables as text (ANSI colour only when options.color)."""
+    """The tables as text (ANSI colour only when options.color): sentences (W1, notes,
+    skipped ops) are whole lines, wrapped by the terminal, not cut at ``options.width``; no
+    line ends in spaces."""
     buffer = io.StringIO()
     console = Console(file=buffer, width=options.width, color_system="auto" if options.color
                       else None, force_terminal=options.color, highlight=False)
@@ -48,18 +50,18 @@ def render(audits: Sequence[ModelAudit], options: RenderOptions) -> str:
             rows = [layer_cells(r) for r in audit.rows]
             console.print(_table(f"{label}: {len(rows)} weights", LAYER_HEADERS, rows))
             for line in first_layer_lines(audit):
-                console.print(line, markup=False)
+                console.print(line, markup=False, soft_wrap=True)
             if audit.validation is not None:
                 console.print(f"W1 check (seed {audit.validation['seed']}): "
-                              f"{audit.validation['verdict']}", markup=False)
+                              f"{audit.validation['verdict']}", markup=False, soft_wrap=True)
             for note in audit.notes:
-                console.print(f"note: {note}", markup=False)
+                console.print(f"note: {note}", markup=False, soft_wrap=True)
             for skipped in audit.skipped:
                 console.print(f"skipped {skipped.label} ({skipped.op_type}): {skipped.reason}",
-                              markup=False)
+                              markup=False, soft_wrap=True)
             console.print()
     console.print(_table("Table 1 (Ozbulak et al., Eq. 6)", *summary_table(audits)))
     console.print(f"tolerance: {settings['tolerance_rule']}; conv convention: "
                   f"{settings['conv_convention']}; {summary_legend(settings['clear_margin'])}",
-                  markup=False)
-    return buffer.getvalue()
+                  markup=False, soft_wrap=True)
+    return "".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines())
