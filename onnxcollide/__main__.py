@@ -1,5 +1,6 @@
 """`python -m onnxcollide`: the command line."""
 
-from onnxcollide.cli import main
+from onnxcollide.entry import run
 
-main()
+if __name__ == "__main__":
+    run()

@@ -76,6 +76,11 @@ _STANDARD_STREAMS = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
 _DESCRIPTOR_FOLDERS = ("/dev/fd/", "/proc/self/fd/")
 
 
+def names_descriptor(path: str) -> bool:
+    """Whether ``path`` stands for an open descriptor (``/dev/stdout``, ``/dev/fd/3``)."""
+    return _open_descriptor(path) is not None
+
+
 def _open_descriptor(path: str) -> int | None:
     """The file descriptor a path such as ``/dev/stdout`` or ``/dev/fd/3`` names, else None.
 

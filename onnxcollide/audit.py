@@ -247,17 +247,24 @@ def _metrics(rows: list[LayerRow], first: FirstLayer | None, skipped: list[Skipp
 
 
 def _weights_before_w1(first: FirstLayer | None, skipped: list[SkippedOp]) -> str | None:
-    """A note where the input passes through an op whose weights are not analysed (an LSTM)
-    before W1: that op holds the model's first weight, so W1's nullity is not the paper's
-    nullity(W1). None otherwise."""
+    """A note where the model's first weight may be one that is not analysed, so W1's
+    nullity is not the paper's nullity(W1): the input passes through such an op (an LSTM)
+    before W1, or no W1 is reached from the input while such ops exist (row 1 would stand in
+    for it). None otherwise."""
     holding = {s.label: s for s in skipped if s.holds_weights}
-    before = [holding[step.node] for step in (first.path if first else ()) if step.node in holding]
-    if not before:
+    if first is not None and first.row_index is not None:
+        before = [holding[step.node] for step in first.path if step.node in holding]
+        if not before:
+            return None
+        return (f"nullity(W1) is not given: the input passes through {before[0].op_type} "
+                f"'{before[0].label}', whose weights are not analysed, before W1 "
+                f"({first.node}); the paper's W1 is the model's first weight")
+    if not holding:
         return None
-    op = before[0]
-    return (f"nullity(W1) is not given: the input passes through {op.op_type} '{op.label}', "
-            f"whose weights are not analysed, before W1 ({first.node if first else '-'}); the "
-            "paper's W1 is the model's first weight")
+    op = next(iter(holding.values()))
+    return (f"nullity(W1) is not given: no linear op is reached from a model input in the "
+            f"main graph, and {len(holding)} op(s) hold weights that are not analysed (the "
+            f"first: {op.op_type} '{op.label}'), so the model's first weight is not known")
 
 
 def _skipped_summary(skipped: list[SkippedOp], shown: int = 3) -> str:

@@ -18,9 +18,16 @@ from typing import Any
 import click
 
 from onnxcollide import __version__
-from onnxcollide.artifacts import claim_descriptor, write_claimed, write_stdout, write_text
+from onnxcollide.artifacts import (
+    claim_descriptor,
+    names_descriptor,
+    write_claimed,
+    write_stdout,
+    write_text,
+)
 from onnxcollide.audit import AuditSettings, ModelAudit, ProgressCallback, audit_model
 from onnxcollide.cli_types import NON_NEGATIVE, POSITIVE, SEED
+from onnxcollide.entry import EXIT_INTERRUPTED
 from onnxcollide.errors import OnnxCollideError, UsageError
 from onnxcollide.layers import ConvConvention
 from onnxcollide.report import Format, RenderOptions, render
@@ -28,7 +35,6 @@ from onnxcollide.spectral import ToleranceRule
 
 EXIT_USAGE = 2
 EXIT_MODEL = 3
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a job stopped by Ctrl-C
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -39,7 +45,8 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     """
     name, sep, dims = text.rpartition("=")
     parts = dims.lower().replace(",", "x").split("x")
-    if not sep or not name or not all(p.strip().isdigit() for p in parts):
+    if not sep or not name or not all(p.strip().isascii() and p.strip().isdigit()
+                                      for p in parts):
         raise UsageError(f"--input-shape '{text}' is not NAME=DIMS",
                          hint="write it like input=1x3x224x224")
     if not all(int(p) > 0 for p in parts):
@@ -360,9 +367,10 @@ def _suffix_format(ctx: click.Context, fmt: str, output: str | None) -> str:
     Raises:
         UsageError: see ``_audit_format``.
     """
-    if not output or output == "-" or output.startswith("/dev/"):
+    if not output or output == "-" or names_descriptor(output):
         return fmt
-    suffix = os.path.splitext(output)[1].lower()
+    name = os.path.basename(output)
+    suffix = name[name.rfind("."):].lower() if "." in name else ""  # '.json' is a .json file
     named = SUFFIX_FORMATS.get(suffix)
     if _given(ctx, "fmt"):
         if named is not None and suffix not in ("", ".txt") and named.value != fmt:

@@ -67,19 +67,21 @@ def _declared(value_info: object) -> tuple[list[int | None], np.dtype]:
     return dims, np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
 
 
-def _load_array(path: str, name: str) -> np.ndarray:
+def _load_array(path: str, name: str) -> tuple[np.ndarray, str | None]:
+    """The array of a .npy file, or the one of a .npz named like the input (else its only
+    one), and the .npz key it was read from (None for a .npy)."""
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read the array file ({exc})", path) from exc
     if isinstance(loaded, np.ndarray):
-        return loaded
+        return loaded, None
     with loaded:
         keys = list(loaded.keys())
         if name in keys:
-            return np.asarray(loaded[name])
+            return np.asarray(loaded[name]), name
         if len(keys) == 1:
-            return np.asarray(loaded[keys[0]])
+            return np.asarray(loaded[keys[0]]), keys[0]
     raise UsageError(f"the .npz holds {keys}, none named '{name}'", path,
                      f"save the array under the key '{name}'")
 
@@ -101,7 +103,7 @@ def _load_image(path: str, dims: list[int | None], options: ImageOptions
     mode = "L" if channels == 1 else "RGB"
     try:
         with Image.open(path) as opened:
-            native = (opened.height, opened.width)
+            native, native_mode = (opened.height, opened.width), str(opened.mode)
             image = opened.convert(mode)
             size = options.size or (spatial if None not in spatial else None)
             if size is not None and tuple(size) != native:
@@ -116,24 +118,28 @@ def _load_image(path: str, dims: list[int | None], options: ImageOptions
     if options.std is not None:
         pixels = pixels / _per_channel(options.std, "--std", pixels.shape[2], path)
     tensor = pixels[None]  # (1, H, W, C)
-    record = _image_record(path, native, tuple(pixels.shape[:2]), mode, layout, options)
+    record = _image_record(path, (native, native_mode), tuple(pixels.shape[:2]), mode, layout,
+                           options)
     return (tensor if layout == "nhwc" else tensor.transpose(0, 3, 1, 2)), record
 
 
-def _image_record(path: str, native: tuple[int, int], made: tuple[int, ...], mode: str,
-                  layout: str, options: ImageOptions) -> dict[str, Any]:
-    """How an image file became a tensor; a ``notice`` where it was resized without --resize
-    (a different aspect ratio, or a model that expects another size, changes the input)."""
-    resized = made != native
+def _image_record(path: str, native: tuple[tuple[int, int], str], made: tuple[int, ...],
+                  mode: str, layout: str, options: ImageOptions) -> dict[str, Any]:
+    """How an image file became a tensor (``native``: the file's (height, width) and Pillow
+    mode); a ``notice`` where it was resized without --resize (a different aspect ratio, or
+    a model that expects another size, changes the input)."""
+    (height, width), native_mode = native
+    resized = made != (height, width)
     record: dict[str, Any] = {
         "source": "image", "path": path, "sha256": _sha256(path),
-        "image_size": list(native), "resized_to": list(made) if resized else None,
+        "image_size": [height, width], "image_mode": native_mode,
+        "resized_to": list(made) if resized else None,
         "resample": "bilinear" if resized else None, "mode": mode, "layout": layout,
         "scale": options.scale, "mean": list(options.mean) if options.mean else None,
         "std": list(options.std) if options.std else None,
     }
     if resized and options.size is None:
-        record["notice"] = (f"{path} is {native[0]}x{native[1]}; it was resized (bilinear) to "
+        record["notice"] = (f"{path} is {height}x{width}; it was resized (bilinear) to "
                             f"the model's {made[0]}x{made[1]}: pass --resize HxW to choose, or "
                             "give an image of that size")
     return record
@@ -301,9 +307,11 @@ def read_inputs(model: LoadedModel, files: dict[str | None, str],
         (feeds, records): feeds {input name: array in the input's dtype}; records {input
         name: {"source": "random", "seed", "range", "shape", "dtype"} (draws are taken from
         one generator seeded with ``seed``, in the model's input order), {"source": "file",
-        "path", "sha256"} (.npy/.npz), or {"source": "image", "path", "sha256",
-        "image_size", "resized_to", "resample", "mode", "layout", "scale", "mean", "std"},
-        plus a "notice" for an image resized without --resize}.
+        "path", "sha256", "key" (the .npz entry read; None for .npy), "shape", "dtype" (as
+        stored)}, or {"source": "image", "path", "sha256", "image_size", "image_mode" (the
+        file's Pillow mode, e.g. RGBA, whose alpha is dropped), "resized_to", "resample",
+        "mode" (converted to: RGB or L), "layout", "scale", "mean", "std", plus a "notice"
+        for an image resized without --resize}}. Paths are as given.
 
     Raises:
         UsageError: a name the model lacks, a shape or dtype that does not fit.
@@ -341,8 +349,10 @@ def read_inputs(model: LoadedModel, files: dict[str | None, str],
         if is_image(source):
             array, records[info.name] = _load_image(source, dims, image)
         else:
-            array = _load_array(source, info.name)
-            records[info.name] = {"source": "file", "path": source, "sha256": _sha256(source)}
+            array, key = _load_array(source, info.name)
+            records[info.name] = {"source": "file", "path": source, "sha256": _sha256(source),
+                                  "key": key, "shape": list(array.shape),
+                                  "dtype": str(array.dtype)}
         _check_shape(array, dims, info.name, source)
         feeds[info.name] = _check_values(array, dtype, info.name, source)
     return feeds, records

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import onnx
@@ -306,6 +307,12 @@ def test_bad_input_shape_text_exits_2(shape):
     assert "--input-shape" in line
 
 
+def test_input_shape_with_non_ascii_digits_is_a_usage_error():
+    """'1x\u00b2' passed isdigit() and then failed int(): an internal error (exit 3)."""
+    line = assert_one_line_error(run("audit", "--input-shape", "input=1x\u00b2", MLP), 2)
+    assert "is not NAME=DIMS" in line
+
+
 def test_input_shape_with_a_zero_dimension_says_so():
     """x=0x3 said 'is not NAME=DIMS'; it now names the zero dimension."""
     line = assert_one_line_error(run("audit", "--input-shape", "input_0=0x1x28x28", LENET), 2)
@@ -404,6 +411,22 @@ def test_interrupt_exits_130_and_writes_nothing(tmp_path, monkeypatch):
     line = assert_one_line_error(run("audit", LENET, "-o", str(out)), 130)
     assert "interrupted" in line
     assert os.listdir(tmp_path) == []
+
+
+def test_interrupt_while_starting_exits_130_without_a_traceback(monkeypatch, capsys):
+    """Ctrl-C while the command line imports numpy/onnx printed a traceback: the console
+    script's entry catches it (one line, exit 130)."""
+    from onnxcollide import entry
+
+    class Interrupted(types.ModuleType):
+        def __getattr__(self, name: str):
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "onnxcollide.cli", Interrupted("onnxcollide.cli"))
+    with pytest.raises(SystemExit) as stopped:
+        entry.run()
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err == "error: interrupted while starting; nothing was written\n"
 
 
 def test_python_dash_m_runs_the_cli():
@@ -620,6 +643,24 @@ def test_audit_output_suffix_that_contradicts_or_names_no_format_is_a_usage_erro
     line = assert_one_line_error(run("audit", MLP, "-o", str(out), *args), 2)
     assert match.replace("{out}", str(out)) in line
     assert os.listdir(tmp_path) == []
+
+
+def test_audit_suffix_decides_under_dev_and_for_a_hidden_file(tmp_path):
+    """A file under /dev (tmpfs /dev/shm) and a file named '.json' are JSON files: the first
+    was written as a table (every /dev/ path was taken for a descriptor), the second too (its
+    suffix read as empty)."""
+    hidden = tmp_path / ".json"
+    assert run("audit", MLP, "-o", str(hidden)).exit_code == 0
+    assert hidden.read_text().startswith("{")
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        shm = f"/dev/shm/onnxcollide-test-{os.getpid()}.json"
+        try:
+            assert run("audit", MLP, "-o", shm).exit_code == 0
+            with open(shm, encoding="utf-8") as handle:
+                assert handle.read().startswith("{")
+        finally:
+            if os.path.exists(shm):
+                os.remove(shm)
 
 
 def test_audit_txt_or_no_suffix_is_a_table_and_takes_any_format(tmp_path):

@@ -218,15 +218,24 @@ def test_records_say_how_each_input_was_made(tmp_path):
     np.save(array, np.zeros((1, 3, 32, 32), np.float32))
     _, records = read_inputs(PATCH, {None: str(array)}, {}, 0, DEFAULT)
     assert records["input"] == {"source": "file", "path": str(array),
-                                "sha256": hashlib.sha256(array.read_bytes()).hexdigest()}
+                                "sha256": hashlib.sha256(array.read_bytes()).hexdigest(),
+                                "key": None, "shape": [1, 3, 32, 32], "dtype": "float32"}
+    packed = tmp_path / "a.npz"
+    np.savez(packed, other=np.zeros((1, 3, 32, 32), np.float64))
+    _, records = read_inputs(PATCH, {None: str(packed)}, {}, 0, DEFAULT)
+    assert (records["input"]["key"], records["input"]["dtype"]) == ("other", "float64")
     image = png(tmp_path / "a.png", rgb(3, 32, 32))
     options = ImageOptions(mean=(0.5,), std=(0.25, 0.5, 0.75))
     _, records = read_inputs(PATCH, {None: image}, {}, 0, options)
     assert records["input"] == {
         "source": "image", "path": image, "sha256": hashlib.sha256(
-            Path(image).read_bytes()).hexdigest(), "image_size": [32, 32], "resized_to": None,
-        "resample": None, "mode": "RGB", "layout": "nchw", "scale": 1.0 / 255.0,
-        "mean": [0.5], "std": [0.25, 0.5, 0.75]}
+            Path(image).read_bytes()).hexdigest(), "image_size": [32, 32], "image_mode": "RGB",
+        "resized_to": None, "resample": None, "mode": "RGB", "layout": "nchw",
+        "scale": 1.0 / 255.0, "mean": [0.5], "std": [0.25, 0.5, 0.75]}
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray(np.zeros((32, 32, 4), np.uint8)).save(rgba)
+    _, records = read_inputs(PATCH, {None: str(rgba)}, {}, 0, DEFAULT)
+    assert (records["input"]["image_mode"], records["input"]["mode"]) == ("RGBA", "RGB")
 
 
 def test_an_image_resized_without_resize_gets_a_notice(tmp_path):

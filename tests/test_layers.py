@@ -859,6 +859,32 @@ def test_weight_holding_op_before_w1_hides_nullity_w1(tmp_path, rng):
                for n in result.notes)
 
 
+def test_no_w1_reached_with_a_skipped_weight_gives_no_nullity_w1(tmp_path, rng):
+    """x -> LSTM, whose output reaches the MatMul only through Shape: no W1 is reached, and
+    row 1 (the MatMul) no longer stands in for nullity(W1), since the LSTM's weight may be
+    the model's first; the JSON's skipped entries say which hold weights."""
+    hidden = 4
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("LSTM", ["x", "W", "R"], ["seq", "h"], hidden_size=hidden, name="lstm"),
+         mk("Shape", ["h"], ["shape"]), mk("Cast", ["shape"], ["shapef"], to=1),
+         mk("Unsqueeze", ["shapef", "axes"], ["u"]), mk("MatMul", ["u", "V"], ["y"]),
+         mk("MatMul", ["y", "y2"], ["z"], name="scores")],
+        [value("x", [5, 1, 3]), value("y2", [2, 2])], [value("z", [1, 2])],
+        [init("W", rng.standard_normal((1, 4 * hidden, 3)).astype(np.float32)),
+         init("R", rng.standard_normal((1, 4 * hidden, hidden)).astype(np.float32)),
+         ints("axes", [0]), init("V", rng.standard_normal((3, 2)).astype(np.float32))],
+    )
+    result = audit(path)
+    assert result.metrics.nullity_w1 is None and result.metrics.skipped_weights == 1
+    assert any("no linear op is reached from a model input" in n and "LSTM 'lstm'" in n
+               for n in result.notes)
+    from onnxcollide.report.json_format import model_dict
+
+    flags = {s["node"]: s["holds_weights"] for s in model_dict(result)["skipped"]}
+    assert flags == {"lstm": True, "scores": False}
+
+
 def test_skipped_op_off_the_input_path_keeps_nullity_w1(tmp_path, rng):
     """An Einsum with a weight on a side branch is counted as skipped, but W1 (reached from
     the input directly) keeps its nullity."""
@@ -1110,6 +1136,38 @@ def test_same_named_if_nodes_keep_their_branch_weights_apart(tmp_path, rng):
     assert [r.rank for r in result.rows] == [2, 5]
     assert [r.layer.nodes for r in result.rows] == [("blk#0/then_branch/MatMul:t1_out",),
                                                     ("blk#1/then_branch/MatMul:t2_out",)]
+
+
+def test_renamed_nodes_do_not_take_a_name_already_in_the_graph(tmp_path, rng):
+    """If nodes named blk, blk and blk#1: the second 'blk' would become 'blk#1', the third
+    node's own name, and two branches' weights merged again; it becomes 'blk#1#1'."""
+
+    def branch(name: str, rank: int) -> onnx.GraphProto:
+        w = irank(rng, 8, 6, rank).astype(np.float32)
+        return helper.make_graph(
+            [mk("Constant", [], ["W"], value=onnx.numpy_helper.from_array(w, "W")),
+             mk("MatMul", ["x", "W"], [f"{name}_out"])], name, [], [value(f"{name}_out", [1, 6])])
+
+    def zeros(name: str) -> onnx.GraphProto:
+        return helper.make_graph([mk("Constant", [], [f"{name}_out"], value=onnx.numpy_helper
+                                     .from_array(np.zeros((1, 6), np.float32), "z"))],
+                                 name, [], [value(f"{name}_out", [1, 6])])
+
+    path = make_model(
+        tmp_path / "m.onnx",
+        [mk("If", ["cond"], ["a"], name="blk", then_branch=branch("t1", 2),
+            else_branch=zeros("e1")),
+         mk("If", ["cond"], ["b"], name="blk", then_branch=branch("t2", 5),
+            else_branch=zeros("e2")),
+         mk("If", ["cond"], ["c"], name="blk#1", then_branch=branch("t3", 3),
+            else_branch=zeros("e3")),
+         mk("Add", ["a", "b"], ["ab"]), mk("Add", ["ab", "c"], ["y"])],
+        [value("cond", [], BOOL), value("x", [1, 8])], [value("y", [1, 6])],
+    )
+    result = audit(path)
+    assert [r.rank for r in result.rows] == [2, 5, 3]
+    assert [r.layer.nodes[0].split("/")[0] for r in result.rows] == ["blk#0", "blk#1#1",
+                                                                      "blk#1"]
 
 
 def test_w1_row_of_same_named_nodes_is_the_one_reached(tmp_path, rng):

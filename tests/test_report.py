@@ -161,7 +161,7 @@ def test_json_carries_the_numbers(small, schema):
     assert layer["sigma_max"] == pytest.approx(row.decision.sigma_max, rel=10.0 ** (1 - digits))
     assert layer["eps"] == 2.0**-23
     assert model["skipped"] == [{"node": "scores", "op": "MatMul",
-                                 "reason": small.skipped[0].reason}]
+                                 "reason": small.skipped[0].reason, "holds_weights": False}]
     assert model["first_layer"]["exactness"] == "dense"
 
 
@@ -285,7 +285,8 @@ def test_csv_cells_keep_their_resolved_digits(ultraface, lenet):
 
 @pytest.mark.parametrize(("value", "digits", "text"), [
     (0.532, 4, "0.5320"), (1.8476000628, 13, "1.847600062800"), (50.0, 2, "5.0e+01"),
-    (50.0, 1, "5e+01"), (123.4, 4, "123.4"), (1.2e-7, 3, "1.20e-07"), (0.0, 17, "0")])
+    (50.0, 1, "5e+01"), (123.4, 4, "123.4"), (1.2e-7, 3, "1.20e-07"), (0.0, 17, "0"),
+    (74.0, 2, "74"), (4003.5, 4, "4004"), (7.0, 1, "7"), (1200.0, 4, "1.200e+03")])
 def test_digits_text(value, digits, text):
     """Exactly the resolved digits; an exact zero (a pruned unit's singular value) is 0."""
     assert digits_text(value, digits) == text

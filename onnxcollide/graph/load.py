@@ -184,14 +184,25 @@ def _all_nodes(proto: onnx.ModelProto) -> list[NodeProto]:
 
 def _tell_same_named_nodes_apart(proto: onnx.ModelProto) -> None:
     """Rename nodes that share a name within one graph to ``NAME#INDEX`` (their index in
-    that graph). ONNX does not require unique node names (ONNX Runtime does), and labels,
-    subgraph scopes and W1's row are keyed by them: two If nodes named alike would otherwise
-    merge their branches' weights into one parameter."""
+    that graph; ``NAME#INDEX#K`` where that name is taken too). ONNX does not require unique
+    node names (ONNX Runtime does), and labels, subgraph scopes and W1's row are keyed by
+    them: two If nodes named alike would otherwise merge their branches' weights into one
+    parameter."""
     for graph in graphs_in(proto.graph):
         counts = Counter(node.name for node in graph.node if node.name)
+        taken = set(counts)
         for index, node in enumerate(graph.node):
             if counts[node.name] > 1:
-                node.name = f"{node.name}#{index}"
+                node.name = _free_name(f"{node.name}#{index}", taken)
+                taken.add(node.name)
+
+
+def _free_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name#K`` with the smallest K >= 1 that is not in ``taken``."""
+    candidate, k = name, 1
+    while candidate in taken:
+        candidate, k = f"{name}#{k}", k + 1
+    return candidate
 
 
 def _densify_sparse(proto: onnx.ModelProto, base_dir: str) -> None:

@@ -29,10 +29,14 @@ def fmt_float(value: float | None, digits: int = 4) -> str:
 def digits_text(value: float, digits: int) -> str:
     """``value`` written with exactly ``digits`` significant digits, trailing zeros kept
     (``0.5320`` for 4 digits), so a machine-read cell shows how many digits are resolved;
-    scientific notation where positional notation would hide them (``5.0e+01``, not ``50``)."""
+    a whole number as such where its last digit is not 0 (``74``, ``4004``), else in
+    scientific notation, where positional notation would hide them (``5.0e+01``, not
+    ``50``)."""
     if value == 0:
         return "0"  # an exact zero (a pruned unit's singular value), whatever the digit count
     text = f"{value:#.{digits}g}"
+    if text.endswith(".") and not text.endswith("0."):  # '74.': every digit shows
+        return text[:-1]
     if text.endswith(".") or ".e" in text:  # '50.' or '5.e+01': a bare point
         return f"{value:.{digits - 1}e}"
     return text
@@ -97,16 +101,22 @@ LAYER_HEADERS = ("#", "node", "op", "q", "p", "groups", "rank", "nullity", "nu",
                  "sigma_max", "tol", "margin", "method")
 
 
+BOUND_DIGITS = 2  # an upper or lower bound (resolved digits 0) is shown with 2 digits
+
+
 def layer_cells(row: LayerRow) -> tuple[str, ...]:
     """One layer row as text cells (headers: LAYER_HEADERS): sigma_max and the margin with 4
     significant digits, tol with 3, each at most the digits its error estimate resolves,
-    trailing zeros kept (``2.410``, ``4.00e+03``); unclear margins get a ``!``."""
+    trailing zeros kept (``2.410``, ``4.00e+03``), a bound with BOUND_DIGITS (``>=74``);
+    unclear margins get a ``!``."""
     shown = row.decision.resolved()
 
     def cell(name: str, digits: int) -> str:
         value, resolved_digits = shown[name]
-        return "-" if value is None else \
-            digits_text(value, min(digits, resolved_digits or digits))
+        if value is None:
+            return "-"
+        return digits_text(value, min(digits, resolved_digits) if resolved_digits else
+                           BOUND_DIGITS)
 
     at_least = ">=" if shown["margin"][1] == 0 else ""  # a lower bound (see resolved())
     margin = at_least + cell("margin", 4) + ("" if row.clear else " !")

@@ -79,8 +79,8 @@ def model_dict(audit: ModelAudit) -> dict[str, Any]:
                     "unclear": m.unclear},
         "first_layer": first_layer_dict(audit.first_layer),
         "layers": [layer_dict(r) for r in audit.rows],
-        "skipped": [{"node": s.label, "op": s.op_type, "reason": s.reason}
-                    for s in audit.skipped],
+        "skipped": [{"node": s.label, "op": s.op_type, "reason": s.reason,
+                     "holds_weights": s.holds_weights} for s in audit.skipped],
         "notes": list(audit.notes),
         "validation": audit.validation,
     }
