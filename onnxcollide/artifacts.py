@@ -92,7 +92,7 @@ def _open_descriptor(path: str) -> int | None:
         return _STANDARD_STREAMS[path]
     for folder in _DESCRIPTOR_FOLDERS:
         number = path[len(folder):]
-        if path.startswith(folder) and number.isdigit():
+        if path.startswith(folder) and number.isascii() and number.isdigit():
             return int(number)
     return None
 

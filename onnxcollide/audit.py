@@ -252,7 +252,7 @@ def _weights_before_w1(first: FirstLayer | None, skipped: list[SkippedOp]) -> st
     before W1, or no W1 is reached from the input while such ops exist (row 1 would stand in
     for it). None otherwise."""
     holding = {s.label: s for s in skipped if s.holds_weights}
-    if first is not None and first.row_index is not None:
+    if first is not None and first.node is not None:
         before = [holding[step.node] for step in first.path if step.node in holding]
         if not before:
             return None

@@ -85,7 +85,7 @@ def _resize(text: str | None) -> tuple[int, int] | None:
     if not text:
         return None
     parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
         raise UsageError(f"--resize '{text}' is not HxW", hint="e.g. --resize 224x224")
     height, width = int(parts[0]), int(parts[1])
     if height == 0 or width == 0:

@@ -9,10 +9,12 @@ import os
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import tomllib
 from builders import (
     DATA,
     MLP,
@@ -443,6 +445,22 @@ def test_a_descriptor_that_is_not_open_is_refused_before_any_work():
     meanwhile and the report would go into them)."""
     line = assert_one_line_error(run("audit", LENET, "-o", "/dev/fd/987"), 2)
     assert "/dev/fd/987: is not an open file descriptor" in line
+
+
+@pytest.mark.parametrize("path", ["/dev/fd/\u00b2", "/proc/self/fd/\u00b2"])
+def test_a_descriptor_number_in_non_ascii_digits_is_not_a_descriptor(path):
+    """/dev/fd/² passed isdigit() and failed int(): an internal error (exit 3); and an
+    Arabic-Indic 3 was read as descriptor 3. Neither is a descriptor path now: a usage error
+    (no such file), exit 2."""
+    assert_one_line_error(run("audit", LENET, "-o", path), 2)
+
+
+def test_console_script_is_the_entry_that_catches_an_early_interrupt():
+    """The installed `onnxcollide` command runs onnxcollide.entry:run (which turns a Ctrl-C
+    during imports into exit 130), not the CLI group directly."""
+    pyproject = Path(__file__).parent.parent / "pyproject.toml"
+    scripts = tomllib.loads(pyproject.read_text("utf-8"))["project"]["scripts"]
+    assert scripts == {"onnxcollide": "onnxcollide.entry:run"}
 
 
 def test_a_descriptor_on_the_model_is_refused_and_claimed_ones_are_closed(tmp_path):

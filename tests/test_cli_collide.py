@@ -220,6 +220,7 @@ def _png(folder: Path) -> str:
     (("--basis", "-1"), "--basis '-1'"),
     (("--basis", "0,-2"), "negative index"),
     (("--resize", "0x32", "--input", "{png}"), "--resize '0x32'"),
+    (("--resize", "2x\u00b2", "--input", "{png}"), "is not HxW"),
     (("--mean", "0.5,0.5", "--input", "{png}"), "3 channel"),
     (("--std", "1,1", "--input", "{png}"), "--std"),
     (("--std", "0,1,1", "--input", "{png}"), "--std '0,1,1'"),

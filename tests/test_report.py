@@ -376,6 +376,24 @@ def test_table_has_layers_w1_and_summary(lenet, small):
     assert "\x1b[" not in text  # no colour unless asked
 
 
+def test_table_shows_a_bound_with_two_digits(tmp_path):
+    """Two equal columns and rtol 1e-13: the dropped value sits at the noise floor, so the
+    margin is a lower bound (resolved digits 0); the table shows it with 2 digits ('>=74'),
+    as CSV does, not 4 ('>=74.00')."""
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((6, 3))
+    weight = np.concatenate([base, base[:, :1]], axis=1).astype(np.float32)  # 6 x 4, rank 3
+    path = make_model(tmp_path / "m.onnx", [mk("MatMul", ["x", "W"], ["y"])],
+                      [value("x", [1, 6])], [value("y", [1, 4])], [init("W", weight)])
+    row = audit_model(path, AuditSettings(rule=ToleranceRule(rtol=1e-13))).rows[0]
+    bound, digits = row.decision.resolved()["margin"]
+    assert digits == 0 and bound is not None
+    margin = dict(zip(LAYER_HEADERS, layer_cells(row), strict=True))["margin"]
+    assert margin.startswith(">=")
+    assert _significant_digits(margin.removeprefix(">=").removesuffix(" !")) == 2
+    assert float(margin.removeprefix(">=").removesuffix(" !")) == float(f"{bound:.2g}")
+
+
 def test_table_lines_are_whole_and_end_without_spaces(ultraface):
     """At a narrow width (a file or pipe gets 160 columns) the W1 sentences stay whole lines
     (they were cut mid-sentence with an unindented rest), and no line ends in spaces."""
