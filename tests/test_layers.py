@@ -1107,64 +1107,51 @@ def test_same_local_name_in_sibling_branches_is_two_parameters(tmp_path, rng):
     assert sorted(r.rank for r in result.rows) == [2, 5]
 
 
+def _constant_branch(rng: np.random.Generator, name: str, rank: int) -> onnx.GraphProto:
+    """An If branch: x (outer, [1, 8]) @ Constant 'W' (8 x 6, integer rank ``rank``)."""
+    w = irank(rng, 8, 6, rank).astype(np.float32)
+    return helper.make_graph(
+        [mk("Constant", [], ["W"], value=onnx.numpy_helper.from_array(w, "W")),
+         mk("MatMul", ["x", "W"], [f"{name}_out"])], name, [], [value(f"{name}_out", [1, 6])])
+
+
+def _zeros_branch(name: str) -> onnx.GraphProto:
+    """An If branch that outputs zeros [1, 6] (no weight)."""
+    return helper.make_graph([mk("Constant", [], [f"{name}_out"], value=onnx.numpy_helper
+                                 .from_array(np.zeros((1, 6), np.float32), "z"))],
+                             name, [], [value(f"{name}_out", [1, 6])])
+
+
+def _if_nodes_model(path: os.PathLike, rng: np.random.Generator, blocks: list[tuple[str, int]]
+                    ) -> str:
+    """One If node per (name, rank) in ``blocks``: its then-branch multiplies x by its own
+    Constant 'W' of that rank, its else-branch gives zeros; the outputs are summed."""
+    nodes = [mk("If", ["cond"], [f"o{k}"], name=name,
+                then_branch=_constant_branch(rng, f"t{k}", rank),
+                else_branch=_zeros_branch(f"e{k}"))
+             for k, (name, rank) in enumerate(blocks)]
+    total = "o0"
+    for k in range(1, len(blocks)):
+        nodes.append(mk("Add", [total, f"o{k}"], [f"s{k}"]))
+        total = f"s{k}"
+    return make_model(path, nodes, [value("cond", [], BOOL), value("x", [1, 8])],
+                      [value(total, [1, 6])])
+
+
 def test_same_named_if_nodes_keep_their_branch_weights_apart(tmp_path, rng):
     """Two If nodes named alike (ONNX allows it), each branch with its own Constant 'W' of
     rank 2 and 5: two parameters, not one (their scope labels were both 'blk/then_branch')."""
-
-    def branch(name: str, rank: int) -> onnx.GraphProto:
-        w = irank(rng, 8, 6, rank).astype(np.float32)
-        return helper.make_graph(
-            [mk("Constant", [], ["W"], value=onnx.numpy_helper.from_array(w, "W")),
-             mk("MatMul", ["x", "W"], [f"{name}_out"])],
-            name, [], [value(f"{name}_out", [1, 6])])
-
-    def identity(name: str) -> onnx.GraphProto:
-        return helper.make_graph([mk("Constant", [], [f"{name}_out"], value=onnx.numpy_helper
-                                     .from_array(np.zeros((1, 6), np.float32), "z"))],
-                                 name, [], [value(f"{name}_out", [1, 6])])
-
-    path = make_model(
-        tmp_path / "m.onnx",
-        [mk("If", ["cond"], ["a"], name="blk", then_branch=branch("t1", 2),
-            else_branch=identity("e1")),
-         mk("If", ["cond"], ["b"], name="blk", then_branch=branch("t2", 5),
-            else_branch=identity("e2")),
-         mk("Add", ["a", "b"], ["y"])],
-        [value("cond", [], BOOL), value("x", [1, 8])], [value("y", [1, 6])],
-    )
-    result = audit(path)
+    result = audit(_if_nodes_model(tmp_path / "m.onnx", rng, [("blk", 2), ("blk", 5)]))
     assert [r.rank for r in result.rows] == [2, 5]
-    assert [r.layer.nodes for r in result.rows] == [("blk#0/then_branch/MatMul:t1_out",),
-                                                    ("blk#1/then_branch/MatMul:t2_out",)]
+    assert [r.layer.nodes for r in result.rows] == [("blk#0/then_branch/MatMul:t0_out",),
+                                                    ("blk#1/then_branch/MatMul:t1_out",)]
 
 
 def test_renamed_nodes_do_not_take_a_name_already_in_the_graph(tmp_path, rng):
     """If nodes named blk, blk and blk#1: the second 'blk' would become 'blk#1', the third
     node's own name, and two branches' weights merged again; it becomes 'blk#1#1'."""
-
-    def branch(name: str, rank: int) -> onnx.GraphProto:
-        w = irank(rng, 8, 6, rank).astype(np.float32)
-        return helper.make_graph(
-            [mk("Constant", [], ["W"], value=onnx.numpy_helper.from_array(w, "W")),
-             mk("MatMul", ["x", "W"], [f"{name}_out"])], name, [], [value(f"{name}_out", [1, 6])])
-
-    def zeros(name: str) -> onnx.GraphProto:
-        return helper.make_graph([mk("Constant", [], [f"{name}_out"], value=onnx.numpy_helper
-                                     .from_array(np.zeros((1, 6), np.float32), "z"))],
-                                 name, [], [value(f"{name}_out", [1, 6])])
-
-    path = make_model(
-        tmp_path / "m.onnx",
-        [mk("If", ["cond"], ["a"], name="blk", then_branch=branch("t1", 2),
-            else_branch=zeros("e1")),
-         mk("If", ["cond"], ["b"], name="blk", then_branch=branch("t2", 5),
-            else_branch=zeros("e2")),
-         mk("If", ["cond"], ["c"], name="blk#1", then_branch=branch("t3", 3),
-            else_branch=zeros("e3")),
-         mk("Add", ["a", "b"], ["ab"]), mk("Add", ["ab", "c"], ["y"])],
-        [value("cond", [], BOOL), value("x", [1, 8])], [value("y", [1, 6])],
-    )
-    result = audit(path)
+    result = audit(_if_nodes_model(tmp_path / "m.onnx", rng,
+                                   [("blk", 2), ("blk", 5), ("blk#1", 3)]))
     assert [r.rank for r in result.rows] == [2, 5, 3]
     assert [r.layer.nodes[0].split("/")[0] for r in result.rows] == ["blk#0", "blk#1#1",
                                                                       "blk#1"]
