@@ -33,14 +33,14 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import AttributeProto, GraphProto, TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
 from onnxcollide.errors import OnnxCollideError, UnsupportedModelError, UsageError
 from onnxcollide.graph.constants import scoped_key
-from onnxcollide.graph.linear_ops import node_label, subgraph_label, subgraphs
-from onnxcollide.graph.load import LoadedModel, load_model
+from onnxcollide.graph.linear_ops import node_label, subgraph_label
+from onnxcollide.graph.load import LoadedModel, load_model, subgraphs, tensors_in
 from onnxcollide.graph.rewrite import to_float64, with_extra_outputs
 from onnxcollide.graph.shapes import declared_dims, infer_shapes
 from onnxcollide.graph.tensors import is_external, tensor_to_array
@@ -180,20 +180,6 @@ def _open_session(data: bytes, external: Mapping[str, Any], choice: DeviceChoice
     return session, _checked_device(session, choice, where)
 
 
-def _attribute_tensors(graph: GraphProto, main: bool) -> Iterator[TensorProto]:
-    """Tensors the session cannot take as external initializers: subgraph ones, attributes."""
-    if not main:
-        yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == AttributeProto.TENSOR:
-                yield attr.t
-            yield from attr.tensors
-            subgraphs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
-            for sub in subgraphs:
-                yield from _attribute_tensors(sub, main=False)
-
-
 def _external_arrays(proto: onnx.ModelProto, base_dir: str) -> dict[str, np.ndarray]:
     """Memory-map the main graph's external initializers; read other external tensors in place.
 
@@ -204,7 +190,8 @@ def _external_arrays(proto: onnx.ModelProto, base_dir: str) -> dict[str, np.ndar
     Returns:
         initializer name -> its values (read-only memmaps of the files' bytes).
     """
-    for tensor in _attribute_tensors(proto.graph, main=True):
+    # tensors the session cannot take as external initializers: subgraph ones, attributes
+    for tensor in tensors_in(proto.graph, main_initializers=False):
         if is_external(tensor):
             values = np.array(tensor_to_array(tensor, base_dir))
             tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import onnx
-from onnx import AttributeProto, NodeProto, TensorProto, helper
+from onnx import NodeProto, TensorProto, helper
 
 from onnxcollide.errors import UnsupportedModelError
 from onnxcollide.graph.constants import ConstantResolver, Scope
-from onnxcollide.graph.load import LoadedModel
+from onnxcollide.graph.load import LoadedModel, subgraphs
 from onnxcollide.graph.tensors import dtype_name
 
 # op type -> (indices of the operands that may be the weight, in order of preference)
@@ -162,16 +161,6 @@ def node_label(node: NodeProto, scope: str) -> str:
 def subgraph_label(node_label: str, attr_name: str) -> str:
     """The scope label of a node's subgraph, e.g. ``loop_1/body``."""
     return f"{node_label}/{attr_name}"
-
-
-def subgraphs(node: NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
-    """The node's subgraphs with their attribute labels (``body``, ``branches[1]``)."""
-    for attr in node.attribute:
-        if attr.type == AttributeProto.GRAPH:
-            yield attr.name, attr.g
-        elif attr.type == AttributeProto.GRAPHS:
-            for k, graph in enumerate(attr.graphs):
-                yield f"{attr.name}[{k}]", graph
 
 
 def _classify(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import onnx
 import onnx.inliner
 from google.protobuf.message import DecodeError
-from onnx import AttributeProto, GraphProto, NodeProto, helper, numpy_helper
+from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, helper, numpy_helper
 
 from onnxcollide.errors import ModelLoadError
 from onnxcollide.graph.tensors import is_external, sparse_to_array
@@ -121,17 +121,24 @@ def external_data_files(model: LoadedModel) -> list[str]:
     """The files (paths as found next to the model) that hold the model's external data:
     initializers and Constant values of every graph, subgraphs included."""
     files: dict[str, None] = {}
-    for graph in graphs_in(model.proto.graph):
-        tensors = list(graph.initializer)
-        for node in graph.node:
-            for attr in node.attribute:
-                tensors += [attr.t] if attr.type == AttributeProto.TENSOR else list(attr.tensors)
-        for tensor in tensors:
-            if is_external(tensor):
-                location = next((e.value for e in tensor.external_data if e.key == "location"),
-                                "")
-                files[os.path.join(model.base_dir, location)] = None
+    for tensor in tensors_in(model.proto.graph):
+        if is_external(tensor):
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            files[os.path.join(model.base_dir, location)] = None
     return list(files)
+
+
+def tensors_in(graph: GraphProto, main_initializers: bool = True) -> Iterator[TensorProto]:
+    """Every tensor ``graph`` and its subgraphs hold: initializers (the main graph's only with
+    ``main_initializers``) and tensor-valued attributes (Constant values, ...)."""
+    for current in graphs_in(graph):
+        if main_initializers or current is not graph:
+            yield from current.initializer
+        for node in current.node:
+            for attr in node.attribute:
+                if attr.type == AttributeProto.TENSOR:
+                    yield attr.t
+                yield from attr.tensors
 
 
 def graphs_in(graph: GraphProto) -> Iterator[GraphProto]:
@@ -141,20 +148,18 @@ def graphs_in(graph: GraphProto) -> Iterator[GraphProto]:
     while pending:
         current = pending.pop()
         yield current
-        inner: list[GraphProto] = []
-        for node in current.node:
-            inner.extend(_node_subgraphs(node))
+        inner = [sub for node in current.node for _, sub in subgraphs(node)]
         pending.extend(reversed(inner))
 
 
-def _node_subgraphs(node: NodeProto) -> list[GraphProto]:
-    graphs: list[GraphProto] = []
+def subgraphs(node: NodeProto) -> Iterator[tuple[str, GraphProto]]:
+    """The node's subgraphs with their attribute labels (``body``, ``branches[1]``)."""
     for attr in node.attribute:
         if attr.type == AttributeProto.GRAPH:
-            graphs.append(attr.g)
+            yield attr.name, attr.g
         elif attr.type == AttributeProto.GRAPHS:
-            graphs.extend(attr.graphs)
-    return graphs
+            for k, graph in enumerate(attr.graphs):
+                yield f"{attr.name}[{k}]", graph
 
 
 def _apply_function_defaults(proto: onnx.ModelProto) -> None:
@@ -178,7 +183,7 @@ def _all_nodes(proto: onnx.ModelProto) -> list[NodeProto]:
     nodes: list[NodeProto] = []
     for top in tops:
         nodes.append(top)
-        nodes += [n for sub in _node_subgraphs(top) for g in graphs_in(sub) for n in g.node]
+        nodes += [n for _, sub in subgraphs(top) for g in graphs_in(sub) for n in g.node]
     return nodes
 
 

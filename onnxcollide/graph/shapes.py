@@ -9,8 +9,8 @@ from onnx import TensorProto
 
 from onnxcollide.errors import UsageError
 from onnxcollide.graph.constants import scoped_key
-from onnxcollide.graph.linear_ops import node_label, subgraph_label, subgraphs
-from onnxcollide.graph.load import LoadedModel
+from onnxcollide.graph.linear_ops import node_label, subgraph_label
+from onnxcollide.graph.load import LoadedModel, subgraphs
 from onnxcollide.graph.tensors import dtype_name
 
 Shape = tuple[int | None, ...]

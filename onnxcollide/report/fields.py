@@ -21,11 +21,6 @@ def model_labels(audits: Sequence[ModelAudit]) -> list[str]:
             for a, name in zip(audits, names, strict=True)]
 
 
-def fmt_float(value: float | None, digits: int = 4) -> str:
-    """Short human form of a float (``-`` for None)."""
-    return "-" if value is None else f"{value:.{digits}g}"
-
-
 def digits_text(value: float, digits: int) -> str:
     """``value`` written with exactly ``digits`` significant digits, trailing zeros kept
     (``0.5320`` for 4 digits), so a machine-read cell shows how many digits are resolved;
