@@ -346,9 +346,9 @@ def _audit_format(ctx: click.Context, fmt: str, output: str | None, check: bool)
     if not check:
         ignored = [f"--{n}" for n in ("seed", "device") if _given(ctx, n)]
         if ignored:
-            verb = "applies" if len(ignored) == 1 else "apply"
+            verb, them = ("applies", "it") if len(ignored) == 1 else ("apply", "them")
             raise UsageError(f"{' and '.join(ignored)} only {verb} with --validate",
-                             hint="add --validate, or drop them")
+                             hint=f"add --validate, or drop {them}")
     chosen = _suffix_format(ctx, fmt, output)
     if chosen == Format.JSON.value and _given(ctx, "summary_only"):
         raise UsageError("--summary-only does not apply to JSON, which always holds every "
