@@ -1,6 +1,6 @@
 """`python -m onnxcollide`: the command line."""
 
-from onnxcollide.entry import run
+from onnxcollide.cli.entry import run
 
 if __name__ == "__main__":
     run()

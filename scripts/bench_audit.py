@@ -196,7 +196,7 @@ def _peak_mb() -> float:
 
 def phase_audit(path: str, queue: mp.Queue) -> None:
     """Audit with onnxcollide; report time, peak memory and per-layer ranks."""
-    from onnxcollide.audit import audit_model
+    from onnxcollide.audit.model import audit_model
 
     start = time.perf_counter()
     audit = audit_model(path)
@@ -207,11 +207,11 @@ def phase_audit(path: str, queue: mp.Queue) -> None:
 
 def _weight_layers(path: str) -> list:
     """Every linear weight of the model as the audit reads it (default convention)."""
-    from onnxcollide.audit import AuditSettings
+    from onnxcollide.audit.layers import build_layer
+    from onnxcollide.audit.model import AuditSettings
     from onnxcollide.graph.linear_ops import find_linear_ops
     from onnxcollide.graph.load import load_model
     from onnxcollide.graph.shapes import infer_shapes
-    from onnxcollide.layers import build_layer
 
     model = load_model(path)
     infos = infer_shapes(model, {})
@@ -251,7 +251,7 @@ def phase_gram_floor(path: str, queue: mp.Queue) -> None:
     No certified decision can take less than this: it is the ceiling on the speedup
     (naive time / floor) for an engine that decides in float64 from Gram matrices.
     """
-    from onnxcollide.spectral import SVD_MAX_DIM, gram_matrix
+    from onnxcollide.linalg.spectral import SVD_MAX_DIM, gram_matrix
 
     layers = _weight_layers(path)
     seconds = 0.0
@@ -270,7 +270,7 @@ def phase_lead(path: str, queue: mp.Queue) -> None:
     """The issue's lead on the largest Gram-path weight: Gram + Cholesky vs matrix_rank."""
     import scipy.linalg
 
-    from onnxcollide.spectral import _largest_eigenvalue, gram_matrix
+    from onnxcollide.linalg.spectral import _largest_eigenvalue, gram_matrix
 
     layers = [layer for layer in _weight_layers(path) if layer.groups == 1]
     layer = max(layers, key=lambda lay: lay.q * lay.p * min(lay.q, lay.p))

@@ -88,8 +88,10 @@ def build_resnet50(path: str, seed: int) -> None:
 
 def run_search(path: str, count: int, mode: str, seed: int) -> None:
     """Make and validate ``count`` colliding inputs; print the timing and verdicts."""
-    from onnxcollide.runtime import ModelRunner, Tolerances, validate_pair
-    from onnxcollide.search import SearchSettings, find_collisions
+    from onnxcollide.collide.results import SearchSettings
+    from onnxcollide.collide.search import find_collisions
+    from onnxcollide.runtime.session import ModelRunner
+    from onnxcollide.runtime.validate import Tolerances, validate_pair
 
     x = np.random.default_rng(seed).random((1, 3, 224, 224)).astype(np.float32)
     feeds = {"x": x}
@@ -116,7 +118,7 @@ def run_search(path: str, count: int, mode: str, seed: int) -> None:
 
 def run_operator(size: int, seed: int) -> None:
     """The conv operator analysis of a 7x7/2 pad 3 conv with 64 filters at size x size."""
-    from onnxcollide.convop import ConvSpec, smallest_singular
+    from onnxcollide.linalg.conv_operator import ConvSpec, smallest_singular
 
     rng = np.random.default_rng(seed)
     weight = rng.standard_normal((64, 3, 7, 7)) / np.sqrt(147)

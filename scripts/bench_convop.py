@@ -1,4 +1,4 @@
-"""Benchmark the whole-operator analysis of a first-layer conv (onnxcollide.convop).
+"""Benchmark the whole-operator analysis of a first-layer conv (onnxcollide.linalg.conv_operator).
 
 Default: a seeded random ResNet stem, 7x7 stride 2 pad 3, 64 filters, input 3x224x224.
 
@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from onnxcollide.convop import ConvSpec, conv_matrix, output_shape, smallest_singular
+from onnxcollide.linalg.conv_operator import ConvSpec, conv_matrix, output_shape, smallest_singular
 
 
 def build_spec(args: argparse.Namespace) -> ConvSpec:

@@ -117,7 +117,8 @@ def compare(before: Path, after: Path) -> int:
     b = json.loads((after / "MANIFEST.json").read_text())
     differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     for key in differ:
-        print(f"differs: {key} ({'only before' if key not in b else 'only after' if key not in a else 'content'})")
+        how = "only before" if key not in b else "only after" if key not in a else "content"
+        print(f"differs: {key} ({how})")
     print(f"{len(a)} files before, {len(b)} after, {len(differ)} differ")
     return 1 if differ else 0
 

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxcollide.audit import AuditSettings, LayerRow, ModelAudit, audit_model
+from onnxcollide.audit.model import AuditSettings, LayerRow, ModelAudit, audit_model
 
 DATA = Path(__file__).parent / "data"
 
@@ -165,7 +165,7 @@ def run_cli(*args: str):
     """Invoke the onnxcollide CLI in-process; stdout and stderr are kept apart."""
     from click.testing import CliRunner
 
-    from onnxcollide.cli import main
+    from onnxcollide.cli.main import main
 
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 

@@ -1,4 +1,5 @@
-"""artifacts: .npz with settings, PNG strips and basis grids, atomic writes and permissions."""
+"""report.files and report.images: .npz with settings, PNG strips and basis grids, atomic
+writes and permissions."""
 
 from __future__ import annotations
 
@@ -10,15 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from onnxcollide.artifacts import (
-    basis_png,
-    image_layout,
-    save_npz,
-    strip_png,
-    write_atomically,
-    write_text,
-)
 from onnxcollide.errors import UsageError
+from onnxcollide.report.files import save_npz, write_atomically, write_text
+from onnxcollide.report.images import basis_png, image_layout, strip_png
 
 
 def leftovers(folder) -> list[str]:

@@ -13,9 +13,9 @@ from builders import well_conditioned as wellc
 from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
-from onnxcollide.audit import AuditSettings, audit_model
+from onnxcollide.audit.model import AuditSettings, audit_model
 from onnxcollide.errors import ModelLoadError, UnsupportedModelError
-from onnxcollide.spectral import ToleranceRule
+from onnxcollide.linalg.spectral import ToleranceRule
 
 mk = helper.make_node
 

@@ -30,7 +30,7 @@ from builders import (
 from builders import run_cli as run
 from onnx import helper
 
-from onnxcollide.cli import parse_input_shape
+from onnxcollide.cli.options import parse_input_shape
 from onnxcollide.errors import UsageError
 
 LENET = str(DATA / "lenet5_mnist_torch.onnx")
@@ -156,7 +156,7 @@ def test_input_shape_prefixes_hold_colons_and_are_checked():
     """A model path with a colon still works as a prefix (longest match), an input name with
     a colon (tf2onnx's 'input_1:0') stays whole, and a prefix that names no model or a file
     name that fits two models is a usage error, not an override of a strange input name."""
-    from onnxcollide.cli import shapes_per_model
+    from onnxcollide.cli.options import shapes_per_model
     from onnxcollide.errors import UsageError
 
     windows = "C:\\models\\m.onnx"
@@ -408,7 +408,7 @@ def test_interrupt_exits_130_and_writes_nothing(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("onnxcollide.cli.audit_model", interrupted)
+    monkeypatch.setattr("onnxcollide.cli.audit.audit_model", interrupted)
     out = tmp_path / "r.json"
     line = assert_one_line_error(run("audit", LENET, "-o", str(out)), 130)
     assert "interrupted" in line
@@ -418,13 +418,13 @@ def test_interrupt_exits_130_and_writes_nothing(tmp_path, monkeypatch):
 def test_interrupt_while_starting_exits_130_without_a_traceback(monkeypatch, capsys):
     """Ctrl-C while the command line imports numpy/onnx printed a traceback: the console
     script's entry catches it (one line, exit 130)."""
-    from onnxcollide import entry
+    from onnxcollide.cli import entry
 
     class Interrupted(types.ModuleType):
         def __getattr__(self, name: str):
             raise KeyboardInterrupt
 
-    monkeypatch.setitem(sys.modules, "onnxcollide.cli", Interrupted("onnxcollide.cli"))
+    monkeypatch.setitem(sys.modules, "onnxcollide.cli.main", Interrupted("onnxcollide.cli.main"))
     with pytest.raises(SystemExit) as stopped:
         entry.run()
     assert stopped.value.code == 130
@@ -456,11 +456,11 @@ def test_a_descriptor_number_in_non_ascii_digits_is_not_a_descriptor(path):
 
 
 def test_console_script_is_the_entry_that_catches_an_early_interrupt():
-    """The installed `onnxcollide` command runs onnxcollide.entry:run (which turns a Ctrl-C
+    """The installed `onnxcollide` command runs onnxcollide.cli.entry:run (which turns a Ctrl-C
     during imports into exit 130), not the CLI group directly."""
     pyproject = Path(__file__).parent.parent / "pyproject.toml"
     scripts = tomllib.loads(pyproject.read_text("utf-8"))["project"]["scripts"]
-    assert scripts == {"onnxcollide": "onnxcollide.entry:run"}
+    assert scripts == {"onnxcollide": "onnxcollide.cli.entry:run"}
 
 
 def test_a_descriptor_on_the_model_is_refused_and_claimed_ones_are_closed(tmp_path):
@@ -606,7 +606,7 @@ def test_failed_write_to_stdout_is_one_line_exit_2(tmp_path, args):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with open("/dev/full", "w") as full:
-        done = subprocess.run([sys.executable, "-m", "onnxcollide.cli",
+        done = subprocess.run([sys.executable, "-m", "onnxcollide.cli.main",
                                *[files.get(v, v) for v in args]],
                               stdout=full, stderr=subprocess.PIPE, text=True, env=env,
                               timeout=120)

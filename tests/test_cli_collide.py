@@ -1,4 +1,5 @@
-"""cli_collide: `onnxcollide collide` and `onnxcollide validate`: files, reports, exit codes."""
+"""cli.collide and cli.validate: `onnxcollide collide` and `onnxcollide validate`: files,
+reports, exit codes."""
 
 from __future__ import annotations
 
@@ -25,24 +26,6 @@ from onnx import helper
 from PIL import Image
 
 mk = helper.make_node
-
-
-def _runtime_available() -> bool:
-    try:
-        from onnxcollide.runtime import (  # noqa: F401
-            ModelRunner,
-            Tolerances,
-            validate_pair,
-            validation_dict,
-        )
-    except ImportError:
-        return False
-    return True
-
-
-needs_runtime = pytest.mark.skipif(
-    not _runtime_available(), reason="onnxcollide.runtime (ONNX Runtime validation) is missing "
-                                     "or incomplete")
 
 
 def report_of(folder: Path) -> dict:
@@ -273,7 +256,6 @@ def test_collide_input_file_with_nan_inf_or_complex_is_a_usage_error(tmp_path, c
     assert not out.exists()
 
 
-@needs_runtime
 def test_validate_negative_seed_is_a_usage_error(tmp_path):
     """validate --seed -1: exit 2 naming --seed (numpy's ValueError used to surface as an
     internal error)."""
@@ -303,7 +285,7 @@ def test_collide_out_in_a_folder_that_cannot_be_written_fails_first(tmp_path, mo
         raise AssertionError("the search ran before the output folder was checked")
 
     monkeypatch.setattr(os, "mkdir", refuse)
-    monkeypatch.setattr("onnxcollide.cli_collide.find_collisions", no_search)
+    monkeypatch.setattr("onnxcollide.cli.collide.find_collisions", no_search)
     line = assert_one_line_error(run("collide", PATCH, "--no-validate", "-o",
                                      str(ro / "out")), 2)
     assert "--out" in line and "Permission denied" in line
@@ -330,7 +312,7 @@ def test_collide_failed_write_leaves_the_previous_outputs(tmp_path, monkeypatch)
     as the previous run left it: no new .npz beside an old report, no temporary files."""
     import errno
 
-    from onnxcollide import artifacts
+    from onnxcollide.report import images
 
     out = tmp_path / "o"
     assert run("collide", PATCH, "--no-validate", "-o", str(out), "-n", "3").exit_code == 0
@@ -341,9 +323,9 @@ def test_collide_failed_write_leaves_the_previous_outputs(tmp_path, monkeypatch)
         calls.append(path)
         if len(calls) == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        artifacts.strip_png(path, *args, **kwargs)
+        images.strip_png(path, *args, **kwargs)
 
-    monkeypatch.setattr("onnxcollide.cli_collide.strip_png", failing_strip)
+    monkeypatch.setattr("onnxcollide.cli.collide.strip_png", failing_strip)
     result = run("collide", PATCH, "--no-validate", "-o", str(out), "-n", "2", "--seed", "5")
     line = assert_one_line_error(result, 2)
     assert "No space left on device" in line
@@ -414,16 +396,6 @@ def test_collide_basis_images_on_a_dense_model_writes_nothing(tmp_path):
     assert not out.exists() or os.listdir(out) == [], os.listdir(out)
 
 
-def _convop_available() -> bool:
-    try:
-        from onnxcollide import search_operator  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _convop_available(),
-                    reason="onnxcollide.convop (conv operator spectrum) is missing or incomplete")
 def test_collide_overlapping_auto_reports_without_claiming(tmp_path):
     """cnn_overlap in auto mode: exit 0; either no collision (report says why, no .npz) or
     exact collisions that really collide at W1."""
@@ -447,7 +419,6 @@ def test_collide_overlapping_auto_reports_without_claiming(tmp_path):
 # ------------------------------------------------------------------ with validation
 
 
-@needs_runtime
 def test_collide_validation_passes_for_patch_embed(tmp_path):
     """Default validation on the CPU: every exact collision passes, far better than random."""
     out = tmp_path / "o"
@@ -466,7 +437,6 @@ def test_collide_validation_passes_for_patch_embed(tmp_path):
         assert check["baseline"]["passed"] is False
 
 
-@needs_runtime
 def test_collide_float64_validation_of_the_unrounded_perturbation(tmp_path):
     """--precision float64 on mlp_dense: the float64 copy sees a W1 residual at 1e-15 level."""
     out = tmp_path / "o"
@@ -480,7 +450,6 @@ def test_collide_float64_validation_of_the_unrounded_perturbation(tmp_path):
     assert check["baseline"]["layer_residual"] > 1e-3
 
 
-@needs_runtime
 def test_collide_validation_flags_the_tiled_overlapping_case(tmp_path):
     """--mode tiled on cnn_overlap: validation fails, stderr says so; exit stays 0."""
     out = tmp_path / "o"
@@ -492,7 +461,6 @@ def test_collide_validation_flags_the_tiled_overlapping_case(tmp_path):
     assert check["collision"]["layer_residual"] > 1e-3
 
 
-@needs_runtime
 def test_collide_table_shows_the_validated_w1_residual(tmp_path):
     """The table row of a validated collision shows its W1 residual and ratio."""
     out = tmp_path / "o"
@@ -503,7 +471,6 @@ def test_collide_table_shows_the_validated_w1_residual(tmp_path):
     assert f"{residual:.3g}" in row, row
 
 
-@needs_runtime
 def test_validate_exits_0_for_a_collision_and_1_for_a_random_pair(tmp_path):
     """`validate MODEL a.npy b.npy`: 0 for a colliding pair, 1 for a random pair."""
     out = tmp_path / "o"
@@ -529,7 +496,6 @@ def test_validate_exits_0_for_a_collision_and_1_for_a_random_pair(tmp_path):
     assert "passed: no" in bad.stdout
 
 
-@needs_runtime
 def test_validate_table_flattens_nested_values(tmp_path):
     """`validate -f table` prints one readable `key: value` line per figure (nested values as
     device.used, collision.outputs[0].max_abs), never a Python dict or list."""
@@ -551,7 +517,6 @@ def test_validate_table_flattens_nested_values(tmp_path):
     assert all(": " in line for line in lines)
 
 
-@needs_runtime
 def test_validate_identical_inputs_is_a_usage_error(tmp_path):
     """A and B equal: nothing to validate: exit 2 with one line."""
     np.save(tmp_path / "a.npy", np.zeros((1, 3, 32, 32), np.float32))
@@ -568,7 +533,7 @@ def _digits_match(value: float, digits: int, exact: float) -> bool:
 def test_collide_report_prints_only_the_resolved_digits_of_tol(tmp_path):
     """The W1 tolerance in report.json is rounded to the digits its float64 SVD resolves
     (max(q, p) * eps64 relative): 13 for the MLP's 256 x 64 W1, not all 17."""
-    from onnxcollide.audit import audit_model
+    from onnxcollide.audit.model import audit_model
 
     out = tmp_path / "o"
     assert run("collide", MLP, "--no-validate", "-o", str(out)).exit_code == 0
@@ -579,8 +544,6 @@ def test_collide_report_prints_only_the_resolved_digits_of_tol(tmp_path):
     assert _digits_match(w1["tol"], 13, row.decision.tol)
 
 
-@pytest.mark.skipif(not _convop_available(),
-                    reason="onnxcollide.convop (conv operator spectrum) is missing or incomplete")
 def test_collide_operator_facts_print_resolved_digits(tmp_path):
     """The conv operator's sigma_max and tol carry the digits their Lanczos residual resolves
     (fewer than 17, at least the 6 that LANCZOS_RTOL = 1e-6 asks for), and tol in the W1 facts
@@ -616,7 +579,6 @@ def _fp16_mlp(path: Path, cast_weights: bool) -> str:
                       [init("W1", w1), init("W2", w2)])
 
 
-@needs_runtime
 def test_fp16_model_is_validated_against_float16_tolerances(tmp_path):
     """An fp16 model run as stored computes in float16: its true collisions (W1 residual a
     fraction of eps16, hundreds of times below a random perturbation's) PASS against
@@ -638,7 +600,6 @@ def test_fp16_model_is_validated_against_float16_tolerances(tmp_path):
         assert check["ratios"][0]["ratio"] > 100
 
 
-@needs_runtime
 def test_fp16_weights_cast_to_float32_keep_float32_tolerances(tmp_path):
     """fp16 weights Cast to float32 before the op: the activations are float32, so the run
     computes in float32 and the float32 tolerances apply."""
@@ -650,8 +611,6 @@ def test_fp16_weights_cast_to_float32_keep_float32_tolerances(tmp_path):
     assert runtime["tolerances"] == {"layer_rtol": 1e-5, "output_rtol": 1e-4}
 
 
-@pytest.mark.skipif(not _convop_available(),
-                    reason="onnxcollide.convop (conv operator spectrum) is missing or incomplete")
 def test_collide_atol_alone_only_adds_a_floor_to_the_operator_tolerance(tmp_path):
     """On an overlapping conv, `--atol 1e-12` (below the relative part) leaves the operator's
     tolerance as it is without it; it once switched the relative part to the whole operator's
@@ -782,15 +741,15 @@ def test_float64_on_a_quantized_model_names_the_file_exit_2(tmp_path):
 def test_collide_exit_1_only_when_a_claimed_exact_collision_fails(tmp_path, monkeypatch):
     """Exit codes as documented: an exact collision that fails validation exits 1 with a line
     that says it was claimed exact (approximate and tiled FAILs exit 0, test above)."""
-    import onnxcollide.validation as validation
+    import onnxcollide.cli.collide as collide_cli
 
-    real = validation.validate_collisions
+    real = collide_cli.validate_collisions
 
     def failing(found, *args, **kwargs):
         done, runtime = real(found, *args, **kwargs)
         return [{**d, "passed": False} for d in done], runtime
 
-    monkeypatch.setattr(validation, "validate_collisions", failing)
+    monkeypatch.setattr(collide_cli, "validate_collisions", failing)
     result = run("collide", PATCH, "-o", str(tmp_path / "o"), "--device", "cpu")
     assert result.exit_code == 1, result.stderr
     assert "claimed exact did not pass validation" in result.stderr

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from onnxcollide.inertia import schur_split
+from onnxcollide.linalg.inertia import schur_split
 
 
 def _indefinite(rng: np.random.Generator, n: int, negatives: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from builders import (
 from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
-from onnxcollide.audit import AuditSettings
+from onnxcollide.audit.model import AuditSettings
 from onnxcollide.errors import UsageError
 from onnxcollide.graph.input_path import (
     DENSE,

@@ -11,9 +11,9 @@ from builders import DATA, INT64, init, make_model, token_ids_model, value
 from onnx import helper
 from PIL import Image
 
+from onnxcollide.collide.inputs import ImageOptions, load_inputs, parse_assignments, read_inputs
 from onnxcollide.errors import ModelLoadError, UsageError
 from onnxcollide.graph.load import load_model
-from onnxcollide.inputs import ImageOptions, load_inputs, parse_assignments, read_inputs
 
 mk = helper.make_node
 MODELS = Path(__file__).parent.parent / "models"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxcollide.krylov import top_eigenpairs
+from onnxcollide.linalg.krylov import top_eigenpairs
 
 
 def symmetric_with_spectrum(rng: np.random.Generator, values: np.ndarray) -> np.ndarray:
@@ -99,7 +99,7 @@ def test_near_identity_operator_returns_every_pair_asked_for():
 def test_basis_stays_orthonormal_when_blocks_are_spanned(rng, kind, monkeypatch):
     """Spectra whose Krylov blocks fall (nearly) inside the basis: the basis stays orthonormal
     to rounding and the top eigenvalues are found."""
-    from onnxcollide import krylov
+    from onnxcollide.linalg import krylov
 
     n = 300
     if kind == "graded":

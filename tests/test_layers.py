@@ -29,9 +29,9 @@ from builders import integer_rank as irank
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from onnxcollide.audit import AuditSettings
+from onnxcollide.audit.layers import ConvConvention
+from onnxcollide.audit.model import AuditSettings
 from onnxcollide.errors import ModelLoadError, UnsupportedModelError
-from onnxcollide.layers import ConvConvention
 
 PAPER = AuditSettings(convention=ConvConvention.PAPER)
 mk = helper.make_node

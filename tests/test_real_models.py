@@ -12,9 +12,9 @@ import pytest
 from builders import DATA, REAL_MODELS, row_summary
 from onnx import numpy_helper
 
-from onnxcollide.audit import AuditSettings, ModelAudit, audit_model
-from onnxcollide.layers import ConvConvention
-from onnxcollide.spectral import decide_rank
+from onnxcollide.audit.layers import ConvConvention
+from onnxcollide.audit.model import AuditSettings, ModelAudit, audit_model
+from onnxcollide.linalg.spectral import decide_rank
 
 _CACHE: dict[tuple[str, AuditSettings], ModelAudit] = {}
 

@@ -14,13 +14,14 @@ from builders import DATA, init, make_model, value
 from builders import integer_rank as irank
 from onnx import helper
 
-from onnxcollide.audit import AuditSettings, ModelAudit, audit_model
-from onnxcollide.layers import ConvConvention
-from onnxcollide.report import Format, RenderOptions, render, renderer
+from onnxcollide.audit.layers import ConvConvention
+from onnxcollide.audit.model import AuditSettings, ModelAudit, audit_model
+from onnxcollide.linalg.spectral import ToleranceRule
 from onnxcollide.report.csv_format import LAYER_COLUMNS, SETTINGS_COLUMNS
 from onnxcollide.report.fields import LAYER_HEADERS, SUMMARY_HEADERS, digits_text, layer_cells
 from onnxcollide.report.json_format import SCHEMA_ID, SCHEMA_VERSION, report_dict
-from onnxcollide.spectral import ToleranceRule
+from onnxcollide.report.options import Format, RenderOptions
+from onnxcollide.report.render import render, renderer
 
 mk = helper.make_node
 SCHEMA_FILE = "audit-report-v1.schema.json"

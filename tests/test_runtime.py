@@ -19,15 +19,13 @@ from builders import DATA, build_model, init, integer_rank, value
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from onnxcollide import runtime
 from onnxcollide.errors import ModelLoadError, UnsupportedModelError, UsageError
-from onnxcollide.runtime import (
-    DeviceChoice,
-    ModelRunner,
+from onnxcollide.runtime import session, validate
+from onnxcollide.runtime.session import DeviceChoice, ModelRunner, resolve_device
+from onnxcollide.runtime.validate import (
     OutputComparison,
     Tolerances,
     compare_outputs,
-    resolve_device,
     validate_pair,
     validation_dict,
 )
@@ -104,7 +102,7 @@ def test_cuda_without_a_gpu_is_a_usage_error():
     with pytest.raises(UsageError, match="no CUDA execution provider") as info:
         resolve_device("cuda")
     assert info.value.exit_code == 2
-    assert "pip install onnxcollide[gpu]" in info.value.hint
+    assert "pip install 'onnxcollide[gpu]'" in info.value.hint
     assert "--device cpu" in info.value.hint
 
 
@@ -116,7 +114,7 @@ def test_unknown_device_is_a_usage_error():
 @pytest.mark.parametrize("device", ["auto", "cuda"])
 def test_cuda_provider_options_turn_tf32_off(monkeypatch, device):
     """With a CUDA provider on offer, CUDA comes first with use_tf32=0, then the CPU."""
-    monkeypatch.setattr(runtime.ort, "get_available_providers",
+    monkeypatch.setattr(session.onnxruntime_module(), "get_available_providers",
                         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     choice = resolve_device(device)
     assert choice.used == "cuda" and choice.notice is None
@@ -146,13 +144,13 @@ def test_a_session_that_left_cuda_is_caught():
     """cuda: the silent fallback to the CPU is an error; auto: it becomes a notice."""
     cpu_only = FakeSession(["CPUExecutionProvider"])
     with pytest.raises(UsageError, match="did not start"):
-        runtime._checked_device(cpu_only, cuda_choice("cuda"), "m.onnx")
-    auto = runtime._checked_device(cpu_only, cuda_choice("auto"), "m.onnx")
+        session._checked_device(cpu_only, cuda_choice("cuda"), "m.onnx")
+    auto = session._checked_device(cpu_only, cuda_choice("auto"), "m.onnx")
     assert auto.used == "cpu" and "did not start" in (auto.notice or "")
     both = FakeSession(["CUDAExecutionProvider", "CPUExecutionProvider"])
-    assert runtime._checked_device(both, cuda_choice("cuda"), "m.onnx").used == "cuda"
+    assert session._checked_device(both, cuda_choice("cuda"), "m.onnx").used == "cuda"
     with pytest.raises(UsageError, match="use_tf32=1"):
-        runtime._checked_device(FakeSession(both.providers, tf32="1"), cuda_choice("cuda"), "m")
+        session._checked_device(FakeSession(both.providers, tf32="1"), cuda_choice("cuda"), "m")
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason=NO_CUDA)
@@ -473,7 +471,7 @@ def test_validation_dict_is_strict_json_in_a_fixed_order(dense, rng):
 
 def test_non_finite_figures_become_null():
     comparison = OutputComparison("y", float("nan"), float("inf"), None, None)
-    assert runtime._output_dict(comparison) == {"name": "y", "max_abs": None, "max_rel": None,
+    assert validate._output_dict(comparison) == {"name": "y", "max_abs": None, "max_rel": None,
                                                 "argmax_agree": None, "top5_agree": None}
 
 
@@ -568,7 +566,7 @@ def test_ultraface_float64_matches_float32(rng):
 def test_run_cache_reuses_outputs_of_repeated_feeds_only():
     """The runner reuses outputs for byte-identical feeds (the original of every pair) and
     recomputes for any change, however small; the cache holds at most RUN_CACHE_SIZE feeds."""
-    from onnxcollide.runtime import RUN_CACHE_SIZE, ModelRunner
+    from onnxcollide.runtime.session import RUN_CACHE_SIZE, ModelRunner
 
     path = str(Path(__file__).parent.parent / "models" / "mlp_dense.onnx")
     runner = ModelRunner(path, device="cpu")
@@ -589,9 +587,10 @@ def test_run_cache_reuses_outputs_of_repeated_feeds_only():
 def test_commands_leave_the_cached_model_proto_untouched(tmp_path):
     """load_model caches the parsed model per file; the search, the float64 copy and the extra
     outputs must all work on copies, so the cached proto stays byte-identical."""
+    from onnxcollide.collide.results import SearchSettings
+    from onnxcollide.collide.search import find_collisions
     from onnxcollide.graph.load import load_model
-    from onnxcollide.runtime import ModelRunner
-    from onnxcollide.search import SearchSettings, find_collisions
+    from onnxcollide.runtime.session import ModelRunner
 
     path = str(Path(__file__).parent.parent / "models" / "patch_embed.onnx")
     before = load_model(path).proto.SerializeToString()
@@ -655,4 +654,4 @@ def test_float16_inside_a_subgraph_counts(tmp_path):
         [value("cond", [], TensorProto.BOOL), value("x", [1, 4])], [value("y", [1, 4])])
     runner = ModelRunner(save(model, tmp_path / "if16.onnx"), device="cpu")
     assert runner.computed_in == "float16"
-    assert runtime.compute_type(["float", "double"]) == "float32"
+    assert session.compute_type(["float", "double"]) == "float32"

@@ -27,35 +27,17 @@ from builders import (
 )
 from onnx import helper, numpy_helper
 
+from onnxcollide.collide.results import CollisionSet, SearchSettings
+from onnxcollide.collide.search import find_collisions, first_layer_kernel, w1_output_name
 from onnxcollide.errors import UnsupportedModelError, UsageError
 from onnxcollide.graph.input_path import DENSE, OVERLAPPING, PATCHIFY
-from onnxcollide.search import (
-    CollisionSet,
-    SearchSettings,
-    find_collisions,
-    first_layer_kernel,
-    w1_output_name,
-)
-from onnxcollide.spectral import ToleranceRule
+from onnxcollide.linalg.spectral import ToleranceRule
 
 mk = helper.make_node
 LENET_QDQ = str(DATA / "lenet5_mnist_qdq.onnx")
 
 EXACT_RESIDUAL = 1e-5  # float32 rounding level for these small layers (measured ~4e-7)
 EXACT_RATIO = 1e3  # random baseline residual / collision residual
-
-
-def _convop_available() -> bool:
-    try:
-        from onnxcollide import search_operator  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_convop = pytest.mark.skipif(
-    not _convop_available(),
-    reason="onnxcollide.convop (conv operator spectrum) is missing or incomplete")
 
 
 # ------------------------------------------------------------------ independent check
@@ -438,7 +420,6 @@ def test_mtcnn_channels_last_overlapping_class_and_tiled_mode():
     assert found.operator is None
 
 
-@needs_convop
 def test_mtcnn_auto_mode_uses_the_conv_operator():
     """mtcnn_pnet in auto mode: the conv operator decides; exact only if it really collides."""
     x = image(19, (1, 12, 12, 3))
@@ -642,7 +623,6 @@ def test_tiled_mode_repeats_the_per_patch_vector_entries():
         assert gap.max() < 1e-5
 
 
-@needs_convop
 def test_overlapping_auto_never_claims_exact_without_the_operator():
     """cnn_overlap, auto: exact only where the operator's sigma <= tol; else no collision."""
     x = image(30, (1, 3, 32, 32))
@@ -662,7 +642,6 @@ def test_overlapping_auto_never_claims_exact_without_the_operator():
         assert any("approximate" in note for note in found.notes)
 
 
-@needs_convop
 def test_overlapping_approximate_mode_gives_one_inexact_collision():
     """cnn_overlap, mode approximate: one colliding input, exact False, better than random."""
     x = image(31, (1, 3, 32, 32))
@@ -678,7 +657,6 @@ def test_overlapping_approximate_mode_gives_one_inexact_collision():
     assert res < base, (res, base)
 
 
-@needs_convop
 def test_overlapping_region_is_refused():
     """A region cannot be combined with the whole-operator analysis of an overlapping conv."""
     with pytest.raises(UsageError, match="region"):
@@ -740,7 +718,6 @@ def conv_transpose_model(tmp_path: Path, shape: list[int], kernel: int = 3,
                       [init("W", weight.astype(np.float32))], check=False)
 
 
-@needs_convop
 def test_overlapping_conv_transpose_uses_the_whole_operator(tmp_path):
     """The review's convT_s1: 6 -> 1, k3 s1 on 5x5 maps R^150 -> R^49. The per-position
     W (6 x 9) has rank 6 (trivial kernel), but the operator has a 101-dim null space: the
@@ -754,12 +731,12 @@ def test_overlapping_conv_transpose_uses_the_whole_operator(tmp_path):
     assert_exact(found)
 
 
-@needs_convop
 def test_conv_transpose_too_large_never_claims_no_collision(tmp_path, monkeypatch):
     """Where the whole ConvTranspose is too large for the dense analysis and the per-position
     kernel is trivial, the error says collisions may exist (at least n_in - n_out of them),
     never that none exists."""
-    from onnxcollide import convop, search
+    from onnxcollide.collide import search
+    from onnxcollide.linalg import conv_operator as convop
 
     monkeypatch.setattr(convop, "TRANSPOSED_DENSE_MAX_DIM", 10)
     monkeypatch.setattr(search, "TRANSPOSED_DENSE_MAX_DIM", 10)
@@ -774,7 +751,7 @@ def test_conv_transpose_too_large_never_claims_no_collision(tmp_path, monkeypatc
 def test_conv_transpose_spectrum_matches_a_dense_svd():
     """convop.transposed_smallest_singular: the ConvTranspose is the adjoint of the conv, so
     its singular values and null dimension are those of conv_matrix(spec)^T."""
-    from onnxcollide.convop import ConvSpec, conv_matrix, transposed_smallest_singular
+    from onnxcollide.linalg.conv_operator import ConvSpec, conv_matrix, transposed_smallest_singular
 
     weight = np.random.default_rng(43).standard_normal((6, 2, 3, 3))
     spec = ConvSpec(weight=weight, strides=(2, 2), dilations=(1, 1), pads=(1, 1, 1, 1),

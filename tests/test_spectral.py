@@ -7,8 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from onnxcollide import spectral
-from onnxcollide.spectral import EPS_OF, RankDecision, ToleranceRule, decide_rank, gram_matrix
+from onnxcollide.linalg import spectral
+from onnxcollide.linalg.spectral import (
+    EPS_OF,
+    RankDecision,
+    ToleranceRule,
+    decide_rank,
+    gram_matrix,
+)
 
 EPS32 = 2.0**-23
 EPS16 = 2.0**-10
@@ -518,7 +524,7 @@ def test_float16_blocks_are_decided_in_float64(rng):
 def test_deflation_declines_when_nothing_is_below_tol(rng):
     """A Gram block whose eigenvalues all clear tol^2 is not 'deflated' (None, no crash):
     the caller then decides it by a full eigh."""
-    from onnxcollide import spectral
+    from onnxcollide.linalg import spectral
 
     w = rng.standard_normal((400, 300))
     gram = spectral.gram_matrix(w)
@@ -541,7 +547,7 @@ def test_hadamard_with_dead_units():
 def test_sigma_max_falls_back_to_dense_when_lanczos_stalls(rng, monkeypatch):
     """With Lanczos allowed a single restart, sigma_max comes from all eigenvalues instead and
     is still exact."""
-    from onnxcollide import spectral
+    from onnxcollide.linalg import spectral
 
     monkeypatch.setattr(spectral, "SIGMA_MAX_RESTARTS", 1)
     u = np.linalg.qr(rng.standard_normal((600, 400)))[0]
@@ -675,7 +681,7 @@ def test_deflated_report_is_schema_valid(tmp_path, rng, monkeypatch, method):
     from builders import init, make_model, value
     from onnx.helper import make_node as mk
 
-    from onnxcollide.audit import audit_model
+    from onnxcollide.audit.model import audit_model
     from onnxcollide.report.json_format import report_dict
 
     sigmas = np.linspace(1.0, 2.0, 300)

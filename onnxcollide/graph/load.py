@@ -17,6 +17,8 @@ from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, helper, num
 from onnxcollide.errors import ModelLoadError
 from onnxcollide.graph.tensors import is_external, sparse_to_array
 
+ONNX_VERSION: str = onnx.__version__  # reports record it (only graph/ imports onnx)
+
 
 @dataclass(frozen=True)
 class LoadedModel:

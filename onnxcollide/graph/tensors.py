@@ -29,6 +29,16 @@ def dtype_name(elem_type: int) -> str:
     return str(TensorProto.DataType.Name(elem_type)).lower()
 
 
+def array_dtype_name(dtype: np.dtype) -> str:
+    """The ONNX name of a numpy dtype's element type (``float``, ``float16``, ...)."""
+    return dtype_name(int(onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))))
+
+
+def numpy_dtype(elem_type: int) -> np.dtype:
+    """The numpy dtype of an ONNX element type."""
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+
+
 def is_external(tensor: TensorProto) -> bool:
     """Tell whether the tensor's bytes live in an external data file."""
     return tensor.HasField("data_location") and tensor.data_location == TensorProto.EXTERNAL

@@ -14,9 +14,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from onnxcollide.collide.results import CollisionSet
+from onnxcollide.linalg.spectral import resolved
 from onnxcollide.report.json_format import versions
-from onnxcollide.search import CollisionSet
-from onnxcollide.spectral import resolved
+from onnxcollide.runtime.validate import verdict_word
 
 COLLIDE_SCHEMA_VERSION = 1
 
@@ -89,13 +90,6 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}g}"
     return str(value)
-
-
-def verdict_word(validation: dict[str, Any]) -> str:
-    """PASS, FAIL or INCONCLUSIVE for one ``runtime.validation_dict``."""
-    if validation["passed"]:
-        return "PASS"
-    return "FAIL" if validation["conclusive"] else "INCONCLUSIVE"
 
 
 def _precision(runtime: dict[str, Any]) -> str:

@@ -6,8 +6,7 @@ import csv
 import io
 from collections.abc import Sequence
 
-from onnxcollide.audit import LayerRow, ModelAudit
-from onnxcollide.report import RenderOptions
+from onnxcollide.audit.model import LayerRow, ModelAudit
 from onnxcollide.report.fields import (
     check_verdict,
     digits_text,
@@ -16,6 +15,7 @@ from onnxcollide.report.fields import (
     summary_table,
 )
 from onnxcollide.report.json_format import layer_dict, settings_dict
+from onnxcollide.report.options import RenderOptions
 
 LAYER_COLUMNS = ("index", "nodes", "op", "weight", "q", "p", "groups", "rank", "nullity", "nu",
                  "mu", "compute_dtype", "eps", "sigma_max", "tol", "smallest_kept",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from onnxcollide.audit import FirstLayer, LayerRow, ModelAudit
+from onnxcollide.audit.model import FirstLayer, LayerRow, ModelAudit
 from onnxcollide.graph.input_path import MAX_COUNTED_ELEMENTS, NOT_APPLICABLE
 
 

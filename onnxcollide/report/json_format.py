@@ -11,9 +11,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from onnxcollide.audit import CLEAR_MARGIN, FirstLayer, LayerRow, ModelAudit
-from onnxcollide.report import RenderOptions
-from onnxcollide.spectral import GRAM_TRUST, SVD_MAX_DIM
+from onnxcollide.audit.model import CLEAR_MARGIN, FirstLayer, LayerRow, ModelAudit
+from onnxcollide.linalg.spectral import GRAM_TRUST, SVD_MAX_DIM
+from onnxcollide.report.options import RenderOptions
 
 SCHEMA_ID = "https://onnxcollide.dev/schemas/audit-report-v1.schema.json"
 SCHEMA_VERSION = 1
@@ -26,12 +26,12 @@ def _num(value: float | None) -> float | None:
 def versions() -> dict[str, str]:
     """Versions of onnxcollide and the libraries whose numerics decide the results."""
     import numpy
-    import onnx
     import scipy
 
-    from onnxcollide import __version__
+    from onnxcollide._version import __version__
+    from onnxcollide.graph.load import ONNX_VERSION
 
-    return {"onnxcollide": __version__, "onnx": onnx.__version__, "numpy": numpy.__version__,
+    return {"onnxcollide": __version__, "onnx": ONNX_VERSION, "numpy": numpy.__version__,
             "scipy": scipy.__version__}
 
 

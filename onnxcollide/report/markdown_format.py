@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from onnxcollide.audit import ModelAudit
-from onnxcollide.report import RenderOptions
+from onnxcollide.audit.model import ModelAudit
 from onnxcollide.report.fields import (
     LAYER_HEADERS,
     first_layer_lines,
@@ -15,6 +14,7 @@ from onnxcollide.report.fields import (
     summary_table,
 )
 from onnxcollide.report.json_format import settings_dict
+from onnxcollide.report.options import RenderOptions
 
 
 def _one_line(text: str) -> str:

@@ -9,8 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from onnxcollide.audit import ModelAudit
-from onnxcollide.report import RenderOptions
+from onnxcollide.audit.model import ModelAudit
 from onnxcollide.report.fields import (
     LAYER_HEADERS,
     first_layer_lines,
@@ -20,6 +19,7 @@ from onnxcollide.report.fields import (
     summary_table,
 )
 from onnxcollide.report.json_format import settings_dict
+from onnxcollide.report.options import RenderOptions
 
 _NUMERIC = {"#", "q", "p", "groups", "rank", "nullity", "sigma_max", "tol", "margin", "n", "nu",
             "nu/n", "mu", "mu/n", "sum nullity", "nullity(W1)", "skipped", "unclear"}

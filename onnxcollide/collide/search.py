@@ -8,7 +8,7 @@ built depends on W1's class (DESIGN.md):
   position). A unit reads positions S of W1's input (in bounds, not padding, inside the
   region); its perturbation is a vector of ker(W_S^T), W_S the rows of W for S. Units never
   share a position, so every colliding input is an exact collision of W1.
-- overlapping: the whole conv operator at the real input size decides (onnxcollide.convop):
+- overlapping: the whole conv operator at the real input size decides (linalg.conv_operator):
   exact directions where its smallest singular values are at or below tol, otherwise the
   strongest approximate collision on request. ``mode="tiled"`` reproduces the paper's tiling of
   a per-patch kernel vector, which is not a collision; validation reports how far off it is.
@@ -16,245 +16,26 @@ built depends on W1's class (DESIGN.md):
 
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 
-from onnxcollide.convop import TRANSPOSED_DENSE_MAX_DIM
+from onnxcollide.collide.context import SearchContext, build_context, check_weights
+from onnxcollide.collide.perturb import check_start, in_range, make_collision
+from onnxcollide.collide.results import MODES, CollisionSet, SearchSettings
 from onnxcollide.errors import OnnxCollideError, UnsupportedModelError, UsageError
-from onnxcollide.graph.constants import ConstantResolver, Scope
 from onnxcollide.graph.input_path import (
     DENSE,
-    NOT_APPLICABLE,
     OVERLAPPING,
-    FirstLayerPath,
     input_read_counts,
-    trace_input,
 )
 from onnxcollide.graph.linear_ops import ConvGeometry, LinearSite, conv_geometry, find_linear_ops
-from onnxcollide.graph.load import LoadedModel, load_model
+from onnxcollide.graph.load import load_model
 from onnxcollide.graph.path_map import pull_delta, pull_positions
-from onnxcollide.graph.shapes import TensorInfo, infer_shapes, is_float_input, model_inputs
-from onnxcollide.graph.tensors import is_external, tensor_to_array
-from onnxcollide.layers import ConvConvention, LinearLayer, build_layer
-from onnxcollide.spectral import EPS_OF, KernelSpace, ToleranceRule, kernel_space
-
-MODES = ("auto", "approximate", "tiled")
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """Everything that decides which colliding inputs are made.
-
-    Attributes:
-        count: number of colliding inputs.
-        beta: scale of each unit's unit-norm kernel vector.
-        basis: kernel basis indices, cycled over colliding inputs (every unit uses the same
-            index, as in the paper's Figure 1); empty for seeded random combinations.
-        seed: seeds every random draw (colliding input k uses ``default_rng([seed, k])``).
-        region: numpy-style slice over the input's per-sample dims (e.g. ``":,8:24,8:24"``);
-            only elements inside change.
-        valid_range: (lo, hi): beta is bounded so every element stays inside, never clipped.
-        mode: ``auto`` (exact where the math allows), ``approximate`` (for an overlapping conv
-            without an exact collision: the strongest approximate one), ``tiled`` (the paper's
-            repetition of a per-patch kernel vector).
-        input_name: the float input to perturb (default: the one that reaches W1).
-        rule: rank tolerance rule (as in the audit).
-    """
-
-    count: int = 1
-    beta: float = 1.0
-    basis: tuple[int, ...] = ()
-    seed: int = 0
-    region: str | None = None
-    valid_range: tuple[float, float] | None = None
-    mode: str = "auto"
-    input_name: str | None = None
-    rule: ToleranceRule = field(default_factory=ToleranceRule)
-
-
-@dataclass(frozen=True)
-class Collision:
-    """One colliding input.
-
-    Attributes:
-        index: 0-based number of this colliding input.
-        beta: the largest scale used over units (after bounding by the valid range).
-        beta_min: the smallest scale used over units (equal to beta without --range).
-        requested_beta: the scale asked for.
-        delta: perturbation of the model input as realised in the input's dtype, float64
-            (``value - x``; rounding to the dtype makes it differ from ``exact_delta``).
-        exact_delta: the perturbation before rounding, float64 (for float64 validation).
-        value: the colliding input, ``x + delta`` in the input's dtype.
-        basis: the kernel basis index used, or None for random combinations.
-    """
-
-    index: int
-    beta: float
-    beta_min: float
-    requested_beta: float
-    delta: np.ndarray
-    exact_delta: np.ndarray
-    value: np.ndarray
-    basis: int | None
-
-
-@dataclass(frozen=True)
-class CollisionSet:
-    """The search's result: colliding inputs and what they rest on.
-
-    Attributes:
-        model: model path.
-        input_name: the perturbed graph input.
-        feeds: the original value of every graph input.
-        w1_node: W1's node label; ``w1_output``: its output tensor (for validation).
-        exactness: W1's class on this input shape.
-        method: how directions were made, in words.
-        exact: True when the colliding inputs collide exactly at W1 in exact arithmetic.
-        units: number of units (rows, windows, positions) that were perturbed.
-        kernel_dims: (smallest, largest) kernel dimension over perturbed units.
-        tol: the rank tolerance of W1; ``tol_error`` its estimated error (reports print the
-            digits it resolves).
-        collisions: the colliding inputs.
-        operator: conv-operator facts for an overlapping W1 (sigmas, relative, exact), or None.
-        notes: anything the user should know (bounded beta, skipped units).
-        settings: the settings used.
-    """
-
-    model: str
-    input_name: str
-    feeds: dict[str, np.ndarray]
-    w1_node: str
-    w1_output: str
-    exactness: str
-    method: str
-    exact: bool
-    units: int
-    kernel_dims: tuple[int, int]
-    tol: float
-    collisions: tuple[Collision, ...]
-    operator: dict[str, Any] | None
-    notes: tuple[str, ...]
-    settings: SearchSettings
-    tol_error: float = 0.0
-
+from onnxcollide.linalg.conv_operator import TRANSPOSED_DENSE_MAX_DIM
+from onnxcollide.linalg.spectral import EPS_OF, KernelSpace, ToleranceRule, kernel_space
 
 # ------------------------------------------------------------------ model context
-
-
-@dataclass(frozen=True)
-class _Context:
-    model: LoadedModel
-    infos: dict[str, TensorInfo]
-    shapes: dict[str, tuple[int, ...]]
-    route: FirstLayerPath
-    site: LinearSite
-    layer: LinearLayer
-    resolver: ConstantResolver
-
-
-def _exact_shapes(infos: dict[str, TensorInfo]) -> dict[str, tuple[int, ...]]:
-    shapes: dict[str, tuple[int, ...]] = {}
-    for name, info in infos.items():
-        dims = info.shape
-        if dims is not None and all(d is not None for d in dims):
-            shapes[name] = tuple(int(d) for d in dims if d is not None)
-    return shapes
-
-
-def _choose_route(model: LoadedModel, infos: dict[str, TensorInfo], sites: list[LinearSite],
-                  resolver: ConstantResolver, wanted: str | None) -> FirstLayerPath:
-    nodes = list(model.proto.graph.node)
-    main = {s.topo_index: s for s in sites if s.scope == "main"}
-    inputs = [i for i in model_inputs(model) if wanted is None or i.name == wanted]
-    if wanted is not None and not inputs:
-        raise UsageError(f"the model has no input '{wanted}'", model.path)
-    try:
-        routes = [trace_input(i.name, nodes, main, infos, resolver, model.opset)
-                  for i in inputs]
-    except OnnxCollideError as exc:
-        raise exc.in_file(model.path) from exc
-    if wanted is not None and routes[0].site is None:
-        others = [r.input for r in (trace_input(i.name, nodes, main, infos, resolver,
-                                                model.opset) for i in model_inputs(model))
-                  if r.site is not None]
-        raise UsageError(f"--input-name '{wanted}': that input reaches no linear op with a "
-                         "constant weight", model.path,
-                         f"use {' or '.join(repr(o) for o in others)}" if others else "")
-    for route in routes:
-        if route.site is not None and (wanted or is_float_input(
-                next(i for i in inputs if i.name == route.input))):
-            return route
-    reached = next((r for r in routes if r.site is not None), None)
-    if reached is not None:
-        raise UnsupportedModelError(f"the Null-space search does not apply: {reached.reason}",
-                                    model.path)
-    raise UnsupportedModelError("no input reaches a linear op with a constant weight",
-                                model.path, "the Null-space search needs a continuous input")
-
-
-FINITE_CHUNK = 1 << 22  # elements of a weight checked for NaN/Inf at once
-# Model files (absolute path, SHA-256) whose weights passed check_weights in this process: one
-# command asks several times (collide: before loading inputs and in the search; validate).
-_CHECKED_MODELS: set[tuple[str, str]] = set()
-
-
-def check_weights(model: LoadedModel, sites: list[LinearSite]) -> None:
-    """Every external data tensor is readable and every linear weight finite, as the audit
-    requires (before any shape advice: a missing data file leaves shapes unknown). Each
-    weight is read once per model file and process; a failure is raised every time.
-
-    Raises:
-        ModelLoadError: an external data file is missing, truncated or outside the folder.
-        UnsupportedModelError: a linear weight holds NaN or Inf (names node and weight).
-    """
-    key = (os.path.abspath(model.path), model.sha256)
-    if key in _CHECKED_MODELS:
-        return
-    _check_weights(model, sites)
-    _CHECKED_MODELS.add(key)
-
-
-def _check_weights(model: LoadedModel, sites: list[LinearSite]) -> None:
-    for tensor in model.proto.graph.initializer:
-        if is_external(tensor):
-            try:
-                tensor_to_array(tensor, model.base_dir)
-            except OnnxCollideError as exc:
-                raise exc.in_file(model.path) from exc
-    for site in sites:
-        weight = np.asarray(site.resolver.value(site.weight_name)).reshape(-1)
-        if weight.dtype.kind not in "fc":
-            continue
-        for lo in range(0, weight.size, FINITE_CHUNK):
-            if not np.all(np.isfinite(weight[lo:lo + FINITE_CHUNK])):
-                raise UnsupportedModelError(
-                    "weight contains NaN or Inf",
-                    f"{model.path}, node '{site.label}' ({site.op_type}), weight "
-                    f"'{site.weight_name}'", "the model's weights are corrupt")
-
-
-def _context(path: str, feeds: dict[str, np.ndarray], settings: SearchSettings) -> _Context:
-    model = load_model(path)
-    sites, _ = find_linear_ops(model)
-    check_weights(model, sites)
-    known = {i.name for i in model_inputs(model)}
-    missing = sorted(known - set(feeds))
-    if missing:
-        raise UsageError(f"no value for input(s) {', '.join(missing)}", path,
-                         "give each input a value or a shape")
-    infos = infer_shapes(model, {n: tuple(v.shape) for n, v in feeds.items() if n in known})
-    scope = Scope.of_graph(model.proto.graph, "main", None)
-    resolver = ConstantResolver(scope, model.base_dir, list(model.proto.opset_import))
-    route = _choose_route(model, infos, sites, resolver, settings.input_name)
-    if route.exactness == NOT_APPLICABLE or route.site is None:
-        raise UnsupportedModelError(f"the Null-space search does not apply: {route.reason}",
-                                    path)
-    layer = build_layer(route.site, infos, ConvConvention.GROUPED)
-    return _Context(model, infos, _exact_shapes(infos), route, route.site, layer, resolver)
 
 
 # ------------------------------------------------------------------ units
@@ -335,7 +116,7 @@ def _region_mask(region: str | None, input_shape: tuple[int, ...]) -> np.ndarray
     return mask
 
 
-def _data_mask(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
+def _data_mask(ctx: SearchContext, x: np.ndarray, data_shape: tuple[int, ...],
                settings: SearchSettings) -> np.ndarray:
     """Which W1 data-input elements may change (flat bool mask).
 
@@ -407,127 +188,6 @@ def _unit_direction(units: np.ndarray, allowed: np.ndarray, kernels: _UnitKernel
     return delta, used, (min(dims), max(dims)) if dims else (0, 0)
 
 
-def _element_limits(x: np.ndarray, step: np.ndarray,
-                    valid_range: tuple[float, float]) -> np.ndarray:
-    """Per element, the largest t >= 0 with lo <= x + t * step <= hi (inf where step is 0)."""
-    lo, hi = valid_range
-    x64 = x.astype(np.float64)
-    limits = np.full(x.shape, np.inf)
-    up, down = step > 0, step < 0
-    limits[up] = (hi - x64[up]) / step[up]
-    limits[down] = (x64[down] - lo) / -step[down]
-    return limits
-
-
-def _unit_betas(x: np.ndarray, unit_delta: np.ndarray, unit_of: np.ndarray | None,
-                settings: SearchSettings) -> np.ndarray:
-    """Per input element, the beta of the unit it belongs to (bounded by the valid range).
-
-    Each unit gets the largest |beta_u| <= |beta| that keeps its own elements inside the range
-    (the paper's individual multipliers beta_i); without units, one beta for the whole input.
-    """
-    beta = settings.beta
-    if settings.valid_range is None:
-        return np.full(x.shape, beta)
-    sign = math.copysign(1.0, beta)
-    limits = _element_limits(x, unit_delta * sign, settings.valid_range)
-    if unit_of is None:
-        return np.full(x.shape, sign * min(abs(beta), float(limits.min())))
-    owners = unit_of.reshape(-1)
-    per_unit = np.full(int(owners.max(initial=-1)) + 1, abs(beta))
-    has = owners >= 0
-    np.minimum.at(per_unit, owners[has], limits.reshape(-1)[has])
-    out = np.full(x.size, sign * abs(beta))
-    out[has] = sign * per_unit[owners[has]]
-    return out.reshape(x.shape)
-
-
-def _in_range(value: np.ndarray, valid_range: tuple[float, float] | None) -> bool:
-    return valid_range is None or bool(
-        np.all(value >= valid_range[0]) and np.all(value <= valid_range[1]))
-
-
-def _moved(x: np.ndarray, betas: np.ndarray, unit_delta: np.ndarray, k: int,
-           beta: float) -> np.ndarray:
-    """``x + betas * unit_delta`` in x's dtype.
-
-    Raises:
-        UsageError: the result overflows the dtype (beta far too large).
-    """
-    with np.errstate(over="ignore", invalid="ignore"):
-        value = (x.astype(np.float64) + betas * unit_delta).astype(x.dtype)
-    if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
-        raise UsageError(f"beta {beta:g} makes colliding input {k} overflow {x.dtype}",
-                         hint="use a smaller --beta")
-    return value
-
-
-def _unchanged_error(k: int, x: np.ndarray, betas: np.ndarray,
-                     settings: SearchSettings) -> UsageError:
-    """Why colliding input ``k`` came out equal to the input: --range bounded every unit's
-    beta to 0, or beta is too small to change any element in the input's dtype."""
-    if settings.valid_range is not None and not np.any(betas):
-        return UsageError(f"colliding input {k} equals the input: every unit's beta was "
-                          "bounded to 0 by --range",
-                          hint="widen the range or move the input inside it")
-    if settings.beta == 0:
-        return UsageError(f"colliding input {k} equals the input: beta is 0",
-                          hint="use a non-zero --beta")
-    return UsageError(f"colliding input {k} equals the input: beta {settings.beta:g} is too "
-                      f"small to change any element of the {x.dtype} input",
-                      hint="use a larger --beta")
-
-
-def _make_collision(k: int, x: np.ndarray, unit_delta: np.ndarray, unit_of: np.ndarray | None,
-                    settings: SearchSettings, basis: int | None) -> tuple[Collision, str | None]:
-    betas = _unit_betas(x, unit_delta, unit_of, settings)
-    moved = unit_delta != 0
-    value = _moved(x, betas, unit_delta, k, settings.beta)
-    for _ in range(60):  # rounding to the input dtype may cross a bound by one ulp
-        if _in_range(value, settings.valid_range):
-            break
-        betas = betas * (1.0 - 2.0 ** -20)
-        value = _moved(x, betas, unit_delta, k, settings.beta)
-    if not _in_range(value, settings.valid_range):
-        raise UnsupportedModelError(f"colliding input {k} cannot be kept inside the range "
-                                    "after rounding to the input dtype")
-    if not np.any(value != x):
-        raise _unchanged_error(k, x, betas[moved], settings)
-    used = np.abs(betas[moved]) if moved.any() else np.array([abs(settings.beta)])
-    note = None
-    if settings.valid_range and float(used.min()) < abs(settings.beta):
-        lo, hi = settings.valid_range
-        note = (f"colliding input {k}: beta {settings.beta:g} bounded per unit to "
-                f"[{used.min():.4g}, {used.max():.4g}] to stay inside [{lo:g}, {hi:g}]")
-    delta = value.astype(np.float64) - x.astype(np.float64)
-    sign = math.copysign(1.0, settings.beta)
-    return Collision(k, sign * float(used.max()), sign * float(used.min()), settings.beta,
-                     delta, betas * unit_delta, value, basis), note
-
-
-def _check_start(x: np.ndarray, name: str, settings: SearchSettings, path: str) -> None:
-    """beta and the input to perturb must be finite, and --range must fit its dtype.
-
-    Raises:
-        UsageError: a NaN or infinite beta or input value (no perturbation could be
-            measured), or a range bound beyond the largest value of the input's float dtype.
-    """
-    if not math.isfinite(settings.beta):
-        raise UsageError(f"beta {settings.beta} is not a finite number",
-                         hint="give a finite --beta")
-    if x.dtype.kind != "f":
-        return
-    if not np.all(np.isfinite(x)):
-        raise UsageError(f"the input '{name}' holds NaN or infinite values", path,
-                         "give an input with finite values")
-    if settings.valid_range is not None:
-        largest = float(np.finfo(x.dtype).max)
-        if max(abs(settings.valid_range[0]), abs(settings.valid_range[1])) > largest:
-            raise UsageError(f"--range {settings.valid_range[0]:g},"
-                             f"{settings.valid_range[1]:g} goes beyond the range of {x.dtype}",
-                             path, f"give bounds within +-{largest:g}")
-
-
 def find_collisions(path: str, feeds: dict[str, np.ndarray],
                     settings: SearchSettings | None = None) -> CollisionSet:
     """Make ``settings.count`` inputs that collide with ``feeds`` at W1 (Null-space search).
@@ -545,10 +205,10 @@ def find_collisions(path: str, feeds: dict[str, np.ndarray],
     settings = settings or SearchSettings()
     if settings.mode not in MODES:
         raise UsageError(f"unknown mode '{settings.mode}'", hint=f"use one of {MODES}")
-    ctx = _context(path, feeds, settings)
+    ctx = build_context(path, feeds, settings)
     x = np.asarray(feeds[ctx.route.input])
-    _check_start(x, ctx.route.input, settings, path)
-    if settings.valid_range and not _in_range(x, settings.valid_range):
+    check_start(x, ctx.route.input, settings, path)
+    if settings.valid_range and not in_range(x, settings.valid_range):
         raise UsageError(f"the input '{ctx.route.input}' is not inside --range "
                          f"{settings.valid_range[0]:g},{settings.valid_range[1]:g}", path,
                          "rescale the input or widen the range")
@@ -558,7 +218,7 @@ def find_collisions(path: str, feeds: dict[str, np.ndarray],
                                     "unknown", path, "pass --input-shape")
     found = None
     if ctx.route.exactness == OVERLAPPING and settings.mode != "tiled":
-        from onnxcollide.search_operator import overlapping_collisions
+        from onnxcollide.collide.operator_search import overlapping_collisions
 
         found = overlapping_collisions(ctx, x, data_shape, settings)
     if found is None:  # patchify, dense, tiled, or a ConvTranspose too large to analyse whole
@@ -566,7 +226,7 @@ def find_collisions(path: str, feeds: dict[str, np.ndarray],
     return replace(found, feeds=dict(feeds))
 
 
-def _units_for(ctx: _Context, data_shape: tuple[int, ...]) -> tuple[np.ndarray, str]:
+def _units_for(ctx: SearchContext, data_shape: tuple[int, ...]) -> tuple[np.ndarray, str]:
     if ctx.route.exactness == DENSE:
         return _dense_units(ctx.site, data_shape, ctx.layer.q), "kernel of W1 per input vector"
     geometry = conv_geometry(ctx.site, ctx.site.weight_shape())
@@ -575,7 +235,7 @@ def _units_for(ctx: _Context, data_shape: tuple[int, ...]) -> tuple[np.ndarray, 
     return _window_units(geometry, data_shape), "kernel of W1 per conv window"
 
 
-def _unit_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
+def _unit_collisions(ctx: SearchContext, x: np.ndarray, data_shape: tuple[int, ...],
                      settings: SearchSettings) -> CollisionSet:
     if ctx.layer.groups > 1 and ctx.layer.op in ("MatMul", "QLinearMatMul", "MatMulInteger"):
         raise UnsupportedModelError("W1 is a stack of matrices applied block by block",
@@ -617,7 +277,7 @@ def _unit_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
         unit_delta = pull_delta(ctx.route.nodes, ctx.route.input, flat.reshape(data_shape),
                                 ctx.shapes, ctx.resolver, ctx.model.opset)
         unit_of = None if tiled else _owners_at_input(ctx, owner, data_shape)
-        collision, note = _make_collision(k, x, unit_delta, unit_of, settings, basis)
+        collision, note = make_collision(k, x, unit_delta, unit_of, settings, basis)
         collisions.append(collision)
         if note:
             notes.append(note)
@@ -669,7 +329,7 @@ def _coarse_kernel_note(matrix: np.ndarray, whole: KernelSpace, eps: float,
             "smaller --rtol (e.g. 1e-6) for a smaller kernel whose vectors collide exactly")
 
 
-def _blind_mask(ctx: _Context, x: np.ndarray, settings: SearchSettings) -> np.ndarray | None:
+def _blind_mask(ctx: SearchContext, x: np.ndarray, settings: SearchSettings) -> np.ndarray | None:
     """Model-input elements no window of W1 reads that may move (inside the region, off the
     range's bounds), all samples: bool like ``x``; None where the reads cannot be followed."""
     counts = input_read_counts(ctx.route, ctx.infos, ctx.resolver, ctx.model.opset)
@@ -681,7 +341,7 @@ def _blind_mask(ctx: _Context, x: np.ndarray, settings: SearchSettings) -> np.nd
     return movable
 
 
-def _blind_collisions(ctx: _Context, x: np.ndarray, settings: SearchSettings,
+def _blind_collisions(ctx: SearchContext, x: np.ndarray, settings: SearchSettings,
                       whole: KernelSpace) -> CollisionSet | None:
     """Collisions that move only blind input elements (each its own unit, +-beta), for a W1
     whose per-unit kernel is trivial; None where there is no movable blind element.
@@ -704,7 +364,7 @@ def _blind_collisions(ctx: _Context, x: np.ndarray, settings: SearchSettings,
         signs = np.ones(where.size) if settings.basis else rng.choice([-1.0, 1.0], where.size)
         unit_delta = np.zeros(x.size)
         unit_delta[where] = signs
-        collision, note = _make_collision(k, x, unit_delta.reshape(x.shape),
+        collision, note = make_collision(k, x, unit_delta.reshape(x.shape),
                                           unit_of.reshape(x.shape), settings,
                                           0 if settings.basis else None)
         collisions.append(collision)
@@ -720,7 +380,7 @@ def _blind_collisions(ctx: _Context, x: np.ndarray, settings: SearchSettings,
         tol_error=whole.tol_error)
 
 
-def _owners_at_input(ctx: _Context, owner: np.ndarray, data_shape: tuple[int, ...]
+def _owners_at_input(ctx: SearchContext, owner: np.ndarray, data_shape: tuple[int, ...]
                      ) -> np.ndarray:
     """The unit owning each model-input element (-1 for none), via the path's positions."""
     positions = pull_positions(ctx.route.nodes, ctx.route.input, data_shape, ctx.shapes,
@@ -739,7 +399,7 @@ def _per_position_note(settings: SearchSettings) -> str:
             "null directions")
 
 
-def _trivial_kernel_error(ctx: _Context, whole: KernelSpace, p: int, mode: str
+def _trivial_kernel_error(ctx: SearchContext, whole: KernelSpace, p: int, mode: str
                           ) -> OnnxCollideError:
     """W1's per-unit kernel is trivial: no exact collision where that settles it (dense, a
     patchify conv, an uncropped patchify ConvTranspose); otherwise say what is not known."""
@@ -771,7 +431,7 @@ def _trivial_kernel_error(ctx: _Context, whole: KernelSpace, p: int, mode: str
                                  "search does not build")
 
 
-def _no_unit_error(ctx: _Context, kernels: _UnitKernels, basis: int | None,
+def _no_unit_error(ctx: SearchContext, kernels: _UnitKernels, basis: int | None,
                    settings: SearchSettings) -> OnnxCollideError:
     """Why no unit could be perturbed, with what to do."""
     whole = kernels.space(np.arange(kernels.matrix.shape[0]))
@@ -785,7 +445,7 @@ def _no_unit_error(ctx: _Context, kernels: _UnitKernels, basis: int | None,
                       "choose a larger region")
 
 
-def _tiled_direction(ctx: _Context, data_shape: tuple[int, ...], kernels: _UnitKernels,
+def _tiled_direction(ctx: SearchContext, data_shape: tuple[int, ...], kernels: _UnitKernels,
                      rng: np.random.Generator, basis: int | None
                      ) -> tuple[np.ndarray, int, tuple[int, int]]:
     """The paper's repetition: one per-patch kernel vector (C, k...) tiled over the input.
@@ -811,25 +471,6 @@ def _tiled_direction(ctx: _Context, data_shape: tuple[int, ...], kernels: _UnitK
     return delta, data_shape[0], (space.nullity, space.nullity)
 
 
-def check_applicable(path: str, shapes: dict[str, tuple[int, ...]],
-                     input_name: str | None = None) -> None:
-    """Raise when the search cannot apply to this model, before any input is loaded.
-
-    Raises:
-        UnsupportedModelError: W1 is not reached through affine ops from a float input.
-    """
-    model = load_model(path)
-    sites, _ = find_linear_ops(model)
-    check_weights(model, sites)
-    infos = infer_shapes(model, shapes)
-    scope = Scope.of_graph(model.proto.graph, "main", None)
-    resolver = ConstantResolver(scope, model.base_dir, list(model.proto.opset_import))
-    route = _choose_route(model, infos, sites, resolver, input_name)
-    if route.exactness == NOT_APPLICABLE:
-        raise UnsupportedModelError(f"the Null-space search does not apply: {route.reason}",
-                                    path)
-
-
 def w1_output_name(path: str, feeds: dict[str, np.ndarray]) -> str | None:
     """Name of W1's output tensor for these inputs, None where the search does not apply.
 
@@ -839,7 +480,7 @@ def w1_output_name(path: str, feeds: dict[str, np.ndarray]) -> str | None:
     model = load_model(path)
     check_weights(model, find_linear_ops(model)[0])
     try:
-        return str(_context(path, feeds, SearchSettings()).site.node.output[0])
+        return str(build_context(path, feeds, SearchSettings()).site.node.output[0])
     except UnsupportedModelError:
         return None
 
@@ -851,7 +492,7 @@ def first_layer_kernel(path: str, feeds: dict[str, np.ndarray], settings: Search
     Raises:
         UnsupportedModelError: q is too large to hold an explicit basis.
     """
-    ctx = _context(path, feeds, settings)
+    ctx = build_context(path, feeds, settings)
     matrix = _block_diagonal(np.asarray(ctx.layer.load_blocks(), dtype=np.float64))
     space = kernel_space(matrix, EPS_OF.get(ctx.layer.compute_dtype, EPS_OF["float"]),
                          settings.rule)

@@ -32,8 +32,8 @@ import scipy.linalg
 from scipy.linalg import blas
 from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
 
-from onnxcollide.inertia import SchurSplit, schur_split
-from onnxcollide.krylov import project_out, top_eigenpairs
+from onnxcollide.linalg.inertia import SchurSplit, schur_split
+from onnxcollide.linalg.krylov import project_out, top_eigenpairs
 
 EPS_OF: dict[str, float] = {
     "float": float(np.finfo(np.float32).eps),

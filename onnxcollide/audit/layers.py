@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from onnx import NodeProto, helper
 
 from onnxcollide.errors import UnsupportedModelError
 from onnxcollide.graph.constants import dequantize
@@ -22,11 +21,12 @@ from onnxcollide.graph.linear_ops import (
     QUANTIZED_OPS,
     ConvGeometry,
     LinearSite,
+    NodeProto,
     conv_geometry,
     node_attr,
 )
 from onnxcollide.graph.shapes import TensorInfo
-from onnxcollide.graph.tensors import dtype_name
+from onnxcollide.graph.tensors import array_dtype_name, dtype_name
 
 
 class ConvConvention(str, enum.Enum):
@@ -120,7 +120,7 @@ def _float_dtype(site: LinearSite) -> str:
     declared = site.resolver.declared(site.weight_name)
     if declared is not None:
         return dtype_name(declared[1])
-    return dtype_name(helper.np_dtype_to_tensor_dtype(site.resolver.value(site.weight_name).dtype))
+    return array_dtype_name(site.resolver.value(site.weight_name).dtype)
 
 
 # op -> weight index -> (scale index or None, zero point index or None)

@@ -12,8 +12,9 @@ from builders import DATA
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from onnxcollide import convop
-from onnxcollide.convop import (
+from onnxcollide.errors import UsageError
+from onnxcollide.linalg import conv_operator as convop
+from onnxcollide.linalg.conv_operator import (
     ConvSpec,
     OperatorSpectrum,
     blind_inputs,
@@ -23,7 +24,6 @@ from onnxcollide.convop import (
     output_shape,
     smallest_singular,
 )
-from onnxcollide.errors import UsageError
 
 EPS32 = 2.0**-23
 

@@ -6,14 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from onnxcollide.audit.layers import ConvConvention, LinearLayer, build_layer, parameter_key
 from onnxcollide.errors import OnnxCollideError, UnsupportedModelError, UsageError
 from onnxcollide.graph.constants import ConstantResolver, Scope
 from onnxcollide.graph.input_path import FirstLayerPath, PathStep, trace_input
 from onnxcollide.graph.linear_ops import LinearSite, SkippedOp, find_linear_ops
 from onnxcollide.graph.load import LoadedModel, load_model
 from onnxcollide.graph.shapes import Shape, TensorInfo, infer_shapes, is_float_input, model_inputs
-from onnxcollide.layers import ConvConvention, LinearLayer, build_layer, parameter_key
-from onnxcollide.spectral import EPS_OF, RankDecision, ToleranceRule, decide_rank
+from onnxcollide.linalg.spectral import EPS_OF, RankDecision, ToleranceRule, decide_rank
 
 CLEAR_MARGIN = 10.0  # a decision is "clear" when no singular value lies within 10x of tol
 
@@ -143,7 +143,8 @@ class FirstLayer:
 class ModelAudit:
     """Everything the audit found for one model; reports are rendered from this alone.
 
-    ``validation`` holds the W1 collision check of ``audit --validate`` (see w1check), or None.
+    ``validation`` holds the W1 collision check of ``audit --validate`` (see
+    runtime.collisions.check_w1), or None.
     """
 
     path: str

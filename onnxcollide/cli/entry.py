@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import sys
 
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a job stopped by Ctrl-C
+from onnxcollide.cli.exit_codes import EXIT_INTERRUPTED
 
 
 def run() -> None:
     """Import the command line and run it."""
     try:
-        from onnxcollide.cli import main
+        from onnxcollide.cli.main import main
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted while starting; nothing was written\n")
         sys.exit(EXIT_INTERRUPTED)

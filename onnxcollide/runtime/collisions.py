@@ -1,17 +1,55 @@
-"""`audit --validate`: one seeded collision check of W1, proved in ONNX Runtime."""
+"""Validate colliding inputs in ONNX Runtime: the one place `collide` and `audit --validate`
+(``check_w1``: one seeded collision check of W1) share, so both treat float64 and the random
+baseline the same way."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from onnxcollide.collide.inputs import ImageOptions, load_inputs
+from onnxcollide.collide.results import CollisionSet, SearchSettings
+from onnxcollide.collide.search import find_collisions
 from onnxcollide.errors import OnnxCollideError
 from onnxcollide.graph.load import load_model
-from onnxcollide.inputs import ImageOptions, load_inputs
-from onnxcollide.report.collide_format import verdict_word
-from onnxcollide.search import SearchSettings, find_collisions
-from onnxcollide.spectral import ToleranceRule
+from onnxcollide.linalg.spectral import ToleranceRule
+from onnxcollide.runtime.session import ModelRunner
+from onnxcollide.runtime.validate import Tolerances, validate_pair, validation_dict, verdict_word
 
 
+def validate_collisions(found: CollisionSet, device: str, precision: str, seed: int
+                        ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run the original and every colliding input; return one validation dict per collision
+    (see runtime.validation_dict) and the runtime facts (device, providers, tolerances).
+
+    With ``precision="float64"`` the float64 model copy is fed the float64 perturbation before
+    it was rounded to the input dtype (``exact_delta``), which separates the math from float32
+    rounding (the paper's Section 6).
+
+    Raises:
+        UsageError / UnsupportedModelError: the device cannot be used or the model not run.
+    """
+    runner = ModelRunner(found.model, extra_outputs=[found.w1_output], device=device,
+                         precision=precision)
+    tolerances = Tolerances.for_run(runner, found.w1_output)
+    base = dict(found.feeds)
+    if precision == "float64":
+        base = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in base.items()}
+    results = []
+    for collision in found.collisions:
+        moved = dict(base)
+        moved[found.input_name] = (base[found.input_name] + collision.exact_delta
+                                   if precision == "float64" else collision.value)
+        check = validate_pair(runner, base, moved, found.w1_output, seed, tolerances)
+        results.append(validation_dict(check))
+    runtime = {"device": runner.device.used, "requested": device, "precision": precision,
+               "computed_in": runner.computed_in, "engine": runner.engine,
+               "providers": list(runner.providers),
+               "notice": runner.device.notice,
+               "tolerances": {"layer_rtol": tolerances.layer_rtol,
+                              "output_rtol": tolerances.output_rtol}}
+    return results, runtime
 def check_w1(path: str, shapes: dict[str, tuple[int, ...]], seed: int, device: str,
              precision: str, rule: ToleranceRule | None = None) -> dict[str, Any]:
     """Make one colliding input for a seeded random input and validate it.
@@ -40,8 +78,6 @@ def check_w1(path: str, shapes: dict[str, tuple[int, ...]], seed: int, device: s
     if not found.collisions:
         result["verdict"] = found.method
         return result
-    from onnxcollide.validation import validate_collisions
-
     try:
         checks, _ = validate_collisions(found, device, precision, seed)
     except OnnxCollideError as exc:

@@ -1,105 +1,39 @@
-"""Command line: parse, call one core function, render, exit with a code a CI gate can use.
+"""`onnxcollide audit`: rank and nullity of every weight and the paper's Table 1, as a report.
 
-Exit codes: 0 success; 1 a check failed (collide: a collision claimed exact did not pass
-validation; validate: the inputs do not collide; audit: reserved for the policy gate); 2 usage
-error; 3 the model cannot be read or holds something we cannot analyse; 130 interrupted (Ctrl-C).
+ONNX Runtime is imported only for ``--validate`` (``audit`` itself needs none installed).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import traceback
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
 
 import click
 
-from onnxcollide import __version__
-from onnxcollide.artifacts import (
+from onnxcollide.audit.layers import ConvConvention
+from onnxcollide.audit.model import AuditSettings, ModelAudit, ProgressCallback, audit_model
+from onnxcollide.cli.options import (
+    NON_NEGATIVE,
+    POSITIVE,
+    SEED,
+    option_given,
+    progress_reporter,
+    run_guarded,
+    shapes_per_model,
+)
+from onnxcollide.errors import OnnxCollideError, UsageError
+from onnxcollide.linalg.spectral import ToleranceRule
+from onnxcollide.report.files import (
     claim_descriptor,
     names_descriptor,
     write_claimed,
     write_stdout,
     write_text,
 )
-from onnxcollide.audit import AuditSettings, ModelAudit, ProgressCallback, audit_model
-from onnxcollide.cli_types import NON_NEGATIVE, POSITIVE, SEED
-from onnxcollide.entry import EXIT_INTERRUPTED
-from onnxcollide.errors import OnnxCollideError, UsageError
-from onnxcollide.layers import ConvConvention
-from onnxcollide.report import Format, RenderOptions, render
-from onnxcollide.spectral import ToleranceRule
-
-EXIT_USAGE = 2
-EXIT_MODEL = 3
-
-
-def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
-    """``name=1x3x224x224`` -> ("name", (1, 3, 224, 224)).
-
-    Raises:
-        UsageError: the text is not NAME=DIMS with positive integer dims.
-    """
-    name, sep, dims = text.rpartition("=")
-    parts = dims.lower().replace(",", "x").split("x")
-    if not sep or not name or not all(p.strip().isascii() and p.strip().isdigit()
-                                      for p in parts):
-        raise UsageError(f"--input-shape '{text}' is not NAME=DIMS",
-                         hint="write it like input=1x3x224x224")
-    if not all(int(p) > 0 for p in parts):
-        raise UsageError(f"--input-shape '{text}' has a dimension 0",
-                         hint="give every dimension as a positive integer, e.g. "
-                              "input=1x3x224x224")
-    return name, tuple(int(p) for p in parts)
-
-
-def shapes_per_model(texts: tuple[str, ...], models: tuple[str, ...]
-                     ) -> dict[str, tuple[tuple[str, tuple[int, ...]], ...]]:
-    """The ``--input-shape`` overrides of each model of an audit.
-
-    ``NAME=DIMS`` applies to every model; ``MODEL:NAME=DIMS`` only to the model given as
-    MODEL (its path as written, or its file name; the longest match wins, so a path may hold
-    colons). A prefix counts only where it names one of the models, so input names with a
-    colon (tf2onnx's ``input_1:0``) stay whole.
-
-    Raises:
-        UsageError: a text is not [MODEL:]NAME=DIMS, its prefix looks like a model file but
-            names none of them, or a file name prefix fits several models.
-    """
-    chosen: dict[str, dict[str, tuple[int, ...]]] = {m: {} for m in models}
-    for text in texts:
-        targets, rest = _prefix_targets(text, models)
-        name, dims = parse_input_shape(rest)
-        for model in targets:
-            if name in chosen[model]:
-                raise UsageError(f"--input-shape sets input '{name}' of {model} twice",
-                                 hint="give one --input-shape per input and model")
-            chosen[model][name] = dims
-    return {m: tuple(shapes.items()) for m, shapes in chosen.items()}
-
-
-def _prefix_targets(text: str, models: tuple[str, ...]) -> tuple[list[str], str]:
-    """The models an ``--input-shape`` text applies to and the text without its prefix."""
-    matches = [(len(label), label, m) for m in models
-               for label in dict.fromkeys((m, os.path.basename(m)))
-               if text.startswith(label + ":")]
-    if not matches:
-        head = text.partition("=")[0]
-        if ":" in head and head.rpartition(":")[0].endswith(".onnx"):
-            raise UsageError(f"--input-shape '{text}': the prefix names none of the models",
-                             hint="write MODEL:NAME=DIMS with a model path or file name "
-                                  "given to this command")
-        return list(models), text
-    longest = max(size for size, _, _ in matches)
-    label = next(lab for size, lab, _ in matches if size == longest)
-    targets = list(dict.fromkeys(m for size, lab, m in matches if lab == label))
-    if len(targets) > 1:
-        raise UsageError(f"--input-shape '{text}': '{label}' names several models",
-                         hint="use the model's path as written instead of its file name")
-    return targets, text[len(label) + 1:]
+from onnxcollide.report.options import Format, RenderOptions
+from onnxcollide.report.render import render
 
 
 def check_report_path(path: str, models: tuple[str, ...]) -> int | None:
@@ -108,7 +42,7 @@ def check_report_path(path: str, models: tuple[str, ...]) -> int | None:
 
     Returns:
         A duplicate of the descriptor a path such as ``/dev/fd/3`` names, claimed now
-        (``artifacts.claim_descriptor``); None for a file path.
+        (``report.files.claim_descriptor``); None for a file path.
 
     Raises:
         UsageError: an empty path, a missing folder, a folder, one of ``models`` or their
@@ -161,89 +95,7 @@ def check_output_folder(path: str) -> None:
         raise UsageError("is a folder", f"--output {path}", "give a file name")
 
 
-@contextmanager
-def _progress(enabled: bool, label: str) -> Iterator[ProgressCallback | None]:
-    """A bar on a terminal's stderr; with --progress on a pipe or log file (where a bar
-    would leave only blank lines), one plain line per layer."""
-    if not enabled:
-        yield None
-        return
-    if not sys.stderr.isatty():
-        def line(done: int, total: int, layer: str) -> None:
-            if done < total:
-                click.echo(f"{label}: layer {done + 1}/{total} {layer}", err=True)
-
-        yield line
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    # markup=False: model file and node names are shown as they are, never read as markup.
-    with Progress(TextColumn("{task.description}", markup=False), BarColumn(),
-                  MofNCompleteColumn(), TextColumn("{task.fields[layer]}", markup=False),
-                  console=Console(stderr=True),
-                  transient=True) as bar:
-        task = bar.add_task(label, total=None, layer="")
-
-        def update(done: int, total: int, layer: str) -> None:
-            bar.update(task, completed=done, total=total, layer=layer)
-
-        yield update
-
-
-def _run_guarded(action: Callable[[], None], debug: bool) -> None:
-    """Run ``action``; turn our errors into one line and an exit code."""
-    try:
-        action()
-    except OnnxCollideError as exc:
-        click.echo(f"error: {exc.one_line()}", err=True)
-        sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Exit, SystemExit):
-        raise
-    except Exception as exc:
-        if debug:
-            traceback.print_exc()
-        click.echo(f"error: internal error ({type(exc).__name__}: {exc}); this is a bug in "
-                   "onnxcollide: please report it with the output of --debug", err=True)
-        sys.exit(EXIT_MODEL)
-
-
-class _OneLineErrors(click.Group):
-    """A group whose usage errors (bad option values, unknown options, missing arguments) are
-    one ``error:`` line and exit 2, like every other error of the tool, instead of click's
-    usage block."""
-
-    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
-             complete_var: str | None = None, standalone_mode: bool = True,
-             **extra: Any) -> Any:
-        """Run the CLI; print click's usage errors as one line (``standalone_mode`` is
-        always off inside, so the errors come here)."""
-        try:
-            return super().main(args, prog_name, complete_var, False, **extra)
-        except click.UsageError as exc:
-            if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):
-                click.echo(exc.format_message(), err=True)  # no command given: the help
-                sys.exit(EXIT_USAGE)
-            command = exc.ctx.command_path if exc.ctx is not None else "onnxcollide"
-            message = " ".join(exc.format_message().split())
-            click.echo(f"error: {message} (see '{command} --help')", err=True)
-            sys.exit(EXIT_USAGE)
-        except click.ClickException as exc:
-            exc.show()
-            sys.exit(exc.exit_code)
-        except click.Abort:  # Ctrl-C (click turns KeyboardInterrupt into Abort)
-            click.echo("error: interrupted; no report was written (a report being written is "
-                       "left as it was)", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-
-
-@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="onnxcollide")
-def main() -> None:
-    """Audit ONNX models for exact feature collisions (Ozbulak et al.)."""
-
-
-@main.command()
+@click.command()
 @click.argument("models", nargs=-1, required=True, metavar="MODEL...")
 @click.option("--format", "-f", "fmt", type=click.Choice([f.value for f in Format]),
               default=Format.TABLE.value,
@@ -291,7 +143,7 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
 
     def _audit_and_report(target: str | None, claimed: int | None, fmt: str) -> None:
         if check:  # --device cuda without CUDA is a usage error before any work (as in collide)
-            from onnxcollide.runtime import resolve_device
+            from onnxcollide.runtime.session import resolve_device
 
             resolve_device(device)
         shapes = shapes_per_model(input_shapes, models)
@@ -301,10 +153,10 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
         audits: list[ModelAudit] = []
         for path in models:
             settings = replace(base, input_shapes=shapes[path])
-            with _progress(show, os.path.basename(path)) as callback:
+            with progress_reporter(show, os.path.basename(path)) as callback:
                 result = _audit_one(path, settings, callback, len(models))
             if check:
-                from onnxcollide.w1check import check_w1
+                from onnxcollide.runtime.collisions import check_w1
 
                 result = replace(result, validation=check_w1(
                     path, dict(settings.input_shapes), seed, device, "float32", settings.rule))
@@ -321,16 +173,11 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
             write_text(target, text)
         click.echo(f"wrote {target}", err=True)
 
-    _run_guarded(run, debug)
+    run_guarded(run, debug)
 
 
 SUFFIX_FORMATS = {".json": Format.JSON, ".csv": Format.CSV, ".md": Format.MARKDOWN,
                   ".markdown": Format.MARKDOWN, ".txt": Format.TABLE, "": Format.TABLE}
-
-
-def _given(ctx: click.Context, name: str) -> bool:
-    """Whether the option ``name`` was given on the command line (not its default)."""
-    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
 
 
 def _audit_format(ctx: click.Context, fmt: str, output: str | None, check: bool) -> str:
@@ -344,13 +191,13 @@ def _audit_format(ctx: click.Context, fmt: str, output: str | None, check: bool)
             names another format than ``-f``, or, without ``-f``, no format at all.
     """
     if not check:
-        ignored = [f"--{n}" for n in ("seed", "device") if _given(ctx, n)]
+        ignored = [f"--{n}" for n in ("seed", "device") if option_given(ctx, n)]
         if ignored:
             verb, them = ("applies", "it") if len(ignored) == 1 else ("apply", "them")
             raise UsageError(f"{' and '.join(ignored)} only {verb} with --validate",
                              hint=f"add --validate, or drop {them}")
     chosen = _suffix_format(ctx, fmt, output)
-    if chosen == Format.JSON.value and _given(ctx, "summary_only"):
+    if chosen == Format.JSON.value and option_given(ctx, "summary_only"):
         raise UsageError("--summary-only does not apply to JSON, which always holds every "
                          "layer (its metrics are the summary)",
                          hint="drop --summary-only, or use -f csv, markdown or table")
@@ -372,7 +219,7 @@ def _suffix_format(ctx: click.Context, fmt: str, output: str | None) -> str:
     name = os.path.basename(output)
     suffix = name[name.rfind("."):].lower() if "." in name else ""  # '.json' is a .json file
     named = SUFFIX_FORMATS.get(suffix)
-    if _given(ctx, "fmt"):
+    if option_given(ctx, "fmt"):
         if named is not None and suffix not in ("", ".txt") and named.value != fmt:
             raise UsageError(f"-f {fmt} but the file name says {named.value}",
                              f"--output {output}",
@@ -396,15 +243,3 @@ def _audit_one(path: str, settings: AuditSettings, callback: ProgressCallback | 
             exc.hint += " (to fix one model of several, write MODEL:NAME=DIMS)"
             exc.args = (exc.one_line(),)
         raise
-
-
-def _register_commands() -> None:
-    from onnxcollide.cli_collide import register
-
-    register(main, _run_guarded)
-
-
-_register_commands()
-
-if __name__ == "__main__":
-    main()

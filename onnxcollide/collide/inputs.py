@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from onnx import helper
 
 from onnxcollide.errors import ModelLoadError, UsageError
 from onnxcollide.graph.load import LoadedModel
 from onnxcollide.graph.shapes import declared_dims, model_inputs
+from onnxcollide.graph.tensors import numpy_dtype
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MAX_RANDOM_BYTES = 2 << 30  # a seeded random input is drawn in float64 up to this size
@@ -64,7 +64,7 @@ def parse_assignments(texts: Sequence[str], option: str) -> dict[str | None, str
 def _declared(value_info: object) -> tuple[list[int | None], np.dtype]:
     tensor_type = value_info.type.tensor_type  # type: ignore[attr-defined]
     dims = list(declared_dims(value_info.type) or ())  # type: ignore[attr-defined]
-    return dims, np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+    return dims, numpy_dtype(tensor_type.elem_type)
 
 
 def _load_array(path: str, name: str) -> tuple[np.ndarray, str | None]:

@@ -2,7 +2,7 @@
 
 A tiled per-patch kernel vector is not a collision when windows share pixels. The question
 is whether the operator A (one sample of W1's input -> W1's output) has singular values at or
-below the tolerance; onnxcollide.convop finds its smallest singular values and vectors.
+below the tolerance; linalg.conv_operator finds its smallest singular values and vectors.
 """
 
 from __future__ import annotations
@@ -11,23 +11,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from onnxcollide.convop import (
+from onnxcollide.errors import UsageError
+from onnxcollide.graph.linear_ops import conv_geometry, transposed_output_spatial
+from onnxcollide.graph.path_map import pull_delta
+from onnxcollide.linalg.conv_operator import (
     ConvSpec,
     OperatorSpectrum,
     output_shape,
     smallest_singular,
     transposed_smallest_singular,
 )
-from onnxcollide.errors import UsageError
-from onnxcollide.graph.linear_ops import conv_geometry, transposed_output_spatial
-from onnxcollide.graph.path_map import pull_delta
-from onnxcollide.spectral import EPS_OF, resolved
+from onnxcollide.linalg.spectral import EPS_OF, resolved
 
 if TYPE_CHECKING:
-    from onnxcollide.search import CollisionSet, SearchSettings, _Context
+    from onnxcollide.collide.context import SearchContext
+    from onnxcollide.collide.results import CollisionSet, SearchSettings
 
 
-def conv_spec(ctx: _Context, data_shape: tuple[int, ...]) -> ConvSpec:
+def conv_spec(ctx: SearchContext, data_shape: tuple[int, ...]) -> ConvSpec:
     """The W1 conv as a ConvSpec on one sample of its real input shape (float64 weight)."""
     weight_shape = ctx.site.weight_shape()
     geometry = conv_geometry(ctx.site, weight_shape)
@@ -40,7 +41,7 @@ def conv_spec(ctx: _Context, data_shape: tuple[int, ...]) -> ConvSpec:
                     pads=pads, groups=geometry.groups, input_shape=tuple(data_shape[1:]))
 
 
-def transposed_spec(ctx: _Context, data_shape: tuple[int, ...]) -> ConvSpec | None:
+def transposed_spec(ctx: SearchContext, data_shape: tuple[int, ...]) -> ConvSpec | None:
     """A ConvTranspose W1 as the conv it is the adjoint of, on its real output shape; None
     where its output geometry is not explicit (auto_pad, output_shape) or does not fit."""
     weight_shape = ctx.site.weight_shape()
@@ -88,7 +89,7 @@ def _direction(spectrum: OperatorSpectrum, usable: int, basis: int | None,
     return np.asarray(mix / np.linalg.norm(mix))
 
 
-def _operator(ctx: _Context, data_shape: tuple[int, ...], settings: SearchSettings
+def _operator(ctx: SearchContext, data_shape: tuple[int, ...], settings: SearchSettings
               ) -> tuple[OperatorSpectrum, dict[str, Any], str] | None:
     """The smallest singular values of W1's whole operator at the real input size, their
     facts for the report and the operator's name; None for a ConvTranspose the dense analysis
@@ -127,12 +128,13 @@ def exact_count_words(spectrum: OperatorSpectrum) -> str:
             f"{spectrum.sigmas.size} smallest singular values are computed)")
 
 
-def overlapping_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, ...],
+def overlapping_collisions(ctx: SearchContext, x: np.ndarray, data_shape: tuple[int, ...],
                            settings: SearchSettings) -> CollisionSet | None:
     """Exact collisions from the operator's kernel, the strongest approximate one on request,
     or none (with the smallest relative singular value) for an overlapping W1; None for a
     ConvTranspose whose operator cannot be analysed here (the caller falls back)."""
-    from onnxcollide.search import CollisionSet, _make_collision
+    from onnxcollide.collide.perturb import make_collision
+    from onnxcollide.collide.results import CollisionSet
 
     if settings.region is not None:
         raise UsageError("--region is not supported for an overlapping first conv",
@@ -167,7 +169,7 @@ def overlapping_collisions(ctx: _Context, x: np.ndarray, data_shape: tuple[int, 
         flat = np.broadcast_to(per_sample, data_shape)
         unit_delta = pull_delta(ctx.route.nodes, ctx.route.input, np.array(flat), ctx.shapes,
                                 ctx.resolver, ctx.model.opset)
-        collision, note = _make_collision(k, x, unit_delta, None, settings, basis)
+        collision, note = make_collision(k, x, unit_delta, None, settings, basis)
         collisions.append(collision)
         if note:
             notes.append(note)

@@ -53,7 +53,7 @@ import scipy.linalg
 import scipy.sparse
 
 from onnxcollide.errors import UsageError
-from onnxcollide.spectral import EPS64, ToleranceRule, root_error
+from onnxcollide.linalg.spectral import EPS64, ToleranceRule, root_error
 
 EPS32 = 2.0**-23
 DENSE_MAX_DIM = 1536  # a group with at most this many inputs uses a dense SVD ...

@@ -1,0 +1,216 @@
+"""`onnxcollide collide`: make inputs that collide with a given one at W1, save them, prove them."""
+
+from __future__ import annotations
+
+import os
+import sys
+from functools import partial
+from typing import Any
+
+import click
+import numpy as np
+
+from onnxcollide.cli.options import (
+    ANY_FINITE,
+    NON_NEGATIVE,
+    POSITIVE,
+    image_options,
+    input_options,
+    parse_floats,
+    parse_shapes,
+    run_guarded,
+    tell_notices,
+)
+from onnxcollide.collide.context import check_applicable
+from onnxcollide.collide.inputs import parse_assignments, read_inputs
+from onnxcollide.collide.results import MODES, CollisionSet, SearchSettings
+from onnxcollide.collide.search import find_collisions, first_layer_kernel
+from onnxcollide.errors import UsageError
+from onnxcollide.graph.load import load_model
+from onnxcollide.linalg.spectral import ToleranceRule
+from onnxcollide.report.collide_format import collide_dict, render_json, render_table, settings_dict
+from onnxcollide.report.files import save_npz, write_stdout, write_text
+from onnxcollide.report.images import basis_png, image_layout, strip_png
+from onnxcollide.report.output_set import Writer, check_output_set_folder, write_output_set
+from onnxcollide.runtime.collisions import validate_collisions
+from onnxcollide.runtime.session import resolve_device
+
+
+def _basis(text: str) -> tuple[int, ...]:
+    """``random`` -> (), ``"0,3"`` -> (0, 3): non-negative kernel basis indices.
+
+    Raises:
+        UsageError: neither ``random`` nor non-negative integers.
+    """
+    if text == "random":
+        return ()
+    try:
+        indices = tuple(int(v) for v in text.split(","))
+    except ValueError as exc:
+        raise UsageError(f"--basis '{text}' is neither 'random' nor indices like 0,3,7") from exc
+    if min(indices) < 0:
+        raise UsageError(f"--basis '{text}' holds a negative index",
+                         hint="kernel basis indices start at 0, e.g. --basis 0,3")
+    return indices
+
+
+def _outputs(out: str, found: CollisionSet, report_settings: dict[str, Any],
+             basis: tuple[np.ndarray, tuple[int, ...]] | None
+             ) -> tuple[dict[str, str], dict[str, Writer]]:
+    """What a run writes: {kind: final path} for the report, {file name: writer} for
+    ``write_output_set`` (nothing is written here)."""
+    files: dict[str, str] = {}
+    writers: dict[str, Writer] = {}
+    x = found.feeds[found.input_name]
+    if found.collisions:
+        arrays = {"original": x,
+                  "colliding": np.stack([c.value for c in found.collisions]),
+                  "delta": np.stack([c.delta for c in found.collisions]),
+                  "beta": np.array([c.beta for c in found.collisions]),
+                  "beta_min": np.array([c.beta_min for c in found.collisions])}
+        files["inputs"] = os.path.join(out, "collisions.npz")
+        writers["collisions.npz"] = partial(save_npz, arrays=arrays, settings=report_settings)
+        layout = image_layout(tuple(x.shape))
+        if layout:
+            for c in found.collisions:
+                name = f"strip-{c.index}.png"
+                files[f"strip {c.index}"] = os.path.join(out, name)
+                writers[name] = partial(strip_png, original=x, colliding=c.value,
+                                        layout=layout)
+    if basis is not None:
+        files["basis images"] = os.path.join(out, "basis.png")
+        writers["basis.png"] = partial(basis_png, vectors=basis[0], patch_shape=basis[1])
+    return files, writers
+
+
+def _basis_vectors(found: CollisionSet, count: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    """W1's first ``count`` kernel basis vectors and their patch shape (checked before any
+    file is written)."""
+    vectors, patch_shape = first_layer_kernel(found.model, found.feeds, found.settings)
+    if patch_shape is None:
+        raise UsageError("--basis-images needs a conv first layer (per-patch kernel vectors)")
+    if vectors.shape[0] == 0:
+        raise UsageError("--basis-images: W1's kernel is trivial, there is nothing to draw")
+    return vectors[:count], patch_shape
+
+
+def _search_settings(count: int, beta: float, basis: str, seed: int, region: str | None,
+                     valid_range: str | None, mode: str, input_name: str | None,
+                     rule: ToleranceRule) -> SearchSettings:
+    """SearchSettings from collide's options.
+
+    Raises:
+        UsageError: a bad --range, --basis, or --beta 0 (which moves nothing).
+    """
+    bounds = parse_floats(valid_range, "--range", 2)
+    if bounds and bounds[0] >= bounds[1]:
+        raise UsageError(f"--range {valid_range}: LO must be below HI")
+    if beta == 0:
+        raise UsageError("--beta 0 does not move the input, so it makes no colliding input",
+                         hint="give a non-zero --beta, e.g. --beta 1")
+    return SearchSettings(count, beta, _basis(basis), seed, region,
+                          (bounds[0], bounds[1]) if bounds else None, mode, input_name, rule)
+
+
+def _validate(found: CollisionSet, enabled: bool, device: str, precision: str, seed: int
+              ) -> tuple[list[dict[str, Any] | None], dict[str, Any] | None]:
+    """Validation dicts (None where not validated) and the runtime facts (None if none)."""
+    if not enabled or not found.collisions:
+        return [None] * len(found.collisions), None
+    done, runtime = validate_collisions(found, device, precision, seed)
+    if runtime["notice"]:
+        click.echo(f"notice: {runtime['notice']}", err=True)
+    return list(done), runtime
+
+
+def _write_outputs(out: str, found: CollisionSet,
+                   drawing: tuple[np.ndarray, tuple[int, ...]] | None,
+                   validations: list[dict[str, Any] | None],
+                   runtime: dict[str, Any] | None,
+                   inputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Write the whole output set (report.json included) into ``out``; return the report.
+    ``inputs``: how each model input was made (``read_inputs``' records)."""
+    files, writers = _outputs(out, found, settings_dict(found, inputs), drawing)
+    files["report"] = os.path.join(out, "report.json")
+    report = collide_dict(found, validations, runtime, files, inputs)
+    writers["report.json"] = partial(write_text, text=render_json(report))
+    write_output_set(out, writers)
+    return report
+
+
+def _failed_validation(exact: bool) -> int:
+    """Say that some colliding inputs did not pass; return collide's exit code: 1 where they
+    were claimed exact (the claim failed), 0 for approximate or tiled ones (not claimed)."""
+    if exact:
+        click.echo("some colliding inputs claimed exact did not pass validation (see the "
+                   "report)", err=True)
+        return 1
+    click.echo("note: some colliding inputs did not pass validation; they are approximate "
+               "(not claimed exact), so this is not a failure (see the report)", err=True)
+    return 0
+
+
+@click.command()
+@click.argument("model", type=click.Path())
+@click.option("--input", "input_files", multiple=True, metavar="[NAME=]FILE",
+              help="Input value: .npy, .npz or an image (PNG/JPEG); default a seeded "
+                   "random draw.")
+@click.option("--count", "-n", type=click.IntRange(min=1), default=1, show_default=True,
+              help="How many colliding inputs to make.")
+@click.option("--beta", type=ANY_FINITE, default=1.0, show_default=True,
+              help="Scale of each unit-norm kernel vector (not 0; negative flips it).")
+@click.option("--basis", default="random", show_default=True,
+              help="'random' (seeded combinations) or kernel basis indices, e.g. 0,3.")
+@click.option("--region", metavar="SLICES",
+              help="Only change elements in this numpy slice of one sample, e.g. "
+                   ":,8:24,8:24.")
+@click.option("--range", "valid_range", metavar="LO,HI",
+              help="Keep every colliding input inside [LO, HI] by bounding beta.")
+@click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
+              help="auto: exact; approximate: strongest approximate collision of an "
+                   "overlapping conv; tiled: the paper's tiling (not a collision).")
+@click.option("--input-name", help="Which float input to perturb.")
+@click.option("--out", "-o", default="collisions", show_default=True,
+              help="Folder for collisions.npz, report.json and PNG strips.")
+@click.option("--basis-images", type=click.IntRange(min=0), default=0,
+              help="Also draw this many kernel basis vectors of W1 (basis.png).")
+@click.option("--no-validate", is_flag=True, help="Skip the ONNX Runtime check.")
+@click.option("--format", "-f", "fmt", type=click.Choice(["table", "json"]),
+              default="table", show_default=True, help="What to print.")
+@click.option("--rtol", type=POSITIVE,
+              help="Rank tolerance relative to sigma_max (as in audit).")
+@click.option("--atol", type=NON_NEGATIVE, help="Absolute rank tolerance.")
+@click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
+@input_options
+def collide(model: str, input_files: tuple[str, ...], count: int, beta: float, basis: str,
+            region: str | None, valid_range: str | None, mode: str,
+            input_name: str | None, out: str, basis_images: int, no_validate: bool,
+            fmt: str, rtol: float | None, atol: float | None, debug: bool,
+            input_shapes: tuple[str, ...], resize: str | None, layout: str, scale: float,
+            mean: str | None, std: str | None, device: str, precision: str,
+            seed: int) -> None:
+    """Make inputs that collide with a given input at W1 (Null-space search) and prove it."""
+
+    def run() -> None:
+        settings = _search_settings(count, beta, basis, seed, region, valid_range, mode,
+                                    input_name, ToleranceRule(rtol, atol))
+        image = image_options(resize, layout, scale, mean, std)
+        shapes = parse_shapes(input_shapes)
+        check_output_set_folder(out)
+        if not no_validate:  # ONNX Runtime present, CUDA where asked: before any work
+            resolve_device(device)
+        check_applicable(model, shapes, input_name)
+        feeds, records = read_inputs(load_model(model),
+                                     parse_assignments(input_files, "--input"), shapes,
+                                     seed, image, settings.valid_range)
+        tell_notices(records)
+        found = find_collisions(model, feeds, settings)
+        drawing = _basis_vectors(found, basis_images) if basis_images else None
+        validations, runtime = _validate(found, not no_validate, device, precision, seed)
+        report = _write_outputs(out, found, drawing, validations, runtime, records)
+        show = render_json(report) if fmt == "json" else render_table(report, 160)
+        write_stdout(show)
+        if runtime and not all(v and v.get("passed") for v in validations):
+            sys.exit(_failed_validation(found.exact))
+
+    run_guarded(run, debug)

@@ -1,0 +1,265 @@
+"""What the commands share: parameter types, option parsers, input options, the error guard,
+the progress reporter."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from onnxcollide.audit.model import ProgressCallback
+from onnxcollide.cli.exit_codes import EXIT_MODEL
+from onnxcollide.collide.inputs import ImageOptions
+from onnxcollide.errors import OnnxCollideError, UsageError
+
+
+class FiniteFloat(click.FloatRange):
+    """A float in a range that is also finite: ``nan`` and ``inf`` are usage errors (exit 2).
+
+    click's FloatRange lets ``nan`` through (every comparison with it is false) and ``inf``
+    through an open upper end; neither is a tolerance or a scale.
+    """
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        """Parse, then reject non-finite values before the range check."""
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
+
+    def _describe_range(self) -> str:
+        """The range for --help; empty without bounds (click would print ``x<=None``)."""
+        if self.min is None and self.max is None:
+            return ""
+        return super()._describe_range()
+
+
+POSITIVE = FiniteFloat(min=0, min_open=True)
+NON_NEGATIVE = FiniteFloat(min=0)
+ANY_FINITE = FiniteFloat()
+SEED = click.IntRange(min=0, max=2**63 - 1)  # numpy's default_rng takes non-negative seeds
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """``name=1x3x224x224`` -> ("name", (1, 3, 224, 224)).
+
+    Raises:
+        UsageError: the text is not NAME=DIMS with positive integer dims.
+    """
+    name, sep, dims = text.rpartition("=")
+    parts = dims.lower().replace(",", "x").split("x")
+    if not sep or not name or not all(p.strip().isascii() and p.strip().isdigit()
+                                      for p in parts):
+        raise UsageError(f"--input-shape '{text}' is not NAME=DIMS",
+                         hint="write it like input=1x3x224x224")
+    if not all(int(p) > 0 for p in parts):
+        raise UsageError(f"--input-shape '{text}' has a dimension 0",
+                         hint="give every dimension as a positive integer, e.g. "
+                              "input=1x3x224x224")
+    return name, tuple(int(p) for p in parts)
+
+
+def shapes_per_model(texts: tuple[str, ...], models: tuple[str, ...]
+                     ) -> dict[str, tuple[tuple[str, tuple[int, ...]], ...]]:
+    """The ``--input-shape`` overrides of each model of an audit.
+
+    ``NAME=DIMS`` applies to every model; ``MODEL:NAME=DIMS`` only to the model given as
+    MODEL (its path as written, or its file name; the longest match wins, so a path may hold
+    colons). A prefix counts only where it names one of the models, so input names with a
+    colon (tf2onnx's ``input_1:0``) stay whole.
+
+    Raises:
+        UsageError: a text is not [MODEL:]NAME=DIMS, its prefix looks like a model file but
+            names none of them, or a file name prefix fits several models.
+    """
+    chosen: dict[str, dict[str, tuple[int, ...]]] = {m: {} for m in models}
+    for text in texts:
+        targets, rest = _prefix_targets(text, models)
+        name, dims = parse_input_shape(rest)
+        for model in targets:
+            if name in chosen[model]:
+                raise UsageError(f"--input-shape sets input '{name}' of {model} twice",
+                                 hint="give one --input-shape per input and model")
+            chosen[model][name] = dims
+    return {m: tuple(shapes.items()) for m, shapes in chosen.items()}
+
+
+def _prefix_targets(text: str, models: tuple[str, ...]) -> tuple[list[str], str]:
+    """The models an ``--input-shape`` text applies to and the text without its prefix."""
+    matches = [(len(label), label, m) for m in models
+               for label in dict.fromkeys((m, os.path.basename(m)))
+               if text.startswith(label + ":")]
+    if not matches:
+        head = text.partition("=")[0]
+        if ":" in head and head.rpartition(":")[0].endswith(".onnx"):
+            raise UsageError(f"--input-shape '{text}': the prefix names none of the models",
+                             hint="write MODEL:NAME=DIMS with a model path or file name "
+                                  "given to this command")
+        return list(models), text
+    longest = max(size for size, _, _ in matches)
+    label = next(lab for size, lab, _ in matches if size == longest)
+    targets = list(dict.fromkeys(m for size, lab, m in matches if lab == label))
+    if len(targets) > 1:
+        raise UsageError(f"--input-shape '{text}': '{label}' names several models",
+                         hint="use the model's path as written instead of its file name")
+    return targets, text[len(label) + 1:]
+
+
+@contextmanager
+def progress_reporter(enabled: bool, label: str) -> Iterator[ProgressCallback | None]:
+    """A bar on a terminal's stderr; with --progress on a pipe or log file (where a bar
+    would leave only blank lines), one plain line per layer."""
+    if not enabled:
+        yield None
+        return
+    if not sys.stderr.isatty():
+        def line(done: int, total: int, layer: str) -> None:
+            if done < total:
+                click.echo(f"{label}: layer {done + 1}/{total} {layer}", err=True)
+
+        yield line
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    # markup=False: model file and node names are shown as they are, never read as markup.
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                  MofNCompleteColumn(), TextColumn("{task.fields[layer]}", markup=False),
+                  console=Console(stderr=True),
+                  transient=True) as bar:
+        task = bar.add_task(label, total=None, layer="")
+
+        def update(done: int, total: int, layer: str) -> None:
+            bar.update(task, completed=done, total=total, layer=layer)
+
+        yield update
+
+
+def run_guarded(action: Callable[[], None], debug: bool) -> None:
+    """Run ``action``; turn our errors into one line and an exit code."""
+    try:
+        action()
+    except OnnxCollideError as exc:
+        click.echo(f"error: {exc.one_line()}", err=True)
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Exit, SystemExit):
+        raise
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: internal error ({type(exc).__name__}: {exc}); this is a bug in "
+                   "onnxcollide: please report it with the output of --debug", err=True)
+        sys.exit(EXIT_MODEL)
+
+
+def parse_floats(text: str | None, option: str, count: int | None = None
+                 ) -> tuple[float, ...] | None:
+    """``"0.5,0.25"`` -> (0.5, 0.25); every value must be a finite number.
+
+    Raises:
+        UsageError: not numbers, not finite (nan, inf), or not ``count`` of them.
+    """
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise UsageError(f"{option} '{text}' is not a comma-separated list of numbers") from exc
+    if not all(math.isfinite(v) for v in values):
+        raise UsageError(f"{option} '{text}' holds a value that is not a finite number",
+                         hint=f"give {option} finite numbers")
+    if count is not None and len(values) != count:
+        raise UsageError(f"{option} '{text}' needs {count} numbers")
+    return values
+
+
+def parse_shapes(texts: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    from onnxcollide.cli.options import parse_input_shape
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for text in texts:
+        name, dims = parse_input_shape(text)
+        if name in shapes:
+            raise UsageError(f"--input-shape sets input '{name}' twice",
+                             hint="give one --input-shape per input")
+        shapes[name] = dims
+    return shapes
+
+
+def parse_resize(text: str | None) -> tuple[int, int] | None:
+    """``"224x224"`` -> (224, 224): two positive integers.
+
+    Raises:
+        UsageError: not HxW, or a zero size.
+    """
+    if not text:
+        return None
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
+        raise UsageError(f"--resize '{text}' is not HxW", hint="e.g. --resize 224x224")
+    height, width = int(parts[0]), int(parts[1])
+    if height == 0 or width == 0:
+        raise UsageError(f"--resize '{text}': height and width must be at least 1",
+                         hint="e.g. --resize 224x224")
+    return height, width
+
+
+def image_options(resize: str | None, layout: str, scale: float, mean: str | None,
+                   std: str | None) -> ImageOptions:
+    """ImageOptions from the option texts (the counts of --mean/--std are checked per image).
+
+    Raises:
+        UsageError: a bad --resize, --mean or --std (a std of 0 or below).
+    """
+    stds = parse_floats(std, "--std")
+    if stds is not None and min(stds) <= 0:
+        raise UsageError(f"--std '{std}' holds a value that is not positive",
+                         hint="every standard deviation must be above 0")
+    return ImageOptions(parse_resize(resize), layout, scale, parse_floats(mean, "--mean"), stds)
+
+
+def input_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by commands that read model inputs."""
+    options = [
+        click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
+                     help="Shape for a random draw or a dynamic input, e.g. x=1x3x224x224."),
+        click.option("--resize", metavar="HxW", help="Resize image inputs."),
+        click.option("--layout", type=click.Choice(["auto", "nchw", "nhwc"]), default="auto",
+                     show_default=True, help="Layout of image inputs."),
+        click.option("--scale", type=POSITIVE, default=1.0 / 255.0, show_default=True,
+                     help="Multiply image pixel values (0..255) by this."),
+        click.option("--mean", metavar="M1,M2,M3", help="Subtract per-channel means (images)."),
+        click.option("--std", metavar="S1,S2,S3", help="Divide by per-channel stds (images)."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                     show_default=True, help="ONNX Runtime execution provider."),
+        click.option("--precision", type=click.Choice(["float32", "float64"]),
+                     default="float32", show_default=True,
+                     help="float64 runs a float64 copy of the model (Section 6)."),
+        click.option("--seed", type=SEED, default=0, show_default=True,
+                     help="Seeds every random draw."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def tell_notices(*records: dict[str, dict[str, Any]]) -> None:
+    """Print the inputs' notices (an image resized without --resize) on stderr."""
+    for by_name in records:
+        for record in by_name.values():
+            if "notice" in record:
+                click.echo(f"notice: {record['notice']}", err=True)
+
+
+def option_given(ctx: click.Context, name: str) -> bool:
+    """Whether the option ``name`` was given on the command line (not its default)."""
+    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE

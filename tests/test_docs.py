@@ -1,0 +1,140 @@
+"""The README and docs/ stay true: links resolve, the examples print what they show, the API
+example runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a Markdown page's headings."""
+    anchors = set()
+    for line in page.read_text("utf-8").splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
+def _broken_links(page: Path) -> list[str]:
+    broken = []
+    for target in LINK.findall(page.read_text("utf-8")):
+        if re.match(r"[a-z]+:", target):
+            continue  # http(s), mailto: not checked (no network in tests)
+        path, _, anchor = target.partition("#")
+        resolved = (page.parent / path).resolve() if path else page
+        if not resolved.exists():
+            broken.append(f"{page.name}: {target} (no such file)")
+        elif anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
+            broken.append(f"{page.name}: {target} (no such heading)")
+    return broken
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_relative_link_resolves(page):
+    assert _broken_links(page) == []
+
+
+def test_the_link_check_can_fail(tmp_path):
+    """A link to a missing file or heading is reported."""
+    page = tmp_path / "p.md"
+    page.write_text("# Title\n[a](missing.md) [b](#title) [c](#nothing) [d](https://x.y)\n")
+    assert _broken_links(page) == ["p.md: missing.md (no such file)",
+                                   "p.md: #nothing (no such heading)"]
+
+
+def test_docs_pages_are_all_linked_from_the_readme():
+    """Every page of docs/ can be found from the README."""
+    readme = (ROOT / "README.md").read_text("utf-8")
+    for page in (ROOT / "docs").glob("*.md"):
+        assert f"docs/{page.name}" in readme, page.name
+
+
+def test_readme_is_short():
+    """The README is for people: under 150 lines, the rest in docs/."""
+    assert len((ROOT / "README.md").read_text("utf-8").splitlines()) < 150
+
+
+# ------------------------------------------------------------------ examples
+
+
+def _blocks(page: Path, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", page.read_text("utf-8"), flags=re.S)
+
+
+def _console_examples() -> list[tuple[str, list[str]]]:
+    """(command, the output lines shown) for each ``$ onnxcollide ...`` in the README."""
+    examples = []
+    for block in _blocks(ROOT / "README.md", "console"):
+        lines = block.rstrip("\n").split("\n")
+        assert lines[0].startswith("$ onnxcollide "), lines[0]
+        examples.append((lines[0][2:], lines[1:]))
+    return examples
+
+
+def _shape(line: str) -> str:
+    """A line with its numbers and column widths taken out (their digits vary with the
+    machine's float rounding; the labels, verdicts and structure do not)."""
+    line = re.sub(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?", "N", line.rstrip())
+    line = re.sub(r"([─━═])\1+", r"\1", line)
+    return re.sub(r" +", " ", line)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A folder with the shipped models, where the README's examples run in order."""
+    folder = tmp_path_factory.mktemp("readme")
+    shutil.copytree(ROOT / "models", folder / "models")
+    return folder
+
+
+def _run(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    args = command.split()[1:]
+    env = {**os.environ, "COLUMNS": "160"}
+    return subprocess.run([sys.executable, "-m", "onnxcollide", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_readme_examples_print_what_they_show(workdir):
+    """Each console example of the README runs and prints what it shows: audits exactly,
+    collide and validate up to the digits of their float32 residuals. A line ``...`` stands
+    for the rest of the output. The validate example reads the pair collide saved."""
+    for command, shown in _console_examples():
+        if command.startswith("onnxcollide validate"):
+            with np.load(workdir / "collisions" / "collisions.npz") as saved:
+                np.save(workdir / "x.npy", saved["original"])
+                np.save(workdir / "x1.npy", saved["colliding"][0])
+        done = _run(command, workdir)
+        assert done.returncode == 0, (command, done.stderr)
+        printed = done.stdout.rstrip("\n").split("\n")
+        if "..." in shown:
+            printed = printed[:shown.index("...")]
+            shown = shown[:shown.index("...")]
+        if command.startswith("onnxcollide audit"):
+            assert printed == shown, command
+        else:
+            assert [_shape(line) for line in printed] == [_shape(line) for line in shown], \
+                command
+
+
+def test_api_example_prints_what_the_page_shows():
+    """docs/api.md's example runs from the repository root and prints its output block."""
+    page = ROOT / "docs" / "api.md"
+    code = _blocks(page, "python")[0]
+    shown = _blocks(page, "text")[0]
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == shown
