@@ -19,6 +19,7 @@ from onnxcollide.cli.options import (
     POSITIVE,
     SEED,
     option_given,
+    progress_phases,
     progress_reporter,
     run_guarded,
     shapes_per_model,
@@ -158,8 +159,11 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
             if check:
                 from onnxcollide.runtime.collisions import check_w1
 
-                result = replace(result, validation=check_w1(
-                    path, dict(settings.input_shapes), seed, device, "float32", settings.rule))
+                with progress_phases(show, os.path.basename(path)) as reporter:
+                    reporter.phase("W1 check: one colliding input, validated in ONNX Runtime")
+                    result = replace(result, validation=check_w1(
+                        path, dict(settings.input_shapes), seed, device, "float32",
+                        settings.rule, reporter.phase))
             audits.append(result)
         to_terminal = target is None and sys.stdout.isatty()
         width = os.get_terminal_size().columns if to_terminal else 160

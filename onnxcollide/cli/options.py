@@ -144,6 +144,55 @@ def progress_reporter(enabled: bool, label: str) -> Iterator[ProgressCallback | 
         yield update
 
 
+class PhaseReporter:
+    """Phases of a long command (loading, the kernel, the operator analysis, validation) and
+    steps within one, on stderr: a spinner and bar on a terminal, one line each on a pipe or
+    log file with ``--progress``, nothing when off."""
+
+    def __init__(self, label: str, bar: Any = None, lines: bool = False) -> None:
+        self._label, self._bar, self._lines = label, bar, lines
+        self._task = bar.add_task(label, total=None, step="") if bar is not None else None
+
+    def phase(self, text: str) -> None:
+        """A new phase starts (its steps, if any, are counted afresh)."""
+        if self._bar is not None:
+            self._bar.update(self._task, description=f"{self._label}: {text}", completed=0,
+                             total=None, step="")
+        elif self._lines:
+            click.echo(f"{self._label}: {text}", err=True)
+
+    def step(self, done: int, total: int) -> None:
+        """``done`` of ``total`` steps of the current phase are finished."""
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, total=total, step=f"{done}/{total}")
+        elif self._lines:
+            click.echo(f"{self._label}: {done}/{total}", err=True)
+
+
+@contextmanager
+def progress_phases(enabled: bool | None, label: str) -> Iterator[PhaseReporter]:
+    """A PhaseReporter for ``--progress/--no-progress`` (default: on where stderr is a
+    terminal)."""
+    shown = sys.stderr.isatty() if enabled is None else enabled
+    if not shown or not sys.stderr.isatty():
+        yield PhaseReporter(label, lines=shown)
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
+                  TextColumn("{task.fields[step]}", markup=False),
+                  console=Console(stderr=True), transient=True) as bar:
+        yield PhaseReporter(label, bar)
+
+
+@contextmanager
+def progress_steps(enabled: bool | None, label: str) -> Iterator[Callable[[int, int], None]]:
+    """A ``(done, total)`` callback for one phase of ``--progress`` (see progress_phases)."""
+    with progress_phases(enabled, label) as reporter:
+        yield reporter.step
+
+
 def run_guarded(action: Callable[[], None], debug: bool) -> None:
     """Run ``action``; turn our errors into one line and an exit code."""
     try:

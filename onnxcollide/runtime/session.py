@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -134,8 +135,17 @@ class _SessionFailed(Exception):
     """ONNX Runtime could not create a session (message: its reason, one line)."""
 
 
+ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : ([A-Z_]+) : ")
+
+
 def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, ONNX Runtime's status prefix
+    (``[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : ``) turned into words at its end."""
     text = " ".join(str(exc).split())
+    status = ORT_PREFIX.match(text)
+    if status:
+        reason = text[status.end():]
+        text = f"{reason[:1].lower()}{reason[1:]} ({status.group(1).lower().replace('_', ' ')})"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -447,13 +457,7 @@ def _feeds_key(feeds: Mapping[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-# ------------------------------------------------------------------ comparisons
-
-
-# ------------------------------------------------------------------ validation
-
-
-# ------------------------------------------------------------------ JSON
+# ------------------------------------------------------------------ element types
 
 
 def activation_types(loaded: LoadedModel) -> dict[str, str]:
