@@ -16,8 +16,10 @@ from onnxcollide.cli.options import (
     NON_NEGATIVE,
     POSITIVE,
     PhaseReporter,
+    apply_max_memory,
     image_options,
     input_options,
+    max_memory_option,
     option_given,
     parse_floats,
     parse_shapes,
@@ -267,19 +269,21 @@ def _failed_validation(exact: bool) -> int:
 @click.option("--progress/--no-progress", default=None,
               help="Progress on stderr: loading, the kernel or operator analysis, validation "
                    "(default: when stderr is a terminal).")
+@max_memory_option
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
 @input_options
 def collide(model: str, input_files: tuple[str, ...], count: int, beta: float, basis: str,
             region: str | None, valid_range: str | None, range_space: str, mode: str,
             input_name: str | None, out: str, basis_images: int, no_validate: bool,
             fmt: str, rtol: float | None, atol: float | None, progress: bool | None,
-            debug: bool, input_shapes: tuple[str, ...], resize: str | None, layout: str,
-            scale: float, mean: str | None, std: str | None, device: str, precision: str,
-            seed: int) -> None:
+            max_memory: str | None, debug: bool, input_shapes: tuple[str, ...],
+            resize: str | None, layout: str, scale: float, mean: str | None, std: str | None,
+            device: str, precision: str, seed: int) -> None:
     """Make inputs that collide with a given input at W1 (Null-space search) and prove it."""
     ctx = click.get_current_context()
 
     def run() -> None:
+        apply_max_memory(max_memory)
         _refuse_ignored(ctx, no_validate)
         settings = _search_settings(count, beta, basis, seed, region, valid_range, mode,
                                     input_name, ToleranceRule(rtol, atol))

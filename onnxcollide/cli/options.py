@@ -17,6 +17,7 @@ from onnxcollide.audit.model import ProgressCallback
 from onnxcollide.cli.exit_codes import EXIT_MODEL
 from onnxcollide.collide.inputs import ImageOptions
 from onnxcollide.errors import OnnxCollideError, UsageError
+from onnxcollide.limits import MemoryLimit, parse_size, set_max_memory
 
 
 class FiniteFloat(click.FloatRange):
@@ -202,6 +203,10 @@ def run_guarded(action: Callable[[], None], debug: bool) -> None:
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, click.exceptions.Exit, SystemExit):
         raise
+    except MemoryError:
+        click.echo("error: the machine ran out of memory; a smaller --max-memory refuses "
+                   "such arrays up front with the node that asks for them", err=True)
+        sys.exit(EXIT_MODEL)
     except Exception as exc:
         if debug:
             traceback.print_exc()
@@ -274,6 +279,24 @@ def image_options(resize: str | None, layout: str, scale: float, mean: str | Non
         raise UsageError(f"--std '{std}' holds a value that is not positive",
                          hint="every standard deviation must be above 0")
     return ImageOptions(parse_resize(resize), layout, scale, parse_floats(mean, "--mean"), stds)
+
+
+def max_memory_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--max-memory``: the largest array a model may make the tool allocate."""
+    return click.option(
+        "--max-memory", metavar="SIZE",
+        help="Refuse any array over this size before allocating it (e.g. 8G, 512M) "
+             "[default: half of this machine's memory].")(func)
+
+
+def apply_max_memory(text: str | None) -> None:
+    """Put ``--max-memory`` in force for this command (the default where not given).
+
+    Raises:
+        UsageError: not a size.
+    """
+    set_max_memory(None if text is None else
+                   MemoryLimit(parse_size(text), f"--max-memory {text}"))
 
 
 def input_options(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -14,8 +14,10 @@ import click
 import numpy as np
 
 from onnxcollide.cli.options import (
+    apply_max_memory,
     image_options,
     input_options,
+    max_memory_option,
     parse_shapes,
     progress_steps,
     run_guarded,
@@ -49,16 +51,19 @@ from onnxcollide.runtime.validate import Tolerances, validate_pair, validation_d
               default="table", show_default=True)
 @click.option("--progress/--no-progress", default=None,
               help="Progress on stderr (default: when stderr is a terminal).")
+@max_memory_option
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
 @input_options
 def validate(model: str, first: str, second: str | None, layer: str | None, fmt: str,
-             progress: bool | None, debug: bool, input_shapes: tuple[str, ...],
-             resize: str | None, layout: str, scale: float, mean: str | None, std: str | None,
-             device: str, precision: str, seed: int) -> None:
+             progress: bool | None, max_memory: str | None, debug: bool,
+             input_shapes: tuple[str, ...], resize: str | None, layout: str, scale: float,
+             mean: str | None, std: str | None, device: str, precision: str,
+             seed: int) -> None:
     """Check whether two inputs collide (FIRST and SECOND files), or every colliding input in
     collide's collisions.npz (FIRST alone): W1 residual, outputs, random baseline."""
 
     def run() -> None:
+        apply_max_memory(max_memory)
         resolve_device(device)  # ONNX Runtime present, CUDA where asked: before any work
         options = image_options(resize, layout, scale, mean, std)
         shapes = parse_shapes(input_shapes)

@@ -16,9 +16,9 @@ from onnxcollide.errors import ModelLoadError, UsageError
 from onnxcollide.graph.load import LoadedModel
 from onnxcollide.graph.shapes import declared_dims, model_inputs
 from onnxcollide.graph.tensors import numpy_dtype
+from onnxcollide.limits import check_allocation
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-MAX_RANDOM_BYTES = 2 << 30  # a seeded random input is drawn in float64 up to this size
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow modes of one-channel images
 
 
@@ -289,10 +289,8 @@ def random_input(dims: list[int | None], override: tuple[int, ...] | None, dtype
                          f"pass its full shape, e.g. --input-shape {name}={example}, or give a "
                          "value with --input")
     size = math.prod(int(d) for d in shape if d is not None) * 8  # float64 draw, in bytes
-    if size > MAX_RANDOM_BYTES:
-        shown = "x".join(map(str, shape))
-        raise UsageError(f"a random draw for input '{name}' of shape {shown} would take "
-                         f"{size / 2**30:.1f} GiB", source, "pass a smaller --input-shape")
+    check_allocation(size, f"a random draw for input '{name}' of shape "
+                     f"{'x'.join(map(str, shape))}", source, option="--input-shape")
     if dtype.kind != "f":
         raise UsageError(f"input '{name}' is {dtype} (not float): a random draw is not "
                          "meaningful", source, f"give a value with --input {name}=FILE.npy")

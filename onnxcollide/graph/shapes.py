@@ -11,8 +11,9 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxcollide.errors import UsageError
 from onnxcollide.graph.constants import ConstantResolver, Scope, scoped_key
 from onnxcollide.graph.linear_ops import node_label, subgraph_label
-from onnxcollide.graph.load import LoadedModel, subgraphs
+from onnxcollide.graph.load import LoadedModel
 from onnxcollide.graph.tensors import dtype_name
+from onnxcollide.graph.walk import subgraphs
 
 Shape = tuple[int | None, ...]
 

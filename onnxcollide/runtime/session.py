@@ -39,10 +39,11 @@ from onnx.reference.op_run import OpRun
 from onnxcollide.errors import OnnxCollideError, UnsupportedModelError, UsageError
 from onnxcollide.graph.constants import scoped_key
 from onnxcollide.graph.linear_ops import node_label, subgraph_label
-from onnxcollide.graph.load import LoadedModel, load_model, subgraphs, tensors_in
+from onnxcollide.graph.load import LoadedModel, load_model, tensors_in
 from onnxcollide.graph.rewrite import to_float64, with_extra_outputs
 from onnxcollide.graph.shapes import declared_dims, infer_shapes
 from onnxcollide.graph.tensors import is_external, tensor_to_array
+from onnxcollide.graph.walk import subgraphs
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("float32", "float64")
