@@ -38,7 +38,13 @@ from onnxcollide.graph.input_path import (
     OVERLAPPING,
     input_read_counts,
 )
-from onnxcollide.graph.linear_ops import ConvGeometry, LinearSite, conv_geometry, find_linear_ops
+from onnxcollide.graph.linear_ops import (
+    ConvGeometry,
+    LinearSite,
+    conv_geometry,
+    find_linear_ops,
+    node_int,
+)
 from onnxcollide.graph.load import load_model
 from onnxcollide.graph.path_map import pull_delta, pull_positions
 from onnxcollide.linalg.conv_operator import TRANSPOSED_DENSE_MAX_DIM
@@ -53,8 +59,7 @@ def _dense_units(site: LinearSite, shape: tuple[int, ...], q: int) -> np.ndarray
     index = np.arange(size).reshape(shape)
     right = site.weight_on_right  # the data operand is then A, on the left
     if site.op_type in ("Gemm", "QGemm"):
-        trans = next((int(a.i) for a in site.node.attribute
-                      if a.name == ("transA" if right else "transB")), 0)
+        trans = node_int(site.node, "transA" if right else "transB", 0)
         rows = (trans == 0) if right else (trans == 1)
         return index if rows else index.T
     if len(shape) == 1:
