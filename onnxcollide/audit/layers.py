@@ -24,8 +24,8 @@ from onnxcollide.graph.linear_ops import (
     NodeProto,
     conv_geometry,
     node_attr,
+    node_flag,
     node_float,
-    node_int,
 )
 from onnxcollide.graph.shapes import TensorInfo
 from onnxcollide.graph.tensors import array_dtype_name, dtype_name
@@ -236,7 +236,7 @@ def _gemm_parts(site: LinearSite, infos: dict[str, TensorInfo]
     alpha = node_float(site.node, "alpha", 1.0)
     on_right = site.weight_on_right
     flag = "transB" if on_right else "transA"
-    trans = node_int(site.node, flag, 0)
+    trans = int(node_flag(site.node, flag))
     # x @ B': W = B' ; A' @ x: W = A'^T.  So W = weight^T exactly when (right and trans) or
     # (left and not trans).
     transpose = trans == 1 if on_right else trans == 0

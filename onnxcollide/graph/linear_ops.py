@@ -399,6 +399,18 @@ def node_int(node: NodeProto, name: str, default: int) -> int:
     return value
 
 
+def node_flag(node: NodeProto, name: str) -> bool:
+    """A 0/1 attribute such as Gemm's ``transA``/``transB`` (absent: 0).
+
+    Raises:
+        UnsupportedModelError: it is not 0 or 1.
+    """
+    value = node_int(node, name, 0)
+    if value not in (0, 1):
+        raise _bad_attribute(node, name, f"is {value}, not 0 or 1")
+    return bool(value)
+
+
 def node_float(node: NodeProto, name: str, default: float) -> float:
     """A float attribute (an integer is taken as one), or ``default`` when absent.
 
