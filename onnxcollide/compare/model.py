@@ -7,13 +7,17 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+import numpy as np
+
 from onnxcollide.audit.model import LayerRow, ModelAudit, audit_model
 from onnxcollide.compare.align import Alignment, LayerFacts, align_layers, layer_facts
 from onnxcollide.compare.relate import WeightFacts, relate_weights
 from onnxcollide.compare.results import (
+    TRANSFER_DRAW,
     CompareSettings,
     Comparison,
     Difference,
+    InputDraw,
     ModelComparison,
     PairedLayer,
     TransferCheck,
@@ -23,6 +27,7 @@ from onnxcollide.errors import UsageError
 from onnxcollide.graph.flow import linear_flow, position_in_scope
 from onnxcollide.graph.linear_ops import QUANTIZED_OPS
 from onnxcollide.graph.load import load_model
+from onnxcollide.linalg.spectral import EPS_OF, ToleranceRule, decide_rank
 
 Progress = Callable[[str], None]  # told each step (a model being audited, run, ...)
 
@@ -140,16 +145,25 @@ def _known(facts: Sequence[LayerFacts], shown: int = 4) -> str:
 # ------------------------------------------------------------------ comparing
 
 
-def _paired(ref: Sequence[LayerFacts], other: Sequence[LayerFacts], alignment: Alignment
-            ) -> tuple[PairedLayer, ...]:
+def _paired(ref: Sequence[LayerFacts], other: Sequence[LayerFacts], alignment: Alignment,
+            rule: ToleranceRule) -> tuple[PairedLayer, ...]:
     pairs = []
     for match in alignment.matches:
         a, b = ref[match.reference].row, other[match.other].row
-        relation = relate_weights(a.layer.load_blocks(), b.layer.load_blocks(),
+        blocks = b.layer.load_blocks()
+        relation = relate_weights(a.layer.load_blocks(), blocks,
                                   WeightFacts(_precision(a), a.layer.layout),
                                   WeightFacts(_precision(b), b.layer.layout))
-        pairs.append(PairedLayer(a, b, match, relation))
+        pairs.append(PairedLayer(a, b, match, relation, _common_rank(a, b, blocks, rule)))
     return tuple(pairs)
+
+
+def _common_rank(a: LayerRow, b: LayerRow, blocks: object, rule: ToleranceRule) -> int | None:
+    """B's rank at A's tolerance, where the ranks differ and the types' eps differ."""
+    eps_a = EPS_OF.get(a.layer.compute_dtype, EPS_OF["float"])
+    if a.rank == b.rank or eps_a == b.decision.eps:
+        return None
+    return decide_rank(np.asarray(blocks), eps_a, rule).rank
 
 
 def _layer_differences(path: str, result: ModelComparison, structure_only: bool
@@ -201,12 +215,20 @@ def _run_differences(path: str, result: ModelComparison) -> list[Difference]:
 def _notes(path: str, result: ModelComparison) -> list[str]:
     notes = []
     for pair in result.pairs:
+        if pair.tolerance_only:
+            a, b = pair.reference, pair.other
+            notes.append(f"{os.path.basename(path)}: {b.layer.nodes[0]} has rank {b.rank} at "
+                         f"{b.layer.compute_dtype}'s tolerance (margin "
+                         f"{b.decision.margin or 0:.3g}) and {pair.common_rank} at the "
+                         f"reference's ({a.layer.compute_dtype}): the ranks differ by the "
+                         "tolerance, not by the weight, which relates to the reference's")
+    for pair in result.pairs:
         if pair.match.ambiguous_with:
             notes.append(f"{os.path.basename(path)}: {pair.other.layer.nodes[0]} (reference "
                          f"{pair.reference.layer.nodes[0]}) could not be told apart from "
                          f"{', '.join(pair.match.ambiguous_with)}: the match is a best guess")
-    for a, b in result.crossings:
-        notes.append(f"{os.path.basename(path)}: the pair {a} / {b} contradicts the data-flow "
+    for ref_label, other_label in result.crossings:
+        notes.append(f"{os.path.basename(path)}: the pair {ref_label} / {other_label} contradicts the data-flow "
                      "order of another pair")
     return notes
 
@@ -241,7 +263,7 @@ def compare_models(paths: Sequence[str], settings: CompareSettings | None = None
                              "(no layer of the same q, p and groups)", path,
                              "compare exports of one network")
         others.append(ModelComparison(
-            audit, _paired(ref_facts, facts, alignment),
+            audit, _paired(ref_facts, facts, alignment, settings.audit.rule),
             tuple(ref_facts[i].row for i in alignment.unmatched_reference),
             tuple(facts[j].row for j in alignment.unmatched_other), alignment.crossings))
     comparison = Comparison(reference, tuple(others), (), (), settings)
@@ -288,11 +310,13 @@ def _with_runs(comparison: Comparison, paths: Sequence[str], progress: Progress 
 
     settings = comparison.settings
     resolve_device(settings.device)  # ONNX Runtime present, CUDA where asked: before any run
-    feeds, record = seeded_inputs(paths[0], dict(settings.shapes_of(paths[0])), settings.seed)
+    shapes = dict(settings.shapes_of(paths[0]))
+    record: tuple[InputDraw, ...] = ()
     runners = Runners(settings.device)
     others = list(comparison.others)
     ref_quantized = is_quantized(comparison.reference)
     if settings.run:
+        feeds, record = seeded_inputs(paths[0], shapes, settings.seed, "run")
         for k, (path, result) in enumerate(zip(paths[1:], others, strict=True)):
             if progress:
                 progress(f"running {path}")
@@ -304,6 +328,9 @@ def _with_runs(comparison: Comparison, paths: Sequence[str], progress: Progress 
     if settings.transfer:
         if progress:
             progress(f"making colliding inputs on {paths[0]}")
+        feeds, drawn = seeded_inputs(paths[0], shapes, settings.seed, "transfer",
+                                     TRANSFER_DRAW)
+        record += drawn
         source, found = make_collisions(paths[0], feeds, settings.count, settings.seed,
                                         settings.audit.rule)
         if found is not None:
@@ -313,7 +340,7 @@ def _with_runs(comparison: Comparison, paths: Sequence[str], progress: Progress 
                 if progress:
                     progress(f"transferring to {path}")
                 others[k] = replace(result, transfer=transfer_to(
-                    runners, paths[0], path, found, settings.seed, _partner(result,
-                                                                            found.w1_node)))
+                    runners, paths[0], path, found, settings.seed,
+                    _partner(result, found.w1_node), is_quantized(result.audit)))
     return replace(comparison, others=tuple(others), reference_transfer=ref_check,
                    source=source, inputs=record)

@@ -11,6 +11,7 @@ from onnxcollide.compare.relate import WeightRelation
 
 DEFAULT_TRANSFER_COUNT = 2
 INPUT_RANGE = (0.0, 1.0)  # the seeded inputs' range; colliding inputs stay inside it
+TRANSFER_DRAW = (0.25, 0.75)  # --transfer's inputs: room for colliding inputs of useful size
 TRANSFER_RATIO = 5.0  # W1 residuals this many times below the random one's: APPROXIMATE
 
 
@@ -57,18 +58,58 @@ class PairedLayer:
         other: the other model's audit row.
         match: how the pair was found (cost, confidence, basis, ambiguity).
         relation: how the other's weight relates to the reference's.
+        common_rank: where the ranks differ and the two weights are computed in different
+            types, the other weight's rank at the reference's tolerance (the reference
+            type's eps); None otherwise.
     """
 
     reference: LayerRow
     other: LayerRow
     match: Match
     relation: WeightRelation
+    common_rank: int | None = None
+
+    @property
+    def same_rank(self) -> bool:
+        """Same rank and nullity as decided by each audit (q and p agree as a multiset by
+        construction)."""
+        return (self.reference.rank == self.other.rank
+                and self.reference.nullity == self.other.nullity)
+
+    @property
+    def tolerance_only(self) -> bool:
+        """The ranks differ only through the tolerance: at the reference's tolerance the
+        other weight, which relates to the reference's (fp16, quantization), has its rank."""
+        return (not self.same_rank and self.relation.same
+                and self.common_rank == self.reference.rank
+                and self.other.layer.q == self.reference.layer.q)
 
     @property
     def same_structure(self) -> bool:
-        """Same rank and nullity (q and p agree as a multiset by construction)."""
-        return (self.reference.rank == self.other.rank
-                and self.reference.nullity == self.other.nullity)
+        """Same rank and nullity, or a difference explained by the tolerance alone."""
+        return self.same_rank or self.tolerance_only
+
+
+@dataclass(frozen=True)
+class InputDraw:
+    """One seeded input drawn on the reference for ``--run`` or ``--transfer``.
+
+    Attributes:
+        purpose: ``run`` or ``transfer``.
+        name: the reference's input.
+        shape, dtype: as drawn.
+        low, high: the uniform range (``--transfer`` draws from TRANSFER_DRAW, so colliding
+            inputs of useful size stay inside INPUT_RANGE).
+        seed: the generator's seed.
+    """
+
+    purpose: str
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    low: float
+    high: float
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -234,8 +275,8 @@ class Comparison:
         settings: what decided the numbers.
         reference_transfer: the reference's own ``--transfer`` check (None without it).
         source: the colliding inputs made for ``--transfer`` (None without it).
-        inputs: the seeded inputs' record for ``--run``/``--transfer`` (input -> shape,
-            dtype, how drawn), empty without them.
+        inputs: the seeded inputs drawn for ``--run`` and ``--transfer``, empty without
+            them.
     """
 
     reference: ModelAudit
@@ -245,7 +286,7 @@ class Comparison:
     settings: CompareSettings
     reference_transfer: TransferCheck | None = None
     source: TransferSource | None = None
-    inputs: tuple[tuple[str, tuple[int, ...], str], ...] = ()
+    inputs: tuple[InputDraw, ...] = ()
 
     @property
     def same(self) -> bool:

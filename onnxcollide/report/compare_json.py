@@ -163,8 +163,9 @@ def compare_dict(comparison: Comparison) -> dict[str, Any]:
                          "other_node": d.other_node, "text": d.text}
                         for d in comparison.differences],
         "notes": list(comparison.notes),
-        "inputs": [{"name": n, "shape": list(shape), "dtype": dtype}
-                   for n, shape, dtype in comparison.inputs],
+        "inputs": [{"purpose": d.purpose, "name": d.name, "shape": list(d.shape),
+                     "dtype": d.dtype, "range": [d.low, d.high], "seed": d.seed}
+                    for d in comparison.inputs],
         "reference": {**_model_head(comparison.reference),
                       "layers": [layer_summary(r) for r in comparison.reference.rows]},
         "models": [_model_dict(r) for r in comparison.others],
