@@ -228,8 +228,8 @@ def _notes(path: str, result: ModelComparison) -> list[str]:
                          f"{pair.reference.layer.nodes[0]}) could not be told apart from "
                          f"{', '.join(pair.match.ambiguous_with)}: the match is a best guess")
     for ref_label, other_label in result.crossings:
-        notes.append(f"{os.path.basename(path)}: the pair {ref_label} / {other_label} contradicts the data-flow "
-                     "order of another pair")
+        notes.append(f"{os.path.basename(path)}: the pair {ref_label} / {other_label} "
+                     "contradicts the data-flow order of another pair")
     return notes
 
 
