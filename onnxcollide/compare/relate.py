@@ -194,7 +194,8 @@ def _scales(a: np.ndarray, b: np.ndarray, half: np.ndarray) -> np.ndarray | None
     """One ``c`` per output column with ``|B - c A| <= half`` everywhere, or None.
 
     Each element with ``a != 0`` puts ``c`` in ``[(b - h) / a, (b + h) / a]``; elements with
-    ``a == 0`` need ``|b| <= h``. The least-squares scale is clipped into the intersection.
+    ``a == 0`` need ``|b| <= h``. The least-squares scale is clipped into the intersection,
+    which must not hold 0 (an output that B zeroed is not a scaling).
 
     Returns:
         (g, p/g) scales (1 for columns of A that are all zero).
@@ -208,6 +209,8 @@ def _scales(a: np.ndarray, b: np.ndarray, half: np.ndarray) -> np.ndarray | None
     high = np.where(nonzero, ends.max(axis=0), np.inf).min(axis=1)
     if np.any(low > high):
         return None
+    if np.any((low <= 0) & (high >= 0) & np.any(nonzero, axis=1)):
+        return None  # a zero scale: B lost that output, which no scaling explains
     norms = np.sum(a * a, axis=1)
     least = np.sum(a * b, axis=1) / np.where(norms > 0, norms, 1.0)
     return np.where(norms > 0, np.clip(least, low, high), 1.0)

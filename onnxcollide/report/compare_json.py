@@ -16,6 +16,7 @@ from onnxcollide.compare import align, relate
 from onnxcollide.compare.relate import WeightRelation
 from onnxcollide.compare.results import (
     INPUT_RANGE,
+    TRANSFER_DRAW,
     TRANSFER_RATIO,
     Comparison,
     ModelComparison,
@@ -64,7 +65,7 @@ def _pair_dict(pair: PairedLayer) -> dict[str, Any]:
     m = pair.match
     return {
         "reference": layer_summary(pair.reference), "other": layer_summary(pair.other),
-        "same_structure": pair.same_structure,
+        "same_structure": pair.same_structure, "common_rank": pair.common_rank,
         "match": {"cost": _num(m.cost), "confidence": _num(m.confidence), "basis": m.basis,
                   "ambiguous_with": list(m.ambiguous_with)},
         "relation": relation_dict(pair.relation),
@@ -150,7 +151,8 @@ def settings_dict(comparison: Comparison) -> dict[str, Any]:
         "relations": {"equal_ulps": relate.EQUAL_ULPS,
                       "half_step_slack": relate.HALF_STEP_SLACK,
                       "grid_rtol": relate.GRID_RTOL},
-        "input_range": list(INPUT_RANGE), "transfer_ratio": TRANSFER_RATIO,
+        "input_range": list(INPUT_RANGE), "transfer_draw": list(TRANSFER_DRAW),
+        "transfer_ratio": TRANSFER_RATIO,
     }
 
 
