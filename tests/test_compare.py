@@ -3,6 +3,7 @@ data-flow positions, ambiguity, pins, and the changes compare must name."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -205,7 +206,7 @@ def test_structure_only_ignores_weights_that_keep_the_rank(tmp_path):
 def _mlp(path: Path, sizes: list[int], seed: int) -> Path:
     rng = np.random.default_rng(seed)
     nodes, inits, current = [], [], "x"
-    for k, (q, p) in enumerate(zip(sizes, sizes[1:], strict=False)):
+    for k, (q, p) in enumerate(itertools.pairwise(sizes)):
         inits.append(init(f"w{k}", rng.standard_normal((q, p)).astype(np.float32)))
         nodes.append(helper.make_node("MatMul", [current, f"w{k}"], [f"h{k}"], name=f"mm{k}"))
         current = f"h{k}"
