@@ -5,10 +5,10 @@ keep the data flow and the weights' shapes. So a pair of layers (a, b) is a cand
 where its invariants agree: the multiset {q, p} (so q * p too) and the number of groups.
 Among candidates a cost decides (``scipy.optimize.linear_sum_assignment``):
 
-- position: ``|depth_a / D_a - depth_b / D_b|``, the relative depth along the data flow
-  (``graph.flow``), D the model's largest depth;
-- content, only where one layer has several candidates at about its depth (a ResNet's convs
-  of one width, a transformer's q/k/v projections): the distance between the column-normalised
+- position: the difference of the depths along the data flow (``graph.flow``) in levels,
+  divided by one more than the difference of the models' largest depths, at most 1;
+- content, only where position cannot decide (several candidates of one shape at one depth:
+  a transformer's q/k/v projections, parallel branches): the distance between the column-normalised
   weights (invariant under a per-output scaling such as BatchNorm folding, close under
   quantization and fp16), or, where that finds no close partner (a permuted copy), the
   distance between the leading singular values of the column-normalised weights, which
@@ -38,7 +38,6 @@ FORBIDDEN = 1e6  # cost of a pair whose invariants disagree
 FAMILY_PENALTY = 0.5  # a conv against a Gemm/MatMul of the same shape
 CONFIDENT_GAP = 0.5  # a next-best choice this much costlier gives confidence 1
 AMBIGUOUS_GAP = 0.02  # closer than this, two choices cannot be told apart
-CONTENT_WINDOW = 1.5  # candidates within this many depth levels get a content cost
 CLOSE_CONTENT = 0.3  # a column-normalised distance below this is a close partner
 SPECTRUM_VALUES = 3  # leading singular values compared where weights are not close
 SPECTRUM_MAX_ELEMENTS = 4_000_000  # larger weights get no spectrum (their SVD would dominate)
@@ -130,20 +129,36 @@ class Alignment:
 # ------------------------------------------------------------------ costs
 
 
-def _relative_depths(facts: Sequence[LayerFacts]) -> np.ndarray:
-    """depth / largest depth per layer; rows without a depth use their row order instead."""
+def _depths(facts: Sequence[LayerFacts]) -> np.ndarray:
+    """Each layer's depth; rows without a depth use their row order instead."""
     if all(f.depth is not None for f in facts):
-        values = np.array([f.depth for f in facts], dtype=np.float64)
-    else:
-        values = np.array([f.order for f in facts], dtype=np.float64)
-    top = float(values.max()) if values.size else 0.0
-    return values / top if top > 0 else np.zeros_like(values)
+        return np.array([f.depth for f in facts], dtype=np.float64)
+    return np.array([f.order for f in facts], dtype=np.float64)
+
+
+def position_costs(ref: Sequence[LayerFacts], other: Sequence[LayerFacts]) -> np.ndarray:
+    """(len(ref), len(other)) position costs: the depth difference in levels, divided by one
+    more than the difference of the models' largest depths (a model with an extra layer
+    shifts what follows it by a level), at most 1."""
+    da, db = _depths(ref), _depths(other)
+    spread = 1.0 + abs(float(da.max(initial=0)) - float(db.max(initial=0)))
+    return np.minimum(np.abs(da[:, None] - db[None, :]) / spread, 1.0)
 
 
 def _column_normalised(blocks: np.ndarray) -> np.ndarray:
     """(g, q/g, p/g) -> the same with every column of unit norm (zero columns stay zero)."""
     norms = np.linalg.norm(blocks, axis=1, keepdims=True)
     return blocks / np.where(norms > 0, norms, 1.0)
+
+
+def _normalised_distance(na: np.ndarray, nb: np.ndarray) -> float:
+    """``weight_distance`` of two column-normalised weights of one shape: unit columns give
+    ``|na_j - s_j nb_j|^2 = 2 - 2 |<na_j, nb_j>|`` with the sign s_j that matches them."""
+    dots = np.abs(np.sum(na * nb, axis=1))
+    present = np.sum(na * na, axis=1) > 0
+    columns = max(int(np.count_nonzero(present)), 1)
+    return float(np.sqrt(max(float(np.sum(np.where(present, 2.0 - 2.0 * dots, 0.0))), 0.0)
+                         / columns))
 
 
 def weight_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -154,10 +169,7 @@ def weight_distance(a: np.ndarray, b: np.ndarray) -> float:
         b = b.transpose(0, 2, 1)
     if a.shape != b.shape:
         return math.inf
-    na, nb = _column_normalised(a), _column_normalised(b)
-    signs = np.sign(np.sum(na * nb, axis=1, keepdims=True))
-    total = max(float(np.linalg.norm(na)), 1e-300)
-    return float(np.linalg.norm(na - np.where(signs == 0, 1.0, signs) * nb)) / total
+    return _normalised_distance(_column_normalised(a), _column_normalised(b))
 
 
 def leading_values(blocks: np.ndarray) -> np.ndarray | None:
@@ -178,65 +190,72 @@ def spectrum_distance(a: np.ndarray | None, b: np.ndarray | None) -> float:
 
 
 class _Content:
-    """Weights and spectra loaded once per layer, only for the layers that need them."""
+    """Normalised weights and spectra made once per layer, only for layers that need them."""
 
     def __init__(self) -> None:
-        self._blocks: dict[tuple[int, int], np.ndarray] = {}
+        self._normal: dict[tuple[int, int], np.ndarray] = {}
         self._spectra: dict[tuple[int, int], np.ndarray | None] = {}
 
-    def blocks(self, side: int, index: int, fact: LayerFacts) -> np.ndarray:
+    def normalised(self, side: int, index: int, fact: LayerFacts) -> np.ndarray:
         key = (side, index)
-        if key not in self._blocks:
-            self._blocks[key] = np.asarray(fact.row.layer.load_blocks(), dtype=np.float64)
-        return self._blocks[key]
+        if key not in self._normal:
+            blocks = np.asarray(fact.row.layer.load_blocks(), dtype=np.float64)
+            self._normal[key] = _column_normalised(blocks)
+        return self._normal[key]
+
+    def distance(self, i: int, fa: LayerFacts, j: int, fb: LayerFacts) -> float:
+        na, nb = self.normalised(0, i, fa), self.normalised(1, j, fb)
+        if na.shape != nb.shape and na.shape == (nb.shape[0], nb.shape[2], nb.shape[1]):
+            nb = nb.transpose(0, 2, 1)
+        return _normalised_distance(na, nb) if na.shape == nb.shape else math.inf
 
     def spectrum(self, side: int, index: int, fact: LayerFacts) -> np.ndarray | None:
         key = (side, index)
         if key not in self._spectra:
-            self._spectra[key] = leading_values(self.blocks(side, index, fact))
+            normal = self.normalised(side, index, fact)
+            self._spectra[key] = None if normal.size > SPECTRUM_MAX_ELEMENTS else np.sort(
+                np.concatenate([np.linalg.svd(b, compute_uv=False) for b in normal])
+            )[::-1][:SPECTRUM_VALUES]
         return self._spectra[key]
 
 
 def _cost_matrix(ref: Sequence[LayerFacts], other: Sequence[LayerFacts]
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(cost, basis code) matrices: 0 position only, 1 weights, 2 spectrum."""
-    pos_a, pos_b = _relative_depths(ref), _relative_depths(other)
-    cost = np.full((len(ref), len(other)), FORBIDDEN)
+    """(cost, basis code) matrices: 0 position only, 1 weights, 2 spectrum.
+
+    A content cost is added only where position cannot decide: a reference layer with
+    several candidates within AMBIGUOUS_GAP of its best position, or a candidate that
+    another reference layer of the same shape sits as close to.
+    """
+    position = position_costs(ref, other)
+    shapes_a = [f.shape for f in ref]
+    same = np.array([[fb.shape == sa for fb in other] for sa in shapes_a], dtype=bool)
+    cost = np.where(same, position, FORBIDDEN)
+    families = np.array([[fb.family != fa.family for fb in other] for fa in ref], dtype=bool)
+    cost = np.where(same & families, cost + FAMILY_PENALTY, cost)
     basis = np.zeros(cost.shape, dtype=np.int64)
-    top = max(max((f.depth or 0 for f in ref), default=0),
-              max((f.depth or 0 for f in other), default=0), 1)
-    window = CONTENT_WINDOW / top
     content = _Content()
-    for i, fa in enumerate(ref):
-        candidates = [j for j, fb in enumerate(other) if fb.shape == fa.shape]
-        for j in candidates:
-            cost[i, j] = abs(pos_a[i] - pos_b[j]) + (
-                FAMILY_PENALTY if other[j].family != fa.family else 0.0)
-        near = [j for j in candidates if abs(pos_a[i] - pos_b[j]) <= window]
-        if len(near) < 2 and not any(_crowded(other, j, ref, fa) for j in near):
-            continue
-        distances = {j: weight_distance(content.blocks(0, i, fa),
-                                        content.blocks(1, j, other[j])) for j in near}
+    near = same & (position - np.where(same, position, np.inf).min(axis=1, initial=np.inf,
+                                                                    keepdims=True)
+                   < AMBIGUOUS_GAP)
+    crowded = (near.sum(axis=1, keepdims=True) > 1) | (near.sum(axis=0, keepdims=True) > 1)
+    for i, j in zip(*np.nonzero(near & crowded), strict=True):
+        basis[i, j] = 1
+    rows = sorted({int(i) for i in np.nonzero(basis)[0]})
+    for i in rows:
+        cols = [int(j) for j in np.nonzero(basis[i])[0]]
+        distances = {j: content.distance(i, ref[i], j, other[j]) for j in cols}
         close = min(distances.values(), default=math.inf) <= CLOSE_CONTENT
-        for j in near:
+        for j in cols:
             if close:
                 extra, code = min(distances[j], 1.0), 1
             else:
-                spectral = spectrum_distance(content.spectrum(0, i, fa),
-                                             content.spectrum(1, j, other[j]))
-                extra, code = min(spectral, 1.0), 2
+                extra = min(spectrum_distance(content.spectrum(0, i, ref[i]),
+                                              content.spectrum(1, j, other[j])), 1.0)
+                code = 2
             cost[i, j] += extra
             basis[i, j] = code
     return cost, basis
-
-
-def _crowded(other: Sequence[LayerFacts], j: int, ref: Sequence[LayerFacts],
-             fa: LayerFacts) -> bool:
-    """Whether layer j of the other model could also pair with another reference layer of
-    the same shape at about the same depth (so the pair needs a content cost)."""
-    same = [f for f in ref if f.shape == fa.shape and f is not fa]
-    return any(f.depth is not None and fa.depth is not None and abs(f.depth - fa.depth) <= 1
-               for f in same)
 
 
 # ------------------------------------------------------------------ solving
@@ -262,28 +281,27 @@ def _solve(cost: np.ndarray) -> list[tuple[int, int]]:
             if cost[r, c] < FORBIDDEN]
 
 
-def _confidence(cost: np.ndarray, i: int, j: int, pairs: list[tuple[int, int]]
+def _confidence(cost: np.ndarray, i: int, j: int, pairs: np.ndarray
                 ) -> tuple[float, list[tuple[int, int]]]:
-    """The confidence of pair (i, j) and the rival pairs within AMBIGUOUS_GAP of it: another
-    partner for i or j, or a swap with another pair (i2, j2) that costs about the same."""
+    """The confidence of pair (i, j) and the rival layers within AMBIGUOUS_GAP of it: another
+    partner for i or j (side 1: the other model's layer, side 0: the reference's); the gap
+    also counts a swap of partners with another pair (i2, j2) (``pairs``: (n, 2) indices)."""
     here = cost[i, j]
-    gaps: list[float] = []
-    rivals: list[tuple[int, int]] = []
-    for j2 in range(cost.shape[1]):
-        if j2 != j and cost[i, j2] < FORBIDDEN:
-            gaps.append(cost[i, j2] - here)
-            if cost[i, j2] - here < AMBIGUOUS_GAP:
-                rivals.append((1, j2))
-    for i2 in range(cost.shape[0]):
-        if i2 != i and cost[i2, j] < FORBIDDEN:
-            gaps.append(cost[i2, j] - here)
-            if cost[i2, j] - here < AMBIGUOUS_GAP:
-                rivals.append((0, i2))
-    for i2, j2 in pairs:  # a swap of partners with another pair
-        if (i2, j2) != (i, j) and cost[i, j2] < FORBIDDEN and cost[i2, j] < FORBIDDEN:
-            swap = cost[i, j2] + cost[i2, j] - here - cost[i2, j2]
-            gaps.append(swap)
-    gap = min(gaps, default=math.inf)
+    row = cost[i].copy()
+    row[j] = FORBIDDEN
+    col = cost[:, j].copy()
+    col[i] = FORBIDDEN
+    gaps = [row[row < FORBIDDEN] - here, col[col < FORBIDDEN] - here]
+    rivals = [(1, int(k)) for k in np.nonzero((row < FORBIDDEN) & (row - here < AMBIGUOUS_GAP))[0]]
+    rivals += [(0, int(k)) for k in np.nonzero((col < FORBIDDEN)
+                                                & (col - here < AMBIGUOUS_GAP))[0]]
+    if len(pairs):
+        i2, j2 = pairs[:, 0], pairs[:, 1]
+        cross_a, cross_b = cost[i, j2], cost[i2, j]
+        usable = (cross_a < FORBIDDEN) & (cross_b < FORBIDDEN) & ((i2 != i) | (j2 != j))
+        gaps.append((cross_a + cross_b - here - cost[i2, j2])[usable])
+    every = np.concatenate(gaps) if gaps else np.array([])
+    gap = float(every.min()) if every.size else math.inf
     confidence = 1.0 if gap >= CONFIDENT_GAP else max(0.0, gap / CONFIDENT_GAP)
     return confidence, rivals
 
@@ -324,8 +342,9 @@ def align_layers(ref: Sequence[LayerFacts], other: Sequence[LayerFacts],
     crossings = () if crossing is None else tuple(
         (ref[pairs[k][0]].label, other[pairs[k][1]].label) for k in crossing)
     matches = []
+    indices = np.array(pairs, dtype=np.int64).reshape(-1, 2)
     for i, j in sorted(pairs):
-        confidence, rivals = _confidence(cost, i, j, pairs)
+        confidence, rivals = _confidence(cost, i, j, indices)
         names = [(ref if side == 0 else other)[k].label for side, k in rivals]
         if (i, j) in pinned:
             how, confidence, names = "pinned", 1.0, []

@@ -20,6 +20,7 @@ bounds give an interval for ``c_j`` per element, and their intersection must not
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,27 +168,48 @@ class _Bound:
     steps: np.ndarray | None = None  # (g, p/g), quantization only
 
 
-def _bounds(b: np.ndarray, facts_b: WeightFacts, facts_a: WeightFacts) -> list[_Bound]:
-    """The bounds that may hold for B, tightest first. "Equal" allows the rounding of the
-    wider of the two types: a float16 copy of a float32 weight is fp16 rounding, not equal."""
-    scale = float(np.max(np.abs(b))) if b.size else 0.0
-    wider = min((f.precision for f in (facts_a, facts_b) if f.precision in EPS_OF),
-                key=lambda name: EPS_OF[name], default="float")
-    eps = EPS_OF[wider]
-    floor = EQUAL_ULPS * eps * scale * 2.0**-16
-    bounds = [_Bound(EQUAL, EQUAL_ULPS * eps * np.abs(b) + floor,
-                     f"{EQUAL_ULPS:g} ulp of {wider}")]
-    if facts_b.precision == "float16":
-        half = 0.5 * np.spacing(np.abs(b).astype(np.float16)).astype(np.float64)
-        bounds.append(_Bound(FP16, half * (1 + HALF_STEP_SLACK) + floor,
-                             "half a float16 step"))
-    if facts_b.precision == "quantized":
+class _Bounds:
+    """The bounds that may hold for B, tightest first, each made when first asked for.
+    "Equal" allows the rounding of the wider of the two types: a float16 copy of a float32
+    weight is fp16 rounding, not equal."""
+
+    def __init__(self, b: np.ndarray, facts_b: WeightFacts, facts_a: WeightFacts) -> None:
+        self._b = b
+        self._facts_b = facts_b
+        self._wider = min((f.precision for f in (facts_a, facts_b) if f.precision in EPS_OF),
+                          key=lambda name: EPS_OF[name], default="float")
+        scale = float(np.max(np.abs(b))) if b.size else 0.0
+        self._floor = EQUAL_ULPS * EPS_OF[self._wider] * scale * 2.0**-16
+        kinds = [EQUAL]
+        if facts_b.precision == "float16":
+            kinds.append(FP16)
+        if facts_b.precision == "quantized":
+            kinds.append(QUANTIZATION)
+        self._kinds = kinds
+        self._made: dict[str, _Bound | None] = {}
+
+    def __iter__(self) -> Iterator[_Bound]:
+        for kind in self._kinds:
+            if kind not in self._made:
+                self._made[kind] = self._make(kind)
+            bound = self._made[kind]
+            if bound is not None:
+                yield bound
+
+    def _make(self, kind: str) -> _Bound | None:
+        b, floor = self._b, self._floor
+        if kind == EQUAL:
+            return _Bound(EQUAL, EQUAL_ULPS * EPS_OF[self._wider] * np.abs(b) + floor,
+                          f"{EQUAL_ULPS:g} ulp of {self._wider}")
+        if kind == FP16:
+            half = 0.5 * np.spacing(np.abs(b).astype(np.float16)).astype(np.float64)
+            return _Bound(FP16, half * (1 + HALF_STEP_SLACK) + floor, "half a float16 step")
         steps = grid_steps(b)
-        if steps is not None:
-            half = np.broadcast_to(0.5 * steps[:, None, :], b.shape)
-            bounds.append(_Bound(QUANTIZATION, half * (1 + HALF_STEP_SLACK) + floor,
-                                 "half a quantization step", steps))
-    return bounds
+        if steps is None:
+            return None
+        half = np.broadcast_to(0.5 * steps[:, None, :], b.shape)
+        return _Bound(QUANTIZATION, half * (1 + HALF_STEP_SLACK) + floor,
+                      "half a quantization step", steps)
 
 
 def _scales(a: np.ndarray, b: np.ndarray, half: np.ndarray) -> np.ndarray | None:
@@ -251,7 +273,9 @@ def _try(a: np.ndarray, b: np.ndarray, facts: tuple[WeightFacts, WeightFacts],
          transform: str, inverted: bool, scaling: bool = True) -> WeightRelation | None:
     """The first relation that holds: unscaled bounds, tightest first, then scaled ones
     (``facts``: A's, then B's)."""
-    bounds = _bounds(b, facts[1], facts[0])
+    bounds = _Bounds(b, facts[1], facts[0])
+    if scaling and not np.all(np.isfinite(b)):
+        return None
     for scaled in (False, True) if scaling else (False,):
         for bound in bounds:
             scales = _holds(a, b, bound, scaled)
@@ -301,6 +325,9 @@ def relate_weights(a: np.ndarray, b: np.ndarray, facts_a: WeightFacts,
                           f"{a.shape[0]} against {b.shape[1:]} x {b.shape[0]}")
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         return _different(a, b, transform, "a weight holds values that are not finite")
+    if np.array_equal(a, b):  # the same values: no bound needs computing
+        return WeightRelation(EQUAL, False, transform, 0.0, 0.0, None, None, None, None, None,
+                              "identical values")
     inverted = _rank(facts_a) < _rank(facts_b)
     low, high = (a, b) if inverted else (b, a)
     facts = (facts_b, facts_a) if inverted else (facts_a, facts_b)

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from onnx import NodeProto
+from onnx import AttributeProto, NodeProto
 
 from onnxcollide.graph.linear_ops import node_label
 from onnxcollide.graph.load import LoadedModel, subgraphs
+
+_GRAPH_TYPES = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
 
 
 @dataclass(frozen=True)
@@ -63,14 +65,24 @@ def linear_flow(model: LoadedModel, labels: Iterable[str]) -> dict[str, FlowPosi
     found: dict[str, FlowPosition] = {}
     empty: frozenset[str] = frozenset()
     for node in model.proto.graph.node:
-        reads = [i for i in node.input if i] + sorted(_outer_names(node))
-        depth = max((depth_of.get(name, 0) for name in reads), default=0)
-        upstream = empty.union(*(upstream_of.get(name, empty) for name in reads))
+        reads = [i for i in node.input if i]
+        holds = any(a.type in _GRAPH_TYPES for a in node.attribute)
+        if holds:
+            reads += sorted(_outer_names(node))
+        depth, upstream = 0, empty
+        for name in reads:
+            seen = depth_of.get(name)
+            if seen is None:
+                continue  # a graph input or a constant
+            depth = max(depth, seen)
+            more = upstream_of[name]
+            if more and more is not upstream:
+                upstream = more if not upstream else upstream | more
         label = node_label(node, "main")
         if label in wanted:
             found[label] = FlowPosition(depth, upstream)
             depth, upstream = depth + 1, upstream | {label}
-        elif any(True for _ in subgraphs(node)):  # holds subgraphs: place their nodes
+        elif holds:  # holds subgraphs: place the linear ops inside them
             found[label] = FlowPosition(depth, upstream)
         for output in node.output:
             if output:

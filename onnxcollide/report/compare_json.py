@@ -145,7 +145,6 @@ def settings_dict(comparison: Comparison) -> dict[str, Any]:
         "alignment": {"family_penalty": align.FAMILY_PENALTY,
                       "confident_gap": align.CONFIDENT_GAP,
                       "ambiguous_gap": align.AMBIGUOUS_GAP,
-                      "content_window": align.CONTENT_WINDOW,
                       "close_content": align.CLOSE_CONTENT,
                       "spectrum_values": align.SPECTRUM_VALUES},
         "relations": {"equal_ulps": relate.EQUAL_ULPS,
