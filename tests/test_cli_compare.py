@@ -158,3 +158,22 @@ def test_bad_input_is_one_line(tmp_path, args, code, words):
 def test_compare_is_listed_by_the_cli():
     """`onnxcollide --help` lists compare."""
     assert "compare" in run("--help").stdout
+
+
+def test_run_catches_a_changed_bias_that_weights_do_not_compare(tmp_path):
+    """Biases are not compared as weights; --run shows their effect: a copy with the head's
+    bias shifted has equal weights but outputs that differ (exit 1, kind 'outputs')."""
+    proto = onnx.load(str(PAIRS / "cnn_torchscript.onnx"))
+    for tensor in proto.graph.initializer:
+        if tensor.name == "fc.bias":
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) + 0.5,
+                                                    tensor.name))
+    other = tmp_path / "bias.onnx"
+    onnx.save(proto, str(other))
+    paths = [str(PAIRS / "cnn_torchscript.onnx"), str(other)]
+    assert compare_models(paths).same
+    done = run("compare", *paths, "--run", "-f", "json")
+    assert done.exit_code == 1
+    data = json.loads(done.stdout)
+    assert [d["kind"] for d in data["differences"]] == ["outputs"]
+    assert data["models"][0]["run"]["agree"] is False

@@ -246,10 +246,10 @@ def transfer_to(runners: Runners, reference: str, path: str, found: CollisionSet
     w1 = output_of(path, w1_label)
     if w1 is None:
         return _not_checked(None, f"W1's partner {w1_label} is not in the main graph")
+    maps = map_inputs(found.feeds, runners.get(reference).inputs, runners.get(path).inputs,
+                      path)  # inputs that cannot be mapped are a usage error (exit 2)
+    base = apply_maps(found.feeds, maps)
     try:
-        plain = runners.get(path)
-        maps = map_inputs(found.feeds, runners.get(reference).inputs, plain.inputs, path)
-        base = apply_maps(found.feeds, maps)
         runner = runners.get(path, (w1,))
         tolerances = Tolerances.for_run(runner, w1)
         checks = []
@@ -258,10 +258,8 @@ def transfer_to(runners: Runners, reference: str, path: str, found: CollisionSet
             moved[found.input_name] = collision.value
             checks.append(validation_dict(validate_pair(
                 runner, base, apply_maps(moved, maps), w1, seed, tolerances)))
-    except UsageError:
-        raise
-    except OnnxCollideError as exc:
-        return _not_checked(None, exc.one_line())
+    except OnnxCollideError as exc:  # e.g. a perturbation lost in the copy's input type
+        return _not_checked(w1, exc.one_line())
     return _summary(w1, checks, quantized)
 
 

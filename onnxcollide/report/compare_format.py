@@ -70,13 +70,15 @@ def _margin(row: LayerRow) -> str:
 
 def pair_cells(pair: PairedLayer) -> tuple[str, ...]:
     """One aligned pair as text cells (headers: PAIR_HEADERS): values that differ between
-    the models as ``reference / other``; the match's confidence and what decided it, with a
-    ``?`` where it is ambiguous."""
+    the models as ``reference / other`` (a rank that differs only through the tolerance with
+    ``(tol)``); the match's confidence and what decided it, with a ``?`` where it is
+    ambiguous."""
     a, b, m = pair.reference, pair.other, pair.match
     flag = " ?" if m.ambiguous_with else ""
+    tolerance = " (tol)" if pair.tolerance_only else ""
     return (
         str(a.index), a.layer.nodes[0], b.layer.nodes[0], _both(a.layer.op, b.layer.op),
-        str(a.layer.q), str(a.layer.p), _both(str(a.rank), str(b.rank)),
+        str(a.layer.q), str(a.layer.p), _both(str(a.rank), str(b.rank)) + tolerance,
         _both(str(a.nullity), str(b.nullity)), f"{_margin(a)} / {_margin(b)}",
         _both(a.decision.method, b.decision.method), relation_text(pair.relation),
         _g(pair.relation.max_abs), f"{m.confidence:.2f} {m.basis}{flag}",
@@ -145,7 +147,10 @@ def _headline(comparison: Comparison, labels: Sequence[str]) -> list[str]:
         lines.append("same: every aligned layer has the same rank and nullity, the weights "
                      "relate, nothing is unmatched"
                      + (", outputs agree" if comparison.settings.run else "")
-                     + (", collisions transfer" if comparison.settings.transfer else ""))
+                     + (", collisions transfer" if comparison.settings.transfer else "")
+                     + (" (ranks that differ by the tolerance alone: see the notes)"
+                        if any(p.tolerance_only for r in comparison.others for p in r.pairs)
+                        else ""))
     else:
         count = len(comparison.differences)
         lines.append(f"{count} difference{'s' * (count != 1)}:")
