@@ -92,9 +92,10 @@ class Match:
         reference: index of the reference layer (in its facts list).
         other: index of the other model's layer.
         cost: the pair's cost.
-        confidence: 1 - (the next-best choice's extra cost / CONFIDENT_GAP), clipped to
-            [0, 1] and then flipped: 1 where the next-best is CONFIDENT_GAP costlier or there
-            is none, 0 where it costs the same.
+        confidence: the next-best choice's extra cost / CONFIDENT_GAP, clipped to [0, 1]:
+            1 where the next-best (another partner for either layer, or a swap of partners
+            with another pair) costs CONFIDENT_GAP more or there is none, 0 where it costs
+            the same.
         basis: what decided it: ``only candidate``, ``position``, ``weights``, ``spectrum`` or
             ``pinned``.
         ambiguous_with: labels (in either model) of layers this pair could not be told from.
