@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from onnx import AttributeProto, NodeProto
 
 from onnxcollide.graph.linear_ops import node_label
-from onnxcollide.graph.load import LoadedModel, subgraphs
+from onnxcollide.graph.load import LoadedModel
+from onnxcollide.graph.walk import subgraphs
 
 _GRAPH_TYPES = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
 
