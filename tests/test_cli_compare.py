@@ -177,3 +177,18 @@ def test_run_catches_a_changed_bias_that_weights_do_not_compare(tmp_path):
     data = json.loads(done.stdout)
     assert [d["kind"] for d in data["differences"]] == ["outputs"]
     assert data["models"][0]["run"]["agree"] is False
+
+
+def test_schema_is_valid_and_rejects_a_bad_report():
+    """The schema is valid Draft 2020-12; a report with an unknown key, a missing key or a
+    relation kind it does not know is rejected."""
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    done = run("compare", str(PAIRS / "mlp_torchscript.onnx"), str(PAIRS / "mlp_qdq.onnx"),
+               "-f", "json")
+    data = json.loads(done.stdout)
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    validator.validate(data)
+    for broken in ({**data, "extra": 1}, {k: v for k, v in data.items() if k != "same"}):
+        assert not validator.is_valid(broken)
+    data["models"][0]["pairs"][0]["relation"]["kind"] = "similar"
+    assert not validator.is_valid(data)
