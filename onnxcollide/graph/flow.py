@@ -18,6 +18,7 @@ from onnxcollide.graph.load import LoadedModel
 from onnxcollide.graph.walk import subgraphs
 
 _GRAPH_TYPES = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
+_HOLDERS = {"If", "Loop", "Scan", "SequenceMap"}  # ONNX's ops with graph attributes
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ def linear_flow(model: LoadedModel, labels: Iterable[str]) -> dict[str, FlowPosi
     empty: frozenset[str] = frozenset()
     for node in model.proto.graph.node:
         reads = [i for i in node.input if i]
-        holds = any(a.type in _GRAPH_TYPES for a in node.attribute)
+        holds = (node.op_type in _HOLDERS or node.domain not in ("", "ai.onnx")) and any(
+            a.type in _GRAPH_TYPES for a in node.attribute)
         if holds:
             reads += sorted(_outer_names(node))
         depth, upstream = 0, empty
