@@ -9,6 +9,8 @@ The public Python API, importable from here (each loads its stage on first use, 
   SearchSettings(...)) -> CollisionSet``: the Null-space search on the real input space.
 - ``validate_collisions(found, device, precision, seed)``: each colliding input run in ONNX
   Runtime against the original (needs ``onnxcollide[cpu]`` or ``onnxcollide[gpu]``).
+- ``compare_models(paths, CompareSettings(...)) -> Comparison``: several exports of one
+  network aligned layer by layer, their weights related (``onnxcollide compare``).
 - ``ToleranceRule``, ``ConvConvention``; errors derive from ``OnnxCollideError``.
 
 See docs/api.md for a worked example.
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from onnxcollide.collide.inputs import ImageOptions, load_inputs, read_inputs
     from onnxcollide.collide.results import Collision, CollisionSet, SearchSettings
     from onnxcollide.collide.search import find_collisions
+    from onnxcollide.compare.model import compare_models
+    from onnxcollide.compare.results import CompareSettings, Comparison
     from onnxcollide.errors import (
         ModelLoadError,
         OnnxCollideError,
@@ -59,6 +63,9 @@ _PUBLIC = {
     "CollisionSet": "onnxcollide.collide.results",
     "SearchSettings": "onnxcollide.collide.results",
     "find_collisions": "onnxcollide.collide.search",
+    "compare_models": "onnxcollide.compare.model",
+    "CompareSettings": "onnxcollide.compare.results",
+    "Comparison": "onnxcollide.compare.results",
     "ModelLoadError": "onnxcollide.errors",
     "OnnxCollideError": "onnxcollide.errors",
     "UnsupportedModelError": "onnxcollide.errors",
@@ -72,6 +79,8 @@ __all__ = [
     "AuditSettings",
     "Collision",
     "CollisionSet",
+    "CompareSettings",
+    "Comparison",
     "ConvConvention",
     "FirstLayer",
     "ImageOptions",
@@ -86,6 +95,7 @@ __all__ = [
     "UsageError",
     "__version__",
     "audit_model",
+    "compare_models",
     "find_collisions",
     "load_inputs",
     "load_model",

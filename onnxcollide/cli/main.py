@@ -1,7 +1,8 @@
 """Command line: parse, call one core function, render, exit with a code a CI gate can use.
 
 Exit codes: 0 success; 1 a check failed (collide: a collision claimed exact did not pass
-validation; validate: the inputs do not collide; audit: reserved for the policy gate); 2 usage
+validation; validate: the inputs do not collide; compare: the models differ; audit: reserved for the
+policy gate); 2 usage
 error; 3 the model cannot be read or holds something we cannot analyse; 130 interrupted (Ctrl-C).
 """
 
@@ -16,6 +17,7 @@ import click
 from onnxcollide._version import __version__
 from onnxcollide.cli.audit import audit
 from onnxcollide.cli.collide import collide
+from onnxcollide.cli.compare import compare
 from onnxcollide.cli.exit_codes import EXIT_INTERRUPTED, EXIT_USAGE
 from onnxcollide.cli.validate import validate
 
@@ -55,7 +57,7 @@ def main() -> None:
     """Audit ONNX models for exact feature collisions (Ozbulak et al.)."""
 
 
-for _command in (audit, collide, validate):
+for _command in (audit, collide, compare, validate):
     main.add_command(_command)
 
 if __name__ == "__main__":
