@@ -48,6 +48,7 @@ class Case:
     model: Path
     description: str
     inputs: tuple[Path, Path] | None
+    base: str = "models/mlp_dense.onnx"
 
 
 @dataclass
@@ -267,25 +268,25 @@ def make_case(base: str, kind: str, seed: int, folder: Path) -> Case:
     if kind == "nested_if":
         depth = rng.choice([3, 20, 32, 33, 120])
         path.write_bytes(nested_if(depth))
-        return Case(path, f"If nested {depth} deep", None)
+        return Case(path, f"If nested {depth} deep", None, base)
     if kind == "external_data":
         path, what = _external(model, folder, rng)
-        return Case(path, f"{base}: {what}", inputs)
+        return Case(path, f"{base}: {what}", inputs, base)
     if kind in MUTATORS:
         what = MUTATORS[kind](model, rng)
         path.write_bytes(model.SerializeToString())
-        return Case(path, f"{base}: {what}", inputs)
+        return Case(path, f"{base}: {what}", inputs, base)
     data = bytearray((ROOT / base).read_bytes())
     if kind == "truncate":
         cut = rng.randrange(1, len(data))
         path.write_bytes(bytes(data[:cut]))
-        return Case(path, f"{base}: truncated to {cut} of {len(data)} bytes", inputs)
+        return Case(path, f"{base}: truncated to {cut} of {len(data)} bytes", inputs, base)
     flips = rng.randrange(1, 9)
     for _ in range(flips):
         where = rng.randrange(len(data))
         data[where] ^= 1 << rng.randrange(8)
     path.write_bytes(bytes(data))
-    return Case(path, f"{base}: {flips} bit(s) flipped", inputs)
+    return Case(path, f"{base}: {flips} bit(s) flipped", inputs, base)
 
 
 def _input_files(model: onnx.ModelProto, folder: Path, seed: int) -> tuple[Path, Path] | None:
@@ -302,11 +303,14 @@ def _input_files(model: onnx.ModelProto, folder: Path, seed: int) -> tuple[Path,
 
 
 def commands(case: Case, out: Path) -> list[list[str]]:
-    """The commands each case runs: audit, collide and validate."""
+    """The commands each case runs: audit, collide, validate, and compare against the model
+    it was made from."""
     model = str(case.model)
     limit = ["--max-memory", MAX_MEMORY]
     runs = [["audit", model, "-f", "json", "-o", str(out / "audit.json"), *limit],
-            ["collide", model, "-o", str(out / "collide"), "--device", "cpu", *limit]]
+            ["collide", model, "-o", str(out / "collide"), "--device", "cpu", *limit],
+            ["compare", str(ROOT / case.base), model, "-f", "json", "-o",
+             str(out / "compare.json"), *limit]]
     if case.inputs is not None:
         runs.append(["validate", model, str(case.inputs[0]), str(case.inputs[1]),
                      "--device", "cpu", *limit])

@@ -20,6 +20,8 @@ from onnxcollide.cli.options import (
     NON_NEGATIVE,
     POSITIVE,
     SEED,
+    apply_max_memory,
+    max_memory_option,
     option_given,
     run_guarded,
     shapes_per_model,
@@ -93,15 +95,18 @@ def _format(ctx: click.Context, fmt: str, output: str | None) -> CompareFormat:
               help="How grouped conv weights become matrices (as in audit).")
 @click.option("--rtol", type=POSITIVE, help="Relative rank tolerance (as in audit).")
 @click.option("--atol", type=NON_NEGATIVE, help="Absolute rank tolerance floor (as in audit).")
+@max_memory_option
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
 def compare(models: tuple[str, ...], fmt: str, output: str | None, pins: tuple[str, ...],
             run: bool, transfer: bool, count: int, seed: int, device: str,
             structure_only: bool, input_shapes: tuple[str, ...], conv_convention: str,
-            rtol: float | None, atol: float | None, debug: bool) -> None:
+            rtol: float | None, atol: float | None, max_memory: str | None,
+            debug: bool) -> None:
     """Compare exports of one network layer by layer (the first model is the reference)."""
     ctx = click.get_current_context()
 
     def action() -> None:
+        apply_max_memory(max_memory)
         chosen = _format(ctx, fmt, output)
         if len(models) < 2:
             raise UsageError("compare needs at least two models",
