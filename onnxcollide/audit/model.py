@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,8 +15,10 @@ from onnxcollide.graph.linear_ops import LinearSite, SkippedOp, find_linear_ops
 from onnxcollide.graph.load import LoadedModel, load_model
 from onnxcollide.graph.shapes import Shape, TensorInfo, infer_shapes, is_float_input, model_inputs
 from onnxcollide.linalg.spectral import EPS_OF, RankDecision, ToleranceRule, decide_rank
+from onnxcollide.linalg.threads import local_threads_available, set_local_threads, worker_count
 
 CLEAR_MARGIN = 10.0  # a decision is "clear" when no singular value lies within 10x of tol
+ALONE_GRAM_BYTES = 32 << 20  # a layer with a float64 Gram matrix this large is decided alone
 
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, current layer label)
 
@@ -199,6 +202,79 @@ def _decide(layer: LinearLayer, rule: ToleranceRule) -> RankDecision:
         raise UnsupportedModelError(f"the weight does not fit the op ({exc})", where) from exc
 
 
+def _decide_alone(layer: LinearLayer) -> bool:
+    """Whether a layer is decided with no other beside it: one of its blocks has a float64
+    Gram matrix of ALONE_GRAM_BYTES or more (its working set: the Gram matrix and a
+    factorisation of it), which then uses every core through BLAS's own threads."""
+    qb, pb = layer.block_shape
+    m = min(qb, pb)
+    return 8 * m * m >= ALONE_GRAM_BYTES
+
+
+def _decide_all(layers: list[LinearLayer], rule: ToleranceRule,
+                progress: ProgressCallback | None) -> list[RankDecision]:
+    """Every layer's decision, in order, with every core busy: layers are independent, so
+    worker threads (one per core) decide them side by side, each with single-threaded BLAS
+    (numpy's and scipy's calls release the GIL); a layer with a large Gram matrix is decided
+    alone, with as many BLAS threads as cores. At most one layer per worker is in flight,
+    so memory holds at most that many layers' working sets. Where BLAS takes no per-thread
+    thread count (``linalg.threads``), one layer at a time. The first error in layer order
+    is raised, and layers not yet started are dropped."""
+    workers = worker_count() if local_threads_available() else 1
+    if workers == 1:
+        return [_decide_reporting(k, layers, rule, progress) for k in range(len(layers))]
+    decisions: list[RankDecision] = []
+    pending: list[Future[RankDecision]] = []
+
+    def collect(keep: int) -> None:
+        while len(pending) > keep:
+            decisions.append(pending.pop(0).result())
+            if progress:
+                upcoming = layers[len(decisions)].nodes[0] if len(decisions) < len(layers) \
+                    else ""
+                progress(len(decisions), len(layers), upcoming)
+
+    if progress:
+        progress(0, len(layers), layers[0].nodes[0])
+    with ThreadPoolExecutor(workers, initializer=set_local_threads, initargs=(1,)) as pool:
+        try:
+            for layer in layers:
+                alone = _decide_alone(layer)
+                collect(0 if alone else workers - 1)
+                pending.append(pool.submit(_decide_with_threads, layer, rule,
+                                           workers if alone else 1))
+                if alone:
+                    collect(0)
+            collect(0)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return decisions
+
+
+def _decide_reporting(k: int, layers: list[LinearLayer], rule: ToleranceRule,
+                      progress: ProgressCallback | None) -> RankDecision:
+    """Layer ``k``'s decision in this thread, with progress before and after the last."""
+    if progress:
+        progress(k, len(layers), layers[k].nodes[0])
+    decision = _decide(layers[k], rule)
+    if progress and k == len(layers) - 1:
+        progress(len(layers), len(layers), "")
+    return decision
+
+
+def _decide_with_threads(layer: LinearLayer, rule: ToleranceRule, threads: int
+                         ) -> RankDecision:
+    """``_decide`` with this worker's BLAS on ``threads`` threads (back to 1 afterwards)."""
+    if threads != 1:
+        set_local_threads(threads)
+    try:
+        return _decide(layer, rule)
+    finally:
+        if threads != 1:
+            set_local_threads(1)
+
+
 def _first_layer(model: LoadedModel, sites: list[LinearSite], infos: dict[str, TensorInfo],
                  rows: list[LayerRow]) -> tuple[FirstLayer | None, list[str]]:
     main_sites = {s.topo_index: s for s in sites if s.scope == "main"}
@@ -313,13 +389,9 @@ def _audit(path: str, settings: AuditSettings, progress: ProgressCallback | None
             "no Conv/ConvTranspose/Gemm/MatMul (or quantized variant) with a constant weight"
             + _skipped_summary(skipped), path, "nothing to audit: is this the model you meant?")
     layers = _unique_layers([build_layer(s, infos, settings.convention) for s in sites])
-    rows: list[LayerRow] = []
-    for k, layer in enumerate(layers, start=1):
-        if progress:
-            progress(k - 1, len(layers), layer.nodes[0])
-        rows.append(LayerRow(k, layer, _decide(layer, settings.rule)))
-    if progress:
-        progress(len(layers), len(layers), "")
+    decisions = _decide_all(layers, settings.rule, progress)
+    rows = [LayerRow(k, layer, decision)
+            for k, (layer, decision) in enumerate(zip(layers, decisions, strict=True), start=1)]
     first, notes = _first_layer(model, sites, infos, rows)
     hidden_w1 = _weights_before_w1(first, skipped)
     if hidden_w1:
