@@ -14,7 +14,13 @@ from onnxcollide.graph.input_path import FirstLayerPath, PathStep, trace_input
 from onnxcollide.graph.linear_ops import LinearSite, SkippedOp, find_linear_ops
 from onnxcollide.graph.load import LoadedModel, load_model
 from onnxcollide.graph.shapes import Shape, TensorInfo, infer_shapes, is_float_input, model_inputs
-from onnxcollide.linalg.spectral import EPS_OF, RankDecision, ToleranceRule, decide_rank
+from onnxcollide.linalg.spectral import (
+    EPS_OF,
+    GramEngine,
+    RankDecision,
+    ToleranceRule,
+    decide_rank,
+)
 from onnxcollide.linalg.threads import local_threads_available, set_local_threads, worker_count
 
 CLEAR_MARGIN = 10.0  # a decision is "clear" when no singular value lies within 10x of tol
@@ -31,11 +37,14 @@ class AuditSettings:
         convention: how grouped conv weights become matrices.
         rule: the rank tolerance rule.
         input_shapes: user-fixed input shapes, (name, dims) pairs.
+        gram: where the float64 Gram matrices are formed (None: BLAS on the CPU;
+            ``runtime.gram.gram_engine("cuda")``: the GPU).
     """
 
     convention: ConvConvention = ConvConvention.GROUPED
     rule: ToleranceRule = field(default_factory=ToleranceRule)
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    gram: GramEngine | None = None
 
 
 @dataclass(frozen=True)
@@ -186,14 +195,15 @@ def _with_nodes(layer: LinearLayer, nodes: tuple[str, ...]) -> LinearLayer:
     return replace(layer, nodes=nodes)
 
 
-def _decide(layer: LinearLayer, rule: ToleranceRule) -> RankDecision:
+def _decide(layer: LinearLayer, rule: ToleranceRule, gram: GramEngine | None = None
+            ) -> RankDecision:
     eps = EPS_OF.get(layer.compute_dtype)
     where = f"node '{layer.nodes[0]}' ({layer.op}), weight '{layer.weight}'"
     if eps is None:
         raise UnsupportedModelError(f"weight is computed in {layer.compute_dtype}, which has no "
                                     "float epsilon we know", where)
     try:
-        return decide_rank(layer.load_blocks(), eps, rule)
+        return decide_rank(layer.load_blocks(), eps, rule, gram)
     except FloatingPointError as exc:
         raise UnsupportedModelError(str(exc), where, "the model's weights are corrupt") from exc
     except OverflowError as exc:
@@ -212,7 +222,8 @@ def _decide_alone(layer: LinearLayer) -> bool:
 
 
 def _decide_all(layers: list[LinearLayer], rule: ToleranceRule,
-                progress: ProgressCallback | None) -> list[RankDecision]:
+                progress: ProgressCallback | None, gram: GramEngine | None = None
+                ) -> list[RankDecision]:
     """Every layer's decision, in order, with every core busy: layers are independent, so
     worker threads (one per core) decide them side by side, each with single-threaded BLAS
     (numpy's and scipy's calls release the GIL); a layer with a large Gram matrix is decided
@@ -222,7 +233,8 @@ def _decide_all(layers: list[LinearLayer], rule: ToleranceRule,
     is raised, and layers not yet started are dropped."""
     workers = worker_count() if local_threads_available() else 1
     if workers == 1:
-        return [_decide_reporting(k, layers, rule, progress) for k in range(len(layers))]
+        return [_decide_reporting(k, layers, rule, progress, gram)
+                for k in range(len(layers))]
     decisions: list[RankDecision] = []
     pending: list[Future[RankDecision]] = []
 
@@ -242,7 +254,7 @@ def _decide_all(layers: list[LinearLayer], rule: ToleranceRule,
                 alone = _decide_alone(layer)
                 collect(0 if alone else workers - 1)
                 pending.append(pool.submit(_decide_with_threads, layer, rule,
-                                           workers if alone else 1))
+                                           workers if alone else 1, gram))
                 if alone:
                     collect(0)
             collect(0)
@@ -253,23 +265,24 @@ def _decide_all(layers: list[LinearLayer], rule: ToleranceRule,
 
 
 def _decide_reporting(k: int, layers: list[LinearLayer], rule: ToleranceRule,
-                      progress: ProgressCallback | None) -> RankDecision:
+                      progress: ProgressCallback | None, gram: GramEngine | None
+                      ) -> RankDecision:
     """Layer ``k``'s decision in this thread, with progress before and after the last."""
     if progress:
         progress(k, len(layers), layers[k].nodes[0])
-    decision = _decide(layers[k], rule)
+    decision = _decide(layers[k], rule, gram)
     if progress and k == len(layers) - 1:
         progress(len(layers), len(layers), "")
     return decision
 
 
-def _decide_with_threads(layer: LinearLayer, rule: ToleranceRule, threads: int
-                         ) -> RankDecision:
+def _decide_with_threads(layer: LinearLayer, rule: ToleranceRule, threads: int,
+                         gram: GramEngine | None) -> RankDecision:
     """``_decide`` with this worker's BLAS on ``threads`` threads (back to 1 afterwards)."""
     if threads != 1:
         set_local_threads(threads)
     try:
-        return _decide(layer, rule)
+        return _decide(layer, rule, gram)
     finally:
         if threads != 1:
             set_local_threads(1)
@@ -389,7 +402,7 @@ def _audit(path: str, settings: AuditSettings, progress: ProgressCallback | None
             "no Conv/ConvTranspose/Gemm/MatMul (or quantized variant) with a constant weight"
             + _skipped_summary(skipped), path, "nothing to audit: is this the model you meant?")
     layers = _unique_layers([build_layer(s, infos, settings.convention) for s in sites])
-    decisions = _decide_all(layers, settings.rule, progress)
+    decisions = _decide_all(layers, settings.rule, progress, settings.gram)
     rows = [LayerRow(k, layer, decision)
             for k, (layer, decision) in enumerate(zip(layers, decisions, strict=True), start=1)]
     first, notes = _first_layer(model, sites, infos, rows)

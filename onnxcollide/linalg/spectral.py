@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.linalg
@@ -34,6 +34,7 @@ from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator
 
 from onnxcollide.linalg.inertia import SchurSplit, schur_split
 from onnxcollide.linalg.krylov import project_out, top_eigenpairs
+from onnxcollide.linalg.pages import give_back
 
 EPS_OF: dict[str, float] = {
     "float": float(np.finfo(np.float32).eps),
@@ -246,16 +247,57 @@ def _check_finite(chunk: np.ndarray) -> None:
         raise FloatingPointError("weight contains NaN or Inf")
 
 
-def gram_matrix(matrix: np.ndarray) -> np.ndarray:
+Accumulate = Callable[[np.ndarray, "np.ndarray | None", bool], np.ndarray]
+
+
+def syrk_accumulate(chunk: np.ndarray, gram: np.ndarray | None, tall: bool) -> np.ndarray:
+    """``gram + chunk^T chunk`` (``tall``: chunk (r, m)) or ``gram + chunk chunk^T`` (chunk
+    (m, r)) by BLAS dsyrk, upper triangle, in place where ``gram`` is given (None: 0)."""
+    # chunk.T is a Fortran view: syrk(a, trans=0) gives a a^T, syrk(a, trans=1) a^T a.
+    if gram is None:
+        return blas.dsyrk(1.0, chunk.T, trans=0 if tall else 1, lower=0)
+    return blas.dsyrk(1.0, chunk.T, beta=1.0, c=gram, trans=0 if tall else 1, lower=0,
+                      overwrite_c=1)
+
+
+@dataclass(frozen=True)
+class GramEngine:
+    """Where the float64 Gram matrices are formed.
+
+    Attributes:
+        device: ``cpu`` (BLAS dsyrk, the default) or the device another engine runs on, as
+            reports record it.
+        accumulate: adds one float64 chunk's Gram matrix to the running one (see
+            ``syrk_accumulate``); the decisions themselves always run on the CPU.
+        chunk_bytes: float64 bytes per chunk it takes (None: CHUNK_BYTES).
+    """
+
+    device: str = "cpu"
+    accumulate: Accumulate = field(default=syrk_accumulate, compare=False)
+    chunk_bytes: int | None = None
+
+    def form(self, matrix: np.ndarray) -> np.ndarray:
+        """``gram_matrix`` of ``matrix`` with this engine."""
+        return gram_matrix(matrix, self.accumulate, self.chunk_bytes)
+
+
+CPU_GRAM = GramEngine()
+
+
+def gram_matrix(matrix: np.ndarray, accumulate: Accumulate = syrk_accumulate,
+                chunk_bytes: int | None = None) -> np.ndarray:
     """Float64 Gram matrix of the smaller side, streamed in chunks.
 
     Chunks run along the long side: rows of a tall matrix, column blocks of a wide one, each
     converted to a C-ordered float64 copy that BLAS reads without a transposed copy. A
     Fortran-ordered matrix (a transposed view, as Gemm with transB gives) is read as its
-    C-ordered transpose, whose smaller-side Gram matrix is the same.
+    C-ordered transpose, whose smaller-side Gram matrix is the same. The pages of a
+    memory-mapped matrix are given back as each chunk is read (``pages.give_back``).
 
     Args:
         matrix: (q, p) array of any float dtype, possibly a read-only memmap.
+        accumulate: adds a chunk's Gram matrix (``syrk_accumulate``: BLAS on the CPU).
+        chunk_bytes: float64 bytes per chunk (CHUNK_BYTES where None).
 
     Returns:
         (m, m) float64 Fortran array, m = min(q, p): ``W^T W`` if q > p, ``W W^T`` if q < p,
@@ -266,7 +308,7 @@ def gram_matrix(matrix: np.ndarray) -> np.ndarray:
     tall = matrix.shape[0] >= matrix.shape[1]
     long_side, m = (matrix.shape if tall else matrix.shape[::-1])
     gram: np.ndarray | None = None
-    step = min(max(1, CHUNK_BYTES // (8 * max(m, 1))), max(long_side, 1))
+    step = min(max(1, (chunk_bytes or CHUNK_BYTES) // (8 * max(m, 1))), max(long_side, 1))
     # One float64 buffer for every chunk: a fresh allocation per chunk costs page faults.
     buffer = np.empty((step, m) if tall else (m, step), dtype=np.float64)
     for start in range(0, max(long_side, 1), step):
@@ -278,12 +320,8 @@ def gram_matrix(matrix: np.ndarray) -> np.ndarray:
         else:  # the last column block: a slice of the buffer would not be C-ordered
             chunk = np.empty((m, part.shape[1]), dtype=np.float64)
         np.copyto(chunk, part, casting="unsafe")  # (r, m) tall, (m, r) wide, C order
-        # chunk.T is a Fortran view: syrk(a, trans=0) gives a a^T, syrk(a, trans=1) a^T a.
-        if gram is None:
-            gram = blas.dsyrk(1.0, chunk.T, trans=0 if tall else 1, lower=0)
-        else:
-            gram = blas.dsyrk(1.0, chunk.T, beta=1.0, c=gram, trans=0 if tall else 1, lower=0,
-                              overwrite_c=1)
+        give_back(matrix, start, start + part.shape[0 if tall else 1], tall)
+        gram = accumulate(chunk, gram, tall)
     assert gram is not None
     # A NaN or Inf anywhere in the weight reaches the diagonal entry of its row or column
     # (a sum of squares; float32 and float16 squares cannot overflow float64), so checking the
@@ -416,6 +454,7 @@ def streamed_r(matrix: np.ndarray) -> tuple[np.ndarray, int]:
         chunk = buffer if part.shape[0] == step else \
             np.empty(part.shape, dtype=np.float64, order="F")
         np.copyto(chunk, part, casting="unsafe")
+        give_back(matrix, start, start + part.shape[0], tall)
         _check_finite(chunk)
         r, _, _, info = scipy.linalg.lapack.dtpqrt(0, nb, r, chunk, overwrite_a=1,
                                                    overwrite_b=1)
@@ -459,9 +498,9 @@ def _svd_singular_values(blocks: np.ndarray) -> tuple[np.ndarray, int]:
         max(qb, pb)
 
 
-def _block_facts(block: np.ndarray) -> _BlockFacts:
-    """The block's Gram matrix and sigma_max (with its error estimate)."""
-    gram = gram_matrix(block)
+def _block_facts(block: np.ndarray, form: Callable[[np.ndarray], np.ndarray]) -> _BlockFacts:
+    """The block's Gram matrix (made by ``form``) and sigma_max (with its error estimate)."""
+    gram = form(block)
     lam, residual = _largest_eigenvalue(gram)
     sigma_max = math.sqrt(max(lam, 0.0))
     error = root_error(sigma_max, _gram_error(max(block.shape), sigma_max) + residual)
@@ -817,13 +856,16 @@ def _gram_is_precise(n: int, relative_tol: float) -> bool:
     return relative_tol > 0 and math.sqrt(n * EPS64) < 0.01 * relative_tol
 
 
-def decide_rank(blocks: np.ndarray, eps: float, rule: ToleranceRule | None = None) -> RankDecision:
+def decide_rank(blocks: np.ndarray, eps: float, rule: ToleranceRule | None = None,
+                gram: GramEngine | None = None) -> RankDecision:
     """Numerical rank of the block-diagonal matrix diag(blocks[0], ..., blocks[g-1]).
 
     Args:
         blocks: (g, qb, pb) array (any float dtype; may be a memmap view).
         eps: machine epsilon of the dtype the weight is computed in.
         rule: tolerance rule; the NumPy default when None.
+        gram: where the Gram-path blocks' float64 Gram matrices are formed (BLAS on the CPU
+            when None); every decision from them runs on the CPU.
 
     Returns:
         The rank over all blocks with the tolerance, sigma_max, the smallest kept and largest
@@ -849,11 +891,12 @@ def decide_rank(blocks: np.ndarray, eps: float, rule: ToleranceRule | None = Non
         error = _svd_error(length, sigma_max)
         decided = _rank_from_sigmas(sigmas.ravel(), tol, "svd", lambda s: error)
         return _combine([decided], sigma_max, error, rule, (q, p, eps))
+    form = gram_matrix if gram is None else gram.form
     # Pass 1: sigma_max of every block (it sets tol). Pass 2: decide each block against tol.
     keep = g * min(qb, pb) ** 2 * 8 <= HELD_GRAM_BYTES
     facts = []
     for k in range(g):
-        fact = _block_facts(blocks[k])
+        fact = _block_facts(blocks[k], form)
         if not keep:
             fact.gram = None
         facts.append(fact)
@@ -863,7 +906,7 @@ def decide_rank(blocks: np.ndarray, eps: float, rule: ToleranceRule | None = Non
     results = []
     for fact in facts:
         if fact.gram is None:
-            fact.gram = gram_matrix(fact.matrix)
+            fact.gram = form(fact.matrix)
         results.append(_decide_block(fact, tol, max(qb, pb), sigma_max))
         fact.gram = None
     return _combine(results, sigma_max, sigma_max_error, rule, (q, p, eps))
