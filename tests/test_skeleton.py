@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -70,7 +71,7 @@ def test_audit_is_the_same_as_from_the_whole_file(tmp_path, rng, monkeypatch):
 def test_a_truncated_file_is_reported_as_before(tmp_path, rng):
     """Cut inside the weight's bytes: the walk stops, the whole-file parser reports it."""
     path, _ = _model(tmp_path, rng)
-    data = open(path, "rb").read()
+    data = Path(path).read_bytes()
     cut = tmp_path / "cut.onnx"
     cut.write_bytes(data[: len(data) // 2])
     line = assert_one_line_error(run_cli("audit", str(cut)), 3)
