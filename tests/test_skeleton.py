@@ -136,3 +136,22 @@ def test_arrays_in_memory_are_left_alone(rng):
     give_back(array, 0, 512, True)
     give_back(array[:, :100], 0, 100, False)
     np.testing.assert_array_equal(array, copy)
+
+
+@pytest.mark.parametrize("offset", [0, 4098])
+def test_column_blocks_are_read_from_the_file_as_through_the_map(tmp_path, rng, offset):
+    """read_columns (one preadv per row, no fault-around) gives the values the map holds,
+    also for a map at an unaligned offset (a view inside a single .onnx file); the Gram
+    matrix of a wide memory-mapped weight is the one of the array in memory."""
+    from onnxcollide.linalg.pages import read_columns
+    from onnxcollide.linalg.spectral import gram_matrix
+
+    data = rng.standard_normal((300, 5000)).astype(np.float32)
+    file = tmp_path / "w.bin"
+    file.write_bytes(b"\0" * offset + data.tobytes())
+    mapped = np.memmap(file, dtype=np.float32, mode="r", offset=offset, shape=data.shape)
+    out = np.empty((300, 700))
+    assert read_columns(mapped, 1000, 1700, out)
+    np.testing.assert_array_equal(out, data[:, 1000:1700])
+    assert not read_columns(data, 0, 10, np.empty((300, 10)))  # not a map: caller copies
+    np.testing.assert_array_equal(np.triu(gram_matrix(mapped)), np.triu(gram_matrix(data)))

@@ -34,7 +34,7 @@ from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator
 
 from onnxcollide.linalg.inertia import SchurSplit, schur_split
 from onnxcollide.linalg.krylov import project_out, top_eigenpairs
-from onnxcollide.linalg.pages import give_back
+from onnxcollide.linalg.pages import give_back, read_columns
 
 EPS_OF: dict[str, float] = {
     "float": float(np.finfo(np.float32).eps),
@@ -319,8 +319,10 @@ def gram_matrix(matrix: np.ndarray, accumulate: Accumulate = syrk_accumulate,
             chunk = buffer
         else:  # the last column block: a slice of the buffer would not be C-ordered
             chunk = np.empty((m, part.shape[1]), dtype=np.float64)
-        np.copyto(chunk, part, casting="unsafe")  # (r, m) tall, (m, r) wide, C order
-        give_back(matrix, start, start + part.shape[0 if tall else 1], tall)
+        stop = start + part.shape[0 if tall else 1]
+        if tall or not read_columns(matrix, start, stop, chunk):
+            np.copyto(chunk, part, casting="unsafe")  # (r, m) tall, (m, r) wide, C order
+            give_back(matrix, start, stop, tall)
         gram = accumulate(chunk, gram, tall)
     assert gram is not None
     # A NaN or Inf anywhere in the weight reaches the diagonal entry of its row or column
@@ -453,8 +455,10 @@ def streamed_r(matrix: np.ndarray) -> tuple[np.ndarray, int]:
         part = matrix[start:start + step] if tall else matrix[:, start:start + step].T
         chunk = buffer if part.shape[0] == step else \
             np.empty(part.shape, dtype=np.float64, order="F")
-        np.copyto(chunk, part, casting="unsafe")
-        give_back(matrix, start, start + part.shape[0], tall)
+        stop = start + part.shape[0]
+        if tall or not read_columns(matrix, start, stop, chunk.T):
+            np.copyto(chunk, part, casting="unsafe")
+            give_back(matrix, start, stop, tall)
         _check_finite(chunk)
         r, _, _, info = scipy.linalg.lapack.dtpqrt(0, nb, r, chunk, overwrite_a=1,
                                                    overwrite_b=1)
