@@ -785,9 +785,12 @@ def test_a_tolerance_above_sigma_max_drops_everything_on_the_gram_path(recwarn):
 
 def _stream_in_chunks(monkeypatch, m: int) -> int:
     """Chunks small enough that an m-wide test block streams in many of them; returns the
-    chunk size (the rule needs at least 4 m lines a chunk)."""
+    chunk size (the rule needs at least 4 m lines a chunk). Blocks up to SVD_MAX_DIM wide
+    stay on the SVD path whatever their length (since issue 16 a long one takes the cheaper
+    Gram path; the streamed SVD still re-decides close calls and is tested here)."""
     chunk = max(32 * m * m, 8192)
     monkeypatch.setattr(spectral, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(spectral, "SVD_MAX_WORK", 1 << 62)
     return chunk
 
 
@@ -976,3 +979,18 @@ def test_kernel_space_of_a_long_wide_matrix_streams(rng, monkeypatch, shape):
     again = spectral.kernel_space(w, EPS32)  # deterministic
     assert np.array_equal(again.basis, space.basis)
     assert np.array_equal(again.range_basis, space.range_basis)
+
+
+def test_narrow_blocks_take_the_svd_only_where_it_is_cheap(rng):
+    """A 256 x 256 block (n m^2 = 2^24) keeps the float64 SVD; a 2304 x 256 conv block
+    (ResNet-50's, 9x that work) takes the Gram matrix and its eigenvalues, with the SVD's
+    rank and every printed value within its digits of the SVD's."""
+    square = _with_spectrum_shaped(rng, 256, 256, np.linspace(2.0, 1.0, 256))
+    assert decide_rank(square[None], EPS32).method == "svd"
+    sigmas = np.linspace(2.0, 1.0, 256)
+    sigmas[:3] = [1e-6, 2e-6, 3e-9]  # dropped, one at the noise floor
+    tall = _with_spectrum_shaped(rng, 2304, 256, sigmas)
+    decision = decide_rank(tall[None], EPS32)
+    assert decision.method == "gram-eigh"
+    assert decision.rank == reference(tall[None], EPS32)["rank"] == 253
+    _assert_digits_right(decision, tall[None])
