@@ -216,6 +216,8 @@ def _decide_alone(layer: LinearLayer) -> bool:
     """Whether a layer is decided with no other beside it: one of its blocks has a float64
     Gram matrix of ALONE_GRAM_BYTES or more (its working set: the Gram matrix and a
     factorisation of it), which then uses every core through BLAS's own threads."""
+    if layer.groups == 0:  # an empty weight
+        return False
     qb, pb = layer.block_shape
     m = min(qb, pb)
     return 8 * m * m >= ALONE_GRAM_BYTES

@@ -90,15 +90,13 @@ def settings_dict(audits: Sequence[ModelAudit]) -> dict[str, Any]:
     """The settings every number was decided with (the same for every audit of one call;
     input shapes, which are per model, are in each model's record)."""
     settings = audits[0].settings
-    recorded = {
+    return {
         "conv_convention": settings.convention.value,
         "tolerance_rule": settings.rule.describe(),
         "rtol": settings.rule.rtol, "atol": settings.rule.atol,
         "svd_max_dim": SVD_MAX_DIM, "gram_trust": GRAM_TRUST, "clear_margin": CLEAR_MARGIN,
+        "gram_device": "cpu" if settings.gram is None else settings.gram.device,
     }
-    if settings.gram is not None and settings.gram.device != "cpu":
-        recorded["gram_device"] = settings.gram.device
-    return recorded
 
 
 def report_dict(audits: Sequence[ModelAudit]) -> dict[str, Any]:
