@@ -28,6 +28,7 @@ own margin min(kept / tol, tol / dropped) at least 10).
     python scripts/bench_audit.py --keep /tmp/bench-models # reuse the written models next time
     python scripts/bench_audit.py path/to/model.onnx       # any model
     python scripts/bench_audit.py --device cuda            # Gram matrices on the GPU (issue 16)
+    python scripts/bench_audit.py --threads --models resnet50 vit-b16  # workers vs BLAS threads
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def run_audit(path: str, out_json: str, device: str) -> dict:
     args = [sys.executable, "-c", AUDIT_WRAPPER, "audit", path, "-f", "json", "-o", out_json,
             "--no-progress"]
     if device != "cpu":
-        args += ["--gram-device", device]
+        args += ["--device", device]
     env = {**os.environ, "BENCH_PEAK_FILE": peak_path}
     start = time.perf_counter()
     process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
@@ -232,6 +233,47 @@ def naive(path: str) -> dict:
     return {"seconds": time.perf_counter() - start, "ranks": ranks}
 
 
+def threads(path: str, mode: str) -> dict:
+    """Decide every layer of the model (loading untimed) one way: ``blas``, one layer at a
+    time with BLAS's own threads (run with OPENBLAS_NUM_THREADS unset), or ``workers``, one
+    worker thread per core with single-threaded BLAS (the audit's way)."""
+    from onnxcollide.audit.layers import build_layer
+    from onnxcollide.audit.model import (
+        AuditSettings,
+        _decide,
+        _decide_all,
+        _unique_layers,
+    )
+    from onnxcollide.graph.linear_ops import find_linear_ops
+    from onnxcollide.graph.load import load_model
+    from onnxcollide.graph.shapes import infer_shapes
+    from onnxcollide.linalg.spectral import ToleranceRule
+
+    model = load_model(path)
+    sites, _ = find_linear_ops(model)
+    infos = infer_shapes(model, {})
+    layers = _unique_layers([build_layer(s, infos, AuditSettings().convention)
+                             for s in sites])
+    rule = ToleranceRule()
+    start, cpu = time.perf_counter(), time.process_time()
+    if mode == "blas":
+        ranks = [_decide(layer, rule).rank for layer in layers]
+    else:
+        ranks = [d.rank for d in _decide_all(layers, rule, None)]
+    return {"seconds": time.perf_counter() - start, "cpu_s": time.process_time() - cpu,
+            "ranks": ranks}
+
+
+def compare_threads(name: str, path: str) -> None:
+    """Print the decisions' time both ways (``threads``), each in a fresh process."""
+    blas = _in_child("threads", path, "blas")
+    workers = _in_child("threads", path, "workers")
+    same = "same ranks" if blas["ranks"] == workers["ranks"] else "RANKS DIFFER"
+    print(f"  {name}: decisions one layer at a time with BLAS's threads {blas['seconds']:.2f} s "
+          f"(cpu {blas['cpu_s']:.2f} s); one worker per core, single-threaded BLAS "
+          f"{workers['seconds']:.2f} s (cpu {workers['cpu_s']:.2f} s); {same}", flush=True)
+
+
 # ---------------------------------------------------------------- one model
 
 
@@ -314,8 +356,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="write the models here and reuse them (default: a temporary "
                              "folder, removed at the end)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                        help="where the audit forms its Gram matrices (audit --gram-device)")
+                        help="where the audit forms its Gram matrices (audit --device)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--threads", action="store_true",
+                        help="only compare the decisions' time with BLAS's own threads "
+                             "against one worker per core (single-file models)")
     args = parser.parse_args(argv)
     import numpy
     import scipy
@@ -326,6 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.keep or scratch
         os.makedirs(folder, exist_ok=True)
+        if args.threads:
+            for name in args.models:
+                variant = "external" if name in SINGLE_ONLY_SKIP else "single"
+                compare_threads(name, _ensure_model(folder, name, variant, args.seed))
+            return 0
         print(HEADER, flush=True)
         for path in args.paths:
             result = _in_child("naive", path) if args.naive == "yes" else None
