@@ -326,10 +326,7 @@ def gram_matrix(matrix: np.ndarray, accumulate: Accumulate = syrk_accumulate,
             chunk = buffer
         else:  # the last column block: a slice of the buffer would not be C-ordered
             chunk = np.empty((m, part.shape[1]), dtype=np.float64)
-        stop = start + part.shape[0 if tall else 1]
-        if tall or not read_columns(matrix, start, stop, chunk):
-            np.copyto(chunk, part, casting="unsafe")  # (r, m) tall, (m, r) wide, C order
-            give_back(matrix, start, stop, tall)
+        _read_chunk(matrix, start, start + part.shape[0 if tall else 1], tall, chunk)
         gram = accumulate(chunk, gram, tall)
     assert gram is not None
     # A NaN or Inf anywhere in the weight reaches the diagonal entry of its row or column
@@ -337,6 +334,22 @@ def gram_matrix(matrix: np.ndarray, accumulate: Accumulate = syrk_accumulate,
     # diagonal checks the weight without another pass over it.
     _check_finite(np.diagonal(gram))
     return np.asfortranarray(gram)
+
+
+def _read_chunk(matrix: np.ndarray, lo: int, hi: int, tall: bool, out: np.ndarray) -> None:
+    """Rows ``lo:hi`` (``tall``) or columns ``lo:hi`` of ``matrix`` into ``out`` (float64,
+    same shape), handing the pages read back where ``matrix`` is memory-mapped
+    (``pages``): the column blocks of a wide matrix read in several are read from the
+    file row by row; a block of every column is every row."""
+    if tall:
+        np.copyto(out, matrix[lo:hi], casting="unsafe")
+        give_back(matrix, lo, hi, True)
+    elif lo == 0 and hi == matrix.shape[1]:
+        np.copyto(out, matrix, casting="unsafe")
+        give_back(matrix, 0, matrix.shape[0], True)
+    elif not read_columns(matrix, lo, hi, out):
+        np.copyto(out, matrix[:, lo:hi], casting="unsafe")
+        give_back(matrix, lo, hi, False)
 
 
 def _upper_eigvalsh(gram: np.ndarray, subset: list[int] | None = None) -> np.ndarray:
@@ -462,10 +475,7 @@ def streamed_r(matrix: np.ndarray) -> tuple[np.ndarray, int]:
         part = matrix[start:start + step] if tall else matrix[:, start:start + step].T
         chunk = buffer if part.shape[0] == step else \
             np.empty(part.shape, dtype=np.float64, order="F")
-        stop = start + part.shape[0]
-        if tall or not read_columns(matrix, start, stop, chunk.T):
-            np.copyto(chunk, part, casting="unsafe")
-            give_back(matrix, start, stop, tall)
+        _read_chunk(matrix, start, start + part.shape[0], tall, chunk if tall else chunk.T)
         _check_finite(chunk)
         r, _, _, info = scipy.linalg.lapack.dtpqrt(0, nb, r, chunk, overwrite_a=1,
                                                    overwrite_b=1)
