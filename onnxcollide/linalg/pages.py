@@ -86,7 +86,7 @@ def read_columns(matrix: np.ndarray, lo: int, hi: int, out: np.ndarray) -> bool:
     and the caller copies through the map instead."""
     mapped, source = _mapping(matrix), _memmap_of(matrix)
     if mapped is None or source is None or matrix.ndim != 2 or not hi > lo or \
-            matrix.strides[1] != matrix.itemsize:
+            matrix.strides[1] != matrix.itemsize or not hasattr(os, "preadv"):
         return False
     begin = _mapped_range(mapped)[0]
     # np.memmap maps from its offset rounded down to the allocation granularity.
