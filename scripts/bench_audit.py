@@ -1,214 +1,193 @@
 #!/usr/bin/env python3
-"""Time `onnxcollide audit` against a naive per-layer numpy.linalg.matrix_rank loop.
+"""Time `onnxcollide audit` on models shaped like real PyTorch exports, against its floor.
 
-Builds seeded random-weight models shaped like AlexNet (five convs; fc 9216x4096, 4096x4096,
-4096x1000) and ViT-B/16 (patch conv 768x3x16x16, 12 blocks of qkv/proj/fc1/fc2, head), or takes
-any ONNX path, then in fresh subprocesses (so peak memory is measured per phase):
-  1. audits the model with onnxcollide (end to end: load, find weights, rank every layer);
-  2. times the float64 Gram matrices of the Gram-path blocks alone: the floor of any engine that
-     decides in float64 from Gram matrices, so naive / floor is the ceiling on the speedup;
-  3. runs numpy.linalg.matrix_rank on every weight matrix (SVD in the weight's dtype);
-  4. repeats the issue's lead on the largest weight alone: a float64 Gram matrix (dsyrk) and one
-     Cholesky factorisation of G - tol^2 I against matrix_rank on the same matrix, so the ratio
-     this machine gives can be set beside the 18x the issue measured;
-and checks that the ranks agree layer by layer.
+For each architecture (AlexNet, VGG-16, ViT-B/16, ResNet-50 by default; ViT-L/16 with external
+data too) it writes the model as PyTorch exports it (``bench_models.py``: one ``.onnx`` file,
+default initialisation; and the external-data variant), then, each in a fresh process:
 
-    python scripts/bench_audit.py                 # AlexNet and ViT-B/16 shapes
-    python scripts/bench_audit.py --shape vit-b16
-    python scripts/bench_audit.py --shape large   # VGG-16 and ViT-L/16 shapes
-    python scripts/bench_audit.py --shape heads --naive none  # long 128/256/257-wide heads
-    python scripts/bench_audit.py path/to/model.onnx
+1. **audit**: ``onnxcollide audit MODEL -f json -o FILE`` as a user runs it; the whole process
+   is timed (starting Python, importing, loading, deciding, writing), and its peak resident
+   memory (VmHWM) is read as it exits;
+2. **floor**: the least work any engine that certifies every rank in float64 does: read and
+   parse the file (``onnx.load``, external data included, each weight as an array), then one
+   float64 copy and one ``dsyrk`` Gram matrix (short side squared) of every weight block;
+   timed alone, after the audit, in the same run;
+3. **naive**: ``numpy.linalg.matrix_rank``'s work on every weight matrix (the SVD in the
+   weight's dtype, its singular values compared with ``max(q, p) * eps * sigma_max``), once
+   per architecture (the single-file and external variants hold the same weights).
+
+It prints one row per model: audit, floor, audit/floor against the target (audit within
+1.5 x floor + 1 s), naive and naive/audit, peak memory against the file size (at most
+1.5 x file + 300 MB for a single file; under 600 MB with external data; ViT-L/16: under 60 s
+and 1 GB), and whether the ranks equal the naive loop's wherever its decision is clear (its
+own margin min(kept / tol, tol / dropped) at least 10).
+
+    python scripts/bench_audit.py                          # the four architectures, both variants
+    python scripts/bench_audit.py --models resnet50 vit-b16 --variants single
+    python scripts/bench_audit.py --models vit-l16 --variants external
+    python scripts/bench_audit.py --keep /tmp/bench-models # reuse the written models next time
+    python scripts/bench_audit.py path/to/model.onnx       # any model
+    python scripts/bench_audit.py --device cuda            # Gram matrices on the GPU (issue 16)
+    python scripts/bench_audit.py --threads --models resnet50 vit-b16  # workers vs BLAS threads
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import multiprocessing as mp
 import os
-import resource
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
-import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_models import BUILDERS
 
+DEFAULT_MODELS = ["alexnet", "vgg16", "vit-b16", "resnet50", "vit-l16"]
+SINGLE_ONLY_SKIP = {"vit-l16"}  # ViT-L/16: external data only (the issue's target)
+CLEAR = 10.0  # a naive decision is clear when its own margin is at least this
 
-def _weight(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) -> np.ndarray:
-    return (rng.standard_normal(shape, dtype=np.float32) / np.sqrt(fan_in)).astype(np.float32)
-
-
-def _save(nodes: list, inits: list, inp: tuple[str, list[int]], out: str, path: str) -> None:
-    graph = helper.make_graph(
-        nodes, "bench", [helper.make_tensor_value_info(inp[0], TensorProto.FLOAT, inp[1])],
-        [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
-    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
-              location=os.path.basename(path) + ".data", size_threshold=1024)
-
-
-def build_alexnet(path: str, seed: int) -> None:
-    """AlexNet-shaped model with random weights (external data)."""
-    rng = np.random.default_rng(seed)
-    convs = [(64, 3, 11, 4, 2), (192, 64, 5, 1, 2), (384, 192, 3, 1, 1), (256, 384, 3, 1, 1),
-             (256, 256, 3, 1, 1)]
-    nodes, inits, x = [], [], "x"
-    for k, (o, c, kern, stride, pad) in enumerate(convs):
-        w = f"conv{k}.w"
-        inits.append(numpy_helper.from_array(_weight(rng, (o, c, kern, kern), c * kern * kern), w))
-        nodes.append(helper.make_node("Conv", [x, w], [f"c{k}"], kernel_shape=[kern, kern],
-                                      strides=[stride] * 2, pads=[pad] * 4))
-        nodes.append(helper.make_node("Relu", [f"c{k}"], [f"r{k}"]))
-        x = f"r{k}"
-        if k in (0, 1, 4):
-            nodes.append(helper.make_node("MaxPool", [x], [f"p{k}"], kernel_shape=[3, 3],
-                                          strides=[2, 2]))
-            x = f"p{k}"
-    x = _classifier(rng, nodes, inits, x, 9216)
-    _save(nodes, inits, ("x", [1, 3, 224, 224]), x, path)
+# Run in a fresh interpreter: the CLI as a user runs it, its peak memory written at exit.
+AUDIT_WRAPPER = """
+import atexit, os, sys
+def _peak():
+    with open('/proc/self/status') as status:
+        kb = next(int(l.split()[1]) for l in status if l.startswith('VmHWM:'))
+    with open(os.environ['BENCH_PEAK_FILE'], 'w') as out:
+        out.write(str(kb))
+atexit.register(_peak)
+sys.argv = ['onnxcollide', *sys.argv[1:]]
+from onnxcollide.cli.entry import run
+run()
+"""
 
 
-def _classifier(rng: np.random.Generator, nodes: list, inits: list, x: str, features: int
-                ) -> str:
-    """Flatten, then Gemm features->4096->4096->1000 (weights stored transposed, transB=1);
-    returns the output name."""
-    nodes.append(helper.make_node("Flatten", [x], ["flat"]))
-    x = "flat"
-    for k, (q, p) in enumerate([(features, 4096), (4096, 4096), (4096, 1000)]):
-        w = f"fc{k}.w"
-        inits.append(numpy_helper.from_array(_weight(rng, (p, q), q), w))
-        nodes.append(helper.make_node("Gemm", [x, w], [f"f{k}"], transB=1))
-        x = f"f{k}"
-    return x
+@dataclass
+class Row:
+    """The figures of one model."""
+
+    model: str
+    variant: str
+    file_mb: float
+    audit_s: float = 0.0
+    audit_cpu_s: float = 0.0
+    peak_mb: float = 0.0
+    floor_s: float = 0.0
+    floor_read_s: float = 0.0
+    floor_gram_s: float = 0.0
+    naive_s: float | None = None
+    layers: int = 0
+    clear: int = 0
+    agree_clear: int = 0
+    agree_all: int = 0
+    disagreements: list[str] = field(default_factory=list)
+    methods: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def time_target_s(self) -> float:
+        return 60.0 if self.model == "vit-l16" else 1.5 * self.floor_s + 1.0
+
+    @property
+    def peak_target_mb(self) -> float:
+        if self.model == "vit-l16":
+            return 1000.0
+        return 600.0 if self.variant == "external" else 1.5 * self.file_mb + 300.0
+
+    @property
+    def met(self) -> bool:
+        ranks = self.agree_clear == self.clear
+        return self.audit_s <= self.time_target_s and self.peak_mb <= self.peak_target_mb \
+            and ranks
 
 
-def build_vgg16(path: str, seed: int) -> None:
-    """VGG-16-shaped model with random weights (13 3x3 convs; fc 25088x4096, 4096x4096,
-    4096x1000; 553 MB of external data)."""
-    rng = np.random.default_rng(seed)
-    plan = [64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0]
-    nodes, inits, x, channels = [], [], "x", 3
-    for k, width in enumerate(plan):
-        if width == 0:
-            nodes.append(helper.make_node("MaxPool", [x], [f"p{k}"], kernel_shape=[2, 2],
-                                          strides=[2, 2]))
-            x = f"p{k}"
-            continue
-        w = f"conv{k}.w"
-        inits.append(numpy_helper.from_array(_weight(rng, (width, channels, 3, 3), channels * 9),
-                                             w))
-        nodes.append(helper.make_node("Conv", [x, w], [f"c{k}"], kernel_shape=[3, 3],
-                                      pads=[1] * 4))
-        nodes.append(helper.make_node("Relu", [f"c{k}"], [f"r{k}"]))
-        x, channels = f"r{k}", width
-    x = _classifier(rng, nodes, inits, x, 25088)
-    _save(nodes, inits, ("x", [1, 3, 224, 224]), x, path)
+# ---------------------------------------------------------------- phases
 
 
-def build_vit_b16(path: str, seed: int, patch_rank: int | None = None) -> None:
-    """ViT-B/16-shaped model with random weights (attention replaced by a sum of q, k, v).
-
-    ``patch_rank`` makes the 768 x 768 patch embedding rank-deficient (the trained ViT-B of the
-    paper's Table 1 has nullity 13, rank 755); random weights are full rank otherwise.
-    """
-    build_vit(path, seed, 768, 3072, 12, patch_rank)
-
-
-def build_vit_l16(path: str, seed: int) -> None:
-    """ViT-L/16-shaped model with random weights (width 1024, MLP 4096, 24 blocks)."""
-    build_vit(path, seed, 1024, 4096, 24)
+def _file_mb(path: str) -> float:
+    size = os.path.getsize(path)
+    data = path + ".data"
+    if os.path.exists(data):
+        size += os.path.getsize(data)
+    return size / 1e6
 
 
-def build_vit(path: str, seed: int, d: int, hidden: int, blocks: int,
-              patch_rank: int | None = None) -> None:
-    """ViT-shaped model (patch 16, width d, MLP hidden, blocks) with random weights."""
-    rng = np.random.default_rng(seed)
-    patch = _weight(rng, (d, 3 * 16 * 16), 768)
-    if patch_rank is not None:
-        u, s, vt = np.linalg.svd(patch.astype(np.float64))
-        s[patch_rank:] = 0.0
-        patch = ((u * s) @ vt).astype(np.float32)
-    inits = [numpy_helper.from_array(patch.reshape(d, 3, 16, 16), "patch.w"),
-             numpy_helper.from_array(np.array([1, d, 196], np.int64), "tok_shape"),
-             numpy_helper.from_array(np.array([d, d, d], np.int64), "qkv_sizes")]
-    nodes = [helper.make_node("Conv", ["x", "patch.w"], ["pe"], kernel_shape=[16, 16],
-                              strides=[16, 16]),
-             helper.make_node("Reshape", ["pe", "tok_shape"], ["pe3"]),
-             helper.make_node("Transpose", ["pe3"], ["t0"], perm=[0, 2, 1])]
-    x = "t0"
-    for b in range(blocks):
-        for name, (q, p) in [("qkv", (d, 3 * d)), ("proj", (d, d)), ("fc1", (d, hidden)),
-                             ("fc2", (hidden, d))]:
-            w = f"b{b}.{name}.w"
-            inits.append(numpy_helper.from_array(_weight(rng, (q, p), q), w))
-            nodes.append(helper.make_node("MatMul", [x, w], [f"b{b}.{name}"]))
-            x = f"b{b}.{name}"
-            if name == "qkv":
-                nodes.append(helper.make_node("Split", [x, "qkv_sizes"],
-                                              [f"{x}.q", f"{x}.k", f"{x}.v"], axis=-1))
-                nodes.append(helper.make_node("Sum", [f"{x}.q", f"{x}.k", f"{x}.v"],
-                                              [f"{x}.s"]))
-                x = f"{x}.s"
-            if name == "fc1":
-                nodes.append(helper.make_node("Relu", [x], [f"{x}.r"]))
-                x = f"{x}.r"
-    inits.append(numpy_helper.from_array(_weight(rng, (d, 1000), d), "head.w"))
-    nodes.append(helper.make_node("MatMul", [x, "head.w"], ["logits"]))
-    _save(nodes, inits, ("x", [1, 3, 224, 224]), "logits", path)
-
-
-def build_head(path: str, seed: int, q: int, p: int) -> None:
-    """One MatMul with a (q, p) random float32 weight (external data): a q-wide projection
-    onto p outputs, such as a vocabulary head."""
-    rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(_weight(rng, (q, p), q), "head.w")]
-    _save([helper.make_node("MatMul", ["x", "head.w"], ["logits"])], inits, ("x", [1, q]),
-          "logits", path)
-
-
-SHAPES: dict[str, Callable[[str, int], None]] = {
-    "alexnet": build_alexnet, "vit-b16": build_vit_b16, "vgg16": build_vgg16,
-    "vit-l16": build_vit_l16,
-    # Long SVD-path blocks (streamed QR), and one just over the SVD/Gram switch to compare.
-    "head-256x200000": lambda path, seed: build_head(path, seed, 256, 200_000),
-    "head-257x200000": lambda path, seed: build_head(path, seed, 257, 200_000),
-    "head-128x1000000": lambda path, seed: build_head(path, seed, 128, 1_000_000)}
-GROUPS = {"all": ["alexnet", "vit-b16"], "large": ["vgg16", "vit-l16"],
-          "heads": ["head-256x200000", "head-257x200000", "head-128x1000000"]}
-
-
-# ---------------------------------------------------------------- phases (run in subprocesses)
-
-
-def _peak_mb() -> float:
-    """Peak resident memory of this process (VmHWM: it starts afresh at exec, unlike
-    ru_maxrss, which a spawned child inherits from its parent on Linux)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def phase_audit(path: str, queue: mp.Queue) -> None:
-    """Audit with onnxcollide; report time, peak memory and per-layer ranks."""
-    from onnxcollide.audit.model import audit_model
-
+def run_audit(path: str, out_json: str, device: str) -> dict:
+    """The CLI in a fresh process: wall time, CPU time, peak memory, the JSON it wrote."""
+    with tempfile.NamedTemporaryFile(suffix=".peak", delete=False) as peak_file:
+        peak_path = peak_file.name
+    args = [sys.executable, "-c", AUDIT_WRAPPER, "audit", path, "-f", "json", "-o", out_json,
+            "--no-progress"]
+    if device != "cpu":
+        args += ["--device", device]
+    env = {**os.environ, "BENCH_PEAK_FILE": peak_path}
     start = time.perf_counter()
-    audit = audit_model(path)
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
-    ranks = [(r.layer.nodes[0], r.rank, r.decision.margin, r.decision.method) for r in audit.rows]
-    queue.put({"seconds": seconds, "peak_mb": _peak_mb(), "ranks": ranks})
+    stderr = process.stderr.read().decode() if process.stderr else ""
+    process.stderr.close() if process.stderr else None
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"audit of {path} failed ({process.returncode}): {stderr.strip()}")
+    with open(peak_path) as handle:
+        peak_mb = int(handle.read()) / 1024.0
+    os.remove(peak_path)
+    with open(out_json) as handle:
+        report = json.load(handle)
+    return {"seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_mb": peak_mb,
+            "layers": report["models"][0]["layers"]}
 
 
-def _weight_layers(path: str) -> list:
-    """Every linear weight of the model as the audit reads it (default convention)."""
+def _in_child(function: str, *args: str) -> dict:
+    """Run ``function(*args)`` of this script in a fresh interpreter; its JSON result."""
+    code = (f"import sys, json; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})"
+            f"; import bench_audit; print(json.dumps(bench_audit.{function}(*sys.argv[1:])))")
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{function} failed: {done.stderr.strip()}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _weight_arrays(proto: object) -> dict:
+    """Initializer name -> array (onnx.numpy_helper), as a parse-based tool reads them."""
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}  # type: ignore
+
+
+def floor(path: str) -> dict:
+    """Read and parse the file, then a float64 copy and a dsyrk Gram matrix of every weight
+    block; returns the two times (the blocks are located first, untimed)."""
+    import numpy as np
+    import onnx
+    from scipy.linalg import blas
+
+    blocks = _block_plan(path)
+    start = time.perf_counter()
+    proto = onnx.load_model(path)  # reads external data too
+    arrays = _weight_arrays(proto)
+    read_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for name, groups, transposed in blocks:
+        weight = arrays[name]
+        matrix = weight.reshape(weight.shape[0], -1)
+        for part in np.split(matrix, groups, axis=0):
+            as64 = np.array(part.T if transposed else part, dtype=np.float64, order="C")
+            rows, cols = as64.shape  # C order: as64.T is a Fortran view, no copy
+            blas.dsyrk(1.0, as64.T, trans=1 if rows <= cols else 0, lower=0)
+    gram_s = time.perf_counter() - start
+    return {"read_s": read_s, "gram_s": gram_s}
+
+
+def _block_plan(path: str) -> list[tuple[str, int, bool]]:
+    """(initializer, groups, transposed) of every weight the audit reads from one initializer
+    (the Gram matrix's size does not depend on the transposition; it is kept for the copy)."""
     from onnxcollide.audit.layers import build_layer
-    from onnxcollide.audit.model import AuditSettings
+    from onnxcollide.audit.model import AuditSettings, _unique_layers
     from onnxcollide.graph.linear_ops import find_linear_ops
     from onnxcollide.graph.load import load_model
     from onnxcollide.graph.shapes import infer_shapes
@@ -216,173 +195,212 @@ def _weight_layers(path: str) -> list:
     model = load_model(path)
     infos = infer_shapes(model, {})
     sites, _ = find_linear_ops(model)
-    return [build_layer(s, infos, AuditSettings().convention) for s in sites]
+    layers = _unique_layers([build_layer(s, infos, AuditSettings().convention) for s in sites])
+    plan = []
+    for layer in layers:
+        if len(layer.roots) != 1:
+            continue
+        plan.append((layer.roots[0].split("::")[-1], layer.groups, "^T" not in layer.layout))
+    return plan
 
 
-def phase_naive(path: str, queue: mp.Queue) -> None:
-    """numpy.linalg.matrix_rank on each weight matrix (the same matrices the audit reads).
+def naive(path: str) -> dict:
+    """numpy.linalg.matrix_rank's work (SVD in the weight's dtype, NumPy's rule) on every
+    weight matrix; the time, and each rank with its own margin."""
+    import numpy as np
 
-    ``path`` is ``file|dtype``: dtype ``stored`` runs the SVD in the weight's own dtype (what a
-    user gets from matrix_rank on the weights), ``float64`` on a float64 copy (the precision the
-    audit's decisions are checked against).
-    """
-    path, naive_dtype = path.split("|")
-    layers = _weight_layers(path)
+    from onnxcollide.audit.layers import build_layer
+    from onnxcollide.audit.model import AuditSettings, _unique_layers
+    from onnxcollide.graph.linear_ops import find_linear_ops
+    from onnxcollide.graph.load import load_model
+    from onnxcollide.graph.shapes import infer_shapes
+
+    model = load_model(path)
+    sites, _ = find_linear_ops(model)
+    infos = infer_shapes(model, {})
+    layers = _unique_layers([build_layer(s, infos, AuditSettings().convention) for s in sites])
     start = time.perf_counter()
     ranks = []
     for layer in layers:
         blocks = np.array(layer.load_blocks())
-        # The NumPy rule with eps of the dtype the weight is computed in, also for float64 runs.
         rtol = max(layer.q, layer.p) * float(np.finfo(blocks.dtype).eps)
-        if naive_dtype == "float64":
-            blocks = blocks.astype(np.float64)
-        if blocks.shape[0] == 1:
-            rank = int(np.linalg.matrix_rank(blocks[0], rtol=rtol))
-        else:  # block diagonal: the same rule as matrix_rank on the whole matrix
-            sigmas = np.linalg.svd(blocks, compute_uv=False)
-            rank = int((sigmas > sigmas.max() * rtol).sum())
-        ranks.append((layer.nodes[0], rank))
-    queue.put({"seconds": time.perf_counter() - start, "peak_mb": _peak_mb(), "ranks": ranks})
+        sigmas = np.linalg.svd(blocks, compute_uv=False).ravel()  # what matrix_rank does
+        tol = float(sigmas.max()) * rtol
+        kept, dropped = sigmas[sigmas > tol], sigmas[sigmas <= tol]
+        ratios = ([float(kept.min()) / tol] if kept.size else []) + \
+            ([tol / float(dropped.max())] if dropped.size and dropped.max() > 0 else [])
+        ranks.append([layer.nodes[0], int(kept.size), min(ratios) if ratios else None])
+    return {"seconds": time.perf_counter() - start, "ranks": ranks}
 
 
-def phase_gram_floor(path: str, queue: mp.Queue) -> None:
-    """Time only the float64 Gram matrices the audit forms (blocks with min dim > 256).
+def threads(path: str, mode: str) -> dict:
+    """Decide every layer of the model (loading untimed) one way: ``blas``, one layer at a
+    time with BLAS's own threads (run with OPENBLAS_NUM_THREADS unset), or ``workers``, one
+    worker thread per core with single-threaded BLAS (the audit's way)."""
+    from onnxcollide.audit.layers import build_layer
+    from onnxcollide.audit.model import (
+        AuditSettings,
+        _decide,
+        _decide_all,
+        _unique_layers,
+    )
+    from onnxcollide.graph.linear_ops import find_linear_ops
+    from onnxcollide.graph.load import load_model
+    from onnxcollide.graph.shapes import infer_shapes
+    from onnxcollide.linalg.spectral import ToleranceRule
 
-    No certified decision can take less than this: it is the ceiling on the speedup
-    (naive time / floor) for an engine that decides in float64 from Gram matrices.
-    """
-    from onnxcollide.linalg.spectral import SVD_MAX_DIM, gram_matrix
+    model = load_model(path)
+    sites, _ = find_linear_ops(model)
+    infos = infer_shapes(model, {})
+    layers = _unique_layers([build_layer(s, infos, AuditSettings().convention)
+                             for s in sites])
+    rule = ToleranceRule()
+    start, cpu = time.perf_counter(), time.process_time()
+    if mode == "blas":
+        ranks = [_decide(layer, rule).rank for layer in layers]
+    else:
+        ranks = [d.rank for d in _decide_all(layers, rule, None)]
+    return {"seconds": time.perf_counter() - start, "cpu_s": time.process_time() - cpu,
+            "ranks": ranks}
 
-    layers = _weight_layers(path)
-    seconds = 0.0
+
+def compare_threads(name: str, path: str) -> None:
+    """Print the decisions' time both ways (``threads``), each in a fresh process."""
+    blas = _in_child("threads", path, "blas")
+    workers = _in_child("threads", path, "workers")
+    same = "same ranks" if blas["ranks"] == workers["ranks"] else "RANKS DIFFER"
+    print(f"  {name}: decisions one layer at a time with BLAS's threads {blas['seconds']:.2f} s "
+          f"(cpu {blas['cpu_s']:.2f} s); one worker per core, single-threaded BLAS "
+          f"{workers['seconds']:.2f} s (cpu {workers['cpu_s']:.2f} s); {same}", flush=True)
+
+
+# ---------------------------------------------------------------- one model
+
+
+def bench_model(name: str, variant: str, path: str, naive_result: dict | None,
+                device: str) -> Row:
+    """Audit and floor of one file; ranks compared with ``naive_result`` where given."""
+    row = Row(name, variant, _file_mb(path))
+    audit = run_audit(path, path + ".audit.json", device)
+    row.audit_s, row.audit_cpu_s, row.peak_mb = audit["seconds"], audit["cpu_s"], \
+        audit["peak_mb"]
+    floor_result = _in_child("floor", path)
+    row.floor_read_s, row.floor_gram_s = floor_result["read_s"], floor_result["gram_s"]
+    row.floor_s = row.floor_read_s + row.floor_gram_s
+    layers = audit["layers"]
+    row.layers = len(layers)
     for layer in layers:
-        blocks = layer.load_blocks()
-        if min(blocks.shape[1:]) <= SVD_MAX_DIM:
-            continue
-        start = time.perf_counter()
-        for block in blocks:
-            gram_matrix(block)
-        seconds += time.perf_counter() - start
-    queue.put({"seconds": seconds, "peak_mb": _peak_mb()})
-
-
-def phase_lead(path: str, queue: mp.Queue) -> None:
-    """The issue's lead on the largest Gram-path weight: Gram + Cholesky vs matrix_rank."""
-    import scipy.linalg
-
-    from onnxcollide.linalg.spectral import _largest_eigenvalue, gram_matrix
-
-    layers = [layer for layer in _weight_layers(path) if layer.groups == 1]
-    layer = max(layers, key=lambda lay: lay.q * lay.p * min(lay.q, lay.p))
-    matrix = layer.load_blocks()[0]
-    start = time.perf_counter()
-    gram = gram_matrix(matrix)
-    gram_s = time.perf_counter() - start
-    start = time.perf_counter()
-    sigma_max = math.sqrt(max(_largest_eigenvalue(gram)[0], 0.0))
-    sigma_max_s = time.perf_counter() - start
-    tol = sigma_max * max(matrix.shape) * float(np.finfo(matrix.dtype).eps)
-    gram[np.diag_indices(gram.shape[0])] -= tol * tol
-    start = time.perf_counter()
-    _, info = scipy.linalg.lapack.dpotrf(gram, lower=0, clean=0, overwrite_a=1)
-    cholesky_s = time.perf_counter() - start
-    start = time.perf_counter()
-    rank = int(np.linalg.matrix_rank(matrix))
-    naive_s = time.perf_counter() - start
-    queue.put({"node": layer.nodes[0], "shape": list(matrix.shape), "gram_s": gram_s,
-               "sigma_max_s": sigma_max_s, "cholesky_s": cholesky_s, "full_rank": info == 0,
-               "naive_s": naive_s, "naive_rank": rank})
-
-
-def phase_build(path: str, queue: mp.Queue) -> None:
-    """Build one shape (name and seed packed into ``path`` as ``file|name|seed``)."""
-    file, name, seed = path.split("|")
-    SHAPES[name](file, int(seed))
-    queue.put({"peak_mb": _peak_mb()})
-
-
-def run_phase(target: Callable[[str, mp.Queue], None], path: str) -> dict:
-    """Run one phase in a fresh process and return what it reported."""
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=target, args=(path, queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
-
-
-def bench(name: str, path: str, naive: str) -> dict:
-    """Audit and (optionally) naive timings for one model, with a rank comparison."""
-    audit = run_phase(phase_audit, path)
-    row = {"model": name, "layers": len(audit["ranks"]), "audit_s": audit["seconds"],
-           "audit_peak_mb": audit["peak_mb"]}
-    print(f"[{name}] onnxcollide audit: {audit['seconds']:.2f} s, peak {audit['peak_mb']:.0f} MB, "
-          f"{len(audit['ranks'])} layers", flush=True)
-    floor = run_phase(phase_gram_floor, path)
-    row["gram_floor_s"] = floor["seconds"]
-    print(f"[{name}] float64 Gram matrices alone: {floor['seconds']:.2f} s", flush=True)
-    if naive == "none":
-        return row
-    base = run_phase(phase_naive, f"{path}|{naive}")
-    disagree = [(a[0], a[1], b[1], a[2], a[3]) for a, b in
-                zip(audit["ranks"], base["ranks"], strict=True) if a[1] != b[1]]
-    row.update(naive_dtype=naive, naive_s=base["seconds"], naive_peak_mb=base["peak_mb"],
-               speedup=base["seconds"] / audit["seconds"], rank_disagreements=disagree)
-    row["speedup_ceiling"] = base["seconds"] / floor["seconds"] if floor["seconds"] else None
-    print(f"[{name}] naive matrix_rank loop ({naive}): {base['seconds']:.2f} s, peak "
-          f"{base['peak_mb']:.0f} MB; speedup {row['speedup']:.1f}x (ceiling with float64 Gram "
-          f"matrices: {row['speedup_ceiling'] or float('nan'):.1f}x); ranks agree on "
-          f"{row['layers'] - len(disagree)}/{row['layers']} layers", flush=True)
-    for node, ours, theirs, margin, method in disagree:
-        print(f"    {node}: onnxcollide {ours} ({method}, margin {margin:.3g}) vs "
-              f"matrix_rank {theirs}", flush=True)
-    row["lead"] = lead = run_phase(phase_lead, path)
-    certificate_s = lead["gram_s"] + lead["cholesky_s"]
-    ratio = lead["naive_s"] / certificate_s
-    shape = "x".join(map(str, lead["shape"]))
-    print(f"[{name}] the issue's lead on the largest weight ({lead['node']}, {shape}): "
-          f"matrix_rank {lead['naive_s']:.2f} s; float64 Gram {lead['gram_s']:.2f} s + Cholesky "
-          f"{lead['cholesky_s']:.2f} s = {certificate_s:.2f} s ({ratio:.1f}x; "
-          f"the issue measured 18x); with sigma_max (Lanczos, {lead['sigma_max_s']:.2f} s) "
-          f"{lead['naive_s'] / (certificate_s + lead['sigma_max_s']):.1f}x", flush=True)
+        row.methods[layer["method"]] = row.methods.get(layer["method"], 0) + 1
+    if naive_result is not None:
+        row.naive_s = naive_result["seconds"]
+        for layer, (node, rank, margin) in zip(layers, naive_result["ranks"], strict=True):
+            clear = margin is None or margin >= CLEAR
+            same = layer["rank"] == rank
+            row.clear += clear
+            row.agree_clear += clear and same
+            row.agree_all += same
+            if not same:
+                row.disagreements.append(
+                    f"{node}: audit {layer['rank']} ({layer['method']}, margin "
+                    f"{layer['margin']}), naive {rank} (margin {margin:.4g})")
     return row
+
+
+def _print_row(row: Row) -> None:
+    naive_s = f"{row.naive_s:.2f} s" if row.naive_s is not None else "-"
+    ratio = f"{row.naive_s / row.audit_s:.1f}x" if row.naive_s is not None else "-"
+    print(f"| {row.model} ({row.variant}) | {row.file_mb:.0f} MB | {row.audit_s:.2f} s "
+          f"(cpu {row.audit_cpu_s:.2f} s) | {row.floor_s:.2f} s (read {row.floor_read_s:.2f} + "
+          f"Gram {row.floor_gram_s:.2f}) | {row.audit_s / row.floor_s:.2f}x "
+          f"(<= {row.time_target_s:.2f} s) | {naive_s} | {ratio} | {row.peak_mb:.0f} MB "
+          f"(<= {row.peak_target_mb:.0f} MB) | {row.agree_clear}/{row.clear} clear, "
+          f"{row.agree_all}/{row.layers} all | {'met' if row.met else 'NOT MET'} |",
+          flush=True)
+
+
+HEADER = ("| model | file | audit (whole process) | floor | audit/floor (target) | naive "
+          "loop | naive/audit | peak memory (target) | ranks = naive | targets |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
+
+
+def _model_path(folder: str, name: str, variant: str, seed: int) -> str:
+    suffix = "-ext" if variant == "external" else ""
+    return os.path.join(folder, f"{name}-seed{seed}{suffix}.onnx")
+
+
+def _ensure_model(folder: str, name: str, variant: str, seed: int) -> str:
+    """The model file, written by bench_models.py unless it is there already."""
+    path = _model_path(folder, name, variant, seed)
+    if not os.path.exists(path):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__),
+                                                     "bench_models.py"),
+                        name, "--out", folder, "--seed", str(seed), "--name", path]
+                       + (["--external"] if variant == "external" else []), check=True,
+                       stdout=subprocess.DEVNULL)
+        print(f"wrote {path} in {time.perf_counter() - start:.1f} s", flush=True)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("models", nargs="*", help="ONNX files to time instead of built shapes")
-    parser.add_argument("--shape", choices=[*SHAPES, *GROUPS], default="all",
-                        help="all: the issue's AlexNet and ViT-B/16 shapes; large: VGG-16 and "
-                             "ViT-L/16; heads: 256x200000, 257x200000 and 128x1000000 "
-                             "projections")
+    parser.add_argument("paths", nargs="*", help="ONNX files to time instead of built models")
+    parser.add_argument("--models", nargs="+", choices=list(BUILDERS), default=DEFAULT_MODELS)
+    parser.add_argument("--variants", nargs="+", choices=["single", "external"],
+                        default=["single", "external"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--naive", choices=["stored", "float64", "none"], default="stored",
-                        help="naive loop precision: the weights' own dtype (default), a float64 "
-                             "copy, or none")
+    parser.add_argument("--naive", choices=["yes", "no"], default="yes",
+                        help="run the naive matrix_rank loop (once per architecture)")
+    parser.add_argument("--keep", metavar="DIR",
+                        help="write the models here and reuse them (default: a temporary "
+                             "folder, removed at the end)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where the audit forms its Gram matrices (audit --device)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--threads", action="store_true",
+                        help="only compare the decisions' time with BLAS's own threads "
+                             "against one worker per core (single-file models)")
     args = parser.parse_args(argv)
     import numpy
     import scipy
 
-    print(f"numpy {numpy.__version__}, scipy {scipy.__version__}, {os.cpu_count()} cores",
-          flush=True)
-    rows = []
-    with tempfile.TemporaryDirectory() as folder:
-        targets = [(os.path.basename(m), m) for m in args.models]
-        if not targets:
-            names = GROUPS.get(args.shape, [args.shape])
-            for name in names:
-                path = os.path.join(folder, f"{name}.onnx")
-                run_phase(phase_build, f"{path}|{name}|{args.seed}")
-                targets.append((f"{name} (random, seed {args.seed})", path))
-        for name, path in targets:
-            rows.append(bench(name, path, args.naive))
+    print(f"numpy {numpy.__version__}, scipy {scipy.__version__}, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.2f} at the start", flush=True)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = args.keep or scratch
+        os.makedirs(folder, exist_ok=True)
+        if args.threads:
+            for name in args.models:
+                variant = "external" if name in SINGLE_ONLY_SKIP else "single"
+                compare_threads(name, _ensure_model(folder, name, variant, args.seed))
+            return 0
+        print(HEADER, flush=True)
+        for path in args.paths:
+            result = _in_child("naive", path) if args.naive == "yes" else None
+            rows.append(bench_model(os.path.basename(path), "given", path, result,
+                                    args.device))
+            _print_row(rows[-1])
+        for name in [] if args.paths else args.models:
+            variants = [v for v in args.variants
+                        if not (v == "single" and name in SINGLE_ONLY_SKIP)]
+            result = None
+            for variant in variants:
+                path = _ensure_model(folder, name, variant, args.seed)
+                if result is None and args.naive == "yes":
+                    result = _in_child("naive", path)
+                rows.append(bench_model(name, variant, path, result, args.device))
+                _print_row(rows[-1])
+    for row in rows:
+        for line in row.disagreements:
+            print(f"  {row.model} ({row.variant}) rank differs: {line}")
+    print(f"load average {os.getloadavg()[0]:.2f} at the end (2 cores: above 2, other "
+          "processes share them and the times are not a quiet machine's)")
     if args.json:
         with open(args.json, "w") as out:
-            json.dump(rows, out, indent=2)
-    return 0
+            json.dump([asdict(r) for r in rows], out, indent=2)
+    return 0 if all(r.met for r in rows) else 1
 
 
 if __name__ == "__main__":

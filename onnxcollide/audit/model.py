@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,12 +19,15 @@ from onnxcollide.linalg.spectral import (
     CHUNK_BYTES,
     EPS_OF,
     SVD_MAX_DIM,
+    GramEngine,
     RankDecision,
     ToleranceRule,
     decide_rank,
 )
+from onnxcollide.linalg.threads import local_threads_available, set_local_threads, worker_count
 
 CLEAR_MARGIN = 10.0  # a decision is "clear" when no singular value lies within 10x of tol
+ALONE_GRAM_BYTES = 32 << 20  # a layer with a float64 Gram matrix this large is decided alone
 
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, current layer label)
 
@@ -36,11 +40,14 @@ class AuditSettings:
         convention: how grouped conv weights become matrices.
         rule: the rank tolerance rule.
         input_shapes: user-fixed input shapes, (name, dims) pairs.
+        gram: where the float64 Gram matrices are formed (None: BLAS on the CPU;
+            ``runtime.gram.gram_engine("cuda")``: the GPU).
     """
 
     convention: ConvConvention = ConvConvention.GROUPED
     rule: ToleranceRule = field(default_factory=ToleranceRule)
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    gram: GramEngine | None = None
 
 
 @dataclass(frozen=True)
@@ -191,7 +198,8 @@ def _with_nodes(layer: LinearLayer, nodes: tuple[str, ...]) -> LinearLayer:
     return replace(layer, nodes=nodes)
 
 
-def _decide(layer: LinearLayer, rule: ToleranceRule) -> RankDecision:
+def _decide(layer: LinearLayer, rule: ToleranceRule, gram: GramEngine | None = None
+            ) -> RankDecision:
     eps = EPS_OF.get(layer.compute_dtype)
     where = f"node '{layer.nodes[0]}' ({layer.op}), weight '{layer.weight}'"
     if eps is None:
@@ -200,7 +208,7 @@ def _decide(layer: LinearLayer, rule: ToleranceRule) -> RankDecision:
     check_allocation(decision_bytes(layer), f"deciding the rank of this {layer.q} x "
                      f"{layer.p} weight ({layer.groups} block(s)) in float64", where)
     try:
-        return decide_rank(layer.load_blocks(), eps, rule)
+        return decide_rank(layer.load_blocks(), eps, rule, gram)
     except FloatingPointError as exc:
         raise UnsupportedModelError(str(exc), where, "the model's weights are corrupt") from exc
     except OverflowError as exc:
@@ -221,6 +229,84 @@ def decision_bytes(layer: LinearLayer) -> int:
     if short <= SVD_MAX_DIM:
         return 8 * 2 * copy
     return 8 * (copy + 3 * short * short)
+
+
+def _decide_alone(layer: LinearLayer) -> bool:
+    """Whether a layer is decided with no other beside it: one of its blocks has a float64
+    Gram matrix of ALONE_GRAM_BYTES or more (its working set: the Gram matrix and a
+    factorisation of it), which then uses every core through BLAS's own threads."""
+    if layer.groups == 0:  # an empty weight
+        return False
+    qb, pb = layer.block_shape
+    m = min(qb, pb)
+    return 8 * m * m >= ALONE_GRAM_BYTES
+
+
+def _decide_all(layers: list[LinearLayer], rule: ToleranceRule,
+                progress: ProgressCallback | None, gram: GramEngine | None = None
+                ) -> list[RankDecision]:
+    """Every layer's decision, in order, with every core busy: layers are independent, so
+    worker threads (one per core) decide them side by side, each with single-threaded BLAS
+    (numpy's and scipy's calls release the GIL); a layer with a large Gram matrix is decided
+    alone, with as many BLAS threads as cores. At most one layer per worker is in flight,
+    so memory holds at most that many layers' working sets. Where BLAS takes no per-thread
+    thread count (``linalg.threads``), one layer at a time. The first error in layer order
+    is raised, and layers not yet started are dropped."""
+    workers = worker_count() if local_threads_available() else 1
+    if workers == 1:
+        return [_decide_reporting(k, layers, rule, progress, gram)
+                for k in range(len(layers))]
+    decisions: list[RankDecision] = []
+    pending: list[Future[RankDecision]] = []
+
+    def collect(keep: int) -> None:
+        while len(pending) > keep:
+            decisions.append(pending.pop(0).result())
+            if progress:
+                upcoming = layers[len(decisions)].nodes[0] if len(decisions) < len(layers) \
+                    else ""
+                progress(len(decisions), len(layers), upcoming)
+
+    if progress:
+        progress(0, len(layers), layers[0].nodes[0])
+    with ThreadPoolExecutor(workers, initializer=set_local_threads, initargs=(1,)) as pool:
+        try:
+            for layer in layers:
+                alone = _decide_alone(layer)
+                collect(0 if alone else workers - 1)
+                pending.append(pool.submit(_decide_with_threads, layer, rule,
+                                           workers if alone else 1, gram))
+                if alone:
+                    collect(0)
+            collect(0)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return decisions
+
+
+def _decide_reporting(k: int, layers: list[LinearLayer], rule: ToleranceRule,
+                      progress: ProgressCallback | None, gram: GramEngine | None
+                      ) -> RankDecision:
+    """Layer ``k``'s decision in this thread, with progress before and after the last."""
+    if progress:
+        progress(k, len(layers), layers[k].nodes[0])
+    decision = _decide(layers[k], rule, gram)
+    if progress and k == len(layers) - 1:
+        progress(len(layers), len(layers), "")
+    return decision
+
+
+def _decide_with_threads(layer: LinearLayer, rule: ToleranceRule, threads: int,
+                         gram: GramEngine | None) -> RankDecision:
+    """``_decide`` with this worker's BLAS on ``threads`` threads (back to 1 afterwards)."""
+    if threads != 1:
+        set_local_threads(threads)
+    try:
+        return _decide(layer, rule, gram)
+    finally:
+        if threads != 1:
+            set_local_threads(1)
 
 
 def _first_layer(model: LoadedModel, sites: list[LinearSite], infos: dict[str, TensorInfo],
@@ -337,13 +423,9 @@ def _audit(path: str, settings: AuditSettings, progress: ProgressCallback | None
             "no Conv/ConvTranspose/Gemm/MatMul (or quantized variant) with a constant weight"
             + _skipped_summary(skipped), path, "nothing to audit: is this the model you meant?")
     layers = _unique_layers([build_layer(s, infos, settings.convention) for s in sites])
-    rows: list[LayerRow] = []
-    for k, layer in enumerate(layers, start=1):
-        if progress:
-            progress(k - 1, len(layers), layer.nodes[0])
-        rows.append(LayerRow(k, layer, _decide(layer, settings.rule)))
-    if progress:
-        progress(len(layers), len(layers), "")
+    decisions = _decide_all(layers, settings.rule, progress, settings.gram)
+    rows = [LayerRow(k, layer, decision)
+            for k, (layer, decision) in enumerate(zip(layers, decisions, strict=True), start=1)]
     first, notes = _first_layer(model, sites, infos, rows)
     hidden_w1 = _weights_before_w1(first, skipped)
     if hidden_w1:

@@ -27,7 +27,7 @@ from onnxcollide.cli.options import (
     shapes_per_model,
 )
 from onnxcollide.errors import OnnxCollideError, UsageError
-from onnxcollide.linalg.spectral import ToleranceRule
+from onnxcollide.linalg.spectral import GramEngine, ToleranceRule
 from onnxcollide.report.files import (
     claim_descriptor,
     names_descriptor,
@@ -126,7 +126,10 @@ def check_output_folder(path: str) -> None:
                    "ONNX Runtime (the report's W1 check).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of --validate.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True, help="Execution provider of --validate.")
+              show_default=True,
+              help="Execution provider of --validate; cuda also forms the float64 Gram "
+                   "matrices of large weights on the GPU through ONNX Runtime (otherwise "
+                   "BLAS on the CPU).")
 @max_memory_option
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
 def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention: str,
@@ -147,13 +150,13 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
                 os.close(claimed)
 
     def _audit_and_report(target: str | None, claimed: int | None, fmt: str) -> None:
-        if check:  # --device cuda without CUDA is a usage error before any work (as in collide)
+        if check or device == "cuda":  # no CUDA: a usage error before any work
             from onnxcollide.runtime.session import resolve_device
 
             resolve_device(device)
         shapes = shapes_per_model(input_shapes, models)
         base = AuditSettings(convention=ConvConvention(conv_convention),
-                             rule=ToleranceRule(rtol, atol))
+                             rule=ToleranceRule(rtol, atol), gram=_gram_engine(device))
         show = sys.stderr.isatty() if progress is None else progress
         audits: list[ModelAudit] = []
         for path in models:
@@ -184,6 +187,15 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
     run_guarded(run, debug)
 
 
+def _gram_engine(device: str) -> GramEngine | None:
+    """The GPU Gram engine for ``--device cuda`` (ONNX Runtime imported only then)."""
+    if device != "cuda":
+        return None
+    from onnxcollide.runtime.gram import gram_engine
+
+    return gram_engine(device)
+
+
 SUFFIX_FORMATS = {".json": Format.JSON, ".csv": Format.CSV, ".md": Format.MARKDOWN,
                   ".markdown": Format.MARKDOWN, ".txt": Format.TABLE, "": Format.TABLE}
 
@@ -194,16 +206,13 @@ def _audit_format(ctx: click.Context, fmt: str, output: str | None, check: bool)
     ignored or contradict each other are refused (``-f`` with a ``.txt`` file is fine).
 
     Raises:
-        UsageError: --seed or --device without --validate (they would be ignored);
+        UsageError: --seed without --validate (it would be ignored);
             --summary-only with JSON (which always holds every layer); an ``-o`` suffix that
             names another format than ``-f``, or, without ``-f``, no format at all.
     """
-    if not check:
-        ignored = [f"--{n}" for n in ("seed", "device") if option_given(ctx, n)]
-        if ignored:
-            verb, them = ("applies", "it") if len(ignored) == 1 else ("apply", "them")
-            raise UsageError(f"{' and '.join(ignored)} only {verb} with --validate",
-                             hint=f"add --validate, or drop {them}")
+    if not check and option_given(ctx, "seed"):
+        raise UsageError("--seed only applies with --validate",
+                         hint="add --validate, or drop it")
     chosen = _suffix_format(ctx, fmt, output)
     if chosen == Format.JSON.value and option_given(ctx, "summary_only"):
         raise UsageError("--summary-only does not apply to JSON, which always holds every "

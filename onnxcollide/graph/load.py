@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -15,11 +16,54 @@ from google.protobuf.message import DecodeError
 from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, helper, numpy_helper
 
 from onnxcollide.errors import ModelLoadError
+from onnxcollide.graph.skeleton import skeleton_bytes
 from onnxcollide.graph.tensors import is_external, sparse_to_array
 from onnxcollide.graph.validity import check_graph
 from onnxcollide.graph.walk import graphs_in, subgraphs
 
 ONNX_VERSION: str = onnx.__version__  # reports record it (only graph/ imports onnx)
+
+
+class FileDigest:
+    """The SHA-256 of a file, computed in a background thread (hashlib and file reads
+    release the GIL, so it runs beside the audit's work on another core) or given."""
+
+    CHUNK = 8 << 20
+
+    def __init__(self, path: str | None = None, digest: str | None = None) -> None:
+        self._digest = digest
+        self._error: OSError | None = None
+        self._thread: threading.Thread | None = None
+        if digest is None and path is not None:
+            self._thread = threading.Thread(target=self._hash, args=(path,), daemon=True)
+            self._thread.start()
+
+    def _hash(self, path: str) -> None:
+        digest = hashlib.sha256()
+        buffer = bytearray(self.CHUNK)  # one buffer: no fresh pages per chunk
+        view = memoryview(buffer)
+        try:
+            with open(path, "rb") as handle:
+                while read := handle.readinto(buffer):
+                    digest.update(view[:read])
+        except OSError as exc:
+            self._error = exc
+            return
+        self._digest = digest.hexdigest()
+
+    @property
+    def hexdigest(self) -> str:
+        """The hex digest (waits for the thread).
+
+        Raises:
+            ModelLoadError: the file could not be read again.
+        """
+        if self._thread is not None:
+            self._thread.join()
+        if self._digest is None:
+            strerror = self._error.strerror if self._error else "unknown error"
+            raise ModelLoadError(f"cannot read the file to hash it ({strerror})")
+        return self._digest
 
 
 @dataclass(frozen=True)
@@ -30,16 +74,23 @@ class LoadedModel:
         path: the file as the user gave it.
         base_dir: folder that external data locations resolve against.
         proto: the ModelProto, model-local functions inlined (their attribute defaults
-            applied), sparse tensors stored dense.
+            applied), sparse tensors stored dense. In a single-file model the large
+            main-graph initializers are external-data views of the file itself
+            (``graph.skeleton``): their bytes are read, memory-mapped, where they are used.
         opset: version of the default ONNX domain.
-        sha256: hex digest of the .onnx file's bytes.
+        digest: the .onnx file's SHA-256 (``sha256``).
     """
 
     path: str
     base_dir: str
     proto: onnx.ModelProto
     opset: int
-    sha256: str
+    digest: FileDigest
+
+    @property
+    def sha256(self) -> str:
+        """Hex digest of the .onnx file's bytes."""
+        return self.digest.hexdigest
 
 
 def _read_bytes(path: str) -> bytes:
@@ -103,9 +154,33 @@ def _load_cached(path: str, mtime_ns: int, size: int) -> LoadedModel:
     return _load_uncached(path)
 
 
-def _load_uncached(path: str) -> LoadedModel:
+def _read_skeleton(path: str) -> tuple[onnx.ModelProto, FileDigest] | None:
+    """The model parsed from its skeleton (``graph.skeleton``: large weights left in the
+    file as views), with its digest computed beside; None where the file has no large
+    weights to leave, cannot be walked, or lies behind a symbolic link in another folder
+    (views locate the file through its folder)."""
+    if not os.path.isfile(path) or os.path.dirname(os.path.realpath(path)) != \
+            os.path.realpath(os.path.dirname(os.path.abspath(path))):
+        return None
+    skeleton = skeleton_bytes(path, os.path.basename(path))
+    if skeleton is None:
+        return None
+    try:
+        proto = _parse(skeleton, path)
+    except ModelLoadError:
+        return None  # parsed whole, the file gives the error itself
+    return proto, FileDigest(path)
+
+
+def _read_whole(path: str) -> tuple[onnx.ModelProto, FileDigest]:
+    """The model parsed from all its bytes, and their digest."""
     data = _read_bytes(path)
     proto = _parse(data, path)
+    return proto, FileDigest(digest=hashlib.sha256(data).hexdigest())
+
+
+def _load_uncached(path: str) -> LoadedModel:
+    proto, digest = _read_skeleton(path) or _read_whole(path)
     base_dir = os.path.dirname(os.path.abspath(path))
     if len(proto.functions) > 0:
         _apply_function_defaults(proto)
@@ -118,18 +193,21 @@ def _load_uncached(path: str) -> LoadedModel:
     _densify_sparse(proto, base_dir)
     check_graph(proto, path)
     _tell_same_named_nodes_apart(proto)
-    digest = hashlib.sha256(data).hexdigest()
     return LoadedModel(path, base_dir, proto, _default_opset(proto), digest)
 
 
 def external_data_files(model: LoadedModel) -> list[str]:
     """The files (paths as found next to the model) that hold the model's external data:
-    initializers and Constant values of every graph, subgraphs included."""
+    initializers and Constant values of every graph, subgraphs included; not the model file
+    itself, where its own weights are read as views of it."""
+    itself = os.path.join(model.base_dir, os.path.basename(model.path))
     files: dict[str, None] = {}
     for tensor in tensors_in(model.proto.graph):
         if is_external(tensor):
             location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-            files[os.path.join(model.base_dir, location)] = None
+            path = os.path.join(model.base_dir, location)
+            if path != itself:
+                files[path] = None
     return list(files)
 
 

@@ -12,7 +12,8 @@ from onnxcollide.errors import UsageError
 from onnxcollide.graph.constants import ConstantResolver, Scope, scoped_key
 from onnxcollide.graph.linear_ops import node_label, subgraph_label
 from onnxcollide.graph.load import LoadedModel
-from onnxcollide.graph.tensors import dtype_name
+from onnxcollide.graph.skeleton import VIEW_MIN_BYTES
+from onnxcollide.graph.tensors import dtype_name, is_external
 from onnxcollide.graph.walk import subgraphs
 
 Shape = tuple[int | None, ...]
@@ -86,8 +87,7 @@ def infer_shapes(
     Raises:
         UsageError: an override names an unknown input or contradicts a fixed dim.
     """
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
+    proto = _declarations_copy(model.proto)
     _apply_overrides(proto, overrides, model)
     _fold_shape_operands(proto.graph, model)
     try:
@@ -141,6 +141,50 @@ def _small_constant(resolver: ConstantResolver, name: str) -> np.ndarray | None:
     except Exception:  # anything the reference evaluator raises: leave it
         return None
     return value if value.size <= FOLD_MAX_ELEMENTS else None
+
+
+_FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16,
+                TensorProto.BFLOAT16}
+
+
+def _declarations_copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the model for shape inference without the bytes of its large main-graph
+    float initializers: each becomes a declaration of its name, dims and type (shape
+    inference reads no more of it; integer tensors such as Reshape shapes are kept whole).
+    A model loaded from its skeleton (``graph.skeleton``) has no such bytes left to drop."""
+    copy = onnx.ModelProto()
+    for field, value in proto.ListFields():
+        if field.name != "graph":
+            _copy_field(copy, field, value)
+    for field, value in proto.graph.ListFields():
+        if field.name == "initializer":
+            copy.graph.initializer.extend(_declared(tensor) for tensor in value)
+        else:
+            _copy_field(copy.graph, field, value)
+    return copy
+
+
+def _copy_field(target: object, field: object, value: object) -> None:
+    """Set ``target``'s protobuf ``field`` (a FieldDescriptor) to a copy of ``value``."""
+    name = field.name  # type: ignore[attr-defined]
+    if field.is_repeated:  # type: ignore[attr-defined]
+        getattr(target, name).extend(value)
+    elif field.message_type is not None:  # type: ignore[attr-defined]
+        getattr(target, name).CopyFrom(value)
+    else:
+        setattr(target, name, value)
+
+
+def _declared(tensor: TensorProto) -> TensorProto:
+    """A large inline float tensor as a declaration (dims and type, data marked external,
+    never read); any other tensor as it is."""
+    if tensor.data_type not in _FLOAT_TYPES or is_external(tensor) or \
+            tensor.ByteSize() < VIEW_MIN_BYTES:
+        return tensor
+    declared = TensorProto(name=tensor.name, dims=tensor.dims, data_type=tensor.data_type,
+                           data_location=TensorProto.EXTERNAL)
+    declared.external_data.add(key="location", value="")
+    return declared
 
 
 def _collect(graph: onnx.GraphProto, label: str, infos: dict[str, TensorInfo]) -> None:

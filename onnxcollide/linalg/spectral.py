@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.linalg
@@ -34,6 +34,7 @@ from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator
 
 from onnxcollide.linalg.inertia import SchurSplit, schur_split
 from onnxcollide.linalg.krylov import project_out, top_eigenpairs
+from onnxcollide.linalg.pages import give_back, read_columns
 
 EPS_OF: dict[str, float] = {
     "float": float(np.finfo(np.float32).eps),
@@ -42,8 +43,15 @@ EPS_OF: dict[str, float] = {
     "double": float(np.finfo(np.float64).eps),
 }
 EPS64 = float(np.finfo(np.float64).eps)
-SVD_MAX_DIM = 256  # blocks with min(q, p) up to this use a float64 SVD
-GRAM_TRUST = 1.01  # a Gram decision with a margin below this is re-decided by SVD
+SVD_MAX_DIM = 256  # blocks with min(q, p) up to this use a float64 SVD ...
+SVD_MAX_WORK = 1 << 24  # ... where it is cheap: max(q, p) * min(q, p)^2 at most this
+# Gram blocks up to this wide are decided from all their eigenvalues (dsyevd, once: sigma_max
+# and the rank). Measured CPU time on a 512-wide block: 20 ms against 38 to 57 ms for Lanczos,
+# certificate and Cholesky; the crossover is near 800. Kept at SVD_MAX_DIM for now: the tests
+# of the Cholesky, LDL and deflated paths use 300 to 500 wide blocks.
+EIGH_MAX_DIM = SVD_MAX_DIM
+GRAM_TRUST = 10.0  # a Gram decision with tol within this many error bars of a kept or
+# dropped value is re-decided by SVD (its error bar: the Gram matrix's rounding plus Lanczos's)
 CHUNK_BYTES = 64 << 20  # float64 bytes per chunk streamed into the Gram matrix
 SIGMA_MAX_RTOL = 1e-10  # Lanczos residual tolerance for sigma_max^2 (of the scaled Gram matrix)
 SIGMA_MAX_RESTARTS = 200  # beyond (a tight cluster at the top), all eigenvalues by dsyevd
@@ -238,6 +246,7 @@ class _BlockFacts:
     sigma_max: float
     matrix: np.ndarray  # the block itself (possibly a memmap view), for an SVD re-check
     sigma_max_error: float = 0.0  # estimated error of sigma_max
+    eigenvalues: np.ndarray | None = None  # all of G's, ascending (blocks up to EIGH_MAX_DIM)
 
 
 def _check_finite(chunk: np.ndarray) -> None:
@@ -245,16 +254,57 @@ def _check_finite(chunk: np.ndarray) -> None:
         raise FloatingPointError("weight contains NaN or Inf")
 
 
-def gram_matrix(matrix: np.ndarray) -> np.ndarray:
+Accumulate = Callable[[np.ndarray, "np.ndarray | None", bool], np.ndarray]
+
+
+def syrk_accumulate(chunk: np.ndarray, gram: np.ndarray | None, tall: bool) -> np.ndarray:
+    """``gram + chunk^T chunk`` (``tall``: chunk (r, m)) or ``gram + chunk chunk^T`` (chunk
+    (m, r)) by BLAS dsyrk, upper triangle, in place where ``gram`` is given (None: 0)."""
+    # chunk.T is a Fortran view: syrk(a, trans=0) gives a a^T, syrk(a, trans=1) a^T a.
+    if gram is None:
+        return blas.dsyrk(1.0, chunk.T, trans=0 if tall else 1, lower=0)
+    return blas.dsyrk(1.0, chunk.T, beta=1.0, c=gram, trans=0 if tall else 1, lower=0,
+                      overwrite_c=1)
+
+
+@dataclass(frozen=True)
+class GramEngine:
+    """Where the float64 Gram matrices are formed.
+
+    Attributes:
+        device: ``cpu`` (BLAS dsyrk, the default) or the device another engine runs on, as
+            reports record it.
+        accumulate: adds one float64 chunk's Gram matrix to the running one (see
+            ``syrk_accumulate``); the decisions themselves always run on the CPU.
+        chunk_bytes: float64 bytes per chunk it takes (None: CHUNK_BYTES).
+    """
+
+    device: str = "cpu"
+    accumulate: Accumulate = field(default=syrk_accumulate, compare=False)
+    chunk_bytes: int | None = None
+
+    def form(self, matrix: np.ndarray) -> np.ndarray:
+        """``gram_matrix`` of ``matrix`` with this engine."""
+        return gram_matrix(matrix, self.accumulate, self.chunk_bytes)
+
+
+CPU_GRAM = GramEngine()
+
+
+def gram_matrix(matrix: np.ndarray, accumulate: Accumulate = syrk_accumulate,
+                chunk_bytes: int | None = None) -> np.ndarray:
     """Float64 Gram matrix of the smaller side, streamed in chunks.
 
     Chunks run along the long side: rows of a tall matrix, column blocks of a wide one, each
     converted to a C-ordered float64 copy that BLAS reads without a transposed copy. A
     Fortran-ordered matrix (a transposed view, as Gemm with transB gives) is read as its
-    C-ordered transpose, whose smaller-side Gram matrix is the same.
+    C-ordered transpose, whose smaller-side Gram matrix is the same. The pages of a
+    memory-mapped matrix are given back as each chunk is read (``pages.give_back``).
 
     Args:
         matrix: (q, p) array of any float dtype, possibly a read-only memmap.
+        accumulate: adds a chunk's Gram matrix (``syrk_accumulate``: BLAS on the CPU).
+        chunk_bytes: float64 bytes per chunk (CHUNK_BYTES where None).
 
     Returns:
         (m, m) float64 Fortran array, m = min(q, p): ``W^T W`` if q > p, ``W W^T`` if q < p,
@@ -265,7 +315,7 @@ def gram_matrix(matrix: np.ndarray) -> np.ndarray:
     tall = matrix.shape[0] >= matrix.shape[1]
     long_side, m = (matrix.shape if tall else matrix.shape[::-1])
     gram: np.ndarray | None = None
-    step = min(max(1, CHUNK_BYTES // (8 * max(m, 1))), max(long_side, 1))
+    step = min(max(1, (chunk_bytes or CHUNK_BYTES) // (8 * max(m, 1))), max(long_side, 1))
     # One float64 buffer for every chunk: a fresh allocation per chunk costs page faults.
     buffer = np.empty((step, m) if tall else (m, step), dtype=np.float64)
     for start in range(0, max(long_side, 1), step):
@@ -276,19 +326,30 @@ def gram_matrix(matrix: np.ndarray) -> np.ndarray:
             chunk = buffer
         else:  # the last column block: a slice of the buffer would not be C-ordered
             chunk = np.empty((m, part.shape[1]), dtype=np.float64)
-        np.copyto(chunk, part, casting="unsafe")  # (r, m) tall, (m, r) wide, C order
-        # chunk.T is a Fortran view: syrk(a, trans=0) gives a a^T, syrk(a, trans=1) a^T a.
-        if gram is None:
-            gram = blas.dsyrk(1.0, chunk.T, trans=0 if tall else 1, lower=0)
-        else:
-            gram = blas.dsyrk(1.0, chunk.T, beta=1.0, c=gram, trans=0 if tall else 1, lower=0,
-                              overwrite_c=1)
+        _read_chunk(matrix, start, start + part.shape[0 if tall else 1], tall, chunk)
+        gram = accumulate(chunk, gram, tall)
     assert gram is not None
     # A NaN or Inf anywhere in the weight reaches the diagonal entry of its row or column
     # (a sum of squares; float32 and float16 squares cannot overflow float64), so checking the
     # diagonal checks the weight without another pass over it.
     _check_finite(np.diagonal(gram))
     return np.asfortranarray(gram)
+
+
+def _read_chunk(matrix: np.ndarray, lo: int, hi: int, tall: bool, out: np.ndarray) -> None:
+    """Rows ``lo:hi`` (``tall``) or columns ``lo:hi`` of ``matrix`` into ``out`` (float64,
+    same shape), handing the pages read back where ``matrix`` is memory-mapped
+    (``pages``): the column blocks of a wide matrix read in several are read from the
+    file row by row; a block of every column is every row."""
+    if tall:
+        np.copyto(out, matrix[lo:hi], casting="unsafe")
+        give_back(matrix, lo, hi, True)
+    elif lo == 0 and hi == matrix.shape[1]:
+        np.copyto(out, matrix, casting="unsafe")
+        give_back(matrix, 0, matrix.shape[0], True)
+    elif not read_columns(matrix, lo, hi, out):
+        np.copyto(out, matrix[:, lo:hi], casting="unsafe")
+        give_back(matrix, lo, hi, False)
 
 
 def _upper_eigvalsh(gram: np.ndarray, subset: list[int] | None = None) -> np.ndarray:
@@ -414,7 +475,7 @@ def streamed_r(matrix: np.ndarray) -> tuple[np.ndarray, int]:
         part = matrix[start:start + step] if tall else matrix[:, start:start + step].T
         chunk = buffer if part.shape[0] == step else \
             np.empty(part.shape, dtype=np.float64, order="F")
-        np.copyto(chunk, part, casting="unsafe")
+        _read_chunk(matrix, start, start + part.shape[0], tall, chunk if tall else chunk.T)
         _check_finite(chunk)
         r, _, _, info = scipy.linalg.lapack.dtpqrt(0, nb, r, chunk, overwrite_a=1,
                                                    overwrite_b=1)
@@ -458,9 +519,14 @@ def _svd_singular_values(blocks: np.ndarray) -> tuple[np.ndarray, int]:
         max(qb, pb)
 
 
-def _block_facts(block: np.ndarray) -> _BlockFacts:
-    """The block's Gram matrix and sigma_max (with its error estimate)."""
-    gram = gram_matrix(block)
+def _block_facts(block: np.ndarray, form: Callable[[np.ndarray], np.ndarray]) -> _BlockFacts:
+    """The block's Gram matrix (made by ``form``) and sigma_max (with its error estimate)."""
+    gram = form(block)
+    if gram.shape[0] <= EIGH_MAX_DIM:  # every eigenvalue: sigma_max and, later, the rank
+        eigenvalues = _upper_eigvalsh(gram)
+        sigma_max = math.sqrt(max(float(eigenvalues[-1]), 0.0))
+        error = root_error(sigma_max, _gram_error(max(block.shape), sigma_max))
+        return _BlockFacts(gram, sigma_max, block, error, eigenvalues)
     lam, residual = _largest_eigenvalue(gram)
     sigma_max = math.sqrt(max(lam, 0.0))
     error = root_error(sigma_max, _gram_error(max(block.shape), sigma_max) + residual)
@@ -759,12 +825,12 @@ def _rank_from_gram(facts: _BlockFacts, tol: float) -> _BlockRank:
 
 def _rank_of_live_part(facts: _BlockFacts, tol: float) -> _BlockRank:
     """``_rank_from_gram`` once dead lines are set aside (a live part of at most
-    SVD_MAX_DIM lines, as pruning can leave, takes the eigenvalues directly)."""
+    EIGH_MAX_DIM lines takes the eigenvalues directly)."""
     assert facts.gram is not None
     m = facts.gram.shape[0]
     lam_error = _gram_error(max(facts.matrix.shape), facts.sigma_max)
-    if m <= SVD_MAX_DIM:
-        return _rank_from_eigenvalues(facts.gram, tol, lam_error)
+    if m <= EIGH_MAX_DIM:
+        return _rank_from_eigenvalues(facts.gram, tol, lam_error, facts.eigenvalues)
     scratch = _scratch_like(facts.gram)
     factor, failed_at = _cholesky(facts.gram, -tol * tol, scratch)
     if failed_at == 0:
@@ -783,9 +849,11 @@ def _rank_of_live_part(facts: _BlockFacts, tol: float) -> _BlockRank:
     return _rank_from_eigenvalues(facts.gram, tol, lam_error)
 
 
-def _rank_from_eigenvalues(gram: np.ndarray, tol: float, lam_error: float) -> _BlockRank:
-    """Rank from all eigenvalues of the Gram matrix (``lam_error``: their error scale)."""
-    lam = _upper_eigvalsh(gram)
+def _rank_from_eigenvalues(gram: np.ndarray, tol: float, lam_error: float,
+                           known: np.ndarray | None = None) -> _BlockRank:
+    """Rank from all eigenvalues of the Gram matrix (``lam_error``: their error scale;
+    ``known``: those eigenvalues, ascending, where already computed)."""
+    lam = _upper_eigvalsh(gram) if known is None else known
     sigmas = np.sqrt(np.clip(lam, 0.0, None))[::-1]
     return _rank_from_sigmas(sigmas, tol, "gram-eigh", lambda s: root_error(s, lam_error))
 
@@ -800,12 +868,25 @@ def tolerance_error(rule: ToleranceRule, sigma_max: float, sigma_max_error: floa
 
 
 def _close_call(result: _BlockRank, tol: float) -> bool:
-    """Whether a kept or dropped value is within GRAM_TRUST of tol, error bars included."""
+    """Whether tol lies within GRAM_TRUST error bars of the kept or the dropped value: only
+    then can the Gram matrix's rounding have moved a singular value across tol, and an SVD
+    decides again. A margin of 1.004 on a 4096 x 4096 layer is resolved about a thousand
+    times over by its Gram matrix (error about 2e-6 of tol) and is not a close call."""
     near_kept = result.kept is not None and \
-        result.kept - (result.kept_error or 0.0) < tol * GRAM_TRUST
+        result.kept - GRAM_TRUST * (result.kept_error or 0.0) <= tol
     near_dropped = result.dropped is not None and \
-        (result.dropped + (result.dropped_error or 0.0)) * GRAM_TRUST > tol
+        result.dropped + GRAM_TRUST * (result.dropped_error or 0.0) >= tol
     return near_kept or near_dropped
+
+
+def _gram_pays(q: int, p: int) -> bool:
+    """Whether a (q, p) block takes the Gram path (where it is precise enough): blocks wider
+    than SVD_MAX_DIM, and narrower ones whose SVD is not cheap (``n m^2`` over SVD_MAX_WORK,
+    about 17 million multiply-adds: a 256 x 2304 conv block's SVD cost 27 ms against 5 ms for
+    its Gram matrix and eigenvalues). Small blocks keep the float64 SVD, the most precise
+    answer, at a cost of milliseconds."""
+    m, n = min(q, p), max(q, p)
+    return m > SVD_MAX_DIM or n * m * m > SVD_MAX_WORK
 
 
 def _gram_is_precise(n: int, relative_tol: float) -> bool:
@@ -813,13 +894,16 @@ def _gram_is_precise(n: int, relative_tol: float) -> bool:
     return relative_tol > 0 and math.sqrt(n * EPS64) < 0.01 * relative_tol
 
 
-def decide_rank(blocks: np.ndarray, eps: float, rule: ToleranceRule | None = None) -> RankDecision:
+def decide_rank(blocks: np.ndarray, eps: float, rule: ToleranceRule | None = None,
+                gram: GramEngine | None = None) -> RankDecision:
     """Numerical rank of the block-diagonal matrix diag(blocks[0], ..., blocks[g-1]).
 
     Args:
         blocks: (g, qb, pb) array (any float dtype; may be a memmap view).
         eps: machine epsilon of the dtype the weight is computed in.
         rule: tolerance rule; the NumPy default when None.
+        gram: where the Gram-path blocks' float64 Gram matrices are formed (BLAS on the CPU
+            when None); every decision from them runs on the CPU.
 
     Returns:
         The rank over all blocks with the tolerance, sigma_max, the smallest kept and largest
@@ -836,7 +920,7 @@ def decide_rank(blocks: np.ndarray, eps: float, rule: ToleranceRule | None = Non
     default_rel = rule.rtol if rule.rtol is not None else max(q, p) * eps
     # float64 weights always take the SVD: their squares can over- or underflow in a float64
     # Gram matrix, and the default rule's tolerance is below what a Gram matrix resolves.
-    big = min(qb, pb) > SVD_MAX_DIM and _gram_is_precise(max(qb, pb), default_rel) \
+    big = _gram_pays(qb, pb) and _gram_is_precise(max(qb, pb), default_rel) \
         and np.dtype(blocks.dtype).itemsize < 8
     if not big:
         sigmas, length = _svd_singular_values(blocks)
@@ -845,11 +929,12 @@ def decide_rank(blocks: np.ndarray, eps: float, rule: ToleranceRule | None = Non
         error = _svd_error(length, sigma_max)
         decided = _rank_from_sigmas(sigmas.ravel(), tol, "svd", lambda s: error)
         return _combine([decided], sigma_max, error, rule, (q, p, eps))
+    form = gram_matrix if gram is None else gram.form
     # Pass 1: sigma_max of every block (it sets tol). Pass 2: decide each block against tol.
     keep = g * min(qb, pb) ** 2 * 8 <= HELD_GRAM_BYTES
     facts = []
     for k in range(g):
-        fact = _block_facts(blocks[k])
+        fact = _block_facts(blocks[k], form)
         if not keep:
             fact.gram = None
         facts.append(fact)
@@ -859,7 +944,7 @@ def decide_rank(blocks: np.ndarray, eps: float, rule: ToleranceRule | None = Non
     results = []
     for fact in facts:
         if fact.gram is None:
-            fact.gram = gram_matrix(fact.matrix)
+            fact.gram = form(fact.matrix)
         results.append(_decide_block(fact, tol, max(qb, pb), sigma_max))
         fact.gram = None
     return _combine(results, sigma_max, sigma_max_error, rule, (q, p, eps))

@@ -95,6 +95,7 @@ def settings_dict(audits: Sequence[ModelAudit]) -> dict[str, Any]:
         "tolerance_rule": settings.rule.describe(),
         "rtol": settings.rule.rtol, "atol": settings.rule.atol,
         "svd_max_dim": SVD_MAX_DIM, "gram_trust": GRAM_TRUST, "clear_margin": CLEAR_MARGIN,
+        "gram_device": "cpu" if settings.gram is None else settings.gram.device,
     }
 
 

@@ -218,7 +218,15 @@ def _external_arrays(proto: onnx.ModelProto, base_dir: str) -> dict[str, np.ndar
         if is_external(tensor):
             values = np.array(tensor_to_array(tensor, base_dir))
             tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
-    return {t.name: tensor_to_array(t, base_dir) for t in proto.graph.initializer if is_external(t)}
+    return {t.name: _aligned(tensor_to_array(t, base_dir))
+            for t in proto.graph.initializer if is_external(t)}
+
+
+def _aligned(array: np.ndarray) -> np.ndarray:
+    """The array, or an aligned copy where its bytes are not aligned to its item size (a
+    weight viewed inside a single .onnx file, ``graph.skeleton``, sits wherever protobuf
+    put it; ONNX Runtime's kernels may assume aligned buffers)."""
+    return array if array.flags.aligned else np.array(array)
 
 
 class BatchNormalization(OpRun):
