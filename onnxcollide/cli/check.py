@@ -201,7 +201,7 @@ def _baselines(paths: Sequence[str], policy: Policy, specs: tuple[str, ...],
         raise UsageError("the folder does not exist", f"--baseline-dir {folder}",
                          "write the baselines first with --update-baseline")
     chosen = assign_baselines(paths, specs, folder)
-    for baseline in dict.fromkeys(chosen.values()):
+    for baseline in {id(b): b for b in chosen.values()}.values():
         check_settings(baseline, policy.settings)
     return bool(specs) or folder is not None, chosen
 

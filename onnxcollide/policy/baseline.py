@@ -248,7 +248,9 @@ def compare(now: ModelFacts, baseline: Baseline) -> Comparison:
     weight), then, for those left, by weight name, then by first node name.
 
     Raises:
-        UsageError: no layer matches at all: the baseline is of another model.
+        UsageError: fewer than half of the model's weights match by identity or name (node
+            names alone, such as an exporter's ``node_linear``, say little): the baseline is
+            of another model.
     """
     before = baseline.facts
     left = list(before.layers)
@@ -263,10 +265,11 @@ def compare(now: ModelFacts, baseline: Baseline) -> Comparison:
     pairs = [found[layer.index] for layer in now.layers if layer.index in found]
     unmatched = [layer for layer in now.layers if layer.index not in found]
     where = f"{baseline.file}, {baseline.key}"
-    if not pairs and now.layers:
-        raise UsageError(f"shares no weight with {now.path}: it is a baseline of another model",
-                         where, "give the baseline of this model, or write one with "
-                         "--update-baseline")
+    named = sum(p.matched_by != "node name" for p in pairs)
+    if 2 * named < len(now.layers):
+        raise UsageError(f"shares {named} of {len(now.layers)} weights with {now.path}: it is a "
+                         "baseline of another model", where, "give the baseline of this model, "
+                         "or write one with --update-baseline")
     worse = tuple((name, b, n) for name in WORSE_IF_HIGHER
                   if (b := before.metrics.value(name)) is not None
                   and (n := now.metrics.value(name)) is not None and n > b)
