@@ -69,27 +69,34 @@ def test_the_readme_actions_job_fails_on_a_bad_model_and_passes_without(tmp_path
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 def test_the_pre_commit_hook_checks_the_changed_models(tmp_path):
     """`pre-commit try-repo` installs the hook from this checkout (pip, from the package
-    index) and runs it on the staged models: it fails naming mlp_dense and not cnn_overlap;
-    the installed hook's command passes on cnn_overlap alone."""
+    index) and runs it on the models a commit changes: patch_embed, committed earlier, is not
+    checked; of the two staged models, mlp_dense breaks the default policy and fails the hook,
+    cnn_overlap is checked and passes."""
     pytest.importorskip("pre_commit")
+    from builders import PATCH
+
     repo = tmp_path / "repo"
     repo.mkdir()
     env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "pre-commit-home"),
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True, env=env)
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=repo, check=True, env=env, capture_output=True)
+
+    git("init", "-q")
+    shutil.copy(PATCH, repo)
+    git("add", ".")
+    git("commit", "-q", "-m", "an earlier model")
     shutil.copy(MLP, repo)
     shutil.copy(MODELS / "cnn_overlap.onnx", repo)
-    subprocess.run(["git", "add", "."], cwd=repo, check=True, env=env)
+    git("add", ".")
     done = subprocess.run([sys.executable, "-m", "pre_commit", "try-repo", str(ROOT),
-                           "onnxcollide-check", "--files", "cnn_overlap.onnx", "mlp_dense.onnx",
-                           "--verbose"], cwd=repo, env=env, capture_output=True, text=True,
-                          timeout=900, check=False)
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert "mlp_dense.onnx: error w1-collision" in done.stdout
-    assert "cnn_overlap.onnx: error" not in done.stdout
-    assert "check failed: 2 model(s), 1 error(s)" in done.stdout
-    [hook] = list((tmp_path / "pre-commit-home").glob("repo*/py_env-*/bin/onnxcollide"))
-    alone = subprocess.run([str(hook), "check", "cnn_overlap.onnx"], cwd=repo, env=env,
-                           capture_output=True, text=True, timeout=300, check=False)
-    assert alone.returncode == 0, alone.stdout + alone.stderr
+                           "onnxcollide-check", "--verbose"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=900, check=False)
+    out = done.stdout
+    assert done.returncode == 1, out + done.stderr
+    assert "onnxcollide check" in out and "Failed" in out
+    assert "mlp_dense.onnx: error w1-collision at node_linear" in out
+    assert "cnn_overlap.onnx: error" not in out and "patch_embed" not in out
+    assert "check failed: 2 model(s), 1 error(s)" in out

@@ -36,11 +36,13 @@ def finding_line(finding: Finding) -> str:
     return f"{finding.model}: {severity} {finding.rule}{at}: {finding.message}{allowed}"
 
 
-def policy_line(policy: Policy) -> str:
+def policy_line(policy: Policy, baselines: bool = True) -> str:
     """The policy in effect: its source, each rule that is on with where its severity came
-    from, and settings that are not the default."""
+    from (the baseline rules only where ``baselines`` were given), and settings that are not
+    the default. The JSON, SARIF and JUnit reports hold every value."""
     rules = ", ".join(f"{r.describe()} {r.severity} [{r.source}]" for r in policy.enabled
-                      if r.kind != "unreadable")
+                      if r.kind != "unreadable"
+                      and (baselines or not r.kind.startswith("baseline-")))
     settings = [f"{p.key.removeprefix('settings.')}={p.value} [{p.source}]"
                 for p in policy.provenance
                 if p.key.startswith("settings.") and p.source != "default"]
@@ -53,7 +55,7 @@ def policy_line(policy: Policy) -> str:
 def summary_text(result: CheckResult) -> str:
     """The summary: one line per finding, the policy, and the verdict with its counts."""
     lines = [finding_line(f) for f in result.findings]
-    lines.append(policy_line(result.policy))
+    lines.append(policy_line(result.policy, result.baselines_given))
     counts = counts_of(result)
     verdict = {0: "passed", 1: "failed", 3: "incomplete"}[result.exit_code]
     lines.append(
