@@ -310,3 +310,28 @@ def test_a_warm_run_imports_neither_numpy_nor_onnx(tmp_path):
                            cache], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 1, done.stderr
     assert "LOADED=[]" in done.stderr and "2 from the cache" in done.stderr
+
+
+def test_check_needs_onnx_runtime_only_for_w1_validated(tmp_path):
+    """Without ONNX Runtime (made unimportable): check runs; with w1-validated on, it is a
+    usage error naming the extras, before any audit."""
+    block = ("import sys; sys.modules['onnxruntime'] = None; "
+             "from onnxcollide.cli.main import main; main()")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", block, "check", MLP, "--no-cache", *args],
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    assert run().returncode == 1
+    refused = run("--fail-on", "w1-validated")
+    assert refused.returncode == 2 and refused.stdout == ""
+    [line] = refused.stderr.strip().splitlines()
+    assert "ONNX Runtime is not installed" in line and "onnxcollide[cpu]" in line
+
+
+def test_input_shapes_and_settings_key_the_cache():
+    """Two runs that differ in an input shape or the tolerance never share an entry."""
+    base = AuditJob(MLP)
+    assert base.settings() != AuditJob(MLP, input_shapes=(("x", (2, 256)),)).settings()
+    assert base.settings() != AuditJob(MLP, rtol=1e-5).settings()
+    assert base.settings() != AuditJob(MLP, validate=True).settings()

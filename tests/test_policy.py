@@ -326,3 +326,17 @@ def test_policy_module_reads_no_file_but_policies_and_baselines():
     opening = sorted(p.name for p in folder.glob("*.py") if "open(" in p.read_text("utf-8"))
     assert opening == ["baseline.py", "config.py"]
     assert os.path.isdir(folder)
+
+
+def test_the_policy_example_in_docs_check_md_reads(tmp_path):
+    """docs/check.md's example policy is a valid policy (with its layer rule and allow
+    entry)."""
+    import re
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "check.md").read_text("utf-8")
+    [block] = re.findall(r"```toml\n(.*?)```", page, flags=re.S)
+    file = tmp_path / "onnxcollide.toml"
+    file.write_text(block)
+    policy = load_policy(str(file))
+    assert policy.rule("layer-nullity/1").match == "*classifier*"
+    assert policy.allow[0].reason == "patch embedding reviewed in SEC-123"

@@ -15,7 +15,14 @@ from typing import Any
 
 import click
 
-from onnxcollide.cli.check_run import AuditJob, ModelRun, RunStats, collect_models, run_models
+from onnxcollide.cli.check_run import (
+    AuditJob,
+    ModelRun,
+    RunStats,
+    collect_models,
+    run_models,
+    tool_versions,
+)
 from onnxcollide.cli.options import run_guarded, shapes_per_model
 from onnxcollide.errors import UsageError
 from onnxcollide.policy.baseline import (
@@ -104,7 +111,7 @@ def check(models: tuple[str, ...], policy_file: str | None, fail_on: tuple[str, 
                           keep_going, stats)
         result = evaluate(policy, [_facts(r) for r in runs], chosen, given)
         report = report_dict(result, {r.path: r.record for r in runs if r.record},
-                             _settings(runs, policy), _tool(validate))
+                             _settings(runs, policy), tool_versions(validate))
         _refuse_external_data(outputs, runs)
         _write_reports(result, report, fmt, outputs, update_baseline, baselines, baseline_dir)
         _tell(runs, stats, folder)
@@ -123,12 +130,6 @@ def _facts(run: ModelRun) -> tuple[str, ModelFacts | str]:
     if run.record is None:
         return run.path, run.error or "cannot be read"
     return run.path, facts_of_record(run.record, run.path)
-
-
-def _tool(validate: bool) -> dict[str, str]:
-    from onnxcollide.cli.check_run import tool_versions
-
-    return tool_versions(validate)
 
 
 def _settings(runs: Sequence[ModelRun], policy: Policy) -> dict[str, Any]:
