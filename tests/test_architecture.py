@@ -16,10 +16,10 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "onnxcollide"
 
 # Stages in the order data flows; a module may import from its own stage and those before it.
-# errors and _version are the foundation every stage may use.
-STAGES = ("errors", "_version", "graph", "linalg", "audit", "collide", "runtime", "policy",
-          "compare", "report", "cli")
-FOUNDATION = {"errors", "_version"}
+# errors, _version and limits are the foundation every stage may use.
+STAGES = ("errors", "_version", "limits", "graph", "linalg", "audit", "collide", "runtime",
+          "policy", "compare", "report", "cli")
+FOUNDATION = {"errors", "_version", "limits"}
 ONNX_ALLOWED = {"graph", "runtime"}  # parsing; building the graphs ONNX Runtime runs
 ORT_ALLOWED = {"runtime"}
 

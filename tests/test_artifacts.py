@@ -13,7 +13,16 @@ from PIL import Image
 
 from onnxcollide.errors import UsageError
 from onnxcollide.report.files import save_npz, write_atomically, write_text
-from onnxcollide.report.images import basis_png, image_layout, strip_png
+from onnxcollide.report.images import (
+    GAP,
+    LINE,
+    PANEL,
+    basis_png,
+    image_layout,
+    label_band,
+    plan_strip,
+    strip_png,
+)
 
 
 def leftovers(folder) -> list[str]:
@@ -54,24 +63,30 @@ def test_npz_holds_arrays_and_settings_json(tmp_path):
 # ------------------------------------------------------------------ PNG
 
 
-@pytest.mark.parametrize("shape, layout, mode", [
-    ((1, 3, 32, 32), "nchw", "RGB"), ((1, 8, 8, 3), "nhwc", "RGB"), ((1, 1, 16, 16), "nchw", "L"),
+@pytest.mark.parametrize("shape, layout", [
+    ((1, 3, 32, 32), "nchw"), ((1, 8, 8, 3), "nhwc"), ((1, 1, 16, 16), "nchw"),
 ])
-def test_strip_png_is_three_panels_side_by_side(tmp_path, shape, layout, mode):
-    """[original | perturbation | colliding], each upscaled to 160 px, 4 px white gaps."""
+def test_strip_png_is_three_labelled_panels_side_by_side(tmp_path, shape, layout):
+    """[original | perturbation | colliding], each upscaled to 160 px, 6 px white gaps, two
+    label lines above and the caption under them."""
     rng = np.random.default_rng(1)
     x = rng.random(shape).astype(np.float32)
     moved = np.clip(x + 0.1 * rng.standard_normal(shape), 0, 1).astype(np.float32)
     path = tmp_path / "strip.png"
-    strip_png(str(path), x, moved, layout)
+    plan = plan_strip(x, moved, layout, ("caption line",))
+    strip_png(str(path), x, moved, plan)
+    top = label_band(2)
     with Image.open(path) as image:
-        assert image.format == "PNG" and image.mode == mode
-        assert image.size == (3 * 160 + 2 * 4, 160)
+        assert image.format == "PNG" and image.mode == "RGB"
+        assert image.size[0] >= 3 * PANEL + 2 * GAP
+        assert image.size[1] == top + PANEL + LINE * 1 + 6
         pixels = np.asarray(image)
     hwc = x[0].transpose(1, 2, 0) if layout == "nchw" else x[0]
-    first = pixels[0, 0] if mode == "RGB" else pixels[0, 0:1]
-    np.testing.assert_array_equal(first, np.round(hwc[0, 0] * 255).astype(np.uint8))
-    assert (pixels[:, 160:164] == 255).all()  # the gap
+    expected = np.round(hwc[0, 0] * 255).astype(np.uint8)
+    np.testing.assert_array_equal(pixels[top, 0], np.broadcast_to(expected, (3,)))
+    assert (pixels[top:top + PANEL, PANEL:PANEL + GAP] == 255).all()  # the gap
+    assert (pixels[:top] < 128).any() and (pixels[top + PANEL:] < 128).any()  # the text
+    assert plan.display_range == (0.0, 1.0) and not plan.widened
     assert leftovers(tmp_path) == []
 
 
@@ -81,34 +96,52 @@ def test_strip_png_zero_perturbation_is_grey(tmp_path):
     moved = x.copy()
     moved[0, :, :8, :8] += 0.05
     path = tmp_path / "strip.png"
-    strip_png(str(path), x, moved, "nchw")
+    plan = plan_strip(x, moved, "nchw")
+    strip_png(str(path), x, moved, plan)
+    top = label_band(2)
     pixels = np.asarray(Image.open(path))
-    middle = pixels[:, 164:324]
+    middle = pixels[top:top + PANEL, PANEL + GAP:2 * PANEL + GAP]
     assert (middle[-1, -1] == 128).all()
     assert (middle[0, 0] == 255).all()  # the largest change reaches white
 
 
+def test_strip_range_widens_instead_of_clipping():
+    """A colliding input outside the original's [0, 1] widens the shared display range (it
+    was clipped to [0, 1] with no word), and the caption says so."""
+    x = np.full((1, 3, 8, 8), 0.5, np.float32)
+    moved = x.copy()
+    moved[0, 0, 0, 0] = 3.0
+    moved[0, 1, 0, 0] = -1.0
+    plan = plan_strip(x, moved, "nchw", ("first",))
+    assert plan.display_range == (-1.0, 3.0) and plan.widened
+    assert plan.caption[0] == "first" and "nothing clipped" in plan.caption[1]
+    assert plan.record()["clipped"] is False
+
+
 def test_basis_png_grid_layout(tmp_path):
-    """8 vectors of a (3, 8, 8) patch, 4 repeats, 6 columns: 2 rows of 96 px tiles + 4 px gaps."""
+    """8 vectors of a (3, 8, 8) patch, 4 repeats, 6 columns: 2 rows of 96 px tiles, each with
+    a label line under it."""
     vectors = np.random.default_rng(3).standard_normal((8, 192))
     path = tmp_path / "basis.png"
-    basis_png(str(path), vectors, (3, 8, 8))
+    basis_png(str(path), vectors, (3, 8, 8), sigmas=np.arange(8) * 1e-16)
     with Image.open(path) as image:
         assert image.format == "PNG" and image.mode == "RGB"
-        assert image.size == (6 * 100, 2 * 100)
+        assert image.size == (6 * (96 + GAP), 2 * (96 + 16 + GAP) - GAP)
         pixels = np.asarray(image)
-    assert (pixels[100:200, 200:600] == 255).all()  # the second row holds 2 tiles only
+    cell = 96 + 16 + GAP
+    assert (pixels[cell:, 2 * (96 + GAP):] == 255).all()  # the second row holds 2 tiles only
     tile = pixels[:96, :96]
     np.testing.assert_array_equal(tile[:24], tile[24:48])  # the patch repeats (8 px * 3)
+    assert (pixels[96:96 + 16, :96] < 128).any()  # its label
 
 
 def test_basis_png_grey_patch(tmp_path):
-    """A (1, 5, 5) patch (one channel): a grey PNG."""
+    """A (1, 5, 5) patch (one channel) is drawn grey (equal RGB channels)."""
     path = tmp_path / "basis.png"
     basis_png(str(path), np.random.default_rng(4).standard_normal((3, 25)), (1, 5, 5))
-    with Image.open(path) as image:
-        assert image.mode == "L"
-        assert image.size == (3 * (80 + 4), 80 + 4)  # 20 px tiled, upscaled x4 -> 80
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    tile = pixels[:80, :80]  # 20 px tiled, upscaled x4 -> 80
+    assert (tile[:, :, 0] == tile[:, :, 1]).all() and (tile[:, :, 1] == tile[:, :, 2]).all()
 
 
 def test_basis_png_without_vectors_is_a_usage_error(tmp_path):
@@ -254,7 +287,7 @@ def test_written_files_respect_the_umask(tmp_path, mask, mode):
 def test_png_files_are_not_private(tmp_path, umask_022):
     """Under umask 022 a strip PNG is 0644, readable by others as usual."""
     x = np.zeros((1, 3, 8, 8), np.float32)
-    strip_png(str(tmp_path / "s.png"), x, x + 0.5, "nchw")
+    strip_png(str(tmp_path / "s.png"), x, x + 0.5, plan_strip(x, x + 0.5, "nchw"))
     assert stat.S_IMODE(os.stat(tmp_path / "s.png").st_mode) == 0o644
 
 

@@ -179,8 +179,7 @@ def test_several_models_give_one_summary():
     result = run("audit", "-f", "csv", "--summary-only", LENET, CNTK, PADDLE)
     assert result.exit_code == 0, result.stderr
     rows = list(csv.reader(io.StringIO(result.stdout)))
-    assert [r[0] for r in rows[1:]] == ["lenet5_mnist_torch.onnx", "mnist-8_cntk.onnx",
-                                        "ppocr_mobile_v2_cls.onnx"]
+    assert [r[0] for r in rows[1:]] == [LENET, CNTK, PADDLE]  # the paths as given
     table = run("audit", "--summary-only", LENET, CNTK, PADDLE).stdout
     assert table.count("Table 1") == 1
     data = json.loads(run("audit", "-f", "json", LENET, CNTK, PADDLE).stdout)
@@ -509,9 +508,10 @@ def test_models_sharing_a_file_name_are_told_apart_in_the_summary(tmp_path):
         copy = tmp_path / folder / "model.onnx"
         copy.write_bytes((DATA / "lenet5_mnist_torch.onnx").read_bytes())
         copies.append(str(copy))
-    result = run("audit", "-f", "csv", "--summary-only", *copies, CNTK)
+    result = run("audit", "-f", "markdown", "--summary-only", *copies, CNTK)
     assert result.exit_code == 0, result.stderr
-    names = [row[0] for row in csv.reader(io.StringIO(result.stdout))][1:]
+    names = [line.split(" | ")[0][2:] for line in result.stdout.splitlines()
+             if (line.startswith("| ") and " | 5 | " in line) or "| mnist-8" in line]
     assert names == [*copies, "mnist-8_cntk.onnx"]
     table = run("audit", *copies)
     assert f"{copies[0]}: 5 weights" in table.stdout.replace("\n", "")

@@ -76,7 +76,8 @@ def test_collide_writes_npz_report_and_strips(tmp_path, monkeypatch):
         res = w1_residual(PATCH, report["w1"]["output"], "input", x, colliding[k])
         assert res < 1e-5
     with Image.open(out / "strip-0.png") as strip:
-        assert strip.format == "PNG" and strip.size == (488, 160)
+        # three 160 px panels, 6 px gaps; labels above, the caption under them
+        assert strip.format == "PNG" and strip.size == (3 * 160 + 2 * 6, 250)
 
 
 def test_collide_json_format_prints_the_report(tmp_path):
@@ -96,7 +97,8 @@ def test_collide_basis_images(tmp_path):
     result = run("collide", PATCH, "--no-validate", "-o", str(out), "--basis-images", "6")
     assert result.exit_code == 0, result.stderr
     with Image.open(out / "basis.png") as image:
-        assert image.format == "PNG" and image.size == (600, 100)
+        # six 96 px tiles, 6 px gaps, a label line under each
+        assert image.format == "PNG" and image.size == (6 * 102, 96 + 16)
     assert report_of(out)["files"]["basis images"] == str(out / "basis.png")
 
 
@@ -178,7 +180,9 @@ def test_collide_channels_last_model_with_input_shape(tmp_path):
     assert report["w1"]["class"] == "overlapping" and report["w1"]["exact"] is False
     assert report["input_shape"] == [1, 12, 12, 3]
     with Image.open(out / "strip-0.png") as strip:
-        assert strip.size == (3 * 156 + 8, 156)  # 12 px upscaled x13 per panel
+        # 12 px upscaled x13 per panel, 6 px gaps (wider where the caption is longer)
+        assert strip.size[0] >= 3 * 156 + 2 * 6
+        assert strip.size[1] - 156 == 250 - 160  # the same bands of labels and caption
 
 
 # ------------------------------------------------------------------ collide: errors
@@ -493,12 +497,14 @@ def test_validate_exits_0_for_a_collision_and_1_for_a_random_pair(tmp_path):
     bad = run("validate", PATCH, str(tmp_path / "a.npy"), str(tmp_path / "r.npy"),
               "--device", "cpu")
     assert bad.exit_code == 1, bad.stderr
-    assert "passed: no" in bad.stdout
+    assert bad.stdout.startswith("FAIL: the inputs do not collide")
 
 
-def test_validate_table_flattens_nested_values(tmp_path):
-    """`validate -f table` prints one readable `key: value` line per figure (nested values as
-    device.used, collision.outputs[0].max_abs), never a Python dict or list."""
+def test_validate_table_is_short_and_names_each_figure(tmp_path):
+    """`validate -f table` was ~50 `key: value` lines: it is a verdict line, where it ran and a
+    short table of each figure for the pair against the random baseline, with W1's residual
+    as in the JSON and the argmax agreement as a percentage (not a number that reads like a
+    class index)."""
     rng = np.random.default_rng(0)
     np.save(tmp_path / "a.npy", rng.random((1, 3, 32, 32), dtype=np.float32))
     np.save(tmp_path / "b.npy", rng.random((1, 3, 32, 32), dtype=np.float32))
@@ -508,13 +514,40 @@ def test_validate_table_flattens_nested_values(tmp_path):
     data = json.loads(run("validate", PATCH, str(tmp_path / "a.npy"), str(tmp_path / "b.npy"),
                           "--device", "cpu", "-f", "json").stdout)
     lines = result.stdout.splitlines()
+    assert len(lines) <= 15, result.stdout
+    assert lines[0].startswith("FAIL: the inputs do not collide (perturbed: input;")
+    assert lines[1].startswith("validated on cpu (CPUExecutionProvider), float32")
     assert "{" not in result.stdout and "'" not in result.stdout  # no Python dict or list
-    assert "device.used: cpu" in lines and "device.providers: CPUExecutionProvider" in lines
-    assert "perturbed_inputs: input" in lines and "collision.passed: no" in lines
     residual = data["collision"]["layer_residual"]
-    assert f"collision.layer_residual: {residual:.3g}" in lines
-    assert any(line.startswith("collision.outputs[0].max_abs: ") for line in lines)
-    assert all(": " in line for line in lines)
+    row = next(line for line in lines if line.startswith("│ W1 residual"))
+    assert f"{residual:.3g}" in row
+    argmax = next(line for line in lines if "argmax agrees" in line)
+    assert "%" in argmax
+
+
+def test_validate_reads_collides_npz_and_checks_every_colliding_input(tmp_path):
+    """`validate MODEL collisions.npz`: collide's own output, original against each colliding
+    input, without extracting arrays; exit 0 when all pass, and the JSON lists each."""
+    out = tmp_path / "o"
+    assert run("collide", PATCH, "--no-validate", "-o", str(out), "-n", "3").exit_code == 0
+    result = run("validate", PATCH, str(out / "collisions.npz"), "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    assert "3 of 3 colliding input(s) for 'input' pass" in result.stdout
+    assert result.stdout.count("PASS") == 3
+    data = json.loads(run("validate", PATCH, str(out / "collisions.npz"), "--device", "cpu",
+                          "-f", "json").stdout)
+    assert [v["passed"] for v in data["validations"]] == [True] * 3
+    assert data["source"]["sha256"] == hashlib.sha256(
+        (out / "collisions.npz").read_bytes()).hexdigest()
+    assert data["input"] == "input"
+
+
+def test_validate_one_file_that_is_not_collides_npz_is_a_usage_error(tmp_path):
+    """With FIRST alone, FIRST must be collide's collisions.npz: a plain .npy says so."""
+    np.save(tmp_path / "a.npy", np.zeros((1, 3, 32, 32), np.float32))
+    line = assert_one_line_error(run("validate", PATCH, str(tmp_path / "a.npy"),
+                                     "--device", "cpu"), 2)
+    assert "collisions.npz" in line and "validate MODEL FIRST SECOND" in line
 
 
 def test_validate_identical_inputs_is_a_usage_error(tmp_path):

@@ -296,11 +296,15 @@ def test_digits_text(value, digits, text):
 
 
 def test_csv_summary_only(lenet, small):
-    """--summary-only CSV: the Table 1 header and one row per model."""
+    """--summary-only CSV: the Table 1 header and one row per model, named by its path as
+    given, as the per-layer CSV names it (the summary held the file name, the per-layer CSV
+    the path)."""
     rows = list(csv.reader(io.StringIO(render([lenet, small], Format.CSV,
                                               RenderOptions(summary_only=True)))))
     assert tuple(rows[0]) == (*SUMMARY_HEADERS, *SETTINGS_COLUMNS)
-    assert [r[0] for r in rows[1:]] == ["lenet5_mnist_torch.onnx", "small|model.onnx"]
+    assert [r[0] for r in rows[1:]] == [lenet.path, small.path]
+    layers = list(csv.reader(io.StringIO(render([lenet, small], Format.CSV, RenderOptions()))))
+    assert {r[0] for r in layers[1:]} == {lenet.path, small.path}
     assert rows[1][1:5] == ["5", "5", "1.0", "5"]  # plain values: no '%' or ',' to strip
 
 
@@ -336,7 +340,8 @@ def test_markdown_has_table1_with_a_row_per_model(lenet, small):
     assert len(table) == 2 + 2
     assert table[2].startswith("| lenet5_mnist_torch.onnx | 5 | 5 | 100% | 5 | 100% | 543 | 19 |")
     assert "## lenet5_mnist_torch.onnx" in text
-    assert "skipped scores (MatMul)" in text
+    assert "- no weight: scores (MatMul): " in text  # not a weight, so not 'skipped'
+
 
 
 def test_markdown_escapes_pipes(small):

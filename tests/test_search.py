@@ -177,7 +177,7 @@ def test_basis_index_is_the_same_kernel_vector_in_every_window():
     assert np.abs(first).max() > 0
     np.testing.assert_allclose(delta[:, 8:16, 16:24], first, atol=1e-6)
     np.testing.assert_allclose(delta[:, 24:32, 24:32], first, atol=1e-6)
-    vectors, patch = first_layer_kernel(PATCH, {"input": x}, SearchSettings())
+    vectors, patch, _ = first_layer_kernel(PATCH, {"input": x}, SearchSettings())
     assert patch == (3, 8, 8) and vectors.shape == (144, 192)
     np.testing.assert_allclose(first, 2.0 * vectors[0].reshape(3, 8, 8), atol=1e-6)
     assert found.collisions[0].basis == 0
@@ -392,7 +392,7 @@ def test_channels_last_transpose_then_patchify(tmp_path):
     assert delta.shape == (1, 8, 8, 3)
     # the same kernel vector in each window, laid out channels-last
     np.testing.assert_allclose(delta[0, 4:8, 4:8, :], delta[0, 0:4, 0:4, :], atol=1e-6)
-    vectors, _ = first_layer_kernel(path, {"x": x}, SearchSettings())
+    vectors, _, _ = first_layer_kernel(path, {"x": x}, SearchSettings())
     np.testing.assert_allclose(delta[0, 0:4, 0:4, :].transpose(2, 0, 1),
                                vectors[0].reshape(3, 4, 4), atol=1e-6)
     assert_exact(found)
@@ -443,7 +443,7 @@ def test_sub_div_normalisation_scales_the_perturbation_by_std(tmp_path):
                           [init("mean", mean), init("std", std)], [1, 3, 8, 8], "n")
     x = image(20, (1, 3, 8, 8))
     found = find_collisions(path, {"x": x}, SearchSettings(basis=(0,)))
-    vectors, _ = first_layer_kernel(path, {"x": x}, SearchSettings())
+    vectors, _, _ = first_layer_kernel(path, {"x": x}, SearchSettings())
     delta = found.collisions[0].delta[0]
     for rows in (slice(0, 4), slice(4, 8)):
         for cols in (slice(0, 4), slice(4, 8)):
@@ -554,7 +554,7 @@ def test_batch_normalization_on_the_path(tmp_path):
     path = patchify_after(tmp_path, "bn.onnx", pre, inits, [1, 3, 8, 8], "bn")
     x = image(26, (1, 3, 8, 8))
     found = find_collisions(path, {"x": x}, SearchSettings(basis=(0,)))
-    vectors, _ = first_layer_kernel(path, {"x": x}, SearchSettings())
+    vectors, _, _ = first_layer_kernel(path, {"x": x}, SearchSettings())
     factor = (np.sqrt(var.astype(np.float64) + 1e-3) / scale).reshape(3, 1, 1)
     np.testing.assert_allclose(found.collisions[0].delta[0, :, 4:8, 0:4],
                                vectors[0].reshape(3, 4, 4) * factor, atol=1e-6)
@@ -613,7 +613,7 @@ def test_tiled_mode_repeats_the_per_patch_vector_entries():
     """Tiled with basis 0: every value (divided by std) is an entry of basis vector 0's channel."""
     x = image(29, (1, 3, 32, 32))
     found = find_collisions(OVERLAP, {"input": x}, SearchSettings(mode="tiled", basis=(0,)))
-    vectors, patch = first_layer_kernel(OVERLAP, {"input": x}, SearchSettings())
+    vectors, patch, _ = first_layer_kernel(OVERLAP, {"input": x}, SearchSettings())
     assert patch == (3, 5, 5)
     std = np.array([0.229, 0.224, 0.225])
     seen = found.collisions[0].delta[0] / std.reshape(3, 1, 1)

@@ -13,7 +13,15 @@ from onnxcollide.graph.input_path import FirstLayerPath, PathStep, trace_input
 from onnxcollide.graph.linear_ops import LinearSite, SkippedOp, find_linear_ops
 from onnxcollide.graph.load import LoadedModel, load_model
 from onnxcollide.graph.shapes import Shape, TensorInfo, infer_shapes, is_float_input, model_inputs
-from onnxcollide.linalg.spectral import EPS_OF, RankDecision, ToleranceRule, decide_rank
+from onnxcollide.limits import check_allocation
+from onnxcollide.linalg.spectral import (
+    CHUNK_BYTES,
+    EPS_OF,
+    SVD_MAX_DIM,
+    RankDecision,
+    ToleranceRule,
+    decide_rank,
+)
 
 CLEAR_MARGIN = 10.0  # a decision is "clear" when no singular value lies within 10x of tol
 
@@ -189,6 +197,8 @@ def _decide(layer: LinearLayer, rule: ToleranceRule) -> RankDecision:
     if eps is None:
         raise UnsupportedModelError(f"weight is computed in {layer.compute_dtype}, which has no "
                                     "float epsilon we know", where)
+    check_allocation(decision_bytes(layer), f"deciding the rank of this {layer.q} x "
+                     f"{layer.p} weight ({layer.groups} block(s)) in float64", where)
     try:
         return decide_rank(layer.load_blocks(), eps, rule)
     except FloatingPointError as exc:
@@ -197,6 +207,20 @@ def _decide(layer: LinearLayer, rule: ToleranceRule) -> RankDecision:
         raise UsageError(str(exc), where, "use a smaller --rtol") from exc
     except ValueError as exc:
         raise UnsupportedModelError(f"the weight does not fit the op ({exc})", where) from exc
+
+
+def decision_bytes(layer: LinearLayer) -> int:
+    """An upper estimate of the float64 working memory the rank engine needs for one block
+    of ``layer`` (blocks are decided one at a time): a copy or a chunk of it and, for a Gram
+    block, the short side's square matrix with its factors."""
+    if layer.groups == 0 or layer.q * layer.p == 0:
+        return 0  # an empty weight (a stack of no matrices, a conv without outputs)
+    qb, pb = layer.block_shape
+    short, long = min(qb, pb), max(qb, pb)
+    copy = min(short * long, 2 * CHUNK_BYTES // 8 + short * short)
+    if short <= SVD_MAX_DIM:
+        return 8 * 2 * copy
+    return 8 * (copy + 3 * short * short)
 
 
 def _first_layer(model: LoadedModel, sites: list[LinearSite], infos: dict[str, TensorInfo],

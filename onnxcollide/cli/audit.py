@@ -18,7 +18,10 @@ from onnxcollide.cli.options import (
     NON_NEGATIVE,
     POSITIVE,
     SEED,
+    apply_max_memory,
+    max_memory_option,
     option_given,
+    progress_phases,
     progress_reporter,
     run_guarded,
     shapes_per_model,
@@ -124,15 +127,17 @@ def check_output_folder(path: str) -> None:
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of --validate.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="Execution provider of --validate.")
+@max_memory_option
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
 def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention: str,
           rtol: float | None, atol: float | None, input_shapes: tuple[str, ...],
           summary_only: bool, progress: bool | None, check: bool, seed: int, device: str,
-          debug: bool) -> None:
+          max_memory: str | None, debug: bool) -> None:
     """Rank and nullity of every Conv/Gemm/MatMul weight, and the paper's Table 1 metrics."""
     ctx = click.get_current_context()
 
     def run() -> None:
+        apply_max_memory(max_memory)
         target = None if output == "-" or output is None else output
         claimed = None if target is None else check_report_path(target, models)
         try:
@@ -158,8 +163,11 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
             if check:
                 from onnxcollide.runtime.collisions import check_w1
 
-                result = replace(result, validation=check_w1(
-                    path, dict(settings.input_shapes), seed, device, "float32", settings.rule))
+                with progress_phases(show, os.path.basename(path)) as reporter:
+                    reporter.phase("W1 check: one colliding input, validated in ONNX Runtime")
+                    result = replace(result, validation=check_w1(
+                        path, dict(settings.input_shapes), seed, device, "float32",
+                        settings.rule, reporter.phase))
             audits.append(result)
         to_terminal = target is None and sys.stdout.isatty()
         width = os.get_terminal_size().columns if to_terminal else 160

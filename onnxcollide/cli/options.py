@@ -15,6 +15,7 @@ import click
 
 from onnxcollide.cli.exit_codes import EXIT_MODEL
 from onnxcollide.errors import OnnxCollideError, UsageError
+from onnxcollide.limits import MemoryLimit, parse_size, set_max_memory
 
 if TYPE_CHECKING:  # loaded on use: `check` reads its cache without numpy, scipy or onnx
     from onnxcollide.audit.model import ProgressCallback
@@ -146,6 +147,55 @@ def progress_reporter(enabled: bool, label: str) -> Iterator[ProgressCallback | 
         yield update
 
 
+class PhaseReporter:
+    """Phases of a long command (loading, the kernel, the operator analysis, validation) and
+    steps within one, on stderr: a spinner and bar on a terminal, one line each on a pipe or
+    log file with ``--progress``, nothing when off."""
+
+    def __init__(self, label: str, bar: Any = None, lines: bool = False) -> None:
+        self._label, self._bar, self._lines = label, bar, lines
+        self._task = bar.add_task(label, total=None, step="") if bar is not None else None
+
+    def phase(self, text: str) -> None:
+        """A new phase starts (its steps, if any, are counted afresh)."""
+        if self._bar is not None:
+            self._bar.update(self._task, description=f"{self._label}: {text}", completed=0,
+                             total=None, step="")
+        elif self._lines:
+            click.echo(f"{self._label}: {text}", err=True)
+
+    def step(self, done: int, total: int) -> None:
+        """``done`` of ``total`` steps of the current phase are finished."""
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, total=total, step=f"{done}/{total}")
+        elif self._lines:
+            click.echo(f"{self._label}: {done}/{total}", err=True)
+
+
+@contextmanager
+def progress_phases(enabled: bool | None, label: str) -> Iterator[PhaseReporter]:
+    """A PhaseReporter for ``--progress/--no-progress`` (default: on where stderr is a
+    terminal)."""
+    shown = sys.stderr.isatty() if enabled is None else enabled
+    if not shown or not sys.stderr.isatty():
+        yield PhaseReporter(label, lines=shown)
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
+                  TextColumn("{task.fields[step]}", markup=False),
+                  console=Console(stderr=True), transient=True) as bar:
+        yield PhaseReporter(label, bar)
+
+
+@contextmanager
+def progress_steps(enabled: bool | None, label: str) -> Iterator[Callable[[int, int], None]]:
+    """A ``(done, total)`` callback for one phase of ``--progress`` (see progress_phases)."""
+    with progress_phases(enabled, label) as reporter:
+        yield reporter.step
+
+
 def run_guarded(action: Callable[[], None], debug: bool) -> None:
     """Run ``action``; turn our errors into one line and an exit code."""
     try:
@@ -155,6 +205,10 @@ def run_guarded(action: Callable[[], None], debug: bool) -> None:
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, click.exceptions.Exit, SystemExit):
         raise
+    except MemoryError:
+        click.echo("error: the machine ran out of memory; a smaller --max-memory refuses "
+                   "such arrays up front with the node that asks for them", err=True)
+        sys.exit(EXIT_MODEL)
     except Exception as exc:
         if debug:
             traceback.print_exc()
@@ -229,6 +283,24 @@ def image_options(resize: str | None, layout: str, scale: float, mean: str | Non
         raise UsageError(f"--std '{std}' holds a value that is not positive",
                          hint="every standard deviation must be above 0")
     return ImageOptions(parse_resize(resize), layout, scale, parse_floats(mean, "--mean"), stds)
+
+
+def max_memory_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--max-memory``: the largest array a model may make the tool allocate."""
+    return click.option(
+        "--max-memory", metavar="SIZE",
+        help="Refuse any array over this size before allocating it (e.g. 8G, 512M) "
+             "[default: half of this machine's memory].")(func)
+
+
+def apply_max_memory(text: str | None) -> None:
+    """Put ``--max-memory`` in force for this command (the default where not given).
+
+    Raises:
+        UsageError: not a size.
+    """
+    set_max_memory(None if text is None else
+                   MemoryLimit(parse_size(text), f"--max-memory {text}"))
 
 
 def input_options(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -134,8 +134,9 @@ def build_context(path: str, feeds: dict[str, np.ndarray], settings: SearchSetti
 
 
 def check_applicable(path: str, shapes: dict[str, tuple[int, ...]],
-                     input_name: str | None = None) -> None:
-    """Raise when the search cannot apply to this model, before any input is loaded.
+                     input_name: str | None = None) -> str:
+    """Raise when the search cannot apply to this model, before any input is loaded; return
+    the name of the input it will perturb.
 
     Raises:
         UnsupportedModelError: W1 is not reached through affine ops from a float input.
@@ -150,3 +151,4 @@ def check_applicable(path: str, shapes: dict[str, tuple[int, ...]],
     if route.exactness == NOT_APPLICABLE:
         raise UnsupportedModelError(f"the Null-space search does not apply: {route.reason}",
                                     path)
+    return route.input

@@ -11,13 +11,15 @@ from typing import Any
 
 import numpy as np
 
+from onnxcollide.collide.results import ChannelRange
 from onnxcollide.errors import ModelLoadError, UsageError
 from onnxcollide.graph.load import LoadedModel
 from onnxcollide.graph.shapes import declared_dims, model_inputs
 from onnxcollide.graph.tensors import numpy_dtype
+from onnxcollide.limits import check_allocation
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-MAX_RANDOM_BYTES = 2 << 30  # a seeded random input is drawn in float64 up to this size
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow modes of one-channel images
 
 
 def is_image(path: str) -> bool:
@@ -72,8 +74,12 @@ def _load_array(path: str, name: str) -> tuple[np.ndarray, str | None]:
     one), and the .npz key it was read from (None for a .npy)."""
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read the array file ({exc})", path) from exc
+    except (OSError, ValueError, EOFError) as exc:
+        # numpy's own message advises allow_pickle for anything it cannot parse (a text
+        # file, a pickle): never suggest loading pickles from an untrusted file.
+        raise ModelLoadError("cannot read the array file: it is not a .npy or .npz file "
+                             "numpy reads without pickles", path,
+                             "save the array with numpy.save or numpy.savez") from exc
     if isinstance(loaded, np.ndarray):
         return loaded, None
     with loaded:
@@ -104,7 +110,7 @@ def _load_image(path: str, dims: list[int | None], options: ImageOptions
     try:
         with Image.open(path) as opened:
             native, native_mode = (opened.height, opened.width), str(opened.mode)
-            image = opened.convert(mode)
+            image = opened if opened.mode == mode else opened.convert(mode)
             size = options.size or (spatial if None not in spatial else None)
             if size is not None and tuple(size) != native:
                 height, width = (int(d) for d in size)  # type: ignore[arg-type]
@@ -114,9 +120,9 @@ def _load_image(path: str, dims: list[int | None], options: ImageOptions
         raise ModelLoadError(f"cannot read the image ({exc})", path) from exc
     pixels = pixels.reshape(pixels.shape[0], pixels.shape[1], -1) * options.scale
     if options.mean is not None:
-        pixels = pixels - _per_channel(options.mean, "--mean", pixels.shape[2], path)
+        pixels = pixels - _per_channel(options.mean, "--mean", mode, path)
     if options.std is not None:
-        pixels = pixels / _per_channel(options.std, "--std", pixels.shape[2], path)
+        pixels = pixels / _per_channel(options.std, "--std", mode, path)
     tensor = pixels[None]  # (1, H, W, C)
     record = _image_record(path, (native, native_mode), tuple(pixels.shape[:2]), mode, layout,
                            options)
@@ -138,11 +144,53 @@ def _image_record(path: str, native: tuple[tuple[int, int], str], made: tuple[in
         "scale": options.scale, "mean": list(options.mean) if options.mean else None,
         "std": list(options.std) if options.std else None,
     }
+    notices = []
     if resized and options.size is None:
-        record["notice"] = (f"{path} is {height}x{width}; it was resized (bilinear) to "
-                            f"the model's {made[0]}x{made[1]}: pass --resize HxW to choose, or "
-                            "give an image of that size")
+        notices.append(f"{path} is {height}x{width}; it was resized (bilinear) to the model's "
+                       f"{made[0]}x{made[1]}: pass --resize HxW to choose, or give an image "
+                       "of that size")
+    grey = native_mode in GREY_MODES
+    if grey != (mode == "L"):
+        what = "grey, 1 channel" if grey else "colour"
+        notices.append(f"{path} is a {what} image ({native_mode}); it was converted to {mode} "
+                       f"for the model's {len(mode)}-channel input")
+    if "A" in native_mode:
+        notices.append(f"{path} has an alpha channel; it was dropped ({native_mode} -> {mode})")
+    if notices:
+        record["notice"] = "; ".join(notices)
     return record
+
+
+def file_record(path: str, key: str | None, array: np.ndarray | None = None
+                ) -> dict[str, Any]:
+    """How a value was read from a file: its path (as given), SHA-256, the .npz key (None for a
+    .npy) and, where given, the array's shape and dtype as stored."""
+    record: dict[str, Any] = {"source": "file", "path": path, "sha256": _sha256(path),
+                              "key": key}
+    if array is not None:
+        record.update(shape=list(array.shape), dtype=str(array.dtype))
+    return record
+
+
+def image_channel_range(record: dict[str, Any], bounds: tuple[float, float],
+                        value: np.ndarray) -> ChannelRange:
+    """A range in an image's units (pixel value x --scale, before --mean/--std) mapped into
+    the model's units, per channel: ``(bound - mean_c) / std_c``, rounded to the input's
+    dtype as the image's own values are (an image pixel at a bound stays inside).
+
+    Args:
+        record: the image's record from ``read_inputs`` (mode, layout, mean, std).
+        bounds: (lo, hi) in image units.
+        value: the input as fed, (1, C, H, W) or (1, H, W, C).
+    """
+    channels = len(record["mode"])
+    mean = np.broadcast_to(np.asarray(record["mean"] or [0.0], np.float64), (channels,))
+    std = np.broadcast_to(np.asarray(record["std"] or [1.0], np.float64), (channels,))
+    dtype = value.dtype if value.dtype.kind == "f" else np.dtype(np.float64)
+    low = ((bounds[0] - mean) / std).astype(dtype).astype(np.float64)
+    high = ((bounds[1] - mean) / std).astype(dtype).astype(np.float64)
+    axis = 1 if record["layout"] == "nchw" else value.ndim - 1
+    return ChannelRange(axis, tuple(float(v) for v in low), tuple(float(v) for v in high))
 
 
 def _sha256(path: str) -> str:
@@ -153,17 +201,21 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _per_channel(values: tuple[float, ...], option: str, channels: int, path: str
+def _per_channel(values: tuple[float, ...], option: str, mode: str, path: str
                  ) -> np.ndarray:
-    """``values`` as a float64 array: one per channel of the image (or one for all).
+    """``values`` as a float64 array: one per channel the model's input takes (or one for
+    all); ``mode``: what the image was converted to for it (``L``: 1 channel, ``RGB``: 3).
 
     Raises:
-        UsageError: another number of values than the image has channels.
+        UsageError: another number of values than the model's input has channels.
     """
+    channels = len(mode)
     if len(values) not in (1, channels):
         shown = ",".join(f"{v:g}" for v in values)
-        raise UsageError(f"{option} '{shown}' has {len(values)} values, the image has "
-                         f"{channels} channel(s)", path,
+        taken = "1 channel (the image is read as grey)" if channels == 1 else \
+            f"{channels} channels (the image is read as {mode})"
+        raise UsageError(f"{option} '{shown}' has {len(values)} values; the model's input "
+                         f"takes {taken}", path,
                          f"give {option} one value per channel ({channels}) or one for all")
     return np.asarray(values, dtype=np.float64)
 
@@ -237,10 +289,8 @@ def random_input(dims: list[int | None], override: tuple[int, ...] | None, dtype
                          f"pass its full shape, e.g. --input-shape {name}={example}, or give a "
                          "value with --input")
     size = math.prod(int(d) for d in shape if d is not None) * 8  # float64 draw, in bytes
-    if size > MAX_RANDOM_BYTES:
-        shown = "x".join(map(str, shape))
-        raise UsageError(f"a random draw for input '{name}' of shape {shown} would take "
-                         f"{size / 2**30:.1f} GiB", source, "pass a smaller --input-shape")
+    check_allocation(size, f"a random draw for input '{name}' of shape "
+                     f"{'x'.join(map(str, shape))}", source, option="--input-shape")
     if dtype.kind != "f":
         raise UsageError(f"input '{name}' is {dtype} (not float): a random draw is not "
                          "meaningful", source, f"give a value with --input {name}=FILE.npy")
@@ -280,28 +330,32 @@ def check_image_options(image: ImageOptions, sources: Sequence[str], path: str) 
             ("--resize", image.size, None), ("--layout", image.layout, "auto"),
             ("--scale", image.scale, 1.0 / 255.0), ("--mean", image.mean, None),
             ("--std", image.std, None)) if value != default]
-        raise UsageError(f"{', '.join(given)} apply to image inputs (PNG/JPEG), and no input "
-                         "is an image", path, "drop them, or give an image file")
+        verb, them = ("applies", "it") if len(given) == 1 else ("apply", "them")
+        raise UsageError(f"{', '.join(given)} {verb} to image inputs (PNG/JPEG), and no input "
+                         "is an image", path, f"drop {them}, or give an image file")
 
 
 def load_inputs(model: LoadedModel, files: dict[str | None, str],
                 shapes: dict[str, tuple[int, ...]], seed: int, image: ImageOptions,
                 value_range: tuple[float, float] | None = None,
-                option: str = "--input") -> dict[str, np.ndarray]:
+                option: str = "--input", precision: str = "float32") -> dict[str, np.ndarray]:
     """A value for every graph input (``read_inputs`` without the records)."""
-    return read_inputs(model, files, shapes, seed, image, value_range, option)[0]
+    return read_inputs(model, files, shapes, seed, image, value_range, option, precision)[0]
 
 
 def read_inputs(model: LoadedModel, files: dict[str | None, str],
                 shapes: dict[str, tuple[int, ...]], seed: int, image: ImageOptions,
                 value_range: tuple[float, float] | None = None,
-                option: str = "--input"
+                option: str = "--input", precision: str = "float32"
                 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
     """A value for every graph input: from a file where given, else a seeded random draw;
     and, per input, how its value was made, for reports.
 
     ``option`` is how the command takes a file (``--input``, or validate's ``FIRST``), for
-    the hint of a model with several inputs.
+    the hint of a model with several inputs. With ``precision="float64"`` (a run of the
+    model's float64 copy) float inputs from files keep float64 values instead of being
+    rounded to the input's declared type, so a float64 collision saved by ``collide`` is fed
+    as it was proven.
 
     Returns:
         (feeds, records): feeds {input name: array in the input's dtype}; records {input
@@ -350,9 +404,9 @@ def read_inputs(model: LoadedModel, files: dict[str | None, str],
             array, records[info.name] = _load_image(source, dims, image)
         else:
             array, key = _load_array(source, info.name)
-            records[info.name] = {"source": "file", "path": source, "sha256": _sha256(source),
-                                  "key": key, "shape": list(array.shape),
-                                  "dtype": str(array.dtype)}
+            records[info.name] = file_record(source, key, array)
         _check_shape(array, dims, info.name, source)
-        feeds[info.name] = _check_values(array, dtype, info.name, source)
+        wide = precision == "float64" and dtype.kind == "f" and array.dtype.kind in "fiu"
+        feeds[info.name] = _check_values(array, np.dtype(np.float64) if wide else dtype,
+                                         info.name, source)
     return feeds, records

@@ -7,10 +7,14 @@ below the tolerance; linalg.conv_operator finds its smallest singular values and
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
+from onnxcollide.collide.context import SearchContext
+from onnxcollide.collide.perturb import make_collision
+from onnxcollide.collide.results import CollisionSet, SearchSettings
 from onnxcollide.errors import UsageError
 from onnxcollide.graph.linear_ops import conv_geometry, transposed_output_spatial
 from onnxcollide.graph.path_map import pull_delta
@@ -22,10 +26,6 @@ from onnxcollide.linalg.conv_operator import (
     transposed_smallest_singular,
 )
 from onnxcollide.linalg.spectral import EPS_OF, resolved
-
-if TYPE_CHECKING:
-    from onnxcollide.collide.context import SearchContext
-    from onnxcollide.collide.results import CollisionSet, SearchSettings
 
 
 def conv_spec(ctx: SearchContext, data_shape: tuple[int, ...]) -> ConvSpec:
@@ -78,15 +78,63 @@ def operator_dict(spectrum: OperatorSpectrum, spec: ConvSpec,
     }
 
 
-def _direction(spectrum: OperatorSpectrum, usable: int, basis: int | None,
-               rng: np.random.Generator) -> np.ndarray:
-    vectors = spectrum.vectors[:usable].reshape(usable, -1)
-    if basis is not None:
-        if basis >= usable:
-            raise UsageError(f"basis index {basis} is not below the {usable} direction(s) found")
-        return np.asarray(vectors[basis])
-    mix = rng.standard_normal(usable) @ vectors
-    return np.asarray(mix / np.linalg.norm(mix))
+@dataclass(frozen=True)
+class _Directions:
+    """The operator directions colliding inputs are drawn from.
+
+    Attributes:
+        vectors: (n, size) orthonormal right singular vectors.
+        relative: (n,) their relative singular values.
+        exact: True where every one is an exact collision (at or below float32 rounding).
+        distinct: True where each of the first n colliding inputs takes one vector (the
+            approximate directions); False where inputs are random combinations of all.
+    """
+
+    vectors: np.ndarray
+    relative: np.ndarray
+    exact: bool
+    distinct: bool
+
+    def draw(self, k: int, basis: int | None, rng: np.random.Generator
+             ) -> tuple[np.ndarray, float]:
+        """Colliding input ``k``'s unit direction and its relative singular value
+        (``sqrt(sum w_i^2 r_i^2)`` for a combination with unit weights ``w``).
+
+        Raises:
+            UsageError: a basis index not below the number of directions.
+        """
+        n = self.vectors.shape[0]
+        if basis is not None:
+            if basis >= n:
+                raise UsageError(f"basis index {basis} is not below the {n} direction(s) "
+                                 "found", hint=f"use an index below {n}")
+            weights = np.eye(n)[basis]
+        elif self.distinct and k < n:
+            weights = np.eye(n)[k]
+        else:
+            weights = rng.standard_normal(n)
+            weights /= np.linalg.norm(weights)
+        return np.asarray(weights @ self.vectors), float(np.sqrt(np.sum((weights *
+                                                                        self.relative) ** 2)))
+
+
+def _directions(spectrum: OperatorSpectrum, float_level: float, mode: str
+                ) -> _Directions | None:
+    """The directions to draw from: the exact ones (relative singular value at or below
+    ``float_level``, float32 rounding of this layer); else those under a looser --rtol or,
+    with ``mode="approximate"``, every direction found, labelled approximate; None where
+    there are none."""
+    count = int(spectrum.relative.size)
+    vectors = spectrum.vectors[:count].reshape(count, -1)
+    truly = int(np.count_nonzero(spectrum.relative[:spectrum.exact] <= float_level))
+    if truly:
+        return _Directions(vectors[:truly], spectrum.relative[:truly], True, False)
+    if spectrum.exact > 0:
+        used = int(spectrum.exact)
+        return _Directions(vectors[:used], spectrum.relative[:used], False, True)
+    if mode == "approximate" and count:
+        return _Directions(vectors, spectrum.relative, False, True)
+    return None
 
 
 def _operator(ctx: SearchContext, data_shape: tuple[int, ...], settings: SearchSettings
@@ -133,9 +181,6 @@ def overlapping_collisions(ctx: SearchContext, x: np.ndarray, data_shape: tuple[
     """Exact collisions from the operator's kernel, the strongest approximate one on request,
     or none (with the smallest relative singular value) for an overlapping W1; None for a
     ConvTranspose whose operator cannot be analysed here (the caller falls back)."""
-    from onnxcollide.collide.perturb import make_collision
-    from onnxcollide.collide.results import CollisionSet
-
     if settings.region is not None:
         raise UsageError("--region is not supported for an overlapping first conv",
                          hint="the operator's singular vectors span the whole input")
@@ -144,14 +189,9 @@ def overlapping_collisions(ctx: SearchContext, x: np.ndarray, data_shape: tuple[
         return None
     spectrum, facts, name = analysed
     r = float(spectrum.relative[0]) if spectrum.relative.size else float("nan")
-    if spectrum.exact > 0:
-        usable, exact = int(spectrum.exact), True
-        method = f"{name}: {exact_count_words(spectrum)}"
-    elif settings.mode == "approximate":
-        usable, exact = 1, False
-        method = (f"{name}: no exact collision; the strongest approximate one, smallest "
-                  f"relative singular value {r:.3g}")
-    else:
+    float_level = max(ctx.layer.q, ctx.layer.p) * EPS_OF["float"]
+    directions = _directions(spectrum, float_level, settings.mode)
+    if directions is None:
         return CollisionSet(
             model=ctx.model.path, input_name=ctx.route.input, feeds={}, w1_node=ctx.site.label,
             w1_output=str(ctx.site.node.output[0]), exactness=ctx.route.exactness,
@@ -161,21 +201,46 @@ def overlapping_collisions(ctx: SearchContext, x: np.ndarray, data_shape: tuple[
             operator=facts, notes=("use --mode approximate for the strongest approximate "
                                    "collision, or --mode tiled for the paper's tiling",),
             settings=settings, tol_error=spectrum.tol_error)
-    collisions, notes = [], []
+    method, notes = _method_and_notes(spectrum, directions, name, float_level, settings)
+    collisions = []
     for k in range(settings.count):
         rng = np.random.default_rng([settings.seed, k])
         basis = settings.basis[k % len(settings.basis)] if settings.basis else None
-        per_sample = _direction(spectrum, usable, basis, rng).reshape(data_shape[1:])
-        flat = np.broadcast_to(per_sample, data_shape)
+        vector, relative = directions.draw(k, basis, rng)
+        flat = np.broadcast_to(vector.reshape(data_shape[1:]), data_shape)
         unit_delta = pull_delta(ctx.route.nodes, ctx.route.input, np.array(flat), ctx.shapes,
                                 ctx.resolver, ctx.model.opset)
         collision, note = make_collision(k, x, unit_delta, None, settings, basis)
+        if not directions.exact:
+            collision = replace(collision, approximate=True, relative_sigma=relative)
         collisions.append(collision)
         if note:
             notes.append(note)
+    usable = int(directions.vectors.shape[0])
     return CollisionSet(
         model=ctx.model.path, input_name=ctx.route.input, feeds={}, w1_node=ctx.site.label,
         w1_output=str(ctx.site.node.output[0]), exactness=ctx.route.exactness, method=method,
-        exact=exact, units=data_shape[0], kernel_dims=(usable, usable), tol=float(spectrum.tol),
-        collisions=tuple(collisions), operator=facts, notes=tuple(notes), settings=settings,
-        tol_error=spectrum.tol_error)
+        exact=directions.exact, units=data_shape[0], kernel_dims=(usable, usable),
+        tol=float(spectrum.tol), collisions=tuple(collisions), operator=facts,
+        notes=tuple(notes), settings=settings, tol_error=spectrum.tol_error)
+
+
+def _method_and_notes(spectrum: OperatorSpectrum, directions: _Directions, name: str,
+                      float_level: float, settings: SearchSettings) -> tuple[str, list[str]]:
+    """How the directions were found, in words, and what the user should know of them."""
+    count = int(directions.vectors.shape[0])
+    shown = ", ".join(f"{v:.3g}" for v in directions.relative)
+    if directions.exact:
+        return f"{name}: {exact_count_words(spectrum)}", []
+    notes = [f"{count} distinct approximate direction(s) (relative singular values {shown}); "
+             f"colliding inputs 0 to {count - 1} take one each, later ones random "
+             "combinations of them"]
+    if spectrum.exact > 0:
+        method = (f"{name}: {spectrum.exact} direction(s) at or below the tolerance "
+                  f"{settings.rule.describe()}, but above float32 rounding of this layer "
+                  f"(relative {float_level:.3g}): approximate")
+        notes.append("a smaller --rtol (or none) keeps only directions that collide exactly")
+        return method, notes
+    method = (f"{name}: no exact collision; approximate directions, smallest relative "
+              f"singular value {float(spectrum.relative[0]):.3g}")
+    return method, notes

@@ -13,6 +13,28 @@ MODES = ("auto", "approximate", "tiled")
 
 
 @dataclass(frozen=True)
+class ChannelRange:
+    """A --range in an image's units (pixel value x --scale, before --mean/--std), mapped
+    into the model's units channel by channel.
+
+    Attributes:
+        axis: the channel axis of the model input (1 for NCHW, 3 for NHWC).
+        low, high: per channel, the bounds in the model's units (rounded to the input's
+            dtype as the image's own values are).
+    """
+
+    axis: int
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    def arrays(self, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) shaped to broadcast against an input of ``ndim`` dims."""
+        shape = [1] * ndim
+        shape[self.axis] = len(self.low)
+        return np.reshape(self.low, shape), np.reshape(self.high, shape)
+
+
+@dataclass(frozen=True)
 class SearchSettings:
     """Everything that decides which colliding inputs are made.
 
@@ -24,12 +46,15 @@ class SearchSettings:
         seed: seeds every random draw (colliding input k uses ``default_rng([seed, k])``).
         region: numpy-style slice over the input's per-sample dims (e.g. ``":,8:24,8:24"``);
             only elements inside change.
-        valid_range: (lo, hi): beta is bounded so every element stays inside, never clipped.
+        valid_range: (lo, hi): beta is bounded so every element stays inside, never clipped;
+            in the model's units unless ``channel_range`` maps it.
         mode: ``auto`` (exact where the math allows), ``approximate`` (for an overlapping conv
             without an exact collision: the strongest approximate one), ``tiled`` (the paper's
             repetition of a per-patch kernel vector).
         input_name: the float input to perturb (default: the one that reaches W1).
         rule: rank tolerance rule (as in the audit).
+        channel_range: ``valid_range`` given in an image's units (pixel value x --scale) and
+            mapped through its --mean/--std into the model's units, per channel.
     """
 
     count: int = 1
@@ -41,6 +66,7 @@ class SearchSettings:
     mode: str = "auto"
     input_name: str | None = None
     rule: ToleranceRule = field(default_factory=ToleranceRule)
+    channel_range: ChannelRange | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +83,11 @@ class Collision:
         exact_delta: the perturbation before rounding, float64 (for float64 validation).
         value: the colliding input, ``x + delta`` in the input's dtype.
         basis: the kernel basis index used, or None for random combinations.
+        approximate: True where this input's direction is not in the exact kernel (an
+            overlapping conv's near-null direction, a kernel at a tolerance above float32
+            rounding); the set's ``exact`` must hold too for the input to be exact.
+        relative_sigma: for an approximate direction, ``||A d|| / (sigma_max ||d||)`` of the
+            operator or matrix it was drawn for (its relative singular value), else None.
     """
 
     index: int
@@ -67,6 +98,8 @@ class Collision:
     exact_delta: np.ndarray
     value: np.ndarray
     basis: int | None
+    approximate: bool = False
+    relative_sigma: float | None = None
 
 
 @dataclass(frozen=True)

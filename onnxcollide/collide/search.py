@@ -16,12 +16,21 @@ built depends on W1's class (DESIGN.md):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from onnxcollide.collide.context import SearchContext, build_context, check_weights
-from onnxcollide.collide.perturb import check_start, in_range, make_collision
+from onnxcollide.collide.operator_search import overlapping_collisions
+from onnxcollide.collide.perturb import (
+    check_start,
+    in_range,
+    inside,
+    make_collision,
+    range_bounds,
+    range_text,
+)
 from onnxcollide.collide.results import MODES, CollisionSet, SearchSettings
 from onnxcollide.errors import OnnxCollideError, UnsupportedModelError, UsageError
 from onnxcollide.graph.input_path import (
@@ -34,9 +43,6 @@ from onnxcollide.graph.load import load_model
 from onnxcollide.graph.path_map import pull_delta, pull_positions
 from onnxcollide.linalg.conv_operator import TRANSPOSED_DENSE_MAX_DIM
 from onnxcollide.linalg.spectral import EPS_OF, KernelSpace, ToleranceRule, kernel_space
-
-# ------------------------------------------------------------------ model context
-
 
 # ------------------------------------------------------------------ units
 
@@ -128,9 +134,7 @@ def _data_mask(ctx: SearchContext, x: np.ndarray, data_shape: tuple[int, ...],
     positions = pull_positions(ctx.route.nodes, ctx.route.input, data_shape, ctx.shapes,
                                ctx.resolver, ctx.model.opset)
     movable = _region_mask(settings.region, x.shape) & (positions >= 0)
-    if settings.valid_range is not None:
-        lo, hi = settings.valid_range
-        movable &= (x > lo) & (x < hi)
+    movable &= inside(x, range_bounds(settings, x.ndim), strictly=True)
     mask = np.zeros(size, dtype=bool)
     mask[positions[movable]] = True
     return mask
@@ -189,13 +193,16 @@ def _unit_direction(units: np.ndarray, allowed: np.ndarray, kernels: _UnitKernel
 
 
 def find_collisions(path: str, feeds: dict[str, np.ndarray],
-                    settings: SearchSettings | None = None) -> CollisionSet:
+                    settings: SearchSettings | None = None,
+                    on_phase: Callable[[str], None] | None = None) -> CollisionSet:
     """Make ``settings.count`` inputs that collide with ``feeds`` at W1 (Null-space search).
 
     Args:
         path: the ONNX model.
         feeds: a value for every graph input; the float input reaching W1 is perturbed.
         settings: count, beta, basis, seed, region, range, mode.
+        on_phase: told, in words, when a long phase starts (the kernel of W1, the analysis
+            of a whole conv operator), for a progress display.
 
     Raises:
         UsageError: settings that do not fit the model (region, input name, range).
@@ -208,20 +215,20 @@ def find_collisions(path: str, feeds: dict[str, np.ndarray],
     ctx = build_context(path, feeds, settings)
     x = np.asarray(feeds[ctx.route.input])
     check_start(x, ctx.route.input, settings, path)
-    if settings.valid_range and not in_range(x, settings.valid_range):
+    if not in_range(x, settings):
         raise UsageError(f"the input '{ctx.route.input}' is not inside --range "
-                         f"{settings.valid_range[0]:g},{settings.valid_range[1]:g}", path,
-                         "rescale the input or widen the range")
+                         f"{range_text(settings)}", path, "rescale the input or widen the range")
     data_shape = ctx.shapes.get(ctx.site.data_input)
     if data_shape is None:
         raise UnsupportedModelError(f"the shape of W1's input '{ctx.site.data_input}' is "
                                     "unknown", path, "pass --input-shape")
+    tell = on_phase or (lambda text: None)
     found = None
     if ctx.route.exactness == OVERLAPPING and settings.mode != "tiled":
-        from onnxcollide.collide.operator_search import overlapping_collisions
-
+        tell(f"analysing W1's whole operator ({ctx.site.label}) at its input size")
         found = overlapping_collisions(ctx, x, data_shape, settings)
     if found is None:  # patchify, dense, tiled, or a ConvTranspose too large to analyse whole
+        tell(f"the kernel of W1 ({ctx.site.label}) unit by unit")
         found = _unit_collisions(ctx, x, data_shape, settings)
     return replace(found, feeds=dict(feeds))
 
@@ -255,7 +262,7 @@ def _unit_collisions(ctx: SearchContext, x: np.ndarray, data_shape: tuple[int, .
         blind = _blind_collisions(ctx, x, settings, whole)
         if blind is not None:
             return blind
-    coarse = _coarse_kernel_note(matrix, whole, eps, ctx.layer.compute_dtype)
+    coarse = _coarse_kernel_note(matrix, whole, eps, ctx.layer.compute_dtype, settings.rule)
     if tiled:
         method = "tiled per-patch kernel vector (the paper's repetition; not a collision of " \
                  "the whole operator)"
@@ -278,6 +285,8 @@ def _unit_collisions(ctx: SearchContext, x: np.ndarray, data_shape: tuple[int, .
                                 ctx.shapes, ctx.resolver, ctx.model.opset)
         unit_of = None if tiled else _owners_at_input(ctx, owner, data_shape)
         collision, note = make_collision(k, x, unit_delta, unit_of, settings, basis)
+        if coarse:
+            collision = replace(collision, approximate=True, relative_sigma=coarse[1])
         collisions.append(collision)
         if note:
             notes.append(note)
@@ -286,9 +295,10 @@ def _unit_collisions(ctx: SearchContext, x: np.ndarray, data_shape: tuple[int, .
         notes.append("QuantizeLinear on the path rounds the input: the colliding inputs "
                       "collide at W1 only up to that rounding, so they are not exact")
     if coarse:
-        notes.append(coarse)
-        method += " at its float16 tolerance (approximate)" if ctx.layer.compute_dtype == \
-            "float16" else f" at its {ctx.layer.compute_dtype} tolerance (approximate)"
+        notes.append(coarse[0])
+        overridden = settings.rule.rtol is not None or settings.rule.atol is not None
+        method += " at the given tolerance (approximate)" if overridden else \
+            f" at its {ctx.layer.compute_dtype} tolerance (approximate)"
     if ctx.route.exactness == OVERLAPPING and transposed:
         notes.append(_per_position_note(settings))
     elif settings.mode != "auto" and not tiled:
@@ -303,19 +313,22 @@ def _unit_collisions(ctx: SearchContext, x: np.ndarray, data_shape: tuple[int, .
         tol_error=whole.tol_error)
 
 
-def _coarse_kernel_note(matrix: np.ndarray, whole: KernelSpace, eps: float,
-                        dtype: str) -> str | None:
-    """Why W1's kernel vectors are approximate, or None where they are exact.
+def _coarse_kernel_note(matrix: np.ndarray, whole: KernelSpace, eps: float, dtype: str,
+                        rule: ToleranceRule) -> tuple[str, float] | None:
+    """Why W1's kernel vectors are approximate, with the largest relative singular value the
+    kernel holds; None where they are exact.
 
-    A W1 that computes in float16 or bfloat16 has a tolerance of ``max(q, p) * eps`` of that
-    type, often a large fraction of sigma_max: the singular values it drops can be far above
-    float32 rounding, so ``W^T v`` of a kernel vector is not 0, and validation (which holds W1
-    to ``10 eps`` of the type) need not pass. Such vectors are labelled approximate.
+    The kernel at a tolerance above float32 rounding of the layer holds singular values
+    above that rounding, so ``W^T v`` of a kernel vector is not 0 and validation need not
+    pass. That happens for a W1 that computes in float16 or bfloat16 (its tolerance is
+    ``max(q, p) * eps`` of that type, often a large fraction of sigma_max) and for a looser
+    ``--rtol`` or ``--atol``. Such vectors are labelled approximate.
 
     Args:
         matrix: (q, p) W1 (all blocks, float64).
     """
-    if eps <= EPS_OF["float"] or whole.nullity == 0:
+    overridden = rule.rtol is not None or rule.atol is not None
+    if whole.nullity == 0 or (eps <= EPS_OF["float"] and not overridden):
         return None
     q, p = matrix.shape
     sigmas = np.linalg.svd(matrix, compute_uv=False)
@@ -323,10 +336,13 @@ def _coarse_kernel_note(matrix: np.ndarray, whole: KernelSpace, eps: float,
     largest = float(dropped.max()) if dropped.size else 0.0
     if largest <= whole.sigma_max * max(q, p) * EPS_OF["float"]:
         return None
-    return (f"W1 computes in {dtype}: its kernel at that type's tolerance (tol {whole.tol:.3g}) "
-            f"holds singular values up to {largest:.3g} ({largest / whole.sigma_max:.3g} of "
-            "sigma_max), so W^T v is not 0 and these collisions are approximate; give a "
-            "smaller --rtol (e.g. 1e-6) for a smaller kernel whose vectors collide exactly")
+    cause = f"W1 computes in {dtype}: its kernel at that type's tolerance" \
+        if eps > EPS_OF["float"] and not overridden else \
+        f"the tolerance {rule.describe()} is above float32 rounding: the kernel"
+    return (f"{cause} (tol {whole.tol:.3g}) holds singular values up to {largest:.3g} "
+            f"({largest / whole.sigma_max:.3g} of sigma_max), so W^T v is not 0 and these "
+            "collisions are approximate; a smaller --rtol (e.g. 1e-6) gives a smaller kernel "
+            "whose vectors collide exactly"), largest / whole.sigma_max
 
 
 def _blind_mask(ctx: SearchContext, x: np.ndarray, settings: SearchSettings) -> np.ndarray | None:
@@ -336,8 +352,7 @@ def _blind_mask(ctx: SearchContext, x: np.ndarray, settings: SearchSettings) -> 
     if counts is None or counts.shape != x.shape[1:]:
         return None
     movable = np.broadcast_to(counts == 0, x.shape) & _region_mask(settings.region, x.shape)
-    if settings.valid_range is not None:
-        movable &= (x > settings.valid_range[0]) & (x < settings.valid_range[1])
+    movable &= inside(x, range_bounds(settings, x.ndim), strictly=True)
     return movable
 
 
@@ -441,8 +456,14 @@ def _no_unit_error(ctx: SearchContext, kernels: _UnitKernels, basis: int | None,
     if basis is not None:
         return UsageError(f"basis index {basis} is not below the kernel dimension of any unit",
                           where, f"use an index below {whole.nullity}")
-    return UsageError("no unit inside the region has a non-trivial kernel", where,
-                      "choose a larger region")
+    if settings.region is not None:
+        return UsageError("no unit inside the region has a non-trivial kernel", where,
+                          "choose a larger region")
+    held = "padding a Pad node adds" + (", elements on a bound of --range"
+                                        if settings.valid_range is not None else "")
+    return UsageError(f"no unit has a non-trivial kernel once the elements that cannot move "
+                      f"({held}) are left out", where,
+                      "widen --range" if settings.valid_range is not None else "")
 
 
 def _tiled_direction(ctx: SearchContext, data_shape: tuple[int, ...], kernels: _UnitKernels,
@@ -486,8 +507,10 @@ def w1_output_name(path: str, feeds: dict[str, np.ndarray]) -> str | None:
 
 
 def first_layer_kernel(path: str, feeds: dict[str, np.ndarray], settings: SearchSettings
-                       ) -> tuple[np.ndarray, tuple[int, ...] | None]:
-    """W1's kernel basis (nullity, q) and, for a conv W1, the patch shape (C, k...) of a vector.
+                       ) -> tuple[np.ndarray, tuple[int, ...] | None, np.ndarray]:
+    """W1's kernel basis (nullity, q), for a conv W1 the patch shape (C, k...) of a vector
+    (else None), and each vector's ``||W^T v||`` (nullity,): its singular value, 0 up to
+    rounding for the structural kernel.
 
     Raises:
         UnsupportedModelError: q is too large to hold an explicit basis.
@@ -504,4 +527,5 @@ def first_layer_kernel(path: str, feeds: dict[str, np.ndarray], settings: Search
         weight_shape = ctx.site.weight_shape()
         channels = weight_shape[1] * ctx.layer.geometry.groups
         patch = (channels, *weight_shape[2:])
-    return space.basis, patch
+    sigmas = np.linalg.norm(space.basis @ matrix, axis=1)
+    return space.basis, patch, sigmas

@@ -8,15 +8,17 @@ DequantizeLinear, ...). Subgraphs (If/Loop/Scan bodies) see the constants of enc
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import AttributeProto, NodeProto, TensorProto, helper
+from onnx import AttributeProto, NodeProto, TensorProto, helper, numpy_helper
 
 from onnxcollide.errors import OnnxCollideError, UnsupportedModelError
 from onnxcollide.graph.tensors import tensor_to_array
+from onnxcollide.limits import ResourceLimitError, check_allocation
 
 # Ops never folded: their output is not a function of their inputs alone.
 _NONDETERMINISTIC = {
@@ -740,6 +742,78 @@ def _fold_with_reference(
     return [np.asarray(o) for o in outputs]
 
 
+SIZE_DATA_MAX_ELEMENTS = 64  # inputs this small are handed to shape inference as values
+
+
+def _check_output_sizes(node: NodeProto, inputs: list[np.ndarray | None],
+                        opsets: list[onnx.OperatorSetIdProto], where: str) -> None:
+    """Size each output of ``node`` by ONNX's own shape inference on the inputs' actual shapes
+    (and values, for small ones such as a ConstantOfShape's shape) and refuse one over the
+    memory limit before it is computed. Where inference cannot say, an op that can only
+    reshape, cast or slice its input is bounded by its input; others are left to try.
+
+    Raises:
+        ResourceLimitError: an output would exceed the limit.
+    """
+    largest_input = max((v.size for v in inputs if v is not None), default=0)
+    for name, elements, itemsize in _inferred_outputs(node, inputs, opsets):
+        if elements is None:
+            elements = largest_input if node.op_type in _NOT_EXPANDING else None
+        if elements is not None:
+            check_allocation(elements * itemsize, f"the constant output '{name}' this op "
+                             f"makes ({elements:,} elements)", where)
+
+
+_NOT_EXPANDING = frozenset({"Identity", "Cast", "Transpose", "Reshape", "Flatten", "Squeeze",
+                            "Unsqueeze", "DequantizeLinear", "Neg", "Slice", "Gather",
+                            "QuantizeLinear", "Abs", "Relu", "Sqrt", "Reciprocal"})
+
+
+def _inferred_outputs(node: NodeProto, inputs: list[np.ndarray | None],
+                      opsets: list[onnx.OperatorSetIdProto]
+                      ) -> list[tuple[str, int | None, int]]:
+    """(output name, element count or None where unknown, bytes per element) per output."""
+    from onnx import defs, shape_inference
+
+    domain = node.domain or ""
+    wanted = {domain} if domain else {"", "ai.onnx"}
+    version = next((int(o.version) for o in opsets if (o.domain or "") in wanted), 1)
+    names = [f"in{k}" if v is not None else "" for k, v in enumerate(inputs)]
+    values = dict(zip(names, inputs, strict=True))
+    try:
+        schema = defs.get_schema(node.op_type, version, domain)
+        inner = helper.make_node(node.op_type, names, [f"out{k}" for k in range(len(node.output))],
+                                 domain=domain or None)
+        inner.attribute.extend(a for a in node.attribute if a.type != AttributeProto.GRAPH)
+        types = {n: helper.make_tensor_type_proto(helper.np_dtype_to_tensor_dtype(v.dtype),
+                                                  v.shape)
+                 for n, v in values.items() if n and v is not None}
+        data = {n: numpy_helper.from_array(np.asarray(v), n) for n, v in values.items()
+                if n and v is not None and v.size <= SIZE_DATA_MAX_ELEMENTS}
+        inferred = shape_inference.infer_node_outputs(schema, inner, types, data)
+    except Exception:  # no schema, or inference fails on these inputs: nothing to say
+        return [(out, None, 8) for out in node.output]
+    sized = []
+    for k, out in enumerate(node.output):
+        found = inferred.get(f"out{k}")
+        tensor = found.tensor_type if found is not None else None
+        dims = [d.dim_value if d.HasField("dim_value") else None
+                for d in tensor.shape.dim] if tensor is not None and \
+            tensor.HasField("shape") else None
+        itemsize = _itemsize(tensor.elem_type) if tensor is not None else 8
+        known = dims is not None and all(d is not None and d >= 0 for d in dims)
+        sized.append((out, math.prod(dims) if known else None, itemsize))  # type: ignore[arg-type]
+    return sized
+
+
+def _itemsize(elem_type: int) -> int:
+    """Bytes per element of an ONNX element type (8 where numpy has no such type)."""
+    try:
+        return int(np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).itemsize)
+    except (KeyError, TypeError, ValueError):
+        return 8
+
+
 def fold_node(
     node: NodeProto, inputs: list[np.ndarray | None], opsets: list[onnx.OperatorSetIdProto],
     base_dir: str = "",
@@ -757,12 +831,17 @@ def fold_node(
         return [_constant_value(node, base_dir)]
     opset = next((int(o.version) for o in opsets if o.domain in ("", "ai.onnx")), 1)
     where = f"node '{node.name or node.output[0]}' ({node.op_type})"
+    _check_output_sizes(node, inputs, opsets, where)
     try:
         if node.op_type in _FOLDERS and len(node.output) == 1:
             return [np.asarray(_FOLDERS[node.op_type](node, inputs, opset))]
         return _fold_with_reference(node, inputs, opsets)
     except UnsupportedModelError:
         raise
+    except MemoryError as exc:
+        raise ResourceLimitError(
+            "the machine ran out of memory computing this constant", where,
+            "lower --max-memory so that such constants are refused up front") from exc
     except Exception as exc:
         raise UnsupportedModelError(
             f"cannot compute this constant weight chain ({type(exc).__name__}: {exc})",

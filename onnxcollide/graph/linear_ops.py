@@ -9,8 +9,9 @@ from onnx import NodeProto, TensorProto, helper
 
 from onnxcollide.errors import UnsupportedModelError
 from onnxcollide.graph.constants import ConstantResolver, Scope
-from onnxcollide.graph.load import LoadedModel, subgraphs
+from onnxcollide.graph.load import LoadedModel
 from onnxcollide.graph.tensors import dtype_name
+from onnxcollide.graph.walk import subgraphs
 
 # op type -> (indices of the operands that may be the weight, in order of preference)
 LINEAR_OPS: dict[str, tuple[int, ...]] = {
@@ -385,15 +386,50 @@ def conv_geometry(site: LinearSite, weight_shape: tuple[int, ...]) -> ConvGeomet
         raise UnsupportedModelError(f"conv weight has shape {weight_shape}, need (O, C/g, k...)",
                                     f"node '{site.label}' ({site.op_type})")
     node = site.node
-    return ConvGeometry(
+    geometry = ConvGeometry(
         kernel=node_ints(node, "kernel_shape", list(weight_shape[2:])),
         strides=node_ints(node, "strides", [1] * axes),
         dilations=node_ints(node, "dilations", [1] * axes),
         pads=node_ints(node, "pads", [0] * (2 * axes)),
         auto_pad=str(node_attr(node, "auto_pad", "NOTSET")),
-        groups=int(node_attr(node, "group", 1)),  # type: ignore[call-overload]
+        groups=_group_attr(node),
         transposed=site.op_type == "ConvTranspose",
     )
+    _check_geometry(geometry, weight_shape, f"node '{site.label}' ({site.op_type})")
+    return geometry
+
+
+def _group_attr(node: NodeProto) -> int:
+    """The ``group`` attribute as an int (a non-integer value is reported by the check)."""
+    value = node_attr(node, "group", 1)
+    return int(value) if isinstance(value, int) else 0
+
+
+def _check_geometry(geometry: ConvGeometry, weight_shape: tuple[int, ...], where: str) -> None:
+    """A conv's attributes must describe a conv of its weight.
+
+    Raises:
+        UnsupportedModelError: group, a stride or a dilation below 1, a negative pad, kernel
+            sizes or attribute lengths that disagree with the weight, or output channels
+            the groups do not divide.
+    """
+    axes = len(weight_shape) - 2
+    problem = None
+    if geometry.groups < 1:
+        problem = f"group is {geometry.groups}, not a positive integer"
+    elif any(s < 1 for s in geometry.strides) or len(geometry.strides) != axes:
+        problem = f"strides {geometry.strides} are not {axes} positive integers"
+    elif any(d < 1 for d in geometry.dilations) or len(geometry.dilations) != axes:
+        problem = f"dilations {geometry.dilations} are not {axes} positive integers"
+    elif any(p < 0 for p in geometry.pads) or len(geometry.pads) != 2 * axes:
+        problem = f"pads {geometry.pads} are not {2 * axes} non-negative integers"
+    elif tuple(geometry.kernel) != tuple(weight_shape[2:]):
+        problem = f"kernel_shape {geometry.kernel} disagrees with the weight {weight_shape}"
+    elif not geometry.transposed and weight_shape[0] % geometry.groups:
+        problem = f"{weight_shape[0]} output channels are not divisible by group {geometry.groups}"
+    if problem is not None:
+        raise UnsupportedModelError(f"the conv's attributes are invalid: {problem}", where,
+                                    "the model is corrupt: re-export it")
 
 
 def transposed_output_spatial(site: LinearSite, geometry: ConvGeometry,

@@ -16,6 +16,8 @@ from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, helper, num
 
 from onnxcollide.errors import ModelLoadError
 from onnxcollide.graph.tensors import is_external, sparse_to_array
+from onnxcollide.graph.validity import check_graph
+from onnxcollide.graph.walk import graphs_in, subgraphs
 
 ONNX_VERSION: str = onnx.__version__  # reports record it (only graph/ imports onnx)
 
@@ -114,6 +116,7 @@ def _load_uncached(path: str) -> LoadedModel:
                 f"cannot inline the model-local functions ({exc})", path
             ) from exc
     _densify_sparse(proto, base_dir)
+    check_graph(proto, path)
     _tell_same_named_nodes_apart(proto)
     digest = hashlib.sha256(data).hexdigest()
     return LoadedModel(path, base_dir, proto, _default_opset(proto), digest)
@@ -141,27 +144,6 @@ def tensors_in(graph: GraphProto, main_initializers: bool = True) -> Iterator[Te
                 if attr.type == AttributeProto.TENSOR:
                     yield attr.t
                 yield from attr.tensors
-
-
-def graphs_in(graph: GraphProto) -> Iterator[GraphProto]:
-    """Yield ``graph`` and every subgraph inside it (If/Loop/Scan bodies at any depth),
-    depth first in node order, without recursion."""
-    pending = [graph]
-    while pending:
-        current = pending.pop()
-        yield current
-        inner = [sub for node in current.node for _, sub in subgraphs(node)]
-        pending.extend(reversed(inner))
-
-
-def subgraphs(node: NodeProto) -> Iterator[tuple[str, GraphProto]]:
-    """The node's subgraphs with their attribute labels (``body``, ``branches[1]``)."""
-    for attr in node.attribute:
-        if attr.type == AttributeProto.GRAPH:
-            yield attr.name, attr.g
-        elif attr.type == AttributeProto.GRAPHS:
-            for k, graph in enumerate(attr.graphs):
-                yield f"{attr.name}[{k}]", graph
 
 
 def _apply_function_defaults(proto: onnx.ModelProto) -> None:

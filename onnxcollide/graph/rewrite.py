@@ -17,8 +17,8 @@ import onnx.inliner
 from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, TypeProto, helper, numpy_helper
 
 from onnxcollide.errors import UsageError
-from onnxcollide.graph.load import graphs_in
 from onnxcollide.graph.tensors import dtype_name, is_external
+from onnxcollide.graph.walk import graphs_in
 
 DOUBLE = TensorProto.DOUBLE
 # Element types the float64 copy turns into double.

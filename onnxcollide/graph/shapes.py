@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxcollide.errors import UsageError
-from onnxcollide.graph.constants import scoped_key
+from onnxcollide.graph.constants import ConstantResolver, Scope, scoped_key
 from onnxcollide.graph.linear_ops import node_label, subgraph_label
-from onnxcollide.graph.load import LoadedModel, subgraphs
+from onnxcollide.graph.load import LoadedModel
 from onnxcollide.graph.tensors import dtype_name
+from onnxcollide.graph.walk import subgraphs
 
 Shape = tuple[int | None, ...]
 
@@ -87,6 +89,7 @@ def infer_shapes(
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
     _apply_overrides(proto, overrides, model)
+    _fold_shape_operands(proto.graph, model)
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
     except Exception:  # shape inference is best effort; an unknown shape is reported as such
@@ -94,6 +97,50 @@ def infer_shapes(
     infos: dict[str, TensorInfo] = {}
     _collect(inferred.graph, "main", infos)
     return infos
+
+
+# Operands that decide an op's output shape (by index): shape inference needs their values,
+# which exporters often compute with chains of constant ops (PyTorch's TorchScript exporter
+# builds F.pad's pads from ConstantOfShape, Concat, Reshape, Slice, Transpose and Cast).
+SHAPE_OPERANDS = {"Pad": (1, 2, 3), "Reshape": (1,), "Slice": (1, 2, 3, 4), "Expand": (1,),
+                  "Tile": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "ConstantOfShape": (0,),
+                  "Squeeze": (1,), "Unsqueeze": (1,), "Split": (1,), "ReduceMean": (1,),
+                  "ReduceSum": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "Range": (0, 1, 2)}
+FOLD_MAX_ELEMENTS = 4096  # only small tensors (shapes, pads, axes) are folded
+
+
+def _fold_shape_operands(graph: onnx.GraphProto, model: LoadedModel) -> None:
+    """Replace the constant-only chain behind each shape operand of the main graph by a
+    Constant node holding its value, so shape inference knows the output shapes of the ops
+    they feed (in this copy only; unfoldable or large operands are left alone)."""
+    scope = Scope.of_graph(model.proto.graph, "main", None)
+    resolver = ConstantResolver(scope, model.base_dir, list(model.proto.opset_import))
+    stored = {t.name for t in graph.initializer}
+    producers = {out: k for k, node in enumerate(graph.node) for out in node.output}
+    for node in list(graph.node):
+        for index in SHAPE_OPERANDS.get(node.op_type, ()):
+            name = node.input[index] if index < len(node.input) else ""
+            k = producers.get(name)
+            if not name or name in stored or k is None or graph.node[k].op_type == "Constant" \
+                    or len(graph.node[k].output) != 1:
+                continue
+            value = _small_constant(resolver, name)
+            if value is not None:
+                folded = helper.make_node("Constant", [], [name],
+                                          value=numpy_helper.from_array(value, name))
+                graph.node[k].CopyFrom(folded)
+
+
+def _small_constant(resolver: ConstantResolver, name: str) -> np.ndarray | None:
+    """The value of a constant-only tensor with few elements, else None (never an error:
+    folding only helps shape inference)."""
+    try:
+        if not resolver.is_constant(name):
+            return None
+        value = np.asarray(resolver.value(name))
+    except Exception:  # anything the reference evaluator raises: leave it
+        return None
+    return value if value.size <= FOLD_MAX_ELEMENTS else None
 
 
 def _collect(graph: onnx.GraphProto, label: str, infos: dict[str, TensorInfo]) -> None:

@@ -11,7 +11,6 @@ from onnxcollide.report.fields import (
     check_verdict,
     digits_text,
     is_checked,
-    model_labels,
     summary_table,
 )
 from onnxcollide.report.json_format import layer_dict, settings_dict
@@ -62,9 +61,9 @@ def render(audits: Sequence[ModelAudit], options: RenderOptions) -> str:
         headers, _ = summary_table(audits)
         writer.writerow((*headers, *SETTINGS_COLUMNS))
         checked = is_checked(audits)
-        writer.writerows((*_summary_values(a, label), *((check_verdict(a),) if checked else ()),
-                          *settings)
-                         for a, label in zip(audits, model_labels(audits), strict=True))
+        # The model as its path, as given (as in the per-layer rows): a machine's key.
+        writer.writerows((*_summary_values(a, a.path), *((check_verdict(a),) if checked else ()),
+                          *settings) for a in audits)
         return out.getvalue()
     checked = is_checked(audits)
     writer.writerow(("model", *LAYER_COLUMNS, *(("w1_check",) if checked else ()),

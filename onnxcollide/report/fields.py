@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from onnxcollide.audit.model import FirstLayer, LayerRow, ModelAudit
 from onnxcollide.graph.input_path import MAX_COUNTED_ELEMENTS, NOT_APPLICABLE
+from onnxcollide.graph.linear_ops import SkippedOp
 
 
 def model_name(audit: ModelAudit) -> str:
@@ -60,16 +61,25 @@ def summary_cells(audit: ModelAudit, label: str) -> tuple[str, ...]:
     return (
         label, str(m.n), str(m.nu), fmt_percent(m.nu_ratio), str(m.mu),
         fmt_percent(m.mu_ratio), f"{m.nullity_sum:,}",
-        "-" if m.nullity_w1 is None else str(m.nullity_w1),
+        "-" if m.nullity_w1 is None else f"{m.nullity_w1:,}",
         first.exactness if first else "-", str(m.skipped_weights), str(m.unclear),
     )
 
 
 def summary_legend(clear_margin: float) -> str:
     """What the summary's last columns and the layer tables' ``!`` mean."""
-    return (f"skipped: ops holding weights that are not analysed (not counted in n); unclear: "
+    return (f"skipped: ops holding weights that are not analysed (not counted in n; listed as "
+            f"'skipped weights'; linear ops whose operands are all computed at run time, such "
+            f"as attention scores, hold no weight and are listed as 'no weight'); unclear: "
             f"rows whose margin is under {clear_margin:g}, marked '!' (the rank would change "
             "if tol moved that much)")
+
+
+def skipped_line(skipped: SkippedOp) -> str:
+    """One skipped op, naming its kind: an op holding weights that are not analysed (counted
+    in the summary's ``skipped``), or a linear op without a constant operand (no weight)."""
+    kind = "skipped weights" if skipped.holds_weights else "no weight"
+    return f"{kind}: {skipped.label} ({skipped.op_type}): {skipped.reason}"
 
 
 def is_checked(audits: Sequence[ModelAudit]) -> bool:

@@ -161,8 +161,3 @@ def save_npz(path: str, arrays: dict[str, np.ndarray], settings: dict[str, Any])
     payload = dict(arrays)
     payload["settings"] = np.array(json.dumps(settings, sort_keys=True))
     write_atomically(path, lambda out: np.savez_compressed(out, **payload))  # type: ignore[arg-type]
-
-
-# ------------------------------------------------------------------ images
-
-

@@ -10,6 +10,7 @@ from onnxcollide.report.fields import (
     first_layer_lines,
     layer_cells,
     model_labels,
+    skipped_line,
     summary_legend,
     summary_table,
 )
@@ -46,6 +47,5 @@ def render(audits: Sequence[ModelAudit], options: RenderOptions) -> str:
                   *map(_one_line, first_layer_lines(audit)), *check, "```", ""]
         lines += _table(LAYER_HEADERS, [layer_cells(r) for r in audit.rows])
         lines += [f"- {_one_line(note)}" for note in audit.notes]
-        lines += [_one_line(f"- skipped {s.label} ({s.op_type}): {s.reason}")
-                  for s in audit.skipped]
+        lines += [_one_line(f"- {skipped_line(s)}") for s in audit.skipped]
     return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ from onnxcollide.report.fields import (
     first_layer_lines,
     layer_cells,
     model_labels,
+    skipped_line,
     summary_legend,
     summary_table,
 )
@@ -57,8 +58,7 @@ def render(audits: Sequence[ModelAudit], options: RenderOptions) -> str:
             for note in audit.notes:
                 console.print(f"note: {note}", markup=False, soft_wrap=True)
             for skipped in audit.skipped:
-                console.print(f"skipped {skipped.label} ({skipped.op_type}): {skipped.reason}",
-                              markup=False, soft_wrap=True)
+                console.print(skipped_line(skipped), markup=False, soft_wrap=True)
             console.print()
     console.print(_table("Table 1 (Ozbulak et al., Eq. 6)", *summary_table(audits)))
     console.print(f"tolerance: {settings['tolerance_rule']}; conv convention: "

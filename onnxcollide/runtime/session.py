@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,10 +39,11 @@ from onnx.reference.op_run import OpRun
 from onnxcollide.errors import OnnxCollideError, UnsupportedModelError, UsageError
 from onnxcollide.graph.constants import scoped_key
 from onnxcollide.graph.linear_ops import node_label, subgraph_label
-from onnxcollide.graph.load import LoadedModel, load_model, subgraphs, tensors_in
+from onnxcollide.graph.load import LoadedModel, load_model, tensors_in
 from onnxcollide.graph.rewrite import to_float64, with_extra_outputs
 from onnxcollide.graph.shapes import declared_dims, infer_shapes
 from onnxcollide.graph.tensors import is_external, tensor_to_array
+from onnxcollide.graph.walk import subgraphs
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("float32", "float64")
@@ -134,8 +136,17 @@ class _SessionFailed(Exception):
     """ONNX Runtime could not create a session (message: its reason, one line)."""
 
 
+ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : ([A-Z_]+) : ")
+
+
 def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, ONNX Runtime's status prefix
+    (``[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : ``) turned into words at its end."""
     text = " ".join(str(exc).split())
+    status = ORT_PREFIX.match(text)
+    if status:
+        reason = text[status.end():]
+        text = f"{reason[:1].lower()}{reason[1:]} ({status.group(1).lower().replace('_', ' ')})"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -447,13 +458,7 @@ def _feeds_key(feeds: Mapping[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-# ------------------------------------------------------------------ comparisons
-
-
-# ------------------------------------------------------------------ validation
-
-
-# ------------------------------------------------------------------ JSON
+# ------------------------------------------------------------------ element types
 
 
 def activation_types(loaded: LoadedModel) -> dict[str, str]:

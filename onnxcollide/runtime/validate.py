@@ -382,12 +382,6 @@ def validation_dict(v: PairValidation) -> dict[str, Any]:
     }
 
 
-TINY = float(np.finfo(np.float64).tiny)
-
-
-TOP_K = 5
-
-
 def verdict_word(validation: dict[str, Any]) -> str:
     """PASS, FAIL or INCONCLUSIVE for one ``validation_dict``."""
     if validation["passed"]:

@@ -1,0 +1,82 @@
+"""Colliding inputs saved by ``collide`` (``collisions.npz``), read back to be validated again."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from onnxcollide.errors import ModelLoadError, UsageError
+from onnxcollide.graph.load import LoadedModel
+from onnxcollide.graph.shapes import model_inputs
+
+FEED_PREFIX = "feed."  # the value of every other model input, as collide fed it
+
+
+@dataclass(frozen=True)
+class SavedCollisions:
+    """What ``collide`` saved: the original input, the colliding ones and the other inputs.
+
+    Attributes:
+        path: the .npz file.
+        input_name: the model input the colliding inputs replace.
+        original: (input shape) the input they collide with.
+        colliding: (count, input shape) the colliding inputs, in the dtype they were proven in
+            (float64 after ``--precision float64``).
+        feeds: every model input's value for the original run (``input_name``: ``original``).
+        settings: the search settings recorded with them.
+    """
+
+    path: str
+    input_name: str
+    original: np.ndarray
+    colliding: np.ndarray
+    feeds: dict[str, np.ndarray]
+    settings: dict[str, Any]
+
+
+def is_saved_collisions(path: str) -> bool:
+    """Whether ``path`` is an .npz holding ``original`` and ``colliding`` (collide's output)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+    return {"original.npy", "colliding.npy"} <= names
+
+
+def read_saved_collisions(path: str, model: LoadedModel) -> SavedCollisions:
+    """Read ``collide``'s ``collisions.npz`` for ``model``.
+
+    Raises:
+        ModelLoadError: the file cannot be read.
+        UsageError: it holds no input name the model has, or lacks a value for another input.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            arrays = {key: np.asarray(saved[key]) for key in saved.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise ModelLoadError("cannot read the collisions file: it is not an .npz file numpy "
+                             "reads without pickles", path,
+                             "give the collisions.npz that onnxcollide collide wrote") from exc
+    settings = json.loads(str(arrays.pop("settings", np.array("{}"))))
+    names = [i.name for i in model_inputs(model)]
+    name = str(arrays.pop("input_name")) if "input_name" in arrays else \
+        names[0] if len(names) == 1 else None
+    if name is None:
+        raise UsageError("the file does not say which of the model's inputs the colliding "
+                         "inputs replace", path, "give FIRST and SECOND files instead")
+    if name not in names:
+        raise UsageError(f"the collisions were made for input '{name}', which the model "
+                         f"lacks (its inputs: {', '.join(names)})", path,
+                         "validate them on the model collide made them for")
+    feeds = {key[len(FEED_PREFIX):]: value for key, value in arrays.items()
+             if key.startswith(FEED_PREFIX)}
+    feeds[name] = arrays["original"]
+    missing = [n for n in names if n not in feeds]
+    if missing:
+        raise UsageError(f"the file holds no value for input(s) {', '.join(missing)}", path,
+                         "give FIRST and SECOND files with every input (NAME=FILE) instead")
+    return SavedCollisions(path, name, arrays["original"], arrays["colliding"], feeds, settings)

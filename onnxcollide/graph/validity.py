@@ -1,0 +1,131 @@
+"""Structural checks of a parsed graph before anything walks it: a model nobody has checked
+yet (broken or hostile) gets one line naming the node instead of a wrong audit or a crash.
+
+Checked, in the main graph and every subgraph, without recursion: how deep subgraphs nest,
+names defined twice, node inputs that nothing defines (outer-scope names count for a
+subgraph), and cycles. Node order is not checked: an unsorted graph without a cycle is fine.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from onnx import GraphProto, ModelProto, NodeProto
+
+from onnxcollide.errors import ModelLoadError
+from onnxcollide.graph.walk import subgraphs
+
+MAX_SUBGRAPH_DEPTH = 64  # If/Loop/Scan bodies nested deeper than this are refused
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """One graph to check: the names its enclosing graphs define, its label and depth."""
+
+    graph: GraphProto
+    outer: frozenset[str]
+    label: str
+    depth: int
+
+
+def check_graph(proto: ModelProto, path: str) -> None:
+    """Refuse a model whose graph cannot be what it claims.
+
+    Raises:
+        ModelLoadError: subgraphs nested deeper than MAX_SUBGRAPH_DEPTH, a tensor name defined
+            twice in one graph, a node input nothing defines, or a cycle (each names the node).
+    """
+    pending = [_Scope(proto.graph, frozenset(), "main graph", 0)]
+    while pending:
+        scope = pending.pop()
+        if scope.depth > MAX_SUBGRAPH_DEPTH:
+            raise ModelLoadError(f"subgraphs are nested more than {MAX_SUBGRAPH_DEPTH} deep "
+                                 f"({scope.label})", path,
+                                 "a model this deep is not a network any exporter makes")
+        known = _defined_once(scope, path)
+        _check_order(scope, known | scope.outer, path)
+        visible = scope.outer | known
+        for node in scope.graph.node:
+            for attr_name, sub in subgraphs(node):
+                pending.append(_Scope(sub, visible, f"{_name(node)}/{attr_name}",
+                                      scope.depth + 1))
+
+
+def _name(node: NodeProto) -> str:
+    return node.name or f"{node.op_type}:{node.output[0] if node.output else '?'}"
+
+
+def _where(scope: _Scope, node: NodeProto | None = None) -> str:
+    place = "" if scope.label == "main graph" else f" in {scope.label}"
+    return f"node '{_name(node)}' ({node.op_type}){place}" if node is not None else \
+        scope.label
+
+
+def _defined_once(scope: _Scope, path: str) -> frozenset[str]:
+    """Every name the graph itself defines (inputs, initializers, node outputs).
+
+    Raises:
+        ModelLoadError: a node output that another node, an input or an initializer of the
+            same graph defines too.
+    """
+    graph = scope.graph
+    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer} | \
+        {t.values.name for t in graph.sparse_initializer}
+    for node in graph.node:
+        for out in node.output:
+            if not out:
+                continue
+            if out in defined:
+                raise ModelLoadError(f"the tensor '{out}' is defined twice (ONNX names are "
+                                     "single assignments)", f"{path}, {_where(scope, node)}",
+                                     "the model is corrupt: re-export it")
+            defined.add(out)
+    return frozenset(defined)
+
+
+def _check_order(scope: _Scope, names: frozenset[str], path: str) -> None:
+    """Every node's inputs are defined, and the nodes have an order without a cycle (Kahn's
+    algorithm on the graph's own nodes).
+
+    Raises:
+        ModelLoadError: an input defined nowhere, or a cycle (naming a node on it).
+    """
+    nodes = list(scope.graph.node)
+    producer = {out: k for k, node in enumerate(nodes) for out in node.output if out}
+    waiting = [0] * len(nodes)
+    readers: dict[int, list[int]] = {}
+    for k, node in enumerate(nodes):
+        for name in _inputs(node):
+            if name not in names:
+                raise ModelLoadError(f"the input '{name}' is defined nowhere (no node, "
+                                     "initializer or graph input makes it)",
+                                     f"{path}, {_where(scope, node)}",
+                                     "the model is corrupt: re-export it")
+            if name in producer and producer[name] != k:
+                waiting[k] += 1
+                readers.setdefault(producer[name], []).append(k)
+            elif name in producer:
+                raise ModelLoadError("the node reads its own output (a cycle)",
+                                     f"{path}, {_where(scope, node)}",
+                                     "the model is corrupt: re-export it")
+    ready = deque(k for k in range(len(nodes)) if waiting[k] == 0)
+    done = 0
+    while ready:
+        k = ready.popleft()
+        done += 1
+        for reader in readers.get(k, ()):
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                ready.append(reader)
+    if done < len(nodes):
+        stuck = next(k for k in range(len(nodes)) if waiting[k] > 0)
+        raise ModelLoadError("the graph has a cycle: this node depends on its own output "
+                             "through other nodes", f"{path}, {_where(scope, nodes[stuck])}",
+                             "the model is corrupt: re-export it")
+
+
+def _inputs(node: NodeProto) -> Iterator[str]:
+    """The node's non-empty inputs."""
+    return (name for name in node.input if name)
