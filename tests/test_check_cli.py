@@ -98,6 +98,7 @@ def test_unreadable_models_are_findings_and_the_others_are_checked(folder, tmp_p
     ([MLP, "--sarif", "r.out", "--junit", "r.out"], "names the same file as --sarif"),
     ([MLP, "--sarif", MLP], "the report would replace it"),
     ([MLP, "--jobs", "0"], "0 is not in the range x>=1"),
+    ([MLP, "--max-memory", "lots"], "--max-memory 'lots' is not a size"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(tmp_path, monkeypatch, args, words):
     monkeypatch.chdir(tmp_path)
@@ -335,3 +336,11 @@ def test_input_shapes_and_settings_key_the_cache():
     assert base.settings() != AuditJob(MLP, input_shapes=(("x", (2, 256)),)).settings()
     assert base.settings() != AuditJob(MLP, rtol=1e-5).settings()
     assert base.settings() != AuditJob(MLP, validate=True).settings()
+
+
+def test_max_memory_refuses_a_model_as_unreadable_and_goes_on(tmp_path):
+    """--max-memory (as for audit) is in force in the audits check runs: a model whose weight
+    would not fit is an unreadable finding (exit 3), the other model is checked."""
+    done = run_check(MLP, OVERLAP, "--no-cache", "--max-memory", "1K", "--jobs", "1")
+    assert done.exit_code in (1, 3), done.stdout
+    assert "unreadable" in done.stdout and "1K" in done.stdout

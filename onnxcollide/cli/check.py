@@ -23,7 +23,12 @@ from onnxcollide.cli.check_run import (
     run_models,
     tool_versions,
 )
-from onnxcollide.cli.options import run_guarded, shapes_per_model
+from onnxcollide.cli.options import (
+    apply_max_memory,
+    max_memory_option,
+    run_guarded,
+    shapes_per_model,
+)
 from onnxcollide.errors import UsageError
 from onnxcollide.policy.baseline import (
     AUDIT_SCHEMA_ID,
@@ -82,15 +87,17 @@ from onnxcollide.report.sarif_format import render_sarif
 @click.option("--junit", metavar="FILE", help="Also write JUnit XML (CI test reports).")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="[MODEL:]NAME=DIMS",
               help="Fix an input's shape, as for audit (repeatable).")
+@max_memory_option
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
 def check(models: tuple[str, ...], policy_file: str | None, fail_on: tuple[str, ...],
           baselines: tuple[str, ...], baseline_dir: str | None, update_baseline: bool,
           jobs: int | None, keep_going: bool, cache_dir: str | None, no_cache: bool, fmt: str,
           output: str | None, sarif: str | None, junit: str | None,
-          input_shapes: tuple[str, ...], debug: bool) -> None:
+          input_shapes: tuple[str, ...], max_memory: str | None, debug: bool) -> None:
     """Check models against a policy: exit 1 when an error rule fails (the CI gate)."""
 
     def run() -> None:
+        apply_max_memory(max_memory)  # a bad size is a usage error before any work
         if no_cache and cache_dir is not None:
             raise UsageError("--cache-dir does not apply with --no-cache",
                              hint="drop one of them")
@@ -107,8 +114,8 @@ def check(models: tuple[str, ...], policy_file: str | None, fail_on: tuple[str, 
         shapes = shapes_per_model(input_shapes, tuple(paths))
         folder = None if no_cache else (cache_dir or default_cache_dir())
         stats = RunStats()
-        runs = run_models([_job(p, policy, shapes[p], validate) for p in paths], jobs, folder,
-                          keep_going, stats)
+        runs = run_models([_job(p, policy, shapes[p], validate, max_memory) for p in paths],
+                          jobs, folder, keep_going, stats)
         result = evaluate(policy, [_facts(r) for r in runs], chosen, given)
         report = report_dict(result, {r.path: r.record for r in runs if r.record},
                              _settings(runs, policy), tool_versions(validate))
@@ -121,9 +128,10 @@ def check(models: tuple[str, ...], policy_file: str | None, fail_on: tuple[str, 
 
 
 def _job(path: str, policy: Policy, shapes: tuple[tuple[str, tuple[int, ...]], ...],
-         validate: bool) -> AuditJob:
+         validate: bool, max_memory: str | None) -> AuditJob:
     s = policy.settings
-    return AuditJob(path, s.conv_convention, s.rtol, s.atol, shapes, validate, s.seed, s.device)
+    return AuditJob(path, s.conv_convention, s.rtol, s.atol, shapes, validate, s.seed, s.device,
+                    max_memory)
 
 
 def _facts(run: ModelRun) -> tuple[str, ModelFacts | str]:

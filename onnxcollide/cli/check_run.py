@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from onnxcollide._version import __version__
+from onnxcollide.cli.options import apply_max_memory
 from onnxcollide.errors import OnnxCollideError, UsageError
 from onnxcollide.report.cache import (
     cache_key,
@@ -90,6 +91,8 @@ class AuditJob:
         input_shapes: (name, dims) overrides for this model.
         validate: also run the W1 check in ONNX Runtime (the ``w1-validated`` rule).
         seed, device: that check's seed and device.
+        max_memory: ``--max-memory`` as given (None: the default limit); it refuses arrays
+            larger than that, so it changes no result and is not part of the cache key.
     """
 
     path: str
@@ -100,6 +103,7 @@ class AuditJob:
     validate: bool = False
     seed: int = 0
     device: str = "auto"
+    max_memory: str | None = None
 
     def settings(self) -> dict[str, Any]:
         """The settings part of the cache key."""
@@ -123,6 +127,7 @@ def run_job(job: AuditJob) -> dict[str, Any]:
     rule = ToleranceRule(job.rtol, job.atol)
     settings = AuditSettings(ConvConvention(job.conv_convention), rule, job.input_shapes)
     try:
+        apply_max_memory(job.max_memory)  # in force in this process (a worker, or the check)
         audit = audit_model(job.path, settings)
         if job.validate:
             from onnxcollide.runtime.collisions import check_w1
