@@ -9,6 +9,7 @@ that could not be read. The policy in effect is in each suite's properties.
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 
@@ -64,12 +65,17 @@ def _suite(root: ET.Element, result: CheckResult, outcome: ModelOutcome,
                          "errors": str(errors), "skipped": str(skipped), "time": "0"})
 
 
+def _value(value: object) -> str:
+    """A policy value as text: strings as they are, anything else as JSON (``null``)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def render_junit(result: CheckResult) -> str:
     """JUnit XML text."""
     root = ET.Element("testsuites", {"name": "onnxcollide check"})
     policy = result.policy
     properties = {"policy": policy.source}
-    properties.update({p.key: f"{p.value} ({p.source})" for p in policy.provenance})
+    properties.update({p.key: f"{_value(p.value)} ({p.source})" for p in policy.provenance})
     for outcome in result.models:
         _suite(root, result, outcome, properties)
     totals = {key: sum(int(s.get(key, "0")) for s in root)
