@@ -344,3 +344,20 @@ def test_max_memory_refuses_a_model_as_unreadable_and_goes_on(tmp_path):
     done = run_check(MLP, OVERLAP, "--no-cache", "--max-memory", "1K", "--jobs", "1")
     assert done.exit_code in (1, 3), done.stdout
     assert "unreadable" in done.stdout and "1K" in done.stdout
+
+
+def test_update_baseline_into_one_file_then_check_against_it(folder, tmp_path, monkeypatch):
+    """--update-baseline --baseline FILE writes one audit report of every model read; checked
+    against it, the unchanged models have no baseline finding (only the policy's others)."""
+    monkeypatch.chdir(tmp_path)
+    written = run_check("models", "--no-cache", "--baseline", "base.json", "--update-baseline")
+    assert written.exit_code == 1  # mlp_dense's w1-collision is still checked
+    report = json.loads(Path("base.json").read_text())
+    validator("audit-report-v1.schema.json").validate(report)
+    assert sorted(m["path"] for m in report["models"]) == ["models/cnn_overlap.onnx",
+                                                           "models/mlp_dense.onnx"]
+    again = run_check("models", "--no-cache", "--baseline", "base.json", "-f", "json")
+    findings = json.loads(again.stdout)["findings"]
+    assert [f["rule"] for f in findings] == ["w1-collision"]
+    assert all(m["baseline"]["new"] == [] and m["baseline"]["removed"] == []
+               for m in json.loads(again.stdout)["models"])

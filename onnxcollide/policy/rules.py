@@ -131,5 +131,3 @@ CATALOGUE: tuple[RuleInfo, ...] = (
 )
 
 BY_ID: dict[str, RuleInfo] = {rule.id: rule for rule in CATALOGUE}
-METRIC_RULES = tuple(r.id for r in CATALOGUE if r.kind == METRIC)
-BASELINE_RULES = tuple(r.id for r in CATALOGUE if r.kind == BASELINE)
