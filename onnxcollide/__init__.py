@@ -11,6 +11,8 @@ The public Python API, importable from here (each loads its stage on first use, 
   Runtime against the original (needs ``onnxcollide[cpu]`` or ``onnxcollide[gpu]``).
 - ``load_policy(path)``, ``facts_of_audit(audit)`` and ``evaluate(policy, [(path, facts)])
   -> CheckResult`` (``Finding``s and the exit code): the rules of ``onnxcollide check``.
+- ``compare_models(paths, CompareSettings(...)) -> Comparison``: several exports of one
+  network aligned layer by layer, their weights related (``onnxcollide compare``).
 - ``ToleranceRule``, ``ConvConvention``; errors derive from ``OnnxCollideError``.
 
 See docs/api.md for a worked example.
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
     from onnxcollide.collide.inputs import ImageOptions, load_inputs, read_inputs
     from onnxcollide.collide.results import Collision, CollisionSet, SearchSettings
     from onnxcollide.collide.search import find_collisions
+    from onnxcollide.compare.model import compare_models
+    from onnxcollide.compare.results import CompareSettings, Comparison
     from onnxcollide.errors import (
         ModelLoadError,
         OnnxCollideError,
@@ -64,6 +68,9 @@ _PUBLIC = {
     "CollisionSet": "onnxcollide.collide.results",
     "SearchSettings": "onnxcollide.collide.results",
     "find_collisions": "onnxcollide.collide.search",
+    "compare_models": "onnxcollide.compare.model",
+    "CompareSettings": "onnxcollide.compare.results",
+    "Comparison": "onnxcollide.compare.results",
     "ModelLoadError": "onnxcollide.errors",
     "OnnxCollideError": "onnxcollide.errors",
     "UnsupportedModelError": "onnxcollide.errors",
@@ -83,6 +90,8 @@ __all__ = [
     "CheckResult",
     "Collision",
     "CollisionSet",
+    "CompareSettings",
+    "Comparison",
     "ConvConvention",
     "Finding",
     "FirstLayer",
@@ -98,6 +107,7 @@ __all__ = [
     "UsageError",
     "__version__",
     "audit_model",
+    "compare_models",
     "evaluate",
     "facts_of_audit",
     "find_collisions",

@@ -24,6 +24,8 @@ from onnxcollide.graph.linear_ops import (
     NodeProto,
     conv_geometry,
     node_attr,
+    node_flag,
+    node_float,
 )
 from onnxcollide.graph.shapes import TensorInfo
 from onnxcollide.graph.tensors import array_dtype_name, dtype_name
@@ -95,8 +97,6 @@ class LinearLayer:
 # ----------------------------------------------------------------- helpers
 
 
-def _attr(site: LinearSite, name: str, default: object) -> object:
-    return node_attr(site.node, name, default)
 
 
 def _where(site: LinearSite) -> str:
@@ -233,10 +233,10 @@ def _gemm_parts(site: LinearSite, infos: dict[str, TensorInfo]
     wshape = site.weight_shape()
     if len(wshape) != 2:
         raise UnsupportedModelError(f"Gemm weight has shape {wshape}, expected 2-D", _where(site))
-    alpha = float(_attr(site, "alpha", 1.0))  # type: ignore[arg-type]
+    alpha = node_float(site.node, "alpha", 1.0)
     on_right = site.weight_on_right
     flag = "transB" if on_right else "transA"
-    trans = int(_attr(site, flag, 0))  # type: ignore[call-overload]
+    trans = int(node_flag(site.node, flag))
     # x @ B': W = B' ; A' @ x: W = A'^T.  So W = weight^T exactly when (right and trans) or
     # (left and not trans).
     transpose = trans == 1 if on_right else trans == 0

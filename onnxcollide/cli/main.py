@@ -1,10 +1,10 @@
 """Command line: parse, call one core function, render, exit with a code a CI gate can use.
 
 Exit codes: 0 success; 1 a check failed (collide: a collision claimed exact did not pass
-validation; validate: the inputs do not collide; check: an error rule of the policy failed;
-audit: reserved);
-2 usage error; 3 the model cannot be read or holds something we cannot analyse (check: a model
-could not be read and no error rule failed); 130 interrupted (Ctrl-C).
+validation; validate: the inputs do not collide; compare: the models differ; check: an error
+rule of the policy failed; audit: reserved); 2 usage error; 3 the model cannot be read or holds
+something we cannot analyse (check: a model could not be read and no error rule failed); 130
+interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import click
 from onnxcollide._version import __version__
 from onnxcollide.cli.exit_codes import EXIT_INTERRUPTED, EXIT_USAGE
 
-COMMANDS = ("audit", "check", "collide", "init-policy", "validate")
+COMMANDS = ("audit", "check", "collide", "compare", "init-policy", "validate")
 
 
 def load_command(name: str) -> click.Command:
@@ -36,6 +36,10 @@ def load_command(name: str) -> click.Command:
         from onnxcollide.cli.collide import collide
 
         return collide
+    if name == "compare":
+        from onnxcollide.cli.compare import compare
+
+        return compare
     if name == "init-policy":
         from onnxcollide.cli.init_policy import init_policy
 
@@ -86,6 +90,7 @@ class _OneLineErrors(click.Group):
 @click.version_option(__version__, prog_name="onnxcollide")
 def main() -> None:
     """Audit ONNX models for exact feature collisions (Ozbulak et al.)."""
+
 
 if __name__ == "__main__":
     main()

@@ -38,7 +38,13 @@ from onnxcollide.graph.input_path import (
     OVERLAPPING,
     input_read_counts,
 )
-from onnxcollide.graph.linear_ops import ConvGeometry, LinearSite, conv_geometry, find_linear_ops
+from onnxcollide.graph.linear_ops import (
+    ConvGeometry,
+    LinearSite,
+    conv_geometry,
+    find_linear_ops,
+    node_flag,
+)
 from onnxcollide.graph.load import load_model
 from onnxcollide.graph.path_map import pull_delta, pull_positions
 from onnxcollide.linalg.conv_operator import TRANSPOSED_DENSE_MAX_DIM
@@ -53,15 +59,21 @@ def _dense_units(site: LinearSite, shape: tuple[int, ...], q: int) -> np.ndarray
     index = np.arange(size).reshape(shape)
     right = site.weight_on_right  # the data operand is then A, on the left
     if site.op_type in ("Gemm", "QGemm"):
-        trans = next((int(a.i) for a in site.node.attribute
-                      if a.name == ("transA" if right else "transB")), 0)
-        rows = (trans == 0) if right else (trans == 1)
-        return index if rows else index.T
-    if len(shape) == 1:
-        return index.reshape(1, -1)
-    if right:
-        return index.reshape(-1, shape[-1])
-    return np.swapaxes(index, -1, -2).reshape(-1, shape[-2])
+        trans = node_flag(site.node, "transA" if right else "transB")
+        rows = (not trans) if right else trans
+        units = index if rows else index.T
+    elif len(shape) == 1:
+        units = index.reshape(1, -1)
+    elif right:
+        units = index.reshape(-1, shape[-1])
+    else:
+        units = np.swapaxes(index, -1, -2).reshape(-1, shape[-2])
+    if units.shape[1] != q:
+        raise UnsupportedModelError(f"the data input has shape {list(shape)}, whose vectors of "
+                                    f"{units.shape[1]} do not fit the weight's {q} rows",
+                                    f"node '{site.label}' ({site.op_type})",
+                                    "the model is corrupt: re-export it")
+    return units
 
 
 def _window_units(geometry: ConvGeometry, shape: tuple[int, ...]) -> np.ndarray:
@@ -212,6 +224,15 @@ def find_collisions(path: str, feeds: dict[str, np.ndarray],
     settings = settings or SearchSettings()
     if settings.mode not in MODES:
         raise UsageError(f"unknown mode '{settings.mode}'", hint=f"use one of {MODES}")
+    try:
+        return _find_collisions(path, feeds, settings, on_phase or (lambda text: None))
+    except OnnxCollideError as exc:
+        raise exc.in_file(path) from exc
+
+
+def _find_collisions(path: str, feeds: dict[str, np.ndarray], settings: SearchSettings,
+                     tell: Callable[[str], None]) -> CollisionSet:
+    """find_collisions without naming the model file in its errors."""
     ctx = build_context(path, feeds, settings)
     x = np.asarray(feeds[ctx.route.input])
     check_start(x, ctx.route.input, settings, path)
@@ -221,8 +242,9 @@ def find_collisions(path: str, feeds: dict[str, np.ndarray],
     data_shape = ctx.shapes.get(ctx.site.data_input)
     if data_shape is None:
         raise UnsupportedModelError(f"the shape of W1's input '{ctx.site.data_input}' is "
-                                    "unknown", path, "pass --input-shape")
-    tell = on_phase or (lambda text: None)
+                                    "unknown although every model input's is known", path,
+                                    "an op between the input and W1 hides it from ONNX shape "
+                                    "inference: please report the model")
     found = None
     if ctx.route.exactness == OVERLAPPING and settings.mode != "tiled":
         tell(f"analysing W1's whole operator ({ctx.site.label}) at its input size")

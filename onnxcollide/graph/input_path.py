@@ -25,6 +25,8 @@ from onnxcollide.graph.linear_ops import (
     LinearSite,
     conv_geometry,
     node_attr,
+    node_int,
+    node_ints,
     node_label,
     transposed_output_spatial,
 )
@@ -158,7 +160,7 @@ def _blocking_reason(node: NodeProto, came_from: str, resolver: ConstantResolver
     if op == "BatchNormalization" and np.any(np.asarray(resolver.value(node.input[1])) == 0):
         return f"BatchNormalization (node '{label}') has a zero scale, which wipes out a channel"
     if op == "Cast":
-        target = int(node_attr(node, "to", 0))  # type: ignore[call-overload]
+        target = node_int(node, "to", 0)
         if helper.tensor_dtype_to_np_dtype(target).kind != "f":
             return f"Cast (node '{label}') turns the input into integers"
     return None
@@ -266,7 +268,7 @@ def _pull_counts(counts: np.ndarray, node: NodeProto, in_shape: tuple[int, ...],
     op = node.op_type
     per_sample = in_shape[1:]
     if op == "Transpose":
-        perm = [int(p) for p in node_attr(node, "perm", list(range(counts.ndim + 1))[::-1])]  # type: ignore[attr-defined]
+        perm = list(node_ints(node, "perm", list(range(counts.ndim + 1))[::-1]))
         if perm[0] != 0:
             return None  # the batch axis moves: per-sample counts do not apply
         return np.transpose(counts, np.argsort([p - 1 for p in perm[1:]]))

@@ -361,18 +361,78 @@ class ConvGeometry:
         return out
 
 
+def _bad_attribute(node: NodeProto, name: str, what: str) -> UnsupportedModelError:
+    return UnsupportedModelError(f"attribute '{name}' {what}",
+                                 f"node '{node.name or node.output[0]}' ({node.op_type})",
+                                 "the model is corrupt: re-export it")
+
+
 def node_attr(node: NodeProto, name: str, default: object) -> object:
-    """An attribute's value (bytes decoded to str), or ``default`` when absent."""
+    """An attribute's value (bytes decoded to str), or ``default`` when absent.
+
+    Raises:
+        UnsupportedModelError: the attribute has no value of a known type, or text that is
+            not UTF-8.
+    """
     for attr in node.attribute:
         if attr.name == name:
-            value = helper.get_attribute_value(attr)
-            return value.decode() if isinstance(value, bytes) else value
+            try:
+                value = helper.get_attribute_value(attr)
+                value = value.decode() if isinstance(value, bytes) else value
+            except (ValueError, TypeError, UnicodeDecodeError) as exc:
+                raise _bad_attribute(node, name, f"cannot be read ({exc})") from exc
+            if value is None:
+                raise _bad_attribute(node, name, "has no value of a known type")
+            return value
     return default
 
 
+def node_int(node: NodeProto, name: str, default: int) -> int:
+    """An integer attribute, or ``default`` when absent.
+
+    Raises:
+        UnsupportedModelError: it holds something else (a float, a list, text).
+    """
+    value = node_attr(node, name, default)
+    if not isinstance(value, int):
+        raise _bad_attribute(node, name, f"is {type(value).__name__}, not an integer")
+    return value
+
+
+def node_flag(node: NodeProto, name: str) -> bool:
+    """A 0/1 attribute such as Gemm's ``transA``/``transB`` (absent: 0).
+
+    Raises:
+        UnsupportedModelError: it is not 0 or 1.
+    """
+    value = node_int(node, name, 0)
+    if value not in (0, 1):
+        raise _bad_attribute(node, name, f"is {value}, not 0 or 1")
+    return bool(value)
+
+
+def node_float(node: NodeProto, name: str, default: float) -> float:
+    """A float attribute (an integer is taken as one), or ``default`` when absent.
+
+    Raises:
+        UnsupportedModelError: it holds something else.
+    """
+    value = node_attr(node, name, default)
+    if not isinstance(value, (int, float)):
+        raise _bad_attribute(node, name, f"is {type(value).__name__}, not a number")
+    return float(value)
+
+
 def node_ints(node: NodeProto, name: str, default: list[int]) -> tuple[int, ...]:
-    """An integer-list attribute, or ``default`` when absent."""
-    return tuple(int(v) for v in node_attr(node, name, default))  # type: ignore[attr-defined]
+    """An integer-list attribute, or ``default`` when absent.
+
+    Raises:
+        UnsupportedModelError: it holds something else.
+    """
+    value = node_attr(node, name, default)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) for v in value):
+        raise _bad_attribute(node, name, "is not a list of integers")
+    return tuple(int(v) for v in value)
 
 
 def conv_geometry(site: LinearSite, weight_shape: tuple[int, ...]) -> ConvGeometry:
@@ -400,9 +460,8 @@ def conv_geometry(site: LinearSite, weight_shape: tuple[int, ...]) -> ConvGeomet
 
 
 def _group_attr(node: NodeProto) -> int:
-    """The ``group`` attribute as an int (a non-integer value is reported by the check)."""
-    value = node_attr(node, "group", 1)
-    return int(value) if isinstance(value, int) else 0
+    """The ``group`` attribute (checked to be an integer; its range by _check_geometry)."""
+    return node_int(node, "group", 1)
 
 
 def _check_geometry(geometry: ConvGeometry, weight_shape: tuple[int, ...], where: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto
 
+from onnxcollide.errors import UnsupportedModelError
 from onnxcollide.graph.constants import ConstantResolver
 from onnxcollide.graph.linear_ops import node_ints
 
@@ -22,18 +23,33 @@ def pad_amounts(node: NodeProto, resolver: ConstantResolver, opset: int) -> list
         return None
     if len(node.input) > 3 and node.input[3]:
         return None  # axes input: not needed by exporters we know
-    return [int(v) for v in resolver.value(node.input[1])]
+    return _ints(node, resolver, node.input[1])
+
+
+def _ints(node: NodeProto, resolver: ConstantResolver, name: str) -> list[int]:
+    """A constant parameter input (pads, starts, axes, ...) as a list of ints.
+
+    Raises:
+        UnsupportedModelError: it is not a 1-D tensor of integers.
+    """
+    value = np.asarray(resolver.value(name))
+    if value.ndim > 1 or value.dtype.kind not in "iu":
+        raise UnsupportedModelError(f"parameter '{name}' is a {value.dtype} tensor of shape "
+                                    f"{list(value.shape)}, not a list of integers",
+                                    f"node '{node.name or node.output[0]}' ({node.op_type})",
+                                    "the model is corrupt: re-export it")
+    return [int(v) for v in value.reshape(-1)]
 
 
 def _slice_parameters(node: NodeProto, resolver: ConstantResolver
                       ) -> tuple[list[int], list[int], list[int], list[int]]:
     """starts, ends, axes, steps of a Slice: inputs from opset 10, attributes before."""
     if len(node.input) >= 3:
-        starts = [int(v) for v in resolver.value(node.input[1])]
-        ends = [int(v) for v in resolver.value(node.input[2])]
-        axes = [int(v) for v in resolver.value(node.input[3])] \
+        starts = _ints(node, resolver, node.input[1])
+        ends = _ints(node, resolver, node.input[2])
+        axes = _ints(node, resolver, node.input[3]) \
             if len(node.input) > 3 and node.input[3] else list(range(len(starts)))
-        steps = [int(v) for v in resolver.value(node.input[4])] \
+        steps = _ints(node, resolver, node.input[4]) \
             if len(node.input) > 4 and node.input[4] else [1] * len(starts)
         return starts, ends, axes, steps
     starts = list(node_ints(node, "starts", []))

@@ -15,7 +15,7 @@ from onnx import NodeProto
 
 from onnxcollide.errors import UnsupportedModelError
 from onnxcollide.graph.constants import ConstantResolver
-from onnxcollide.graph.linear_ops import node_attr, node_label
+from onnxcollide.graph.linear_ops import node_attr, node_float, node_int, node_ints, node_label
 from onnxcollide.graph.pad_slice import pad_amounts, scatter_to, slice_sources
 
 UNCHANGED = {"Identity", "Cast"}
@@ -54,13 +54,13 @@ def _invert_elementwise(node: NodeProto, delta: np.ndarray, came_from: str,
     if op in ("QuantizeLinear", "DequantizeLinear"):  # y = x / s + zp  or  y = (x - zp) * s
         scale = np.asarray(resolver.value(node.input[1]), np.float64)
         if scale.ndim == 1 and scale.size > 1:
-            axis = int(node_attr(node, "axis", 1)) % delta.ndim  # type: ignore[call-overload]
+            axis = node_int(node, "axis", 1) % delta.ndim
             scale = scale.reshape([-1 if a == axis else 1 for a in range(delta.ndim)])
         return delta * scale if op == "QuantizeLinear" else delta / scale
     if op == "BatchNormalization":
         scale = np.asarray(resolver.value(node.input[1]), np.float64)
         var = np.asarray(resolver.value(node.input[4]), np.float64)
-        eps = float(node_attr(node, "epsilon", 1e-5))  # type: ignore[arg-type]
+        eps = node_float(node, "epsilon", 1e-5)
         view = (1, -1) + (1,) * (delta.ndim - 2)
         return delta * (np.sqrt(var + eps) / scale).reshape(view)
     raise UnsupportedModelError(f"cannot map a perturbation back through {op}", _where(node))
@@ -98,7 +98,7 @@ def _undo_layout(node: NodeProto, array: np.ndarray, in_shape: tuple[int, ...]
                  ) -> np.ndarray | None:
     """Inverse of a layout-only op (Transpose, Reshape/Flatten/Squeeze/Unsqueeze), else None."""
     if node.op_type == "Transpose":
-        perm = [int(p) for p in node_attr(node, "perm", list(range(array.ndim))[::-1])]  # type: ignore[attr-defined]
+        perm = list(node_ints(node, "perm", list(range(array.ndim))[::-1]))
         return np.transpose(array, np.argsort(perm))
     if node.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
         return array.reshape(in_shape)

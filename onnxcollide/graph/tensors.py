@@ -25,8 +25,12 @@ _MEMMAP_DTYPES: dict[int, np.dtype] = {
 
 
 def dtype_name(elem_type: int) -> str:
-    """Return the ONNX name of an element type, lower case (``float``, ``float16``, ``int8``)."""
-    return str(TensorProto.DataType.Name(elem_type)).lower()
+    """Return the ONNX name of an element type, lower case (``float``, ``float16``, ``int8``);
+    ``type N`` for a number ONNX does not define (a corrupt file)."""
+    try:
+        return str(TensorProto.DataType.Name(elem_type)).lower()
+    except ValueError:
+        return f"type {elem_type}"
 
 
 def array_dtype_name(dtype: np.dtype) -> str:
@@ -55,7 +59,13 @@ def tensor_to_array(tensor: TensorProto, base_dir: str) -> np.ndarray:
         An array of the tensor's shape (a read-only ``np.memmap`` for external data).
     """
     if not is_external(tensor):
-        return numpy_helper.to_array(tensor)
+        _check_stored_size(tensor)
+        try:
+            return numpy_helper.to_array(tensor)
+        except Exception as exc:  # onnx raises what numpy raises for types it cannot read
+            raise ModelLoadError(f"cannot read the tensor's values ({type(exc).__name__}: "
+                                 f"{exc})", f"tensor '{tensor.name}'",
+                                 "the model is corrupt: re-export it") from exc
     info = {entry.key: entry.value for entry in tensor.external_data}
     location = info.get("location", "")
     path = os.path.normpath(os.path.join(base_dir, location))
@@ -79,10 +89,10 @@ def tensor_to_array(tensor: TensorProto, base_dir: str) -> np.ndarray:
     if dtype is None:
         onnx.external_data_helper.load_external_data_for_tensor(tensor, base_dir)
         return numpy_helper.to_array(tensor)
-    offset = int(info.get("offset", 0))
+    offset = _entry_int(info, "offset", where)
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
     need = count * dtype.itemsize
-    if "length" in info and int(info["length"]) != need:
+    if "length" in info and _entry_int(info, "length", where) != need:
         raise ModelLoadError(
             f"external data length {info['length']} does not match the tensor's {need} bytes "
             f"({'x'.join(map(str, shape)) or 'scalar'} {dtype_name(tensor.data_type)})",
@@ -99,6 +109,72 @@ def tensor_to_array(tensor: TensorProto, base_dir: str) -> np.ndarray:
     if count == 0:
         return np.zeros(shape, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+# Where each element type keeps its values when not in raw_data, and how many entries per
+# element (complex: 2; 4-bit types: two elements per entry).
+_TYPED_FIELDS: dict[int, tuple[str, float]] = {
+    TensorProto.FLOAT: ("float_data", 1), TensorProto.DOUBLE: ("double_data", 1),
+    TensorProto.INT64: ("int64_data", 1), TensorProto.UINT32: ("uint64_data", 1),
+    TensorProto.UINT64: ("uint64_data", 1), TensorProto.COMPLEX64: ("float_data", 2),
+    TensorProto.COMPLEX128: ("double_data", 2), TensorProto.STRING: ("string_data", 1),
+    TensorProto.INT4: ("int32_data", 0.5), TensorProto.UINT4: ("int32_data", 0.5),
+}
+
+
+def _check_stored_size(tensor: TensorProto) -> None:
+    """The stored values must be as many as the declared dims say, before any reshape.
+
+    Raises:
+        ModelLoadError: a negative dim, or stored bytes or entries that disagree with the
+            dims (names the tensor, its dims, type and both sizes).
+    """
+    where = f"tensor '{tensor.name}'"
+    dims = [int(d) for d in tensor.dims]
+    if any(d < 0 for d in dims):
+        raise ModelLoadError(f"declares a negative dim {dims}", where,
+                             "the model is corrupt: re-export it")
+    count = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    kind = dtype_name(tensor.data_type) if tensor.data_type else "undefined type"
+    if tensor.HasField("raw_data"):
+        per = _raw_bytes_per_element(tensor.data_type)
+        need = None if per is None else int(np.ceil(count * per))
+        if need is not None and len(tensor.raw_data) != need:
+            raise ModelLoadError(f"declares {'x'.join(map(str, dims)) or 'a scalar'} {kind} "
+                                 f"({need} bytes) but stores {len(tensor.raw_data)} bytes",
+                                 where, "the model is corrupt: re-export it")
+        return
+    field, per_element = _TYPED_FIELDS.get(tensor.data_type, ("int32_data", 1))
+    stored = len(getattr(tensor, field))
+    need = int(np.ceil(count * per_element))
+    if stored != need and not (stored == 0 and count == 0):
+        raise ModelLoadError(f"declares {'x'.join(map(str, dims)) or 'a scalar'} {kind} "
+                             f"({need} values) but stores {stored}", where,
+                             "the model is corrupt: re-export it")
+
+
+def _raw_bytes_per_element(data_type: int) -> float | None:
+    """Bytes per element in raw_data (0.5 for 4-bit types), None where unknown."""
+    if data_type in (TensorProto.INT4, TensorProto.UINT4, TensorProto.FLOAT4E2M1):
+        return 0.5
+    try:
+        return float(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _entry_int(info: dict[str, str], key: str, where: str) -> int:
+    """An external data entry (offset, length) as a non-negative integer.
+
+    Raises:
+        ModelLoadError: it is not one.
+    """
+    text = info.get(key, "0")
+    if not text.isascii() or not text.isdigit():
+        raise ModelLoadError(f"external data {key} '{text}' is not a non-negative integer",
+                             where, "the model's external data records are corrupt; export "
+                                    "the model again")
+    return int(text)
 
 
 def sparse_to_array(sparse: onnx.SparseTensorProto, base_dir: str) -> np.ndarray:

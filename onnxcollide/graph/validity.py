@@ -1,9 +1,11 @@
 """Structural checks of a parsed graph before anything walks it: a model nobody has checked
 yet (broken or hostile) gets one line naming the node instead of a wrong audit or a crash.
 
-Checked, in the main graph and every subgraph, without recursion: how deep subgraphs nest,
-names defined twice, node inputs that nothing defines (outer-scope names count for a
-subgraph), and cycles. Node order is not checked: an unsorted graph without a cycle is fine.
+Checked, in the main graph and every subgraph, without recursion: names defined twice, node
+inputs that nothing defines (outer-scope names count for a subgraph), and cycles. Node order
+is not checked: an unsorted graph without a cycle is fine. How deep subgraphs may nest is
+bounded by protobuf's own parser (If bodies about 32 deep), which refuses deeper files before
+anything here runs.
 """
 
 from __future__ import annotations
@@ -17,40 +19,32 @@ from onnx import GraphProto, ModelProto, NodeProto
 from onnxcollide.errors import ModelLoadError
 from onnxcollide.graph.walk import subgraphs
 
-MAX_SUBGRAPH_DEPTH = 64  # If/Loop/Scan bodies nested deeper than this are refused
-
 
 @dataclass(frozen=True)
 class _Scope:
-    """One graph to check: the names its enclosing graphs define, its label and depth."""
+    """One graph to check: the names its enclosing graphs define, and its label."""
 
     graph: GraphProto
     outer: frozenset[str]
     label: str
-    depth: int
 
 
 def check_graph(proto: ModelProto, path: str) -> None:
     """Refuse a model whose graph cannot be what it claims.
 
     Raises:
-        ModelLoadError: subgraphs nested deeper than MAX_SUBGRAPH_DEPTH, a tensor name defined
-            twice in one graph, a node input nothing defines, or a cycle (each names the node).
+        ModelLoadError: a tensor name defined twice in one graph, a node input nothing
+            defines, or a cycle (each names the node).
     """
-    pending = [_Scope(proto.graph, frozenset(), "main graph", 0)]
+    pending = [_Scope(proto.graph, frozenset(), "main graph")]
     while pending:
         scope = pending.pop()
-        if scope.depth > MAX_SUBGRAPH_DEPTH:
-            raise ModelLoadError(f"subgraphs are nested more than {MAX_SUBGRAPH_DEPTH} deep "
-                                 f"({scope.label})", path,
-                                 "a model this deep is not a network any exporter makes")
         known = _defined_once(scope, path)
         _check_order(scope, known | scope.outer, path)
         visible = scope.outer | known
         for node in scope.graph.node:
             for attr_name, sub in subgraphs(node):
-                pending.append(_Scope(sub, visible, f"{_name(node)}/{attr_name}",
-                                      scope.depth + 1))
+                pending.append(_Scope(sub, visible, f"{_name(node)}/{attr_name}"))
 
 
 def _name(node: NodeProto) -> str:

@@ -1,0 +1,217 @@
+"""Untrusted models (issue 19): a fixed-seed fuzzing run over mutated real and fixture models,
+and a test for each case the issue lists. ``scripts/fuzz.py --examples N`` runs many more."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from builders import assert_one_line_error, init, make_model, value
+from builders import run_cli as run
+from fuzz_mutations import BASES, KINDS, Worker, nested_if, run_case
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+mk = helper.make_node
+
+EXAMPLES = int(os.environ.get("ONNXCOLLIDE_FUZZ_EXAMPLES", "36"))
+MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+@pytest.fixture(scope="module")
+def worker():
+    """One worker process for the whole run (a crash or a hang replaces it)."""
+    process = Worker()
+    yield process
+    process.close()
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(base=st.sampled_from(BASES), kind=st.sampled_from(KINDS),
+       seed=st.integers(min_value=0, max_value=2**31 - 1))
+def test_a_mutated_model_never_breaks_the_property(worker, base, kind, seed):
+    """audit, collide and validate on a mutated model: exit 0-3, at most one error line and
+    never a traceback or 'internal error', no signal, within the time bound, nothing written
+    outside -o."""
+    case, outcomes = run_case(worker, base, kind, seed)
+    problems = [f"{' '.join(o.command[:1])}: {p}" for o in outcomes for p in o.problems()]
+    assert problems == [], (case.description, [o.stderr for o in outcomes])
+
+
+# ------------------------------------------------------------------ the cases the issue lists
+
+
+def _conv_attribute(tmp_path: Path, name: str, value_: object) -> str:
+    model = onnx.load(MODELS / "cnn_overlap.onnx")
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    for attr in conv.attribute:
+        if attr.name == name:
+            if isinstance(value_, list):
+                attr.ints[:] = value_
+            else:
+                attr.i = value_
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    return str(path)
+
+
+@pytest.mark.parametrize(("name", "bad"), [("group", 0), ("strides", [0, 0]),
+                                            ("dilations", [-1, 1]), ("pads", [-2, 0, 0, 0])])
+def test_invalid_conv_attributes_are_one_line_not_an_internal_error(tmp_path, name, bad):
+    """Conv with group=0 or strides=[0, 0] was 'internal error (ZeroDivisionError)'."""
+    path = _conv_attribute(tmp_path, name, bad)
+    for command in (["audit", path], ["collide", path, "-o", str(tmp_path / "o")]):
+        line = assert_one_line_error(run(*command), 3)
+        assert "node 'node_conv2d' (Conv)" in line and name.rstrip("s") in line
+
+
+def test_a_graph_with_a_cycle_is_refused(tmp_path):
+    """A node consuming its own output through another node was audited as valid."""
+    path = make_model(tmp_path / "cycle.onnx",
+                      [mk("Add", ["x", "c"], ["a"]), mk("MatMul", ["a", "w"], ["b"]),
+                       mk("Relu", ["b"], ["c"])],
+                      [value("x", [1, 4])], [value("c", [1, 4])],
+                      [init("w", np.eye(4, dtype=np.float32))], check=False)
+    line = assert_one_line_error(run("audit", path), 3)
+    assert "cycle" in line and "(Add)" in line
+
+
+def test_undefined_inputs_and_names_defined_twice_are_refused(tmp_path):
+    """An input renamed to a tensor nothing makes, and two nodes making one tensor."""
+    undefined = make_model(tmp_path / "u.onnx", [mk("MatMul", ["x", "missing"], ["y"])],
+                           [value("x", [1, 4])], [value("y", [1, 4])], [], check=False)
+    line = assert_one_line_error(run("audit", undefined), 3)
+    assert "'missing' is defined nowhere" in line and "(MatMul)" in line
+    twice = make_model(tmp_path / "t.onnx", [mk("MatMul", ["x", "w"], ["y"]),
+                                             mk("Relu", ["x"], ["y"])],
+                       [value("x", [1, 4])], [value("y", [1, 4])],
+                       [init("w", np.eye(4, dtype=np.float32))], check=False)
+    line = assert_one_line_error(run("audit", twice), 3)
+    assert "'y' is defined twice" in line
+
+
+def test_a_huge_constant_is_refused_before_it_is_allocated(tmp_path):
+    """A weight made by ConstantOfShape of 200000 x 200000 (149 GiB) was allocated before
+    anything refused it: it is sized by shape inference first, and --max-memory names the
+    option that raises the limit."""
+    graph = helper.make_graph(
+        [helper.make_node("ConstantOfShape", ["shape"], ["w"],
+                          value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.5])),
+         helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 200000])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 200000])],
+        [numpy_helper.from_array(np.array([200000, 200000], np.int64), "shape")])
+    path = tmp_path / "huge.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    line = assert_one_line_error(run("audit", str(path), "--max-memory", "1G"), 3)
+    assert "node 'w' (ConstantOfShape)" in line and "149.0 GiB" in line
+    assert "--max-memory" in line
+
+
+def test_a_random_draw_over_the_limit_names_the_option(tmp_path):
+    """An --input-shape whose draw would not fit: a usage error naming both options."""
+    line = assert_one_line_error(run("collide", str(MODELS / "mlp_dense.onnx"),
+                                     "--input-shape", "input=4000x1x16x16", "--max-memory",
+                                     "1M", "-o", str(tmp_path / "o")), 2)
+    assert "--input-shape" in line and "--max-memory" in line
+
+
+@pytest.mark.parametrize("depth", [3, 32])
+def test_deeply_nested_subgraphs_are_audited(tmp_path, depth):
+    """If bodies nested as deep as protobuf parses (32) are walked without recursion errors."""
+    path = tmp_path / "deep.onnx"
+    path.write_bytes(nested_if(depth))
+    result = run("audit", str(path), "-f", "json")
+    assert result.exit_code == 0, result.stderr
+
+
+@pytest.mark.parametrize("depth", [33, 120])
+def test_subgraphs_nested_deeper_than_protobuf_parses_are_one_line(tmp_path, depth):
+    """Deeper than protobuf's own nesting limit: one line, exit 3, for every command."""
+    path = tmp_path / "deep.onnx"
+    path.write_bytes(nested_if(depth))
+    for command in (["audit", str(path)], ["collide", str(path), "-o", str(tmp_path / "o")]):
+        assert "protobuf decoding failed" in assert_one_line_error(run(*command), 3)
+
+
+def test_a_declared_size_that_disagrees_with_the_data_names_the_tensor(tmp_path):
+    """An initializer whose dims disagree with its bytes: named, before any reshape."""
+    model = onnx.load(MODELS / "mlp_dense.onnx")
+    tensor = next(t for t in model.graph.initializer if t.name == "fc1.weight")
+    tensor.dims[0] += 1
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    line = assert_one_line_error(run("audit", str(path)), 3)
+    assert "fc1.weight" in line and "bytes" in line
+
+
+# ------------------------------------------------------------------ what the tool never does
+
+
+def _custom_op_model(tmp_path: Path) -> str:
+    """A Gemm followed by an op of an unknown domain."""
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w"], ["h"]),
+         helper.make_node("Evil", ["h"], ["y"], domain="com.example.evil")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.eye(4, 3, dtype=np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.example.evil", 1)])
+    path = tmp_path / "custom.onnx"
+    onnx.save(model, path)
+    return str(path)
+
+
+def test_no_custom_op_library_is_loaded_and_no_unknown_op_runs(tmp_path, monkeypatch):
+    """A model with an op of an unknown domain: collide and validate refuse to run it
+    (ONNX Runtime has no kernel, and the tool registers no custom-op library), in one line."""
+    import onnxruntime
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a custom-op library was registered")
+
+    monkeypatch.setattr(onnxruntime.SessionOptions, "register_custom_ops_library", refuse)
+    path = _custom_op_model(tmp_path)
+    assert run("audit", path).exit_code == 0  # the audit reads weights, it runs nothing
+    line = assert_one_line_error(run("collide", path, "-o", str(tmp_path / "o"), "--device",
+                                     "cpu"), 3)
+    assert "ONNX Runtime cannot load the model" in line
+    np.save(tmp_path / "a.npy", np.zeros((1, 4), np.float32))
+    np.save(tmp_path / "b.npy", np.ones((1, 4), np.float32))
+    assert_one_line_error(run("validate", path, str(tmp_path / "a.npy"),
+                              str(tmp_path / "b.npy"), "--device", "cpu"), 3)
+
+
+def test_no_file_outside_the_models_folder_is_read(tmp_path):
+    """External data pointing outside the model's folder (../, an absolute path) is refused
+    before it is opened."""
+    model = onnx.load(MODELS / "mlp_dense.onnx")
+    folder = tmp_path / "m"
+    folder.mkdir()
+    onnx.save_model(model, folder / "m.onnx", save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="w.bin", size_threshold=0)
+    for location in ("../outside.bin", "/etc/hostname"):
+        saved = onnx.load_model(folder / "m.onnx", load_external_data=False)
+        tensor = next(t for t in saved.graph.initializer if t.external_data)
+        next(e for e in tensor.external_data if e.key == "location").value = location
+        onnx.save_model(saved, folder / "bad.onnx")
+        line = assert_one_line_error(run("audit", str(folder / "bad.onnx")), 3)
+        assert "outside the model's folder" in line
+
+
+def test_the_fuzz_script_runs_and_reports(tmp_path):
+    """scripts/fuzz.py runs a few examples and ends with its closing line."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(root / "scripts" / "fuzz.py"), "--examples",
+                           "3", "--seed", "7"], capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().splitlines()[-1].startswith("3 examples, ")
