@@ -9,6 +9,8 @@ The public Python API, importable from here (each loads its stage on first use, 
   SearchSettings(...)) -> CollisionSet``: the Null-space search on the real input space.
 - ``validate_collisions(found, device, precision, seed)``: each colliding input run in ONNX
   Runtime against the original (needs ``onnxcollide[cpu]`` or ``onnxcollide[gpu]``).
+- ``load_policy(path)``, ``facts_of_audit(audit)`` and ``evaluate(policy, [(path, facts)])
+  -> CheckResult`` (``Finding``s and the exit code): the rules of ``onnxcollide check``.
 - ``compare_models(paths, CompareSettings(...)) -> Comparison``: several exports of one
   network aligned layer by layer, their weights related (``onnxcollide compare``).
 - ``ToleranceRule``, ``ConvConvention``; errors derive from ``OnnxCollideError``.
@@ -46,6 +48,9 @@ if TYPE_CHECKING:
     )
     from onnxcollide.graph.load import load_model
     from onnxcollide.linalg.spectral import ToleranceRule
+    from onnxcollide.policy.config import load_policy
+    from onnxcollide.policy.evaluate import CheckResult, Finding, evaluate
+    from onnxcollide.policy.facts import facts_of_audit
     from onnxcollide.runtime.collisions import validate_collisions
 
 _PUBLIC = {
@@ -73,15 +78,22 @@ _PUBLIC = {
     "load_model": "onnxcollide.graph.load",
     "ToleranceRule": "onnxcollide.linalg.spectral",
     "validate_collisions": "onnxcollide.runtime.collisions",
+    "load_policy": "onnxcollide.policy.config",
+    "CheckResult": "onnxcollide.policy.evaluate",
+    "Finding": "onnxcollide.policy.evaluate",
+    "evaluate": "onnxcollide.policy.evaluate",
+    "facts_of_audit": "onnxcollide.policy.facts",
 }
 
 __all__ = [
     "AuditSettings",
+    "CheckResult",
     "Collision",
     "CollisionSet",
     "CompareSettings",
     "Comparison",
     "ConvConvention",
+    "Finding",
     "FirstLayer",
     "ImageOptions",
     "LayerRow",
@@ -96,9 +108,12 @@ __all__ = [
     "__version__",
     "audit_model",
     "compare_models",
+    "evaluate",
+    "facts_of_audit",
     "find_collisions",
     "load_inputs",
     "load_model",
+    "load_policy",
     "read_inputs",
     "validate_collisions",
 ]

@@ -10,6 +10,16 @@ import os
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
+# `onnxcollide check` caches audits in the user's cache folder by default: the tests' runs
+# (in-process and in subprocesses) use a folder of their own, removed at the end.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+_CACHE_HOME = tempfile.mkdtemp(prefix="onnxcollide-test-cache-")
+os.environ["XDG_CACHE_HOME"] = _CACHE_HOME
+atexit.register(shutil.rmtree, _CACHE_HOME, True)
+
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402

@@ -107,17 +107,19 @@ def _run(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_readme_examples_print_what_they_show(workdir):
-    """Each console example of the README runs and prints what it shows: audits exactly,
-    collide and validate up to the digits of their float32 residuals (validate reads what
-    collide saved). A line ``...`` stands for the rest of the output."""
+    """Each console example of the README runs and prints what it shows: audits and checks
+    exactly (a check whose output says 'check failed' exits 1), collide and validate up to the
+    digits of their float32 residuals (validate reads what collide saved). A line ``...``
+    stands for the rest of the output."""
     for command, shown in _console_examples():
         done = _run(command, workdir)
-        assert done.returncode == 0, (command, done.stderr)
+        failed = any(line.startswith("check failed:") for line in shown)  # the gate's exit 1
+        assert done.returncode == (1 if failed else 0), (command, done.stderr)
         printed = done.stdout.rstrip("\n").split("\n")
         if "..." in shown:
             printed = printed[:shown.index("...")]
             shown = shown[:shown.index("...")]
-        if command.startswith("onnxcollide audit"):
+        if command.startswith(("onnxcollide audit", "onnxcollide check")):
             assert printed == shown, command
         else:
             assert [_shape(line) for line in printed] == [_shape(line) for line in shown], \

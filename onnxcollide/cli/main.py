@@ -1,9 +1,10 @@
 """Command line: parse, call one core function, render, exit with a code a CI gate can use.
 
 Exit codes: 0 success; 1 a check failed (collide: a collision claimed exact did not pass
-validation; validate: the inputs do not collide; compare: the models differ; audit: reserved for the
-policy gate); 2 usage
-error; 3 the model cannot be read or holds something we cannot analyse; 130 interrupted (Ctrl-C).
+validation; validate: the inputs do not collide; compare: the models differ; check: an error
+rule of the policy failed; audit: reserved); 2 usage error; 3 the model cannot be read or holds
+something we cannot analyse (check: a model could not be read and no error rule failed); 130
+interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -15,17 +16,51 @@ from typing import Any
 import click
 
 from onnxcollide._version import __version__
-from onnxcollide.cli.audit import audit
-from onnxcollide.cli.collide import collide
-from onnxcollide.cli.compare import compare
 from onnxcollide.cli.exit_codes import EXIT_INTERRUPTED, EXIT_USAGE
-from onnxcollide.cli.validate import validate
+
+COMMANDS = ("audit", "check", "collide", "compare", "init-policy", "validate")
+
+
+def load_command(name: str) -> click.Command:
+    """Import one command's module. Commands load on use, so `check` on cached models starts
+    without numpy, scipy or onnx (the audit's modules take seconds to import)."""
+    if name == "audit":
+        from onnxcollide.cli.audit import audit
+
+        return audit
+    if name == "check":
+        from onnxcollide.cli.check import check
+
+        return check
+    if name == "collide":
+        from onnxcollide.cli.collide import collide
+
+        return collide
+    if name == "compare":
+        from onnxcollide.cli.compare import compare
+
+        return compare
+    if name == "init-policy":
+        from onnxcollide.cli.init_policy import init_policy
+
+        return init_policy
+    from onnxcollide.cli.validate import validate
+
+    return validate
 
 
 class _OneLineErrors(click.Group):
     """A group whose usage errors (bad option values, unknown options, missing arguments) are
     one ``error:`` line and exit 2, like every other error of the tool, instead of click's
-    usage block."""
+    usage block. Its commands load on use (``load_command``)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every command's name, sorted (as click lists them)."""
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """The command called ``cmd_name``, imported now; None for an unknown name."""
+        return load_command(cmd_name) if cmd_name in COMMANDS else None
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
@@ -56,9 +91,6 @@ class _OneLineErrors(click.Group):
 def main() -> None:
     """Audit ONNX models for exact feature collisions (Ozbulak et al.)."""
 
-
-for _command in (audit, collide, compare, validate):
-    main.add_command(_command)
 
 if __name__ == "__main__":
     main()

@@ -9,15 +9,17 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from onnxcollide.audit.model import ProgressCallback
 from onnxcollide.cli.exit_codes import EXIT_MODEL
-from onnxcollide.collide.inputs import ImageOptions
 from onnxcollide.errors import OnnxCollideError, UsageError
 from onnxcollide.limits import MemoryLimit, parse_size, set_max_memory
+
+if TYPE_CHECKING:  # loaded on use: `check` reads its cache without numpy, scipy or onnx
+    from onnxcollide.audit.model import ProgressCallback
+    from onnxcollide.collide.inputs import ImageOptions
 
 
 class FiniteFloat(click.FloatRange):
@@ -274,6 +276,8 @@ def image_options(resize: str | None, layout: str, scale: float, mean: str | Non
     Raises:
         UsageError: a bad --resize, --mean or --std (a std of 0 or below).
     """
+    from onnxcollide.collide.inputs import ImageOptions
+
     stds = parse_floats(std, "--std")
     if stds is not None and min(stds) <= 0:
         raise UsageError(f"--std '{std}' holds a value that is not positive",

@@ -10,11 +10,12 @@ import os
 import stat
 import tempfile
 from collections.abc import Callable
-from typing import Any, BinaryIO
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from onnxcollide.errors import UsageError
+
+if TYPE_CHECKING:  # numpy loads on use: `check` writes its reports without it
+    import numpy as np
 
 
 def write_stdout(text: str) -> None:
@@ -155,6 +156,8 @@ def _replace_with_temp(target: str, write: Callable[[BinaryIO], object]) -> None
 
 def save_npz(path: str, arrays: dict[str, np.ndarray], settings: dict[str, Any]) -> None:
     """Save arrays plus the settings that made them (as a JSON string under ``settings``)."""
+    import numpy as np
+
     payload = dict(arrays)
     payload["settings"] = np.array(json.dumps(settings, sort_keys=True))
     write_atomically(path, lambda out: np.savez_compressed(out, **payload))  # type: ignore[arg-type]
