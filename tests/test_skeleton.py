@@ -155,3 +155,44 @@ def test_column_blocks_are_read_from_the_file_as_through_the_map(tmp_path, rng, 
     np.testing.assert_array_equal(out, data[:, 1000:1700])
     assert not read_columns(data, 0, 10, np.empty((300, 10)))  # not a map: caller copies
     np.testing.assert_array_equal(np.triu(gram_matrix(mapped)), np.triu(gram_matrix(data)))
+
+
+def test_a_file_digest_started_before_a_fork_is_computed_in_the_child(tmp_path):
+    """check's worker processes are forked: a digest whose thread started in the parent has
+    no thread in the child, which said 'cannot read the file to hash it (unknown error)'."""
+    import hashlib
+    import multiprocessing
+    import threading
+
+    from onnxcollide.graph.load import FileDigest
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * (3 << 20))
+    gate = threading.Event()
+    original = FileDigest._hash
+
+    def slow(self, name):  # the parent's thread waits until the fork has happened
+        gate.wait(10)
+        original(self, name)
+
+    FileDigest._hash = slow
+    try:
+        digest = FileDigest(str(path))
+        FileDigest._hash = original
+        context = multiprocessing.get_context("fork")  # the object is inherited, not pickled
+        receive, send = context.Pipe(duplex=False)
+        child = context.Process(target=_send_hexdigest, args=(digest, send))
+        child.start()
+        answer = receive.recv() if receive.poll(60) else None
+        child.join(10)
+    finally:
+        FileDigest._hash = original
+        gate.set()
+    assert answer == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _send_hexdigest(digest, connection):
+    try:
+        connection.send(digest.hexdigest)
+    except Exception as exc:  # the parent shows what went wrong
+        connection.send(f"{type(exc).__name__}: {exc}")

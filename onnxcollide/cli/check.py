@@ -146,14 +146,11 @@ def _settings(runs: Sequence[ModelRun], policy: Policy) -> dict[str, Any]:
     for run in runs:
         if run.settings is not None:
             return run.settings
-    from onnxcollide.audit.model import CLEAR_MARGIN
-    from onnxcollide.linalg.spectral import GRAM_TRUST, SVD_MAX_DIM, ToleranceRule
+    from onnxcollide.linalg.spectral import ToleranceRule
+    from onnxcollide.report.json_format import settings_record
 
     s = policy.settings
-    return {"conv_convention": s.conv_convention,
-            "tolerance_rule": ToleranceRule(s.rtol, s.atol).describe(), "rtol": s.rtol,
-            "atol": s.atol, "svd_max_dim": SVD_MAX_DIM, "gram_trust": GRAM_TRUST,
-            "clear_margin": CLEAR_MARGIN}
+    return settings_record(s.conv_convention, ToleranceRule(s.rtol, s.atol))
 
 
 # ------------------------------------------------------------------ options

@@ -32,6 +32,7 @@ class FileDigest:
 
     def __init__(self, path: str | None = None, digest: str | None = None) -> None:
         self._digest = digest
+        self._path = path
         self._error: OSError | None = None
         self._thread: threading.Thread | None = None
         if digest is None and path is not None:
@@ -60,6 +61,10 @@ class FileDigest:
         """
         if self._thread is not None:
             self._thread.join()
+        if self._digest is None and self._error is None and self._path is not None:
+            # The thread never ran to its end here: this process was forked from the one
+            # that started it (check's worker processes). Hash in this thread instead.
+            self._hash(self._path)
         if self._digest is None:
             strerror = self._error.strerror if self._error else "unknown error"
             raise ModelLoadError(f"cannot read the file to hash it ({strerror})")

@@ -157,10 +157,11 @@ def single_model_report(report: Mapping[str, Any], path: str,
     record = next((m["audit"] for m in report["models"] if m["path"] == path), None)
     if record is None:
         return None
-    keys = ("conv_convention", "tolerance_rule", "rtol", "atol", "svd_max_dim", "gram_trust",
-            "clear_margin")
+    from onnxcollide.report.json_format import AUDIT_SETTINGS_KEYS  # numpy: not for cache hits
+
     return {"$schema": audit_schema, "schema_version": 1, "tool": report["tool"],
-            "settings": {k: report["settings"][k] for k in keys}, "models": [record]}
+            "settings": {k: report["settings"][k] for k in AUDIT_SETTINGS_KEYS},
+            "models": [record]}
 
 
 def multi_model_report(report: Mapping[str, Any], paths: Sequence[str],

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from onnxcollide.audit.model import CLEAR_MARGIN, FirstLayer, LayerRow, ModelAudit
-from onnxcollide.linalg.spectral import GRAM_TRUST, SVD_MAX_DIM
+from onnxcollide.linalg.spectral import GRAM_TRUST, SVD_MAX_DIM, ToleranceRule
 from onnxcollide.report.options import RenderOptions
 
 SCHEMA_ID = "https://onnxcollide.dev/schemas/audit-report-v1.schema.json"
@@ -90,13 +90,23 @@ def settings_dict(audits: Sequence[ModelAudit]) -> dict[str, Any]:
     """The settings every number was decided with (the same for every audit of one call;
     input shapes, which are per model, are in each model's record)."""
     settings = audits[0].settings
+    return settings_record(settings.convention.value, settings.rule,
+                           "cpu" if settings.gram is None else settings.gram.device)
+
+
+def settings_record(convention: str, rule: ToleranceRule, gram_device: str = "cpu"
+                    ) -> dict[str, Any]:
+    """The audit report's ``settings`` (keys AUDIT_SETTINGS_KEYS) for these choices."""
     return {
-        "conv_convention": settings.convention.value,
-        "tolerance_rule": settings.rule.describe(),
-        "rtol": settings.rule.rtol, "atol": settings.rule.atol,
+        "conv_convention": convention, "tolerance_rule": rule.describe(),
+        "rtol": rule.rtol, "atol": rule.atol,
         "svd_max_dim": SVD_MAX_DIM, "gram_trust": GRAM_TRUST, "clear_margin": CLEAR_MARGIN,
-        "gram_device": "cpu" if settings.gram is None else settings.gram.device,
+        "gram_device": gram_device,
     }
+
+
+AUDIT_SETTINGS_KEYS = ("conv_convention", "tolerance_rule", "rtol", "atol", "svd_max_dim",
+                       "gram_trust", "clear_margin", "gram_device")
 
 
 def report_dict(audits: Sequence[ModelAudit]) -> dict[str, Any]:
