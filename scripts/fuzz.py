@@ -3,7 +3,8 @@
 Each example mutates one real or fixture model one way (``tests/fuzz_mutations.py``: an
 attribute, an initializer's dims or data type, an input name, a node, the opset, a graph
 input's dims, external data entries, truncated or bit-flipped bytes, a cycle, nested
-subgraphs) and runs ``audit``, ``collide`` and ``validate`` on it in worker processes. The
+subgraphs) and runs ``audit``, ``collide``, ``validate``, ``compare`` and ``check`` on it in
+worker processes. The
 property: exit 0, 1, 2 or 3, at most one ``error:`` line, never a traceback, "internal error"
 or signal, within the time bound, nothing written outside ``-o``. Usage::
 

@@ -303,14 +303,16 @@ def _input_files(model: onnx.ModelProto, folder: Path, seed: int) -> tuple[Path,
 
 
 def commands(case: Case, out: Path) -> list[list[str]]:
-    """The commands each case runs: audit, collide, validate, and compare against the model
-    it was made from."""
+    """The commands each case runs: audit, collide, compare against the model it was made
+    from, check (no cache: it would write outside the folder), and validate."""
     model = str(case.model)
     limit = ["--max-memory", MAX_MEMORY]
     runs = [["audit", model, "-f", "json", "-o", str(out / "audit.json"), *limit],
             ["collide", model, "-o", str(out / "collide"), "--device", "cpu", *limit],
             ["compare", str(ROOT / case.base), model, "-f", "json", "-o",
-             str(out / "compare.json"), *limit]]
+             str(out / "compare.json"), *limit],
+            ["check", model, "--no-cache", "--jobs", "1", "--sarif", str(out / "c.sarif"),
+             "--junit", str(out / "c.xml"), *limit]]
     if case.inputs is not None:
         runs.append(["validate", model, str(case.inputs[0]), str(case.inputs[1]),
                      "--device", "cpu", *limit])

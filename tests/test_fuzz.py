@@ -37,9 +37,9 @@ def worker():
 @given(base=st.sampled_from(BASES), kind=st.sampled_from(KINDS),
        seed=st.integers(min_value=0, max_value=2**31 - 1))
 def test_a_mutated_model_never_breaks_the_property(worker, base, kind, seed):
-    """audit, collide and validate on a mutated model: exit 0-3, at most one error line and
-    never a traceback or 'internal error', no signal, within the time bound, nothing written
-    outside -o."""
+    """audit, collide, validate, compare and check on a mutated model: exit 0-3, at most one
+    error line and never a traceback or 'internal error', no signal, within the time bound,
+    nothing written outside -o."""
     case, outcomes = run_case(worker, base, kind, seed)
     problems = [f"{' '.join(o.command[:1])}: {p}" for o in outcomes for p in o.problems()]
     assert problems == [], (case.description, [o.stderr for o in outcomes])
