@@ -25,7 +25,7 @@ from onnxcollide.compare.results import (
     TransferCheck,
     TransferSource,
 )
-from onnxcollide.report.json_format import first_layer_dict, versions
+from onnxcollide.report.json_format import first_layer_dict, metrics_dict, versions
 
 SCHEMA_ID = "https://onnxcollide.dev/schemas/compare-report-v1.schema.json"
 SCHEMA_VERSION = 1
@@ -110,15 +110,11 @@ def _source_dict(source: TransferSource | None) -> dict[str, Any] | None:
 
 
 def _model_head(audit: ModelAudit) -> dict[str, Any]:
-    m = audit.metrics
     return {
         "path": audit.path, "sha256": audit.sha256, "producer": audit.producer,
         "opset": audit.opset,
         "input_shapes": {name: list(dims) for name, dims in audit.settings.input_shapes},
-        "metrics": {"n": m.n, "nu": m.nu, "nu_ratio": m.nu_ratio, "mu": m.mu,
-                    "mu_ratio": m.mu_ratio, "nullity_sum": m.nullity_sum,
-                    "nullity_w1": m.nullity_w1, "skipped_weights": m.skipped_weights,
-                    "unclear": m.unclear},
+        "metrics": metrics_dict(audit.metrics),
         "first_layer": first_layer_dict(audit.first_layer),
     }
 

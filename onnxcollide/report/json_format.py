@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from onnxcollide.audit.model import CLEAR_MARGIN, FirstLayer, LayerRow, ModelAudit
+from onnxcollide.audit.model import CLEAR_MARGIN, FirstLayer, LayerRow, ModelAudit, ModelMetrics
 from onnxcollide.linalg.spectral import GRAM_TRUST, SVD_MAX_DIM, ToleranceRule
 from onnxcollide.report.options import RenderOptions
 
@@ -68,15 +68,11 @@ def first_layer_dict(first: FirstLayer | None) -> dict[str, Any] | None:
 
 def model_dict(audit: ModelAudit) -> dict[str, Any]:
     """One model's full audit."""
-    m = audit.metrics
     return {
         "path": audit.path, "sha256": audit.sha256, "producer": audit.producer,
         "ir_version": audit.ir_version, "opset": audit.opset,
         "input_shapes": {name: list(dims) for name, dims in audit.settings.input_shapes},
-        "metrics": {"n": m.n, "nu": m.nu, "nu_ratio": m.nu_ratio, "mu": m.mu,
-                    "mu_ratio": m.mu_ratio, "nullity_sum": m.nullity_sum,
-                    "nullity_w1": m.nullity_w1, "skipped_weights": m.skipped_weights,
-                    "unclear": m.unclear},
+        "metrics": metrics_dict(audit.metrics),
         "first_layer": first_layer_dict(audit.first_layer),
         "layers": [layer_dict(r) for r in audit.rows],
         "skipped": [{"node": s.label, "op": s.op_type, "reason": s.reason,
@@ -84,6 +80,13 @@ def model_dict(audit: ModelAudit) -> dict[str, Any]:
         "notes": list(audit.notes),
         "validation": audit.validation,
     }
+
+
+def metrics_dict(m: ModelMetrics) -> dict[str, Any]:
+    """A model's Table 1 metrics as the reports write them."""
+    return {"n": m.n, "nu": m.nu, "nu_ratio": m.nu_ratio, "mu": m.mu, "mu_ratio": m.mu_ratio,
+            "nullity_sum": m.nullity_sum, "nullity_w1": m.nullity_w1,
+            "skipped_weights": m.skipped_weights, "unclear": m.unclear}
 
 
 def settings_dict(audits: Sequence[ModelAudit]) -> dict[str, Any]:
