@@ -209,13 +209,11 @@ def test_token_ids_through_gather(tmp_path, rng):
     "pre,inits,needle",
     [
         ([mk("Div", ["c", "x"], ["d"])], [("c", np.float32(2.0))], "divisor"),
-        ([mk("Mul", ["x", "c"], ["d"])],
-         [("c", np.array([1, 0, 1], np.float32).reshape(1, 3, 1, 1))], "zero"),
         ([mk("Cast", ["x"], ["d"], to=INT64)], [], "integers"),
-        ([mk("Relu", ["x"], ["h"]), mk("Add", ["x", "h"], ["d"])], [], "non-constant"),
+        ([mk("Relu", ["x"], ["h"]), mk("Add", ["x", "h"], ["d"])], [], "Relu"),
         ([mk("MaxPool", ["x"], ["d"], kernel_shape=[2, 2])], [], "MaxPool"),
     ],
-    ids=["input-as-divisor", "mul-by-zero", "cast-to-int", "add-variable", "maxpool"],
+    ids=["input-as-divisor", "cast-to-int", "add-variable", "maxpool"],
 )
 def test_path_ops_that_block(tmp_path, rng, pre, inits, needle):
     """Ops that are not affine and injective on the input make W1 'not applicable'."""
@@ -223,6 +221,17 @@ def test_path_ops_that_block(tmp_path, rng, pre, inits, needle):
                           channels=3, pre_inits=[init(n, v) for n, v in inits]))
     assert fl.exactness == NOT_APPLICABLE
     assert needle in fl.reason
+
+
+def test_a_channel_scaled_by_zero_is_blind(tmp_path, rng):
+    """Mul by a constant with a zero drops that channel: its elements are blind (each an
+    exact collision), the rest of the path is a selection, so the class is W1's own."""
+    pre = [mk("Mul", ["x", "c"], ["d"])]
+    inits = [init("c", np.array([1, 0, 1], np.float32).reshape(1, 3, 1, 1))]
+    fl = first(conv_model(tmp_path, rng, [1, 3, 8, 8], (2, 2), 2, pre=pre, data="d",
+                          channels=3, pre_inits=inits))
+    assert fl.exactness == PATCHIFY
+    assert fl.blind_elements == 64
 
 
 def test_quantize_dequantize_on_the_path_adds_a_caveat(tmp_path, rng):
@@ -409,14 +418,15 @@ def test_reflect_pad_blind_count(tmp_path, rng):
     assert fl.blind_elements in (None, 4)
 
 
-def test_batchnorm_with_zero_scale_blocks_like_mul_by_zero(tmp_path, rng):
-    """BN(scale=[1, 0, 1]) before the conv zeroes channel 1: not applicable, as Mul by 0 is."""
+def test_batchnorm_with_zero_scale_makes_a_blind_channel_like_mul_by_zero(tmp_path, rng):
+    """BN(scale=[1, 0, 1]) before the conv zeroes channel 1: its 64 elements are blind."""
     pre = [mk("BatchNormalization", ["x", "s", "b", "m", "v"], ["n"])]
     inits = [init("s", np.array([1, 0, 1], np.float32)), init("b", np.zeros(3, np.float32)),
              init("m", np.zeros(3, np.float32)), init("v", np.ones(3, np.float32))]
     fl = first(conv_model(tmp_path, rng, [1, 3, 8, 8], (2, 2), 2, pre=pre, pre_inits=inits,
                           data="n", channels=3))
-    assert fl.exactness == NOT_APPLICABLE
+    assert fl.exactness == PATCHIFY
+    assert fl.blind_elements == 64
 
 
 # ------------------------------------------------------------------ geometry helpers
@@ -489,10 +499,18 @@ def test_conv_transpose_overlap_is_decided_on_the_output(tmp_path, rng, kernel, 
     assert first(path).exactness == expected
 
 
-@pytest.mark.parametrize("op", ["Mul", "Div", "Sub"])
+def test_the_input_minus_itself_makes_every_element_blind(tmp_path, rng):
+    """x - x is the zero map: W1 never sees the input, so every element collides (blind)."""
+    pre = [mk("Sub", ["x", "x"], ["d"])]
+    fl = first(conv_model(tmp_path, rng, [1, 3, 8, 8], (2, 2), 2, pre=pre, data="d",
+                          channels=3))
+    assert fl.blind_elements == 192
+
+
+@pytest.mark.parametrize("op", ["Mul", "Div"])
 def test_input_used_twice_by_a_non_additive_op_is_not_applicable(tmp_path, rng, op):
-    """x * x, x / x and x - x are not affine and injective: W1 is 'not applicable', naming the
-    node, and the audit itself still succeeds (it used to stop with 'x is not a constant')."""
+    """x * x and x / x are not affine: W1 is 'not applicable', naming the node, and the
+    audit itself still succeeds (it used to stop with 'x is not a constant')."""
     pre = [mk(op, ["x", "x"], ["d"])]
     fl = first(conv_model(tmp_path, rng, [1, 3, 8, 8], (2, 2), 2, pre=pre, data="d",
                           channels=3))

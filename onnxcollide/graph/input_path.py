@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from onnx import NodeProto, helper
 
-from onnxcollide.errors import UsageError
+from onnxcollide.errors import UnsupportedModelError, UsageError
 from onnxcollide.graph.constants import ConstantResolver
 from onnxcollide.graph.linear_ops import (
     LinearSite,
@@ -30,6 +30,7 @@ from onnxcollide.graph.linear_ops import (
     node_label,
     transposed_output_spatial,
 )
+from onnxcollide.graph.linear_path import PathOperator, build_path_operator, path_nodes
 from onnxcollide.graph.pad_slice import pad_amounts, scatter_to, slice_sources
 from onnxcollide.graph.shapes import Shape, TensorInfo
 
@@ -71,6 +72,9 @@ class FirstLayerPath:
         blind_elements: input elements no window reads (per sample), None where unknown.
         input_elements: elements per sample of the input, None where unknown.
         nodes: the path's NodeProtos, in order (for mapping perturbations back).
+        operator: the path as one sparse operator on a sample, where the path is not a chain
+            of the injective ops that ``graph.path_map`` inverts node by node (Concat, Pad
+            that copies, Resize, pooling, ...); None for such a chain.
     """
 
     input: str
@@ -83,6 +87,7 @@ class FirstLayerPath:
     blind_elements: int | None
     input_elements: int | None
     nodes: tuple[NodeProto, ...] = field(default=(), compare=False, repr=False)
+    operator: PathOperator | None = field(default=None, compare=False, repr=False)
 
 
 # ------------------------------------------------------------------ search
@@ -352,9 +357,16 @@ def trace_input(
 ) -> FirstLayerPath:
     """Find and classify the first linear op that ``input_name`` reaches in the main graph."""
     site, path_idx = _reach_first_linear(input_name, nodes, sites)
-    path_nodes = [nodes[i] for i in path_idx]
-    traced = _trace(input_name, site, path_nodes, infos, resolver, opset)
-    return replace(traced, nodes=tuple(path_nodes))
+    chain = [nodes[i] for i in path_idx]
+    traced = _trace(input_name, site, chain, infos, resolver, opset)
+    if site is not None and traced.exactness != NOT_APPLICABLE and not _needs_operator(
+            traced.reason, chain):
+        return replace(traced, nodes=tuple(chain))
+    if site is None or traced.input_dtype not in _FLOAT_TYPES or traced.reason.startswith(
+            _DISCRETE):
+        return replace(traced, nodes=tuple(chain))
+    return _trace_operator(traced, path_nodes(input_name, site.data_input, nodes,
+                                              site.topo_index), infos, resolver, opset)
 
 
 def _trace(
@@ -371,7 +383,7 @@ def _trace(
                               "the input reaches no linear op with a constant weight in the "
                               "main graph (ops inside If/Loop/Scan bodies are not followed)",
                               None, elements)
-    if dtype not in ("float", "float16", "double", "bfloat16"):
+    if dtype not in _FLOAT_TYPES:
         return FirstLayerPath(input_name, dtype, shape, site, steps, NOT_APPLICABLE,
                               _discrete_reason(dtype, path_nodes), None, elements)
     came_from = input_name
@@ -383,6 +395,61 @@ def _trace(
         came_from = node.output[0]
     return _classify_site(input_name, dtype, shape, site, path_nodes, steps, infos,
                           resolver, opset, elements)
+
+
+_FLOAT_TYPES = ("float", "float16", "double", "bfloat16")
+_DISCRETE = "the input is "  # how _discrete_reason's answers start
+
+
+def _needs_operator(reason: str, chain: list[NodeProto]) -> bool:
+    """Whether a chain that passed the node-by-node checks still needs the path operator: a
+    Pad that copies elements (reflect, edge, wrap) cannot be inverted node by node."""
+    return any(n.op_type == "Pad" and node_attr(n, "mode", "constant") != "constant"
+               for n in chain)
+
+
+def _trace_operator(traced: FirstLayerPath, nodes: list[NodeProto],
+                    infos: dict[str, TensorInfo], resolver: ConstantResolver,
+                    opset: int) -> FirstLayerPath:
+    """Classify a path that is not a chain of injective ops from its sparse operator: a
+    selection lifts like a chain; a path that couples input elements needs W1 o path whole."""
+    site = traced.site
+    assert site is not None
+    steps = tuple(PathStep(node_label(n, "main"), n.op_type) for n in nodes)
+    base = replace(traced, path=steps, nodes=tuple(nodes))
+    shape = _known(traced.input_shape)
+    if shape is None:
+        return replace(base, exactness=NOT_APPLICABLE, reason=(
+            "the path to W1 needs the input's shape to be followed: pass --input-shape"))
+    try:
+        operator = build_path_operator(traced.input, shape, site.data_input, nodes, resolver,
+                                       infos, opset)
+    except UnsupportedModelError as exc:
+        where = f" ({exc.where})" if exc.where else ""
+        return replace(base, exactness=NOT_APPLICABLE, reason=f"{exc.what}{where}")
+    reads = _w1_reads(site, infos)
+    counts = None
+    if reads is not None and reads.size == operator.matrix.shape[0]:
+        pattern = abs(operator.matrix).T
+        counts = np.rint(pattern.sign() @ reads.reshape(-1)).astype(np.int64).reshape(
+            operator.input_shape)
+    base = replace(base, operator=operator, blind_elements=_blind(counts))
+    if not operator.selection:
+        return replace(base, exactness=OVERLAPPING, reason=(
+            f"the path to W1 couples input elements ({operator.coupling}): W1 and the path "
+            "are analysed as one operator at the real input size."))
+    if site.op_type in _MATRIX_OPS:
+        return replace(base, exactness=DENSE, reason=(
+            f"{site.op_type} acts on a selection of the input's elements: every kernel vector "
+            "of W1 lifts exactly."))
+    if counts is not None and int(counts.max(initial=0)) > 1:
+        return replace(base, exactness=OVERLAPPING, reason=(
+            "conv windows share input elements: a tiled per-patch kernel vector is not a "
+            "collision of the whole operator; analyse the conv operator on the real input "
+            "size."))
+    return replace(base, exactness=PATCHIFY, reason=(
+        "conv windows never share an input element: per-patch kernel vectors lift exactly, "
+        "patch by patch."))
 
 
 def _elements_per_sample(shape: Shape | None, site: LinearSite | None,
@@ -487,6 +554,13 @@ def input_read_counts(route: FirstLayerPath, infos: dict[str, TensorInfo],
     (e.g. (C, H, W)) int64, 0 for a blind element; None where it cannot be followed."""
     if route.site is None:
         return None
+    if route.operator is not None:
+        reads = _w1_reads(route.site, infos)
+        if reads is None or reads.size != route.operator.matrix.shape[0]:
+            return None
+        pattern = abs(route.operator.matrix).T.sign()
+        return np.rint(pattern @ reads.reshape(-1)).astype(np.int64).reshape(
+            route.operator.input_shape)
     return _input_reads(list(route.nodes), route.input, infos, _w1_reads(route.site, infos),
                         resolver, opset)
 
