@@ -13,6 +13,7 @@ from onnxcollide.errors import OnnxCollideError, UnsupportedModelError, UsageErr
 from onnxcollide.graph.constants import ConstantResolver, Scope
 from onnxcollide.graph.input_path import NOT_APPLICABLE, FirstLayerPath, trace_input
 from onnxcollide.graph.linear_ops import LinearSite, find_linear_ops
+from onnxcollide.graph.linear_path import PathOperator, build_path_operator, path_nodes
 from onnxcollide.graph.load import LoadedModel, load_model
 from onnxcollide.graph.shapes import TensorInfo, infer_shapes, is_float_input, model_inputs
 from onnxcollide.graph.tensors import is_external, tensor_to_array
@@ -20,6 +21,13 @@ from onnxcollide.graph.tensors import is_external, tensor_to_array
 
 @dataclass(frozen=True)
 class SearchContext:
+    """What one search needs: the model, its shapes, W1 and the path from the input.
+
+    ``operator`` is the path as one sparse operator on a sample where the path is not a chain
+    that ``graph.path_map`` inverts node by node, or holds a Pad (whose constant elements the
+    search must keep still); None otherwise.
+    """
+
     model: LoadedModel
     infos: dict[str, TensorInfo]
     shapes: dict[str, tuple[int, ...]]
@@ -27,6 +35,7 @@ class SearchContext:
     site: LinearSite
     layer: LinearLayer
     resolver: ConstantResolver
+    operator: PathOperator | None = None
 
 
 def _exact_shapes(infos: dict[str, TensorInfo]) -> dict[str, tuple[int, ...]]:
@@ -130,7 +139,24 @@ def build_context(path: str, feeds: dict[str, np.ndarray], settings: SearchSetti
         raise UnsupportedModelError(f"the Null-space search does not apply: {route.reason}",
                                     path)
     layer = build_layer(route.site, infos, ConvConvention.GROUPED)
-    return SearchContext(model, infos, _exact_shapes(infos), route, route.site, layer, resolver)
+    shapes = _exact_shapes(infos)
+    return SearchContext(model, infos, shapes, route, route.site, layer, resolver,
+                         _path_operator(model, route, shapes, infos, resolver))
+
+
+def _path_operator(model: LoadedModel, route: FirstLayerPath, shapes: dict[str, tuple[int, ...]],
+                   infos: dict[str, TensorInfo], resolver: ConstantResolver
+                   ) -> PathOperator | None:
+    """The route's path operator; built here for a chain with a constant Pad (the search
+    then knows which elements of W1's input are padding without a --region)."""
+    if route.operator is not None or route.site is None:
+        return route.operator
+    if not any(n.op_type == "Pad" for n in route.nodes) or route.input not in shapes:
+        return None
+    nodes = path_nodes(route.input, route.site.data_input, list(model.proto.graph.node),
+                       route.site.topo_index)
+    return build_path_operator(route.input, shapes[route.input], route.site.data_input, nodes,
+                               resolver, infos, model.opset)
 
 
 def check_applicable(path: str, shapes: dict[str, tuple[int, ...]],

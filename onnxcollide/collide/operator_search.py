@@ -7,12 +7,19 @@ below the tolerance; linalg.conv_operator finds its smallest singular values and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from onnxcollide.collide.context import SearchContext
+from onnxcollide.collide.path_operator import (
+    broadcast_to_input,
+    folded_conv,
+    path_kernel_words,
+    w1_matrix,
+)
 from onnxcollide.collide.perturb import make_collision
 from onnxcollide.collide.results import CollisionSet, SearchSettings
 from onnxcollide.errors import UsageError
@@ -25,7 +32,8 @@ from onnxcollide.linalg.conv_operator import (
     smallest_singular,
     transposed_smallest_singular,
 )
-from onnxcollide.linalg.spectral import EPS_OF, resolved
+from onnxcollide.linalg.matrix_operator import sparse_smallest_singular
+from onnxcollide.linalg.spectral import EPS_OF, ToleranceRule, resolved
 
 
 def conv_spec(ctx: SearchContext, data_shape: tuple[int, ...]) -> ConvSpec:
@@ -59,14 +67,15 @@ def transposed_spec(ctx: SearchContext, data_shape: tuple[int, ...]) -> ConvSpec
     return spec
 
 
-def operator_dict(spectrum: OperatorSpectrum, spec: ConvSpec,
+def operator_dict(spectrum: OperatorSpectrum, spec: ConvSpec | None,
                   input_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
     """The operator facts as plain data (for reports); ``input_shape`` is the operator's
-    per-sample input shape (default the conv's)."""
+    per-sample input shape (default the conv's; required without ``spec``)."""
+    shape = input_shape if input_shape is not None else spec.input_shape if spec else ()
     sigma_max, sigma_max_digits = resolved(spectrum.sigma_max, spectrum.sigma_max_error)
     tol, tol_digits = resolved(spectrum.tol, spectrum.tol_error)
     return {
-        "input_shape": list(input_shape or spec.input_shape), "sigma_max": sigma_max,
+        "input_shape": list(shape), "sigma_max": sigma_max,
         "sigma_max_digits": sigma_max_digits, "tol": tol, "tol_digits": tol_digits,
         "exact": int(spectrum.exact), "null_space_dim": spectrum.null_dim,
         "null_space_at_least": int(spectrum.null_at_least),
@@ -137,10 +146,22 @@ def _directions(spectrum: OperatorSpectrum, float_level: float, mode: str
     return None
 
 
-def _operator(ctx: SearchContext, data_shape: tuple[int, ...], settings: SearchSettings
-              ) -> tuple[OperatorSpectrum, dict[str, Any], str] | None:
-    """The smallest singular values of W1's whole operator at the real input size, their
-    facts for the report and the operator's name; None for a ConvTranspose the dense analysis
+@dataclass(frozen=True)
+class _Analysed:
+    """One whole-operator analysis: its spectrum, the facts for the report, its name, how a
+    vector of its input space becomes a model-input perturbation, and notes."""
+
+    spectrum: OperatorSpectrum
+    facts: dict[str, Any]
+    name: str
+    to_input: Callable[[np.ndarray], np.ndarray]
+    notes: tuple[str, ...] = ()
+
+
+def _operator(ctx: SearchContext, data_shape: tuple[int, ...], x_shape: tuple[int, ...],
+              settings: SearchSettings) -> _Analysed | None:
+    """The smallest singular values of W1's whole operator (composed with the path where it
+    is not a chain) at the real input size; None for a ConvTranspose the dense analysis
     cannot take (too large, or an output geometry that is not explicit)."""
     eps = EPS_OF.get(ctx.layer.compute_dtype, EPS_OF["float"])
     # Four directions are enough: distinct colliding inputs are random combinations of the
@@ -152,19 +173,60 @@ def _operator(ctx: SearchContext, data_shape: tuple[int, ...], settings: SearchS
     rtol = settings.rule.rtol
     if rtol is None:  # an --atol alone only adds a floor to this relative part
         rtol = max(ctx.layer.q, ctx.layer.p) * eps
-    if ctx.site.op_type == "ConvTranspose":
-        spec = transposed_spec(ctx, data_shape)
-        spectrum = None if spec is None else transposed_smallest_singular(
-            spec, wanted, rtol, settings.rule.atol, eps)
-        if spec is None or spectrum is None:
+    transposed = ctx.site.op_type == "ConvTranspose"
+    conv = None if transposed or ctx.site.op_type not in ("Conv", "ConvInteger",
+                                                          "QLinearConv") else \
+        conv_spec(ctx, data_shape)
+    if ctx.operator is not None:
+        folded = None if conv is None else folded_conv(conv, ctx.operator, x_shape)
+        if folded is None:
+            return _composed(ctx, data_shape, x_shape, settings, conv, wanted,
+                             ToleranceRule(rtol, settings.rule.atol), eps)
+        spec, to_input, border = folded
+        spectrum = smallest_singular(spec, k=wanted, seed=settings.seed, rtol=rtol,
+                                     atol=settings.rule.atol, eps=eps)
+        name = f"conv operator at {list(spec.input_shape)}" + (
+            " (the path's constant border as its zero padding)" if border else
+            " (through the path's permutation of the input)")
+        return _Analysed(spectrum, operator_dict(spectrum, spec), name, to_input)
+
+    def through_path(vector: np.ndarray) -> np.ndarray:
+        flat = np.broadcast_to(vector.reshape(data_shape[1:]), data_shape)
+        return pull_delta(ctx.route.nodes, ctx.route.input, np.array(flat), ctx.shapes,
+                          ctx.resolver, ctx.model.opset)
+
+    if transposed:
+        tspec = transposed_spec(ctx, data_shape)
+        whole = None if tspec is None else transposed_smallest_singular(
+            tspec, wanted, rtol, settings.rule.atol, eps)
+        if tspec is None or whole is None:
             return None
         shape = tuple(data_shape[1:])
-        return spectrum, operator_dict(spectrum, spec, shape), f"ConvTranspose operator at " \
-            f"{list(shape)}"
-    spec = conv_spec(ctx, data_shape)
-    spectrum = smallest_singular(spec, k=wanted, seed=settings.seed, rtol=rtol,
+        return _Analysed(whole, operator_dict(whole, tspec, shape),
+                         f"ConvTranspose operator at {list(shape)}", through_path)
+    assert conv is not None
+    spectrum = smallest_singular(conv, k=wanted, seed=settings.seed, rtol=rtol,
                                  atol=settings.rule.atol, eps=eps)
-    return spectrum, operator_dict(spectrum, spec), f"conv operator at {list(spec.input_shape)}"
+    return _Analysed(spectrum, operator_dict(spectrum, conv),
+                     f"conv operator at {list(conv.input_shape)}", through_path)
+
+
+def _composed(ctx: SearchContext, data_shape: tuple[int, ...], x_shape: tuple[int, ...],
+              settings: SearchSettings, conv: ConvSpec | None, wanted: int,
+              rule: ToleranceRule, eps: float) -> _Analysed:
+    """``A = W1 o path`` as one sparse matrix on a model-input sample, analysed whole."""
+    operator = ctx.operator
+    assert operator is not None
+    transposed = transposed_spec(ctx, data_shape) if ctx.site.op_type == "ConvTranspose" \
+        else None
+    composed = (w1_matrix(ctx, data_shape, conv, transposed) @ operator.matrix).tocsr()
+    spectrum = sparse_smallest_singular(composed, operator.input_shape, wanted, rule,
+                                        ctx.layer.q, ctx.layer.p, eps, settings.seed)
+    facts = operator_dict(spectrum, None, operator.input_shape)
+    kernel = path_kernel_words(operator)
+    name = f"W1 o path operator at {list(operator.input_shape)}"
+    return _Analysed(spectrum, facts, name, lambda v: broadcast_to_input(v, x_shape),
+                     (kernel,) if kernel else ())
 
 
 def exact_count_words(spectrum: OperatorSpectrum) -> str:
@@ -184,10 +246,10 @@ def overlapping_collisions(ctx: SearchContext, x: np.ndarray, data_shape: tuple[
     if settings.region is not None:
         raise UsageError("--region is not supported for an overlapping first conv",
                          hint="the operator's singular vectors span the whole input")
-    analysed = _operator(ctx, data_shape, settings)
+    analysed = _operator(ctx, data_shape, tuple(x.shape), settings)
     if analysed is None:
         return None
-    spectrum, facts, name = analysed
+    spectrum, facts, name = analysed.spectrum, analysed.facts, analysed.name
     r = float(spectrum.relative[0]) if spectrum.relative.size else float("nan")
     float_level = max(ctx.layer.q, ctx.layer.p) * EPS_OF["float"]
     directions = _directions(spectrum, float_level, settings.mode)
@@ -199,17 +261,17 @@ def overlapping_collisions(ctx: SearchContext, x: np.ndarray, data_shape: tuple[
                     f"the {name} is {r:.3g}"),
             exact=False, units=0, kernel_dims=(0, 0), tol=float(spectrum.tol), collisions=(),
             operator=facts, notes=("use --mode approximate for the strongest approximate "
-                                   "collision, or --mode tiled for the paper's tiling",),
+                                   "collision, or --mode tiled for the paper's tiling",
+                                   *analysed.notes),
             settings=settings, tol_error=spectrum.tol_error)
     method, notes = _method_and_notes(spectrum, directions, name, float_level, settings)
+    notes.extend(analysed.notes)
     collisions = []
     for k in range(settings.count):
         rng = np.random.default_rng([settings.seed, k])
         basis = settings.basis[k % len(settings.basis)] if settings.basis else None
         vector, relative = directions.draw(k, basis, rng)
-        flat = np.broadcast_to(vector.reshape(data_shape[1:]), data_shape)
-        unit_delta = pull_delta(ctx.route.nodes, ctx.route.input, np.array(flat), ctx.shapes,
-                                ctx.resolver, ctx.model.opset)
+        unit_delta = analysed.to_input(vector)
         collision, note = make_collision(k, x, unit_delta, None, settings, basis)
         if not directions.exact:
             collision = replace(collision, approximate=True, relative_sigma=relative)

@@ -23,6 +23,7 @@ import numpy as np
 
 from onnxcollide.collide.context import SearchContext, build_context, check_weights
 from onnxcollide.collide.operator_search import overlapping_collisions
+from onnxcollide.collide.path_operator import positions_at_input, pull_to_input
 from onnxcollide.collide.perturb import (
     check_start,
     in_range,
@@ -32,6 +33,7 @@ from onnxcollide.collide.perturb import (
     range_text,
 )
 from onnxcollide.collide.results import MODES, CollisionSet, SearchSettings
+from onnxcollide.collide.units import block_diagonal, dense_units
 from onnxcollide.errors import OnnxCollideError, UnsupportedModelError, UsageError
 from onnxcollide.graph.input_path import (
     DENSE,
@@ -40,40 +42,14 @@ from onnxcollide.graph.input_path import (
 )
 from onnxcollide.graph.linear_ops import (
     ConvGeometry,
-    LinearSite,
     conv_geometry,
     find_linear_ops,
-    node_flag,
 )
 from onnxcollide.graph.load import load_model
-from onnxcollide.graph.path_map import pull_delta, pull_positions
 from onnxcollide.linalg.conv_operator import TRANSPOSED_DENSE_MAX_DIM
 from onnxcollide.linalg.spectral import EPS_OF, KernelSpace, ToleranceRule, kernel_space
 
 # ------------------------------------------------------------------ units
-
-
-def _dense_units(site: LinearSite, shape: tuple[int, ...], q: int) -> np.ndarray:
-    """(units, q) flat positions of each input vector of a Gemm/MatMul in its data operand."""
-    size = int(np.prod(shape))
-    index = np.arange(size).reshape(shape)
-    right = site.weight_on_right  # the data operand is then A, on the left
-    if site.op_type in ("Gemm", "QGemm"):
-        trans = node_flag(site.node, "transA" if right else "transB")
-        rows = (not trans) if right else trans
-        units = index if rows else index.T
-    elif len(shape) == 1:
-        units = index.reshape(1, -1)
-    elif right:
-        units = index.reshape(-1, shape[-1])
-    else:
-        units = np.swapaxes(index, -1, -2).reshape(-1, shape[-2])
-    if units.shape[1] != q:
-        raise UnsupportedModelError(f"the data input has shape {list(shape)}, whose vectors of "
-                                    f"{units.shape[1]} do not fit the weight's {q} rows",
-                                    f"node '{site.label}' ({site.op_type})",
-                                    "the model is corrupt: re-export it")
-    return units
 
 
 def _window_units(geometry: ConvGeometry, shape: tuple[int, ...]) -> np.ndarray:
@@ -101,14 +77,6 @@ def _position_units(shape: tuple[int, ...]) -> np.ndarray:
     """ConvTranspose: (N * positions, C_in) flat positions of each input position's channels."""
     index = np.arange(int(np.prod(shape))).reshape(shape[0], shape[1], -1)
     return np.ascontiguousarray(index.transpose(0, 2, 1)).reshape(-1, shape[1])
-
-
-def _block_diagonal(blocks: np.ndarray) -> np.ndarray:
-    g, qb, pb = blocks.shape
-    out = np.zeros((g * qb, g * pb))
-    for k in range(g):
-        out[k * qb:(k + 1) * qb, k * pb:(k + 1) * pb] = blocks[k]
-    return out
 
 
 # ------------------------------------------------------------------ region
@@ -143,8 +111,7 @@ def _data_mask(ctx: SearchContext, x: np.ndarray, data_shape: tuple[int, ...],
     move only one way, which would force its unit's beta to 0).
     """
     size = int(np.prod(data_shape))
-    positions = pull_positions(ctx.route.nodes, ctx.route.input, data_shape, ctx.shapes,
-                               ctx.resolver, ctx.model.opset)
+    positions = positions_at_input(ctx, data_shape)
     movable = _region_mask(settings.region, x.shape) & (positions >= 0)
     movable &= inside(x, range_bounds(settings, x.ndim), strictly=True)
     mask = np.zeros(size, dtype=bool)
@@ -257,7 +224,7 @@ def _find_collisions(path: str, feeds: dict[str, np.ndarray], settings: SearchSe
 
 def _units_for(ctx: SearchContext, data_shape: tuple[int, ...]) -> tuple[np.ndarray, str]:
     if ctx.route.exactness == DENSE:
-        return _dense_units(ctx.site, data_shape, ctx.layer.q), "kernel of W1 per input vector"
+        return dense_units(ctx.site, data_shape, ctx.layer.q), "kernel of W1 per input vector"
     geometry = conv_geometry(ctx.site, ctx.site.weight_shape())
     if geometry.transposed:
         return _position_units(data_shape), "kernel of W1 per input position (ConvTranspose)"
@@ -273,7 +240,7 @@ def _unit_collisions(ctx: SearchContext, x: np.ndarray, data_shape: tuple[int, .
         raise UsageError("--region is not supported with --mode tiled",
                          hint="the paper's tiling repeats one vector over the whole input")
     units, method = _units_for(ctx, data_shape)
-    matrix = _block_diagonal(np.asarray(ctx.layer.load_blocks(), dtype=np.float64))
+    matrix = block_diagonal(np.asarray(ctx.layer.load_blocks(), dtype=np.float64))
     eps = EPS_OF.get(ctx.layer.compute_dtype, EPS_OF["float"])
     whole = kernel_space(matrix, eps, settings.rule)  # the layer's sigma_max and tolerance
     kernels = _UnitKernels(matrix, eps, settings.rule, whole.sigma_max)
@@ -303,8 +270,7 @@ def _unit_collisions(ctx: SearchContext, x: np.ndarray, data_shape: tuple[int, .
             flat, used, dims = _unit_direction(units, allowed, kernels, rng, basis, size, owner)
         if used == 0:
             raise _no_unit_error(ctx, kernels, basis, settings)
-        unit_delta = pull_delta(ctx.route.nodes, ctx.route.input, flat.reshape(data_shape),
-                                ctx.shapes, ctx.resolver, ctx.model.opset)
+        unit_delta = pull_to_input(ctx, flat.reshape(data_shape))
         unit_of = None if tiled else _owners_at_input(ctx, owner, data_shape)
         collision, note = make_collision(k, x, unit_delta, unit_of, settings, basis)
         if coarse:
@@ -420,8 +386,7 @@ def _blind_collisions(ctx: SearchContext, x: np.ndarray, settings: SearchSetting
 def _owners_at_input(ctx: SearchContext, owner: np.ndarray, data_shape: tuple[int, ...]
                      ) -> np.ndarray:
     """The unit owning each model-input element (-1 for none), via the path's positions."""
-    positions = pull_positions(ctx.route.nodes, ctx.route.input, data_shape, ctx.shapes,
-                               ctx.resolver, ctx.model.opset)
+    positions = positions_at_input(ctx, data_shape)
     return np.where(positions >= 0, owner[np.maximum(positions, 0)], -1)
 
 
@@ -538,7 +503,7 @@ def first_layer_kernel(path: str, feeds: dict[str, np.ndarray], settings: Search
         UnsupportedModelError: q is too large to hold an explicit basis.
     """
     ctx = build_context(path, feeds, settings)
-    matrix = _block_diagonal(np.asarray(ctx.layer.load_blocks(), dtype=np.float64))
+    matrix = block_diagonal(np.asarray(ctx.layer.load_blocks(), dtype=np.float64))
     space = kernel_space(matrix, EPS_OF.get(ctx.layer.compute_dtype, EPS_OF["float"]),
                          settings.rule)
     if space.basis is None:
