@@ -43,6 +43,7 @@ are solved one by one; small operators use a dense SVD.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -68,6 +69,7 @@ SHIFT_RTOL = 1e-9  # ... minus this * sigma_max^2 (keeps the shifted operator de
 LANCZOS_STEPS = 80  # at most this many Lanczos steps for sigma_max
 LANCZOS_RTOL = 1e-6  # Lanczos residual tolerance for sigma_max (its error is ~ the square)
 CIRCULAR_MAX_BYTES = 512 << 20  # skip the circular model when its blocks would exceed this
+COUPLING_MAX_BYTES = 512 << 20  # batched patch sweeps keep their coupling matrices up to this
 LOCAL_MAX_DIM = 2000  # a boundary patch has at most this many inputs (dense local problem)
 PATCH_WANT = 16  # patches are at least this many pixels wide (and two kernel extents)
 LOG: Callable[[int, np.ndarray, np.ndarray], None] | None = None  # debugging hook (iteration,
@@ -671,11 +673,6 @@ class _Patches:
             if local is None:
                 continue
             key = (local.pad_begin, local.pad_end, local.out)
-            if key not in self.cache:
-                nl = local.n_in
-                eye = np.eye(nl).reshape(nl, local.c, *local.spatial)
-                amat = _forward_batch(local, w, eye).reshape(nl, -1)
-                self.cache[key] = np.linalg.eigh(amat @ amat.T)
             lo = [max(0, s - r) for s, r in zip(a, reach, strict=True)]
             hi = [min(n, s + p + r) for s, p, r, n in
                   zip(a, self.size, reach, geo.spatial, strict=True)]
@@ -691,6 +688,8 @@ class _Patches:
                                                                      strict=True))),
                 key=key, local=local, back=back,
                 reach_box=(every, every, *(slice(b, h) for b, h in zip(lo, hi, strict=True)))))
+        self.free = _free_gram(geo, w)
+        self.coupled = self._prepare()
 
     def seeds(self, count: int) -> np.ndarray:
         """The lowest local modes over all boundary patches, placed in the image, lowest local
@@ -709,10 +708,140 @@ class _Patches:
         """The smallest local eigenvalue (an upper bound of ``lambda_min(A^T A)``)."""
         return min(float(lam[0]) for lam, _ in self.cache.values())
 
+    def _prepare(self) -> bool:
+        """Per local problem the eigendecomposition of ``A^T A`` on the patch; for the batched
+        sweep also ``[V^T | V^T K_ring]`` (``K_ring``: ``A^T A`` from the patch to the ring of
+        inputs around it that its windows reach) and the colouring of the patches (one colour
+        never couples through ``A^T A``). Returns False, and keeps no coupling, when those
+        matrices would exceed COUPLING_MAX_BYTES (then the sweep runs patch by patch)."""
+        geo = self.geo
+        flat = np.arange(geo.n_in).reshape(geo.c, *geo.spatial)
+        keys = [(p.key, p.back.pad_begin, p.back.pad_end, p.back.spatial) for p in self.patches]
+        first = {k: p for k, p in zip(keys, self.patches, strict=True)}
+        coupled = 8 * sum(p.local.n_in * (p.local.n_in + p.back.n_in)
+                          for p in first.values()) <= COUPLING_MAX_BYTES
+        self.right: dict[tuple, np.ndarray] = {}
+        self.where: list[tuple[tuple, np.ndarray, np.ndarray]] = []  # (key, box idx, ring idx)
+        for key, patch in zip(keys, self.patches, strict=True):
+            ring = self._ring(patch)
+            if key not in self.right:
+                k_mat = self._reach_gram(patch)  # (n_box, n_reach)
+                if patch.key not in self.cache:
+                    local = k_mat[:, ~ring]
+                    self.cache[patch.key] = np.linalg.eigh((local + local.T) / 2)
+                vec = self.cache[patch.key][1]
+                self.right[key] = np.hstack([vec.T, vec.T @ k_mat[:, ring]]) if coupled \
+                    else np.zeros((0, 0))
+            self.where.append((key, flat[patch.box[1:]].ravel(),
+                               flat[patch.reach_box[1:]].ravel()[ring]))
+        if not coupled:
+            self.right.clear()
+            self.where.clear()
+        self.colours = _colour([p.box[2:] for p in self.patches],
+                               [p.reach_box[2:] for p in self.patches])
+        return coupled
+
+    def _ring(self, patch: _Patch) -> np.ndarray:
+        """Boolean mask over the reach box ``(C * prod(reach))``: True outside the patch."""
+        inner = np.zeros(patch.back.spatial, dtype=bool)
+        inner[tuple(slice(b.start - r.start, b.stop - r.start) for b, r in
+                    zip(patch.box[2:], patch.reach_box[2:], strict=True))] = True
+        return ~np.broadcast_to(inner, (self.geo.c, *inner.shape)).ravel()
+
+    def _reach_gram(self, patch: _Patch) -> np.ndarray:
+        """``(A^T A)[patch, reach box]`` as a dense ``(C * prod(size), C * prod(reach))`` matrix:
+        gathered from the translation-invariant Gram of all windows (:func:`_free_gram`), less
+        the windows that touch the patch but are not outputs of the conv."""
+        geo = self.geo
+        d, c = geo.d, geo.c
+        ext = [dl * (k - 1) for dl, k in zip(geo.dilations, geo.kernel, strict=True)]
+        index: list[np.ndarray] = [np.arange(c).reshape((c,) + (1,) * (2 * d + 1))]
+        valid = np.ones((1,) * (2 * d + 2), dtype=bool)
+        deltas = []
+        for ax, (b, r, e, st, pb) in enumerate(zip(patch.box[2:], patch.reach_box[2:], ext,
+                                                    geo.strides, geo.pad_begin, strict=True)):
+            u = np.arange(b.start, b.stop)
+            v = np.arange(r.start, r.stop)
+            shape = [1] * (2 * d + 2)
+            shape[1 + ax] = u.size
+            index.append(((u + pb) % st).reshape(shape))
+            shape[2 + d + ax] = v.size
+            delta = (v[None, :] - u[:, None] + e).reshape(shape)
+            valid = valid & (delta >= 0) & (delta <= 2 * e)
+            deltas.append(np.clip(delta, 0, 2 * e))
+        index.append(np.arange(c).reshape((1,) * (d + 1) + (c,) + (1,) * d))
+        k_mat = np.where(valid, self.free[tuple(index + deltas)], 0.0)
+        self._subtract_missing(k_mat, patch)
+        n_box = c * math.prod(b.stop - b.start for b in patch.box[2:])
+        return k_mat.reshape(n_box, -1)
+
+    def _subtract_missing(self, k_mat: np.ndarray, patch: _Patch) -> None:
+        """Subtract from ``k_mat (C, *box, C, *reach)`` the terms ``W_j^T W_j`` of the windows
+        ``j`` that touch the patch but are not outputs of the conv (beyond the output box)."""
+        geo = self.geo
+        ext = [dl * (k - 1) for dl, k in zip(geo.dilations, geo.kernel, strict=True)]
+        ranges = [range(-((e - b.start - pb) // st), (b.stop - 1 + pb) // st + 1)
+                  for b, e, st, pb in zip(patch.box[2:], ext, geo.strides, geo.pad_begin,
+                                          strict=True)]
+        flat_w = self.w.reshape(geo.o, -1)
+        wmat = (flat_w.T @ flat_w).reshape(geo.c, *geo.kernel, geo.c, *geo.kernel)
+        for j in itertools.product(*ranges):
+            if all(0 <= jj < m for jj, m in zip(j, geo.out, strict=True)):
+                continue
+            taps_b, taps_r, at_b, at_r = [], [], [], []
+            for jj, b, r, st, dl, k, pb in zip(j, patch.box[2:], patch.reach_box[2:],
+                                               geo.strides, geo.dilations, geo.kernel,
+                                               geo.pad_begin, strict=True):
+                base = st * jj - pb
+                tb, ub = _taps_in(base, dl, k, b)
+                tr, ur = _taps_in(base, dl, k, r)
+                taps_b.append(tb)
+                taps_r.append(tr)
+                at_b.append(ub)
+                at_r.append(ur)
+            every = slice(None)
+            k_mat[(every, *at_b, every, *at_r)] -= wmat[(every, *taps_b, every, *taps_r)]
+
     def sweep(self, r: np.ndarray, shift: float, backward: bool) -> tuple[np.ndarray,
                                                                            np.ndarray]:
         """One multiplicative Schwarz sweep over the patches for ``(A^T A - shift) x = r``:
-        solve each patch exactly against the running residual, in order (or reversed).
+        solve each patch exactly against the running residual, colour by colour (patches of
+        one colour do not couple, so each colour is one batched solve: the same result as
+        patch by patch), in order (or reversed).
+
+        Args:
+            r: ``(m, C, *spatial)`` right-hand sides.
+            shift: below every local eigenvalue.
+            backward: sweep in reverse order (the adjoint sweep).
+
+        Returns:
+            ``(x, r - (A^T A - shift) x)``.
+        """
+        if not self.coupled:
+            return self._sweep_im2col(r, shift, backward)
+        m = r.shape[0]
+        rr = r.reshape(m, -1).copy()
+        x = np.zeros_like(rr)
+        for colour in (reversed(self.colours) if backward else self.colours):
+            groups: dict[tuple, list[int]] = {}
+            for i in colour:
+                groups.setdefault(self.where[i][0], []).append(i)
+            for key, members in groups.items():
+                lam, _ = self.cache[key[0]]
+                nl = lam.size
+                blk = np.concatenate([rr[:, self.where[i][1]] for i in members])
+                coef = (blk @ self.cache[key[0]][1]) / (lam - shift)
+                out = (coef @ self.right[key]).reshape(len(members), m, -1)
+                for i, o in zip(members, out, strict=True):
+                    _, box, ring = self.where[i]
+                    x[:, box] += o[:, :nl]
+                    rr[:, box] = 0.0  # the local solve is exact on the patch
+                    rr[:, ring] -= o[:, nl:]
+        return x.reshape(r.shape), rr.reshape(r.shape)
+
+    def _sweep_im2col(self, r: np.ndarray, shift: float, backward: bool
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`sweep` patch by patch, the residual updated by im2col (no stored matrices).
 
         Args:
             r: ``(m, C, *spatial)`` right-hand sides.
@@ -735,6 +864,61 @@ class _Patches:
                                                   _forward_batch(patch.local, self.w, d))
             rr[patch.box] += shift * d
         return x, rr
+
+
+def _taps_in(base: int, dl: int, k: int, box: slice) -> tuple[slice, slice]:
+    """Of the taps ``t`` of a window reading ``base + dl * t``, those inside ``box``: their
+    slice, and the slice of their positions relative to ``box.start``."""
+    lo = max(0, -((base - box.start) // dl))  # ceil((box.start - base) / dl)
+    hi = min(k, (box.stop - 1 - base) // dl + 1)
+    hi = max(hi, lo)
+    start = base + dl * lo - box.start
+    return slice(lo, hi), slice(start, start + dl * (hi - lo) if hi > lo else start, dl)
+
+
+def _free_gram(geo: _Geometry, w: np.ndarray) -> np.ndarray:
+    """The Gram of all windows (no output box), translation invariant by strides:
+    ``T[c, *rho, c', *delta]`` = ``(A_full^T A_full)[(c, u), (c', u + delta - E)]`` for an input
+    ``u`` with ``(u + pad_begin) % s == rho`` (``E = dl (k - 1)``, ``delta`` in ``[0, 2E]``).
+    Computed once by im2col on a small free-space conv, one unit input per ``(c, rho)``."""
+    ext = [dl * (k - 1) for dl, k in zip(geo.dilations, geo.kernel, strict=True)]
+    n0 = tuple(2 * e + st for e, st in zip(ext, geo.strides, strict=True))
+    pe0 = tuple(e + st for e, st in zip(ext, geo.strides, strict=True))
+    out0 = tuple((n + 2 * e + st - e - 1) // st + 1
+                 for n, e, st in zip(n0, ext, geo.strides, strict=True))
+    free = _Geometry(geo.d, geo.c, geo.o, 1, geo.kernel, geo.strides, geo.dilations,
+                     tuple(ext), pe0, n0, out0)
+    phases = list(np.ndindex(geo.c, *geo.strides))
+    units = np.zeros((len(phases), geo.c, *n0))
+    spots = []
+    for row, (c, *rho) in enumerate(phases):
+        u0 = tuple(e + (r - 2 * e) % st for e, r, st in zip(ext, rho, geo.strides,
+                                                             strict=True))
+        units[(row, c, *u0)] = 1.0
+        spots.append(u0)
+    cols = _adjoint_batch(free, w, _forward_batch(free, w, units))
+    table = np.empty((geo.c, *geo.strides, geo.c, *(2 * e + 1 for e in ext)))
+    for row, ((c, *rho), u0) in enumerate(zip(phases, spots, strict=True)):
+        table[(c, *rho)] = cols[(row, slice(None), *(slice(u - e, u + e + 1)
+                                                     for u, e in zip(u0, ext, strict=True)))]
+    return table
+
+
+def _colour(boxes: list[tuple[slice, ...]], reach: list[tuple[slice, ...]]) -> list[list[int]]:
+    """Greedy colouring of patches (in order): two patches share a colour only if neither's
+    reach box meets the other's box (then ``A^T A`` does not couple them)."""
+    def meet(a: tuple[slice, ...], b: tuple[slice, ...]) -> bool:
+        return all(u.start < v.stop and v.start < u.stop for u, v in zip(a, b, strict=True))
+
+    colours: list[list[int]] = []
+    for i, box in enumerate(boxes):
+        for colour in colours:
+            if not any(meet(reach[i], boxes[j]) or meet(reach[j], box) for j in colour):
+                colour.append(i)
+                break
+        else:
+            colours.append([i])
+    return colours
 
 
 # ---------------------------------------------------------------------------------------------
