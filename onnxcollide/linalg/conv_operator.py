@@ -899,8 +899,9 @@ def _free_gram(geo: _Geometry, w: np.ndarray) -> np.ndarray:
     cols = _adjoint_batch(free, w, _forward_batch(free, w, units))
     table = np.empty((geo.c, *geo.strides, geo.c, *(2 * e + 1 for e in ext)))
     for row, ((c, *rho), u0) in enumerate(zip(phases, spots, strict=True)):
-        table[(c, *rho)] = cols[(row, slice(None), *(slice(u - e, u + e + 1)
-                                                     for u, e in zip(u0, ext, strict=True)))]
+        window: tuple[int | slice, ...] = (row, slice(None), *(
+            slice(u - e, u + e + 1) for u, e in zip(u0, ext, strict=True)))
+        table[(c, *rho)] = cols[window]
     return table
 
 
@@ -1265,8 +1266,8 @@ def _iterative_part(geo: _Geometry, w: np.ndarray, k: int, rng: np.random.Genera
                                     LOG)
     # final Rayleigh-Ritz on A X itself: small singular values keep their relative accuracy
     b = _forward_batch(geo, w, x.reshape(-1, geo.c, *geo.spatial)).reshape(x.shape[0], -1)
-    r_factor = scipy.linalg.qr(b.T, mode="r", overwrite_a=True)[0]  # A X^T = Q R
-    _, s, vt = np.linalg.svd(r_factor[:x.shape[0]], full_matrices=False)
+    r_factor = np.linalg.qr(b.T, mode="r")  # (A X^T) = Q R, R: (m, m)
+    _, s, vt = np.linalg.svd(r_factor, full_matrices=False)
     vec = (vt[::-1] @ x)[:k]
     sigmas = s[::-1][:k]
     res = np.linalg.norm(op(vec) - (sigmas**2)[:, None] * vec, axis=1)
