@@ -388,3 +388,16 @@ def test_patch_coupling_equals_im2col(rng: np.random.Generator, case: dict) -> N
     flat = x.reshape(2, -1)
     claimed = r.reshape(2, -1) - convop._Gram(geo, w)(flat) + shift * flat
     np.testing.assert_allclose(rest.reshape(2, -1), claimed, atol=1e-9 * np.abs(r).max())
+
+
+def test_patch_sweep_without_stored_coupling(rng: np.random.Generator, iterative: None,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no memory for the coupling matrices the sweep runs patch by patch (im2col) and
+    finds the same values as the batched sweep."""
+    spec = make_spec(rng, 24, 3, (7, 7), (40, 40), strides=(2, 2), pads=(3, 3, 3, 3))
+    batched = smallest_singular(spec, k=3)
+    monkeypatch.setattr(convop, "COUPLING_MAX_BYTES", 0)
+    assert not convop._Patches(convop._geometry(spec), convop._weight64(spec)).coupled
+    plain = smallest_singular(spec, k=3)
+    np.testing.assert_allclose(plain.sigmas, batched.sigmas, atol=1e-8 * batched.sigma_max)
+    assert plain.converged and batched.converged
