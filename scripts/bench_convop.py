@@ -5,6 +5,7 @@ Default: a seeded random ResNet stem, 7x7 stride 2 pad 3, 64 filters, input 3x22
     python scripts/bench_convop.py                      # ResNet stem at 224
     python scripts/bench_convop.py --size 64 --check    # smaller, checked against a sparse solve
     python scripts/bench_convop.py --weights w.npy --stride 2 --pad 1 --height 240 --width 320
+    python scripts/bench_convop.py --targets --repeat 2   # the three timing targets
 
 Prints the time, the k smallest singular values (absolute and relative to sigma_max), the
 circular (periodic-border) estimate, the exact count, residuals and the peak resident memory.
@@ -54,6 +55,36 @@ def check(spec: ConvSpec, k: int) -> np.ndarray:
     return np.sqrt(np.abs(np.sort(vals)))
 
 
+# (arguments, target seconds): the timing targets of docs/performance.md
+TARGETS = [
+    ("--kernel 7 --stride 2 --pad 3 --filters 64 --channels 3 --size 224", 10.0),
+    ("--kernel 3 --stride 1 --pad 1 --filters 64 --channels 3 --size 240", 10.0),
+    ("--kernel 7 --stride 1 --pad 3 --filters 32 --channels 4 --size 224", 15.0),
+]
+
+
+def run_targets(parser: argparse.ArgumentParser, repeat: int) -> int:
+    """Time each target case (best of ``repeat``); print time, target, met or missed and the
+    relative sigmas. Returns 1 if a target was missed."""
+    missed = 0
+    for line, target in TARGETS:
+        args = parser.parse_args(line.split())
+        spec = build_spec(args)
+        best, result = float("inf"), None
+        for _ in range(max(1, repeat)):
+            start = time.perf_counter()
+            result = smallest_singular(spec, k=args.k, seed=args.seed)
+            best = min(best, time.perf_counter() - start)
+        assert result is not None
+        met = best < target
+        missed += not met
+        print(f"{line}: {best:.2f} s (best of {max(1, repeat)}), target {target:.0f} s: "
+              f"{'met' if met else 'MISSED'}; relative sigmas "
+              f"{np.array2string(result.relative, precision=6)}, "
+              f"{result.iterations} iterations, converged {result.converged}")
+    return 1 if missed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -73,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=None)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--check", action="store_true")
+    parser.add_argument("--targets", action="store_true",
+                        help="time the three target cases (best of --repeat) and say if met")
     args = parser.parse_args(argv)
+    if args.targets:
+        return run_targets(parser, args.repeat)
 
     spec = build_spec(args)
     n_in = int(np.prod(spec.input_shape))
