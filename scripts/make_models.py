@@ -1,6 +1,6 @@
 """Train and export the small ONNX fixture models under ``models/``.
 
-Four tiny classifiers are trained on a seeded synthetic task (seven-segment
+Nine tiny classifiers are trained on a seeded synthetic task (seven-segment
 digits rendered with numpy, so no data set is downloaded) and exported to ONNX.
 Each one has a different kind of first layer, which is what onnxcollide audits:
 
@@ -8,6 +8,14 @@ Each one has a different kind of first layer, which is what onnxcollide audits:
 * ``cnn_overlap.onnx``    - Sub/Div normalisation, then Conv 5x5 stride 2 (windows overlap)
 * ``patch_embed.onnx``    - ViT-style patchify Conv 8x8 stride 8 (windows do not overlap)
 * ``depthwise_cnn.onnx``  - MobileNet-like Conv/BN, depthwise Conv, pointwise Conv
+
+and five whose first Conv is reached through a linear chain of ops (issue 18):
+
+* ``focus_cnn.onnx``      - YOLOX Focus (Slice with steps x6, Concat), Conv 12->8 k3 p1
+* ``reflect_patch.onnx``  - reflect Pad 2 on a 28x28 image, patchify Conv 4x4 stride 4
+* ``zeropad_cnn.onnx``    - explicit constant zero Pad 1, Conv 3x3 (as tf2onnx writes it)
+* ``upsample_cnn.onnx``   - bilinear Resize x2, Conv 4x4 stride 4
+* ``avgpool_cnn.onnx``    - AveragePool 2x2, Conv 3x3 p1
 
 The output is byte-for-byte reproducible for a given seed and the same torch,
 onnxscript and onnx versions: training is seeded, single-threaded, uses
@@ -18,7 +26,7 @@ traces with file paths) is stripped before saving.
 Usage (torch lives in its own venv, never in the project's)::
 
     /work/torchenv/bin/python scripts/make_models.py [--out models] [--seed 0]
-    /work/torchenv/bin/python scripts/make_models.py --check
+    /work/torchenv/bin/python scripts/make_models.py --check [--only focus_cnn ...]
 
 After export every model is checked with ``onnx.checker`` and run once in ONNX
 Runtime, in a separate interpreter that has onnxruntime (``--ort-python``,
@@ -216,6 +224,56 @@ def depthwise_cnn() -> nn.Module:
     )
 
 
+class Focus(nn.Module):
+    """YOLOX Focus: space-to-depth by four strided slices concatenated on channels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(
+            (x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]), dim=1
+        )
+
+
+def _small_tail(channels: int, **first: nn.Module) -> nn.Sequential:
+    """``first`` layers, then ReLU, Conv channels->16 k3 s2, ReLU, global pool, Linear(16,10)."""
+    return _sequential(
+        **first,
+        relu1=nn.ReLU(),
+        conv2=nn.Conv2d(channels, 16, kernel_size=3, stride=2),
+        relu2=nn.ReLU(),
+        pool=nn.AdaptiveAvgPool2d(1),
+        flatten=nn.Flatten(),
+        head=nn.Linear(16, NUM_CLASSES),
+    )
+
+
+def focus_cnn() -> nn.Module:
+    return _small_tail(
+        8, focus=Focus(), conv1=nn.Conv2d(12, 8, kernel_size=3, stride=1, padding=1)
+    )
+
+
+def reflect_patch() -> nn.Module:
+    return _small_tail(
+        32, pad=nn.ReflectionPad2d(2), conv1=nn.Conv2d(3, 32, kernel_size=4, stride=4)
+    )
+
+
+def zeropad_cnn() -> nn.Module:
+    return _small_tail(16, pad=nn.ZeroPad2d(1), conv1=nn.Conv2d(3, 16, kernel_size=3))
+
+
+def upsample_cnn() -> nn.Module:
+    return _small_tail(
+        8,
+        up=nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+        conv1=nn.Conv2d(3, 8, kernel_size=4, stride=4),
+    )
+
+
+def avgpool_cnn() -> nn.Module:
+    return _small_tail(16, pool0=nn.AvgPool2d(2), conv1=nn.Conv2d(3, 16, kernel_size=3, padding=1))
+
+
 @dataclass(frozen=True)
 class Spec:
     """One fixture model: how to build it, its input and how long to train it."""
@@ -226,6 +284,7 @@ class Spec:
     size: int
     epochs: int
     lr: float
+    explicit_pad: bool = False  # undo the exporter's fusion of a zero Pad into the first Conv
 
 
 SPECS = (
@@ -233,6 +292,12 @@ SPECS = (
     Spec("cnn_overlap", cnn_overlap, channels=3, size=32, epochs=15, lr=3e-3),
     Spec("patch_embed", patch_embed, channels=3, size=32, epochs=25, lr=1e-2),
     Spec("depthwise_cnn", depthwise_cnn, channels=3, size=32, epochs=15, lr=5e-3),
+    # A linear chain between the input and the first Conv (issue 18):
+    Spec("focus_cnn", focus_cnn, channels=3, size=32, epochs=6, lr=5e-3),
+    Spec("reflect_patch", reflect_patch, channels=3, size=28, epochs=6, lr=5e-3),
+    Spec("zeropad_cnn", zeropad_cnn, channels=3, size=32, epochs=6, lr=5e-3, explicit_pad=True),
+    Spec("upsample_cnn", upsample_cnn, channels=3, size=32, epochs=6, lr=5e-3),
+    Spec("avgpool_cnn", avgpool_cnn, channels=3, size=32, epochs=6, lr=5e-3),
 )
 
 
@@ -316,7 +381,26 @@ def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
         node.input[:] = [new if name == old else name for name in node.input]
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, name: str, seed: int) -> onnx.ModelProto:
+def _explicit_pad(graph: onnx.GraphProto) -> None:
+    """Move the first Conv's ``pads`` back out into a constant-mode ``Pad`` node before it.
+
+    The exporter's optimiser folds ``nn.ZeroPad2d`` (a zero ``Pad``) into the next Conv's
+    ``pads``; tf2onnx keeps Keras' ``ZeroPadding2D`` as a separate ``Pad``, as here.
+    """
+    index, conv = next((i, n) for i, n in enumerate(graph.node) if n.op_type == "Conv")
+    attr = next(a for a in conv.attribute if a.name == "pads")
+    begin, end = attr.ints[: len(attr.ints) // 2], attr.ints[len(attr.ints) // 2 :]
+    pads = np.array([0, 0, *begin, 0, 0, *end], dtype=np.int64)  # ONNX Pad: all begins, all ends
+    graph.initializer.append(numpy_helper.from_array(pads, "pad.pads"))
+    pad = helper.make_node("Pad", [conv.input[0], "pad.pads"], ["pad"], name="pad", mode="constant")
+    graph.node.insert(index, pad)
+    conv.input[0] = "pad"
+    attr.ints[:] = [0] * len(attr.ints)
+
+
+def export_onnx(
+    model: nn.Module, example: torch.Tensor, name: str, seed: int, explicit_pad: bool = False
+) -> onnx.ModelProto:
     """Export with the torch.export-based exporter (dynamic batch), then normalise."""
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed"
     with warnings.catch_warnings():
@@ -332,6 +416,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, name: str, seed: int) -
             verbose=False,
         )
     proto = program.model_proto
+    if explicit_pad:
+        _explicit_pad(proto.graph)
     _strip_volatile(proto)
     _name_transposed_weights(proto, model)
     # Nothing here needs IR 10: declare the lowest IR the opset allows (older ORTs load it).
@@ -401,18 +487,18 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def generate(out: Path, seed: int, ort_python: str | None) -> None:
-    """Train, export and verify every model into ``out``."""
+def generate(out: Path, seed: int, ort_python: str | None, specs: tuple[Spec, ...]) -> None:
+    """Train, export and verify the models of ``specs`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     refs: dict[str, dict[str, np.ndarray]] = {}
     summary = []
-    for spec in SPECS:
+    for spec in specs:
         start = time.perf_counter()
         model, train_acc, test_acc = train_model(spec, seed)
         print(f"  {spec.name}: trained in {time.perf_counter() - start:.1f} s")
         example = torch.zeros(2, spec.channels, spec.size, spec.size)
         path = out / f"{spec.name}.onnx"
-        onnx.save(export_onnx(model, example, spec.name, seed), path)
+        onnx.save(export_onnx(model, example, spec.name, seed, spec.explicit_pad), path)
         refs[spec.name] = reference_io(model, spec, seed)
         summary.append(
             f"{path}  {path.stat().st_size} bytes  sha256 {sha256(path)}  "
@@ -423,10 +509,10 @@ def generate(out: Path, seed: int, ort_python: str | None) -> None:
     print("\n".join(summary))
 
 
-def compare(expected: Path, fresh: Path) -> list[str]:
+def compare(expected: Path, fresh: Path, specs: tuple[Spec, ...]) -> list[str]:
     """Names of the fixture files that are missing from or differ in ``expected``."""
     bad = []
-    for spec in SPECS:
+    for spec in specs:
         name = f"{spec.name}.onnx"
         if not (expected / name).is_file() or sha256(expected / name) != sha256(fresh / name):
             bad.append(name)
@@ -453,6 +539,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="python with onnxruntime used to run the exported models (default: REPO/.venv)",
     )
     parser.add_argument("--skip-ort", action="store_true", help="do not run ONNX Runtime")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=[spec.name for spec in SPECS],
+        help="build (or --check) only these models; the others are not trained",
+    )
     return parser.parse_args(argv)
 
 
@@ -462,16 +554,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_ort and not ort_python:
         sys.exit("no python with onnxruntime found: pass --ort-python PATH or --skip-ort")
     pin_torch()
+    specs = tuple(s for s in SPECS if not args.only or s.name in args.only)
     if not args.check:
-        generate(args.out, args.seed, ort_python)
+        generate(args.out, args.seed, ort_python, specs)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        generate(Path(tmp), args.seed, ort_python)
-        bad = compare(args.out, Path(tmp))
+        generate(Path(tmp), args.seed, ort_python, specs)
+        bad = compare(args.out, Path(tmp), specs)
     if bad:
         print(f"DIFFERS from {args.out}: {', '.join(bad)}")
         return 1
-    print(f"OK: all {len(SPECS)} models in {args.out} are identical to a fresh build")
+    print(f"OK: all {len(specs)} models in {args.out} are identical to a fresh build")
     return 0
 
 
