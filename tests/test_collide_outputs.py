@@ -75,13 +75,21 @@ def test_a_pytorch_nhwc_export_has_known_shapes_after_its_pad(tmp_path):
     """A TorchScript export with an NHWC input (Transpose, Cast, a Pad whose pads come from
     a chain of constant ops) said W1's input shape is unknown and to pass --input-shape, which
     did not help: the shapes flow through the path now, so the audit counts blind elements
-    and no message suggests --input-shape."""
+    and no message suggests --input-shape. The constant Pad folds into the conv's zero
+    padding, so collide analyses the whole conv operator and says honestly that it has no
+    exact collision (full column rank, smallest relative singular value about 0.048)."""
     audited = run("audit", NHWC, "-f", "json")
     assert audited.exit_code == 0, audited.stderr
     first = json.loads(audited.stdout)["models"][0]["first_layer"]
     assert first["blind_elements"] == 0 and first["input_elements"] == 32 * 32 * 3
     result = run("collide", NHWC, "-o", str(tmp_path / "o"), "--device", "cpu")
     assert "--input-shape" not in result.stderr and "unknown" not in result.stderr
+    assert result.exit_code == 0, result.stderr
+    assert "no exact collision at this layer" in result.stdout + result.stderr
+    w1 = report_of(tmp_path / "o")["w1"]
+    assert "the path's constant border as its zero padding" in w1["method"]
+    assert w1["operator"]["null_space_at_least"] == 0
+    assert 0.01 < w1["operator"]["relative"][0] < 0.1
 
 
 # ------------------------------------------------------------------ 3. pictures

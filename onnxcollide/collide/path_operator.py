@@ -20,7 +20,12 @@ from onnxcollide.errors import UnsupportedModelError
 from onnxcollide.graph.linear_path import PathOperator
 from onnxcollide.graph.path_map import pull_delta, pull_positions
 from onnxcollide.linalg.conv_operator import ConvSpec, conv_matrix
-from onnxcollide.linalg.matrix_operator import DENSE_MAX_COLUMNS
+from onnxcollide.linalg.matrix_operator import DENSE_MAX_COLUMNS, count_at_most, gram_eigen
+
+# A direction the path maps below this times its largest singular value is in its kernel: the
+# path's entries are copies and small dyadic or 1/k weights, so its nonzero singular values sit
+# far above this, and its kernel vectors map to about eps (1e-16) of it.
+PATH_RTOL = 1e-9
 
 ToInput = Callable[[np.ndarray], np.ndarray]
 
@@ -151,12 +156,11 @@ def path_kernel_words(operator: PathOperator) -> str | None:
     """How many input directions the path itself maps to zero (collisions before W1), in
     words; None where it maps none that we can see."""
     matrix = operator.matrix
-    n_data, n_in = matrix.shape
-    if n_in <= DENSE_MAX_COLUMNS and n_data * n_in <= 48 << 20:
-        singular = np.linalg.svd(matrix.toarray(), compute_uv=False)
-        top = float(singular[0]) if singular.size else 0.0
-        rank = int(np.count_nonzero(singular > max(n_data, n_in) * 2.0**-52 * top))
-        count, exact = n_in - rank, True
+    n_in = matrix.shape[1]
+    if n_in <= DENSE_MAX_COLUMNS:
+        values, vectors = gram_eigen(matrix.tocsr())
+        top = float(np.sqrt(max(float(values[-1]), 0.0))) if values.size else 0.0
+        count, exact = count_at_most(matrix.tocsr(), values, vectors, PATH_RTOL * top), True
     else:
         count, exact = operator.kernel_bound(), False
     if count <= 0:
