@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import MODELS
 from builders import run_cli as run
 from reference_operator import conv_rtol, gram_relative_singular_values, w1_jacobian
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
 SHAPES = {"focus_cnn": (3, 32, 32), "reflect_patch": (3, 28, 28), "zeropad_cnn": (3, 32, 32),
           "upsample_cnn": (3, 32, 32), "avgpool_cnn": (3, 32, 32)}
 W1_WEIGHTS = {"focus_cnn": (8, 12, 3, 3), "reflect_patch": (32, 3, 4, 4),

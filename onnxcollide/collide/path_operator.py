@@ -20,7 +20,12 @@ from onnxcollide.errors import UnsupportedModelError
 from onnxcollide.graph.linear_path import PathOperator
 from onnxcollide.graph.path_map import pull_delta, pull_positions
 from onnxcollide.linalg.conv_operator import ConvSpec, conv_matrix
-from onnxcollide.linalg.matrix_operator import DENSE_MAX_COLUMNS, count_at_most, gram_eigen
+from onnxcollide.linalg.matrix_operator import (
+    DENSE_MAX_COLUMNS,
+    count_at_most,
+    gram_eigen,
+    top_singular,
+)
 
 # A direction the path maps below this times its largest singular value is in its kernel: the
 # path's entries are copies and small dyadic or 1/k weights, so its nonzero singular values sit
@@ -155,12 +160,11 @@ def w1_matrix(ctx: SearchContext, data_shape: tuple[int, ...],
 def path_kernel_words(operator: PathOperator) -> str | None:
     """How many input directions the path itself maps to zero (collisions before W1), in
     words; None where it maps none that we can see."""
-    matrix = operator.matrix
-    n_in = matrix.shape[1]
-    if n_in <= DENSE_MAX_COLUMNS:
-        values, vectors = gram_eigen(matrix.tocsr())
-        top = float(np.sqrt(max(float(values[-1]), 0.0))) if values.size else 0.0
-        count, exact = count_at_most(matrix.tocsr(), values, vectors, PATH_RTOL * top), True
+    matrix = operator.matrix.tocsr()
+    if matrix.shape[1] <= DENSE_MAX_COLUMNS:
+        values, vectors = gram_eigen(matrix)
+        count = count_at_most(matrix, values, vectors, PATH_RTOL * top_singular(values))
+        exact = True
     else:
         count, exact = operator.kernel_bound(), False
     if count <= 0:

@@ -68,14 +68,9 @@ def count_at_most(a: scipy.sparse.csr_matrix, values: np.ndarray, vectors: np.nd
     return int(np.count_nonzero(column_norms(a, vectors[:, near]) <= tol))
 
 
-def _dense(a: scipy.sparse.csr_matrix, k: int
-           ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """sigma_max, the ``k`` smallest singular values (ascending) with right singular vectors
-    ``(k, n)``, and every eigenpair of ``A^T A`` (for the null space's dimension)."""
-    values, vectors = gram_eigen(a)
-    smax = float(np.sqrt(max(float(values[-1]), 0.0)))
-    sigmas, smallest = _rayleigh_ritz(a, vectors[:, :k])
-    return smax, sigmas, smallest, values, vectors
+def top_singular(values: np.ndarray) -> float:
+    """sigma_max from ``A^T A``'s eigenvalues ``(n,)`` in ascending order (0 for none)."""
+    return float(np.sqrt(max(float(values[-1]), 0.0))) if values.size else 0.0
 
 
 def _iterative(a: scipy.sparse.csr_matrix, k: int, seed: int
@@ -88,7 +83,7 @@ def _iterative(a: scipy.sparse.csr_matrix, k: int, seed: int
                                           return_eigenvectors=False)[0])
     tau = SHIFT * max(top, np.finfo(float).tiny)
     _, vectors = scipy.sparse.linalg.eigsh(gram, k=k, sigma=-tau, which="LM", v0=start)
-    return float(np.sqrt(max(top, 0.0))), *_rayleigh_ritz(a, vectors)
+    return top_singular(np.array([top])), *_rayleigh_ritz(a, vectors)
 
 
 def _rayleigh_ritz(a: scipy.sparse.csr_matrix, basis: np.ndarray
@@ -120,9 +115,10 @@ def sparse_smallest_singular(a: scipy.sparse.csr_matrix, input_shape: tuple[int,
     n = a.shape[1]
     k = max(1, min(int(k), n))
     gram: tuple[np.ndarray, np.ndarray] | None = None
-    if n <= DENSE_MAX_COLUMNS:
-        smax, sigmas, vectors, *pairs = _dense(a, k)
-        gram = (pairs[0], pairs[1])
+    if n <= DENSE_MAX_COLUMNS:  # every eigenpair: the null space's dimension is known
+        gram = gram_eigen(a)
+        smax = top_singular(gram[0])
+        sigmas, vectors = _rayleigh_ritz(a, gram[1][:, :k])
         method, error = "eigh of (W1 o path)^T (W1 o path), ||A v|| near tol", n * EPS64
     else:
         smax, sigmas, vectors = _iterative(a, min(k, n - 1), seed)
