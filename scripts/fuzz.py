@@ -66,6 +66,7 @@ def main() -> int:
                             failures.append(f"{base} {kind} seed {seed} ({case.description}): "
                                             f"{outcome.command[0]}: {problem}\n"
                                             f"{outcome.stderr.strip()}")
+                            print(f"problem: {failures[-1]}", file=sys.stderr, flush=True)
                     if counts["done"] % 50 == 0:
                         print(f"{counts['done']} examples, {len(failures)} problems",
                               file=sys.stderr, flush=True)
