@@ -401,3 +401,21 @@ def test_patch_sweep_without_stored_coupling(rng: np.random.Generator, iterative
     plain = smallest_singular(spec, k=3)
     np.testing.assert_allclose(plain.sigmas, batched.sigmas, atol=1e-8 * batched.sigma_max)
     assert plain.converged and batched.converged
+
+
+@pytest.mark.parametrize("path", ["dense", "iterative"])
+def test_a_stride_past_the_input_is_one_window(rng: np.random.Generator,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               path: str) -> None:
+    """A stride of 2^40 (a fuzzed model) asked the FFT Gram for 2^80 polyphase channels; one
+    window per axis is the same operator at any stride that large, so the values equal those
+    of the dense matrix at stride 7 on a 6x6 input (one window of 3x3 too)."""
+    if path == "iterative":
+        monkeypatch.setattr(convop, "DENSE_MAX_DIM", 0)
+    huge = make_spec(rng, 3, 2, (3, 3), (6, 6), strides=(2**40, 2**40), pads=(0, 0, 0, 0))
+    small = ConvSpec(huge.weight, (7, 7), huge.dilations, huge.pads, huge.groups,
+                     huge.input_shape)
+    assert output_shape(huge) == output_shape(small) == (3, 1, 1)
+    sig, _ = dense_svd(small)
+    res = smallest_singular(huge, k=4)
+    np.testing.assert_allclose(res.sigmas, sig[:4], atol=1e-8 * sig[-1])

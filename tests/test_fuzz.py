@@ -45,6 +45,31 @@ def test_a_mutated_model_never_breaks_the_property(worker, base, kind, seed):
     assert problems == [], (case.description, [o.stderr for o in outcomes])
 
 
+@pytest.mark.parametrize(("base", "kind", "seed"), [
+    ("models/cnn_overlap.onnx", "bit_flip", 1675967967),  # doc_string not UTF-8: UnicodeError
+    ("models/cnn_overlap.onnx", "attribute", 995699009),  # Conv strides 2^40: array too big
+    ("models/depthwise_cnn.onnx", "attribute", 1724864975),  # Conv pads 2^40: audit hung
+])
+def test_the_cases_a_5000_example_run_found(worker, base, kind, seed):
+    """`python scripts/fuzz.py --examples 5000 --seed 0 --jobs 2` broke the property on
+    these three (16 problems over their five commands); each is a regression test now."""
+    case, outcomes = run_case(worker, base, kind, seed)
+    problems = [f"{' '.join(o.command[:1])}: {p}" for o in outcomes for p in o.problems()]
+    assert problems == [], (case.description, [o.stderr for o in outcomes])
+
+
+def test_a_text_field_that_is_not_utf8_is_a_corrupt_file(tmp_path):
+    """protobuf hands an invalid UTF-8 doc_string back as bytes, and copying it for shape
+    inference raised UnicodeDecodeError (an internal error): now one line, exit 3."""
+    model = onnx.load(MODELS / "cnn_overlap.onnx")
+    model.doc_string = "MARKER"
+    data = model.SerializeToString().replace(b"MARKER", b"\xec\xff\xfe\xfd\xfc\xfb")
+    path = tmp_path / "bad_text.onnx"
+    path.write_bytes(data)
+    line = assert_one_line_error(run("audit", str(path)), 3)
+    assert "field 'doc_string' is not valid UTF-8" in line and "bad_text.onnx" in line
+
+
 # ------------------------------------------------------------------ the cases the issue lists
 
 

@@ -560,3 +560,27 @@ def test_a_two_d_input_read_as_the_right_operand_has_columns_as_samples(tmp_path
     )
     fl = first(path)
     assert (fl.exactness, fl.input_elements, fl.blind_elements) == (DENSE, 7, 0)
+
+
+def _reads_by_window(size, kernel, stride, dilation, pads):
+    """window_reads by looping over every window (the definition)."""
+    extent = (kernel - 1) * dilation + 1
+    counts = np.zeros(size, dtype=np.int64)
+    for i in range(max((size + pads[0] + pads[1] - extent) // stride + 1, 0)):
+        for t in range(kernel):
+            u = i * stride + t * dilation - pads[0]
+            if 0 <= u < size:
+                counts[u] += 1
+    return counts
+
+
+def test_window_reads_equal_a_loop_over_windows_and_take_no_time_for_huge_pads():
+    """Pads of 2^40 (a fuzzed model) looped over 2^41 windows: audit never ended."""
+    import itertools
+
+    for size, k, st, d, p0, p1 in itertools.product(range(1, 7), range(1, 4), range(1, 4),
+                                                   range(1, 3), range(4), range(4)):
+        np.testing.assert_array_equal(window_reads(size, k, st, d, (p0, p1)),
+                                      _reads_by_window(size, k, st, d, (p0, p1)))
+    np.testing.assert_array_equal(window_reads(5, 3, 1, 1, (2**40, 2**40)), np.full(5, 3))
+    np.testing.assert_array_equal(window_reads(5, 3, 2**40, 1, (0, 0)), [1, 1, 1, 0, 0])

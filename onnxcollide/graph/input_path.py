@@ -183,14 +183,22 @@ def _path_tensors(input_name: str, path: list[NodeProto]) -> list[str]:
 
 def window_reads(size: int, kernel: int, stride: int, dilation: int,
                  pads: tuple[int, int]) -> np.ndarray:
-    """How many windows read each of ``size`` positions along one axis: (size,) int array."""
+    """How many windows read each of ``size`` positions along one axis: (size,) int array.
+
+    Tap ``t`` of window ``i`` reads ``u = t * dilation - pads[0] + i * stride``: per tap, the
+    windows that land inside the axis are one strided slice of it, found in Python integers
+    (a pad or dilation of 2^40 costs nothing, where a loop over windows never ended).
+    """
     extent = (kernel - 1) * dilation + 1
     windows = (size + pads[0] + pads[1] - extent) // stride + 1
     counts = np.zeros(size, dtype=np.int64)
-    for i in range(max(windows, 0)):
-        taps = i * stride + np.arange(kernel) * dilation - pads[0]
-        taps = taps[(taps >= 0) & (taps < size)]
-        np.add.at(counts, taps, 1)
+    for tap in range(kernel if windows > 0 else 0):
+        first = tap * dilation - pads[0]  # position read by window 0
+        lowest = max(0, -(first // stride))  # first window whose read is >= 0
+        highest = min(windows - 1, (size - 1 - first) // stride)  # last one whose read < size
+        if highest >= lowest:
+            start = first + lowest * stride
+            counts[start:start + (highest - lowest) * stride + 1:stride] += 1
     return counts
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 import onnx
 import onnx.inliner
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, helper, numpy_helper
 
@@ -110,6 +111,17 @@ def _read_bytes(path: str) -> bytes:
         raise ModelLoadError(f"cannot read the file ({exc.strerror})", path) from exc
 
 
+def _check_text(proto: onnx.ModelProto, path: str) -> None:
+    """Refuse a model or graph text field (name, doc_string, producer...) that is not valid
+    UTF-8: protobuf hands such a field back as bytes, which no later copy of it accepts."""
+    for owner, message in (("model", proto), ("graph", proto.graph)):
+        for field, value in message.ListFields():
+            if field.type == FieldDescriptor.TYPE_STRING and isinstance(value, bytes):
+                raise ModelLoadError(f"the {owner}'s field '{field.name}' is not valid UTF-8 "
+                                     "text: the file is corrupt", path,
+                                     "re-export or copy the model again")
+
+
 def _parse(data: bytes, path: str) -> onnx.ModelProto:
     proto = onnx.ModelProto()
     try:
@@ -120,6 +132,7 @@ def _parse(data: bytes, path: str) -> onnx.ModelProto:
             path,
             "re-export or copy the model again",
         ) from exc
+    _check_text(proto, path)
     if proto.ir_version <= 0 or not proto.HasField("graph") or len(proto.graph.node) == 0:
         raise ModelLoadError(
             "not an ONNX model (no IR version or empty graph)",

@@ -62,6 +62,7 @@ import scipy.linalg
 import scipy.sparse
 
 from onnxcollide.errors import UsageError
+from onnxcollide.limits import check_allocation
 from onnxcollide.linalg.spectral import EPS64, ToleranceRule, root_error
 
 EPS32 = 2.0**-23
@@ -189,6 +190,10 @@ def _geometry(spec: ConvSpec) -> _Geometry:
     if min(out) < 1:
         raise UsageError(f"the conv kernel {tuple(kernel)} does not fit the padded input "
                          f"{spatial} (output size {out})")
+    # A stride past the last window's start changes nothing (one window on that axis): keep it
+    # no larger, so that the polyphase grid (stride^D phases) stays the input's size.
+    strides = tuple(min(int(st), n + pads[i] + pads[i + d] - dilations[i] * (kernel[i] - 1))
+                    for i, (st, n) in enumerate(zip(strides, spatial, strict=True)))
     return _Geometry(d, c, o, g, tuple(kernel), tuple(int(v) for v in strides),
                      tuple(int(v) for v in dilations), tuple(int(v) for v in pads[:d]),
                      tuple(int(v) for v in pads[d:]), spatial, out)
@@ -581,6 +586,8 @@ class _Gram:
         geo, s = self.geo, self.geo.strides
         nf = math.prod(self.half)
         axes = tuple(range(-geo.d, 0))
+        check_allocation(nf * self.q * self.q * 16, "the conv operator's Gram matrices per "
+                         f"frequency ({nf} of {self.q} x {self.q})")
         gram = np.zeros((nf, self.q, self.q), dtype=complex)
         step = max(1, (64 << 20) // (16 * self.q * nf))  # output channels per FFT chunk
         for lo in range(0, geo.o, step):
