@@ -13,6 +13,15 @@ import pytest
 from builders import DATA, build_model, init, value
 from onnx import helper, numpy_helper
 
+from onnxcollide.compare.align import (
+    AMBIGUOUS_GAP,
+    CONFIDENT_GAP,
+    FORBIDDEN,
+    LayerFacts,
+    _confidences,
+    _solve,
+    align_layers,
+)
 from onnxcollide.compare.model import compare_models
 from onnxcollide.compare.relate import (
     DIFFERENT,
@@ -274,6 +283,57 @@ def test_match_pins_a_pair_and_rejects_unknown_nodes(tmp_path):
     with pytest.raises(UsageError, match="shapes differ"):
         head = next(n for n, m in files["vit_dynamo.onnx"].items() if m == "head")
         compare_models([ref, other], CompareSettings(pins=(f"{node_q}={head}",)))
+
+
+def _brute_confidence(cost: np.ndarray, i: int, j: int, pairs: list[tuple[int, int]]
+                      ) -> float:
+    """A pair's confidence by enumeration: the cheapest other partner for i or j, or swap of
+    partners with another pair, over CONFIDENT_GAP."""
+    here, gaps = cost[i, j], []
+    gaps += [cost[i, k] - here for k in range(cost.shape[1]) if k != j and cost[i, k] < FORBIDDEN]
+    gaps += [cost[k, j] - here for k in range(cost.shape[0]) if k != i and cost[k, j] < FORBIDDEN]
+    gaps += [cost[i, j2] + cost[i2, j] - here - cost[i2, j2] for i2, j2 in pairs
+             if (i2, j2) != (i, j) and cost[i, j2] < FORBIDDEN and cost[i2, j] < FORBIDDEN]
+    gap = min(gaps, default=np.inf)
+    return 1.0 if gap >= CONFIDENT_GAP else max(0.0, gap / CONFIDENT_GAP)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_confidences_match_enumerating_every_rival(seed):
+    """The vectorised confidences equal a loop over every other partner and every swap, on
+    random costs with forbidden pairs."""
+    rng = np.random.default_rng(seed)
+    n, m = rng.integers(1, 7, size=2)
+    cost = np.where(rng.random((n, m)) < 0.3, FORBIDDEN, rng.random((n, m)))
+    pairs = sorted(_solve(cost))
+    if not pairs:
+        return
+    confidence, rivals_b, rivals_a = _confidences(cost, np.array(pairs))
+    for k, (i, j) in enumerate(pairs):
+        assert confidence[k] == pytest.approx(_brute_confidence(cost, i, j, pairs))
+        assert set(np.nonzero(rivals_b[k])[0]) == {
+            b for b in range(m) if b != j and cost[i, b] - cost[i, j] < AMBIGUOUS_GAP}
+        assert set(np.nonzero(rivals_a[k])[0]) == {
+            a for a in range(n) if a != i and cost[a, j] - cost[i, j] < AMBIGUOUS_GAP}
+
+
+def _chain_facts(labels: list[str]) -> list[LayerFacts]:
+    """Facts of a chain of equal-shaped dense layers, each feeding the next."""
+    return [LayerFacts(None, label, "dense", (4, 4, 1), depth, frozenset(labels[:depth]),  # type: ignore[arg-type]
+                       depth) for depth, label in enumerate(labels)]
+
+
+def test_a_pin_against_the_data_flow_leaves_the_crossing_pair_unmatched():
+    """Pinning a1 to b2 in two chains a1 -> a2 and b1 -> b2 leaves only (a2, b1), which
+    contradicts the flow (a1 feeds a2, b1 feeds b2): it is dropped, not reported as a
+    match."""
+    ref, other = _chain_facts(["a1", "a2"]), _chain_facts(["b1", "b2"])
+    alignment = align_layers(ref, other, pins=[(0, 1)])
+    assert [(m.reference, m.other, m.basis) for m in alignment.matches] == [(0, 1, "pinned")]
+    assert alignment.unmatched_reference == (1,) and alignment.unmatched_other == (0,)
+    assert alignment.crossings == ()
+    free = align_layers(ref, other)
+    assert [(m.reference, m.other) for m in free.matches] == [(0, 0), (1, 1)]
 
 
 # ------------------------------------------------------------------ data flow

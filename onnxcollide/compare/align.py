@@ -152,14 +152,22 @@ def _column_normalised(blocks: np.ndarray) -> np.ndarray:
     return blocks / np.where(norms > 0, norms, 1.0)
 
 
-def _normalised_distance(na: np.ndarray, nb: np.ndarray) -> float:
+def _normalised_distance(na: np.ndarray, nb: np.ndarray, present: np.ndarray | None = None
+                         ) -> float:
     """``weight_distance`` of two column-normalised weights of one shape: unit columns give
-    ``|na_j - s_j nb_j|^2 = 2 - 2 |<na_j, nb_j>|`` with the sign s_j that matches them."""
-    dots = np.abs(np.sum(na * nb, axis=1))
-    present = np.sum(na * na, axis=1) > 0
+    ``|na_j - s_j nb_j|^2 = 2 - 2 |<na_j, nb_j>|`` with the sign s_j that matches them
+    (``present``: (g, p/g), where ``na``'s columns are not zero, if known)."""
+    dots = np.abs(np.einsum("gqp,gqp->gp", na, nb))
+    if present is None:
+        present = _present(na)
     columns = max(int(np.count_nonzero(present)), 1)
-    return float(np.sqrt(max(float(np.sum(np.where(present, 2.0 - 2.0 * dots, 0.0))), 0.0)
+    return float(np.sqrt(max(float(np.where(present, 2.0 - 2.0 * dots, 0.0).sum()), 0.0)
                          / columns))
+
+
+def _present(normal: np.ndarray) -> np.ndarray:
+    """(g, p/g): which columns of a column-normalised weight are not zero."""
+    return np.einsum("gqp,gqp->gp", normal, normal) > 0
 
 
 def weight_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -195,6 +203,7 @@ class _Content:
 
     def __init__(self) -> None:
         self._normal: dict[tuple[int, int], np.ndarray] = {}
+        self._present: dict[int, np.ndarray] = {}  # the reference's nonzero columns
         self._spectra: dict[tuple[int, int], np.ndarray | None] = {}
 
     def normalised(self, side: int, index: int, fact: LayerFacts) -> np.ndarray:
@@ -208,7 +217,11 @@ class _Content:
         na, nb = self.normalised(0, i, fa), self.normalised(1, j, fb)
         if na.shape != nb.shape and na.shape == (nb.shape[0], nb.shape[2], nb.shape[1]):
             nb = nb.transpose(0, 2, 1)
-        return _normalised_distance(na, nb) if na.shape == nb.shape else math.inf
+        if na.shape != nb.shape:
+            return math.inf
+        if i not in self._present:
+            self._present[i] = _present(na)
+        return _normalised_distance(na, nb, self._present[i])
 
     def spectrum(self, side: int, index: int, fact: LayerFacts) -> np.ndarray | None:
         key = (side, index)
@@ -262,15 +275,25 @@ def _cost_matrix(ref: Sequence[LayerFacts], other: Sequence[LayerFacts]
 # ------------------------------------------------------------------ solving
 
 
-def _crossing(ref: Sequence[LayerFacts], other: Sequence[LayerFacts],
-              pairs: list[tuple[int, int]]) -> tuple[int, int] | None:
+def _feeds(facts: Sequence[LayerFacts]) -> np.ndarray:
+    """(n, n) booleans: ``[a, b]`` where layer a's output reaches layer b's data input."""
+    index = {f.label: k for k, f in enumerate(facts)}
+    feeds = np.zeros((len(facts), len(facts)), dtype=bool)
+    for b, fact in enumerate(facts):
+        feeds[[index[label] for label in fact.upstream if label in index], b] = True
+    return feeds
+
+
+def _crossing(feeds_ref: np.ndarray, feeds_other: np.ndarray, pairs: list[tuple[int, int]]
+              ) -> tuple[int, int] | None:
     """Two pairs (by their index in ``pairs``) that contradict the data flow: a1 feeds a2
-    while b2 feeds b1."""
-    for x, (a1, b1) in enumerate(pairs):
-        for y, (a2, b2) in enumerate(pairs):
-            if ref[a1].label in ref[a2].upstream and other[b2].label in other[b1].upstream:
-                return x, y
-    return None
+    while b2 feeds b1 (``feeds_*``: see ``_feeds``)."""
+    if not pairs:
+        return None
+    a, b = np.array(pairs, dtype=np.int64).T
+    crossing = feeds_ref[a[:, None], a[None, :]] & feeds_other[b[None, :], b[:, None]]
+    found = np.argwhere(crossing)
+    return (int(found[0, 0]), int(found[0, 1])) if len(found) else None
 
 
 def _solve(cost: np.ndarray) -> list[tuple[int, int]]:
@@ -282,29 +305,41 @@ def _solve(cost: np.ndarray) -> list[tuple[int, int]]:
             if cost[r, c] < FORBIDDEN]
 
 
-def _confidence(cost: np.ndarray, i: int, j: int, pairs: np.ndarray
-                ) -> tuple[float, list[tuple[int, int]]]:
-    """The confidence of pair (i, j) and the rival layers within AMBIGUOUS_GAP of it: another
-    partner for i or j (side 1: the other model's layer, side 0: the reference's); the gap
-    also counts a swap of partners with another pair (i2, j2) (``pairs``: (n, 2) indices)."""
-    here = cost[i, j]
-    row = cost[i].copy()
-    row[j] = FORBIDDEN
-    col = cost[:, j].copy()
-    col[i] = FORBIDDEN
-    gaps = [row[row < FORBIDDEN] - here, col[col < FORBIDDEN] - here]
-    rivals = [(1, int(k)) for k in np.nonzero((row < FORBIDDEN) & (row - here < AMBIGUOUS_GAP))[0]]
-    rivals += [(0, int(k)) for k in np.nonzero((col < FORBIDDEN)
-                                                & (col - here < AMBIGUOUS_GAP))[0]]
-    if len(pairs):
-        i2, j2 = pairs[:, 0], pairs[:, 1]
-        cross_a, cross_b = cost[i, j2], cost[i2, j]
-        usable = (cross_a < FORBIDDEN) & (cross_b < FORBIDDEN) & ((i2 != i) | (j2 != j))
-        gaps.append((cross_a + cross_b - here - cost[i2, j2])[usable])
-    every = np.concatenate(gaps) if gaps else np.array([])
-    gap = float(every.min()) if every.size else math.inf
-    confidence = 1.0 if gap >= CONFIDENT_GAP else max(0.0, gap / CONFIDENT_GAP)
-    return confidence, rivals
+def _confidences(cost: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                                np.ndarray]:
+    """Each pair's confidence and rivals (``pairs``: (n, 2) reference and other indices).
+
+    A pair (i, j)'s next-best choice is another partner for i or for j, or a swap of partners
+    with another pair (i2, j2); the confidence is its extra cost / CONFIDENT_GAP, clipped.
+
+    Returns:
+        (n,) confidences; (n, len(other)) rivals for i among the other model's layers and
+        (n, len(ref)) rivals for j among the reference's: choices within AMBIGUOUS_GAP.
+    """
+    i, j = pairs[:, 0], pairs[:, 1]
+    here = cost[i, j][:, None]  # (n, 1)
+    every = np.arange(len(pairs))
+    rows = cost[i, :].copy()  # (n, len(other)): other partners for i
+    rows[every, j] = FORBIDDEN
+    cols = cost[:, j].T.copy()  # (n, len(ref)): other partners for j
+    cols[every, i] = FORBIDDEN
+    cross = cost[i[:, None], j[None, :]] + cost[i[None, :], j[:, None]]  # swap x with y
+    usable = (cost[i[:, None], j[None, :]] < FORBIDDEN) & \
+        (cost[i[None, :], j[:, None]] < FORBIDDEN) & ~np.eye(len(pairs), dtype=bool)
+    swap = np.where(usable, cross - here - here.T, np.inf)
+    gaps = np.concatenate([np.where(rows < FORBIDDEN, rows - here, np.inf),
+                           np.where(cols < FORBIDDEN, cols - here, np.inf), swap], axis=1)
+    gap = gaps.min(axis=1, initial=np.inf)
+    confidence = np.where(gap >= CONFIDENT_GAP, 1.0, np.maximum(gap, 0.0) / CONFIDENT_GAP)
+    return (confidence, (rows < FORBIDDEN) & (rows - here < AMBIGUOUS_GAP),
+            (cols < FORBIDDEN) & (cols - here < AMBIGUOUS_GAP))
+
+
+def _sole(cost: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """(n,) whether each pair's layers have no other candidate in either model."""
+    allowed = cost < FORBIDDEN
+    i, j = pairs[:, 0], pairs[:, 1]
+    return (allowed[i, :].sum(axis=1) <= 1) & (allowed[:, j].sum(axis=0) <= 1)
 
 
 def align_layers(ref: Sequence[LayerFacts], other: Sequence[LayerFacts],
@@ -330,8 +365,9 @@ def align_layers(ref: Sequence[LayerFacts], other: Sequence[LayerFacts],
         cost[i, j] = 0.0
         pinned.add((i, j))
     pairs = _solve(cost)
+    feeds = (_feeds(ref), _feeds(other))
     for _ in range(MAX_RESOLVES):
-        crossing = _crossing(ref, other, pairs)
+        crossing = _crossing(*feeds, pairs)
         if crossing is None:
             break
         worse = max(crossing, key=lambda k: (pairs[k] not in pinned, cost[pairs[k]]))
@@ -339,22 +375,24 @@ def align_layers(ref: Sequence[LayerFacts], other: Sequence[LayerFacts],
             break
         cost[pairs[worse]] = FORBIDDEN
         pairs = _solve(cost)
-    crossing = _crossing(ref, other, pairs)
+    crossing = _crossing(*feeds, pairs)
     crossings = () if crossing is None else tuple(
         (ref[pairs[k][0]].label, other[pairs[k][1]].label) for k in crossing)
+    ordered = np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
+    confidence, rival_b, rival_a = _confidences(cost, ordered)
+    sole = _sole(cost, ordered)
     matches = []
-    indices = np.array(pairs, dtype=np.int64).reshape(-1, 2)
-    for i, j in sorted(pairs):
-        confidence, rivals = _confidence(cost, i, j, indices)
-        names = [(ref if side == 0 else other)[k].label for side, k in rivals]
+    for k, (i, j) in enumerate(ordered.tolist()):
+        names = [other[int(b)].label for b in np.nonzero(rival_b[k])[0]] + \
+            [ref[int(a)].label for a in np.nonzero(rival_a[k])[0]]
+        sure = float(confidence[k])
         if (i, j) in pinned:
-            how, confidence, names = "pinned", 1.0, []
-        elif all(cost[i, k] >= FORBIDDEN for k in range(cost.shape[1]) if k != j) and \
-                all(cost[k, j] >= FORBIDDEN for k in range(cost.shape[0]) if k != i):
+            how, sure, names = "pinned", 1.0, []
+        elif sole[k]:
             how = "only candidate"
         else:
             how = ("position", "weights", "spectrum")[int(basis[i, j])]
-        matches.append(Match(i, j, float(cost[i, j]), confidence, how, tuple(names)))
+        matches.append(Match(i, j, float(cost[i, j]), sure, how, tuple(names)))
     used_a = {i for i, _ in pairs}
     used_b = {j for _, j in pairs}
     return Alignment(tuple(matches), tuple(i for i in range(len(ref)) if i not in used_a),

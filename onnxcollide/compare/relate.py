@@ -142,15 +142,16 @@ def grid_steps(blocks: np.ndarray) -> np.ndarray | None:
 
 def _grid_step(values: np.ndarray) -> float | None:
     """The largest step whose multiples hold every gap of ``values``, or None."""
-    unique = np.unique(values.astype(np.float64))
-    if unique.size < 2:
+    ordered = np.sort(np.asarray(values, dtype=np.float64), axis=None)
+    gaps = np.diff(ordered)
+    gaps = gaps[gaps > 0]  # the gaps between distinct values
+    if gaps.size == 0:
         return None
-    gaps = np.diff(unique)
     smallest = float(gaps.min())
     for divisor in range(1, MAX_GRID_DIVISOR + 1):
         step = smallest / divisor
         ratios = gaps / step
-        if float(np.max(np.abs(ratios - np.rint(ratios)))) <= GRID_RTOL:
+        if float(np.abs(ratios - np.rint(ratios)).max()) <= GRID_RTOL:
             return step
     return None
 
@@ -163,7 +164,7 @@ class _Bound:
     """An element-wise bound on ``|B - c A|``."""
 
     kind: str
-    half_width: np.ndarray  # (g, q/g, p/g)
+    half_width: np.ndarray  # (g, q/g, p/g), or (g, 1, p/g) per column: broadcasts
     words: str
     steps: np.ndarray | None = None  # (g, p/g), quantization only
 
@@ -178,8 +179,8 @@ class _Bounds:
         self._facts_b = facts_b
         self._wider = min((f.precision for f in (facts_a, facts_b) if f.precision in EPS_OF),
                           key=lambda name: EPS_OF[name], default="float")
-        scale = float(np.max(np.abs(b))) if b.size else 0.0
-        self._floor = EQUAL_ULPS * EPS_OF[self._wider] * scale * 2.0**-16
+        self.top = float(np.abs(b).max()) if b.size else 0.0  # the largest |B|
+        self._floor = EQUAL_ULPS * EPS_OF[self._wider] * self.top * 2.0**-16
         # A float weight equal to its quantized copy lies on the grid: quantization (0 steps)
         # says so too, so the equal bound is skipped there (one pass less per pair).
         kinds = [] if facts_b.precision == "quantized" != facts_a.precision else [EQUAL]
@@ -209,9 +210,8 @@ class _Bounds:
         steps = grid_steps(b)
         if steps is None:
             return None
-        half = np.broadcast_to(0.5 * steps[:, None, :], b.shape)
-        return _Bound(QUANTIZATION, half * (1 + HALF_STEP_SLACK) + floor,
-                      "half a quantization step", steps)
+        half = (0.5 * (1 + HALF_STEP_SLACK)) * steps[:, None, :] + floor
+        return _Bound(QUANTIZATION, half, "half a quantization step", steps)
 
 
 def _scales(a: np.ndarray, b: np.ndarray, half: np.ndarray) -> np.ndarray | None:
@@ -241,31 +241,31 @@ def _scales(a: np.ndarray, b: np.ndarray, half: np.ndarray) -> np.ndarray | None
 
 
 def _holds(a: np.ndarray, b: np.ndarray, bound: _Bound, scaled: bool
-           ) -> np.ndarray | None:
-    """The per-column scales (ones when not ``scaled``) under which ``bound`` holds, or
-    None."""
+           ) -> tuple[np.ndarray | None, np.ndarray] | None:
+    """Where ``bound`` holds: the per-column scales (None when not ``scaled``) and
+    ``|B - c A|``; None where it does not hold."""
     if not scaled:
-        return np.ones((a.shape[0], a.shape[2])) if np.all(
-            np.abs(b - a) <= bound.half_width) else None
-    return _scales(a, b, bound.half_width)
+        diff = np.abs(b - a)
+        return (None, diff) if bool((diff <= bound.half_width).all()) else None
+    scales = _scales(a, b, bound.half_width)
+    return None if scales is None else (scales, np.abs(b - scales[:, None, :] * a))
 
 
-def _relation(a: np.ndarray, b: np.ndarray, bound: _Bound, scales: np.ndarray,
-              scaled: bool, transform: str, inverted: bool) -> WeightRelation:
-    """The relation that holds, with its figures (``inverted``: A was the lower-precision
-    side, so the reported scale is inverted to stay other = c * reference)."""
-    diff = np.abs(b - scales[:, None, :] * a)
+def _relation(diff: np.ndarray, top: float, bound: _Bound, scales: np.ndarray | None,
+              transform: str, inverted: bool) -> WeightRelation:
+    """The relation that holds, with its figures (``diff``: ``|B - c A|``; ``top``: the
+    largest ``|B|``; ``inverted``: A was the lower-precision side, so the reported scale is
+    inverted to stay other = c * reference)."""
     max_abs = float(diff.max()) if diff.size else 0.0
-    top = float(np.max(np.abs(b))) if b.size else 0.0
-    shown = 1.0 / scales if inverted else scales
+    shown = None if scales is None else (1.0 / scales if inverted else scales)
     steps, max_steps = bound.steps, None
     if steps is not None:
-        max_steps = float(np.max(diff / steps[:, None, :])) if diff.size else 0.0
+        max_steps = float((diff / steps[:, None, :]).max()) if diff.size else 0.0
     return WeightRelation(
-        kind=bound.kind, scaled=scaled, transform=transform, max_abs=max_abs,
+        kind=bound.kind, scaled=shown is not None, transform=transform, max_abs=max_abs,
         max_rel=max_abs / top if top > 0 else 0.0,
-        scale_min=float(shown.min()) if scaled else None,
-        scale_max=float(shown.max()) if scaled else None,
+        scale_min=None if shown is None else float(shown.min()),
+        scale_max=None if shown is None else float(shown.max()),
         step_min=None if steps is None else float(steps.min()),
         step_max=None if steps is None else float(steps.max()),
         max_steps=max_steps, bound=bound.words)
@@ -275,14 +275,12 @@ def _try(a: np.ndarray, b: np.ndarray, facts: tuple[WeightFacts, WeightFacts],
          transform: str, inverted: bool, scaling: bool = True) -> WeightRelation | None:
     """The first relation that holds: unscaled bounds, tightest first, then scaled ones
     (``facts``: A's, then B's)."""
-    bounds = _Bounds(b, facts[1], facts[0])
-    if scaling and not np.all(np.isfinite(b)):
-        return None
+    bounds = _Bounds(b, facts[1], facts[0])  # both weights are finite (relate_weights)
     for scaled in (False, True) if scaling else (False,):
         for bound in bounds:
-            scales = _holds(a, b, bound, scaled)
-            if scales is not None:
-                return _relation(a, b, bound, scales, scaled, transform, inverted)
+            held = _holds(a, b, bound, scaled)
+            if held is not None:
+                return _relation(held[1], bounds.top, bound, held[0], transform, inverted)
     return None
 
 
@@ -325,7 +323,7 @@ def relate_weights(a: np.ndarray, b: np.ndarray, facts_a: WeightFacts,
     if a.shape != b.shape:
         return _different(a, b, transform, f"the blocks differ in shape: {a.shape[1:]} x "
                           f"{a.shape[0]} against {b.shape[1:]} x {b.shape[0]}")
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
         return _different(a, b, transform, "a weight holds values that are not finite")
     if np.array_equal(a, b):  # the same values: no bound needs computing
         return WeightRelation(EQUAL, False, transform, 0.0, 0.0, None, None, None, None, None,

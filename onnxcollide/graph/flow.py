@@ -11,14 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from onnx import AttributeProto, NodeProto
+from onnx import NodeProto
 
 from onnxcollide.graph.linear_ops import node_label
 from onnxcollide.graph.load import LoadedModel
 from onnxcollide.graph.walk import subgraphs
-
-_GRAPH_TYPES = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
-_HOLDERS = {"If", "Loop", "Scan", "SequenceMap"}  # ONNX's ops with graph attributes
 
 
 @dataclass(frozen=True)
@@ -62,36 +59,43 @@ def linear_flow(model: LoadedModel, labels: Iterable[str]) -> dict[str, FlowPosi
         inside them).
     """
     wanted = set(labels)
-    depth_of: dict[str, int] = {}
-    upstream_of: dict[str, frozenset[str]] = {}
-    found: dict[str, FlowPosition] = {}
-    empty: frozenset[str] = frozenset()
-    for node in model.proto.graph.node:
-        reads = [i for i in node.input if i]
-        holds = (node.op_type in _HOLDERS or node.domain not in ("", "ai.onnx")) and any(
-            a.type in _GRAPH_TYPES for a in node.attribute)
+    bit_of: dict[str, int] = {}  # upstream sets as bit masks: one bit per wanted label
+    reached: dict[str, tuple[int, int]] = {}  # tensor -> (depth, upstream mask)
+    masks: dict[str, tuple[int, int]] = {}
+    wiring = model.wiring
+    for index, node in enumerate(model.proto.graph.node):
+        reads = wiring.inputs[index]
+        holds = index in wiring.holders
         if holds:
-            reads += sorted(_outer_names(node))
-        depth, upstream = 0, empty
+            reads += tuple(sorted(_outer_names(node)))
+        depth = mask = 0
         for name in reads:
-            seen = depth_of.get(name)
-            if seen is None:
-                continue  # a graph input or a constant
-            depth = max(depth, seen)
-            more = upstream_of[name]
-            if more and more is not upstream:
-                upstream = more if not upstream else upstream | more
+            seen = reached.get(name)
+            if seen is not None:  # else a graph input or a constant
+                depth = max(depth, seen[0])
+                mask |= seen[1]
         label = node_label(node, "main")
         if label in wanted:
-            found[label] = FlowPosition(depth, upstream)
-            depth, upstream = depth + 1, upstream | {label}
+            masks[label] = (depth, mask)
+            bit = bit_of.setdefault(label, 1 << len(bit_of))
+            depth, mask = depth + 1, mask | bit
         elif holds:  # holds subgraphs: place the linear ops inside them
-            found[label] = FlowPosition(depth, upstream)
-        for output in node.output:
-            if output:
-                depth_of[output] = depth
-                upstream_of[output] = upstream
-    return found
+            masks[label] = (depth, mask)
+        for output in wiring.outputs[index]:
+            reached[output] = (depth, mask)
+    names = list(bit_of)
+    return {label: FlowPosition(depth, _labels_in(mask, names))
+            for label, (depth, mask) in masks.items()}
+
+
+def _labels_in(mask: int, names: list[str]) -> frozenset[str]:
+    """The labels whose bits are set in ``mask`` (bit k: ``names[k]``)."""
+    found = []
+    while mask:
+        low = mask & -mask
+        found.append(names[low.bit_length() - 1])
+        mask ^= low
+    return frozenset(found)
 
 
 def position_in_scope(scope: str, main: dict[str, FlowPosition]) -> FlowPosition | None:

@@ -19,7 +19,7 @@ from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, helper, num
 from onnxcollide.errors import ModelLoadError
 from onnxcollide.graph.skeleton import skeleton_bytes
 from onnxcollide.graph.tensors import is_external, sparse_to_array
-from onnxcollide.graph.validity import check_graph
+from onnxcollide.graph.validity import GraphWiring, check_graph
 from onnxcollide.graph.walk import graphs_in, subgraphs
 
 ONNX_VERSION: str = onnx.__version__  # reports record it (only graph/ imports onnx)
@@ -85,6 +85,7 @@ class LoadedModel:
             (``graph.skeleton``): their bytes are read, memory-mapped, where they are used.
         opset: version of the default ONNX domain.
         digest: the .onnx file's SHA-256 (``sha256``).
+        wiring: the main graph's node inputs, outputs and subgraph holders as plain tuples.
     """
 
     path: str
@@ -92,6 +93,7 @@ class LoadedModel:
     proto: onnx.ModelProto
     opset: int
     digest: FileDigest
+    wiring: GraphWiring
 
     @property
     def sha256(self) -> str:
@@ -209,9 +211,9 @@ def _load_uncached(path: str) -> LoadedModel:
                 f"cannot inline the model-local functions ({exc})", path
             ) from exc
     _densify_sparse(proto, base_dir)
-    check_graph(proto, path)
+    wiring = check_graph(proto, path)
     _tell_same_named_nodes_apart(proto)
-    return LoadedModel(path, base_dir, proto, _default_opset(proto), digest)
+    return LoadedModel(path, base_dir, proto, _default_opset(proto), digest, wiring)
 
 
 def external_data_files(model: LoadedModel) -> list[str]:

@@ -11,13 +11,30 @@ anything here runs.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-from onnx import GraphProto, ModelProto, NodeProto
+from onnx import AttributeProto, GraphProto, ModelProto, NodeProto
 
 from onnxcollide.errors import ModelLoadError
 from onnxcollide.graph.walk import subgraphs
+
+_GRAPH_TYPES = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
+
+
+@dataclass(frozen=True)
+class GraphWiring:
+    """The main graph's nodes as plain tuples, read off the protobuf once at load (its field
+    reads are slow, and the data flow is walked again by ``compare``).
+
+    Attributes:
+        inputs: per node (in graph order), its non-empty input names.
+        outputs: per node, its non-empty output names.
+        holders: indices of the nodes that hold subgraphs (If/Loop/Scan bodies).
+    """
+
+    inputs: tuple[tuple[str, ...], ...]
+    outputs: tuple[tuple[str, ...], ...]
+    holders: frozenset[int]
 
 
 @dataclass(frozen=True)
@@ -29,22 +46,42 @@ class _Scope:
     label: str
 
 
-def check_graph(proto: ModelProto, path: str) -> None:
+def check_graph(proto: ModelProto, path: str) -> GraphWiring:
     """Refuse a model whose graph cannot be what it claims.
+
+    Returns:
+        The main graph's wiring.
 
     Raises:
         ModelLoadError: a tensor name defined twice in one graph, a node input nothing
             defines, or a cycle (each names the node).
     """
     pending = [_Scope(proto.graph, frozenset(), "main graph")]
+    main: GraphWiring | None = None
     while pending:
         scope = pending.pop()
-        known = _defined_once(scope, path)
-        _check_order(scope, known | scope.outer, path)
+        wiring = _wiring(scope, pending)
+        main = main or wiring
+        known = _defined_once(scope, wiring, path)
+        _check_order(scope, wiring, known | scope.outer, path)
         visible = scope.outer | known
-        for node in scope.graph.node:
+        for index in wiring.holders:
+            node = scope.graph.node[index]
             for attr_name, sub in subgraphs(node):
                 pending.append(_Scope(sub, visible, f"{_name(node)}/{attr_name}"))
+    assert main is not None
+    return main
+
+
+def _wiring(scope: _Scope, pending: list[_Scope]) -> GraphWiring:
+    """The graph's node inputs, outputs and subgraph holders, read once."""
+    inputs, outputs, holders = [], [], []
+    for index, node in enumerate(scope.graph.node):
+        inputs.append(tuple(name for name in node.input if name))
+        outputs.append(tuple(name for name in node.output if name))
+        if any(attr.type in _GRAPH_TYPES for attr in node.attribute):
+            holders.append(index)
+    return GraphWiring(tuple(inputs), tuple(outputs), frozenset(holders))
 
 
 def _name(node: NodeProto) -> str:
@@ -57,7 +94,7 @@ def _where(scope: _Scope, node: NodeProto | None = None) -> str:
         scope.label
 
 
-def _defined_once(scope: _Scope, path: str) -> frozenset[str]:
+def _defined_once(scope: _Scope, wiring: GraphWiring, path: str) -> frozenset[str]:
     """Every name the graph itself defines (inputs, initializers, node outputs).
 
     Raises:
@@ -67,44 +104,44 @@ def _defined_once(scope: _Scope, path: str) -> frozenset[str]:
     graph = scope.graph
     defined = {v.name for v in graph.input} | {t.name for t in graph.initializer} | \
         {t.values.name for t in graph.sparse_initializer}
-    for node in graph.node:
-        for out in node.output:
-            if not out:
-                continue
+    for k, outputs in enumerate(wiring.outputs):
+        for out in outputs:
             if out in defined:
                 raise ModelLoadError(f"the tensor '{out}' is defined twice (ONNX names are "
-                                     "single assignments)", f"{path}, {_where(scope, node)}",
+                                     "single assignments)",
+                                     f"{path}, {_where(scope, graph.node[k])}",
                                      "the model is corrupt: re-export it")
             defined.add(out)
     return frozenset(defined)
 
 
-def _check_order(scope: _Scope, names: frozenset[str], path: str) -> None:
+def _check_order(scope: _Scope, wiring: GraphWiring, names: frozenset[str], path: str
+                 ) -> None:
     """Every node's inputs are defined, and the nodes have an order without a cycle (Kahn's
     algorithm on the graph's own nodes).
 
     Raises:
         ModelLoadError: an input defined nowhere, or a cycle (naming a node on it).
     """
-    nodes = list(scope.graph.node)
-    producer = {out: k for k, node in enumerate(nodes) for out in node.output if out}
-    waiting = [0] * len(nodes)
+    nodes = scope.graph.node  # read only to name a node in an error
+    producer = {out: k for k, outputs in enumerate(wiring.outputs) for out in outputs}
+    waiting = [0] * len(wiring.inputs)
     readers: dict[int, list[int]] = {}
-    for k, node in enumerate(nodes):
-        for name in _inputs(node):
+    for k, inputs in enumerate(wiring.inputs):
+        for name in inputs:
             if name not in names:
                 raise ModelLoadError(f"the input '{name}' is defined nowhere (no node, "
                                      "initializer or graph input makes it)",
-                                     f"{path}, {_where(scope, node)}",
+                                     f"{path}, {_where(scope, nodes[k])}",
                                      "the model is corrupt: re-export it")
             if name in producer and producer[name] != k:
                 waiting[k] += 1
                 readers.setdefault(producer[name], []).append(k)
             elif name in producer:
                 raise ModelLoadError("the node reads its own output (a cycle)",
-                                     f"{path}, {_where(scope, node)}",
+                                     f"{path}, {_where(scope, nodes[k])}",
                                      "the model is corrupt: re-export it")
-    ready = deque(k for k in range(len(nodes)) if waiting[k] == 0)
+    ready = deque(k for k, count in enumerate(waiting) if count == 0)
     done = 0
     while ready:
         k = ready.popleft()
@@ -113,13 +150,9 @@ def _check_order(scope: _Scope, names: frozenset[str], path: str) -> None:
             waiting[reader] -= 1
             if waiting[reader] == 0:
                 ready.append(reader)
-    if done < len(nodes):
-        stuck = next(k for k in range(len(nodes)) if waiting[k] > 0)
+    if done < len(waiting):
+        stuck = next(k for k, count in enumerate(waiting) if count > 0)
         raise ModelLoadError("the graph has a cycle: this node depends on its own output "
                              "through other nodes", f"{path}, {_where(scope, nodes[stuck])}",
                              "the model is corrupt: re-export it")
 
-
-def _inputs(node: NodeProto) -> Iterator[str]:
-    """The node's non-empty inputs."""
-    return (name for name in node.input if name)
