@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from onnxcollide.audit.layers import ConvConvention, LinearLayer, build_layer, parameter_key
+from onnxcollide.audit.parallel import decide_in_processes, processes_pay
 from onnxcollide.errors import OnnxCollideError, UnsupportedModelError, UsageError
 from onnxcollide.graph.constants import ConstantResolver, Scope
 from onnxcollide.graph.input_path import FirstLayerPath, PathStep, trace_input
@@ -246,8 +248,9 @@ def _decide_all(layers: list[LinearLayer], rule: ToleranceRule,
                 progress: ProgressCallback | None, gram: GramEngine | None = None
                 ) -> list[RankDecision]:
     """Every layer's decision, in order, with every core busy: layers are independent, so
-    worker threads (one per core) decide them side by side, each with single-threaded BLAS
-    (numpy's and scipy's calls release the GIL); a layer with a large Gram matrix is decided
+    forked worker processes decide them side by side where the work pays for starting them
+    (``audit.parallel``: scipy's LAPACK wrappers hold the GIL), else worker threads (one per
+    core), each with single-threaded BLAS; a layer with a large Gram matrix is decided
     alone, with as many BLAS threads as cores. At most one layer per worker is in flight,
     so memory holds at most that many layers' working sets. Where BLAS takes no per-thread
     thread count (``linalg.threads``), one layer at a time. The first error in layer order
@@ -256,6 +259,16 @@ def _decide_all(layers: list[LinearLayer], rule: ToleranceRule,
     if workers == 1:
         return [_decide_reporting(k, layers, rule, progress, gram)
                 for k in range(len(layers))]
+    shared = [k for k, layer in enumerate(layers) if not _decide_alone(layer)]
+    if gram is None and processes_pay([layers[k] for k in shared]):
+        return _decide_forked(layers, shared, rule, progress, workers)
+    return _decide_threaded(layers, rule, progress, gram, workers)
+
+
+def _decide_threaded(layers: list[LinearLayer], rule: ToleranceRule,
+                     progress: ProgressCallback | None, gram: GramEngine | None, workers: int
+                     ) -> list[RankDecision]:
+    """``_decide_all`` by ``workers`` threads."""
     decisions: list[RankDecision] = []
     pending: list[Future[RankDecision]] = []
 
@@ -267,7 +280,7 @@ def _decide_all(layers: list[LinearLayer], rule: ToleranceRule,
                     else ""
                 progress(len(decisions), len(layers), upcoming)
 
-    if progress:
+    if progress and layers:
         progress(0, len(layers), layers[0].nodes[0])
     with ThreadPoolExecutor(workers, initializer=set_local_threads, initargs=(1,)) as pool:
         try:
@@ -283,6 +296,26 @@ def _decide_all(layers: list[LinearLayer], rule: ToleranceRule,
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     return decisions
+
+
+def _decide_forked(layers: list[LinearLayer], shared: list[int], rule: ToleranceRule,
+                   progress: ProgressCallback | None, workers: int) -> list[RankDecision]:
+    """``_decide_all`` with the layers of ``shared`` decided by forked worker processes
+    (``audit.parallel``); then, by threads and in layer order, the large layers (alone, with
+    every core) and any layer a worker did not decide (its error is raised here)."""
+    total = len(layers)
+    if progress:
+        progress(0, total, layers[shared[0]].nodes[0])
+    found = decide_in_processes(layers, shared, functools.partial(_decide, rule=rule),
+                                workers, (lambda done: progress(done, total, ""))
+                                if progress else None)
+    rest = [k for k in range(total) if found.get(k) is None]
+    offset = total - len(rest)
+    told = (lambda done, _, label: progress(offset + done, total, label)) if progress \
+        else None
+    redone = dict(zip(rest, _decide_threaded([layers[k] for k in rest], rule, told, None,
+                                             workers), strict=True))
+    return [found.get(k) or redone[k] for k in range(total)]
 
 
 def _decide_reporting(k: int, layers: list[LinearLayer], rule: ToleranceRule,

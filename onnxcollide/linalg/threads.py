@@ -1,11 +1,12 @@
 """How many BLAS threads the calling thread uses (OpenBLAS, as numpy's and scipy's wheels ship).
 
-The rank engine decides independent blocks in worker threads: numpy's and scipy's BLAS and
-LAPACK calls release the GIL, so two workers keep two cores busy. Each worker must then run
-its BLAS single-threaded, or two multi-threaded BLAS calls fight over the cores (OpenBLAS's
-threads spin while they wait: measured on a 2-core machine under load, a ResNet-50 audit
-took 2.3 s with one worker and one BLAS thread, 1.3 s with two workers of one BLAS thread
-each, 16 s with one worker of two BLAS threads and 43 s with two workers of two). OpenBLAS
+The rank engine decides independent layers in worker processes (``audit.parallel``: scipy's
+BLAS and LAPACK wrappers hold the GIL, ``scripts/bench_gil.py``) or, for small models, worker
+threads. Each worker must run its BLAS single-threaded, or two multi-threaded BLAS calls
+fight over the cores (OpenBLAS's threads spin while they wait: measured on a 2-core machine
+under load, a ResNet-50 audit took 2.3 s with one worker and one BLAS thread, 1.3 s with two
+workers of one BLAS thread each, 16 s with one worker of two BLAS threads and 43 s with two
+workers of two). OpenBLAS
 0.3.27 and later set a per-thread count (``openblas_set_num_threads_local``); the loaded
 OpenBLAS libraries are found in ``/proc/self/maps``. Where there is none (another BLAS, an
 older OpenBLAS, no /proc), ``set_local_threads`` reports so and the engine uses one worker.
