@@ -7,9 +7,9 @@ default initialisation; and the external-data variant), then, each in a fresh pr
 
 1. **audit**: ``onnxcollide audit MODEL -f json -o FILE`` as a user runs it; the whole process
    is timed (starting Python, importing, loading, deciding, writing), and its peak memory is
-   read as it exits: its own peak resident memory (VmHWM), or, while worker processes decide
-   layers, its resident memory plus their private memory (sampled every 10 ms), whichever is
-   larger;
+   read as it exits: its own peak resident memory (VmHWM) plus, for each worker process that
+   decided layers, how far the worker's peak rose above what it started with (an upper
+   bound: as if all peaked at once);
 2. **floor**: the least work any engine that certifies every rank in float64 does: read and
    parse the file (``onnx.load``, external data included, each weight as an array), then one
    float64 copy and one ``dsyrk`` Gram matrix (short side squared) of every weight block;
@@ -51,40 +51,38 @@ DEFAULT_MODELS = ["alexnet", "vgg16", "vit-b16", "resnet50", "vit-l16"]
 SINGLE_ONLY_SKIP = {"vit-l16"}  # ViT-L/16: external data only (the issue's target)
 CLEAR = 10.0  # a naive decision is clear when its own margin is at least this
 
-# Run in a fresh interpreter: the CLI as a user runs it, its peak memory written at exit. The
-# audit forks worker processes (audit.parallel): a thread samples, every 10 ms, this process's
-# resident memory plus each worker's private memory (pages a worker shares with this process
-# are counted once), and the peak is the larger of that sum and this process's own VmHWM.
+# Run in a fresh interpreter: the CLI as a user runs it, its peak memory written at exit.
+# The audit forks worker processes (audit.parallel); each records, after every layer, how far
+# its peak resident memory rose above what it had when it started (the pages it shares with
+# the audit process are counted there), and the peak written is the audit process's own
+# (VmHWM) plus every worker's largest rise: an upper bound, as if all peaked at once.
 AUDIT_WRAPPER = """
-import atexit, os, sys, threading, time
-def _kb(path, keys):
-    try:
-        with open(path) as handle:
-            return sum(int(l.split()[1]) for l in handle if l.startswith(keys))
-    except OSError:
-        return 0
-def _workers():
-    found = []
-    for task in os.listdir('/proc/self/task'):
-        try:
-            with open(f'/proc/self/task/{task}/children') as handle:
-                found += handle.read().split()
-        except OSError:
-            pass
-    return found
-_most = [0]
-def _sample():
-    while True:
-        total = _kb('/proc/self/status', ('VmRSS:',)) + sum(
-            _kb(f'/proc/{pid}/smaps_rollup', ('Private_Clean:', 'Private_Dirty:'))
-            for pid in _workers())
-        _most[0] = max(_most[0], total)
-        time.sleep(0.01)
-threading.Thread(target=_sample, daemon=True).start()
+import atexit, os, sys
+def _kb(key):
+    with open('/proc/self/status') as status:
+        return next(int(l.split()[1]) for l in status if l.startswith(key))
+_rises = os.environ['BENCH_PEAK_FILE'] + '.workers'
+import onnxcollide.audit.parallel as parallel
+_start, _decide, _base = parallel._start_worker, parallel._decide_in_worker, [0]
+def _start_worker():
+    _start()
+    _base[0] = _kb('VmRSS:')
+def _decide_in_worker(index):
+    result = _decide(index)
+    with open(_rises, 'a') as out:
+        out.write(f'{os.getpid()} {_kb("VmHWM:") - _base[0]}\\n')
+    return result
+parallel._start_worker, parallel._decide_in_worker = _start_worker, _decide_in_worker
 def _peak():
-    kb = max(_kb('/proc/self/status', ('VmHWM:',)), _most[0])
+    rises = {}
+    if os.path.exists(_rises):
+        with open(_rises) as handle:
+            for line in handle:
+                pid, rise = line.split()
+                rises[pid] = max(rises.get(pid, 0), int(rise))
+        os.remove(_rises)
     with open(os.environ['BENCH_PEAK_FILE'], 'w') as out:
-        out.write(str(kb))
+        out.write(str(_kb('VmHWM:') + sum(rises.values())))
 atexit.register(_peak)
 sys.argv = ['onnxcollide', *sys.argv[1:]]
 from onnxcollide.cli.entry import run
