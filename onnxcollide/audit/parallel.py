@@ -66,7 +66,7 @@ def _decide_in_worker(index: int) -> tuple[int, RankDecision | None]:
     decide, layers = _JOB
     try:
         return index, decide(layers[index])
-    except BaseException:  # re-raised in the calling process, in layer order
+    except Exception:  # raised again in the calling process, in layer order
         return index, None
 
 
@@ -100,11 +100,15 @@ def decide_in_processes(layers: Sequence[LinearLayer], indices: Sequence[int],
                                  initializer=_start_worker) as pool:
             futures: list[Future[tuple[int, RankDecision | None]]] = [
                 pool.submit(_decide_in_worker, k) for k in order]
-            for done, future in enumerate(as_completed(futures), start=1):
-                index, decision = future.result()
-                results[index] = decision
-                if progress:
-                    progress(done)
+            try:
+                for done, future in enumerate(as_completed(futures), start=1):
+                    index, decision = future.result()
+                    results[index] = decision
+                    if progress:
+                        progress(done)
+            except BaseException:  # Ctrl-C, a worker that died: start no further layer
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     except BrokenProcessPool:
         pass  # a worker died (killed for memory): what it had not sent back is None
     finally:
