@@ -89,19 +89,28 @@ def test_a_worker_killed_mid_layer_costs_only_time(tmp_path, rng, forked, monkey
         return real(layer, rule, gram)
 
     monkeypatch.setattr(audit_module, "_decide", dies_on_the_third)
-    assert [r.decision for r in audit_model(path).rows] == expected
+    calls: list[tuple[int, int, str]] = []
+    redone = audit_model(path, progress=lambda *call: calls.append(call))
+    assert [r.decision for r in redone.rows] == expected
+    done = [d for d, _, _ in calls]
+    assert done == sorted(done) and done[-1] == len(RANKS)  # never backwards, then all
 
 
-def _ranks_in_a_worker(path: str) -> list[int]:
-    return [r.rank for r in audit_model(path).rows]
+def _in_a_worker(path: str) -> tuple[bool, list[int]]:
+    return parallel.fork_available(), [r.rank for r in audit_model(path).rows]
 
 
-def test_an_audit_inside_a_daemonic_worker_keeps_its_threads(tmp_path, rng, forked):
-    """check --jobs audits in daemonic worker processes, which may not have children: there
-    the audit decides with threads instead of failing."""
+def test_an_audit_inside_a_worker_process_keeps_its_threads(tmp_path, rng, forked):
+    """check --jobs audits in worker processes sized to the cores already (and daemonic
+    ones may have no children): there the audit decides with threads, and still right."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     path = _chain(tmp_path, rng)
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
-        assert pool.submit(_ranks_in_a_worker, path).result() == [r for _, _, r in RANKS]
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        may_fork, ranks = pool.submit(_in_a_worker, path).result()
+    assert not may_fork and ranks == [r for _, _, r in RANKS]
+    with context.Pool(1) as daemonic:  # multiprocessing.Pool's workers are daemonic
+        may_fork, ranks = daemonic.apply(_in_a_worker, (path,))
+    assert not may_fork and ranks == [r for _, _, r in RANKS]

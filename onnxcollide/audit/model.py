@@ -254,13 +254,15 @@ def _decide_all(layers: list[LinearLayer], rule: ToleranceRule,
     alone, with as many BLAS threads as cores. At most one layer per worker is in flight,
     so memory holds at most that many layers' working sets. Where BLAS takes no per-thread
     thread count (``linalg.threads``), one layer at a time. The first error in layer order
-    is raised, and layers not yet started are dropped."""
+    is raised: with threads, layers not yet started are dropped; with worker processes,
+    once they have decided every other layer (the large layers and any a worker failed on
+    are decided after them, in layer order)."""
     workers = worker_count() if local_threads_available() else 1
     if workers == 1:
         return [_decide_reporting(k, layers, rule, progress, gram)
                 for k in range(len(layers))]
     shared = [k for k, layer in enumerate(layers) if not _decide_alone(layer)]
-    if gram is None and processes_pay([layers[k] for k in shared]):
+    if gram is None and shared and processes_pay([layers[k] for k in shared]):
         return _decide_forked(layers, shared, rule, progress, workers)
     return _decide_threaded(layers, rule, progress, gram, workers)
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -35,10 +37,11 @@ _JOB: tuple[Decide, Sequence[LinearLayer]] | None = None  # set before the fork,
 
 
 def fork_available() -> bool:
-    """Whether this process can fork worker processes: the platform offers ``fork`` and
-    this is not itself a daemonic worker (``check --jobs``' workers may have no children)."""
+    """Whether this process should fork worker processes: the platform offers ``fork`` and
+    this is not itself a worker process (``check --jobs``' workers are sized to the cores
+    already, and daemonic ones may have no children)."""
     return "fork" in multiprocessing.get_all_start_methods() and \
-        not multiprocessing.current_process().daemon
+        multiprocessing.parent_process() is None
 
 
 def layer_work(layer: LinearLayer) -> int:
@@ -56,8 +59,13 @@ def processes_pay(layers: Sequence[LinearLayer]) -> bool:
 
 
 def _start_worker() -> None:
+    """A worker's setup: one BLAS thread; Ctrl-C left to the calling process (which stops the
+    workers); its own standard streams, so no lock another thread of the calling process held
+    at the fork (the progress bar's, a hashing thread's) is ever waited for here."""
     set_local_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the worker's life
 
 
 def _decide_in_worker(index: int) -> tuple[int, RankDecision | None]:
@@ -101,16 +109,28 @@ def decide_in_processes(layers: Sequence[LinearLayer], indices: Sequence[int],
             futures: list[Future[tuple[int, RankDecision | None]]] = [
                 pool.submit(_decide_in_worker, k) for k in order]
             try:
-                for done, future in enumerate(as_completed(futures), start=1):
+                decided = 0
+                for future in as_completed(futures):
                     index, decision = future.result()
                     results[index] = decision
-                    if progress:
-                        progress(done)
-            except BaseException:  # Ctrl-C, a worker that died: start no further layer
-                pool.shutdown(wait=False, cancel_futures=True)
+                    decided += decision is not None
+                    if progress and decision is not None:
+                        progress(decided)
+            except BrokenProcessPool:
+                raise
+            except BaseException:  # Ctrl-C: stop the workers, start no further layer
+                _stop(pool)
                 raise
     except BrokenProcessPool:
         pass  # a worker died (killed for memory): what it had not sent back is None
     finally:
         _JOB = None
     return results
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's workers and cancel what they have not started."""
+    workers = getattr(pool, "_processes", None) or {}  # ProcessPoolExecutor's own table
+    for process in list(workers.values()):
+        process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)

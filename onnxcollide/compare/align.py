@@ -157,7 +157,7 @@ def _normalised_distance(na: np.ndarray, nb: np.ndarray, present: np.ndarray | N
     """``weight_distance`` of two column-normalised weights of one shape: unit columns give
     ``|na_j - s_j nb_j|^2 = 2 - 2 |<na_j, nb_j>|`` with the sign s_j that matches them
     (``present``: (g, p/g), where ``na``'s columns are not zero, if known)."""
-    dots = np.abs(np.einsum("gqp,gqp->gp", na, nb))
+    dots = np.abs(np.sum(na * nb, axis=1))
     if present is None:
         present = _present(na)
     columns = max(int(np.count_nonzero(present)), 1)
@@ -167,7 +167,7 @@ def _normalised_distance(na: np.ndarray, nb: np.ndarray, present: np.ndarray | N
 
 def _present(normal: np.ndarray) -> np.ndarray:
     """(g, p/g): which columns of a column-normalised weight are not zero."""
-    return np.einsum("gqp,gqp->gp", normal, normal) > 0
+    return np.sum(normal * normal, axis=1) > 0
 
 
 def weight_distance(a: np.ndarray, b: np.ndarray) -> float:

@@ -63,9 +63,10 @@ def linear_flow(model: LoadedModel, labels: Iterable[str]) -> dict[str, FlowPosi
     reached: dict[str, tuple[int, int]] = {}  # tensor -> (depth, upstream mask)
     masks: dict[str, tuple[int, int]] = {}
     wiring = model.wiring
+    holders = set(wiring.holders)
     for index, node in enumerate(model.proto.graph.node):
         reads = wiring.inputs[index]
-        holds = index in wiring.holders
+        holds = index in holders
         if holds:
             reads += tuple(sorted(_outer_names(node)))
         depth = mask = 0

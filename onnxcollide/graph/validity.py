@@ -29,12 +29,12 @@ class GraphWiring:
     Attributes:
         inputs: per node (in graph order), its non-empty input names.
         outputs: per node, its non-empty output names.
-        holders: indices of the nodes that hold subgraphs (If/Loop/Scan bodies).
+        holders: indices of the nodes that hold subgraphs (If/Loop/Scan bodies), ascending.
     """
 
     inputs: tuple[tuple[str, ...], ...]
     outputs: tuple[tuple[str, ...], ...]
-    holders: frozenset[int]
+    holders: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def check_graph(proto: ModelProto, path: str) -> GraphWiring:
     main: GraphWiring | None = None
     while pending:
         scope = pending.pop()
-        wiring = _wiring(scope, pending)
+        wiring = _wiring(scope)
         main = main or wiring
         known = _defined_once(scope, wiring, path)
         _check_order(scope, wiring, known | scope.outer, path)
@@ -73,7 +73,7 @@ def check_graph(proto: ModelProto, path: str) -> GraphWiring:
     return main
 
 
-def _wiring(scope: _Scope, pending: list[_Scope]) -> GraphWiring:
+def _wiring(scope: _Scope) -> GraphWiring:
     """The graph's node inputs, outputs and subgraph holders, read once."""
     inputs, outputs, holders = [], [], []
     for index, node in enumerate(scope.graph.node):
@@ -81,7 +81,7 @@ def _wiring(scope: _Scope, pending: list[_Scope]) -> GraphWiring:
         outputs.append(tuple(name for name in node.output if name))
         if any(attr.type in _GRAPH_TYPES for attr in node.attribute):
             holders.append(index)
-    return GraphWiring(tuple(inputs), tuple(outputs), frozenset(holders))
+    return GraphWiring(tuple(inputs), tuple(outputs), tuple(holders))
 
 
 def _name(node: NodeProto) -> str:
