@@ -106,10 +106,10 @@ def decide_in_processes(layers: Sequence[LinearLayer], indices: Sequence[int],
     try:
         with ProcessPoolExecutor(workers, mp_context=context,
                                  initializer=_start_worker) as pool:
-            futures: list[Future[tuple[int, RankDecision | None]]] = [
-                pool.submit(_decide_in_worker, k) for k in order]
+            decided = 0
             try:
-                decided = 0
+                futures: list[Future[tuple[int, RankDecision | None]]] = [
+                    pool.submit(_decide_in_worker, k) for k in order]
                 for future in as_completed(futures):
                     index, decision = future.result()
                     results[index] = decision
@@ -117,12 +117,10 @@ def decide_in_processes(layers: Sequence[LinearLayer], indices: Sequence[int],
                     if progress and decision is not None:
                         progress(decided)
             except BrokenProcessPool:
-                raise
+                pass  # a worker died (killed for memory): what it had not sent back is None
             except BaseException:  # Ctrl-C: stop the workers, start no further layer
                 _stop(pool)
                 raise
-    except BrokenProcessPool:
-        pass  # a worker died (killed for memory): what it had not sent back is None
     finally:
         _JOB = None
     return results

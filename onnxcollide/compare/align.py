@@ -323,10 +323,10 @@ def _confidences(cost: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, np.nd
     rows[every, j] = FORBIDDEN
     cols = cost[:, j].T.copy()  # (n, len(ref)): other partners for j
     cols[every, i] = FORBIDDEN
-    cross = cost[i[:, None], j[None, :]] + cost[i[None, :], j[:, None]]  # swap x with y
-    usable = (cost[i[:, None], j[None, :]] < FORBIDDEN) & \
-        (cost[i[None, :], j[:, None]] < FORBIDDEN) & ~np.eye(len(pairs), dtype=bool)
-    swap = np.where(usable, cross - here - here.T, np.inf)
+    gives = cost[i[:, None], j[None, :]]  # [x, y]: pair x's reference layer with y's partner
+    takes = cost[i[None, :], j[:, None]]  # [x, y]: y's reference layer with x's partner
+    usable = (gives < FORBIDDEN) & (takes < FORBIDDEN) & ~np.eye(len(pairs), dtype=bool)
+    swap = np.where(usable, gives + takes - here - here.T, np.inf)
     gaps = np.concatenate([np.where(rows < FORBIDDEN, rows - here, np.inf),
                            np.where(cols < FORBIDDEN, cols - here, np.inf), swap], axis=1)
     gap = gaps.min(axis=1, initial=np.inf)

@@ -13,12 +13,10 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from onnx import AttributeProto, GraphProto, ModelProto, NodeProto
+from onnx import GraphProto, ModelProto, NodeProto
 
 from onnxcollide.errors import ModelLoadError
 from onnxcollide.graph.walk import subgraphs
-
-_GRAPH_TYPES = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,7 @@ def _wiring(scope: _Scope) -> GraphWiring:
     for index, node in enumerate(scope.graph.node):
         inputs.append(tuple(name for name in node.input if name))
         outputs.append(tuple(name for name in node.output if name))
-        if any(attr.type in _GRAPH_TYPES for attr in node.attribute):
+        if next(subgraphs(node), None) is not None:
             holders.append(index)
     return GraphWiring(tuple(inputs), tuple(outputs), tuple(holders))
 

@@ -6,10 +6,10 @@ threads. Each worker must run its BLAS single-threaded, or two multi-threaded BL
 fight over the cores (OpenBLAS's threads spin while they wait: measured on a 2-core machine
 under load, a ResNet-50 audit took 2.3 s with one worker and one BLAS thread, 1.3 s with two
 workers of one BLAS thread each, 16 s with one worker of two BLAS threads and 43 s with two
-workers of two). OpenBLAS
-0.3.27 and later set a per-thread count (``openblas_set_num_threads_local``); the loaded
-OpenBLAS libraries are found in ``/proc/self/maps``. Where there is none (another BLAS, an
-older OpenBLAS, no /proc), ``set_local_threads`` reports so and the engine uses one worker.
+workers of two). OpenBLAS 0.3.27 and later set a per-thread count
+(``openblas_set_num_threads_local``); the loaded OpenBLAS libraries are found in
+``/proc/self/maps``. Where there is none (another BLAS, an older OpenBLAS, no /proc),
+``set_local_threads`` reports so and the engine uses one worker.
 """
 
 from __future__ import annotations
