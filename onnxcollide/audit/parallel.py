@@ -3,10 +3,11 @@
 The rank engine's LAPACK and BLAS calls go through scipy's wrappers, which hold the GIL:
 two threads of dsyevd, dpotrf, dpotrs or dsymv ran no faster than one
 (``python scripts/bench_gil.py``). Worker threads therefore left the second core idle on
-models of many mid-sized layers (ViT-B/16: 3.5 s with two threads, 2.1 s with two
-processes). Forked processes each run their own interpreter: they inherit the parsed model
-and its memory-mapped weights without copying them, decide one layer at a time with
-single-threaded BLAS, and send back only the small ``RankDecision``.
+models of many mid-sized layers (ViT-B/16's decisions: 4.7 s with two threads, 2.2 s with
+two processes: ``scripts/bench_audit.py --threads``). Forked processes each run their own
+interpreter: they inherit the parsed model and its memory-mapped weights without copying
+them, decide one layer at a time with single-threaded BLAS, and send back only the small
+``RankDecision``.
 
 A layer a worker could not decide (any exception, a worker killed for memory) is decided
 again in the calling process, in layer order, so its error is raised there with its usual
