@@ -6,8 +6,8 @@ dgemm). This times each call twice in a row in one thread, then once in each of 
 at the same time, every thread with single-threaded BLAS (``linalg.threads``): a speedup near 2
 means the call releases the GIL, near 1 that it holds it. numpy's own calls (matmul,
 eigvalsh) are timed beside them. Measured on this 2-core machine (n = 768, numpy 2.4.6,
-scipy 1.17.1): every scipy call 0.6 to 1.1, numpy's 1.4 to 1.7; hence the audit's worker
-processes (``audit/parallel.py``).
+scipy 1.17.1, two runs): every scipy call 0.8 to 1.2, numpy's 1.1 to 1.9 (matmul and
+gram @ x 1.4 to 1.9 in both); hence the audit's worker processes (``audit/parallel.py``).
 
 Usage::
 
