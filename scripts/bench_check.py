@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# The 7 real models of ../shared/models/ (copied into tests/data/ with their sources) and the
-# 4 of models/: the issue's set. tests/data/ holds other fixtures too, which are left out.
+# The 7 real models of ../shared/models/ (copied into tests/data/ with their sources) and those
+# of models/ (4 when the issue was filed, 9 now). tests/data/'s other fixtures are left out.
 SHARED = ("lenet5_mnist_qdq.onnx", "lenet5_mnist_torch.onnx", "mnist-8_cntk.onnx",
           "mtcnn_pnet.onnx", "ppocr_mobile_v2_cls.onnx", "super_resolution_10.onnx",
           "ultraface_slim320.onnx")

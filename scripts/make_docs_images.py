@@ -6,11 +6,13 @@ fixture models' training task; no data is downloaded), then ``onnxcollide collid
 
     python scripts/make_docs_images.py
 
-Re-running gives the same files (the collide run is seeded).
+Re-running gives the same files (the collide run is seeded): W1 residual 3.77e-07, outputs
+within 9.54e-07, as the README's caption says.
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import sys
@@ -48,6 +50,7 @@ def example_input() -> np.ndarray:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help
     IMAGES.mkdir(parents=True, exist_ok=True)
     Image.fromarray(example_input(), mode="RGB").save(INPUT, optimize=True)
     with tempfile.TemporaryDirectory() as out:

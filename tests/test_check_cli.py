@@ -79,6 +79,7 @@ def test_unreadable_models_are_findings_and_the_others_are_checked(folder, tmp_p
     assert f"{folder / 'broken.onnx'}: error unreadable: " in done.stdout
     assert "error: " in done.stderr and "not a valid ONNX file" in done.stderr
     assert "check incomplete: 2 model(s), 0 error(s)" in done.stdout
+    assert "2 model(s): 1 audited and 1 unreadable, in " in done.stderr
     shutil.copy(MLP, folder / "mlp_dense.onnx")
     assert run_check(str(folder), "--no-cache").exit_code == 1
     stopped = run_check(str(folder / "broken.onnx"), OVERLAP, "--no-cache", "--fail-fast")
@@ -212,7 +213,8 @@ def test_a_worker_that_dies_costs_only_its_own_model():
 def test_jobs_are_capped_by_memory_for_the_largest_model():
     gib = 2**30
     assert plan_jobs(None, 10, 0, 8, None)[0] == 8
-    assert plan_jobs(None, 3, 0, 8, None)[0] == 3
+    assert plan_jobs(None, 3, 0, 8, None) == (3, "one per core (8), no more than the 3 "
+                                                 "model(s) to audit")
     jobs, why = plan_jobs(None, 10, 2 * gib, 8, 20 * gib)
     assert jobs == 3 and "capped to 3 by memory" in why
     assert plan_jobs(4, 10, 100 * gib, 8, 20 * gib)[0] == 1

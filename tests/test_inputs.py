@@ -59,6 +59,26 @@ def test_npy_file_is_loaded_and_cast_to_the_input_dtype(tmp_path):
     np.testing.assert_array_equal(feeds["input"], array.astype(np.float32))
 
 
+def test_a_conversion_of_the_stored_type_is_a_notice_with_its_rounding(tmp_path):
+    """float64 into a float32 input: a notice with the largest rounding; integers that
+    float32 holds exactly: 'exactly'; the input's own type: no notice."""
+    values = np.random.default_rng(2).random((1, 3, 32, 32))
+    cases = {"f64.npy": values, "i64.npy": np.arange(3072).reshape(1, 3, 32, 32),
+             "f32.npy": values.astype(np.float32)}
+    notices = {}
+    for name, array in cases.items():
+        np.save(tmp_path / name, array)
+        _, records = read_inputs(PATCH, {None: str(tmp_path / name)}, {}, 0, DEFAULT)
+        notices[name] = records["input"].get("notice")
+    change = np.abs(values.astype(np.float32).astype(np.float64) - values).max()
+    assert change > 0
+    assert notices["f64.npy"] == (f"{tmp_path / 'f64.npy'} holds float64; converted to float32 "
+                                  f"(the type of input 'input'), rounding values by up to "
+                                  f"{change:.3g}")
+    assert notices["i64.npy"] is not None and notices["i64.npy"].endswith(", exactly")
+    assert notices["f32.npy"] is None
+
+
 def test_npz_named_key_is_chosen_among_several(tmp_path):
     """A .npz with keys 'other' and 'input': the one named like the model input is used."""
     want = np.full((2, 3, 32, 32), 0.25, np.float32)

@@ -212,7 +212,7 @@ def _audit_format(ctx: click.Context, fmt: str, output: str | None, check: bool)
     """
     if not check and option_given(ctx, "seed"):
         raise UsageError("--seed only applies with --validate",
-                         hint="add --validate, or drop it")
+                         hint="add --validate, or drop --seed")
     chosen = _suffix_format(ctx, fmt, output)
     if chosen == Format.JSON.value and option_given(ctx, "summary_only"):
         raise UsageError("--summary-only does not apply to JSON, which always holds every "

@@ -60,7 +60,8 @@ from onnxcollide.report.sarif_format import render_sarif
               help="Policy TOML [default: [tool.onnxcollide] of the nearest pyproject.toml, "
                    "else the nearest onnxcollide.toml, else the built-in default].")
 @click.option("--fail-on", multiple=True, metavar="RULE[>BOUND]",
-              help="Add a rule at severity error, e.g. nullity_w1>0, w1-validated, "
+              help="Add a rule at severity error, e.g. 'nullity_w1>0' (quoted: > is the "
+                   "shell's), w1-validated, "
                    "'layer-nullity:*fc*>0' (repeatable).")
 @click.option("--baseline", "baselines", multiple=True, metavar="[MODEL=]FILE",
               help="An earlier 'audit -f json' or 'check -f json' report; its models are "
@@ -284,8 +285,10 @@ def _tell(runs: Sequence[ModelRun], stats: RunStats, folder: str | None) -> None
     if stats.cache_notice:
         click.echo(stats.cache_notice, err=True)
     cache = f" from the cache ({folder})" if folder else " (no cache)"
-    how = f"{stats.audited} audited" + (f" in {stats.jobs} process(es): {stats.jobs_reason}"
-                                        if stats.audited else "")
+    unreadable = sum(run.error is not None for run in runs)
+    how = f"{stats.audited - unreadable} audited" + \
+        (f" and {unreadable} unreadable" if unreadable else "") + \
+        (f", in {stats.jobs} process(es): {stats.jobs_reason}" if stats.audited else "")
     rewritten = f"; {len(stats.rewritten)} cache entr(ies) could not be trusted and were " \
         "rewritten" if stats.rewritten else ""
     click.echo(f"{len(runs)} model(s): {how}; {stats.cached}{cache}{rewritten}", err=True)

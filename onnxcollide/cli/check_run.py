@@ -223,6 +223,8 @@ def plan_jobs(requested: int | None, pending: int, largest_bytes: int, cores: in
         wanted = max(1, memory // per_job)
         why = (f"{why}, capped to {wanted} by memory: {memory / 2**30:.1f} GiB available, "
                f"about {per_job / 2**30:.2f} GiB per job for the largest model")
+    if pending < wanted:
+        why = f"{why}, no more than the {pending} model(s) to audit"
     return max(1, min(wanted, pending)), why
 
 

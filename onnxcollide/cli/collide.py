@@ -325,6 +325,7 @@ def _refuse_ignored(ctx: click.Context, no_validate: bool) -> None:
     """
     ignored = [f"--{name}" for name in ("device", "precision") if option_given(ctx, name)]
     if no_validate and ignored:
-        verb, them = ("applies", "it") if len(ignored) == 1 else ("apply", "them")
-        raise UsageError(f"{' and '.join(ignored)} only {verb} to validation, which "
-                         "--no-validate skips", hint=f"drop --no-validate, or drop {them}")
+        named = " and ".join(ignored)
+        verb = "applies" if len(ignored) == 1 else "apply"
+        raise UsageError(f"{named} only {verb} to validation, which --no-validate skips",
+                         hint=f"drop --no-validate, or drop {named}")

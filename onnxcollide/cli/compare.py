@@ -47,7 +47,7 @@ def _format(ctx: click.Context, fmt: str, output: str | None) -> CompareFormat:
     ignored = [f"--{n}" for n in ("device",) if option_given(ctx, n)]
     if ignored and not (ctx.params["run"] or ctx.params["transfer"]):
         raise UsageError(f"{ignored[0]} only applies with --run or --transfer",
-                         hint="add --run or --transfer, or drop it")
+                         hint=f"add --run or --transfer, or drop {ignored[0]}")
     if option_given(ctx, "count") and not ctx.params["transfer"]:
         raise UsageError("--count only applies with --transfer",
                          hint="add --transfer, or drop --count")

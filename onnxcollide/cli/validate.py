@@ -48,7 +48,8 @@ from onnxcollide.runtime.validate import Tolerances, validate_pair, validation_d
 @click.argument("second", type=click.Path(), required=False)
 @click.option("--layer", help="Tensor to compare as W1's output (default: W1's output).")
 @click.option("--format", "-f", "fmt", type=click.Choice(["table", "json"]),
-              default="table", show_default=True)
+              default="table", show_default=True,
+              help="A table, or the same facts as JSON on standard output.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress on stderr (default: when stderr is a terminal).")
 @max_memory_option

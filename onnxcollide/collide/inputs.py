@@ -362,8 +362,9 @@ def read_inputs(model: LoadedModel, files: dict[str | None, str],
         name: {"source": "random", "seed", "range", "shape", "dtype"} (draws are taken from
         one generator seeded with ``seed``, in the model's input order), {"source": "file",
         "path", "sha256", "key" (the .npz entry read; None for .npy), "shape", "dtype" (as
-        stored)}, or {"source": "image", "path", "sha256", "image_size", "image_mode" (the
-        file's Pillow mode, e.g. RGBA, whose alpha is dropped), "resized_to", "resample",
+        stored), plus a "notice" where it was fed in another dtype}, or {"source": "image",
+        "path", "sha256", "image_size", "image_mode" (the file's Pillow mode, e.g. RGBA,
+        whose alpha is dropped), "resized_to", "resample",
         "mode" (converted to: RGB or L), "layout", "scale", "mean", "std", plus a "notice"
         for an image resized without --resize}}. Paths are as given.
 
@@ -409,4 +410,20 @@ def read_inputs(model: LoadedModel, files: dict[str | None, str],
         wide = precision == "float64" and dtype.kind == "f" and array.dtype.kind in "fiu"
         feeds[info.name] = _check_values(array, np.dtype(np.float64) if wide else dtype,
                                          info.name, source)
+        if records[info.name]["source"] == "file":
+            _note_conversion(records[info.name], array, feeds[info.name], info.name)
     return feeds, records
+
+
+def _note_conversion(record: dict[str, Any], stored: np.ndarray, fed: np.ndarray,
+                     name: str) -> None:
+    """A ``notice`` on a file's record where its values were fed in another dtype than
+    stored (float64 into a float32 input, integers into a float one): whether the values
+    came through exactly, else the largest change the conversion made."""
+    if stored.dtype == fed.dtype:
+        return
+    change = float(np.max(np.abs(fed.astype(np.float64) - stored.astype(np.float64)))) \
+        if stored.size else 0.0
+    how = "exactly" if change == 0 else f"rounding values by up to {change:.3g}"
+    record["notice"] = (f"{record['path']} holds {stored.dtype}; converted to {fed.dtype} "
+                        f"(the type of input '{name}'), {how}")

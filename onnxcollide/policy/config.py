@@ -382,13 +382,20 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or not math.isfinite(value):
             raise self.fail(key, f"must be a number in [0, 1), not {_shown(value)}",
-                            "e.g. max = 0.5")
+                            self._ratio_example())
         if not 0 <= value < 1:
             raise self.fail(key, f"is {value}: a ratio lies in [0, 1], so the rule could "
                             "never fail" if value >= 1 else f"is {value}: a ratio is never "
                             "negative, so every model would fail",
-                            "give a bound in [0, 1), or severity = \"off\"")
+                            f"give a bound in [0, 1): {self._ratio_example()}")
         return float(value)
+
+    def _ratio_example(self) -> str:
+        """How to write a ratio's bound where this reader's values come from: a policy file,
+        or ``--fail-on`` on the command line (its reader's file is the option)."""
+        if self.file.startswith("--fail-on"):
+            return "e.g. --fail-on 'nu_ratio>0.5'"
+        return 'e.g. max = 0.5, or severity = "off" to turn the rule off'
 
     def rule_list(self, key: str, value: Any) -> tuple[str, ...]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -486,7 +493,7 @@ def _apply_fail_on(reader: _Reader, text: str) -> None:
     name = name.strip()
     if any(op in name for op in ("<", "=", "!")) or bound_text.startswith("="):
         raise UsageError(f"'{text}': a rule fails when its value is above the bound",
-                         "--fail-on", "write RULE>BOUND, e.g. nullity_w1>0")
+                         "--fail-on", "write 'RULE>BOUND' (quoted), e.g. --fail-on 'nullity_w1>0'")
     info = BY_ID.get(name)
     if info is None or info.id == "unreadable":
         raise UsageError(f"'{text}' names no rule", "--fail-on", "the rules are " + ", ".join(
@@ -519,7 +526,7 @@ def _fail_on_bound(reader: _Reader, text: str, bound_text: str, count: bool) -> 
     except ValueError:
         kind = "an integer" if count else "a number"
         raise UsageError(f"'{text}': the bound '{bound_text}' is not {kind}", "--fail-on",
-                         "e.g. --fail-on nullity_w1>0") from None
+                         "e.g. --fail-on 'nullity_w1>0'") from None
     return reader.bound("", value, count)
 
 

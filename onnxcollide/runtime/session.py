@@ -77,8 +77,9 @@ def onnxruntime_module() -> Any:
     try:
         import onnxruntime
     except ImportError as exc:
-        raise UsageError("ONNX Runtime is not installed: collide, validate and audit "
-                         "--validate run the model in it", hint=RUNTIME_HINT) from exc
+        raise UsageError("ONNX Runtime is not installed, and this command runs the model in "
+                         "it (collide, validate, audit --validate, compare --run or "
+                         "--transfer, check's w1-validated rule)", hint=RUNTIME_HINT) from exc
     return onnxruntime
 
 
