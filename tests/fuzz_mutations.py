@@ -20,9 +20,10 @@ import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -73,6 +74,9 @@ class Outcome:
             found.append(f"exit code {self.code}")
         if "Traceback" in self.stderr or "internal error" in self.stderr:
             found.append("a traceback or an internal error on stderr")
+        native = [line for line in self.stderr.splitlines() if line.startswith(NATIVE)]
+        if native:
+            found.append(f"a library wrote to stderr itself: {native[0][len(NATIVE):][:200]}")
         errors = [line for line in self.stderr.splitlines() if line.startswith("error:")]
         if len(errors) > 1 or (self.code not in (0, 1, None) and len(errors) != 1):
             found.append(f"{len(errors)} error lines for exit code {self.code}")
@@ -327,7 +331,9 @@ def _listing(folder: Path) -> dict[str, float]:
 
 
 def _run_in_worker(args: list[str], cwd: str) -> tuple[int, str]:
-    """Run the command line in this (worker) process: exit code and stderr."""
+    """Run the command line in this (worker) process: exit code and stderr, with what a
+    native library wrote to file descriptor 2 itself (ONNX Runtime's log, OpenBLAS) as
+    lines marked NATIVE: a user would see those beside the error line."""
     import io
 
     from onnxcollide.cli.main import main
@@ -335,15 +341,37 @@ def _run_in_worker(args: list[str], cwd: str) -> tuple[int, str]:
     err = io.StringIO()
     os.chdir(cwd)
     code = 0
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            main.main(args, prog_name="onnxcollide", standalone_mode=True)
-        except SystemExit as exc:
-            code = int(exc.code) if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException:  # the property: this must never happen
-            err.write("Traceback (escaped the CLI):\n" + traceback.format_exc())
-            code = 99
-    return code, err.getvalue()
+    with tempfile.TemporaryFile() as native:
+        with _fd2_into(native), contextlib.redirect_stderr(err), \
+                contextlib.redirect_stdout(io.StringIO()):
+            try:
+                main.main(args, prog_name="onnxcollide", standalone_mode=True)
+            except SystemExit as exc:
+                code = int(exc.code) if isinstance(exc.code, int) else \
+                    (0 if exc.code is None else 1)
+            except BaseException:  # the property: this must never happen
+                err.write("Traceback (escaped the CLI):\n" + traceback.format_exc())
+                code = 99
+        native.seek(0)
+        written = native.read().decode("utf-8", "replace")
+    native_lines = [f"{NATIVE}{line}\n" for line in written.splitlines() if line.strip()]
+    return code, err.getvalue() + "".join(native_lines)
+
+
+NATIVE = "[native stderr] "
+
+
+@contextlib.contextmanager
+def _fd2_into(target: Any) -> Iterator[None]:
+    """File descriptor 2 writes into ``target`` (a binary temporary file) for the block."""
+    saved = os.dup(2)
+    os.dup2(target.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
 
 
 def _worker(connection: multiprocessing.connection.Connection) -> None:

@@ -19,7 +19,10 @@ from builders import (
     OVERLAP,
     PATCH,
     assert_one_line_error,
+    init,
+    make_model,
     token_ids_model,
+    value,
 )
 from builders import run_cli as run
 from onnx import helper
@@ -816,3 +819,28 @@ def test_collide_options_that_would_be_ignored_are_usage_errors(tmp_path, args, 
                                      "--no-validate", *given), 2)
     assert match in line
     assert not (tmp_path / "o").exists()
+
+
+def test_a_node_onnx_runtime_rejects_at_run_time_gives_one_line_only(tmp_path):
+    """A conv after W1 whose kernel_shape disagrees with its weight loads in ONNX Runtime and
+    fails when it runs: the command prints its one error line and nothing of ONNX Runtime's
+    own log (a second, raw copy of the error written by the C++ library to stderr)."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    path = make_model(
+        tmp_path / "bad_conv.onnx",
+        [helper.make_node("Conv", ["x", "W1"], ["h"], kernel_shape=[4, 4], strides=[4, 4]),
+         helper.make_node("Conv", ["h", "W2"], ["y"], kernel_shape=[3, 7])],
+        [value("x", [1, 3, 16, 16])], [value("y", None)],
+        [init("W1", rng.random((4, 3, 4, 4)).astype(np.float32)),
+         init("W2", rng.random((8, 4, 3, 3)).astype(np.float32))], check=False)
+    done = subprocess.run([sys.executable, "-m", "onnxcollide", "collide", path, "-o",
+                           str(tmp_path / "out"), "--no-progress"],
+                          capture_output=True, text=True, check=False, timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "kernel_shape is not compatible" in lines[0]
+    assert not (tmp_path / "out").exists()

@@ -31,6 +31,7 @@ from onnxcollide.runtime.session import (
     CPU_PROVIDER,
     CUDA_OPTIONS,
     CUDA_PROVIDER,
+    LOG_FATAL_ONLY,
     onnxruntime_module,
     resolve_device,
 )
@@ -61,7 +62,7 @@ class _GemmSessions:
         if tall not in self._sessions:
             ort = onnxruntime_module()
             options = ort.SessionOptions()
-            options.log_severity_level = 3
+            options.log_severity_level = LOG_FATAL_ONLY
             providers: list[Any] = [CPU_PROVIDER] if self.provider == CPU_PROVIDER else \
                 [(CUDA_PROVIDER, dict(CUDA_OPTIONS))]
             session = ort.InferenceSession(_gemm_model(tall), sess_options=options,

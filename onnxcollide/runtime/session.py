@@ -62,6 +62,7 @@ CUDA_HINT = ("on a machine with an NVIDIA GPU, install onnxruntime-gpu in place 
 
 Providers = tuple[tuple[str, dict[str, str]], ...]
 Arrays = Mapping[str, np.ndarray]
+LOG_FATAL_ONLY = 4  # SessionOptions.log_severity_level: 0 verbose ... 3 error, 4 fatal
 RUN_CACHE_SIZE = 4  # outputs of the last few distinct feeds are reused (LRU)
 
 
@@ -156,7 +157,9 @@ def _session_options(external: Mapping[str, Any]) -> Any:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.use_deterministic_compute = True
-    options.log_severity_level = 3  # errors only: no per-initializer warnings on old exports
+    # Fatal only: ONNX Runtime's errors come back as exceptions, which become one error line;
+    # its own log would print a second, raw copy (and per-initializer warnings on old exports).
+    options.log_severity_level = LOG_FATAL_ONLY
     if external:
         options.add_external_initializers(list(external), list(external.values()))
     return options
@@ -453,7 +456,9 @@ class ModelRunner:
                 values = self._session.run(names, prepared)
             except Exception as exc:  # pybind11-made ONNX Runtime errors
                 raise UsageError(f"ONNX Runtime failed on these inputs ({_one_line(exc)})",
-                                 self.path, "check the input shapes and values") from exc
+                                 self.path, "check the input shapes and values; if they are "
+                                 "the model's declared ones, a node of the model is one ONNX "
+                                 "Runtime rejects (re-export it)") from exc
         return {name: np.asarray(value) for name, value in zip(names, values, strict=True)}
 
 
