@@ -9,6 +9,7 @@ a block and restores the previous value.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from onnxcollide.errors import OnnxCollideError, UsageError
 
 DEFAULT_FRACTION = 0.5  # of the machine's physical memory
 FALLBACK_BYTES = 8 << 30  # where the machine's memory cannot be read
+FAR_BEYOND_BYTES = 1 << 50  # 1 PiB: no machine has it, so the hint is not to raise the limit
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -101,7 +103,10 @@ def parse_size(text: str, option: str = "--max-memory") -> int:
 
 
 def size_text(nbytes: float) -> str:
-    """Bytes for people: ``149.0 GiB``, ``512.0 MiB``, ``300 B``."""
+    """Bytes for people: ``149.0 GiB``, ``512.0 MiB``, ``300 B``; beyond 1024 TiB, a power of
+    two (``2^63.0 B``: sizes no machine has, from broken declarations)."""
+    if nbytes >= 1 << 50:
+        return f"2^{math.log2(nbytes):.1f} B"
     for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if nbytes >= scale:
             return f"{nbytes / scale:.1f} {unit}"
@@ -132,9 +137,13 @@ def check_allocation(nbytes: int, what: str, where: str = "",
     limit = current_limit()
     if nbytes <= limit.bytes:
         return
-    raise_to = f"--max-memory {max(1, -(-nbytes // (1 << 30)) + 1)}G"
     what = (f"{what} would take {size_text(nbytes)}, over the memory limit of "
             f"{size_text(limit.bytes)} ({limit.source})")
+    if nbytes > FAR_BEYOND_BYTES:  # no --max-memory would help
+        hint = f"give a smaller {option}" if option is not None else "check the model"
+        error = ResourceUsageError if option is not None else ResourceLimitError
+        raise error(what, where, hint)
+    raise_to = f"--max-memory {max(1, -(-nbytes // (1 << 30)) + 1)}G"
     if option is not None:
         raise ResourceUsageError(what, where, f"give a smaller {option}, or raise "
                                                f"--max-memory (e.g. {raise_to})")

@@ -144,6 +144,23 @@ def test_a_huge_constant_is_refused_before_it_is_allocated(tmp_path):
     assert "--max-memory" in line
 
 
+def test_conv_pads_no_machine_could_hold_are_one_line_from_collide(tmp_path):
+    """Pads of 2^40 on an overlapping W1: collide's operator analysis sized its first image
+    from them and raised an internal error; now the image is refused before it is allocated,
+    with its size as a power of two and no advice to raise --max-memory."""
+    model = onnx.load(str(MODELS / "cnn_overlap.onnx"))
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    pads = next(a for a in conv.attribute if a.name == "pads")
+    pads.ints[:] = [2**40] * len(pads.ints)
+    path = tmp_path / "pads.onnx"
+    onnx.save(model, path)
+    out = tmp_path / "out"
+    line = assert_one_line_error(run("collide", str(path), "-o", str(out)), 3)
+    assert "one float64 image of the conv operator" in line and "2^87.0 B" in line
+    assert "--max-memory 1" not in line and line.endswith("Check the model.")
+    assert not out.exists()
+
+
 def test_a_random_draw_over_the_limit_names_the_option(tmp_path):
     """An --input-shape whose draw would not fit: a usage error naming both options."""
     line = assert_one_line_error(run("collide", str(MODELS / "mlp_dense.onnx"),

@@ -199,6 +199,21 @@ def _geometry(spec: ConvSpec) -> _Geometry:
                      tuple(int(v) for v in pads[d:]), spatial, out)
 
 
+def _check_image_sizes(geo: _Geometry) -> None:
+    """Refuse an operator whose single float64 image (its output, or its zero-padded input)
+    would not fit the memory limit, before any is allocated: huge pads or a huge input make
+    every application of the operator that large.
+
+    Raises:
+        ResourceLimitError: one image is over the limit in force.
+    """
+    padded = tuple(n + geo.pad_begin[i] + geo.pad_end[i] for i, n in enumerate(geo.spatial))
+    largest = max(geo.o * math.prod(geo.out), geo.c * math.prod(padded))
+    check_allocation(8 * largest, f"one float64 image of the conv operator (output "
+                     f"{geo.o} x {'x'.join(map(str, geo.out))}, padded input {geo.c} x "
+                     f"{'x'.join(map(str, padded))})")
+
+
 def output_shape(spec: ConvSpec) -> tuple[int, ...]:
     """Return ``(O, *out_spatial)`` of ``spec``."""
     geo = _geometry(spec)
@@ -270,6 +285,7 @@ def conv_forward(spec: ConvSpec, x: np.ndarray) -> np.ndarray:
         ``(O, *out_spatial)`` output.
     """
     geo = _geometry(spec)
+    _check_image_sizes(geo)
     x = np.asarray(x, dtype=np.float64)
     if x.shape != (geo.c, *geo.spatial):
         raise UsageError(f"input of shape {x.shape} does not fit conv input {spec.input_shape}")
@@ -287,6 +303,7 @@ def conv_adjoint(spec: ConvSpec, y: np.ndarray) -> np.ndarray:
         ``(C, *spatial)`` input-space array.
     """
     geo = _geometry(spec)
+    _check_image_sizes(geo)
     y = np.asarray(y, dtype=np.float64)
     if y.shape != (geo.o, *geo.out):
         raise UsageError(f"array of shape {y.shape} does not fit conv output {(geo.o, *geo.out)}")
@@ -297,6 +314,7 @@ def conv_matrix(spec: ConvSpec) -> scipy.sparse.csr_matrix:
     """The conv as a sparse ``(n_out, n_in)`` matrix (rows ``(O, *out)``, columns ``(C, *spatial)``
     in C order); for tests and moderate sizes (``n_out * C/g * prod(k)`` stored entries)."""
     geo = _geometry(spec)
+    _check_image_sizes(geo)
     w = _weight64(spec)
     og, cg = geo.o // geo.g, geo.c // geo.g
     rows: list[np.ndarray] = []
@@ -1140,6 +1158,7 @@ def blind_inputs(spec: ConvSpec) -> np.ndarray:
     weight (stride above the kernel, remainder rows and columns, dilation gaps): each is an
     exact collision direction."""
     geo = _geometry(spec)
+    _check_image_sizes(geo)
     return _blind(geo, _weight64(spec))
 
 
@@ -1341,6 +1360,7 @@ def smallest_singular(
     geo = _geometry(spec)
     if k < 1:
         raise UsageError(f"k must be at least 1, got {k}")
+    _check_image_sizes(geo)
     w = _weight64(spec)
     if not np.all(np.isfinite(w)):
         raise UsageError("the conv weight holds NaN or infinite values")
@@ -1426,6 +1446,7 @@ def transposed_smallest_singular(spec: ConvSpec, k: int = 4, rtol: float | None 
         more than DENSE_MAX_ENTRIES entries.
     """
     geo = _geometry(spec)
+    _check_image_sizes(geo)
     if not np.all(np.isfinite(_weight64(spec))):
         raise UsageError("the conv weight holds NaN or infinite values")
     m, n = geo.n_out, geo.n_in  # T: R^m -> R^n
