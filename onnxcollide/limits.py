@@ -105,7 +105,7 @@ def parse_size(text: str, option: str = "--max-memory") -> int:
 def size_text(nbytes: float) -> str:
     """Bytes for people: ``149.0 GiB``, ``512.0 MiB``, ``300 B``; beyond 1024 TiB, a power of
     two (``2^63.0 B``: sizes no machine has, from broken declarations)."""
-    if nbytes >= 1 << 50:
+    if nbytes >= FAR_BEYOND_BYTES:
         return f"2^{math.log2(nbytes):.1f} B"
     for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if nbytes >= scale:
@@ -139,7 +139,7 @@ def check_allocation(nbytes: int, what: str, where: str = "",
         return
     what = (f"{what} would take {size_text(nbytes)}, over the memory limit of "
             f"{size_text(limit.bytes)} ({limit.source})")
-    if nbytes > FAR_BEYOND_BYTES:  # no --max-memory would help
+    if nbytes >= FAR_BEYOND_BYTES:  # no --max-memory would help
         hint = f"give a smaller {option}" if option is not None else "check the model"
         error = ResourceUsageError if option is not None else ResourceLimitError
         raise error(what, where, hint)
