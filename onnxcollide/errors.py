@@ -32,6 +32,14 @@ class OnnxCollideError(Exception):
             self.args = (self.one_line(),)
         return self
 
+    def at(self, where: str) -> OnnxCollideError:
+        """This error located at ``where`` (a node) where it names no location yet (an
+        allocation check deep in the linear algebra knows no node)."""
+        if not self.where:
+            self.where = where
+            self.args = (self.one_line(),)
+        return self
+
     def one_line(self) -> str:
         """Return ``where: what. hint`` as one line."""
         text = _sentence(f"{self.where}: {self.what}" if self.where else self.what)

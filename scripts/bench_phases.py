@@ -39,6 +39,7 @@ from typing import Any
 import onnxcollide.audit.model as audit_model
 import onnxcollide.linalg.spectral as spectral
 from onnxcollide.audit.layers import LinearLayer
+from onnxcollide.errors import OnnxCollideError
 from onnxcollide.linalg.spectral import RankDecision, ToleranceRule
 from onnxcollide.linalg.threads import set_local_threads
 
@@ -83,10 +84,12 @@ class PhaseClock:
 def install(clock: PhaseClock, patch: Callable[[Any, str, Any], None] = setattr) -> None:
     """Time the engine's steps (the functions of PHASES) through ``clock``; ``patch`` sets
     each wrapped function (``setattr``, or a test's ``monkeypatch.setattr``)."""
-    missing = [name for name in PHASES if not hasattr(spectral, name)]
+    missing = [name for name in PHASES if not hasattr(spectral, name)] + \
+        [f"audit.model.{name}" for name in ("_decide", "worker_count")
+         if not hasattr(audit_model, name)]
     if missing:
-        sys.exit(f"bench_phases: linalg/spectral.py has no {', '.join(missing)}: "
-                 "update PHASES to the engine's current step names")
+        sys.exit(f"bench_phases: the engine has no {', '.join(missing)}: update this "
+                 "script to its current names")
     for name, phase in PHASES.items():
         patch(spectral, name, clock.wrap(phase, getattr(spectral, name)))
 
@@ -139,7 +142,9 @@ def profile(model: str, threads: int, min_width: int,
     install(clock, patch)
     patch(audit_model, "_decide", timed_decide(clock, min_width, rows))
     patch(audit_model, "worker_count", lambda: 1)  # one layer at a time, in this process
-    set_local_threads(threads)
+    if not set_local_threads(threads):
+        print(f"bench_phases: this BLAS takes no per-thread count; --threads {threads} is "
+              "ignored (set OPENBLAS_NUM_THREADS instead)", file=sys.stderr)
     start = time.perf_counter()
     audit_model.audit_model(model)
     return time.perf_counter() - start, rows
@@ -152,7 +157,10 @@ def main() -> None:
     parser.add_argument("--min-width", type=int, default=1024,
                         help="show layers whose blocks' short side is at least this")
     args = parser.parse_args()
-    seconds, rows = profile(args.model, args.threads, args.min_width)
+    try:
+        seconds, rows = profile(args.model, args.threads, args.min_width)
+    except OnnxCollideError as exc:
+        sys.exit(f"error: {exc}")
     print(f"{args.model}: audit {seconds:.2f} s in-process (loading included), "
           f"BLAS threads {args.threads}")
     head = ["node", "q x p", "method", "total s", *COLUMNS, "above floor s", "above / gram"]

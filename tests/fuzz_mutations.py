@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -330,10 +330,14 @@ def _listing(folder: Path) -> dict[str, float]:
     return {str(p.relative_to(folder)): p.stat().st_mtime for p in folder.rglob("*")}
 
 
-def _run_in_worker(args: list[str], cwd: str) -> tuple[int, str]:
+NATIVE = "[native stderr] "  # marks what a native library wrote to fd 2 itself
+
+
+def _run_in_worker(args: list[str], cwd: str, native_path: str) -> tuple[int, str]:
     """Run the command line in this (worker) process: exit code and stderr, with what a
-    native library wrote to file descriptor 2 itself (ONNX Runtime's log, OpenBLAS) as
-    lines marked NATIVE: a user would see those beside the error line."""
+    native library wrote to file descriptor 2 itself (ONNX Runtime's log, OpenBLAS) as lines
+    marked NATIVE: a user would see those beside the error line. File descriptor 2 goes to
+    ``native_path`` meanwhile, which the parent reads if the command kills this process."""
     import io
 
     from onnxcollide.cli.main import main
@@ -341,29 +345,28 @@ def _run_in_worker(args: list[str], cwd: str) -> tuple[int, str]:
     err = io.StringIO()
     os.chdir(cwd)
     code = 0
-    with tempfile.TemporaryFile() as native:
-        with _fd2_into(native), contextlib.redirect_stderr(err), \
-                contextlib.redirect_stdout(io.StringIO()):
-            try:
-                main.main(args, prog_name="onnxcollide", standalone_mode=True)
-            except SystemExit as exc:
-                code = int(exc.code) if isinstance(exc.code, int) else \
-                    (0 if exc.code is None else 1)
-            except BaseException:  # the property: this must never happen
-                err.write("Traceback (escaped the CLI):\n" + traceback.format_exc())
-                code = 99
-        native.seek(0)
-        written = native.read().decode("utf-8", "replace")
-    native_lines = [f"{NATIVE}{line}\n" for line in written.splitlines() if line.strip()]
-    return code, err.getvalue() + "".join(native_lines)
+    with open(native_path, "w+b") as native, _fd2_into(native), \
+            contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main.main(args, prog_name="onnxcollide", standalone_mode=True)
+        except SystemExit as exc:
+            code = int(exc.code) if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:  # the property: this must never happen
+            err.write("Traceback (escaped the CLI):\n" + traceback.format_exc())
+            code = 99
+    return code, err.getvalue() + _native_lines(native_path)
 
 
-NATIVE = "[native stderr] "
+def _native_lines(path: str) -> str:
+    """What was written to ``path`` (file descriptor 2 of a command), as NATIVE lines."""
+    with open(path, "rb") as handle:
+        written = handle.read().decode("utf-8", "replace")
+    return "".join(f"{NATIVE}{line}\n" for line in written.splitlines() if line.strip())
 
 
 @contextlib.contextmanager
-def _fd2_into(target: Any) -> Iterator[None]:
-    """File descriptor 2 writes into ``target`` (a binary temporary file) for the block."""
+def _fd2_into(target: BinaryIO) -> Iterator[None]:
+    """File descriptor 2 writes into ``target`` (a binary file) for the block."""
     saved = os.dup(2)
     os.dup2(target.fileno(), 2)
     try:
@@ -371,7 +374,6 @@ def _fd2_into(target: Any) -> Iterator[None]:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-
 
 
 def _worker(connection: multiprocessing.connection.Connection) -> None:
@@ -391,6 +393,8 @@ class Worker:
     past the time bound."""
 
     def __init__(self) -> None:
+        handle, self._native = tempfile.mkstemp(prefix="onnxcollide-fuzz-fd2-")
+        os.close(handle)
         self._start()
 
     def _start(self) -> None:
@@ -403,7 +407,7 @@ class Worker:
             ) -> tuple[int | None, str, float]:
         """(exit code or -signal, or None past the bound; stderr; seconds)."""
         start = time.monotonic()
-        self._parent.send((args, str(cwd)))
+        self._parent.send((args, str(cwd), self._native))
         if self._parent.poll(bound):
             try:
                 code, err = self._parent.recv()
@@ -416,8 +420,9 @@ class Worker:
             self._process.kill()
             self._process.join()
         self._start()
-        return (code if code is not None and code < 0 else None), "", \
-            time.monotonic() - start
+        # What the command wrote to fd 2 before it died or was stopped (a crash's message).
+        return (code if code is not None and code < 0 else None), \
+            _native_lines(self._native), time.monotonic() - start
 
     def close(self) -> None:
         """Stop the process."""
@@ -426,6 +431,8 @@ class Worker:
         self._process.join(5)
         if self._process.is_alive():
             self._process.kill()
+        with contextlib.suppress(OSError):
+            os.remove(self._native)
 
 
 def run_case(worker: Worker, base: str, kind: str, seed: int) -> tuple[Case, list[Outcome]]:

@@ -312,7 +312,7 @@ def test_one_image_option_is_named_in_the_singular(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((1, 3, 32, 32), np.float32))
     line = assert_one_line_error(run("collide", PATCH, "--input", str(tmp_path / "x.npy"),
                                      "--mean", "0.5", "-o", str(tmp_path / "o")), 2)
-    assert "--mean applies to image inputs" in line and "drop it" in line.lower()
+    assert "--mean applies to image inputs" in line and "drop --mean" in line.lower()
 
 
 def test_a_text_file_named_npy_gets_no_pickle_advice(tmp_path):

@@ -77,6 +77,11 @@ def test_a_conversion_of_the_stored_type_is_a_notice_with_its_rounding(tmp_path)
                                   f"{change:.3g}")
     assert notices["i64.npy"] is not None and notices["i64.npy"].endswith(", exactly")
     assert notices["f32.npy"] is None
+    # A run of the float64 copy feeds float64 on purpose: no notice that would misname the
+    # input's type as float64.
+    _, records = read_inputs(PATCH, {None: str(tmp_path / "f32.npy")}, {}, 0, DEFAULT,
+                             precision="float64")
+    assert "notice" not in records["input"]
 
 
 def test_npz_named_key_is_chosen_among_several(tmp_path):

@@ -127,7 +127,7 @@ def _validate_saved(model: str, path: str, options: ImageOptions,
     if options != ImageOptions() or shapes:
         raise UsageError("image options and --input-shape do not apply to a saved "
                          "collisions.npz (it holds the arrays as collide fed them)", path,
-                         "drop them")
+                         "drop the image options and --input-shape")
     saved = read_saved_collisions(path, load_model(model))
     _tell_precision(saved, precision)
     target = layer or w1_output_name(model, saved.feeds)

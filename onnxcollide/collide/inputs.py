@@ -330,9 +330,10 @@ def check_image_options(image: ImageOptions, sources: Sequence[str], path: str) 
             ("--resize", image.size, None), ("--layout", image.layout, "auto"),
             ("--scale", image.scale, 1.0 / 255.0), ("--mean", image.mean, None),
             ("--std", image.std, None)) if value != default]
-        verb, them = ("applies", "it") if len(given) == 1 else ("apply", "them")
-        raise UsageError(f"{', '.join(given)} {verb} to image inputs (PNG/JPEG), and no input "
-                         "is an image", path, f"drop {them}, or give an image file")
+        named = ", ".join(given)
+        verb = "applies" if len(given) == 1 else "apply"
+        raise UsageError(f"{named} {verb} to image inputs (PNG/JPEG), and no input is an "
+                         "image", path, f"drop {named}, or give an image file")
 
 
 def load_inputs(model: LoadedModel, files: dict[str | None, str],
@@ -410,7 +411,7 @@ def read_inputs(model: LoadedModel, files: dict[str | None, str],
         wide = precision == "float64" and dtype.kind == "f" and array.dtype.kind in "fiu"
         feeds[info.name] = _check_values(array, np.dtype(np.float64) if wide else dtype,
                                          info.name, source)
-        if records[info.name]["source"] == "file":
+        if records[info.name]["source"] == "file" and not wide:  # wide: float64, on purpose
             _note_conversion(records[info.name], array, feeds[info.name], info.name)
     return feeds, records
 

@@ -25,6 +25,7 @@ from onnxcollide.collide.results import CollisionSet, SearchSettings
 from onnxcollide.errors import UsageError
 from onnxcollide.graph.linear_ops import conv_geometry, transposed_output_spatial
 from onnxcollide.graph.path_map import pull_delta
+from onnxcollide.limits import ResourceLimitError
 from onnxcollide.linalg.conv_operator import (
     ConvSpec,
     OperatorSpectrum,
@@ -246,7 +247,10 @@ def overlapping_collisions(ctx: SearchContext, x: np.ndarray, data_shape: tuple[
     if settings.region is not None:
         raise UsageError("--region is not supported for an overlapping first conv",
                          hint="the operator's singular vectors span the whole input")
-    analysed = _operator(ctx, data_shape, tuple(x.shape), settings)
+    try:
+        analysed = _operator(ctx, data_shape, tuple(x.shape), settings)
+    except ResourceLimitError as exc:  # the operator's arrays, sized by W1's attributes
+        raise exc.at(f"W1 node '{ctx.site.label}'") from None
     if analysed is None:
         return None
     spectrum, facts, name = analysed.spectrum, analysed.facts, analysed.name

@@ -200,18 +200,21 @@ def _geometry(spec: ConvSpec) -> _Geometry:
 
 
 def _check_image_sizes(geo: _Geometry) -> None:
-    """Refuse an operator whose single float64 image (its output, or its zero-padded input)
-    would not fit the memory limit, before any is allocated: huge pads or a huge input make
-    every application of the operator that large.
+    """Refuse an operator whose application to one vector would not fit the memory limit,
+    before anything is allocated: its float64 output ``(O, *out)``, zero-padded input
+    ``(C, *padded)`` and im2col columns ``(C, prod(kernel), *out)`` are each allocated for
+    a single vector (huge pads or a huge input make them that large).
 
     Raises:
-        ResourceLimitError: one image is over the limit in force.
+        ResourceLimitError: one of them is over the limit in force.
     """
     padded = tuple(n + geo.pad_begin[i] + geo.pad_end[i] for i, n in enumerate(geo.spatial))
-    largest = max(geo.o * math.prod(geo.out), geo.c * math.prod(padded))
-    check_allocation(8 * largest, f"one float64 image of the conv operator (output "
+    out = math.prod(geo.out)
+    largest = max(geo.o * out, geo.c * math.prod(padded), geo.c * math.prod(geo.kernel) * out)
+    check_allocation(8 * largest, f"applying the conv operator to one vector (output "
                      f"{geo.o} x {'x'.join(map(str, geo.out))}, padded input {geo.c} x "
-                     f"{'x'.join(map(str, padded))})")
+                     f"{'x'.join(map(str, padded))}, kernel {'x'.join(map(str, geo.kernel))}"
+                     ", in float64)")
 
 
 def output_shape(spec: ConvSpec) -> tuple[int, ...]:

@@ -484,8 +484,8 @@ def add_fail_on(policy: Policy, texts: tuple[str, ...]) -> Policy:
 
 
 def _apply_fail_on(reader: _Reader, text: str) -> None:
-    option = f"--fail-on {text}"
-    reader.file, reader.label = option, option
+    reader.file = f"--fail-on '{text}'"  # errors quote it, as the shell needs
+    reader.label = f"--fail-on {text}"  # provenance, as reports show it
     name, sep, bound_text = text.partition(">")
     glob = None
     if name.startswith("layer-nullity:"):
