@@ -40,7 +40,7 @@ from onnxcollide.report.files import save_npz, write_stdout, write_text
 from onnxcollide.report.images import basis_png, image_layout, plan_strip, strip_png
 from onnxcollide.report.output_set import Writer, check_output_set_folder, write_output_set
 from onnxcollide.runtime.collisions import float64_value, validate_collisions
-from onnxcollide.runtime.session import resolve_device
+from onnxcollide.runtime.session import RunFailedError, resolve_device
 from onnxcollide.runtime.validate import verdict_word
 
 
@@ -301,10 +301,15 @@ def collide(model: str, input_files: tuple[str, ...], count: int, beta: float, b
             tell_notices(records)
             settings = _mapped_range(settings, range_space, perturbed, records.get(perturbed),
                                      feeds[perturbed])
-            found = find_collisions(model, feeds, settings, reporter.phase)
-            drawing = _basis_vectors(found, basis_images) if basis_images else None
-            validations, runtime = _validate(found, not no_validate, device, precision, seed,
-                                             reporter)
+            try:
+                found = find_collisions(model, feeds, settings, reporter.phase)
+                drawing = _basis_vectors(found, basis_images) if basis_images else None
+                validations, runtime = _validate(found, not no_validate, device, precision,
+                                                 seed, reporter)
+            except RunFailedError as exc:  # on random draws of the declared shapes: the model
+                if input_files or input_shapes:
+                    raise
+                raise exc.model_error() from exc
             reporter.phase("writing the outputs")
             report = _write_outputs(out, found, drawing, validations, runtime, records,
                                     precision)

@@ -62,6 +62,18 @@ CUDA_HINT = ("on a machine with an NVIDIA GPU, install onnxruntime-gpu in place 
 
 Providers = tuple[tuple[str, dict[str, str]], ...]
 Arrays = Mapping[str, np.ndarray]
+class RunFailedError(UsageError):
+    """ONNX Runtime loaded the model but failed to run it on the given inputs: a usage error
+    where the user chose the inputs or their shapes, a model error where they were random
+    draws of its declared shapes (``model_error``)."""
+
+    def model_error(self) -> UnsupportedModelError:
+        """The same failure blamed on the model (exit 3)."""
+        return UnsupportedModelError(self.what, self.where, "the inputs were random draws of "
+                                     "the model's declared shapes, so a node of the model is "
+                                     "one ONNX Runtime rejects: re-export it")
+
+
 LOG_FATAL_ONLY = 4  # SessionOptions.log_severity_level: 0 verbose ... 3 error, 4 fatal
 RUN_CACHE_SIZE = 4  # outputs of the last few distinct feeds are reused (LRU)
 
@@ -455,10 +467,10 @@ class ModelRunner:
             try:
                 values = self._session.run(names, prepared)
             except Exception as exc:  # pybind11-made ONNX Runtime errors
-                raise UsageError(f"ONNX Runtime failed on these inputs ({_one_line(exc)})",
-                                 self.path, "check the input shapes and values; if they are "
-                                 "the model's declared ones, a node of the model is one ONNX "
-                                 "Runtime rejects (re-export it)") from exc
+                raise RunFailedError(f"ONNX Runtime failed on these inputs ({_one_line(exc)})",
+                                     self.path, "check the input shapes and values; if they "
+                                     "are the model's declared ones, a node of the model is "
+                                     "one ONNX Runtime rejects (re-export it)") from exc
         return {name: np.asarray(value) for name, value in zip(names, values, strict=True)}
 
 
