@@ -139,13 +139,12 @@ def check_allocation(nbytes: int, what: str, where: str = "",
         return
     what = (f"{what} would take {size_text(nbytes)}, over the memory limit of "
             f"{size_text(limit.bytes)} ({limit.source})")
-    if nbytes >= FAR_BEYOND_BYTES:  # no --max-memory would help
-        hint = f"give a smaller {option}" if option is not None else "check the model"
-        error = ResourceUsageError if option is not None else ResourceLimitError
-        raise error(what, where, hint)
     raise_to = f"--max-memory {max(1, -(-nbytes // (1 << 30)) + 1)}G"
+    raisable = nbytes < FAR_BEYOND_BYTES  # beyond, no --max-memory would help
     if option is not None:
-        raise ResourceUsageError(what, where, f"give a smaller {option}, or raise "
-                                               f"--max-memory (e.g. {raise_to})")
-    raise ResourceLimitError(what, where, f"raise --max-memory if this machine has the memory "
-                                          f"(e.g. {raise_to}), or check the model")
+        hint = f"give a smaller {option}" + \
+            (f", or raise --max-memory (e.g. {raise_to})" if raisable else "")
+        raise ResourceUsageError(what, where, hint)
+    hint = f"raise --max-memory if this machine has the memory (e.g. {raise_to}), or check " \
+        "the model" if raisable else "check the model"
+    raise ResourceLimitError(what, where, hint)

@@ -199,15 +199,18 @@ def _geometry(spec: ConvSpec) -> _Geometry:
                      tuple(int(v) for v in pads[d:]), spatial, out)
 
 
-def _check_image_sizes(geo: _Geometry) -> None:
-    """Refuse an operator whose application to one vector would not fit the memory limit,
-    before anything is allocated: its float64 output ``(O, *out)``, zero-padded input
-    ``(C, *padded)`` and im2col columns ``(C, prod(kernel), *out)`` are each allocated for
-    a single vector (huge pads or a huge input make them that large).
+def _operator_geometry(spec: ConvSpec) -> _Geometry:
+    """``_geometry`` for an entry point that applies the operator: also refuses one whose
+    application to one vector would not fit the memory limit, before anything is allocated
+    (its float64 output ``(O, *out)``, zero-padded input ``(C, *padded)`` and im2col columns
+    ``(C, prod(kernel), *out)`` are each allocated for a single vector; huge pads or a huge
+    input make them that large).
 
     Raises:
-        ResourceLimitError: one of them is over the limit in force.
+        UsageError: as ``_geometry``.
+        ResourceLimitError: one of those arrays is over the limit in force.
     """
+    geo = _geometry(spec)
     padded = tuple(n + geo.pad_begin[i] + geo.pad_end[i] for i, n in enumerate(geo.spatial))
     out = math.prod(geo.out)
     largest = max(geo.o * out, geo.c * math.prod(padded), geo.c * math.prod(geo.kernel) * out)
@@ -215,6 +218,7 @@ def _check_image_sizes(geo: _Geometry) -> None:
                      f"{geo.o} x {'x'.join(map(str, geo.out))}, padded input {geo.c} x "
                      f"{'x'.join(map(str, padded))}, kernel {'x'.join(map(str, geo.kernel))}"
                      ", in float64)")
+    return geo
 
 
 def output_shape(spec: ConvSpec) -> tuple[int, ...]:
@@ -287,8 +291,7 @@ def conv_forward(spec: ConvSpec, x: np.ndarray) -> np.ndarray:
     Returns:
         ``(O, *out_spatial)`` output.
     """
-    geo = _geometry(spec)
-    _check_image_sizes(geo)
+    geo = _operator_geometry(spec)
     x = np.asarray(x, dtype=np.float64)
     if x.shape != (geo.c, *geo.spatial):
         raise UsageError(f"input of shape {x.shape} does not fit conv input {spec.input_shape}")
@@ -305,8 +308,7 @@ def conv_adjoint(spec: ConvSpec, y: np.ndarray) -> np.ndarray:
     Returns:
         ``(C, *spatial)`` input-space array.
     """
-    geo = _geometry(spec)
-    _check_image_sizes(geo)
+    geo = _operator_geometry(spec)
     y = np.asarray(y, dtype=np.float64)
     if y.shape != (geo.o, *geo.out):
         raise UsageError(f"array of shape {y.shape} does not fit conv output {(geo.o, *geo.out)}")
@@ -316,8 +318,7 @@ def conv_adjoint(spec: ConvSpec, y: np.ndarray) -> np.ndarray:
 def conv_matrix(spec: ConvSpec) -> scipy.sparse.csr_matrix:
     """The conv as a sparse ``(n_out, n_in)`` matrix (rows ``(O, *out)``, columns ``(C, *spatial)``
     in C order); for tests and moderate sizes (``n_out * C/g * prod(k)`` stored entries)."""
-    geo = _geometry(spec)
-    _check_image_sizes(geo)
+    geo = _operator_geometry(spec)
     w = _weight64(spec)
     og, cg = geo.o // geo.g, geo.c // geo.g
     rows: list[np.ndarray] = []
@@ -1160,8 +1161,7 @@ def blind_inputs(spec: ConvSpec) -> np.ndarray:
     """Boolean ``(C, *spatial)`` mask of input elements that no window reads with a non-zero
     weight (stride above the kernel, remainder rows and columns, dilation gaps): each is an
     exact collision direction."""
-    geo = _geometry(spec)
-    _check_image_sizes(geo)
+    geo = _operator_geometry(spec)
     return _blind(geo, _weight64(spec))
 
 
@@ -1360,10 +1360,9 @@ def smallest_singular(
     Returns:
         An :class:`OperatorSpectrum`; ``exact`` counts only among the ``k`` values returned.
     """
-    geo = _geometry(spec)
+    geo = _operator_geometry(spec)
     if k < 1:
         raise UsageError(f"k must be at least 1, got {k}")
-    _check_image_sizes(geo)
     w = _weight64(spec)
     if not np.all(np.isfinite(w)):
         raise UsageError("the conv weight holds NaN or infinite values")
@@ -1448,8 +1447,7 @@ def transposed_smallest_singular(spec: ConvSpec, k: int = 4, rtol: float | None 
         or None when T has more than TRANSPOSED_DENSE_MAX_DIM inputs or its dense matrix
         more than DENSE_MAX_ENTRIES entries.
     """
-    geo = _geometry(spec)
-    _check_image_sizes(geo)
+    geo = _operator_geometry(spec)
     if not np.all(np.isfinite(_weight64(spec))):
         raise UsageError("the conv weight holds NaN or infinite values")
     m, n = geo.n_out, geo.n_in  # T: R^m -> R^n

@@ -62,6 +62,10 @@ CUDA_HINT = ("on a machine with an NVIDIA GPU, install onnxruntime-gpu in place 
 
 Providers = tuple[tuple[str, dict[str, str]], ...]
 Arrays = Mapping[str, np.ndarray]
+LOG_FATAL_ONLY = 4  # SessionOptions.log_severity_level: 0 verbose ... 3 error, 4 fatal
+RUN_CACHE_SIZE = 4  # outputs of the last few distinct feeds are reused (LRU)
+
+
 class RunFailedError(UsageError):
     """ONNX Runtime loaded the model but failed to run it on the given inputs: a usage error
     where the user chose the inputs or their shapes, a model error where they were random
@@ -72,10 +76,6 @@ class RunFailedError(UsageError):
         return UnsupportedModelError(self.what, self.where, "the inputs were random draws of "
                                      "the model's declared shapes, so a node of the model is "
                                      "one ONNX Runtime rejects: re-export it")
-
-
-LOG_FATAL_ONLY = 4  # SessionOptions.log_severity_level: 0 verbose ... 3 error, 4 fatal
-RUN_CACHE_SIZE = 4  # outputs of the last few distinct feeds are reused (LRU)
 
 
 # ------------------------------------------------------------------ devices
