@@ -25,7 +25,14 @@ _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 class ResourceLimitError(OnnxCollideError):
-    """An array the model asks for would not fit the memory limit."""
+    """An array the model asks for would not fit the memory limit.
+
+    Attributes:
+        input_sized: the array grows with the input's shape (an operator applied to one
+            input), so a smaller input shape is a way out where the user chose it.
+    """
+
+    input_sized = False
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,14 @@ class ResourceUsageError(ResourceLimitError, UsageError):
     """An array an option asks for (an input shape) would not fit the memory limit."""
 
     exit_code = 2
+
+
+def for_chosen_shape(exc: ResourceLimitError, option: str) -> ResourceLimitError:
+    """``exc`` as a usage error naming ``option`` where that option chose the input's shape
+    and the array grows with it; ``exc`` unchanged otherwise."""
+    if not exc.input_sized or isinstance(exc, ResourceUsageError):
+        return exc
+    return ResourceUsageError(exc.what, exc.where, f"give a smaller {option}, or {exc.hint}")
 
 
 def check_allocation(nbytes: int, what: str, where: str = "",

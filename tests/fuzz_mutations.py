@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 import traceback
@@ -76,7 +77,8 @@ class Outcome:
             found.append("a traceback or an internal error on stderr")
         native = [line for line in self.stderr.splitlines() if line.startswith(NATIVE)]
         if native:
-            found.append(f"a library wrote to stderr itself: {native[0][len(NATIVE):][:200]}")
+            found.append("a library or a forked child wrote to stderr itself: "
+                         f"{native[0][len(NATIVE):][:200]}")
         errors = [line for line in self.stderr.splitlines() if line.startswith("error:")]
         if len(errors) > 1 or (self.code not in (0, 1, None) and len(errors) != 1):
             found.append(f"{len(errors)} error lines for exit code {self.code}")
@@ -330,7 +332,7 @@ def _listing(folder: Path) -> dict[str, float]:
     return {str(p.relative_to(folder)): p.stat().st_mtime for p in folder.rglob("*")}
 
 
-NATIVE = "[native stderr] "  # marks what a native library wrote to fd 2 itself
+NATIVE = "[native stderr] "  # what reached fd 2 itself: a native library, a forked child
 
 
 def _run_in_worker(args: list[str], cwd: str, native_path: str) -> tuple[int, str]:
@@ -376,8 +378,17 @@ def _fd2_into(target: BinaryIO) -> Iterator[None]:
         os.close(saved)
 
 
+def _child_streams_to_fd2() -> None:
+    """In a process forked while a command runs (``check --jobs``, the audit's workers):
+    Python's stderr and stdout write to file descriptor 2 again. The command's own streams
+    are in-memory buffers whose copies the child would fill and lose; on fd 2 (the command's
+    native file then) a child's traceback or stray print shows as NATIVE lines."""
+    sys.stderr = sys.stdout = sys.__stderr__
+
+
 def _worker(connection: multiprocessing.connection.Connection) -> None:
     """Run commands sent over ``connection`` until None (or the parent goes away)."""
+    os.register_at_fork(after_in_child=_child_streams_to_fd2)
     while True:
         try:
             job = connection.recv()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
@@ -191,6 +192,35 @@ def test_version_and_help():
     assert run("--version").exit_code == 0
     assert "audit" in run("--help").stdout
     assert "--conv-convention" in run("audit", "--help").stdout
+
+
+@pytest.mark.parametrize("limit", [45, 60, 10_000])
+def test_the_command_list_matches_each_commands_own_help(limit):
+    """`onnxcollide --help` lists the commands from SUMMARIES without importing them; each
+    line must read as click makes it from the command's own help, at any width."""
+    import click
+
+    from onnxcollide.cli.main import COMMANDS, SUMMARIES, load_command
+
+    assert set(SUMMARIES) == set(COMMANDS)
+    for name in COMMANDS:
+        assert click.Command(name, help=SUMMARIES[name]).get_short_help_str(limit) == \
+            load_command(name).get_short_help_str(limit), name
+
+
+def test_the_top_level_help_imports_no_command():
+    """Listing the commands imports none of them (1.5 s of numpy, scipy and onnx before)."""
+    code = ("import sys; from onnxcollide.cli.main import main\n"
+            "try:\n    main.main(['--help'], prog_name='onnxcollide')\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('onnxcollide.cli.', "
+            "'numpy', 'onnx.'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert "Make inputs that collide" in result.stdout
+    imported = set(ast.literal_eval(result.stdout.strip().splitlines()[-1]))
+    assert imported <= {"onnxcollide.cli.entry", "onnxcollide.cli.exit_codes",
+                        "onnxcollide.cli.main"}, imported
 
 
 # ------------------------------------------------------------------ model errors: exit 3

@@ -14,7 +14,7 @@ import onnx
 import pytest
 from builders import assert_one_line_error, init, make_model, value
 from builders import run_cli as run
-from fuzz_mutations import BASES, KINDS, Worker, nested_if, run_case
+from fuzz_mutations import BASES, KINDS, NATIVE, Worker, nested_if, run_case
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -169,6 +169,52 @@ def test_a_random_draw_over_the_limit_names_the_option(tmp_path):
                                      "--input-shape", "input=4000x1x16x16", "--max-memory",
                                      "1M", "-o", str(tmp_path / "o")), 2)
     assert "--input-shape" in line and "--max-memory" in line
+
+
+def test_a_conv_operator_sized_by_the_input_shape_names_that_option(tmp_path):
+    """An overlapping W1 whose operator, at the user's --input-shape, is over the limit while
+    the draw fits: a usage error (exit 2) that names --input-shape, not only the model."""
+    model = onnx.load(str(MODELS / "cnn_overlap.onnx"))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    del model.graph.value_info[:]
+    path = tmp_path / "dynamic.onnx"
+    onnx.save(model, path)
+    out = tmp_path / "out"
+    line = assert_one_line_error(run("collide", str(path), "--input-shape",
+                                     "input=1x3x256x256", "--max-memory", "4M", "--no-validate",
+                                     "-o", str(out)), 2)
+    assert "W1 node 'node_conv2d': applying the conv operator to one vector" in line
+    assert "Give a smaller --input-shape, or raise --max-memory" in line
+    assert not out.exists()
+
+
+FORKED_CHILD_PROBE = """
+import contextlib, io, multiprocessing, os, sys, tempfile
+import fuzz_mutations as fm
+
+def child():
+    print("child wrote this", file=sys.stderr)
+
+os.register_at_fork(after_in_child=fm._child_streams_to_fd2)
+path = tempfile.mkstemp()[1]
+with open(path, "w+b") as native, fm._fd2_into(native), \\
+        contextlib.redirect_stderr(io.StringIO()):
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join()
+print(fm._native_lines(path), end="")
+os.remove(path)
+"""
+
+
+def test_the_harness_sees_what_a_forked_child_writes_to_stderr():
+    """A process forked while a command runs (check --jobs, the audit's workers) wrote into
+    its copy of the command's in-memory stderr, which the harness never saw; now it reaches
+    the command's fd-2 file and is reported as a NATIVE line."""
+    result = subprocess.run([sys.executable, "-c", FORKED_CHILD_PROBE], capture_output=True,
+                            text=True, check=True, cwd=Path(__file__).parent)
+    assert result.stdout == f"{NATIVE}child wrote this\n", result.stderr
 
 
 @pytest.mark.parametrize("depth", [3, 32])

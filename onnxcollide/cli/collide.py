@@ -34,6 +34,7 @@ from onnxcollide.collide.saved import FEED_PREFIX
 from onnxcollide.collide.search import find_collisions, first_layer_kernel
 from onnxcollide.errors import UsageError
 from onnxcollide.graph.load import load_model
+from onnxcollide.limits import ResourceLimitError, for_chosen_shape
 from onnxcollide.linalg.spectral import ToleranceRule
 from onnxcollide.report.collide_format import collide_dict, render_json, render_table, settings_dict
 from onnxcollide.report.files import save_npz, write_stdout, write_text
@@ -310,6 +311,10 @@ def collide(model: str, input_files: tuple[str, ...], count: int, beta: float, b
                 if input_files or input_shapes:
                     raise
                 raise exc.model_error() from exc
+            except ResourceLimitError as exc:  # an operator sized by the user's shape
+                if not input_shapes:
+                    raise
+                raise for_chosen_shape(exc, "--input-shape") from None
             reporter.phase("writing the outputs")
             report = _write_outputs(out, found, drawing, validations, runtime, records,
                                     precision)

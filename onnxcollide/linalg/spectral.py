@@ -30,7 +30,6 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import scipy.linalg
 from scipy.linalg import blas
-from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
 
 from onnxcollide.linalg.inertia import SchurSplit, schur_split
 from onnxcollide.linalg.krylov import project_out, top_eigenpairs
@@ -387,6 +386,10 @@ def _largest_eigenvalue(gram: np.ndarray) -> tuple[float, float]:
         return 0.0, 0.0  # a zero weight (zero-initialised layers): ARPACK cannot start on it
     if m <= SVD_MAX_DIM:
         return float(_upper_eigvalsh(gram, [m - 1, m - 1])[0]), 0.0
+    # Imported here: ARPACK serves only layers wider than SVD_MAX_DIM, and scipy.sparse.linalg
+    # adds about 50 ms to the start of every command.
+    from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
+
     scale = float(np.diagonal(gram).max())  # > 0: a nonzero Gram matrix has a positive diagonal
     start = np.random.default_rng(SIGMA_MAX_SEED).standard_normal(m)
     operator = LinearOperator(
