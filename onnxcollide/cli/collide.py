@@ -311,8 +311,8 @@ def collide(model: str, input_files: tuple[str, ...], count: int, beta: float, b
                 if input_files or input_shapes:
                     raise
                 raise exc.model_error() from exc
-            except ResourceLimitError as exc:  # an operator sized by the user's shape
-                if not input_shapes:
+            except ResourceLimitError as exc:  # an operator sized by the perturbed input
+                if perturbed not in shapes:  # its shape is the model's or an array file's
                     raise
                 raise for_chosen_shape(exc, "--input-shape") from None
             reporter.phase("writing the outputs")
