@@ -52,15 +52,54 @@ def test_a_mutated_model_never_breaks_the_property(worker, base, kind, seed):
     ("models/depthwise_cnn.onnx", "attribute", 1724864975),  # Conv pads 2^40: audit hung
     ("models/mlp_dense.onnx", "attribute", 619809930),  # ORT's own log line when a run fails
     ("tests/data/lenet5_mnist_qdq.onnx", "attribute", 794363962),  # ... when a load fails
+    ("tests/data/mnist-8_cntk.onnx", "bit_flip", 139326935),  # input name not UTF-8: bytes
 ])
 def test_the_cases_a_5000_example_run_found(worker, base, kind, seed):
     """`python scripts/fuzz.py --examples 5000 --seed 0 --jobs 2` broke the property on the
     first three (16 problems over their five commands); `--examples 600 --seed 20261206`,
-    once the harness read file descriptor 2 too, on the last two (ONNX Runtime's log printed
-    beside the error line: 17 problems). Each is a regression test now."""
+    once the harness read file descriptor 2 too, on the next two (ONNX Runtime's log printed
+    beside the error line: 17 problems); `--examples 3000 --seed 20261207` on the last
+    (validate joined a graph input name that protobuf handed back as bytes: an internal
+    error). Each is a regression test now."""
     case, outcomes = run_case(worker, base, kind, seed)
     problems = [f"{' '.join(o.command[:1])}: {p}" for o in outcomes for p in o.problems()]
     assert problems == [], (case.description, [o.stderr for o in outcomes])
+
+
+@pytest.mark.parametrize(("field", "marker", "named"), [
+    ("input", b"NAMEMARK", "graph input name b'\\xec"),
+    ("attribute", b"pads", "node 'node_conv2d' (Conv)"),
+    ("node output", b"OUTMARKR", "node 'node_conv2d' (Conv)"),
+])
+def test_a_name_that_is_not_utf8_is_a_corrupt_file(tmp_path, field, marker, named):
+    """A name that is not valid UTF-8 comes back from protobuf as bytes: a graph input no
+    feed could name (validate joined it into a hint: an internal error), an attribute read
+    as absent (a Conv's pads taken as the default). Every command now refuses the file in
+    one line."""
+    model = onnx.load(MODELS / "cnn_overlap.onnx")
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    if field == "input":
+        old = model.graph.input[0].name
+        model.graph.input[0].name = "NAMEMARK"
+        for node in model.graph.node:
+            node.input[:] = ["NAMEMARK" if name == old else name for name in node.input]
+    elif field == "node output":
+        old = conv.output[0]
+        conv.output[0] = "OUTMARKR"
+        for node in model.graph.node:
+            node.input[:] = ["OUTMARKR" if name == old else name for name in node.input]
+    data = model.SerializeToString()
+    assert data.count(marker) >= 1
+    path = tmp_path / "bad_name.onnx"
+    # Each occurrence of a name (where it is made and read); only the first Conv's pads.
+    path.write_bytes(data.replace(marker, b"\xec" + marker[1:],
+                                  1 if field == "attribute" else -1))
+    sample = tmp_path / "x.npy"
+    np.save(sample, np.zeros((1, 3, 32, 32), np.float32))
+    for command in (["audit", str(path)], ["validate", str(path), str(sample), str(sample)]):
+        line = assert_one_line_error(run(*command), 3)
+        assert "is not valid UTF-8 text: the file is corrupt" in line, line
+        assert named in line and "bad_name.onnx" in line, line
 
 
 def test_a_text_field_that_is_not_utf8_is_a_corrupt_file(tmp_path):

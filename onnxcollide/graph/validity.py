@@ -1,8 +1,9 @@
 """Structural checks of a parsed graph before anything walks it: a model nobody has checked
 yet (broken or hostile) gets one line naming the node instead of a wrong audit or a crash.
 
-Checked, in the main graph and every subgraph, without recursion: names defined twice, node
-inputs that nothing defines (outer-scope names count for a subgraph), and cycles. Node order
+Checked, in the main graph and every subgraph, without recursion: names that are not text,
+names defined twice, node inputs that nothing defines (outer-scope names count for a
+subgraph), and cycles. Node order
 is not checked: an unsorted graph without a cycle is fine. How deep subgraphs may nest is
 bounded by protobuf's own parser (If bodies about 32 deep), which refuses deeper files before
 anything here runs.
@@ -51,14 +52,15 @@ def check_graph(proto: ModelProto, path: str) -> GraphWiring:
         The main graph's wiring.
 
     Raises:
-        ModelLoadError: a tensor name defined twice in one graph, a node input nothing
-            defines, or a cycle (each names the node).
+        ModelLoadError: a name that is not text, a tensor name defined twice in one graph, a
+            node input nothing defines, or a cycle (each names the node).
     """
     pending = [_Scope(proto.graph, frozenset(), "main graph")]
     main: GraphWiring | None = None
     while pending:
         scope = pending.pop()
         wiring = _wiring(scope)
+        _check_names_are_text(scope, wiring, path)
         main = main or wiring
         known = _defined_once(scope, wiring, path)
         _check_order(scope, wiring, known | scope.outer, path)
@@ -80,6 +82,34 @@ def _wiring(scope: _Scope) -> GraphWiring:
         if next(subgraphs(node), None) is not None:
             holders.append(index)
     return GraphWiring(tuple(inputs), tuple(outputs), tuple(holders))
+
+
+def _check_names_are_text(scope: _Scope, wiring: GraphWiring, path: str) -> None:
+    """Every name is text. Protobuf hands back bytes for a name that is not valid UTF-8 (a
+    flipped bit in a file), which no lookup by name finds: a graph input nothing could feed,
+    an attribute read as absent.
+
+    Raises:
+        ModelLoadError: naming the graph input, output, initializer, value_info or node.
+    """
+    graph = scope.graph
+    fields = (("graph input", graph.input), ("graph output", graph.output),
+              ("value_info", graph.value_info), ("initializer", graph.initializer))
+    for kind, entries in fields:
+        for entry in entries:
+            if not isinstance(entry.name, str):
+                raise _not_text(f"the {kind} name {entry.name!r}", _where(scope), path)
+    for k, node in enumerate(graph.node):
+        texts = (*wiring.inputs[k], *wiring.outputs[k], node.name, node.op_type, node.domain,
+                 *(attribute.name for attribute in node.attribute))
+        for text in texts:
+            if not isinstance(text, str):
+                raise _not_text(f"the name {text!r}", _where(scope, node), path)
+
+
+def _not_text(what: str, where: str, path: str) -> ModelLoadError:
+    return ModelLoadError(f"{what} is not valid UTF-8 text: the file is corrupt",
+                          f"{path}, {where}", "re-export or copy the model again")
 
 
 def _name(node: NodeProto) -> str:
