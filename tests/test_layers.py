@@ -740,6 +740,33 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path, rng, locati
         audit(external)
 
 
+def test_external_data_without_a_location_is_named_so(tmp_path, rng):
+    """A record with no 'location' entry read as location '' and was reported as pointing
+    outside the model's folder; it names the missing location now."""
+    _, external = _save_pair(tmp_path, rng)
+    model = onnx.load(external, load_external_data=False)
+    for entry in model.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.key = "lxcation"
+    onnx.save(model, external)
+    with pytest.raises(ModelLoadError, match="external but its record names no location"):
+        audit(external)
+
+
+@pytest.mark.parametrize("marker", [b"w.bin", b"location"])
+def test_external_data_entry_that_is_not_utf8_is_a_corrupt_file(tmp_path, rng, marker):
+    """A location (or a key) that is not valid UTF-8 came back from protobuf as bytes, and
+    joining it into a path was an internal error (TypeError)."""
+    _, external = _save_pair(tmp_path, rng)
+    with open(external, "rb") as handle:
+        data = handle.read()
+    assert marker in data
+    with open(external, "wb") as handle:
+        handle.write(data.replace(marker, b"\xec" + marker[1:]))
+    with pytest.raises(ModelLoadError, match="is not valid UTF-8 text: the file is corrupt"):
+        audit(external)
+
+
 def test_external_data_truncated_file(tmp_path, rng):
     """w.bin cut short: a ModelLoadError saying it is shorter than the tensor needs."""
     _, external = _save_pair(tmp_path, rng)

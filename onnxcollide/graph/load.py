@@ -124,6 +124,23 @@ def _check_text(proto: onnx.ModelProto, path: str) -> None:
                                      "re-export or copy the model again")
 
 
+def _check_external_entries(proto: onnx.ModelProto, path: str) -> None:
+    """Refuse an external data entry (key or value: a location, offset, length) that is not
+    valid UTF-8: protobuf hands it back as bytes, which no path or number accepts."""
+    for graph in graphs_in(proto.graph):
+        tensors = [*graph.initializer, *(s.values for s in graph.sparse_initializer),
+                   *(s.indices for s in graph.sparse_initializer)]
+        for node in graph.node:
+            tensors.extend(a.t for a in node.attribute if a.type == AttributeProto.TENSOR)
+        for tensor in tensors:
+            for entry in tensor.external_data:
+                if not isinstance(entry.key, str) or not isinstance(entry.value, str):
+                    raise ModelLoadError(
+                        f"the external data entry {entry.key!r} = {entry.value!r} is not "
+                        "valid UTF-8 text: the file is corrupt",
+                        f"{path}, tensor '{tensor.name}'", "re-export or copy the model again")
+
+
 def _parse(data: bytes, path: str) -> onnx.ModelProto:
     proto = onnx.ModelProto()
     try:
@@ -210,6 +227,7 @@ def _load_uncached(path: str) -> LoadedModel:
             raise ModelLoadError(
                 f"cannot inline the model-local functions ({exc})", path
             ) from exc
+    _check_external_entries(proto, path)
     _densify_sparse(proto, base_dir)
     wiring = check_graph(proto, path)
     _tell_same_named_nodes_apart(proto)

@@ -68,8 +68,12 @@ def tensor_to_array(tensor: TensorProto, base_dir: str) -> np.ndarray:
                                  "the model is corrupt: re-export it") from exc
     info = {entry.key: entry.value for entry in tensor.external_data}
     location = info.get("location", "")
-    path = os.path.normpath(os.path.join(base_dir, location))
     where = f"tensor '{tensor.name}'"
+    if not location:
+        raise ModelLoadError("the tensor's data is external but its record names no location",
+                             where, "the model's external data records are corrupt; export "
+                             "the model again")
+    path = os.path.normpath(os.path.join(base_dir, location))
     inside = os.path.realpath(path).startswith(os.path.join(os.path.realpath(base_dir or "."), ""))
     if os.path.isabs(location) or not inside:
         raise ModelLoadError(
@@ -78,7 +82,7 @@ def tensor_to_array(tensor: TensorProto, base_dir: str) -> np.ndarray:
             "keep external data files in the model's folder (ONNX and ONNX Runtime refuse "
             "other locations too)",
         )
-    if not location or not os.path.isfile(path):
+    if not os.path.isfile(path):
         raise ModelLoadError(
             f"external data file '{location}' not found next to the model",
             where,
