@@ -2,13 +2,13 @@
 
 Each example mutates one real or fixture model one way (``tests/fuzz_mutations.py``: an
 attribute, an initializer's dims or data type, an input name, a node, the opset, a graph
-input's dims, external data entries, truncated or bit-flipped bytes, a cycle, nested
-subgraphs) and runs ``audit``, ``collide``, ``validate``, ``compare`` and ``check`` on it in
-worker processes. The
-property: exit 0, 1, 2 or 3, at most one ``error:`` line, never a traceback, "internal error"
-or signal, within the time bound, nothing written outside ``-o``. Usage::
+input's dims, external data entries, truncated or bit-flipped bytes, a name made invalid
+UTF-8, a cycle, nested subgraphs) and runs ``audit``, ``collide``, ``validate``, ``compare``
+and ``check`` on it in worker processes. The property: exit 0, 1, 2 or 3, at most one
+``error:`` line, never a traceback, "internal error" or signal, within the time bound,
+nothing written outside ``-o``. Usage::
 
-    python scripts/fuzz.py --examples 5000 [--seed 0] [--jobs 2]
+    python scripts/fuzz.py --examples 5000 [--seed 0] [--jobs 2] [--kinds not_utf8 ...]
 
 Exits 1 and lists each example that broke the property (with how to make it again).
 """
@@ -31,10 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from fuzz_mutations import BASES, KINDS, Worker, run_case  # noqa: E402
 
 
-def examples(count: int, seed: int) -> list[tuple[str, str, int]]:
+def examples(count: int, seed: int, kinds: tuple[str, ...] = KINDS
+             ) -> list[tuple[str, str, int]]:
     """(base model, mutation kind, mutation seed) for each example, from one seeded draw."""
     rng = random.Random(seed)
-    return [(rng.choice(BASES), rng.choice(KINDS), rng.randrange(2**31)) for _ in range(count)]
+    return [(rng.choice(BASES), rng.choice(kinds), rng.randrange(2**31)) for _ in range(count)]
 
 
 def main() -> int:
@@ -42,8 +43,10 @@ def main() -> int:
     parser.add_argument("--examples", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS),
+                        help="mutation kinds to draw from (default: all)")
     args = parser.parse_args()
-    todo = examples(args.examples, args.seed)
+    todo = examples(args.examples, args.seed, tuple(args.kinds))
     lock = threading.Lock()
     failures: list[str] = []
     counts = {"done": 0, "commands": 0}

@@ -37,7 +37,7 @@ BASES = ("models/mlp_dense.onnx", "models/patch_embed.onnx", "models/cnn_overlap
          "tests/data/mtcnn_pnet.onnx")
 KINDS = ("attribute", "initializer_dims", "initializer_type", "input_name", "drop_node",
          "cycle", "opset", "graph_input_dims", "nested_if", "external_data", "truncate",
-         "bit_flip")
+         "bit_flip", "not_utf8")
 EXIT_CODES = (0, 1, 2, 3)
 MAX_MEMORY = "2G"  # every command runs under this limit: hostile sizes are refused early
 TIME_BOUND = 120.0  # seconds per command
@@ -265,6 +265,45 @@ def _external(model: onnx.ModelProto, folder: Path, rng: random.Random) -> tuple
     return path, f"external data of '{tensor.name}': {key} set to {value}"
 
 
+def _texts(model: onnx.ModelProto) -> list[str]:
+    """The main graph's names and other text of at least three characters (shorter ones
+    would match bytes all over the file): node names, op types, domains, tensor and
+    attribute names, dim_params, external data entries, the producer."""
+    graph = model.graph
+    texts = {model.producer_name, *(entry.domain for entry in model.opset_import)}
+    for node in graph.node:
+        texts |= {node.name, node.op_type, node.domain, *node.input, *node.output,
+                  *(attribute.name for attribute in node.attribute)}
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        texts.add(value.name)
+        texts |= {d.dim_param for d in value.type.tensor_type.shape.dim}
+    for tensor in graph.initializer:
+        texts.add(tensor.name)
+        texts |= {text for entry in tensor.external_data for text in (entry.key, entry.value)}
+    return sorted(text for text in texts if len(text.encode()) >= 3)
+
+
+def _not_utf8(model: onnx.ModelProto, folder: Path, rng: random.Random) -> tuple[Path, str]:
+    """One text of the model (half the time saved with external data) made invalid UTF-8
+    in the file's bytes: its first byte becomes 0xEC, a lead byte that ASCII cannot follow.
+    Every occurrence (where a name is made and where it is read) or only the first."""
+    path = folder / "model.onnx"
+    if rng.random() < 0.5:
+        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="weights.bin", size_threshold=0)
+        model = onnx.load_model(path, load_external_data=False)
+    texts = _texts(model)
+    data = model.SerializeToString()
+    if not texts:
+        path.write_bytes(data)
+        return path, "no text to change: unchanged"
+    text = rng.choice(texts)
+    every = rng.random() < 0.5
+    raw = text.encode()
+    path.write_bytes(data.replace(raw, b"\xec" + raw[1:], -1 if every else 1))
+    return path, f"'{text}' made invalid UTF-8 ({'everywhere' if every else 'first place'})"
+
+
 def make_case(base: str, kind: str, seed: int, folder: Path) -> Case:
     """Write one mutated model (and two input files for ``validate``) into ``folder``."""
     rng = random.Random(seed)
@@ -277,6 +316,9 @@ def make_case(base: str, kind: str, seed: int, folder: Path) -> Case:
         return Case(path, f"If nested {depth} deep", None, base)
     if kind == "external_data":
         path, what = _external(model, folder, rng)
+        return Case(path, f"{base}: {what}", inputs, base)
+    if kind == "not_utf8":
+        path, what = _not_utf8(model, folder, rng)
         return Case(path, f"{base}: {what}", inputs, base)
     if kind in MUTATORS:
         what = MUTATORS[kind](model, rng)

@@ -102,6 +102,30 @@ def test_a_name_that_is_not_utf8_is_a_corrupt_file(tmp_path, field, marker, name
         assert named in line and "bad_name.onnx" in line, line
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
+def test_every_command_refuses_a_text_made_invalid_utf8(worker, seed):
+    """The not_utf8 mutation (a name, op type, dim_param or external data entry made invalid
+    UTF-8, half the time with external data): every command exits 3 with one error line
+    saying so, whichever text it hit."""
+    case, outcomes = run_case(worker, "tests/data/lenet5_mnist_qdq.onnx", "not_utf8", seed)
+    assert "made invalid UTF-8" in case.description
+    for outcome in outcomes:
+        assert outcome.problems() == [], (case.description, outcome.stderr)
+        assert outcome.code == 3 and "is not valid UTF-8" in outcome.stderr, \
+            (case.description, outcome.command[0], outcome.stderr)
+
+
+def test_an_opset_domain_that_is_not_utf8_is_a_corrupt_file(tmp_path):
+    """An opset import's domain handed back as bytes matched no domain: the opset would have
+    fallen back to version 1 without a word. Now one line, exit 3."""
+    model = onnx.load(MODELS / "cnn_overlap.onnx")
+    model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 3))
+    path = tmp_path / "bad_domain.onnx"
+    path.write_bytes(model.SerializeToString().replace(b"ai.onnx.ml", b"\xeci.onnx.ml"))
+    line = assert_one_line_error(run("audit", str(path)), 3)
+    assert "the opset import's field 'domain' is not valid UTF-8 text" in line
+
+
 def test_a_text_field_that_is_not_utf8_is_a_corrupt_file(tmp_path):
     """protobuf hands an invalid UTF-8 doc_string back as bytes, and copying it for shape
     inference raised UnicodeDecodeError (an internal error): now one line, exit 3."""

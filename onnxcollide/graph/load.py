@@ -114,9 +114,14 @@ def _read_bytes(path: str) -> bytes:
 
 
 def _check_text(proto: onnx.ModelProto, path: str) -> None:
-    """Refuse a model or graph text field (name, doc_string, producer...) that is not valid
-    UTF-8: protobuf hands such a field back as bytes, which no later copy of it accepts."""
-    for owner, message in (("model", proto), ("graph", proto.graph)):
+    """Refuse a text field of the model, its graph, opset imports or metadata (name,
+    doc_string, producer, domain...) that is not valid UTF-8: protobuf hands such a field
+    back as bytes, which no later copy of it accepts (an opset domain read so would not match
+    the default domain, and the opset would silently fall back)."""
+    owners = [("model", proto), ("graph", proto.graph),
+              *(("opset import", entry) for entry in proto.opset_import),
+              *(("metadata entry", entry) for entry in proto.metadata_props)]
+    for owner, message in owners:
         for field, value in message.ListFields():
             if field.type == FieldDescriptor.TYPE_STRING and isinstance(value, bytes):
                 raise ModelLoadError(f"the {owner}'s field '{field.name}' is not valid UTF-8 "

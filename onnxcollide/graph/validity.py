@@ -100,11 +100,12 @@ def _check_names_are_text(scope: _Scope, wiring: GraphWiring, path: str) -> None
             if not isinstance(entry.name, str):
                 raise _not_text(f"the {kind} name {entry.name!r}", _where(scope), path)
     for k, node in enumerate(graph.node):
-        texts = (*wiring.inputs[k], *wiring.outputs[k], node.name, node.op_type, node.domain,
-                 *(attribute.name for attribute in node.attribute))
-        for text in texts:
+        texts = [("tensor name", name) for name in (*wiring.inputs[k], *wiring.outputs[k])]
+        texts += [("node name", node.name), ("op type", node.op_type), ("domain", node.domain)]
+        texts += [("attribute name", attribute.name) for attribute in node.attribute]
+        for kind, text in texts:
             if not isinstance(text, str):
-                raise _not_text(f"the name {text!r}", _where(scope, node), path)
+                raise _not_text(f"the {kind} {text!r}", _where(scope, node), path)
 
 
 def _not_text(what: str, where: str, path: str) -> ModelLoadError:
