@@ -115,6 +115,19 @@ def test_every_command_refuses_a_text_made_invalid_utf8(worker, seed):
             (case.description, outcome.command[0], outcome.stderr)
 
 
+def test_an_attribute_given_twice_is_a_corrupt_node(tmp_path):
+    """Two 'pads' on W1: the audit and collide read one of them and analysed the operator,
+    while ONNX's checker and ONNX Runtime refuse the node. Now every command refuses it."""
+    model = onnx.load(MODELS / "cnn_overlap.onnx")
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    conv.attribute.append(helper.make_attribute("pads", [0, 0, 0, 0]))
+    path = tmp_path / "twice.onnx"
+    onnx.save(model, path)
+    for command in (["audit", str(path)], ["collide", str(path), "-o", str(tmp_path / "o")]):
+        line = assert_one_line_error(run(*command), 3)
+        assert "node 'node_conv2d' (Conv): the attribute 'pads' appears more than once" in line
+
+
 def test_an_opset_domain_that_is_not_utf8_is_a_corrupt_file(tmp_path):
     """An opset import's domain handed back as bytes matched no domain: the opset would have
     fallen back to version 1 without a word. Now one line, exit 3."""

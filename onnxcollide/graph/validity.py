@@ -2,9 +2,9 @@
 yet (broken or hostile) gets one line naming the node instead of a wrong audit or a crash.
 
 Checked, in the main graph and every subgraph, without recursion: names that are not text,
-names defined twice, node inputs that nothing defines (outer-scope names count for a
-subgraph), and cycles. Node order
-is not checked: an unsorted graph without a cycle is fine. How deep subgraphs may nest is
+an attribute given twice on one node, names defined twice, node inputs that nothing defines
+(outer-scope names count for a subgraph), and cycles. Node order is not checked: an unsorted
+graph without a cycle is fine. How deep subgraphs may nest is
 bounded by protobuf's own parser (If bodies about 32 deep), which refuses deeper files before
 anything here runs.
 """
@@ -52,8 +52,9 @@ def check_graph(proto: ModelProto, path: str) -> GraphWiring:
         The main graph's wiring.
 
     Raises:
-        ModelLoadError: a name that is not text, a tensor name defined twice in one graph, a
-            node input nothing defines, or a cycle (each names the node).
+        ModelLoadError: a name that is not text, an attribute given twice on one node, a
+            tensor name defined twice in one graph, a node input nothing defines, or a cycle
+            (each names the node).
     """
     pending = [_Scope(proto.graph, frozenset(), "main graph")]
     main: GraphWiring | None = None
@@ -106,6 +107,24 @@ def _check_names_are_text(scope: _Scope, wiring: GraphWiring, path: str) -> None
         for kind, text in texts:
             if not isinstance(text, str):
                 raise _not_text(f"the {kind} {text!r}", _where(scope, node), path)
+        if len(node.attribute) > 1:
+            _check_attributes_once(scope, node, path)
+
+
+def _check_attributes_once(scope: _Scope, node: NodeProto, path: str) -> None:
+    """Each attribute name at most once on a node: which of two 'pads' a reader takes is
+    arbitrary, and ONNX's checker and ONNX Runtime refuse such a node.
+
+    Raises:
+        ModelLoadError: naming the node and the attribute.
+    """
+    seen: set[str] = set()
+    for attribute in node.attribute:
+        if attribute.name in seen:
+            raise ModelLoadError(f"the attribute '{attribute.name}' appears more than once",
+                                 f"{path}, {_where(scope, node)}",
+                                 "the model is corrupt: re-export it")
+        seen.add(attribute.name)
 
 
 def _not_text(what: str, where: str, path: str) -> ModelLoadError:
