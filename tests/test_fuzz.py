@@ -128,6 +128,26 @@ def test_an_attribute_given_twice_is_a_corrupt_node(tmp_path):
         assert "node 'node_conv2d' (Conv): the attribute 'pads' appears more than once" in line
 
 
+@pytest.mark.parametrize("twice", ["initializer", "graph input"])
+def test_an_initializer_or_input_defined_twice_is_a_corrupt_graph(tmp_path, twice):
+    """Two initializers named conv1.weight (ONNX Runtime takes the last with a warning, ONNX's
+    checker refuses the model) or a graph input listed twice (ONNX Runtime refuses it): the
+    audit read one of them without a word. Now one line, exit 3."""
+    model = onnx.load(MODELS / "cnn_overlap.onnx")
+    if twice == "initializer":
+        weight = next(t for t in model.graph.initializer if t.name == "conv1.weight")
+        model.graph.initializer.append(numpy_helper.from_array(
+            np.zeros_like(numpy_helper.to_array(weight)), "conv1.weight"))
+        name = "conv1.weight"
+    else:
+        model.graph.input.append(model.graph.input[0])
+        name = model.graph.input[0].name
+    path = tmp_path / "twice.onnx"
+    onnx.save(model, path)
+    line = assert_one_line_error(run("audit", str(path)), 3)
+    assert f"main graph: the {twice} '{name}' is defined twice" in line
+
+
 def test_an_opset_domain_that_is_not_utf8_is_a_corrupt_file(tmp_path):
     """An opset import's domain handed back as bytes matched no domain: the opset would have
     fallen back to version 1 without a word. Now one line, exit 3."""

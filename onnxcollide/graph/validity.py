@@ -150,8 +150,16 @@ def _defined_once(scope: _Scope, wiring: GraphWiring, path: str) -> frozenset[st
             same graph defines too.
     """
     graph = scope.graph
-    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer} | \
-        {t.values.name for t in graph.sparse_initializer}
+    initializers = [t.name for t in graph.initializer] + \
+        [t.values.name for t in graph.sparse_initializer]
+    for kind, names in (("graph input", [v.name for v in graph.input]),
+                        ("initializer", initializers)):
+        twice = _repeated(names)
+        if twice is not None:  # one name both an input and an initializer is an old default
+            raise ModelLoadError(f"the {kind} '{twice}' is defined twice (ONNX names are "
+                                 "single assignments)", f"{path}, {_where(scope)}",
+                                 "the model is corrupt: re-export it")
+    defined = {v.name for v in graph.input} | set(initializers)
     for k, outputs in enumerate(wiring.outputs):
         for out in outputs:
             if out in defined:
@@ -161,6 +169,16 @@ def _defined_once(scope: _Scope, wiring: GraphWiring, path: str) -> frozenset[st
                                      "the model is corrupt: re-export it")
             defined.add(out)
     return frozenset(defined)
+
+
+def _repeated(names: list[str]) -> str | None:
+    """The first name that occurs a second time in ``names``; None if each occurs once."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
 
 
 def _check_order(scope: _Scope, wiring: GraphWiring, names: frozenset[str], path: str
