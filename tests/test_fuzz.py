@@ -148,6 +148,17 @@ def test_an_initializer_or_input_defined_twice_is_a_corrupt_graph(tmp_path, twic
     assert f"main graph: the {twice} '{name}' is defined twice" in line
 
 
+def test_a_domain_imported_twice_is_a_corrupt_model(tmp_path):
+    """Default-domain opsets 18 and 7: ONNX Runtime took 7 (and refused ReduceMean's second
+    input), the audit took 18. Which version the ops follow is a guess: now one line."""
+    model = onnx.load(MODELS / "cnn_overlap.onnx")
+    model.opset_import.append(helper.make_opsetid("ai.onnx", 7))
+    path = tmp_path / "two_opsets.onnx"
+    onnx.save(model, path)
+    line = assert_one_line_error(run("audit", str(path)), 3)
+    assert "imports the domain 'ai.onnx' twice (opsets 18 and 7)" in line
+
+
 def test_an_opset_domain_that_is_not_utf8_is_a_corrupt_file(tmp_path):
     """An opset import's domain handed back as bytes matched no domain: the opset would have
     fallen back to version 1 without a word. Now one line, exit 3."""

@@ -157,6 +157,7 @@ def _parse(data: bytes, path: str) -> onnx.ModelProto:
             "re-export or copy the model again",
         ) from exc
     _check_text(proto, path)
+    _check_opsets(proto, path)
     if proto.ir_version <= 0 or not proto.HasField("graph") or len(proto.graph.node) == 0:
         raise ModelLoadError(
             "not an ONNX model (no IR version or empty graph)",
@@ -164,6 +165,21 @@ def _parse(data: bytes, path: str) -> onnx.ModelProto:
             "pass an .onnx file exported by a framework",
         )
     return proto
+
+
+def _check_opsets(proto: onnx.ModelProto, path: str) -> None:
+    """Refuse a model that imports one domain twice (18 and 7 of the default domain): which
+    version its ops follow would be a guess (ONNX Runtime and ONNX's checker take the last
+    entry, ops then read under the wrong version's schema)."""
+    versions: dict[str, int] = {}
+    for entry in proto.opset_import:
+        domain = "" if entry.domain == "ai.onnx" else entry.domain
+        if domain in versions:
+            raise ModelLoadError(
+                f"the model imports the domain '{entry.domain or 'ai.onnx'}' twice (opsets "
+                f"{versions[domain]} and {entry.version})", path,
+                "the model is corrupt: keep one opset per domain and re-export it")
+        versions[domain] = int(entry.version)
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:
