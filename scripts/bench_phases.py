@@ -36,6 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import scipy.sparse.linalg  # noqa: F401  (the engine imports ARPACK on use: not in a phase)
+
 import onnxcollide.audit.model as audit_model
 import onnxcollide.linalg.spectral as spectral
 from onnxcollide.audit.layers import LinearLayer

@@ -100,6 +100,8 @@ def decide_in_processes(layers: Sequence[LinearLayer], indices: Sequence[int],
         broke): the caller decides those itself.
     """
     global _JOB
+    import scipy.sparse.linalg  # noqa: F401  (ARPACK, imported on use: once, before the fork)
+
     order = sorted(indices, key=lambda k: -layer_work(layers[k]))
     results: dict[int, RankDecision | None] = {k: None for k in indices}
     _JOB = (decide, layers)

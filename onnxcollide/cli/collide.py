@@ -312,9 +312,10 @@ def collide(model: str, input_files: tuple[str, ...], count: int, beta: float, b
                     raise
                 raise exc.model_error() from exc
             except ResourceLimitError as exc:  # an operator sized by the perturbed input
-                if perturbed not in shapes:  # its shape is the model's or an array file's
+                usage = for_chosen_shape(exc, "--input-shape") if perturbed in shapes else exc
+                if usage is exc:  # the model's doing, or a shape the user did not choose
                     raise
-                raise for_chosen_shape(exc, "--input-shape") from None
+                raise usage from None
             reporter.phase("writing the outputs")
             report = _write_outputs(out, found, drawing, validations, runtime, records,
                                     precision)

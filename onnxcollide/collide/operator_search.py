@@ -249,8 +249,7 @@ def overlapping_collisions(ctx: SearchContext, x: np.ndarray, data_shape: tuple[
                          hint="the operator's singular vectors span the whole input")
     try:
         analysed = _operator(ctx, data_shape, tuple(x.shape), settings)
-    except ResourceLimitError as exc:  # the operator's arrays: W1's attributes and the input
-        exc.input_sized = True
+    except ResourceLimitError as exc:  # the operator's arrays, sized by W1 and the input
         raise exc.at(f"W1 node '{ctx.site.label}'") from None
     if analysed is None:
         return None

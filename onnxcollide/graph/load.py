@@ -129,21 +129,39 @@ def _check_text(proto: onnx.ModelProto, path: str) -> None:
                                      "re-export or copy the model again")
 
 
-def _check_external_entries(proto: onnx.ModelProto, path: str) -> None:
-    """Refuse an external data entry (key or value: a location, offset, length) that is not
-    valid UTF-8: protobuf hands it back as bytes, which no path or number accepts."""
+def _stored_tensors(proto: onnx.ModelProto) -> Iterator[TensorProto]:
+    """Every tensor the model stores, in every graph: initializers, tensor attributes, and the
+    values and indices of sparse ones (initializers and attributes)."""
     for graph in graphs_in(proto.graph):
-        tensors = [*graph.initializer, *(s.values for s in graph.sparse_initializer),
-                   *(s.indices for s in graph.sparse_initializer)]
+        sparse = list(graph.sparse_initializer)
+        yield from graph.initializer
         for node in graph.node:
-            tensors.extend(a.t for a in node.attribute if a.type == AttributeProto.TENSOR)
-        for tensor in tensors:
-            for entry in tensor.external_data:
-                if not isinstance(entry.key, str) or not isinstance(entry.value, str):
-                    raise ModelLoadError(
-                        f"the external data entry {entry.key!r} = {entry.value!r} is not "
-                        "valid UTF-8 text: the file is corrupt",
-                        f"{path}, tensor '{tensor.name}'", "re-export or copy the model again")
+            for attribute in node.attribute:
+                if attribute.type == AttributeProto.TENSOR:
+                    yield attribute.t
+                yield from attribute.tensors
+                if attribute.type == AttributeProto.SPARSE_TENSOR:
+                    sparse.append(attribute.sparse_tensor)
+                sparse.extend(attribute.sparse_tensors)
+        for tensor in sparse:
+            yield tensor.values
+            yield tensor.indices
+
+
+def _check_tensor_text(proto: onnx.ModelProto, path: str) -> None:
+    """Refuse a stored tensor whose name or external data entry (key or value: a location,
+    offset, length) is not valid UTF-8: protobuf hands it back as bytes, which no path,
+    number or later copy accepts."""
+    for tensor in _stored_tensors(proto):
+        if not isinstance(tensor.name, str):
+            raise ModelLoadError(f"the tensor name {tensor.name!r} is not valid UTF-8 text: "
+                                 "the file is corrupt", path, "re-export or copy the model again")
+        for entry in tensor.external_data:
+            if not isinstance(entry.key, str) or not isinstance(entry.value, str):
+                raise ModelLoadError(
+                    f"the external data entry {entry.key!r} = {entry.value!r} is not "
+                    "valid UTF-8 text: the file is corrupt",
+                    f"{path}, tensor '{tensor.name}'", "re-export or copy the model again")
 
 
 def _parse(data: bytes, path: str) -> onnx.ModelProto:
@@ -157,7 +175,6 @@ def _parse(data: bytes, path: str) -> onnx.ModelProto:
             "re-export or copy the model again",
         ) from exc
     _check_text(proto, path)
-    _check_opsets(proto, path)
     if proto.ir_version <= 0 or not proto.HasField("graph") or len(proto.graph.node) == 0:
         raise ModelLoadError(
             "not an ONNX model (no IR version or empty graph)",
@@ -167,19 +184,18 @@ def _parse(data: bytes, path: str) -> onnx.ModelProto:
     return proto
 
 
-def _check_opsets(proto: onnx.ModelProto, path: str) -> None:
-    """Refuse a model that imports one domain twice (18 and 7 of the default domain): which
-    version its ops follow would be a guess (ONNX Runtime and ONNX's checker take the last
-    entry, ops then read under the wrong version's schema)."""
-    versions: dict[str, int] = {}
+def _one_opset_per_domain(proto: onnx.ModelProto) -> None:
+    """Keep the last import of each domain ('' and 'ai.onnx' are one), as ONNX Runtime and
+    ONNX's checker read a model that imports a domain twice (old model zoo files import the
+    default domain at 1, 2 and 6): every later reader then sees the version they use."""
+    last: dict[str, tuple[str, int]] = {}
     for entry in proto.opset_import:
-        domain = "" if entry.domain == "ai.onnx" else entry.domain
-        if domain in versions:
-            raise ModelLoadError(
-                f"the model imports the domain '{entry.domain or 'ai.onnx'}' twice (opsets "
-                f"{versions[domain]} and {entry.version})", path,
-                "the model is corrupt: keep one opset per domain and re-export it")
-        versions[domain] = int(entry.version)
+        last["" if entry.domain == "ai.onnx" else entry.domain] = (entry.domain, entry.version)
+    if len(last) == len(proto.opset_import):
+        return
+    kept = [helper.make_opsetid(domain, version) for domain, version in last.values()]
+    del proto.opset_import[:]
+    proto.opset_import.extend(kept)
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:
@@ -240,6 +256,7 @@ def _read_whole(path: str) -> tuple[onnx.ModelProto, FileDigest]:
 def _load_uncached(path: str) -> LoadedModel:
     proto, digest = _read_skeleton(path) or _read_whole(path)
     base_dir = os.path.dirname(os.path.abspath(path))
+    _one_opset_per_domain(proto)
     if len(proto.functions) > 0:
         _apply_function_defaults(proto)
         try:
@@ -248,7 +265,7 @@ def _load_uncached(path: str) -> LoadedModel:
             raise ModelLoadError(
                 f"cannot inline the model-local functions ({exc})", path
             ) from exc
-    _check_external_entries(proto, path)
+    _check_tensor_text(proto, path)
     _densify_sparse(proto, base_dir)
     wiring = check_graph(proto, path)
     _tell_same_named_nodes_apart(proto)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from onnx import GraphProto, ModelProto, NodeProto
+from onnx import GraphProto, ModelProto, NodeProto, TensorProto
 
 from onnxcollide.errors import ModelLoadError
 from onnxcollide.graph.walk import subgraphs
@@ -150,15 +150,20 @@ def _defined_once(scope: _Scope, wiring: GraphWiring, path: str) -> frozenset[st
             same graph defines too.
     """
     graph = scope.graph
+    # (The load has made sparse initializers dense already; a caller may not have.)
     initializers = [t.name for t in graph.initializer] + \
         [t.values.name for t in graph.sparse_initializer]
-    for kind, names in (("graph input", [v.name for v in graph.input]),
-                        ("initializer", initializers)):
-        twice = _repeated(names)
-        if twice is not None:  # one name both an input and an initializer is an old default
-            raise ModelLoadError(f"the {kind} '{twice}' is defined twice (ONNX names are "
-                                 "single assignments)", f"{path}, {_where(scope)}",
-                                 "the model is corrupt: re-export it")
+    twice = _repeated([v.name for v in graph.input])
+    if twice is not None:  # one name both an input and an initializer is an old default
+        raise ModelLoadError(f"the graph input '{twice}' is listed twice (ONNX names are "
+                             "single assignments; ONNX Runtime refuses the model)",
+                             f"{path}, {_where(scope)}", "the model is corrupt: re-export it")
+    twice = _differing_initializer(graph)
+    if twice is not None:
+        raise ModelLoadError(f"the initializer '{twice}' is defined twice with different "
+                             "contents (ONNX's checker refuses the model, ONNX Runtime takes "
+                             "the last copy)", f"{path}, {_where(scope)}",
+                             "the model is corrupt: re-export it")
     defined = {v.name for v in graph.input} | set(initializers)
     for k, outputs in enumerate(wiring.outputs):
         for out in outputs:
@@ -169,6 +174,18 @@ def _defined_once(scope: _Scope, wiring: GraphWiring, path: str) -> frozenset[st
                                      "the model is corrupt: re-export it")
             defined.add(out)
     return frozenset(defined)
+
+
+def _differing_initializer(graph: GraphProto) -> str | None:
+    """The first initializer name held by two tensors that differ (in dims, type, values or
+    where they are stored); None where every repeated name holds identical copies (harmless:
+    any reader gets the same tensor)."""
+    first: dict[str, TensorProto] = {}
+    for tensor in graph.initializer:
+        seen = first.setdefault(tensor.name, tensor)
+        if seen is not tensor and seen.SerializeToString() != tensor.SerializeToString():
+            return str(tensor.name)
+    return None
 
 
 def _repeated(names: list[str]) -> str | None:

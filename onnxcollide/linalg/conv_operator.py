@@ -62,7 +62,7 @@ import scipy.linalg
 import scipy.sparse
 
 from onnxcollide.errors import UsageError
-from onnxcollide.limits import check_allocation
+from onnxcollide.limits import ResourceLimitError, check_allocation, current_limit
 from onnxcollide.linalg.spectral import EPS64, ToleranceRule, root_error
 
 EPS32 = 2.0**-23
@@ -212,13 +212,27 @@ def _operator_geometry(spec: ConvSpec) -> _Geometry:
     """
     geo = _geometry(spec)
     padded = tuple(n + geo.pad_begin[i] + geo.pad_end[i] for i, n in enumerate(geo.spatial))
-    out = math.prod(geo.out)
-    largest = max(geo.o * out, geo.c * math.prod(padded), geo.c * math.prod(geo.kernel) * out)
-    check_allocation(8 * largest, f"applying the conv operator to one vector (output "
-                     f"{geo.o} x {'x'.join(map(str, geo.out))}, padded input {geo.c} x "
-                     f"{'x'.join(map(str, padded))}, kernel {'x'.join(map(str, geo.kernel))}"
-                     ", in float64)")
+    try:
+        check_allocation(8 * _largest_image(geo, padded, geo.out),
+                         f"applying the conv operator to one vector (output {geo.o} x "
+                         f"{'x'.join(map(str, geo.out))}, padded input {geo.c} x "
+                         f"{'x'.join(map(str, padded))}, kernel "
+                         f"{'x'.join(map(str, geo.kernel))}, in float64)")
+    except ResourceLimitError as exc:
+        # The input's size is to blame where its arrays would be too large without the pads.
+        unpadded = tuple(max(1, (n - dl * (k - 1) - 1) // st + 1) for n, dl, k, st in
+                         zip(geo.spatial, geo.dilations, geo.kernel, geo.strides, strict=True))
+        exc.input_sized = 8 * _largest_image(geo, geo.spatial, unpadded) > current_limit().bytes
+        raise
     return geo
+
+
+def _largest_image(geo: _Geometry, padded: tuple[int, ...], out: tuple[int, ...]) -> int:
+    """Elements of the largest array that applying the operator to one vector allocates:
+    the output ``(O, *out)``, the padded input ``(C, *padded)`` or the im2col columns
+    ``(C, prod(kernel), *out)``."""
+    size = math.prod(out)
+    return max(geo.o * size, geo.c * math.prod(padded), geo.c * math.prod(geo.kernel) * size)
 
 
 def output_shape(spec: ConvSpec) -> tuple[int, ...]:
@@ -608,8 +622,12 @@ class _Gram:
         geo, s = self.geo, self.geo.strides
         nf = math.prod(self.half)
         axes = tuple(range(-geo.d, 0))
-        check_allocation(nf * self.q * self.q * 16, "the conv operator's Gram matrices per "
-                         f"frequency ({nf} of {self.q} x {self.q})")
+        try:  # the frequencies grow with the input's size
+            check_allocation(nf * self.q * self.q * 16, "the conv operator's Gram matrices "
+                             f"per frequency ({nf} of {self.q} x {self.q})")
+        except ResourceLimitError as exc:
+            exc.input_sized = True
+            raise
         gram = np.zeros((nf, self.q, self.q), dtype=complex)
         step = max(1, (64 << 20) // (16 * self.q * nf))  # output channels per FFT chunk
         for lo in range(0, geo.o, step):
