@@ -132,14 +132,11 @@ def _check_text(proto: onnx.ModelProto, path: str) -> None:
 def _stored_tensors(proto: onnx.ModelProto) -> Iterator[TensorProto]:
     """Every tensor the model stores, in every graph: initializers, tensor attributes, and the
     values and indices of sparse ones (initializers and attributes)."""
+    yield from tensors_in(proto.graph)
     for graph in graphs_in(proto.graph):
         sparse = list(graph.sparse_initializer)
-        yield from graph.initializer
         for node in graph.node:
             for attribute in node.attribute:
-                if attribute.type == AttributeProto.TENSOR:
-                    yield attribute.t
-                yield from attribute.tensors
                 if attribute.type == AttributeProto.SPARSE_TENSOR:
                     sparse.append(attribute.sparse_tensor)
                 sparse.extend(attribute.sparse_tensors)
