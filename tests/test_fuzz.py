@@ -56,14 +56,16 @@ def test_a_mutated_model_never_breaks_the_property(worker, base, kind, seed):
     ("models/mlp_dense.onnx", "attribute", 619809930),  # ORT's own log line when a run fails
     ("tests/data/lenet5_mnist_qdq.onnx", "attribute", 794363962),  # ... when a load fails
     ("tests/data/mnist-8_cntk.onnx", "bit_flip", 139326935),  # input name not UTF-8: bytes
+    ("models/depthwise_cnn.onnx", "bit_flip", 1171729613),  # input element type 0: KeyError
 ])
 def test_the_cases_a_5000_example_run_found(worker, base, kind, seed):
     """`python scripts/fuzz.py --examples 5000 --seed 0 --jobs 2` broke the property on the
     first three (16 problems over their five commands); `--examples 600 --seed 20261206`,
     once the harness read file descriptor 2 too, on the next two (ONNX Runtime's log printed
-    beside the error line: 17 problems); `--examples 3000 --seed 20261207` on the last
-    (validate joined a graph input name that protobuf handed back as bytes: an internal
-    error). Each is a regression test now."""
+    beside the error line: 17 problems); `--examples 3000 --seed 20261207` and `--seed
+    20261209` on the last two (validate joined a graph input name that protobuf handed back
+    as bytes; it looked up an input's element type 0: internal errors). Each is a regression
+    test now."""
     case, outcomes = run_case(worker, base, kind, seed)
     problems = [f"{' '.join(o.command[:1])}: {p}" for o in outcomes for p in o.problems()]
     assert problems == [], (case.description, [o.stderr for o in outcomes])
@@ -234,6 +236,27 @@ def test_text_that_is_not_utf8_in_other_stored_tensors_is_a_corrupt_file(tmp_pat
     checked = run("check", str(path), "--no-cache")  # its report still goes to stdout
     assert checked.exit_code == 3 and "internal error" not in checked.stderr
     assert "is not valid UTF-8 text: the file is corrupt" in checked.stderr
+
+
+@pytest.mark.parametrize("declared", ["undefined", "sequence"])
+def test_an_input_no_array_can_feed_is_one_line(tmp_path, declared):
+    """validate on a model whose input declares element type 0 (a flipped byte) or is a
+    sequence: numpy had no dtype for it (KeyError, an internal error). Now exit 3."""
+    model = onnx.load(MODELS / "mlp_dense.onnx")
+    value = model.graph.input[0]
+    if declared == "undefined":
+        value.type.tensor_type.elem_type = TensorProto.UNDEFINED
+        expected = "declares the element type undefined, which no array holds"
+    else:
+        value.CopyFrom(helper.make_tensor_sequence_value_info(value.name, TensorProto.FLOAT,
+                                                             None))
+        expected = f"the input '{value.name}' is not a tensor (sequence_type)"
+    path = tmp_path / "input.onnx"
+    onnx.save(model, path)
+    sample = tmp_path / "x.npy"
+    np.save(sample, np.zeros((1, 1, 16, 16), np.float32))
+    line = assert_one_line_error(run("validate", str(path), str(sample), str(sample)), 3)
+    assert expected in line
 
 
 def test_a_text_field_that_is_not_utf8_is_a_corrupt_file(tmp_path):

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import onnx
 
 from onnxcollide.collide.results import ChannelRange
-from onnxcollide.errors import ModelLoadError, UsageError
+from onnxcollide.errors import ModelLoadError, UnsupportedModelError, UsageError
 from onnxcollide.graph.load import LoadedModel
 from onnxcollide.graph.shapes import declared_dims, model_inputs
-from onnxcollide.graph.tensors import numpy_dtype
+from onnxcollide.graph.tensors import dtype_name, numpy_dtype
 from onnxcollide.limits import check_allocation
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -63,10 +64,26 @@ def parse_assignments(texts: Sequence[str], option: str) -> dict[str | None, str
     return out
 
 
-def _declared(value_info: object) -> tuple[list[int | None], np.dtype]:
-    tensor_type = value_info.type.tensor_type  # type: ignore[attr-defined]
-    dims = list(declared_dims(value_info.type) or ())  # type: ignore[attr-defined]
-    return dims, numpy_dtype(tensor_type.elem_type)
+def _declared(value_info: onnx.ValueInfoProto, path: str
+              ) -> tuple[list[int | None], np.dtype]:
+    """The dims and numpy dtype a model input declares.
+
+    Raises:
+        UnsupportedModelError: the input is not a tensor (a sequence, a map, no type), or its
+            element type is one no array holds (0, undefined, as a corrupt byte leaves it).
+    """
+    name, kind = value_info.name, value_info.type.WhichOneof("value")
+    if kind != "tensor_type":
+        raise UnsupportedModelError(f"the input '{name}' is not a tensor ({kind or 'no type'})",
+                                    path, "only tensor inputs can be fed from arrays")
+    elem_type = value_info.type.tensor_type.elem_type
+    try:
+        dtype = numpy_dtype(elem_type)
+    except (KeyError, ValueError, TypeError):
+        raise UnsupportedModelError(f"the input '{name}' declares the element type "
+                                    f"{dtype_name(elem_type)}, which no array holds", path,
+                                    "the model is corrupt: re-export it") from None
+    return list(declared_dims(value_info.type) or ()), dtype
 
 
 def _load_array(path: str, name: str) -> tuple[np.ndarray, str | None]:
@@ -391,7 +408,7 @@ def read_inputs(model: LoadedModel, files: dict[str | None, str],
     feeds: dict[str, np.ndarray] = {}
     records: dict[str, dict[str, Any]] = {}
     for info in inputs:
-        dims, dtype = _declared(info)
+        dims, dtype = _declared(info, model.path)
         source = files.get(info.name)
         if source is None:
             draw_range = value_range or (0.0, 1.0)
