@@ -16,6 +16,7 @@ import contextlib
 import multiprocessing
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -37,8 +38,9 @@ BASES = ("models/mlp_dense.onnx", "models/patch_embed.onnx", "models/cnn_overlap
          "tests/data/mtcnn_pnet.onnx")
 KINDS = ("attribute", "initializer_dims", "initializer_type", "input_name", "drop_node",
          "cycle", "opset", "graph_input_dims", "nested_if", "external_data", "truncate",
-         "bit_flip", "not_utf8")
+         "bit_flip", "not_utf8", "graph_input_type")
 EXIT_CODES = (0, 1, 2, 3)
+PYTHON_WARNING = re.compile(r"\S+\.py:\d+: \w*Warning: ")  # warnings' own line: path, line
 MAX_MEMORY = "2G"  # every command runs under this limit: hostile sizes are refused early
 TIME_BOUND = 120.0  # seconds per command
 
@@ -79,6 +81,9 @@ class Outcome:
         if native:
             found.append("a library or a forked child wrote to stderr itself: "
                          f"{native[0][len(NATIVE):][:200]}")
+        warned = [line for line in self.stderr.splitlines() if PYTHON_WARNING.search(line)]
+        if warned:
+            found.append(f"a Python warning reached stderr: {warned[0][:200]}")
         errors = [line for line in self.stderr.splitlines() if line.startswith("error:")]
         if len(errors) > 1 or (self.code not in (0, 1, None) and len(errors) != 1):
             found.append(f"{len(errors)} error lines for exit code {self.code}")
@@ -186,6 +191,29 @@ def _graph_input_dims(model: onnx.ModelProto, rng: random.Random) -> str:
     return f"graph input '{value.name}' dim {k} set to {new}"
 
 
+def _graph_input_type(model: onnx.ModelProto, rng: random.Random) -> str:
+    """The first graph input's element type changed (to one no array holds, a string, an
+    integer, another float width), or the input made a sequence, a map or typeless."""
+    value = model.graph.input[0]
+    kind = rng.choice(["element", "element", "element", "sequence", "map", "none"])
+    if kind == "element":
+        elem = rng.choice([TensorProto.UNDEFINED, TensorProto.STRING, TensorProto.BOOL,
+                           TensorProto.INT64, TensorProto.UINT8, TensorProto.FLOAT16,
+                           TensorProto.BFLOAT16, TensorProto.DOUBLE, TensorProto.COMPLEX64,
+                           TensorProto.FLOAT8E4M3FN, TensorProto.INT4, 999])
+        value.type.tensor_type.elem_type = elem
+        return f"graph input '{value.name}' element type set to {elem}"
+    if kind == "sequence":
+        value.CopyFrom(helper.make_tensor_sequence_value_info(value.name, TensorProto.FLOAT,
+                                                             None))
+    elif kind == "map":
+        value.type.CopyFrom(helper.make_map_type_proto(
+            TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, None)))
+    else:
+        value.ClearField("type")
+    return f"graph input '{value.name}' made {kind}-typed"
+
+
 def _varint(value: int) -> bytes:
     out = bytearray()
     while True:
@@ -239,7 +267,7 @@ MUTATORS: dict[str, Callable[[onnx.ModelProto, random.Random], str]] = {
     "attribute": _attribute, "initializer_dims": _initializer_dims,
     "initializer_type": _initializer_type, "input_name": _input_name,
     "drop_node": _drop_node, "cycle": _cycle, "opset": _opset,
-    "graph_input_dims": _graph_input_dims,
+    "graph_input_dims": _graph_input_dims, "graph_input_type": _graph_input_type,
 }
 
 

@@ -15,7 +15,7 @@ import onnx
 import pytest
 from builders import assert_one_line_error, init, make_model, value
 from builders import run_cli as run
-from fuzz_mutations import BASES, KINDS, NATIVE, Worker, nested_if, run_case
+from fuzz_mutations import BASES, KINDS, NATIVE, Outcome, Worker, nested_if, run_case
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -257,6 +257,37 @@ def test_an_input_no_array_can_feed_is_one_line(tmp_path, declared):
     np.save(sample, np.zeros((1, 1, 16, 16), np.float32))
     line = assert_one_line_error(run("validate", str(path), str(sample), str(sample)), 3)
     assert expected in line
+
+
+@pytest.mark.parametrize(("elem", "code", "expected"), [
+    (TensorProto.STRING, 3, "the input 'input' takes string values, which no file of real "
+                            "numbers can give"),
+    (TensorProto.COMPLEX64, 3, "takes complex64 values"),
+    (TensorProto.INT4, 2, "holds fractions; input 'input' takes int4"),
+    (TensorProto.BOOL, 2, "holds fractions; input 'input' takes bool"),
+])
+def test_an_input_type_real_arrays_cannot_fill_is_one_line(tmp_path, elem, code, expected):
+    """validate with float arrays on an input declared string, complex, int4 or bool: the
+    arrays were converted anyway (a raw ComplexWarning for complex, values rounded by up to
+    1 for int4, truthiness for bool). Strings and complex are the model's (exit 3); fractions
+    for an integer or bool input are the arrays' (exit 2), as for int64."""
+    model = onnx.load(MODELS / "mlp_dense.onnx")
+    model.graph.input[0].type.tensor_type.elem_type = elem
+    path = tmp_path / "typed.onnx"
+    onnx.save(model, path)
+    sample = tmp_path / "x.npy"
+    np.save(sample, np.full((1, 1, 16, 16), 0.5, np.float32))
+    line = assert_one_line_error(run("validate", str(path), str(sample), str(sample)), code)
+    assert expected in line
+
+
+def test_a_python_warning_on_stderr_breaks_the_property():
+    """The harness counts a Python warning's own line (path:line: SomeWarning: ...) as a
+    problem: the ComplexWarning above reached users that way."""
+    outcome = Outcome(["validate"], 3, "/x/inputs.py:443: ComplexWarning: Casting complex "
+                      "values to real discards the imaginary part\nerror: m.onnx: bad.", 0.1)
+    assert any("a Python warning reached stderr" in p for p in outcome.problems())
+    assert Outcome(["validate"], 3, "error: m.onnx: bad.", 0.1).problems() == []
 
 
 def test_a_text_field_that_is_not_utf8_is_a_corrupt_file(tmp_path):

@@ -250,8 +250,9 @@ def _check_values(array: np.ndarray, dtype: np.dtype, name: str, source: str) ->
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         raise UsageError(f"holds NaN or infinite values for input '{name}'", source,
                          "give finite values")
-    if dtype.kind in "iu" and array.size and array.dtype.kind in "iuf":
-        _check_integers(array, dtype, name, source)
+    bounds = _integer_bounds(dtype)
+    if bounds is not None and array.size and array.dtype.kind in "biuf":
+        _check_integers(array, dtype, bounds, name, source)
     cast = _finite_cast(array, dtype)
     if cast is None:
         raise UsageError(f"holds values beyond the range of {dtype} for input '{name}'",
@@ -266,8 +267,23 @@ def _finite_cast(array: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
     return None if cast.dtype.kind == "f" and not np.all(np.isfinite(cast)) else cast
 
 
-def _check_integers(array: np.ndarray, dtype: np.dtype, name: str, source: str) -> None:
-    """Refuse fractions and values outside ``dtype`` for an integer input.
+def _integer_bounds(dtype: np.dtype) -> tuple[int, int] | None:
+    """The smallest and largest value of an integer input's dtype (bool: 0 and 1; int4 and
+    uint4, which numpy knows through ml_dtypes, by ml_dtypes' own iinfo); None for others."""
+    if dtype.kind == "b":
+        return 0, 1
+    if dtype.kind in "iu":
+        return int(np.iinfo(dtype).min), int(np.iinfo(dtype).max)
+    if dtype.kind == "V" and dtype.name.startswith(("int", "uint")):
+        import ml_dtypes
+
+        return int(ml_dtypes.iinfo(dtype).min), int(ml_dtypes.iinfo(dtype).max)
+    return None
+
+
+def _check_integers(array: np.ndarray, dtype: np.dtype, bounds: tuple[int, int], name: str,
+                    source: str) -> None:
+    """Refuse fractions and values outside ``bounds`` for an integer (or bool) input.
 
     Raises:
         UsageError: a value that the cast to ``dtype`` would round or wrap around.
@@ -275,9 +291,9 @@ def _check_integers(array: np.ndarray, dtype: np.dtype, name: str, source: str) 
     if array.dtype.kind == "f" and np.any(array != np.round(array)):
         raise UsageError(f"holds fractions; input '{name}' takes {dtype}", source,
                          f"save integer values for '{name}'")
-    info = np.iinfo(dtype)
-    if array.min() < info.min or array.max() > info.max:
-        raise UsageError(f"holds values outside [{info.min}, {info.max}] for input '{name}' "
+    low, high = bounds
+    if array.min() < low or array.max() > high:
+        raise UsageError(f"holds values outside [{low}, {high}] for input '{name}' "
                          f"({dtype})", source, "save values that fit the input's type")
 
 
@@ -410,6 +426,11 @@ def read_inputs(model: LoadedModel, files: dict[str | None, str],
     for info in inputs:
         dims, dtype = _declared(info, model.path)
         source = files.get(info.name)
+        if source is not None and dtype.kind in "Oc":
+            raise UnsupportedModelError(
+                f"the input '{info.name}' takes {dtype_name(info.type.tensor_type.elem_type)} "
+                "values, which no file of real numbers can give", model.path,
+                "only inputs of real numbers (float, integer, bool) are fed from files")
         if source is None:
             draw_range = value_range or (0.0, 1.0)
             feeds[info.name] = random_input(dims, shapes.get(info.name), dtype, info.name, rng,
