@@ -2,11 +2,11 @@
 
 Each example mutates one real or fixture model one way (``tests/fuzz_mutations.py``: an
 attribute, an initializer's dims or data type, an input name, a node, the opset, a graph
-input's dims, external data entries, truncated or bit-flipped bytes, a name made invalid
-UTF-8, a cycle, nested subgraphs) and runs ``audit``, ``collide``, ``validate``, ``compare``
-and ``check`` on it in worker processes. The property: exit 0, 1, 2 or 3, at most one
-``error:`` line, never a traceback, "internal error" or signal, within the time bound,
-nothing written outside ``-o``. Usage::
+input's dims or type, external data entries, truncated or bit-flipped bytes, a name made
+invalid UTF-8, a cycle, nested subgraphs) and runs ``audit``, ``collide``, ``validate``,
+``compare`` and ``check`` on it in worker processes. The property: exit 0, 1, 2 or 3, at
+most one ``error:`` line, never a traceback, "internal error", Python warning or signal,
+within the time bound, nothing written outside ``-o``. Usage::
 
     python scripts/fuzz.py --examples 5000 [--seed 0] [--jobs 2] [--kinds not_utf8 ...]
 

@@ -3,11 +3,11 @@
 Shared by ``tests/test_fuzz.py`` (a fixed-seed, bounded run in CI, examples drawn by
 hypothesis) and ``scripts/fuzz.py`` (many more). A mutation takes a real or fixture model and
 changes one thing: an attribute, an initializer's dims or data type, an input name, a node,
-the opset, a graph input's dims, the external data entries, or the file's bytes; or builds a
-graph with a cycle or deeply nested subgraphs. Each command then runs in a worker process
-(so a crash by a signal is seen, not suffered) and must end with exit 0, 1, 2 or 3, at most one
-``error:`` line and no traceback or "internal error" on stderr, within a time bound, writing
-nothing outside its ``-o`` folder.
+the opset, a graph input's dims or type, the external data entries, a text made invalid
+UTF-8, or the file's bytes; or builds a graph with a cycle or deeply nested subgraphs. Each
+command then runs in a worker process (so a crash by a signal is seen, not suffered) and must
+end with exit 0, 1, 2 or 3, at most one ``error:`` line and no traceback, "internal error"
+or Python warning on stderr, within a time bound, writing nothing outside its ``-o`` folder.
 """
 
 from __future__ import annotations
