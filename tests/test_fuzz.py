@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -57,14 +58,17 @@ def test_a_mutated_model_never_breaks_the_property(worker, base, kind, seed):
     ("tests/data/lenet5_mnist_qdq.onnx", "attribute", 794363962),  # ... when a load fails
     ("tests/data/mnist-8_cntk.onnx", "bit_flip", 139326935),  # input name not UTF-8: bytes
     ("models/depthwise_cnn.onnx", "bit_flip", 1171729613),  # input element type 0: KeyError
+    ("models/cnn_overlap.onnx", "bit_flip", 29041504),  # a signalling NaN: RuntimeWarning
 ])
 def test_the_cases_a_5000_example_run_found(worker, base, kind, seed):
     """`python scripts/fuzz.py --examples 5000 --seed 0 --jobs 2` broke the property on the
     first three (16 problems over their five commands); `--examples 600 --seed 20261206`,
     once the harness read file descriptor 2 too, on the next two (ONNX Runtime's log printed
     beside the error line: 17 problems); `--examples 3000 --seed 20261207` and `--seed
-    20261209` on the last two (validate joined a graph input name that protobuf handed back
-    as bytes; it looked up an input's element type 0: internal errors). Each is a regression
+    20261209` on the next two (validate joined a graph input name that protobuf handed back
+    as bytes; it looked up an input's element type 0: internal errors); `--seed 20261210`,
+    once Python warnings counted, on the last (a weight's signalling NaN raised numpy's
+    "invalid value encountered in cast" warning beside the error line). Each is a regression
     test now."""
     case, outcomes = run_case(worker, base, kind, seed)
     problems = [f"{' '.join(o.command[:1])}: {p}" for o in outcomes for p in o.problems()]
@@ -288,6 +292,23 @@ def test_a_python_warning_on_stderr_breaks_the_property():
                       "values to real discards the imaginary part\nerror: m.onnx: bad.", 0.1)
     assert any("a Python warning reached stderr" in p for p in outcome.problems())
     assert Outcome(["validate"], 3, "error: m.onnx: bad.", 0.1).problems() == []
+
+
+@pytest.mark.parametrize("shape", [(16, 24), (600, 700), (64, 20000)])
+def test_a_signalling_nan_weight_is_one_line_without_a_warning(tmp_path, shape):
+    """A bit flip can make a float32 weight a signalling NaN: converting it to float64 raised
+    numpy's "invalid" flag, printed as a RuntimeWarning beside the error line, on the SVD
+    path, the Gram path and the streamed path alike."""
+    weight = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    weight.flat[5] = np.array([0x7FA00000], np.uint32).view(np.float32)[0]
+    path = make_model(tmp_path / "snan.onnx", [helper.make_node("MatMul", ["x", "w"], ["y"])],
+                      [value("x", [1, shape[0]])], [value("y", [1, shape[1]])],
+                      [init("w", weight)])
+    for command in (["audit", path], ["compare", path, path]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # pytest would record a warning, not show it
+            line = assert_one_line_error(run(*command), 3)
+        assert "weight 'w': weight contains NaN or Inf" in line
 
 
 def test_a_text_field_that_is_not_utf8_is_a_corrupt_file(tmp_path):

@@ -339,7 +339,14 @@ def _read_chunk(matrix: np.ndarray, lo: int, hi: int, tall: bool, out: np.ndarra
     """Rows ``lo:hi`` (``tall``) or columns ``lo:hi`` of ``matrix`` into ``out`` (float64,
     same shape), handing the pages read back where ``matrix`` is memory-mapped
     (``pages``): the column blocks of a wide matrix read in several are read from the
-    file row by row; a block of every column is every row."""
+    file row by row; a block of every column is every row. A signalling NaN raises numpy's
+    "invalid" flag as it is converted: the caller's finite check reports it (one line), not
+    a RuntimeWarning."""
+    with np.errstate(invalid="ignore"):
+        _copy_chunk(matrix, lo, hi, tall, out)
+
+
+def _copy_chunk(matrix: np.ndarray, lo: int, hi: int, tall: bool, out: np.ndarray) -> None:
     if tall:
         np.copyto(out, matrix[lo:hi], casting="unsafe")
         give_back(matrix, lo, hi, True)
@@ -423,7 +430,8 @@ def _nothing_above(gram: np.ndarray, bound: float) -> bool:
 
 def _singular_values(blocks: np.ndarray) -> np.ndarray:
     """Float64 singular values of each block: (g, q, p) -> (g, min(q, p))."""
-    as64 = np.asarray(blocks, dtype=np.float64)
+    with np.errstate(invalid="ignore"):  # a signalling NaN: the finite check says so
+        as64 = np.asarray(blocks, dtype=np.float64)
     _check_finite(as64)
     return np.linalg.svd(as64, compute_uv=False)
 
