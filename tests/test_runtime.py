@@ -9,6 +9,8 @@ No GPU is needed: CUDA tests skip with a reason where ONNX Runtime has no CUDA p
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -325,6 +327,19 @@ def test_compare_outputs_edge_cases():
     assert compare_outputs(ints, other, ["z"]) == (z,)
     with pytest.raises(UsageError, match="'nope' is missing"):
         compare_outputs(ints, other, ["nope"])
+
+
+def test_an_overflowed_output_compares_as_nan_and_fails_without_a_warning():
+    """Outputs with inf at the same place (an overflow in both runs) or NaN: inf - inf raised
+    numpy's "invalid" RuntimeWarning beside collide's report. They compare as NaN, which no
+    tolerance accepts, and nothing is printed."""
+    a = np.array([[1.0, np.inf, 3.0]], np.float32)
+    b = np.array([[1.0, np.inf, 3.5]], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (cmp,) = compare_outputs({"y": a}, {"y": b})
+    assert math.isnan(cmp.max_abs) and math.isnan(cmp.max_rel)
+    assert not cmp.max_rel <= Tolerances().output_rtol
 
 
 # ------------------------------------------------------------------ validation

@@ -68,13 +68,18 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> tuple[float | None, float | None
 
 
 def _compare(name: str, a: np.ndarray, b: np.ndarray) -> OutputComparison:
+    """One output of two runs. An output that overflowed (inf - inf) or holds NaN compares as
+    NaN, which no tolerance accepts; numpy's "invalid" flag for it is not a warning."""
     if a.shape != b.shape:
         return OutputComparison(name, math.inf, math.inf, None, None)
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    max_abs = float(np.max(np.abs(a64 - b64))) if a.size else 0.0
+    with np.errstate(invalid="ignore"):
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        max_abs = float(np.max(np.abs(a64 - b64))) if a.size else 0.0
     scale = float(np.max(np.abs(a64))) if a.size else 0.0
     argmax, top5 = _agreement(a, b)
-    return OutputComparison(name, max_abs, max_abs / max(scale, TINY), argmax, top5)
+    with np.errstate(invalid="ignore"):  # inf / inf: NaN, as above
+        max_rel = max_abs / max(scale, TINY)
+    return OutputComparison(name, max_abs, max_rel, argmax, top5)
 
 
 def compare_outputs(a: Arrays, b: Arrays,
@@ -265,9 +270,12 @@ def _random_feeds(a: Arrays, names: Sequence[str], norm: float,
 
 
 def _relative_residual(reference: np.ndarray, other: np.ndarray) -> float:
-    ref = reference.astype(np.float64)
-    scale = max(float(np.linalg.norm(ref)), TINY)
-    return float(np.linalg.norm(other.astype(np.float64) - ref)) / scale
+    """||other - reference|| / ||reference||; NaN where either overflowed (no tolerance
+    accepts it), without numpy's "invalid" warning."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        ref = reference.astype(np.float64)
+        scale = max(float(np.linalg.norm(ref)), TINY)
+        return float(np.linalg.norm(other.astype(np.float64) - ref)) / scale
 
 
 def _meets(layer_residual: float | None, outputs: Sequence[OutputComparison],
