@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import onnx
 
 from onnxcollide.collide.results import ChannelRange
 from onnxcollide.errors import ModelLoadError, UnsupportedModelError, UsageError
@@ -64,9 +63,8 @@ def parse_assignments(texts: Sequence[str], option: str) -> dict[str | None, str
     return out
 
 
-def _declared(value_info: onnx.ValueInfoProto, path: str
-              ) -> tuple[list[int | None], np.dtype]:
-    """The dims and numpy dtype a model input declares.
+def _declared(value_info: Any, path: str) -> tuple[list[int | None], np.dtype]:
+    """The dims and numpy dtype a model input declares (``value_info``: its ValueInfoProto).
 
     Raises:
         UnsupportedModelError: the input is not a tensor (a sequence, a map, no type), or its
