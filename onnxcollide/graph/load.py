@@ -19,7 +19,7 @@ from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, helper, num
 from onnxcollide.errors import ModelLoadError
 from onnxcollide.graph.skeleton import skeleton_bytes
 from onnxcollide.graph.tensors import is_external, sparse_to_array
-from onnxcollide.graph.validity import GraphWiring, check_graph
+from onnxcollide.graph.validity import GraphWiring, check_graph, not_text_error
 from onnxcollide.graph.walk import graphs_in, subgraphs
 
 ONNX_VERSION: str = onnx.__version__  # reports record it (only graph/ imports onnx)
@@ -124,9 +124,7 @@ def _check_text(proto: onnx.ModelProto, path: str) -> None:
     for owner, message in owners:
         for field, value in message.ListFields():
             if field.type == FieldDescriptor.TYPE_STRING and isinstance(value, bytes):
-                raise ModelLoadError(f"the {owner}'s field '{field.name}' is not valid UTF-8 "
-                                     "text: the file is corrupt", path,
-                                     "re-export or copy the model again")
+                raise not_text_error(f"the {owner}'s field '{field.name}'", path)
 
 
 def _stored_tensors(proto: onnx.ModelProto) -> Iterator[TensorProto]:
@@ -151,14 +149,11 @@ def _check_tensor_text(proto: onnx.ModelProto, path: str) -> None:
     number or later copy accepts."""
     for tensor in _stored_tensors(proto):
         if not isinstance(tensor.name, str):
-            raise ModelLoadError(f"the tensor name {tensor.name!r} is not valid UTF-8 text: "
-                                 "the file is corrupt", path, "re-export or copy the model again")
+            raise not_text_error(f"the tensor name {tensor.name!r}", path)
         for entry in tensor.external_data:
             if not isinstance(entry.key, str) or not isinstance(entry.value, str):
-                raise ModelLoadError(
-                    f"the external data entry {entry.key!r} = {entry.value!r} is not "
-                    "valid UTF-8 text: the file is corrupt",
-                    f"{path}, tensor '{tensor.name}'", "re-export or copy the model again")
+                raise not_text_error(f"the external data entry {entry.key!r} = "
+                                     f"{entry.value!r}", f"{path}, tensor '{tensor.name}'")
 
 
 def _parse(data: bytes, path: str) -> onnx.ModelProto:

@@ -62,6 +62,7 @@ def check_graph(proto: ModelProto, path: str) -> GraphWiring:
         scope = pending.pop()
         wiring = _wiring(scope)
         _check_names_are_text(scope, wiring, path)
+        _check_attributes_once(scope, path)
         main = main or wiring
         known = _defined_once(scope, wiring, path)
         _check_order(scope, wiring, known | scope.outer, path)
@@ -88,48 +89,48 @@ def _wiring(scope: _Scope) -> GraphWiring:
 def _check_names_are_text(scope: _Scope, wiring: GraphWiring, path: str) -> None:
     """Every name is text. Protobuf hands back bytes for a name that is not valid UTF-8 (a
     flipped bit in a file), which no lookup by name finds: a graph input nothing could feed,
-    an attribute read as absent.
+    an attribute read as absent. (Initializer names were checked at load with every stored
+    tensor's.)
 
     Raises:
-        ModelLoadError: naming the graph input, output, initializer, value_info or node.
+        ModelLoadError: naming the graph input, output, value_info or node.
     """
     graph = scope.graph
     fields = (("graph input", graph.input), ("graph output", graph.output),
-              ("value_info", graph.value_info), ("initializer", graph.initializer))
+              ("value_info", graph.value_info))
     for kind, entries in fields:
         for entry in entries:
             if not isinstance(entry.name, str):
-                raise _not_text(f"the {kind} name {entry.name!r}", _where(scope), path)
+                raise not_text_error(f"the {kind} name {entry.name!r}", f"{path}, "
+                                     f"{_where(scope)}")
     for k, node in enumerate(graph.node):
         texts = [("tensor name", name) for name in (*wiring.inputs[k], *wiring.outputs[k])]
         texts += [("node name", node.name), ("op type", node.op_type), ("domain", node.domain)]
         texts += [("attribute name", attribute.name) for attribute in node.attribute]
         for kind, text in texts:
             if not isinstance(text, str):
-                raise _not_text(f"the {kind} {text!r}", _where(scope, node), path)
-        if len(node.attribute) > 1:
-            _check_attributes_once(scope, node, path)
+                raise not_text_error(f"the {kind} {text!r}", f"{path}, {_where(scope, node)}")
 
 
-def _check_attributes_once(scope: _Scope, node: NodeProto, path: str) -> None:
+def _check_attributes_once(scope: _Scope, path: str) -> None:
     """Each attribute name at most once on a node: which of two 'pads' a reader takes is
     arbitrary, and ONNX's checker and ONNX Runtime refuse such a node.
 
     Raises:
         ModelLoadError: naming the node and the attribute.
     """
-    seen: set[str] = set()
-    for attribute in node.attribute:
-        if attribute.name in seen:
-            raise ModelLoadError(f"the attribute '{attribute.name}' appears more than once",
+    for node in scope.graph.node:
+        twice = _repeated([attribute.name for attribute in node.attribute])
+        if twice is not None:
+            raise ModelLoadError(f"the attribute '{twice}' appears more than once",
                                  f"{path}, {_where(scope, node)}",
                                  "the model is corrupt: re-export it")
-        seen.add(attribute.name)
 
 
-def _not_text(what: str, where: str, path: str) -> ModelLoadError:
-    return ModelLoadError(f"{what} is not valid UTF-8 text: the file is corrupt",
-                          f"{path}, {where}", "re-export or copy the model again")
+def not_text_error(what: str, where: str) -> ModelLoadError:
+    """The error for a text field that protobuf handed back as bytes (not valid UTF-8)."""
+    return ModelLoadError(f"{what} is not valid UTF-8 text: the file is corrupt", where,
+                          "re-export or copy the model again")
 
 
 def _name(node: NodeProto) -> str:

@@ -343,19 +343,15 @@ def _read_chunk(matrix: np.ndarray, lo: int, hi: int, tall: bool, out: np.ndarra
     "invalid" flag as it is converted: the caller's finite check reports it (one line), not
     a RuntimeWarning."""
     with np.errstate(invalid="ignore"):
-        _copy_chunk(matrix, lo, hi, tall, out)
-
-
-def _copy_chunk(matrix: np.ndarray, lo: int, hi: int, tall: bool, out: np.ndarray) -> None:
-    if tall:
-        np.copyto(out, matrix[lo:hi], casting="unsafe")
-        give_back(matrix, lo, hi, True)
-    elif lo == 0 and hi == matrix.shape[1]:
-        np.copyto(out, matrix, casting="unsafe")
-        give_back(matrix, 0, matrix.shape[0], True)
-    elif not read_columns(matrix, lo, hi, out):
-        np.copyto(out, matrix[:, lo:hi], casting="unsafe")
-        give_back(matrix, lo, hi, False)
+        if tall:
+            np.copyto(out, matrix[lo:hi], casting="unsafe")
+            give_back(matrix, lo, hi, True)
+        elif lo == 0 and hi == matrix.shape[1]:
+            np.copyto(out, matrix, casting="unsafe")
+            give_back(matrix, 0, matrix.shape[0], True)
+        elif not read_columns(matrix, lo, hi, out):
+            np.copyto(out, matrix[:, lo:hi], casting="unsafe")
+            give_back(matrix, lo, hi, False)
 
 
 def _upper_eigvalsh(gram: np.ndarray, subset: list[int] | None = None) -> np.ndarray:
