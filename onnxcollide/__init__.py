@@ -5,7 +5,7 @@ The public Python API, importable from here (each loads its stage on first use, 
 
 - ``audit_model(path, AuditSettings(...)) -> ModelAudit``: every weight's rank and nullity
   (``LayerRow``), the paper's Table 1 (``ModelMetrics``) and W1 with its class (``FirstLayer``).
-- ``load_inputs(...)``/``random_input(...)`` and ``find_collisions(path, feeds,
+- ``load_inputs(...)``/``read_inputs(...)`` and ``find_collisions(path, feeds,
   SearchSettings(...)) -> CollisionSet``: the Null-space search on the real input space.
 - ``validate_collisions(found, device, precision, seed)``: each colliding input run in ONNX
   Runtime against the original (needs ``onnxcollide[cpu]`` or ``onnxcollide[gpu]``).

@@ -139,10 +139,16 @@ def _file_mb(path: str) -> float:
     return size / 1e6
 
 
-def run_audit(path: str, out_json: str, device: str) -> dict:
-    """The CLI in a fresh process: wall time, CPU time, peak memory, the JSON it wrote."""
-    with tempfile.NamedTemporaryFile(suffix=".peak", delete=False) as peak_file:
-        peak_path = peak_file.name
+def run_audit(path: str, device: str) -> dict:
+    """The CLI in a fresh process: wall time, CPU time, peak memory, the JSON it wrote (in a
+    temporary folder, removed after: nothing is written beside the model)."""
+    with tempfile.TemporaryDirectory(prefix="bench_audit-") as folder:
+        return _timed_audit(path, os.path.join(folder, "audit.json"),
+                            os.path.join(folder, "peak"), device)
+
+
+def _timed_audit(path: str, out_json: str, peak_path: str, device: str) -> dict:
+    """``run_audit`` with its report and peak-memory files named."""
     args = [sys.executable, "-c", AUDIT_WRAPPER, "audit", path, "-f", "json", "-o", out_json,
             "--no-progress"]
     if device != "cpu":
@@ -160,7 +166,6 @@ def run_audit(path: str, out_json: str, device: str) -> dict:
         raise SystemExit(f"audit of {path} failed ({process.returncode}): {stderr.strip()}")
     with open(peak_path) as handle:
         peak_mb = int(handle.read()) / 1024.0
-    os.remove(peak_path)
     with open(out_json) as handle:
         report = json.load(handle)
     return {"seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_mb": peak_mb,
@@ -314,7 +319,7 @@ def bench_model(name: str, variant: str, path: str, naive_result: dict | None,
                 device: str) -> Row:
     """Audit and floor of one file; ranks compared with ``naive_result`` where given."""
     row = Row(name, variant, _file_mb(path))
-    audit = run_audit(path, path + ".audit.json", device)
+    audit = run_audit(path, device)
     row.audit_s, row.audit_cpu_s, row.peak_mb = audit["seconds"], audit["cpu_s"], \
         audit["peak_mb"]
     floor_result = _in_child("floor", path)

@@ -26,7 +26,22 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_audit import build_vit_b16
+import bench_models
+
+
+def build_vit_b16(path: str, seed: int, patch_rank: int) -> None:
+    """ViT-B/16 as ``bench_models`` writes it (one file), its 768 x 768 patch embedding cut
+    to ``patch_rank`` (the trained ViT-B of the paper's Table 1 has rank 755, nullity 13;
+    random weights are full rank)."""
+    bench_models.build_vit_b16(path, seed, False)
+    model = onnx.load(path)
+    patch = next(t for t in model.graph.initializer if tuple(t.dims) == (768, 3, 16, 16))
+    weight = numpy_helper.to_array(patch).reshape(768, -1).astype(np.float64)
+    u, s, vt = np.linalg.svd(weight, full_matrices=False)
+    s[patch_rank:] = 0.0
+    cut = ((u * s) @ vt).astype(np.float32).reshape(768, 3, 16, 16)
+    patch.CopyFrom(numpy_helper.from_array(cut, patch.name))
+    onnx.save(model, path)
 
 
 def _conv_bn(nodes: list, inits: list, rng: np.random.Generator, x: str, name: str,

@@ -13,10 +13,12 @@ MODEL = ROOT / "models" / "mlp_dense.onnx"
 
 
 def _bench(*options: str) -> list[str]:
+    before = sorted(MODEL.parent.iterdir())
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_audit.py"),
                              str(MODEL), *options], capture_output=True, text=True, check=False,
                             cwd=ROOT)
     assert result.returncode in (0, 1), result.stderr  # 1: a target not met on a busy machine
+    assert sorted(MODEL.parent.iterdir()) == before  # its report went to a temporary folder
     return result.stdout.splitlines()
 
 

@@ -363,3 +363,29 @@ def test_update_baseline_into_one_file_then_check_against_it(folder, tmp_path, m
     assert [f["rule"] for f in findings] == ["w1-collision"]
     assert all(m["baseline"]["new"] == [] and m["baseline"]["removed"] == []
                for m in json.loads(again.stdout)["models"])
+
+
+@pytest.mark.parametrize(("name", "args", "start"), [
+    ("r.json", (), "{"), ("r.txt", (), MLP), ("r", (), MLP), ("r.log", ("-f", "json"), "{")])
+def test_the_report_format_follows_the_output_suffix(tmp_path, name, args, start):
+    """-o r.json without -f wrote the text summary into the .json file (audit and compare
+    already took the format from the suffix); -f still wins over a suffix naming none."""
+    out = tmp_path / name
+    done = run_check(MLP, "--no-cache", "-o", str(out), *args)
+    assert done.exit_code == 1, done.stderr  # mlp_dense fails the default gate
+    assert out.read_text("utf-8").startswith(start)
+    if start == "{":
+        validator("check-report-v1.schema.json").validate(json.loads(out.read_text("utf-8")))
+
+
+@pytest.mark.parametrize(("name", "args", "match"), [
+    ("r.gz", (), "--output {out}: cannot tell the report format from the suffix '.gz'. "
+                 "Give -f text or json, or name a .txt or .json file"),
+    ("r.json", ("-f", "text"), "--output {out}: -f text but the file name says json"),
+])
+def test_an_output_suffix_naming_no_format_or_another_is_a_usage_error(tmp_path, name, args,
+                                                                        match):
+    out = tmp_path / name
+    line = assert_one_line_error(run_check(MLP, "--no-cache", "-o", str(out), *args), 2)
+    assert match.replace("{out}", str(out)) in line
+    assert os.listdir(tmp_path) == []

@@ -4,6 +4,7 @@ JSON schema and one-line errors."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import jsonschema
@@ -192,3 +193,19 @@ def test_schema_is_valid_and_rejects_a_bad_report():
         assert not validator.is_valid(broken)
     data["models"][0]["pairs"][0]["relation"]["kind"] = "similar"
     assert not validator.is_valid(data)
+
+
+@pytest.mark.parametrize(("name", "args", "match"), [
+    ("c.gz", (), "cannot tell the report format from the suffix '.gz'"),
+    ("c.csv", (), "cannot tell the report format from the suffix '.csv'"),
+    ("c.md", ("-f", "json"), "-f json but the file name says markdown"),
+])
+def test_an_output_suffix_naming_no_format_or_another_is_a_usage_error(tmp_path, name, args,
+                                                                        match):
+    """-o c.gz and -o c.csv wrote a text table under those names (exit 0); both are usage
+    errors now, as for audit and check, and nothing is written."""
+    out = tmp_path / name
+    paths = [str(PAIRS / "mlp_torchscript.onnx"), str(PAIRS / "mlp_dynamo.onnx")]
+    line = assert_one_line_error(run("compare", *paths, "-o", str(out), *args), 2)
+    assert f"--output {out}: {match}" in line
+    assert os.listdir(tmp_path) == []

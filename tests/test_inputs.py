@@ -421,3 +421,23 @@ def test_random_draw_beyond_the_dtype_is_a_usage_error():
     overflow warning."""
     with pytest.raises(UsageError, match="does not fit"):
         load(PATCH, {}, value_range=(-1e300, 1e300))
+
+
+def test_a_draw_over_the_memory_limit_blames_what_chose_its_shape():
+    """A seeded draw too large for the memory limit said "give a smaller --input-shape" even
+    where no --input-shape was given (the model declared the shape): then it is the model's
+    size (exit 3) and the hint says so; with --input-shape it stays a usage error (exit 2)."""
+    from onnxcollide.collide.inputs import random_input
+    from onnxcollide.limits import MemoryLimit, ResourceLimitError, memory_limit
+
+    rng, dims = np.random.default_rng(0), [1, 3, 40000, 40000]  # 38 GB as float64
+    with memory_limit(MemoryLimit(1 << 30, "--max-memory")):
+        with pytest.raises(UsageError) as chosen:
+            random_input(dims, (1, 3, 40000, 40000), np.dtype("float32"), "x", rng)
+        with pytest.raises(ResourceLimitError) as declared:
+            random_input(dims, None, np.dtype("float32"), "x", rng, source="big.onnx")
+    assert chosen.value.exit_code == 2 and "--input-shape" in chosen.value.one_line()
+    line = declared.value.one_line()
+    assert declared.value.exit_code == 3 and "--input-shape" not in line
+    assert line.startswith("big.onnx: a random draw for input 'x' of shape 1x3x40000x40000")
+    assert "--max-memory" in line

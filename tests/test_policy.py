@@ -66,6 +66,27 @@ def test_the_starter_policy_reads_as_the_default():
         [(p.key, p.value) for p in default.provenance]
 
 
+def _toml_blocks(page: Path) -> list[str]:
+    """The ```toml blocks of a Markdown page, in order."""
+    text = page.read_text("utf-8")
+    return [part.split("```", 1)[0] for part in text.split("```toml\n")[1:]]
+
+
+def test_the_default_policy_check_md_shows_is_the_default():
+    """docs/check.md showed an active layer rule and allow entry as the default (init-policy
+    writes both commented out) and left out six rules; its block now reads as the default,
+    and the next one holds the two commented-out examples init-policy writes."""
+    page = Path(__file__).resolve().parents[1] / "docs" / "check.md"
+    shown, examples = _toml_blocks(page)[:2]
+    policy, default = parse_policy(tomllib.loads(shown), "check.md"), default_policy()
+    assert [(r.id, r.severity, r.max) for r in policy.rules] == \
+        [(r.id, r.severity, r.max) for r in default.rules]
+    assert policy.settings == default.settings and policy.allow == ()
+    started = "\n".join(line.removeprefix("# ") for line in STARTER_POLICY.splitlines())
+    for table in tomllib.loads(examples):
+        assert f"[[{table}" in started
+
+
 def test_conv_conventions_are_the_audits():
     assert set(CONV_CONVENTIONS) == {c.value for c in ConvConvention}
 
@@ -329,14 +350,11 @@ def test_policy_module_reads_no_file_but_policies_and_baselines():
 
 
 def test_the_policy_example_in_docs_check_md_reads(tmp_path):
-    """docs/check.md's example policy is a valid policy (with its layer rule and allow
-    entry)."""
-    import re
-
-    page = (Path(__file__).resolve().parent.parent / "docs" / "check.md").read_text("utf-8")
-    [block] = re.findall(r"```toml\n(.*?)```", page, flags=re.S)
+    """docs/check.md's default policy with its two examples is a valid policy (with the layer
+    rule and the allow entry)."""
+    page = Path(__file__).resolve().parent.parent / "docs" / "check.md"
     file = tmp_path / "onnxcollide.toml"
-    file.write_text(block)
+    file.write_text("\n".join(_toml_blocks(page)[:2]))
     policy = load_policy(str(file))
     assert policy.rule("layer-nullity/1").match == "*classifier*"
     assert policy.allow[0].reason == "patch embedding reviewed in SEC-123"

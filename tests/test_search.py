@@ -237,14 +237,27 @@ def test_region_on_dense_mlp_changes_only_those_rows():
 
 
 @pytest.mark.parametrize("region, match", [
-    (":,40:50,:", "selects no element"),
+    (":,5:5,:", "selects no element"),
     ("a:b", "does not fit"),
     (":,0:8,0:8,0:1,0:1", "does not fit"),
+    (":,40:50,:", "does not fit"),
+    (":,0:112,0:112", "does not fit"),  # numpy clipped it to the whole 32 x 32 image
+    (":,-33:,:", "does not fit"),
 ])
 def test_bad_region_is_a_usage_error(region, match):
-    """A region outside the input, or not a numpy slice, is a UsageError."""
+    """A region outside the input, or not a numpy slice, is a UsageError: bounds beyond an
+    axis were clipped by numpy without a word (a 0:112 box on a 32 x 32 input took it all)."""
     with pytest.raises(UsageError, match=match):
         find_collisions(PATCH, {"input": image(9, (1, 3, 32, 32))}, SearchSettings(region=region))
+
+
+def test_region_counted_from_the_end_is_the_same_box():
+    """Negative bounds within the axis are numpy's (from the end): -8: is 24:32."""
+    x = image(9, (1, 3, 32, 32))
+    ends = find_collisions(PATCH, {"input": x}, SearchSettings(region=":,-8:,-8:", count=1))
+    box = find_collisions(PATCH, {"input": x}, SearchSettings(region=":,24:32,24:32", count=1))
+    np.testing.assert_array_equal(ends.collisions[0].delta, box.collisions[0].delta)
+    assert np.any(ends.collisions[0].delta)
 
 
 def test_region_too_small_for_any_kernel_is_refused():

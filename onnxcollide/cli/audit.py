@@ -23,6 +23,7 @@ from onnxcollide.cli.options import (
     option_given,
     progress_phases,
     progress_reporter,
+    report_format,
     run_guarded,
     shapes_per_model,
 )
@@ -30,7 +31,6 @@ from onnxcollide.errors import OnnxCollideError, UsageError
 from onnxcollide.linalg.spectral import GramEngine, ToleranceRule
 from onnxcollide.report.files import (
     claim_descriptor,
-    names_descriptor,
     write_claimed,
     write_stdout,
     write_text,
@@ -196,8 +196,9 @@ def _gram_engine(device: str) -> GramEngine | None:
     return gram_engine(device)
 
 
-SUFFIX_FORMATS = {".json": Format.JSON, ".csv": Format.CSV, ".md": Format.MARKDOWN,
-                  ".markdown": Format.MARKDOWN, ".txt": Format.TABLE, "": Format.TABLE}
+SUFFIX_FORMATS = {".txt": Format.TABLE.value, ".json": Format.JSON.value,
+                  ".md": Format.MARKDOWN.value, ".markdown": Format.MARKDOWN.value,
+                  ".csv": Format.CSV.value, "": Format.TABLE.value}
 
 
 def _audit_format(ctx: click.Context, fmt: str, output: str | None, check: bool) -> str:
@@ -213,40 +214,12 @@ def _audit_format(ctx: click.Context, fmt: str, output: str | None, check: bool)
     if not check and option_given(ctx, "seed"):
         raise UsageError("--seed only applies with --validate",
                          hint="add --validate, or drop --seed")
-    chosen = _suffix_format(ctx, fmt, output)
+    chosen = report_format(ctx, fmt, output, SUFFIX_FORMATS, Format.TABLE.value)
     if chosen == Format.JSON.value and option_given(ctx, "summary_only"):
         raise UsageError("--summary-only does not apply to JSON, which always holds every "
                          "layer (its metrics are the summary)",
                          hint="drop --summary-only, or use -f csv, markdown or table")
     return chosen
-
-
-FORMAT_SUFFIXES = {Format.JSON.value: ".json", Format.CSV.value: ".csv",
-                   Format.MARKDOWN.value: ".md", Format.TABLE.value: ".txt"}
-
-
-def _suffix_format(ctx: click.Context, fmt: str, output: str | None) -> str:
-    """``-f`` checked against the ``-o`` suffix, or the format the suffix names.
-
-    Raises:
-        UsageError: see ``_audit_format``.
-    """
-    if not output or output == "-" or names_descriptor(output):
-        return fmt
-    name = os.path.basename(output)
-    suffix = name[name.rfind("."):].lower() if "." in name else ""  # '.json' is a .json file
-    named = SUFFIX_FORMATS.get(suffix)
-    if option_given(ctx, "fmt"):
-        if named is not None and suffix not in ("", ".txt") and named.value != fmt:
-            raise UsageError(f"-f {fmt} but the file name says {named.value}",
-                             f"--output {output}",
-                             f"drop -f, or name a {FORMAT_SUFFIXES[fmt]} file")
-        return fmt
-    if named is None:
-        raise UsageError(f"cannot tell the report format from the suffix '{suffix}'",
-                         f"--output {output}", "give -f table, json, markdown or csv, or "
-                         "name a .txt, .json, .md or .csv file")
-    return named.value
 
 
 def _audit_one(path: str, settings: AuditSettings, callback: ProgressCallback | None,

@@ -26,6 +26,7 @@ from onnxcollide.cli.check_run import (
 from onnxcollide.cli.options import (
     apply_max_memory,
     max_memory_option,
+    report_format,
     run_guarded,
     shapes_per_model,
 )
@@ -52,6 +53,8 @@ from onnxcollide.report.check_format import (
 from onnxcollide.report.files import write_stdout, write_text
 from onnxcollide.report.junit_format import render_junit
 from onnxcollide.report.sarif_format import render_sarif
+
+REPORT_SUFFIXES = {".txt": "text", ".json": "json", "": "text"}  # -o suffix -> format
 
 
 @click.command()
@@ -81,7 +84,8 @@ from onnxcollide.report.sarif_format import render_sarif
               help="Cache of audit results [default: the user cache folder].")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the cache.")
 @click.option("--format", "-f", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True, help="The report on standard output (or in --output).")
+              help="The report on standard output (or in --output) [default: from the "
+                   "--output suffix (.json, .txt), else text].")
 @click.option("--output", "-o", metavar="FILE",
               help="Write the report there (the summary still goes to standard output).")
 @click.option("--sarif", metavar="FILE", help="Also write SARIF 2.1.0 (GitHub code scanning).")
@@ -90,15 +94,17 @@ from onnxcollide.report.sarif_format import render_sarif
               help="Fix an input's shape, as for audit (repeatable).")
 @max_memory_option
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
-def check(models: tuple[str, ...], policy_file: str | None, fail_on: tuple[str, ...],
-          baselines: tuple[str, ...], baseline_dir: str | None, update_baseline: bool,
-          jobs: int | None, keep_going: bool, cache_dir: str | None, no_cache: bool, fmt: str,
-          output: str | None, sarif: str | None, junit: str | None,
+@click.pass_context
+def check(ctx: click.Context, models: tuple[str, ...], policy_file: str | None,
+          fail_on: tuple[str, ...], baselines: tuple[str, ...], baseline_dir: str | None,
+          update_baseline: bool, jobs: int | None, keep_going: bool, cache_dir: str | None,
+          no_cache: bool, fmt: str, output: str | None, sarif: str | None, junit: str | None,
           input_shapes: tuple[str, ...], max_memory: str | None, debug: bool) -> None:
     """Check models against a policy: exit 1 when an error rule fails (the CI gate)."""
 
     def run() -> None:
         apply_max_memory(max_memory)  # a bad size is a usage error before any work
+        form = report_format(ctx, fmt, output, REPORT_SUFFIXES, "text")
         if no_cache and cache_dir is not None:
             raise UsageError("--cache-dir does not apply with --no-cache",
                              hint="drop one of them")
@@ -121,7 +127,7 @@ def check(models: tuple[str, ...], policy_file: str | None, fail_on: tuple[str, 
         report = report_dict(result, {r.path: r.record for r in runs if r.record},
                              _settings(runs, policy), tool_versions(validate))
         _refuse_external_data(outputs, runs)
-        _write_reports(result, report, fmt, outputs, update_baseline, baselines, baseline_dir)
+        _write_reports(result, report, form, outputs, update_baseline, baselines, baseline_dir)
         _tell(runs, stats, folder)
         sys.exit(result.exit_code)
 

@@ -23,6 +23,7 @@ from onnxcollide.cli.options import (
     apply_max_memory,
     max_memory_option,
     option_given,
+    report_format,
     run_guarded,
     shapes_per_model,
 )
@@ -33,16 +34,17 @@ from onnxcollide.linalg.spectral import ToleranceRule
 from onnxcollide.report.compare_format import CompareFormat, render_comparison
 from onnxcollide.report.files import write_claimed, write_stdout, write_text
 
-SUFFIXES = {".json": CompareFormat.JSON, ".md": CompareFormat.MARKDOWN,
-            ".markdown": CompareFormat.MARKDOWN, ".txt": CompareFormat.TABLE}
+SUFFIXES = {".txt": CompareFormat.TABLE.value, ".json": CompareFormat.JSON.value,
+            ".md": CompareFormat.MARKDOWN.value, ".markdown": CompareFormat.MARKDOWN.value,
+            "": CompareFormat.TABLE.value}
 
 
 def _format(ctx: click.Context, fmt: str, output: str | None) -> CompareFormat:
     """``-f`` where given, else the ``-o`` file's suffix, else a table.
 
     Raises:
-        UsageError: ``-f`` contradicting the suffix, or options that only apply with
-            --run/--transfer given without them.
+        UsageError: ``-f`` contradicting the suffix, a suffix naming no format (without
+            ``-f``), or options that only apply with --run/--transfer given without them.
     """
     ignored = [f"--{n}" for n in ("device",) if option_given(ctx, n)]
     if ignored and not (ctx.params["run"] or ctx.params["transfer"]):
@@ -51,16 +53,7 @@ def _format(ctx: click.Context, fmt: str, output: str | None) -> CompareFormat:
     if option_given(ctx, "count") and not ctx.params["transfer"]:
         raise UsageError("--count only applies with --transfer",
                          hint="add --transfer, or drop --count")
-    named = None
-    if output and output != "-":
-        suffix = os.path.splitext(output)[1].lower()
-        named = SUFFIXES.get(suffix)
-    if option_given(ctx, "fmt"):
-        if named is not None and named is not CompareFormat.TABLE and named.value != fmt:
-            raise UsageError(f"-f {fmt} but the file name says {named.value}",
-                             f"--output {output}", "drop -f, or rename the file")
-        return CompareFormat(fmt)
-    return named or CompareFormat.TABLE
+    return CompareFormat(report_format(ctx, fmt, output, SUFFIXES, CompareFormat.TABLE.value))
 
 
 @click.command()

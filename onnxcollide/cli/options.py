@@ -16,6 +16,7 @@ import click
 from onnxcollide.cli.exit_codes import EXIT_MODEL
 from onnxcollide.errors import OnnxCollideError, UsageError
 from onnxcollide.limits import MemoryLimit, parse_size, set_max_memory
+from onnxcollide.report.files import names_descriptor
 
 if TYPE_CHECKING:  # loaded on use: `check` reads its cache without numpy, scipy or onnx
     from onnxcollide.audit.model import ProgressCallback
@@ -339,3 +340,46 @@ def tell_notices(*records: dict[str, dict[str, Any]]) -> None:
 def option_given(ctx: click.Context, name: str) -> bool:
     """Whether the option ``name`` was given on the command line (not its default)."""
     return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+
+
+def report_format(ctx: click.Context, fmt: str, output: str | None,
+                  suffixes: dict[str, str], plain: str) -> str:
+    """The report format: ``-f`` where given, else the one the ``-o`` file's suffix names,
+    else ``fmt`` (the default, for standard output and descriptors such as /dev/stdout).
+
+    Args:
+        ctx: the command's context (was ``-f`` given?).
+        fmt: the ``-f`` value or its default.
+        output: the ``-o`` value, if any.
+        suffixes: lower-case suffix (``""`` for none) -> the format it names.
+        plain: the plain-text format, which any suffix may hold (``-f table -o r.log``).
+
+    Raises:
+        UsageError: ``-f`` naming another format than a suffix that names one, or, without
+            ``-f``, a suffix that names none (``-o r.gz``: the file would not be what its
+            name says).
+    """
+    if not output or output == "-" or names_descriptor(output):
+        return fmt
+    name = os.path.basename(output)
+    suffix = name[name.rfind("."):].lower() if "." in name else ""  # '.json' is a .json file
+    named = suffixes.get(suffix)
+    if option_given(ctx, "fmt"):
+        if named is not None and named not in (plain, fmt):
+            wanted = [s for s, f in suffixes.items() if f == fmt and s]
+            rename = f"name a {wanted[0]} file" if wanted else "rename the file"
+            raise UsageError(f"-f {fmt} but the file name says {named}", f"--output {output}",
+                             f"drop -f, or {rename}")
+        return fmt
+    if named is None:
+        formats = list(dict.fromkeys(suffixes.values()))
+        known = [s for s in suffixes if s]
+        raise UsageError(f"cannot tell the report format from the suffix '{suffix}'",
+                         f"--output {output}",
+                         f"give -f {_either(formats)}, or name a {_either(known)} file")
+    return named
+
+
+def _either(words: list[str]) -> str:
+    """``a, b or c``."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"

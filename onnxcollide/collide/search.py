@@ -88,18 +88,30 @@ def _region_mask(region: str | None, input_shape: tuple[int, ...]) -> np.ndarray
     if region is None:
         mask[...] = True
         return mask
+    fits = UsageError(f"--region '{region}' does not fit an input of per-sample shape "
+                      f"{input_shape[1:]}", hint="write numpy slices within those sizes, e.g. "
+                      ":,8:24,8:24")
     try:
         parts = [p.strip() for p in region.split(",")]
         slices = [slice(*[int(v) if v.strip() else None for v in p.split(":")]) if ":" in p
                   else int(p) for p in parts]
         mask[(slice(None), *slices)] = True
     except (ValueError, IndexError, TypeError) as exc:
-        raise UsageError(f"--region '{region}' does not fit an input of per-sample shape "
-                         f"{input_shape[1:]}", hint="write numpy slices, e.g. :,8:24,8:24"
-                         ) from exc
+        raise fits from exc
+    trailing = input_shape[1:len(slices) + 1]  # fewer slices than axes: the rest are whole
+    if not all(_bounds_inside(s, d) for s, d in zip(slices, trailing, strict=True)):
+        raise fits  # numpy would clip 0:112 to an axis of 32: not what was asked for
     if not mask.any():
         raise UsageError(f"--region '{region}' selects no element")
     return mask
+
+
+def _bounds_inside(part: slice | int, size: int) -> bool:
+    """Whether a slice's start and stop lie within an axis of ``size`` (-size..size), as
+    numpy reads them; an int index numpy has already checked."""
+    if isinstance(part, int):
+        return True
+    return all(-size <= v <= size for v in (part.start, part.stop) if v is not None)
 
 
 def _data_mask(ctx: SearchContext, x: np.ndarray, data_shape: tuple[int, ...],
