@@ -350,6 +350,15 @@ def test_input_shape_with_a_zero_dimension_says_so():
     assert "has a dimension 0" in line and "positive integer" in line
 
 
+@pytest.mark.parametrize("command", ["audit", "collide", "check"])
+def test_input_shape_beyond_int64_is_a_usage_error(command):
+    """A dim of 1e20 ended in an internal error (protobuf: "Value out of range") in every
+    command taking --input-shape; more elements than an int64 counts is refused at parsing."""
+    for dims in ("99999999999999999999x1x28x28", "4294967296x4294967296x1x1"):
+        line = assert_one_line_error(run(command, LENET, "--input-shape", f"input_0={dims}"), 2)
+        assert "has more elements than an int64 counts" in line
+
+
 def test_input_shape_for_unknown_input_exits_2():
     """--input-shape naming an input the model lacks: exit 2, the line names its real input."""
     line = assert_one_line_error(run("audit", "--input-shape", "unknown_input=1x2", LENET), 2)
@@ -719,3 +728,56 @@ def test_audit_txt_or_no_suffix_is_a_table_and_takes_any_format(tmp_path):
         assert out.read_text().lstrip().startswith("mlp_dense.onnx")
         assert run("audit", MLP, "-o", str(out), "-f", "json").exit_code == 0
         assert out.read_text().startswith("{")
+
+
+def _cli_process(*args: str, **options) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "onnxcollide", *args], capture_output=True,
+                          text=True, check=False, timeout=120, **options)
+
+
+def test_a_closed_standard_output_is_one_usage_error(tmp_path):
+    """`audit M >&-` ended in an internal error (sys.stdout is None: no isatty); now the
+    report meant for it is a usage error, and -o FILE still works without it."""
+    def close_stdout() -> None:
+        os.close(1)
+
+    done = subprocess.run([sys.executable, "-m", "onnxcollide", "audit", MLP],
+                          stdout=None, stderr=subprocess.PIPE, text=True, check=False,
+                          timeout=120, preexec_fn=close_stdout)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == "error: standard output: cannot write here (Bad file descriptor).\n"
+    out = tmp_path / "r.json"
+    done = subprocess.run([sys.executable, "-m", "onnxcollide", "audit", MLP, "-o", str(out)],
+                          stderr=subprocess.PIPE, text=True, check=False, timeout=120,
+                          preexec_fn=close_stdout)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text("utf-8").startswith("{")
+
+
+@pytest.mark.parametrize("command", [("audit", MLP), ("compare", MLP, MLP)])
+def test_an_ascii_standard_output_gets_ascii_tables(command):
+    """PYTHONIOENCODING=ascii (or a legacy console code page) ended in an internal error
+    (UnicodeEncodeError) on the tables' box-drawing borders; they are drawn in ASCII now."""
+    done = _cli_process(*command, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.isascii() and "| node" in done.stdout and "+---" in done.stdout
+
+
+def test_empty_paths_and_values_name_what_is_empty(tmp_path):
+    """`audit ''` said "file not found" naming nothing, `init-policy ''` "is a folder", and
+    `collide --resize ''` dropped the option without a word."""
+    assert "the model path is empty" in assert_one_line_error(run("audit", ""), 3)
+    assert "the file name is empty" in assert_one_line_error(run("init-policy", ""), 2)
+    line = assert_one_line_error(run("collide", MLP, "--resize", "", "-o", str(tmp_path)), 2)
+    assert "--resize '' is not HxW" in line
+
+
+def test_a_model_that_is_a_pipe_is_refused_not_read(tmp_path):
+    """A FIFO given as the model blocked forever (check also hashed it for its cache)."""
+    pipe = tmp_path / "model.onnx"
+    os.mkfifo(pipe)
+    for command in (("audit", str(pipe)), ("check", str(pipe))):
+        done = _cli_process(*command, cwd=tmp_path, env={**os.environ,
+                                                         "XDG_CACHE_HOME": str(tmp_path)})
+        assert done.returncode == 3, done.stderr
+        assert "is not a regular file (a pipe or a device)" in done.stderr

@@ -142,6 +142,7 @@ def _flat(path: Path, batch: int) -> Path:
     (["REF", "OTHER", "--match", "mm"], 2, "is not NODE_A=NODE_B"),
     (["REF", "OTHER", "--count", "3"], 2, "--count only applies with --transfer"),
     (["REF", "OTHER", "--device", "cpu"], 2, "--device only applies with --run"),
+    (["REF", "OTHER", "--seed", "5"], 2, "--seed only applies with --run"),
     (["REF", "OTHER", "--run"], 2, "no layout change"),
     (["REF", "MISSING"], 3, "file not found"),
     (["REF", "VIT"], 2, "no linear layer in common"),

@@ -271,7 +271,8 @@ def run_models(jobs_list: Sequence[AuditJob], jobs: int | None, cache_dir: str |
     keys: dict[int, str | None] = {}
     for k, job in enumerate(jobs_list):
         keys[k] = None
-        digest = file_sha256(job.path) if cache_dir else None
+        # only a regular file is hashed: a pipe would block (its audit then says what it is)
+        digest = file_sha256(job.path) if cache_dir and os.path.isfile(job.path) else None
         if cache_dir and digest:
             key = keys[k] = cache_key(digest, job.settings(), tool)
             payload = read_entry(cache_dir, key, digest, job.path)

@@ -46,7 +46,7 @@ def _format(ctx: click.Context, fmt: str, output: str | None) -> CompareFormat:
         UsageError: ``-f`` contradicting the suffix, a suffix naming no format (without
             ``-f``), or options that only apply with --run/--transfer given without them.
     """
-    ignored = [f"--{n}" for n in ("device",) if option_given(ctx, n)]
+    ignored = [f"--{n}" for n in ("device", "seed") if option_given(ctx, n)]
     if ignored and not (ctx.params["run"] or ctx.params["transfer"]):
         raise UsageError(f"{ignored[0]} only applies with --run or --transfer",
                          hint=f"add --run or --transfer, or drop {ignored[0]}")

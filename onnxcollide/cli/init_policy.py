@@ -23,6 +23,9 @@ def init_policy(path: str, force: bool) -> None:
         if path == "-":
             write_stdout(STARTER_POLICY)
             return
+        if not path:
+            raise UsageError("the file name is empty", hint="give a file name, e.g. "
+                             "onnxcollide.toml, or '-' for standard output")
         if os.path.exists(path) and not force:
             raise UsageError("exists already", path, "add --force to replace it, or give "
                              "another file name")

@@ -53,6 +53,9 @@ ANY_FINITE = FiniteFloat()
 SEED = click.IntRange(min=0, max=2**63 - 1)  # numpy's default_rng takes non-negative seeds
 
 
+INT64_MAX = (1 << 63) - 1
+
+
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     """``name=1x3x224x224`` -> ("name", (1, 3, 224, 224)).
 
@@ -65,11 +68,15 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
                                       for p in parts):
         raise UsageError(f"--input-shape '{text}' is not NAME=DIMS",
                          hint="write it like input=1x3x224x224")
-    if not all(int(p) > 0 for p in parts):
+    shape = tuple(int(p) for p in parts)
+    if not all(d > 0 for d in shape):
         raise UsageError(f"--input-shape '{text}' has a dimension 0",
                          hint="give every dimension as a positive integer, e.g. "
                               "input=1x3x224x224")
-    return name, tuple(int(p) for p in parts)
+    if math.prod(shape) > INT64_MAX:  # ONNX stores dims as int64; no array holds more
+        raise UsageError(f"--input-shape '{text}' has more elements than an int64 counts",
+                         hint="give the shape the model is run at, e.g. input=1x3x224x224")
+    return name, shape
 
 
 def shapes_per_model(texts: tuple[str, ...], models: tuple[str, ...]
@@ -258,7 +265,7 @@ def parse_resize(text: str | None) -> tuple[int, int] | None:
     Raises:
         UsageError: not HxW, or a zero size.
     """
-    if not text:
+    if text is None:
         return None
     parts = text.lower().split("x")
     if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):

@@ -26,6 +26,7 @@ from onnxcollide.cli.options import (
 from onnxcollide.collide.inputs import (
     ImageOptions,
     check_image_options,
+    check_input_file,
     file_record,
     is_image,
     parse_assignments,
@@ -34,7 +35,7 @@ from onnxcollide.collide.inputs import (
 from onnxcollide.collide.saved import SavedCollisions, is_saved_collisions, read_saved_collisions
 from onnxcollide.collide.search import w1_output_name
 from onnxcollide.errors import UsageError
-from onnxcollide.graph.load import load_model
+from onnxcollide.graph.load import LoadedModel, load_model
 from onnxcollide.report.collide_format import render_saved_validations, render_validation_table
 from onnxcollide.report.files import write_stdout
 from onnxcollide.runtime.collisions import validate_moved
@@ -88,6 +89,7 @@ def _validate_pair(model: str, first: str, second: str, options: ImageOptions,
                    precision: str, seed: int) -> dict[str, Any]:
     """One pair of input files: the validation dict and how each input was made."""
     loaded = load_model(model)
+    _check_layer(loaded, layer)
     files_a = parse_assignments((first,), "FIRST")
     files_b = parse_assignments((second,), "SECOND")
     check_image_options(options, [*files_a.values(), *files_b.values()], model)
@@ -108,6 +110,31 @@ def _validate_pair(model: str, first: str, second: str, options: ImageOptions,
     return {**validation_dict(check), "inputs": {"first": records_a, "second": records_b}}
 
 
+def _check_layer(model: LoadedModel, layer: str | None) -> None:
+    """``--layer`` names a tensor both inputs can move: not empty, not a weight (an
+    initializer or a Constant's output, the same for both inputs: a residual of 0 says
+    nothing) and not a graph input (the inputs themselves). Unknown names are refused where
+    the tensor is made an output.
+
+    Raises:
+        UsageError: one of those.
+    """
+    if layer is None:
+        return
+    graph = model.proto.graph
+    constants = {i.name for i in graph.initializer} | {
+        o for n in graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
+        for o in n.output}
+    inputs = {i.name for i in graph.input} - {i.name for i in graph.initializer}
+    why = "is empty" if not layer else "is a weight, the same for both inputs" \
+        if layer in constants else "is a model input, not a layer's output" \
+        if layer in inputs else None
+    if why is not None:
+        raise UsageError(f"--layer '{layer}' {why}", model.path,
+                         "name a node output, such as W1's (the default when --layer is "
+                         "left out)")
+
+
 def _json(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2, allow_nan=False) + "\n"
 
@@ -120,6 +147,7 @@ def _validate_saved(model: str, path: str, options: ImageOptions,
     Raises:
         UsageError: FIRST is not such a file, or options that a saved file makes moot.
     """
+    check_input_file(path)  # not found, a folder, a pipe (is_zipfile would block on one)
     if not is_saved_collisions(path):
         raise UsageError("with one input file, FIRST must be the collisions.npz that "
                          "onnxcollide collide wrote (arrays 'original' and 'colliding')", path,
@@ -128,7 +156,9 @@ def _validate_saved(model: str, path: str, options: ImageOptions,
         raise UsageError("image options and --input-shape do not apply to a saved "
                          "collisions.npz (it holds the arrays as collide fed them)", path,
                          "drop the image options and --input-shape")
-    saved = read_saved_collisions(path, load_model(model))
+    loaded = load_model(model)
+    _check_layer(loaded, layer)
+    saved = read_saved_collisions(path, loaded)
     _tell_precision(saved, precision)
     target = layer or w1_output_name(model, saved.feeds)
     with progress_steps(progress, "validating") as step:

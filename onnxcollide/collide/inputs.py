@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import warnings
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -86,25 +89,62 @@ def _declared(value_info: Any, path: str) -> tuple[list[int | None], np.dtype]:
 
 def _load_array(path: str, name: str) -> tuple[np.ndarray, str | None]:
     """The array of a .npy file, or the one of a .npz named like the input (else its only
-    one), and the .npz key it was read from (None for a .npy)."""
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        # numpy's own message advises allow_pickle for anything it cannot parse (a text
-        # file, a pickle): never suggest loading pickles from an untrusted file.
-        raise ModelLoadError("cannot read the array file: it is not a .npy or .npz file "
-                             "numpy reads without pickles", path,
-                             "save the array with numpy.save or numpy.savez") from exc
-    if isinstance(loaded, np.ndarray):
-        return loaded, None
-    with loaded:
-        keys = list(loaded.keys())
-        if name in keys:
-            return np.asarray(loaded[name]), name
-        if len(keys) == 1:
-            return np.asarray(loaded[keys[0]]), keys[0]
-    raise UsageError(f"the .npz holds {keys}, none named '{name}'", path,
-                     f"save the array under the key '{name}'")
+    one), and the .npz key it was read from (None for a .npy). Its size is checked against
+    the memory limit before it is read (a .npy's data is the file; a .npz member's size is
+    in the archive's directory)."""
+    check_allocation(os.path.getsize(path), "the array file's data", path)
+    with open(path, "rb") as handle:  # closed whatever numpy raises
+        try:
+            loaded = np.load(handle, allow_pickle=False)
+            if isinstance(loaded, np.ndarray):
+                return loaded, None
+            key = _npz_key(loaded, name, path)
+            return np.asarray(loaded[key]), key
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            # numpy's own message advises allow_pickle for anything it cannot parse (a text
+            # file, a pickle, an object array): never suggest loading pickles from an
+            # untrusted file.
+            raise ModelLoadError("cannot read the array file: it is not a .npy or .npz file "
+                                 "of numbers that numpy reads without pickles", path,
+                                 "save the array with numpy.save or numpy.savez") from exc
+
+
+def _npz_key(archive: Any, name: str, path: str) -> str:
+    """The member of an open .npz read for input ``name``: its own name, else the only one;
+    checked against the memory limit by its uncompressed size.
+
+    Raises:
+        UsageError: several members, none named ``name``.
+    """
+    keys = list(archive.keys())
+    if name not in keys and len(keys) != 1:
+        raise UsageError(f"the .npz holds {keys}, none named '{name}'", path,
+                         f"save the array under the key '{name}'")
+    key = name if name in keys else keys[0]
+    stored = {n.removesuffix(".npy"): n for n in archive.zip.namelist()}  # numpy's keys
+    member = archive.zip.getinfo(stored[key])
+    check_allocation(member.file_size, f"the array '{key}' of the .npz", path)
+    return key
+
+
+def check_input_file(path: str) -> None:
+    """A file an input is read from exists, is a regular file (a FIFO would block, a device
+    never end) and can be read.
+
+    Raises:
+        ModelLoadError: which of these it is not, and what to do.
+    """
+    if not os.path.exists(path):
+        raise ModelLoadError("file not found", path, "check the path")
+    if os.path.isdir(path):
+        raise ModelLoadError("is a folder, not an array or image file", path,
+                             "give a .npy, .npz or image file")
+    if not os.path.isfile(path):
+        raise ModelLoadError("is not a regular file (a pipe or a device)", path,
+                             "save the array or image to a file and give that")
+    if not os.access(path, os.R_OK):
+        raise ModelLoadError("cannot be read: permission denied", path,
+                             "make the file readable for this user")
 
 
 def _load_image(path: str, dims: list[int | None], options: ImageOptions
@@ -122,16 +162,22 @@ def _load_image(path: str, dims: list[int | None], options: ImageOptions
     spatial = (dims[2], dims[3]) if layout == "nchw" and len(dims) == 4 else \
         (dims[1], dims[2]) if len(dims) == 4 else (None, None)
     mode = "L" if channels == 1 else "RGB"
+    _check_resize(options.size, spatial, channels, path)
     try:
-        with Image.open(path) as opened:
-            native, native_mode = (opened.height, opened.width), str(opened.mode)
-            image = opened if opened.mode == mode else opened.convert(mode)
-            size = options.size or (spatial if None not in spatial else None)
-            if size is not None and tuple(size) != native:
-                height, width = (int(d) for d in size)  # type: ignore[arg-type]
-                image = image.resize((width, height), Image.Resampling.BILINEAR)
-            pixels = np.asarray(image, dtype=np.float64)
-    except (OSError, UnidentifiedImageError) as exc:
+        with warnings.catch_warnings():
+            # Pillow warns of images over 89M pixels: the memory limit below decides instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                native, native_mode = (opened.height, opened.width), str(opened.mode)
+                check_allocation(native[0] * native[1] * 4 * 8, "the image's pixels "
+                                 f"({native[1]}x{native[0]}) in float64", path)
+                image = opened if opened.mode == mode else opened.convert(mode)
+                size = options.size or (spatial if None not in spatial else None)
+                if size is not None and tuple(size) != native:
+                    height, width = (int(d) for d in size)  # type: ignore[arg-type]
+                    image = image.resize((width, height), Image.Resampling.BILINEAR)
+                pixels = np.asarray(image, dtype=np.float64)
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise ModelLoadError(f"cannot read the image ({exc})", path) from exc
     pixels = pixels.reshape(pixels.shape[0], pixels.shape[1], -1) * options.scale
     if options.mean is not None:
@@ -142,6 +188,27 @@ def _load_image(path: str, dims: list[int | None], options: ImageOptions
     record = _image_record(path, (native, native_mode), tuple(pixels.shape[:2]), mode, layout,
                            options)
     return (tensor if layout == "nhwc" else tensor.transpose(0, 3, 1, 2)), record
+
+
+def _check_resize(size: tuple[int, int] | None, spatial: tuple[int | None, int | None],
+                  channels: int | None, path: str) -> None:
+    """``--resize HxW`` fits the model's fixed height and width (where it fixes them) and
+    the memory limit, checked before any pixel is resized.
+
+    Raises:
+        UsageError: another size than the model's, or one over the memory limit.
+    """
+    if size is None:
+        return
+    fixed = [(given, wanted) for given, wanted in zip(size, spatial, strict=True)
+             if wanted is not None]
+    if any(given != wanted for given, wanted in fixed):
+        shown = "x".join("?" if d is None else str(d) for d in spatial)
+        raise UsageError(f"--resize {size[0]}x{size[1]} does not fit the model, whose images "
+                         f"are {shown} (height x width)", path,
+                         f"drop --resize, or give --resize {shown.replace('?', '224')}")
+    check_allocation(size[0] * size[1] * (channels or 3) * 8, f"the image resized to "
+                     f"{size[0]}x{size[1]} in float64", path, option="--resize")
 
 
 def _image_record(path: str, native: tuple[tuple[int, int], str], made: tuple[int, ...],
@@ -295,12 +362,25 @@ def _check_integers(array: np.ndarray, dtype: np.dtype, bounds: tuple[int, int],
                          f"({dtype})", source, "save values that fit the input's type")
 
 
-def _check_shape(array: np.ndarray, dims: list[int | None], name: str, source: str) -> None:
+def check_shape(array: np.ndarray, dims: list[int | None], name: str, source: str) -> None:
+    """The array fits the input's declared dims (None: any size) and holds a value.
+
+    Raises:
+        UsageError: another rank or size, or an empty array (a batch of 0 samples).
+    """
     if dims and (array.ndim != len(dims) or any(
             d is not None and d != s for d, s in zip(dims, array.shape, strict=False))):
         shown = "x".join("?" if d is None else str(d) for d in dims)
-        raise UsageError(f"input '{name}' has shape {'x'.join(map(str, array.shape))}, the "
-                         f"model expects {shown}", source)
+        raise UsageError(f"input '{name}' has shape {_shape_text(array.shape)}, the model "
+                         f"expects {shown}", source)
+    if array.size == 0 and 0 not in dims:  # a dim the model fixes at 0 takes no value
+        raise UsageError(f"input '{name}' has shape {_shape_text(array.shape)}: it holds no "
+                         "value", source, "give at least one sample")
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    """``1x3x224x224``; ``()`` for a scalar."""
+    return "x".join(map(str, shape)) if shape else "() (a scalar)"
 
 
 def random_input(dims: list[int | None], override: tuple[int, ...] | None, dtype: np.dtype,
@@ -437,14 +517,13 @@ def read_inputs(model: LoadedModel, files: dict[str | None, str],
             records[info.name] = {"source": "random", "seed": seed, "range": list(draw_range),
                                   "shape": list(feeds[info.name].shape), "dtype": str(dtype)}
             continue
-        if not os.path.isfile(source):
-            raise ModelLoadError("file not found", source, "check the path")
+        check_input_file(source)
         if is_image(source):
             array, records[info.name] = _load_image(source, dims, image)
         else:
             array, key = _load_array(source, info.name)
             records[info.name] = file_record(source, key, array)
-        _check_shape(array, dims, info.name, source)
+        check_shape(array, dims, info.name, source)
         wide = precision == "float64" and dtype.kind == "f" and array.dtype.kind in "fiu"
         feeds[info.name] = _check_values(array, np.dtype(np.float64) if wide else dtype,
                                          info.name, source)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from onnxcollide.collide.inputs import check_shape
 from onnxcollide.errors import ModelLoadError, UsageError
 from onnxcollide.graph.load import LoadedModel
-from onnxcollide.graph.shapes import model_inputs
+from onnxcollide.graph.shapes import declared_dims, model_inputs
+from onnxcollide.limits import check_allocation
 
 FEED_PREFIX = "feed."  # the value of every other model input, as collide fed it
 
@@ -55,13 +58,19 @@ def read_saved_collisions(path: str, model: LoadedModel) -> SavedCollisions:
         UsageError: it holds no input name the model has, or lacks a value for another input.
     """
     try:
-        with np.load(path, allow_pickle=False) as saved:
+        with zipfile.ZipFile(path) as archive:
+            check_allocation(sum(m.file_size for m in archive.infolist()),
+                             "the arrays of the collisions file", path)
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as saved:
             arrays = {key: np.asarray(saved[key]) for key in saved.files}
-    except (OSError, ValueError, EOFError) as exc:
+        settings = json.loads(str(arrays.pop("settings", np.array("{}"))))
+        if not isinstance(settings, dict):
+            raise ValueError("settings is not a JSON object")
+    except (OSError, ValueError, EOFError, RecursionError, zipfile.BadZipFile,
+            zlib.error) as exc:
         raise ModelLoadError("cannot read the collisions file: it is not an .npz file numpy "
                              "reads without pickles", path,
                              "give the collisions.npz that onnxcollide collide wrote") from exc
-    settings = json.loads(str(arrays.pop("settings", np.array("{}"))))
     names = [i.name for i in model_inputs(model)]
     name = str(arrays.pop("input_name")) if "input_name" in arrays else \
         names[0] if len(names) == 1 else None
@@ -79,4 +88,29 @@ def read_saved_collisions(path: str, model: LoadedModel) -> SavedCollisions:
     if missing:
         raise UsageError(f"the file holds no value for input(s) {', '.join(missing)}", path,
                          "give FIRST and SECOND files with every input (NAME=FILE) instead")
+    _check_fits(model, feeds, arrays["colliding"], name, path)
+    if arrays["colliding"].ndim == 0 or arrays["colliding"].shape[0] == 0:
+        raise UsageError("the file holds no colliding input, so nothing would be validated",
+                         path, "give a collisions.npz from a collide run that found some")
     return SavedCollisions(path, name, arrays["original"], arrays["colliding"], feeds, settings)
+
+
+def _check_fits(model: LoadedModel, feeds: dict[str, np.ndarray], colliding: np.ndarray,
+                name: str, path: str) -> None:
+    """Every saved input fits the model's declared dims, and each colliding input (k, *shape)
+    has the original's shape.
+
+    Raises:
+        UsageError: a saved array of another shape (collisions made for another model).
+    """
+    for info in model_inputs(model):
+        try:
+            check_shape(feeds[info.name], list(declared_dims(info.type) or []), info.name, path)
+        except UsageError as exc:
+            raise UsageError(f"{exc.what}: were these collisions made for another model?",
+                             path, "validate them on the model collide made them for"
+                             ) from exc
+    if colliding.shape[1:] != feeds[name].shape:
+        raise UsageError(f"the colliding inputs have shape {colliding.shape[1:]}, the original "
+                         f"{feeds[name].shape}", path,
+                         "give the collisions.npz that onnxcollide collide wrote")

@@ -46,6 +46,7 @@ from onnxcollide.graph.linear_ops import (
     find_linear_ops,
 )
 from onnxcollide.graph.load import load_model
+from onnxcollide.limits import check_allocation
 from onnxcollide.linalg.conv_operator import TRANSPOSED_DENSE_MAX_DIM
 from onnxcollide.linalg.spectral import EPS_OF, KernelSpace, ToleranceRule, kernel_space
 
@@ -214,6 +215,9 @@ def _find_collisions(path: str, feeds: dict[str, np.ndarray], settings: SearchSe
     """find_collisions without naming the model file in its errors."""
     ctx = build_context(path, feeds, settings)
     x = np.asarray(feeds[ctx.route.input])
+    check_allocation(settings.count * x.size * 16, f"{settings.count} colliding inputs of "
+                     f"{x.size} values (each with its perturbation, in float64)", path,
+                     option="--count")
     check_start(x, ctx.route.input, settings, path)
     if not in_range(x, settings):
         raise UsageError(f"the input '{ctx.route.input}' is not inside --range "

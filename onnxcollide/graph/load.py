@@ -102,10 +102,21 @@ class LoadedModel:
 
 
 def _read_bytes(path: str) -> bytes:
+    """The model file's bytes.
+
+    Raises:
+        ModelLoadError: an empty path, no such file, a folder, a pipe or device (reading one
+            would block or never end), or a read error.
+    """
+    if not path:
+        raise ModelLoadError("the model path is empty", "", "give the .onnx file")
     if not os.path.exists(path):
         raise ModelLoadError("file not found", path, "check the path")
     if os.path.isdir(path):
         raise ModelLoadError("is a folder, not an .onnx file", path, "pass the model file itself")
+    if not os.path.isfile(path):
+        raise ModelLoadError("is not a regular file (a pipe or a device)", path,
+                             "save the model to a file and give that")
     try:
         with open(path, "rb") as handle:
             return handle.read()

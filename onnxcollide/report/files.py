@@ -28,7 +28,7 @@ def write_stdout(text: str) -> None:
     import sys
 
     try:
-        sys.stdout.write(text)
+        sys.stdout.write(_encodable(text, getattr(sys.stdout, "encoding", None) or "utf-8"))
         sys.stdout.flush()
     except OSError as exc:
         try:
@@ -39,6 +39,32 @@ def write_stdout(text: str) -> None:
             pass  # not a real descriptor (a test's captured stream)
         raise UsageError(f"cannot write here ({exc.strerror or exc})",
                          "standard output") from exc
+
+
+def _encodable(text: str, encoding: str) -> str:
+    """``text`` as the stream's ``encoding`` can carry it: unchanged where it can, else with
+    box-drawing characters (the tables' borders) drawn in ASCII and any other character it
+    lacks as ``?`` (``PYTHONIOENCODING=ascii``, a legacy console code page)."""
+    try:
+        text.encode(encoding)
+        return text
+    except (UnicodeEncodeError, LookupError):
+        pass
+    drawn = "".join(_ascii_box(c) if "\u2500" <= c <= "\u257f" else c for c in text)
+    try:
+        return drawn.encode(encoding, "replace").decode(encoding)
+    except LookupError:
+        return drawn.encode("ascii", "replace").decode("ascii")
+
+
+def _ascii_box(char: str) -> str:
+    """A box-drawing character in ASCII: ``-`` for a horizontal line, ``|`` for a vertical
+    one, ``+`` for corners and junctions."""
+    import unicodedata
+
+    name = unicodedata.name(char, "")
+    horizontal, vertical = "HORIZONTAL" in name, "VERTICAL" in name
+    return "-" if horizontal and not vertical else "|" if vertical and not horizontal else "+"
 
 
 def write_atomically(path: str, write: Callable[[BinaryIO], object]) -> None:
