@@ -108,6 +108,7 @@ def test_unreadable_models_are_findings_and_the_others_are_checked(folder, tmp_p
     ([MLP, "--no-cache", "--baseline-dir", ""], "--baseline-dir '': needs a folder name"),
     ([MLP, "--no-cache", "--baseline-dir", MLP], f"--baseline-dir {MLP}: is a file, not a folder"),
     ([MLP, "--no-cache", "--baseline-dir", MLP, "--update-baseline"], "is a file, not a folder"),
+    ([MLP, "--no-cache", "--baseline", "EMPTY"], "EMPTY: is a folder, not a baseline file"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(tmp_path, monkeypatch, args, words):
     monkeypatch.chdir(tmp_path)
@@ -457,3 +458,17 @@ def test_update_baseline_dir_refuses_two_models_with_one_baseline_file(tmp_path,
         f"file as --baseline-dir base, base/m.onnx.json (the baseline of " \
         f"{tmp_path / 'a' / 'm.onnx'})" in line
     assert os.listdir(".") == []
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("[" * 5000 + "]" * 5000, "is not valid JSON: nested too deep"),
+    ('{"a": ' * 5000 + "1" + "}" * 5000, "is not valid JSON: nested too deep"),
+    ("1" * 5000, "is not valid JSON: a number too large"),
+])
+def test_a_baseline_nested_too_deep_or_with_a_huge_number_is_a_usage_error(tmp_path, text,
+                                                                            words):
+    """These were internal errors (RecursionError, Python's integer digit limit)."""
+    base = tmp_path / "b.json"
+    base.write_text(text)
+    line = assert_one_line_error(run_check(MLP, "--no-cache", "--baseline", str(base)), 2)
+    assert f"{base}: the baseline {words}" in line
