@@ -443,6 +443,17 @@ def test_update_baseline_never_replaces_a_model_or_another_file(tmp_path, monkey
     assert os.listdir("base") == ["m.onnx.json"]
 
 
+def test_a_baseline_with_impossible_numbers_is_a_usage_error(tmp_path, monkeypatch):
+    """A baseline with a negative nullity was read, and the finding said 'nullity -5 -> 192'."""
+    monkeypatch.chdir(tmp_path)
+    assert run_check(MLP, "--no-cache", "-f", "json", "-o", "b.json").exit_code == 1
+    report = json.loads(Path("b.json").read_text())
+    report["models"][0]["audit"]["layers"][0]["nullity"] = -5
+    Path("b.json").write_text(json.dumps(report))
+    line = assert_one_line_error(run_check(MLP, "--no-cache", "--baseline", "b.json"), 2)
+    assert "b.json, models[0].audit, key 'layers[0].nullity': is -5" in line
+
+
 def test_update_baseline_dir_refuses_two_models_with_one_baseline_file(tmp_path, monkeypatch):
     """Models outside the current folder keep their file name in --baseline-dir: two of one
     name wrote one file, the second replacing the first; a usage error now, nothing written."""

@@ -341,6 +341,40 @@ def test_bad_baselines_name_the_file_and_key(tmp_path, audits, edit, key):
     assert str(path) in caught.value.one_line() and key in caught.value.one_line()
 
 
+def _layer0(d: dict) -> dict:
+    return d["models"][0]["layers"][0]
+
+
+@pytest.mark.parametrize(("edit", "key", "words"), [
+    (lambda d: _layer0(d).update(nullity=-5), "layers[0].nullity", "is -5: it must be 0 or more"),
+    (lambda d: _layer0(d).update(rank=-1), "layers[0].rank", "is -1: it must be 0 or more"),
+    (lambda d: _layer0(d).update(nullity=_layer0(d)["nullity"] + 1), "layers[0].nullity",
+     "is 193, not q - rank (256 - 64)"),
+    (lambda d: _layer0(d).update(index=0), "layers[0].index", "is 0: it must be 1 or more"),
+    (lambda d: _layer0(d).update(tol=float("inf")), "layers[0].tol",
+     "is inf: a tolerance is a finite"),
+    (lambda d: d["models"][0]["metrics"].update(nu_ratio=1.5), "metrics.nu_ratio",
+     "is 1.5: a ratio lies in [0, 1]"),
+    (lambda d: d["models"][0]["metrics"].update(mu_ratio=float("nan")), "metrics.mu_ratio",
+     "is nan: a ratio lies in [0, 1]"),
+    (lambda d: d["models"][0]["metrics"].update(nullity_w1=-1), "metrics.nullity_w1",
+     "is -1: it must be 0 or more"),
+    (lambda d: d["models"][0]["first_layer"].update(row_index=0), "first_layer.row_index",
+     "is 0: it must be 1 or more"),
+])
+def test_baselines_with_impossible_numbers_are_refused(tmp_path, audits, edit, key, words):
+    """A negative nullity or rank, a ratio outside [0, 1]: read as they were, they gave
+    findings such as 'nullity -5 -> 192'."""
+    data = report_dict([audits[MLP]])
+    edit(data)
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UsageError) as caught:
+        read_baseline(str(path))
+    assert f"{path}, models[0], key '{key}': {words}" in caught.value.one_line()
+    assert caught.value.exit_code == 2
+
+
 def _denied(path, *args, **kwargs):
     raise PermissionError(13, "Permission denied", path)
 
