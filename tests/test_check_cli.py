@@ -483,3 +483,15 @@ def test_a_baseline_nested_too_deep_or_with_a_huge_number_is_a_usage_error(tmp_p
     base.write_text(text)
     line = assert_one_line_error(run_check(MLP, "--no-cache", "--baseline", str(base)), 2)
     assert f"{base}: the baseline {words}" in line
+
+
+def test_finding_lines_of_a_path_with_a_newline_are_one_line(tmp_path):
+    """The summary's finding line held the path's raw newline (the error line on stderr
+    did not); JSON keeps the path as it is."""
+    (tmp_path / "bad\nname.onnx").write_bytes(b"x")
+    done = run_check(str(tmp_path), "--no-cache")
+    assert done.exit_code == 3
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3 and lines[0].startswith(f"{tmp_path}/bad name.onnx: error unreadable")
+    report = json.loads(run_check(str(tmp_path), "--no-cache", "-f", "json").stdout)
+    assert report["models"][0]["path"] == str(tmp_path / "bad\nname.onnx")
