@@ -100,6 +100,15 @@ def test_unreadable_models_are_findings_and_the_others_are_checked(folder, tmp_p
     ([MLP, "--sarif", MLP], "the report would replace it"),
     ([MLP, "--jobs", "0"], "0 is not in the range x>=1"),
     ([MLP, "--max-memory", "lots"], "--max-memory 'lots' is not a size"),
+    ([MLP, "--no-cache", "--policy", ""], "--policy '': needs a file name"),
+    ([MLP, "--cache-dir", ""], "--cache-dir '': needs a folder name"),
+    ([MLP, "--no-cache", "--baseline", ""], "--baseline '': needs a file name"),
+    ([MLP, "--no-cache", "--baseline", "mlp_dense.onnx="], "--baseline mlp_dense.onnx=: needs"),
+    ([MLP, "--no-cache", "--baseline", "", "--update-baseline"], "--baseline '': needs a file"),
+    ([MLP, "--no-cache", "--baseline-dir", ""], "--baseline-dir '': needs a folder name"),
+    ([MLP, "--no-cache", "--baseline-dir", MLP], f"--baseline-dir {MLP}: is a file, not a folder"),
+    ([MLP, "--no-cache", "--baseline-dir", MLP, "--update-baseline"], "is a file, not a folder"),
+    ([MLP, "--no-cache", "--baseline", "EMPTY"], "EMPTY: is a folder, not a baseline file"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(tmp_path, monkeypatch, args, words):
     monkeypatch.chdir(tmp_path)
@@ -389,3 +398,100 @@ def test_an_output_suffix_naming_no_format_or_another_is_a_usage_error(tmp_path,
     line = assert_one_line_error(run_check(MLP, "--no-cache", "-o", str(out), *args), 2)
     assert match.replace("{out}", str(out)) in line
     assert os.listdir(tmp_path) == []
+
+
+def _external_model(folder: Path) -> tuple[Path, Path]:
+    """A MatMul model whose weight lies in ``w.bin``: (the model, its data file)."""
+    import numpy as np
+    import onnx
+    from builders import build_model, init, value
+    from onnx import helper
+
+    model = build_model([helper.make_node("MatMul", ["x", "W"], ["y"])], [value("x", [1, 4])],
+                        [value("y", [1, 3])], [init("W", np.ones((4, 3), np.float32))])
+    path = folder / "ext.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="w.bin", size_threshold=0)
+    return path, folder / "w.bin"
+
+
+def test_update_baseline_never_replaces_a_model_or_another_file(tmp_path, monkeypatch):
+    """--update-baseline --baseline m.onnx replaced the model with audit JSON (exit 0): a
+    baseline naming a checked model (through --baseline, MODEL=FILE or a link in
+    --baseline-dir), its external data, or another option's file is a usage error, and
+    nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(MLP, "m.onnx")
+    model, data = _external_model(tmp_path)
+    Path("base").mkdir()
+    (Path("base") / "m.onnx.json").symlink_to(tmp_path / "m.onnx")
+    files = {p: p.read_bytes() for p in (Path("m.onnx"), model, data)}
+    for args, words in [
+            (["--baseline", "m.onnx"], "--baseline m.onnx: is the model 'm.onnx': the baseline "
+                                       "would replace it"),
+            (["--baseline", "m.onnx=m.onnx"], "the baseline would replace it"),
+            (["--baseline-dir", "base"], "--baseline-dir base, base/m.onnx.json (the baseline "
+                                         "of m.onnx): is the model 'm.onnx'"),
+            (["--baseline", "w.bin"], f"is an external data file of the model '{model}'"),
+            (["--baseline", "r.json", "-o", "r.json"], "names the same file as --output"),
+            (["--baseline", "m.onnx=b.json", "--baseline", f"{model}=b.json"],
+             "names the same file as --baseline m.onnx=b.json")]:
+        done = run_check("m.onnx", str(model), "--no-cache", "--update-baseline", *args)
+        assert words in assert_one_line_error(done, 2)
+    assert {p: p.read_bytes() for p in files} == files
+    assert sorted(os.listdir(tmp_path)) == ["base", "ext.onnx", "m.onnx", "w.bin"]
+    assert os.listdir("base") == ["m.onnx.json"]
+
+
+def test_a_baseline_with_impossible_numbers_is_a_usage_error(tmp_path, monkeypatch):
+    """A baseline with a negative nullity was read, and the finding said 'nullity -5 -> 192'."""
+    monkeypatch.chdir(tmp_path)
+    assert run_check(MLP, "--no-cache", "-f", "json", "-o", "b.json").exit_code == 1
+    report = json.loads(Path("b.json").read_text())
+    report["models"][0]["audit"]["layers"][0]["nullity"] = -5
+    Path("b.json").write_text(json.dumps(report))
+    line = assert_one_line_error(run_check(MLP, "--no-cache", "--baseline", "b.json"), 2)
+    assert "b.json, models[0].audit, key 'layers[0].nullity': is -5" in line
+
+
+def test_update_baseline_dir_refuses_two_models_with_one_baseline_file(tmp_path, monkeypatch):
+    """Models outside the current folder keep their file name in --baseline-dir: two of one
+    name wrote one file, the second replacing the first; a usage error now, nothing written."""
+    for name in ("a", "b", "run"):
+        (tmp_path / name).mkdir()
+        if name != "run":
+            shutil.copy(MLP, tmp_path / name / "m.onnx")
+    monkeypatch.chdir(tmp_path / "run")
+    done = run_check(str(tmp_path / "a" / "m.onnx"), str(tmp_path / "b" / "m.onnx"),
+                     "--no-cache", "--update-baseline", "--baseline-dir", "base")
+    line = assert_one_line_error(done, 2)
+    assert f"base/m.onnx.json (the baseline of {tmp_path / 'b' / 'm.onnx'}): names the same " \
+        f"file as --baseline-dir base, base/m.onnx.json (the baseline of " \
+        f"{tmp_path / 'a' / 'm.onnx'})" in line
+    assert os.listdir(".") == []
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("[" * 5000 + "]" * 5000, "is not valid JSON: nested too deep"),
+    ('{"a": ' * 5000 + "1" + "}" * 5000, "is not valid JSON: nested too deep"),
+    ("1" * 5000, "is not valid JSON: a number too large"),
+])
+def test_a_baseline_nested_too_deep_or_with_a_huge_number_is_a_usage_error(tmp_path, text,
+                                                                            words):
+    """These were internal errors (RecursionError, Python's integer digit limit)."""
+    base = tmp_path / "b.json"
+    base.write_text(text)
+    line = assert_one_line_error(run_check(MLP, "--no-cache", "--baseline", str(base)), 2)
+    assert f"{base}: the baseline {words}" in line
+
+
+def test_finding_lines_of_a_path_with_a_newline_are_one_line(tmp_path):
+    """The summary's finding line held the path's raw newline (the error line on stderr
+    did not); JSON keeps the path as it is."""
+    (tmp_path / "bad\nname.onnx").write_bytes(b"x")
+    done = run_check(str(tmp_path), "--no-cache")
+    assert done.exit_code == 3
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3 and lines[0].startswith(f"{tmp_path}/bad name.onnx: error unreadable")
+    report = json.loads(run_check(str(tmp_path), "--no-cache", "-f", "json").stdout)
+    assert report["models"][0]["path"] == str(tmp_path / "bad\nname.onnx")

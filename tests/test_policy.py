@@ -341,6 +341,95 @@ def test_bad_baselines_name_the_file_and_key(tmp_path, audits, edit, key):
     assert str(path) in caught.value.one_line() and key in caught.value.one_line()
 
 
+def _layer0(d: dict) -> dict:
+    return d["models"][0]["layers"][0]
+
+
+@pytest.mark.parametrize(("edit", "key", "words"), [
+    (lambda d: _layer0(d).update(nullity=-5), "layers[0].nullity", "is -5: it must be 0 or more"),
+    (lambda d: _layer0(d).update(rank=-1), "layers[0].rank", "is -1: it must be 0 or more"),
+    (lambda d: _layer0(d).update(nullity=_layer0(d)["nullity"] + 1), "layers[0].nullity",
+     "is 193, not q - rank (256 - 64)"),
+    (lambda d: _layer0(d).update(index=0), "layers[0].index", "is 0: it must be 1 or more"),
+    (lambda d: _layer0(d).update(tol=float("inf")), "layers[0].tol",
+     "is inf: a tolerance is a finite"),
+    (lambda d: d["models"][0]["metrics"].update(nu_ratio=1.5), "metrics.nu_ratio",
+     "is 1.5: a ratio lies in [0, 1]"),
+    (lambda d: d["models"][0]["metrics"].update(mu_ratio=float("nan")), "metrics.mu_ratio",
+     "is nan: a ratio lies in [0, 1]"),
+    (lambda d: d["models"][0]["metrics"].update(nullity_w1=-1), "metrics.nullity_w1",
+     "is -1: it must be 0 or more"),
+    (lambda d: d["models"][0]["first_layer"].update(row_index=0), "first_layer.row_index",
+     "is 0: it must be 1 or more"),
+])
+def test_baselines_with_impossible_numbers_are_refused(tmp_path, audits, edit, key, words):
+    """A negative nullity or rank, a ratio outside [0, 1]: read as they were, they gave
+    findings such as 'nullity -5 -> 192'."""
+    data = report_dict([audits[MLP]])
+    edit(data)
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UsageError) as caught:
+        read_baseline(str(path))
+    assert f"{path}, models[0], key '{key}': {words}" in caught.value.one_line()
+    assert caught.value.exit_code == 2
+
+
+def _denied(path, *args, **kwargs):
+    raise PermissionError(13, "Permission denied", path)
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    ("[" * 5000 + "]" * 5000, "the baseline is not valid JSON: nested too deep"),
+    ('{"a": ' * 5000 + "1" + "}" * 5000, "the baseline is not valid JSON: nested too deep"),
+    ("1" * 5000, "the baseline is not valid JSON: a number too large"),
+    (b'{"a": "\xff"}', "the baseline is not UTF-8 text. Give an 'onnxcollide audit -f json'"),
+    ('{"a": 1}'.encode("utf-16"), "the baseline is not UTF-8 text"),
+    (None, "is a folder, not a baseline file. Give the baseline's JSON file, or the folder "
+           "as --baseline-dir"),
+    ("denied", "cannot read the baseline (permission denied). Make it readable"),
+])
+def test_unreadable_baselines_say_why_in_one_line(tmp_path, monkeypatch, content, words):
+    """A baseline nested 5000 deep or with a 5000-digit integer was an internal error; an
+    unreadable or non-UTF-8 one showed Python's message ('utf-8' codec can't decode...)."""
+    path = tmp_path / "b.json"
+    if content is None:
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    if content == "denied":  # chmod does not stop root
+        monkeypatch.setattr("onnxcollide.policy.baseline.open", _denied, raising=False)
+    with pytest.raises(UsageError) as caught:
+        read_baseline(str(path))
+    line = caught.value.one_line()
+    assert line.startswith(f"{path}: {words}"), line
+    assert "codec" not in line and "Errno" not in line
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    ("x = " + "[" * 5000 + "]" * 5000, "is not valid TOML: nested too deep"),
+    ("x = " + "{a = " * 3000 + "1" + "}" * 3000, "is not valid TOML: nested too deep"),
+    (b'[rules]\nw1-collision = "\xff"\n', "is not valid TOML (not UTF-8 text). Save it as UTF-8"),
+    ("denied", "cannot read the policy file (permission denied). Make it readable"),
+])
+def test_unreadable_policies_say_why_in_one_line(tmp_path, monkeypatch, content, words):
+    """A policy nested 5000 deep was an internal error (RecursionError)."""
+    path = tmp_path / "p.toml"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    if content == "denied":
+        monkeypatch.setattr("onnxcollide.policy.config.open", _denied, raising=False)
+    with pytest.raises(UsageError) as caught:
+        load_policy(str(path))
+    line = caught.value.one_line()
+    assert line.startswith(f"{path}: {words}"), line
+    assert caught.value.exit_code == 2
+
+
 def test_policy_module_reads_no_file_but_policies_and_baselines():
     """The rules stage is pure: only config (the TOML) and baseline (the JSON) open files."""
     folder = Path(__file__).resolve().parent.parent / "onnxcollide" / "policy"

@@ -105,6 +105,8 @@ def check(ctx: click.Context, models: tuple[str, ...], policy_file: str | None,
     def run() -> None:
         apply_max_memory(max_memory)  # a bad size is a usage error before any work
         form = report_format(ctx, fmt, output, REPORT_SUFFIXES, "text")
+        _refuse_empty({"--policy": policy_file, "--cache-dir": cache_dir,
+                       "--baseline-dir": baseline_dir})
         if no_cache and cache_dir is not None:
             raise UsageError("--cache-dir does not apply with --no-cache",
                              hint="drop one of them")
@@ -113,6 +115,8 @@ def check(ctx: click.Context, models: tuple[str, ...], policy_file: str | None,
         outputs = _check_outputs({"--output": output, "--sarif": sarif, "--junit": junit},
                                  paths)
         given, chosen = _baselines(paths, policy, baselines, baseline_dir, update_baseline)
+        written = _baseline_files(paths, baselines, baseline_dir, outputs) \
+            if update_baseline else {}
         validate = policy.is_on("w1-validated")
         if validate:
             from onnxcollide.runtime.session import resolve_device
@@ -126,7 +130,8 @@ def check(ctx: click.Context, models: tuple[str, ...], policy_file: str | None,
         result = evaluate(policy, [_facts(r) for r in runs], chosen, given)
         report = report_dict(result, {r.path: r.record for r in runs if r.record},
                              _settings(runs, policy), tool_versions(validate))
-        _refuse_external_data(outputs, runs)
+        _refuse_external_data({**{f"{o} {p}": p for o, p in outputs.items()}, **written},
+                              runs)
         _write_reports(result, report, form, outputs, update_baseline, baselines, baseline_dir)
         _tell(runs, stats, folder)
         sys.exit(result.exit_code)
@@ -177,22 +182,52 @@ def _check_outputs(options: Mapping[str, str | None], models: Sequence[str]
             continue
         if not path:
             raise UsageError("needs a file name", f"{option} ''")
-        folder = os.path.dirname(os.path.abspath(path))
-        if not path.startswith("/dev/") and not os.path.isdir(folder):
-            raise UsageError(f"the folder '{folder}' does not exist", f"{option} {path}",
-                             "create it first or choose another path")
-        if os.path.isdir(path):
-            raise UsageError("is a folder", f"{option} {path}", "give a file name")
-        for model in models:
-            if os.path.exists(path) and os.path.exists(model) and os.path.samefile(path, model):
-                raise UsageError(f"is the model '{model}': the report would replace it",
-                                 f"{option} {path}", "choose another file name")
-        for other, taken in chosen.items():
-            if os.path.abspath(taken) == os.path.abspath(path):
-                raise UsageError(f"names the same file as {other}", f"{option} {path}",
-                                 "give each report its own file")
+        _check_file(f"{option} {path}", path, models, chosen)
         chosen[option] = path
     return chosen
+
+
+def _check_file(where: str, path: str, models: Sequence[str], taken: Mapping[str, str],
+                in_folder: bool = True) -> None:
+    """One file check writes (a report, or a baseline where ``where`` names --baseline...):
+    its folder exists (unless ``in_folder`` is False: it is made), it is not a folder, not a
+    model, not a file ``taken`` by another option (option -> path).
+
+    Raises:
+        UsageError: naming ``where`` (the option and the path).
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if in_folder and not path.startswith("/dev/") and not os.path.isdir(folder):
+        raise UsageError(f"the folder '{folder}' does not exist", where,
+                         "create it first or choose another path")
+    if os.path.isdir(path):
+        raise UsageError("is a folder", where, "give a file name")
+    for model in models:
+        if os.path.exists(path) and os.path.exists(model) and os.path.samefile(path, model):
+            raise UsageError(f"is the model '{model}': the {_kind(where)} would replace it",
+                             where, "choose another file name")
+    for other, file in taken.items():
+        if os.path.abspath(file) == os.path.abspath(path):
+            raise UsageError(f"names the same file as {other}", where,
+                             "give each report and baseline its own file")
+
+
+def _kind(where: str) -> str:
+    """What an option writes: ``baseline`` (--baseline, --baseline-dir) or ``report``."""
+    return "baseline" if where.startswith("--baseline") else "report"
+
+
+def _refuse_empty(options: Mapping[str, str | None]) -> None:
+    """An option given as '' (a shell variable left unset) names no file or folder.
+
+    Raises:
+        UsageError: naming the option.
+    """
+    for option, value in options.items():
+        if value == "":
+            kind = "a folder" if option.endswith("dir") else "a file"
+            raise UsageError(f"needs {kind} name", f"{option} ''",
+                             f"give {kind}, or leave {option} out")
 
 
 def _baselines(paths: Sequence[str], policy: Policy, specs: tuple[str, ...],
@@ -207,16 +242,64 @@ def _baselines(paths: Sequence[str], policy: Policy, specs: tuple[str, ...],
         if not specs and folder is None:
             raise UsageError("--update-baseline needs --baseline FILE or --baseline-dir DIR",
                              hint="say where to write the baselines")
-        if folder is not None and os.path.exists(folder) and not os.path.isdir(folder):
-            raise UsageError("is not a folder", f"--baseline-dir {folder}")
+        _refuse_file_as_folder(folder)
+        _refuse_empty_files(paths, specs)
         return False, {}
+    _refuse_file_as_folder(folder)
     if folder is not None and not os.path.isdir(folder):
         raise UsageError("the folder does not exist", f"--baseline-dir {folder}",
                          "write the baselines first with --update-baseline")
+    _refuse_empty_files(paths, specs)
     chosen = assign_baselines(paths, specs, folder)
     for baseline in {id(b): b for b in chosen.values()}.values():
         check_settings(baseline, policy.settings)
     return bool(specs) or folder is not None, chosen
+
+
+def _refuse_file_as_folder(folder: str | None) -> None:
+    """--baseline-dir naming a file.
+
+    Raises:
+        UsageError: naming the option.
+    """
+    if folder is not None and os.path.exists(folder) and not os.path.isdir(folder):
+        raise UsageError("is a file, not a folder", f"--baseline-dir {folder}",
+                         "give the folder of the baselines (DIR/<model path>.json), or the "
+                         "file as --baseline")
+
+
+def _refuse_empty_files(paths: Sequence[str], specs: tuple[str, ...]) -> None:
+    """--baseline '' or MODEL= with no file.
+
+    Raises:
+        UsageError: naming the option.
+    """
+    for spec in specs:
+        if not split_spec(spec, paths)[1]:
+            raise UsageError("needs a file name", f"--baseline {spec or repr(spec)}",
+                             "give a baseline file, or leave --baseline out")
+
+
+def _baseline_files(paths: Sequence[str], specs: tuple[str, ...], folder: str | None,
+                    outputs: Mapping[str, str]) -> dict[str, str]:
+    """The files --update-baseline writes (how errors name each -> the file), checked before
+    any work as the report files are: none is a folder, a model or another option's file.
+
+    Raises:
+        UsageError: naming the option and the file.
+    """
+    files: dict[str, str] = {}
+    taken = dict(outputs)
+    for spec in specs:
+        file = split_spec(spec, paths)[1]
+        _check_file(f"--baseline {spec}", file, paths, taken)
+        files[f"--baseline {spec}"] = taken[f"--baseline {spec}"] = file
+    for path in paths if folder is not None else ():
+        file = baseline_path(str(folder), path)
+        where = f"--baseline-dir {folder}, {file} (the baseline of {path})"
+        _check_file(where, file, paths, taken, in_folder=False)
+        files[where] = taken[where] = file
+    return files
 
 
 # ------------------------------------------------------------------ output
@@ -242,13 +325,14 @@ def _write_reports(result: CheckResult, report: dict[str, Any], fmt: str,
         click.echo(f"wrote {path} ({option.lstrip('-')})", err=True)
 
 
-def _refuse_external_data(outputs: Mapping[str, str], runs: Sequence[ModelRun]) -> None:
-    """No report replaces a model's external data file (known once the models are read).
+def _refuse_external_data(files: Mapping[str, str], runs: Sequence[ModelRun]) -> None:
+    """No report or baseline replaces a model's external data file (known once the models
+    are read); ``files`` maps how errors name each file (the option and path) to the file.
 
     Raises:
         UsageError: naming the option and the model.
     """
-    for option, path in outputs.items():
+    for where, path in files.items():
         if not os.path.exists(path):
             continue
         for run in runs:
@@ -257,7 +341,7 @@ def _refuse_external_data(outputs: Mapping[str, str], runs: Sequence[ModelRun]) 
                 full = os.path.join(folder, data)
                 if os.path.exists(full) and os.path.samefile(path, full):
                     raise UsageError(f"is an external data file of the model '{run.path}': "
-                                     "the report would replace it", f"{option} {path}",
+                                     f"the {_kind(where)} would replace it", where,
                                      "choose another file name")
 
 
@@ -278,7 +362,11 @@ def _update_baselines(report: Mapping[str, Any], specs: tuple[str, ...],
             if data is None:
                 continue
             target = baseline_path(folder, path)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
+            try:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+            except OSError as exc:
+                raise UsageError(f"cannot make the folder of the baseline {target} "
+                                 f"({exc.strerror or exc})", f"--baseline-dir {folder}") from exc
             write_text(target, json.dumps(data, indent=2, allow_nan=False) + "\n")
             click.echo(f"wrote baseline {target}", err=True)
 

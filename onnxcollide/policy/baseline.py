@@ -55,16 +55,7 @@ def read_baseline(path: str) -> list[Baseline]:
         UsageError: the file is missing or unreadable, not JSON, of another schema or schema
             version, or a record lacks what the rules read (naming the file and key).
     """
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        raise UsageError("the baseline does not exist", path,
-                         "check the path, or write it with --update-baseline") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read the baseline ({exc})", path) from None
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"the baseline is not JSON ({exc})", path, _HINT) from None
+    data = _load_json(path)
     if not isinstance(data, Mapping):
         raise UsageError("the baseline is not a JSON object", path, _HINT)
     kind = SCHEMAS.get(data.get("$schema"))  # type: ignore[arg-type]
@@ -91,6 +82,40 @@ def read_baseline(path: str) -> list[Baseline]:
         key = f"models[{k}]" + (".audit" if kind == "check" else "")
         found.append(Baseline(path, key, facts_of_record(record, f"{path}, {key}"), settings))
     return found
+
+
+def _load_json(path: str) -> Any:
+    """The JSON of a baseline file.
+
+    Raises:
+        UsageError: the file is missing, a folder, unreadable, not UTF-8, or not JSON (nested
+            too deep, or a number too large, included).
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise UsageError("the baseline does not exist", path,
+                         "check the path, or write it with --update-baseline") from None
+    except IsADirectoryError:
+        raise UsageError("is a folder, not a baseline file", path,
+                         "give the baseline's JSON file, or the folder as --baseline-dir") \
+            from None
+    except PermissionError:
+        raise UsageError("cannot read the baseline (permission denied)", path,
+                         "make it readable, or give another baseline") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read the baseline ({exc.strerror or exc})", path) from None
+    except UnicodeDecodeError:
+        raise UsageError("the baseline is not UTF-8 text", path, _HINT) from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"the baseline is not JSON ({exc})", path, _HINT) from None
+    except RecursionError:
+        raise UsageError("the baseline is not valid JSON: nested too deep", path, _HINT) \
+            from None
+    except ValueError:  # an integer of more digits than Python converts
+        raise UsageError("the baseline is not valid JSON: a number too large", path, _HINT) \
+            from None
 
 
 def check_settings(baseline: Baseline, settings: CheckSettings) -> None:

@@ -537,7 +537,8 @@ def read_toml(path: str, what: str = "the policy file") -> dict[str, Any]:
     """Parse a TOML file.
 
     Raises:
-        UsageError: the file is missing, unreadable, or not TOML (with the line TOML names).
+        UsageError: the file is missing, a folder, unreadable, not UTF-8, or not TOML (with
+            the line TOML names; nested too deep included).
     """
     try:
         with open(path, "rb") as handle:
@@ -546,13 +547,20 @@ def read_toml(path: str, what: str = "the policy file") -> dict[str, Any]:
         raise UsageError(f"{what} does not exist", path, "check the path") from None
     except IsADirectoryError:
         raise UsageError("is a folder", path, "give a TOML file") from None
+    except PermissionError:
+        raise UsageError(f"cannot read {what} (permission denied)", path,
+                         "make it readable, or give another file") from None
     except OSError as exc:
         raise UsageError(f"cannot read {what} ({exc.strerror or exc})", path) from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"is not valid TOML ({exc})", path,
                          "fix the TOML syntax") from None
     except UnicodeDecodeError:
-        raise UsageError("is not valid TOML (not UTF-8 text)", path) from None
+        raise UsageError("is not valid TOML (not UTF-8 text)", path,
+                         "save it as UTF-8") from None
+    except RecursionError:
+        raise UsageError("is not valid TOML: nested too deep", path,
+                         "a policy nests a few tables at most") from None
 
 
 def find_policy_file(start: str) -> tuple[str, bool] | None:

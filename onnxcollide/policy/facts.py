@@ -4,6 +4,7 @@ audit, a cache entry). Both give equal facts (a test checks it)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -172,6 +173,28 @@ class _Record:
             raise self.fail(full, f"has the wrong type ({type(value).__name__})")
         return value
 
+    def count(self, data: Any, key: str, full: str, low: int = 0,
+              optional: bool = False) -> Any:
+        """An integer ``low`` or more (None where ``optional`` and null)."""
+        value = self.get(data, key, full, (int,), optional)
+        if value is not None and value < low:
+            raise self.fail(full, f"is {value}: it must be {low} or more")
+        return value
+
+    def ratio(self, data: Any, key: str, full: str) -> float:
+        """A number in [0, 1]."""
+        value = self.get(data, key, full, (int, float))
+        if not 0 <= value <= 1:  # NaN too
+            raise self.fail(full, f"is {value}: a ratio lies in [0, 1]")
+        return float(value)
+
+    def tolerance(self, data: Any, key: str, full: str) -> float:
+        """A finite number, 0 or more."""
+        value = self.get(data, key, full, (int, float))
+        if not 0 <= value < math.inf:  # NaN too
+            raise self.fail(full, f"is {value}: a tolerance is a finite number, 0 or more")
+        return float(value)
+
     def strings(self, data: Any, key: str, full: str) -> tuple[str, ...]:
         values = self.get(data, key, full, (list,))
         if not all(isinstance(v, str) for v in values):
@@ -191,19 +214,19 @@ def facts_of_record(record: Mapping[str, Any], where: str) -> ModelFacts:
     """
     read = _Record(where)
     metrics = read.get(record, "metrics", "metrics", (dict,))
-    number = (int, float)
+    counts = {name: read.count(metrics, name, f"metrics.{name}", optional=name == "nullity_w1")
+              for name in ("n", "nu", "mu", "nullity_sum", "nullity_w1", "skipped_weights",
+                           "unclear")}
     facts_metrics = MetricFacts(
-        *(read.get(metrics, name, f"metrics.{name}", number if "ratio" in name else (int,),
-                   optional=name == "nullity_w1")
-          for name in ("n", "nu", "nu_ratio", "mu", "mu_ratio", "nullity_sum", "nullity_w1",
-                       "skipped_weights", "unclear")))
+        **counts, nu_ratio=read.ratio(metrics, "nu_ratio", "metrics.nu_ratio"),
+        mu_ratio=read.ratio(metrics, "mu_ratio", "metrics.mu_ratio"))
     first = read.get(record, "first_layer", "first_layer", (dict,), optional=True)
     first_facts = None if first is None else FirstLayerFacts(
         read.get(first, "node", "first_layer.node", (str,), optional=True),
-        read.get(first, "row_index", "first_layer.row_index", (int,), optional=True),
+        read.count(first, "row_index", "first_layer.row_index", 1, optional=True),
         read.get(first, "exactness", "first_layer.exactness", (str,)),
-        read.get(first, "blind_elements", "first_layer.blind_elements", (int,), optional=True),
-        read.get(first, "input_elements", "first_layer.input_elements", (int,), optional=True))
+        read.count(first, "blind_elements", "first_layer.blind_elements", optional=True),
+        read.count(first, "input_elements", "first_layer.input_elements", optional=True))
     layers = read.get(record, "layers", "layers", (list,))
     validation = read.get(record, "validation", "validation", (dict,), optional=True)
     return ModelFacts(
@@ -219,17 +242,21 @@ def _layer(read: _Record, layer: Any, k: int) -> LayerFacts:
     nodes = read.strings(layer, "nodes", f"{key}.nodes")
     if not nodes:
         raise read.fail(f"{key}.nodes", "is empty")
-    return LayerFacts(
-        index=read.get(layer, "index", f"{key}.index", (int,)), nodes=nodes,
+    facts = LayerFacts(
+        index=read.count(layer, "index", f"{key}.index", 1), nodes=nodes,
         op=read.get(layer, "op", f"{key}.op", (str,)),
         weight=read.get(layer, "weight", f"{key}.weight", (str,)),
         roots=read.strings(layer, "roots", f"{key}.roots"),
         chain=read.strings(layer, "chain", f"{key}.chain"),
         scope=read.get(layer, "scope", f"{key}.scope", (str,)),
-        q=read.get(layer, "q", f"{key}.q", (int,)), p=read.get(layer, "p", f"{key}.p", (int,)),
-        rank=read.get(layer, "rank", f"{key}.rank", (int,)),
-        nullity=read.get(layer, "nullity", f"{key}.nullity", (int,)),
-        tol=float(read.get(layer, "tol", f"{key}.tol", (int, float))))
+        q=read.count(layer, "q", f"{key}.q"), p=read.count(layer, "p", f"{key}.p"),
+        rank=read.count(layer, "rank", f"{key}.rank"),
+        nullity=read.count(layer, "nullity", f"{key}.nullity"),
+        tol=read.tolerance(layer, "tol", f"{key}.tol"))
+    if facts.nullity != facts.q - facts.rank:
+        raise read.fail(f"{key}.nullity", f"is {facts.nullity}, not q - rank "
+                        f"({facts.q} - {facts.rank})")
+    return facts
 
 
 def _tol(row: Any) -> float:

@@ -28,12 +28,19 @@ def _number(value: float | None) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.4g}"
 
 
+def _one_line(text: str) -> str:
+    """``text`` with each run of whitespace (a newline in a path, a reason on two lines) one
+    space, as ``error:`` lines are written (OnnxCollideError.one_line)."""
+    return " ".join(text.split())
+
+
 def finding_line(finding: Finding) -> str:
     """One finding in one line: model, severity, rule, node, the numbers and the bound."""
     at = f" at {finding.node}" if finding.node else ""
     allowed = f" (allowed: {finding.allowed})" if finding.allowed else ""
     severity = "allowed" if finding.allowed else finding.severity
-    return f"{finding.model}: {severity} {finding.rule}{at}: {finding.message}{allowed}"
+    return _one_line(f"{finding.model}: {severity} {finding.rule}{at}: {finding.message}"
+                    f"{allowed}")
 
 
 def policy_line(policy: Policy, baselines: bool = True) -> str:
@@ -49,7 +56,7 @@ def policy_line(policy: Policy, baselines: bool = True) -> str:
     allow = f"; {len(policy.allow)} allow-list entr{'y' if len(policy.allow) == 1 else 'ies'}" \
         if policy.allow else ""
     extra = f"; settings: {', '.join(settings)}" if settings else ""
-    return f"policy: {policy.source}; rules: {rules or 'none'}{extra}{allow}"
+    return _one_line(f"policy: {policy.source}; rules: {rules or 'none'}{extra}{allow}")
 
 
 def summary_text(result: CheckResult) -> str:
