@@ -332,13 +332,19 @@ def test_a_baseline_of_another_model_is_a_usage_error(tmp_path, audits):
     (lambda d: d["models"][0]["metrics"].update(nu="3"), "models[0], key 'metrics.nu'"),
 ])
 def test_bad_baselines_name_the_file_and_key(tmp_path, audits, edit, key):
+    path, caught = _read_edited_baseline(tmp_path, audits, edit)
+    assert str(path) in caught.one_line() and key in caught.one_line()
+
+
+def _read_edited_baseline(tmp_path, audits, edit) -> tuple[Path, UsageError]:
+    """mlp_dense's audit as a baseline, edited by ``edit``; the error reading it raises."""
     data = report_dict([audits[MLP]])
     edit(data)
     path = tmp_path / "b.json"
     path.write_text(json.dumps(data))
     with pytest.raises(UsageError) as caught:
         read_baseline(str(path))
-    assert str(path) in caught.value.one_line() and key in caught.value.one_line()
+    return path, caught.value
 
 
 def _layer0(d: dict) -> dict:
@@ -365,14 +371,9 @@ def _layer0(d: dict) -> dict:
 def test_baselines_with_impossible_numbers_are_refused(tmp_path, audits, edit, key, words):
     """A negative nullity or rank, a ratio outside [0, 1]: read as they were, they gave
     findings such as 'nullity -5 -> 192'."""
-    data = report_dict([audits[MLP]])
-    edit(data)
-    path = tmp_path / "b.json"
-    path.write_text(json.dumps(data))
-    with pytest.raises(UsageError) as caught:
-        read_baseline(str(path))
-    assert f"{path}, models[0], key '{key}': {words}" in caught.value.one_line()
-    assert caught.value.exit_code == 2
+    path, caught = _read_edited_baseline(tmp_path, audits, edit)
+    assert f"{path}, models[0], key '{key}': {words}" in caught.one_line()
+    assert caught.exit_code == 2
 
 
 def _denied(path, *args, **kwargs):
