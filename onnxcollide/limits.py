@@ -135,7 +135,7 @@ def for_chosen_shape(exc: ResourceLimitError, option: str) -> ResourceLimitError
 
 
 def check_allocation(nbytes: int, what: str, where: str = "",
-                     option: str | None = None) -> None:
+                     option: str | None = None, remedy: str = "check the model") -> None:
     """Refuse an array of ``nbytes`` before it is allocated when it exceeds the limit.
 
     Args:
@@ -144,6 +144,7 @@ def check_allocation(nbytes: int, what: str, where: str = "",
         where: the file, node or tensor it concerns.
         option: the option that asked for this size (``--input-shape``), if one did: the
             error is then a usage error (exit 2) suggesting a smaller value.
+        remedy: what else to do, where no option asked for it (the file at fault).
 
     Raises:
         ResourceLimitError: ``nbytes`` is over the limit in force (ResourceUsageError where
@@ -160,6 +161,6 @@ def check_allocation(nbytes: int, what: str, where: str = "",
         hint = f"give a smaller {option}" + \
             (f", or raise --max-memory (e.g. {raise_to})" if raisable else "")
         raise ResourceUsageError(what, where, hint)
-    hint = f"raise --max-memory if this machine has the memory (e.g. {raise_to}), or check " \
-        "the model" if raisable else "check the model"
+    hint = f"raise --max-memory if this machine has the memory (e.g. {raise_to}), or " \
+        f"{remedy}" if raisable else remedy
     raise ResourceLimitError(what, where, hint)

@@ -737,7 +737,8 @@ def _cli_process(*args: str, **options) -> subprocess.CompletedProcess:
 
 def test_a_closed_standard_output_is_one_usage_error(tmp_path):
     """`audit M >&-` ended in an internal error (sys.stdout is None: no isatty); now the
-    report meant for it is a usage error, and -o FILE still works without it."""
+    report meant for it is a usage error, while -o FILE, --help and check's gate (its summary
+    left out where the report went to -o) work without it."""
     def close_stdout() -> None:
         os.close(1)
 
@@ -745,13 +746,17 @@ def test_a_closed_standard_output_is_one_usage_error(tmp_path):
                           stdout=None, stderr=subprocess.PIPE, text=True, check=False,
                           timeout=120, preexec_fn=close_stdout)
     assert done.returncode == 2, done.stderr
-    assert done.stderr == "error: standard output: cannot write here (Bad file descriptor).\n"
+    assert done.stderr == "error: standard output: cannot write here: it is closed. Keep " \
+        "standard output open, or write the report to a file with -o.\n"
     out = tmp_path / "r.json"
-    done = subprocess.run([sys.executable, "-m", "onnxcollide", "audit", MLP, "-o", str(out)],
-                          stderr=subprocess.PIPE, text=True, check=False, timeout=120,
-                          preexec_fn=close_stdout)
-    assert done.returncode == 0, done.stderr
-    assert out.read_text("utf-8").startswith("{")
+    for command, code in ((("audit", MLP, "-o", str(out)), 0), (("--help",), 0),
+                          (("check", MLP, "--no-cache", "-o", str(out)), 1)):
+        out.unlink(missing_ok=True)
+        done = subprocess.run([sys.executable, "-m", "onnxcollide", *command],
+                              stderr=subprocess.PIPE, text=True, check=False, timeout=120,
+                              preexec_fn=close_stdout)
+        assert done.returncode == code, (command, done.stderr)  # check: the gate's 1, not 2
+        assert command == ("--help",) or out.read_text("utf-8").startswith("{")
 
 
 @pytest.mark.parametrize("command", [("audit", MLP), ("compare", MLP, MLP)])
@@ -772,12 +777,21 @@ def test_empty_paths_and_values_name_what_is_empty(tmp_path):
     assert "--resize '' is not HxW" in line
 
 
-def test_a_model_that_is_a_pipe_is_refused_not_read(tmp_path):
-    """A FIFO given as the model blocked forever (check also hashed it for its cache)."""
+def test_a_model_from_a_pipe_is_read_and_one_nobody_writes_to_does_not_block(tmp_path):
+    """A FIFO with no writer given as the model blocked forever (check also hashed it for its
+    cache): it now reads as empty. A pipe with a writer (/dev/stdin, <(cat m.onnx)) is read
+    whole, as before; a device such as /dev/zero, which never ends, is refused."""
     pipe = tmp_path / "model.onnx"
     os.mkfifo(pipe)
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     for command in (("audit", str(pipe)), ("check", str(pipe))):
-        done = _cli_process(*command, cwd=tmp_path, env={**os.environ,
-                                                         "XDG_CACHE_HOME": str(tmp_path)})
+        done = _cli_process(*command, cwd=tmp_path, env=env)
         assert done.returncode == 3, done.stderr
-        assert "is not a regular file (a pipe or a device)" in done.stderr
+        assert "not an ONNX model" in done.stderr
+    with open(MLP, "rb") as model:
+        done = subprocess.run([sys.executable, "-m", "onnxcollide", "audit", "/dev/stdin",
+                               "-f", "json"], stdin=model, capture_output=True, text=True,
+                              check=False, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["models"][0]["metrics"]["nullity_w1"] == 192
+    assert "is a device" in assert_one_line_error(run("audit", "/dev/zero"), 3)

@@ -86,6 +86,7 @@ def test_an_array_file_over_the_memory_limit_is_refused_before_it_is_read(tmp_pa
     for path in (big, str(tmp_path / "big.npz")):
         line = assert_one_line_error(_collide("--input", path, "--max-memory", "4K"), 3)
         assert "over the memory limit of 4.0 KiB (--max-memory 4K)" in line
+        assert line.endswith("or give a smaller array or image.")  # not "check the model"
 
 
 def test_a_resize_the_model_cannot_take_is_refused_before_resizing(tmp_path):
@@ -142,3 +143,37 @@ def test_validate_layer_must_be_a_layers_output(tmp_path, layer, why):
     first, second = _npy(tmp_path, "a.npy", GOOD), _npy(tmp_path, "b.npy", GOOD * 0.5)
     line = assert_one_line_error(run("validate", MLP, first, second, "--layer", layer), 2)
     assert f"--layer '{layer}' {why}" in line
+
+
+def test_an_empty_input_path_says_so(tmp_path):
+    """An empty FIRST, SECOND or --input said "file not found" and named nothing."""
+    good = _npy(tmp_path, "a.npy", GOOD)
+    for result in (run("validate", MLP, ""), run("validate", MLP, good, ""),
+                   _collide("--input", ""), _collide("--input", "input=")):
+        assert "an input file's path is empty" in assert_one_line_error(result, 2)
+
+
+def test_a_large_image_is_judged_by_its_decoded_size_not_pillows_limit(tmp_path):
+    """The memory limit decides on an image from its decoded bytes (one byte per grey pixel
+    here) and the float64 values at the model's size: a 3000 x 3000 grey image fits 200 MB
+    (it was refused, counted as 4 float64 channels), and Pillow's own pixel limit no longer
+    refuses what the limit allows."""
+    image = tmp_path / "big.png"
+    Image.fromarray(np.zeros((3000, 3000), np.uint8)).save(image)
+    made = run("collide", MLP, "--no-validate", "--input", str(image), "--max-memory", "200M",
+               "-o", str(tmp_path / "out"))
+    assert made.exit_code == 0, made.stderr
+    line = assert_one_line_error(_collide("--input", str(image), "--max-memory", "4M"), 3)
+    assert "the decoded image (3000x3000)" in line and "give a smaller array or image" in line
+    from PIL import Image as pillow
+
+    saved = pillow.MAX_IMAGE_PIXELS
+    pillow.MAX_IMAGE_PIXELS = 100_000  # the 9M-pixel image is past Pillow's bomb limit (2x)
+    try:
+        done = run("collide", MLP, "--no-validate", "--input", str(image), "-o",
+                   str(tmp_path / "again"))
+        restored = pillow.MAX_IMAGE_PIXELS  # the loader gives Pillow its limit back
+    finally:
+        pillow.MAX_IMAGE_PIXELS = saved
+    assert done.exit_code == 0, done.stderr
+    assert restored == 100_000

@@ -413,10 +413,13 @@ def test_unreadable_baselines_say_why_in_one_line(tmp_path, monkeypatch, content
     ("x = " + "[" * 5000 + "]" * 5000, "is not valid TOML: nested too deep"),
     ("x = " + "{a = " * 3000 + "1" + "}" * 3000, "is not valid TOML: nested too deep"),
     (b'[rules]\nw1-collision = "\xff"\n', "is not valid TOML (not UTF-8 text). Save it as UTF-8"),
+    ("[rules]\nnullity_w1 = { severity = \"error\", max = " + "9" * 5000 + " }\n",
+     "is not valid TOML: a number too large"),
     ("denied", "cannot read the policy file (permission denied). Make it readable"),
 ])
 def test_unreadable_policies_say_why_in_one_line(tmp_path, monkeypatch, content, words):
-    """A policy nested 5000 deep was an internal error (RecursionError)."""
+    """A policy nested 5000 deep was an internal error (RecursionError), and so was one with
+    a 5000-digit bound (Python's integer digit limit)."""
     path = tmp_path / "p.toml"
     if isinstance(content, bytes):
         path.write_bytes(content)

@@ -31,6 +31,7 @@ from onnxcollide.errors import OnnxCollideError, UsageError
 from onnxcollide.linalg.spectral import GramEngine, ToleranceRule
 from onnxcollide.report.files import (
     claim_descriptor,
+    stdout_is_terminal,
     write_claimed,
     write_stdout,
     write_text,
@@ -172,7 +173,7 @@ def audit(models: tuple[str, ...], fmt: str, output: str | None, conv_convention
                         path, dict(settings.input_shapes), seed, device, "float32",
                         settings.rule, reporter.phase))
             audits.append(result)
-        to_terminal = target is None and sys.stdout.isatty()
+        to_terminal = target is None and stdout_is_terminal()
         width = os.get_terminal_size().columns if to_terminal else 160
         text = render(audits, Format(fmt), RenderOptions(summary_only, width, to_terminal))
         if target is None:

@@ -320,7 +320,8 @@ def _write_reports(result: CheckResult, report: dict[str, Any], fmt: str,
         write_text(outputs["--junit"], render_junit(result))
     if update:
         _update_baselines(report, specs, folder)
-    write_stdout(text)
+    if sys.stdout is not None or "--output" not in outputs:  # closed: the report is in -o
+        write_stdout(text)
     for option, path in outputs.items():
         click.echo(f"wrote {path} ({option.lstrip('-')})", err=True)
 

@@ -32,7 +32,12 @@ from onnxcollide.compare.results import DEFAULT_TRANSFER_COUNT, CompareSettings
 from onnxcollide.errors import UsageError
 from onnxcollide.linalg.spectral import ToleranceRule
 from onnxcollide.report.compare_format import CompareFormat, render_comparison
-from onnxcollide.report.files import write_claimed, write_stdout, write_text
+from onnxcollide.report.files import (
+    stdout_is_terminal,
+    write_claimed,
+    write_stdout,
+    write_text,
+)
 
 SUFFIXES = {".txt": CompareFormat.TABLE.value, ".json": CompareFormat.JSON.value,
             ".md": CompareFormat.MARKDOWN.value, ".markdown": CompareFormat.MARKDOWN.value,
@@ -113,7 +118,7 @@ def compare(models: tuple[str, ...], fmt: str, output: str | None, pins: tuple[s
                 input_shapes=tuple(shapes.items()), pins=pins, run=run, transfer=transfer,
                 count=count, seed=seed, device=device, structure_only=structure_only)
             result = compare_models(models, settings)
-            to_terminal = target is None and sys.stdout.isatty()
+            to_terminal = target is None and stdout_is_terminal()
             width = os.get_terminal_size().columns if to_terminal else 160
             text = render_comparison(result, chosen, width, to_terminal)
             if target is None:

@@ -3,34 +3,17 @@
 
 from __future__ import annotations
 
-import errno
-import io
 import os
 import sys
 
 from onnxcollide.cli.exit_codes import EXIT_INTERRUPTED
 
 
-class _ClosedStream(io.TextIOBase):
-    """Standard output closed before the start (``>&-``; Python then sets ``sys.stdout`` to
-    None): not a terminal, and every write fails as one to a closed descriptor does, so a
-    report meant for it is one usage error, while ``-o FILE`` still works."""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
-
-    def isatty(self) -> bool:
-        return False
-
-
 def _mend_closed_streams() -> None:
-    """Stand-ins for standard streams closed before the start: output fails on write, and
-    error messages go nowhere (there is nowhere to show them; the exit code stands)."""
-    if sys.stdout is None:
-        sys.stdout = _ClosedStream()
+    """Standard error closed before the start (``2>&-``; Python then sets ``sys.stderr`` to
+    None): messages go nowhere (there is nowhere to show them; the exit code stands). A
+    closed standard output stays None: click's own output (``--help``) skips it, and a
+    report meant for it is a usage error (``write_stdout``)."""
     if sys.stderr is None:
         sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (for the process)
 

@@ -126,13 +126,16 @@ def _check_layer(model: LoadedModel, layer: str | None) -> None:
         o for n in graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
         for o in n.output}
     inputs = {i.name for i in graph.input} - {i.name for i in graph.initializer}
-    why = "is empty" if not layer else "is a weight, the same for both inputs" \
-        if layer in constants else "is a model input, not a layer's output" \
-        if layer in inputs else None
-    if why is not None:
-        raise UsageError(f"--layer '{layer}' {why}", model.path,
-                         "name a node output, such as W1's (the default when --layer is "
-                         "left out)")
+    if not layer:
+        why = "is empty"
+    elif layer in constants:
+        why = "is a weight, the same for both inputs"
+    elif layer in inputs:
+        why = "is a model input, not a layer's output"
+    else:
+        return
+    raise UsageError(f"--layer '{layer}' {why}", model.path,
+                     "name a node output, such as W1's (the default when --layer is left out)")
 
 
 def _json(data: dict[str, Any]) -> str:

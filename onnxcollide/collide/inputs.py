@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import warnings
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +92,8 @@ def _load_array(path: str, name: str) -> tuple[np.ndarray, str | None]:
     one), and the .npz key it was read from (None for a .npy). Its size is checked against
     the memory limit before it is read (a .npy's data is the file; a .npz member's size is
     in the archive's directory)."""
-    check_allocation(os.path.getsize(path), "the array file's data", path)
+    check_allocation(os.path.getsize(path), "the array file's data", path,
+                     remedy=SMALLER_FILE)
     with open(path, "rb") as handle:  # closed whatever numpy raises
         try:
             loaded = np.load(handle, allow_pickle=False)
@@ -123,7 +124,8 @@ def _npz_key(archive: Any, name: str, path: str) -> str:
     key = name if name in keys else keys[0]
     stored = {n.removesuffix(".npy"): n for n in archive.zip.namelist()}  # numpy's keys
     member = archive.zip.getinfo(stored[key])
-    check_allocation(member.file_size, f"the array '{key}' of the .npz", path)
+    check_allocation(member.file_size, f"the array '{key}' of the .npz", path,
+                     remedy=SMALLER_FILE)
     return key
 
 
@@ -132,8 +134,12 @@ def check_input_file(path: str) -> None:
     never end) and can be read.
 
     Raises:
+        UsageError: an empty path.
         ModelLoadError: which of these it is not, and what to do.
     """
+    if not path:
+        raise UsageError("an input file's path is empty", hint="give the .npy, .npz or "
+                         "image file")
     if not os.path.exists(path):
         raise ModelLoadError("file not found", path, "check the path")
     if os.path.isdir(path):
@@ -164,20 +170,22 @@ def _load_image(path: str, dims: list[int | None], options: ImageOptions
     mode = "L" if channels == 1 else "RGB"
     _check_resize(options.size, spatial, channels, path)
     try:
-        with warnings.catch_warnings():
-            # Pillow warns of images over 89M pixels: the memory limit below decides instead
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
-                native, native_mode = (opened.height, opened.width), str(opened.mode)
-                check_allocation(native[0] * native[1] * 4 * 8, "the image's pixels "
-                                 f"({native[1]}x{native[0]}) in float64", path)
-                image = opened if opened.mode == mode else opened.convert(mode)
-                size = options.size or (spatial if None not in spatial else None)
-                if size is not None and tuple(size) != native:
-                    height, width = (int(d) for d in size)  # type: ignore[arg-type]
-                    image = image.resize((width, height), Image.Resampling.BILINEAR)
-                pixels = np.asarray(image, dtype=np.float64)
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        with _pillow_pixel_limit_off(Image), Image.open(path) as opened:
+            native, native_mode = (opened.height, opened.width), str(opened.mode)
+            size = options.size or (spatial if None not in spatial else None)
+            made = tuple(size) if size is not None else native
+            check_allocation(native[0] * native[1] * len(opened.getbands()) * 4,
+                             f"the decoded image ({native[1]}x{native[0]})", path,
+                             remedy=SMALLER_FILE)
+            check_allocation(made[0] * made[1] * len(mode) * 8,  # type: ignore[operator]
+                             f"the image's values ({made[1]}x{made[0]}) in float64", path,
+                             remedy=SMALLER_FILE)
+            image = opened if opened.mode == mode else opened.convert(mode)
+            if made != native:
+                height, width = (int(d) for d in made)  # type: ignore[arg-type]
+                image = image.resize((width, height), Image.Resampling.BILINEAR)
+            pixels = np.asarray(image, dtype=np.float64)
+    except (OSError, UnidentifiedImageError) as exc:
         raise ModelLoadError(f"cannot read the image ({exc})", path) from exc
     pixels = pixels.reshape(pixels.shape[0], pixels.shape[1], -1) * options.scale
     if options.mean is not None:
@@ -188,6 +196,22 @@ def _load_image(path: str, dims: list[int | None], options: ImageOptions
     record = _image_record(path, (native, native_mode), tuple(pixels.shape[:2]), mode, layout,
                            options)
     return (tensor if layout == "nhwc" else tensor.transpose(0, 3, 1, 2)), record
+
+
+SMALLER_FILE = "give a smaller array or image"
+
+
+@contextmanager
+def _pillow_pixel_limit_off(image_module: Any) -> Iterator[None]:
+    """Pillow's decompression-bomb limit off for a block (it warns above 89M pixels and
+    refuses above 179M, whatever --max-memory says): the memory limit decides instead, from
+    the image's size, before any pixel is decoded."""
+    saved = image_module.MAX_IMAGE_PIXELS
+    image_module.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        image_module.MAX_IMAGE_PIXELS = saved
 
 
 def _check_resize(size: tuple[int, int] | None, spatial: tuple[int | None, int | None],

@@ -88,10 +88,10 @@ def read_saved_collisions(path: str, model: LoadedModel) -> SavedCollisions:
     if missing:
         raise UsageError(f"the file holds no value for input(s) {', '.join(missing)}", path,
                          "give FIRST and SECOND files with every input (NAME=FILE) instead")
-    _check_fits(model, feeds, arrays["colliding"], name, path)
     if arrays["colliding"].ndim == 0 or arrays["colliding"].shape[0] == 0:
         raise UsageError("the file holds no colliding input, so nothing would be validated",
                          path, "give a collisions.npz from a collide run that found some")
+    _check_fits(model, feeds, arrays["colliding"], name, path)
     return SavedCollisions(path, name, arrays["original"], arrays["colliding"], feeds, settings)
 
 

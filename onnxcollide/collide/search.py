@@ -89,19 +89,21 @@ def _region_mask(region: str | None, input_shape: tuple[int, ...]) -> np.ndarray
     if region is None:
         mask[...] = True
         return mask
-    fits = UsageError(f"--region '{region}' does not fit an input of per-sample shape "
-                      f"{input_shape[1:]}", hint="write numpy slices within those sizes, e.g. "
-                      ":,8:24,8:24")
+    def misfit() -> UsageError:
+        return UsageError(f"--region '{region}' does not fit an input of per-sample shape "
+                          f"{input_shape[1:]}", hint="write numpy slices within those sizes, "
+                          "e.g. :,8:24,8:24")
+
     try:
         parts = [p.strip() for p in region.split(",")]
         slices = [slice(*[int(v) if v.strip() else None for v in p.split(":")]) if ":" in p
                   else int(p) for p in parts]
         mask[(slice(None), *slices)] = True
     except (ValueError, IndexError, TypeError) as exc:
-        raise fits from exc
+        raise misfit() from exc
     trailing = input_shape[1:len(slices) + 1]  # fewer slices than axes: the rest are whole
     if not all(_bounds_inside(s, d) for s, d in zip(slices, trailing, strict=True)):
-        raise fits  # numpy would clip 0:112 to an axis of 32: not what was asked for
+        raise misfit()  # numpy would clip 0:112 to an axis of 32: not what was asked for
     if not mask.any():
         raise UsageError(f"--region '{region}' selects no element")
     return mask

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import stat
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from onnxcollide.graph.skeleton import skeleton_bytes
 from onnxcollide.graph.tensors import is_external, sparse_to_array
 from onnxcollide.graph.validity import GraphWiring, check_graph, not_text_error
 from onnxcollide.graph.walk import graphs_in, subgraphs
+from onnxcollide.limits import check_allocation
 
 ONNX_VERSION: str = onnx.__version__  # reports record it (only graph/ imports onnx)
 
@@ -102,26 +104,46 @@ class LoadedModel:
 
 
 def _read_bytes(path: str) -> bytes:
-    """The model file's bytes.
+    """The model file's bytes; a pipe (``<(cat m.onnx)``, ``/dev/stdin``) is read whole.
 
     Raises:
-        ModelLoadError: an empty path, no such file, a folder, a pipe or device (reading one
-            would block or never end), or a read error.
+        ModelLoadError: an empty path, no such file, a folder, a device (reading one would
+            never end), or a read error; a pipe over the memory limit (ResourceLimitError).
     """
     if not path:
         raise ModelLoadError("the model path is empty", "", "give the .onnx file")
     if not os.path.exists(path):
         raise ModelLoadError("file not found", path, "check the path")
-    if os.path.isdir(path):
+    kind = os.stat(path).st_mode
+    if stat.S_ISDIR(kind):
         raise ModelLoadError("is a folder, not an .onnx file", path, "pass the model file itself")
-    if not os.path.isfile(path):
-        raise ModelLoadError("is not a regular file (a pipe or a device)", path,
+    if stat.S_ISCHR(kind) or stat.S_ISBLK(kind):
+        raise ModelLoadError("is a device, not an .onnx file", path,
                              "save the model to a file and give that")
     try:
+        if stat.S_ISFIFO(kind):
+            return _read_pipe(path)
         with open(path, "rb") as handle:
             return handle.read()
     except OSError as exc:
         raise ModelLoadError(f"cannot read the file ({exc.strerror})", path) from exc
+
+
+PIPE_CHUNK = 1 << 20
+
+
+def _read_pipe(path: str) -> bytes:
+    """A pipe's bytes up to its end, within the memory limit. It is opened without waiting
+    for a writer (a FIFO nobody writes to then reads as empty instead of blocking)."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    os.set_blocking(descriptor, True)
+    chunks, total = [], 0
+    with os.fdopen(descriptor, "rb") as handle:
+        while chunk := handle.read(PIPE_CHUNK):
+            total += len(chunk)
+            check_allocation(total, "the model read from the pipe", path)
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _check_text(proto: onnx.ModelProto, path: str) -> None:

@@ -561,6 +561,9 @@ def read_toml(path: str, what: str = "the policy file") -> dict[str, Any]:
     except RecursionError:
         raise UsageError("is not valid TOML: nested too deep", path,
                          "a policy nests a few tables at most") from None
+    except ValueError:  # an integer of more digits than Python converts
+        raise UsageError("is not valid TOML: a number too large", path,
+                         "give bounds as small numbers, e.g. max = 0") from None
 
 
 def find_policy_file(start: str) -> tuple[str, bool] | None:

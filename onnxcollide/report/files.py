@@ -22,11 +22,15 @@ def write_stdout(text: str) -> None:
     """Print ``text`` on standard output and flush it.
 
     Raises:
-        UsageError: the write failed (a full disk, a closed pipe), as for an ``-o`` file; the
-            descriptor is then pointed at /dev/null so the exit's own flush stays quiet.
+        UsageError: standard output is closed, or the write failed (a full disk, a closed
+            pipe), as for an ``-o`` file; the descriptor is then pointed at /dev/null so
+            the exit's own flush stays quiet.
     """
     import sys
 
+    if sys.stdout is None:  # closed before the start (`>&-`)
+        raise UsageError("cannot write here: it is closed", "standard output",
+                         "keep standard output open, or write the report to a file with -o")
     try:
         sys.stdout.write(_encodable(text, getattr(sys.stdout, "encoding", None) or "utf-8"))
         sys.stdout.flush()
@@ -187,3 +191,10 @@ def save_npz(path: str, arrays: dict[str, np.ndarray], settings: dict[str, Any])
     payload = dict(arrays)
     payload["settings"] = np.array(json.dumps(settings, sort_keys=True))
     write_atomically(path, lambda out: np.savez_compressed(out, **payload))  # type: ignore[arg-type]
+
+
+def stdout_is_terminal() -> bool:
+    """Whether standard output is a terminal (False where it is closed: ``>&-``)."""
+    import sys
+
+    return sys.stdout is not None and sys.stdout.isatty()
