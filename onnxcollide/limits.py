@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -164,3 +165,33 @@ def check_allocation(nbytes: int, what: str, where: str = "",
     hint = f"raise --max-memory if this machine has the memory (e.g. {raise_to}), or " \
         f"{remedy}" if raisable else remedy
     raise ResourceLimitError(what, where, hint)
+
+
+READ_CHUNK = 1 << 20
+
+
+def read_within_limit(path: str, what: str, limited: bool = True) -> bytes:
+    """A file's bytes, refused past the memory limit before they are all read (unless
+    ``limited`` is False: a small settings file that the limit is not meant for).
+
+    A FIFO is opened without waiting for a writer, so one that nobody writes to reads as
+    empty instead of blocking; one with a writer (``<(cat file)``, ``/dev/stdin``) is read to
+    its end. ``what`` names the bytes in the error (``the policy file``).
+
+    Raises:
+        OSError: the file cannot be opened or read (the caller says what to do).
+        ResourceLimitError: the bytes are over the limit.
+    """
+    mode = os.stat(path).st_mode
+    if stat.S_ISREG(mode) and limited:
+        check_allocation(os.path.getsize(path), what, path, remedy="give a smaller file")
+    descriptor = os.open(path, os.O_RDONLY | (os.O_NONBLOCK if stat.S_ISFIFO(mode) else 0))
+    os.set_blocking(descriptor, True)
+    chunks, total = [], 0
+    with os.fdopen(descriptor, "rb") as handle:
+        while chunk := handle.read(READ_CHUNK):
+            total += len(chunk)
+            if limited:
+                check_allocation(total, what, path, remedy="give a smaller file")
+            chunks.append(chunk)
+    return b"".join(chunks)

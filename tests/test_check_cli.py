@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from builders import MLP, MODELS, PATCH, assert_one_line_error
+from builders import MLP, MODELS, PATCH, assert_one_line_error, run_cli
 from check_helpers import mlp, run_check, sarif_errors, validator
 
 from onnxcollide.cli.check_run import AuditJob, RunStats, plan_jobs, run_job, run_models
@@ -298,8 +298,6 @@ def test_w1_validated_carries_the_residuals():
 
 
 def test_init_policy_writes_a_policy_check_then_finds(tmp_path, monkeypatch):
-    from builders import run_cli
-
     monkeypatch.chdir(tmp_path)
     assert run_cli("init-policy").exit_code == 0
     assert "[rules]" in Path("onnxcollide.toml").read_text()
@@ -495,3 +493,72 @@ def test_finding_lines_of_a_path_with_a_newline_are_one_line(tmp_path):
     assert len(lines) == 3 and lines[0].startswith(f"{tmp_path}/bad name.onnx: error unreadable")
     report = json.loads(run_check(str(tmp_path), "--no-cache", "-f", "json").stdout)
     assert report["models"][0]["path"] == str(tmp_path / "bad\nname.onnx")
+
+
+def test_a_report_path_ending_in_a_slash_is_refused(tmp_path):
+    """-o out/new.json/ wrote a text table into a file named new.json (audit, check and
+    compare alike): a path ending in '/' names a folder."""
+    out = f"{tmp_path}/new.json/"
+    assert "ends in '/'" in assert_one_line_error(run_check(MLP, "--no-cache", "-o", out), 2)
+    assert "ends in '/'" in assert_one_line_error(run_cli("audit", MLP, "-o", out), 2)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_link_to_another_options_file_is_the_same_file(tmp_path):
+    """--baseline LINK -o TARGET passed the same-file check (it compared paths, not files):
+    the baseline replaced the check report."""
+    (tmp_path / "x.json").write_text("{}")
+    os.symlink(tmp_path / "x.json", tmp_path / "link.json")
+    line = assert_one_line_error(run_check(MLP, "--no-cache", "--update-baseline", "--baseline",
+                                           str(tmp_path / "link.json"), "-o",
+                                           str(tmp_path / "x.json")), 2)
+    assert "names the same file as --output" in line
+    assert (tmp_path / "x.json").read_text() == "{}"
+
+
+def test_a_baseline_folder_that_cannot_be_made_is_refused_before_any_audit(tmp_path,
+                                                                           monkeypatch):
+    """A file where --baseline-dir needed a sub-folder was found only when the baselines were
+    written, after the report (-o) and some baselines: now before any audit."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(MODELS, "models", ignore=shutil.ignore_patterns("pairs"))
+    os.makedirs("b/models")
+    (tmp_path / "b" / "models" / "sub").write_text("in the way")
+    os.makedirs("models/sub")
+    shutil.copy(MLP, "models/sub/m.onnx")
+    line = assert_one_line_error(run_check("models", "--no-cache", "--update-baseline",
+                                           "--baseline-dir", "b", "-o", "r.json"), 2)
+    assert "cannot be made: a file is in its way" in line
+    assert not os.path.exists("r.json") and os.listdir("b/models") == ["sub"]
+
+
+def test_a_linked_model_in_a_folder_is_checked_under_its_own_path(tmp_path, monkeypatch):
+    """A folder holding a model and a link to it checked the model once, under the link's
+    name (sorted first), so its baseline was written under the link's path and not found for
+    the model itself."""
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("models")
+    shutil.copy(MLP, "models/mlp_dense.onnx")
+    os.symlink("mlp_dense.onnx", "models/alias.onnx")
+    done = run_check("models", "--no-cache", "--update-baseline", "--baseline-dir", "b")
+    assert done.exit_code == 1, done.stderr
+    assert os.listdir("b/models") == ["mlp_dense.onnx.json"]
+    again = run_check("models/mlp_dense.onnx", "--no-cache", "--baseline-dir", "b")
+    assert "warning baseline-missing" not in again.stdout and again.exit_code == 1
+
+
+def test_a_policy_or_baseline_pipe_nobody_writes_to_does_not_block(tmp_path):
+    """A FIFO given as --policy or --baseline blocked forever; it now reads as empty (an empty
+    policy is the default one; an empty baseline is not JSON), and process substitution
+    (a pipe with a writer) still works."""
+    policy, baseline = tmp_path / "p.toml", tmp_path / "b.json"
+    os.mkfifo(policy)
+    os.mkfifo(baseline)
+    done = subprocess.run([sys.executable, "-m", "onnxcollide", "check", MLP, "--no-cache",
+                           "--policy", str(policy)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 1 and "p.toml; rules:" in done.stdout, done.stderr
+    done = subprocess.run([sys.executable, "-m", "onnxcollide", "check", MLP, "--no-cache",
+                           "--baseline", str(baseline)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 2 and "the baseline is not JSON" in done.stderr

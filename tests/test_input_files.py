@@ -136,10 +136,12 @@ def test_collisions_of_another_model_say_so(tmp_path):
     assert "--input-shape" not in line
 
 
-@pytest.mark.parametrize(("layer", "why"), [("fc1.weight", "is a weight"),
-                                            ("input", "is a model input"), ("", "is empty")])
+@pytest.mark.parametrize(("layer", "why"), [
+    ("fc1.weight", "does not depend on the model's inputs"),
+    ("input", "is a model input"), ("", "is empty")])
 def test_validate_layer_must_be_a_layers_output(tmp_path, layer, why):
-    """--layer fc1.weight reported a residual of 0 (a weight is the same for both inputs)."""
+    """--layer fc1.weight reported a residual of 0 (a weight is the same for both inputs);
+    so would a tensor computed from weights alone."""
     first, second = _npy(tmp_path, "a.npy", GOOD), _npy(tmp_path, "b.npy", GOOD * 0.5)
     line = assert_one_line_error(run("validate", MLP, first, second, "--layer", layer), 2)
     assert f"--layer '{layer}' {why}" in line
@@ -177,3 +179,33 @@ def test_a_large_image_is_judged_by_its_decoded_size_not_pillows_limit(tmp_path)
         pillow.MAX_IMAGE_PIXELS = saved
     assert done.exit_code == 0, done.stderr
     assert restored == 100_000
+
+
+@pytest.mark.parametrize(("edit", "code", "words"), [
+    (lambda saved: saved.update(settings=np.array("{not json")), 3,
+     "its 'settings' entry is not JSON"),
+    (lambda saved: saved["colliding"].__setitem__((0, 0, 0, 0, 0), np.nan), 2,
+     "its 'colliding' array holds values that are not finite numbers"),
+])
+def test_a_collisions_file_with_broken_entries_says_which(tmp_path, edit, code, words):
+    """A settings entry that is not JSON was "not an .npz file numpy reads"; NaN colliding
+    inputs gave a FAIL row (exit 1) where a NaN pair of files is refused (exit 2)."""
+    saved = dict(np.load(_saved(tmp_path)))
+    edit(saved)
+    np.savez(tmp_path / "edited.npz", **saved)
+    line = assert_one_line_error(run("validate", MLP, str(tmp_path / "edited.npz")), code)
+    assert words in line
+
+
+def test_collide_with_standard_output_closed_keeps_its_exit_code(tmp_path):
+    """collide wrote its outputs, then exited 2 because its table could not be shown; the
+    outputs are its result, so the table is left out and the exit code stands."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "onnxcollide", "collide", MLP, "-o",
+                           str(tmp_path / "out")], stderr=subprocess.PIPE, text=True,
+                          timeout=120, check=False, preexec_fn=lambda: os.close(1))
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(tmp_path / "out")) == ["collisions.npz", "report.json",
+                                                    "strip-0.png"]

@@ -401,7 +401,7 @@ def test_unreadable_baselines_say_why_in_one_line(tmp_path, monkeypatch, content
     else:
         path.write_text(content)
     if content == "denied":  # chmod does not stop root
-        monkeypatch.setattr("onnxcollide.policy.baseline.open", _denied, raising=False)
+        monkeypatch.setattr("onnxcollide.policy.baseline.read_within_limit", _denied)
     with pytest.raises(UsageError) as caught:
         read_baseline(str(path))
     line = caught.value.one_line()
@@ -426,7 +426,7 @@ def test_unreadable_policies_say_why_in_one_line(tmp_path, monkeypatch, content,
     else:
         path.write_text(content)
     if content == "denied":
-        monkeypatch.setattr("onnxcollide.policy.config.open", _denied, raising=False)
+        monkeypatch.setattr("onnxcollide.policy.config.read_within_limit", _denied)
     with pytest.raises(UsageError) as caught:
         load_policy(str(path))
     line = caught.value.one_line()
@@ -437,7 +437,8 @@ def test_unreadable_policies_say_why_in_one_line(tmp_path, monkeypatch, content,
 def test_policy_module_reads_no_file_but_policies_and_baselines():
     """The rules stage is pure: only config (the TOML) and baseline (the JSON) open files."""
     folder = Path(__file__).resolve().parent.parent / "onnxcollide" / "policy"
-    opening = sorted(p.name for p in folder.glob("*.py") if "open(" in p.read_text("utf-8"))
+    opening = sorted(p.name for p in folder.glob("*.py")
+                     if any(call in p.read_text("utf-8") for call in ("open(", "read_within")))
     assert opening == ["baseline.py", "config.py"]
     assert os.path.isdir(folder)
 

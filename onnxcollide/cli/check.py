@@ -197,9 +197,14 @@ def _check_file(where: str, path: str, models: Sequence[str], taken: Mapping[str
         UsageError: naming ``where`` (the option and the path).
     """
     folder = os.path.dirname(os.path.abspath(path))
+    if path.endswith(os.sep):
+        raise UsageError("ends in '/', which names a folder", where, "give a file name")
     if in_folder and not path.startswith("/dev/") and not os.path.isdir(folder):
         raise UsageError(f"the folder '{folder}' does not exist", where,
                          "create it first or choose another path")
+    if not in_folder and not _folder_can_be_made(folder):
+        raise UsageError(f"the folder '{folder}' cannot be made: a file is in its way", where,
+                         "move the file, or choose another --baseline-dir")
     if os.path.isdir(path):
         raise UsageError("is a folder", where, "give a file name")
     for model in models:
@@ -207,9 +212,16 @@ def _check_file(where: str, path: str, models: Sequence[str], taken: Mapping[str
             raise UsageError(f"is the model '{model}': the {_kind(where)} would replace it",
                              where, "choose another file name")
     for other, file in taken.items():
-        if os.path.abspath(file) == os.path.abspath(path):
+        if os.path.realpath(file) == os.path.realpath(path):  # a link to it is the same file
             raise UsageError(f"names the same file as {other}", where,
                              "give each report and baseline its own file")
+
+
+def _folder_can_be_made(folder: str) -> bool:
+    """Whether ``folder`` exists or can be made: its nearest existing ancestor is a folder."""
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    return os.path.isdir(folder)
 
 
 def _kind(where: str) -> str:

@@ -43,7 +43,8 @@ GLOB_CHARS = "*?["
 def collect_models(arguments: Sequence[str]) -> list[str]:
     """The model files the arguments name, in the order given: a file as it is, a folder as
     every ``.onnx`` under it (sorted), a glob as every ``.onnx`` it matches (sorted; folders
-    it matches are searched too). The same file named twice is checked once.
+    it matches are searched too). The same file named twice is checked once, under its own
+    path rather than a symbolic link's (baselines are matched by path).
 
     Raises:
         UsageError: a folder or glob that holds no ``.onnx`` file.
@@ -66,7 +67,9 @@ def collect_models(arguments: Sequence[str]) -> list[str]:
         else:
             files = [argument]  # missing or not ONNX: the audit says why (exit 3)
         for path in files:
-            found.setdefault(os.path.realpath(path), path)
+            real = os.path.realpath(path)
+            if real not in found or (os.path.islink(found[real]) and not os.path.islink(path)):
+                found[real] = path  # a link and its target: the target's own path names it
     return list(found.values())
 
 

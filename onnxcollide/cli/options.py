@@ -362,12 +362,15 @@ def report_format(ctx: click.Context, fmt: str, output: str | None,
         plain: the plain-text format, which any suffix may hold (``-f table -o r.log``).
 
     Raises:
-        UsageError: ``-f`` naming another format than a suffix that names one, or, without
-            ``-f``, a suffix that names none (``-o r.gz``: the file would not be what its
-            name says).
+        UsageError: a path ending in '/', ``-f`` naming another format than a suffix that
+            names one, or, without ``-f``, a suffix that names none (``-o r.gz``: the file
+            would not be what its name says).
     """
     if not output or output == "-" or names_descriptor(output):
         return fmt
+    if output.endswith(os.sep):
+        raise UsageError("ends in '/', which names a folder", f"--output {output}",
+                         "give a file name")
     name = os.path.basename(output)
     suffix = name[name.rfind("."):].lower() if "." in name else ""  # '.json' is a .json file
     named = suffixes.get(suffix)

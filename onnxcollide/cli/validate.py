@@ -111,10 +111,10 @@ def _validate_pair(model: str, first: str, second: str, options: ImageOptions,
 
 
 def _check_layer(model: LoadedModel, layer: str | None) -> None:
-    """``--layer`` names a tensor both inputs can move: not empty, not a weight (an
-    initializer or a Constant's output, the same for both inputs: a residual of 0 says
-    nothing) and not a graph input (the inputs themselves). Unknown names are refused where
-    the tensor is made an output.
+    """``--layer`` names a tensor both inputs can move: not empty, not a graph input (the
+    inputs themselves), and one that depends on them (a weight, or a tensor computed from
+    weights alone, is the same for both inputs: a residual of 0 says nothing). Unknown names
+    are refused where the tensor is made an output.
 
     Raises:
         UsageError: one of those.
@@ -122,20 +122,35 @@ def _check_layer(model: LoadedModel, layer: str | None) -> None:
     if layer is None:
         return
     graph = model.proto.graph
-    constants = {i.name for i in graph.initializer} | {
-        o for n in graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
-        for o in n.output}
     inputs = {i.name for i in graph.input} - {i.name for i in graph.initializer}
     if not layer:
         why = "is empty"
-    elif layer in constants:
-        why = "is a weight, the same for both inputs"
     elif layer in inputs:
         why = "is a model input, not a layer's output"
+    elif layer not in _moved_by(graph, inputs) and _is_tensor(graph, layer):
+        why = "does not depend on the model's inputs (a weight, or computed from weights " \
+              "alone), so it is the same for both inputs"
     else:
         return
     raise UsageError(f"--layer '{layer}' {why}", model.path,
                      "name a node output, such as W1's (the default when --layer is left out)")
+
+
+def _moved_by(graph: Any, inputs: set[str]) -> set[str]:
+    """The main graph's tensors that depend on ``inputs`` (nodes are in topological order;
+    a node holding a subgraph counts as depending on them, as its body may read them)."""
+    moved = set(inputs)
+    for node in graph.node:
+        holds_graph = any(a.HasField("g") or a.graphs for a in node.attribute)
+        if holds_graph or any(name in moved for name in node.input):
+            moved.update(node.output)
+    return moved
+
+
+def _is_tensor(graph: Any, name: str) -> bool:
+    """Whether ``name`` is a node output or an initializer of the main graph."""
+    return any(name in node.output for node in graph.node) or \
+        any(i.name == name for i in graph.initializer)
 
 
 def _json(data: dict[str, Any]) -> str:

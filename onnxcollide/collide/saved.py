@@ -63,14 +63,15 @@ def read_saved_collisions(path: str, model: LoadedModel) -> SavedCollisions:
                              "the arrays of the collisions file", path)
         with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as saved:
             arrays = {key: np.asarray(saved[key]) for key in saved.files}
-        settings = json.loads(str(arrays.pop("settings", np.array("{}"))))
-        if not isinstance(settings, dict):
-            raise ValueError("settings is not a JSON object")
-    except (OSError, ValueError, EOFError, RecursionError, zipfile.BadZipFile,
-            zlib.error) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise ModelLoadError("cannot read the collisions file: it is not an .npz file numpy "
                              "reads without pickles", path,
                              "give the collisions.npz that onnxcollide collide wrote") from exc
+    settings = _settings(arrays.pop("settings", np.array("{}")), path)
+    for key in ("original", "colliding"):
+        if arrays[key].dtype.kind not in "fiub" or not np.all(np.isfinite(arrays[key])):
+            raise UsageError(f"its '{key}' array holds values that are not finite numbers",
+                             path, "give the collisions.npz that onnxcollide collide wrote")
     names = [i.name for i in model_inputs(model)]
     name = str(arrays.pop("input_name")) if "input_name" in arrays else \
         names[0] if len(names) == 1 else None
@@ -93,6 +94,23 @@ def read_saved_collisions(path: str, model: LoadedModel) -> SavedCollisions:
                          path, "give a collisions.npz from a collide run that found some")
     _check_fits(model, feeds, arrays["colliding"], name, path)
     return SavedCollisions(path, name, arrays["original"], arrays["colliding"], feeds, settings)
+
+
+def _settings(entry: np.ndarray, path: str) -> dict[str, Any]:
+    """The search settings collide saved with the collisions (a JSON object).
+
+    Raises:
+        ModelLoadError: the entry is not one.
+    """
+    try:
+        settings = json.loads(str(entry))
+    except (ValueError, RecursionError) as exc:
+        raise ModelLoadError("its 'settings' entry is not JSON", path,
+                             "give the collisions.npz that onnxcollide collide wrote") from exc
+    if not isinstance(settings, dict):
+        raise ModelLoadError("its 'settings' entry is not a JSON object", path,
+                             "give the collisions.npz that onnxcollide collide wrote")
+    return settings
 
 
 def _check_fits(model: LoadedModel, feeds: dict[str, np.ndarray], colliding: np.ndarray,

@@ -22,7 +22,7 @@ from onnxcollide.graph.skeleton import skeleton_bytes
 from onnxcollide.graph.tensors import is_external, sparse_to_array
 from onnxcollide.graph.validity import GraphWiring, check_graph, not_text_error
 from onnxcollide.graph.walk import graphs_in, subgraphs
-from onnxcollide.limits import check_allocation
+from onnxcollide.limits import read_within_limit
 
 ONNX_VERSION: str = onnx.__version__  # reports record it (only graph/ imports onnx)
 
@@ -121,29 +121,9 @@ def _read_bytes(path: str) -> bytes:
         raise ModelLoadError("is a device, not an .onnx file", path,
                              "save the model to a file and give that")
     try:
-        if stat.S_ISFIFO(kind):
-            return _read_pipe(path)
-        with open(path, "rb") as handle:
-            return handle.read()
+        return read_within_limit(path, "the model file")
     except OSError as exc:
         raise ModelLoadError(f"cannot read the file ({exc.strerror})", path) from exc
-
-
-PIPE_CHUNK = 1 << 20
-
-
-def _read_pipe(path: str) -> bytes:
-    """A pipe's bytes up to its end, within the memory limit. It is opened without waiting
-    for a writer (a FIFO nobody writes to then reads as empty instead of blocking)."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    os.set_blocking(descriptor, True)
-    chunks, total = [], 0
-    with os.fdopen(descriptor, "rb") as handle:
-        while chunk := handle.read(PIPE_CHUNK):
-            total += len(chunk)
-            check_allocation(total, "the model read from the pipe", path)
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _check_text(proto: onnx.ModelProto, path: str) -> None:

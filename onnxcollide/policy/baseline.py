@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from onnxcollide.errors import UsageError
+from onnxcollide.limits import read_within_limit
 from onnxcollide.policy.config import CheckSettings
 from onnxcollide.policy.facts import LayerFacts, ModelFacts, facts_of_record
 
@@ -92,8 +93,7 @@ def _load_json(path: str) -> Any:
             too deep, or a number too large, included).
     """
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+        return json.loads(read_within_limit(path, "the baseline").decode("utf-8"))
     except FileNotFoundError:
         raise UsageError("the baseline does not exist", path,
                          "check the path, or write it with --update-baseline") from None

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from onnxcollide.errors import UsageError
+from onnxcollide.limits import read_within_limit
 from onnxcollide.policy.rules import BY_ID, CATALOGUE, LAYER, METRIC, SEVERITIES
 
 if sys.version_info >= (3, 11):
@@ -541,8 +542,7 @@ def read_toml(path: str, what: str = "the policy file") -> dict[str, Any]:
             the line TOML names; nested too deep included).
     """
     try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
+        return tomllib.loads(read_within_limit(path, what, limited=False).decode("utf-8"))
     except FileNotFoundError:
         raise UsageError(f"{what} does not exist", path, "check the path") from None
     except IsADirectoryError:
