@@ -183,8 +183,11 @@ def read_within_limit(path: str, what: str, limited: bool = True) -> bytes:
         ResourceLimitError: the bytes are over the limit.
     """
     mode = os.stat(path).st_mode
-    if stat.S_ISREG(mode) and limited:
-        check_allocation(os.path.getsize(path), what, path, remedy="give a smaller file")
+    if stat.S_ISREG(mode):  # its size is known: checked once, read in one piece
+        if limited:
+            check_allocation(os.path.getsize(path), what, path, remedy="give a smaller file")
+        with open(path, "rb") as whole:
+            return whole.read()
     descriptor = os.open(path, os.O_RDONLY | (os.O_NONBLOCK if stat.S_ISFIFO(mode) else 0))
     os.set_blocking(descriptor, True)
     chunks, total = [], 0

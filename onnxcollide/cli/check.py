@@ -26,6 +26,7 @@ from onnxcollide.cli.check_run import (
 from onnxcollide.cli.options import (
     apply_max_memory,
     max_memory_option,
+    refuse_folder_name,
     report_format,
     run_guarded,
     shapes_per_model,
@@ -197,8 +198,7 @@ def _check_file(where: str, path: str, models: Sequence[str], taken: Mapping[str
         UsageError: naming ``where`` (the option and the path).
     """
     folder = os.path.dirname(os.path.abspath(path))
-    if path.endswith(os.sep):
-        raise UsageError("ends in '/', which names a folder", where, "give a file name")
+    refuse_folder_name(path, where)
     if in_folder and not path.startswith("/dev/") and not os.path.isdir(folder):
         raise UsageError(f"the folder '{folder}' does not exist", where,
                          "create it first or choose another path")
@@ -250,18 +250,16 @@ def _baselines(paths: Sequence[str], policy: Policy, specs: tuple[str, ...],
         UsageError: --update-baseline without a place to write, a missing --baseline-dir,
             an unreadable baseline or one made with other settings.
     """
+    _refuse_file_as_folder(folder)
+    _refuse_empty_files(paths, specs)
     if update:
         if not specs and folder is None:
             raise UsageError("--update-baseline needs --baseline FILE or --baseline-dir DIR",
                              hint="say where to write the baselines")
-        _refuse_file_as_folder(folder)
-        _refuse_empty_files(paths, specs)
         return False, {}
-    _refuse_file_as_folder(folder)
     if folder is not None and not os.path.isdir(folder):
         raise UsageError("the folder does not exist", f"--baseline-dir {folder}",
                          "write the baselines first with --update-baseline")
-    _refuse_empty_files(paths, specs)
     chosen = assign_baselines(paths, specs, folder)
     for baseline in {id(b): b for b in chosen.values()}.values():
         check_settings(baseline, policy.settings)
@@ -332,8 +330,7 @@ def _write_reports(result: CheckResult, report: dict[str, Any], fmt: str,
         write_text(outputs["--junit"], render_junit(result))
     if update:
         _update_baselines(report, specs, folder)
-    if sys.stdout is not None or "--output" not in outputs:  # closed: the report is in -o
-        write_stdout(text)
+    write_stdout(text, needed="--output" not in outputs)  # else the report is in -o
     for option, path in outputs.items():
         click.echo(f"wrote {path} ({option.lstrip('-')})", err=True)
 

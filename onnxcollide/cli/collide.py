@@ -319,8 +319,9 @@ def collide(model: str, input_files: tuple[str, ...], count: int, beta: float, b
             reporter.phase("writing the outputs")
             report = _write_outputs(out, found, drawing, validations, runtime, records,
                                     precision)
-        if sys.stdout is not None:  # closed (`>&-`): the outputs are written, the exit stands
-            write_stdout(render_json(report) if fmt == "json" else render_table(report, 160))
+        # the outputs are the run's result: a closed standard output only misses the table
+        write_stdout(render_json(report) if fmt == "json" else render_table(report, 160),
+                     needed=False)
         if runtime and not all(v and v.get("passed") for v in validations):
             sys.exit(_failed_validation(found.exact and not any(c.approximate
                                                                 for c in found.collisions)))

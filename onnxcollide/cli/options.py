@@ -368,9 +368,7 @@ def report_format(ctx: click.Context, fmt: str, output: str | None,
     """
     if not output or output == "-" or names_descriptor(output):
         return fmt
-    if output.endswith(os.sep):
-        raise UsageError("ends in '/', which names a folder", f"--output {output}",
-                         "give a file name")
+    refuse_folder_name(output, f"--output {output}")
     name = os.path.basename(output)
     suffix = name[name.rfind("."):].lower() if "." in name else ""  # '.json' is a .json file
     named = suffixes.get(suffix)
@@ -388,6 +386,16 @@ def report_format(ctx: click.Context, fmt: str, output: str | None,
                          f"--output {output}",
                          f"give -f {_either(formats)}, or name a {_either(known)} file")
     return named
+
+
+def refuse_folder_name(path: str, where: str) -> None:
+    """A report path ending in '/' names a folder, not the file to write.
+
+    Raises:
+        UsageError: naming ``where`` (the option and the path).
+    """
+    if path.endswith(os.sep):
+        raise UsageError("ends in '/', which names a folder", where, "give a file name")
 
 
 def _either(words: list[str]) -> str:

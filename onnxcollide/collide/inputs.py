@@ -425,7 +425,7 @@ def random_input(dims: list[int | None], override: tuple[int, ...] | None, dtype
                          "value with --input")
     size = math.prod(int(d) for d in shape if d is not None) * 8  # float64 draw, in bytes
     check_allocation(size, f"a random draw for input '{name}' of shape "
-                     f"{'x'.join(map(str, shape))}", source,  # the model's shape: the model's
+                     f"{'x'.join(map(str, shape))}", source,  # blame what chose the shape
                      option="--input-shape" if override is not None else None)
     if dtype.kind != "f":
         raise UsageError(f"input '{name}' is {dtype} (not float): a random draw is not "

@@ -18,17 +18,21 @@ if TYPE_CHECKING:  # numpy loads on use: `check` writes its reports without it
     import numpy as np
 
 
-def write_stdout(text: str) -> None:
-    """Print ``text`` on standard output and flush it.
+def write_stdout(text: str, needed: bool = True) -> None:
+    """Print ``text`` on standard output and flush it. Where standard output was closed
+    before the start (``>&-``), text that is not ``needed`` (a summary of what the command
+    also wrote to files) is left out.
 
     Raises:
-        UsageError: standard output is closed, or the write failed (a full disk, a closed
-            pipe), as for an ``-o`` file; the descriptor is then pointed at /dev/null so
-            the exit's own flush stays quiet.
+        UsageError: standard output is closed and the text is needed, or the write failed
+            (a full disk, a closed pipe), as for an ``-o`` file; the descriptor is then
+            pointed at /dev/null so the exit's own flush stays quiet.
     """
     import sys
 
-    if sys.stdout is None:  # closed before the start (`>&-`)
+    if sys.stdout is None and not needed:
+        return
+    if sys.stdout is None:
         raise UsageError("cannot write here: it is closed", "standard output",
                          "keep standard output open, or write the report to a file with -o")
     try:
