@@ -8,16 +8,20 @@ one-line answer naming the node; linear ops not handled yet say so.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from builders import FLOAT, init, ints, make_model, value
+import scipy.sparse
+from builders import FLOAT, audit, init, ints, make_model, run_cli, value
 from onnx import helper
+from reference_operator import w1_jacobian
 
 from onnxcollide.errors import UnsupportedModelError
 from onnxcollide.graph.constants import ConstantResolver, Scope
+from onnxcollide.graph.input_path import OVERLAPPING
 from onnxcollide.graph.linear_path import PathOperator, build_path_operator, path_nodes
 from onnxcollide.graph.load import load_model
 from onnxcollide.graph.shapes import infer_shapes
@@ -26,9 +30,10 @@ mk = helper.make_node
 
 
 def operator_of(tmp_path: Path, nodes: list, shape: list[int], inits: list = (),
-                opset: int = 18) -> tuple[PathOperator, str]:
-    """Save ``x -> nodes -> y`` and build its path operator from x to y."""
-    file = make_model(tmp_path / "path.onnx", nodes, [value("x", shape)],
+                opset: int = 18, extra: list = ()) -> tuple[PathOperator, str]:
+    """Save ``x -> nodes -> y`` (``extra``: more graph inputs) and build its path operator
+    from x to y."""
+    file = make_model(tmp_path / "path.onnx", nodes, [value("x", shape), *extra],
                       [value("y", None)], list(inits), opset=opset, check=False)
     loaded = load_model(file)
     infos = infer_shapes(loaded, {})
@@ -160,6 +165,83 @@ def test_upsample_of_opset_9(tmp_path):
     assert_matches_runtime(tmp_path, nodes, [1, 2, 3, 3], inits, opset=9)
 
 
+@pytest.mark.parametrize(("coordinates", "opset"), [
+    ("half_pixel", 19), ("pytorch_half_pixel", 13), ("align_corners", 11), ("asymmetric", 20),
+    ("tf_half_pixel_for_nn", 12),
+])
+@pytest.mark.parametrize(("scales", "exclude", "coeff"), [
+    ((2.0, 0.5), 0, -0.75), ((0.35, 1.7), 1, -0.5), ((3.0, 0.6), 0, -0.5),
+    ((0.25, 2.5), 1, -0.75),
+])
+def test_cubic_resize(tmp_path, coordinates, opset, scales, exclude, coeff):
+    """Cubic Resize (Keys' kernel with cubic_coeff_a), opsets 11 to 20: four taps around each
+    coordinate; taps outside the input read the edge element, or (exclude_outside) drop out
+    and the others are renormalized."""
+    nodes = [mk("Resize", ["x", "roi", "scales"], ["y"], mode="cubic", cubic_coeff_a=coeff,
+                coordinate_transformation_mode=coordinates, exclude_outside=exclude)]
+    inits = [init("roi", np.zeros(0, np.float32)),
+             init("scales", np.array([1, 1, *scales], np.float32))]
+    operator = assert_matches_runtime(tmp_path, nodes, [1, 2, 6, 9], inits, opset=opset)
+    assert not operator.selection
+
+
+@pytest.mark.parametrize("mode", ["linear", "cubic"])
+@pytest.mark.parametrize("exclude", [0, 1])
+@pytest.mark.parametrize(("coordinates", "scales", "shape"), [
+    ("half_pixel", (0.5, 0.35), (6, 9)), ("pytorch_half_pixel", (0.2, 2.5), (9, 3)),
+    ("align_corners", (0.25, 0.75), (4, 8)), ("asymmetric", (0.6, 3.0), (5, 1)),
+    ("tf_half_pixel_for_nn", (0.3, 0.5), (7, 6)),
+])
+def test_antialiased_resize(tmp_path, mode, exclude, coordinates, scales, shape):
+    """antialias=1 (opset 18+) stretches the linear or cubic filter by 1/scale when
+    downscaling; taps outside the input read the edge (or, exclude_outside, drop out) and the
+    weights are divided by their sum, as ONNX Runtime does it."""
+    nodes = [mk("Resize", ["x", "", "scales"], ["y"], mode=mode, antialias=1,
+                coordinate_transformation_mode=coordinates, exclude_outside=exclude)]
+    inits = [init("scales", np.array([1, 1, *scales], np.float32))]
+    operator = assert_matches_runtime(tmp_path, nodes, [1, 2, *shape], inits, opset=18)
+    assert not operator.selection
+
+
+@pytest.mark.parametrize(("mode", "antialias"), [("cubic", 0), ("cubic", 1), ("linear", 1)])
+def test_cubic_and_antialiased_resize_by_sizes(tmp_path, mode, antialias):
+    """Resize to given sizes (one axis down, one up), opset 19."""
+    nodes = [mk("Resize", ["x", "", "", "sizes"], ["y"], mode=mode, antialias=antialias)]
+    assert_matches_runtime(tmp_path, nodes, [1, 1, 7, 6], [ints("sizes", [1, 1, 3, 10])],
+                           opset=19)
+
+
+@pytest.mark.parametrize(("mode", "antialias", "scales", "shape"), [
+    ("linear", 0, (1.1, 1.1), (6, 5)), ("cubic", 0, (1.1, 1.1), (6, 5)),
+    ("linear", 1, (1.1, 0.5), (6, 8)), ("cubic", 1, (2.0, 1.1), (4, 5)),
+])
+def test_resize_copies_axes_that_keep_their_size(tmp_path, mode, antialias, scales, shape):
+    """ONNX Runtime copies the input where no axis changes size (a scale of 1.1 on 6 and 5
+    elements), and with antialias every axis that keeps its size, where the ONNX reference
+    interpolates them: the operator follows ONNX Runtime."""
+    nodes = [mk("Resize", ["x", "", "scales"], ["y"], mode=mode, antialias=antialias)]
+    inits = [init("scales", np.array([1, 1, *scales], np.float32))]
+    operator = assert_matches_runtime(tmp_path, nodes, [1, 1, *shape], inits, opset=18)
+    if not antialias:
+        assert operator.selection and (operator.matrix != scipy.sparse.identity(30)).nnz == 0
+
+
+@pytest.mark.parametrize(("mode", "scales"), [("linear", (2.0, 1.5)), ("nearest", (2.0, 0.6)),
+                                              ("nearest", (0.5, 3.0))])
+def test_resize_of_opset_10(tmp_path, mode, scales):
+    """Resize-10 has no coordinate modes: asymmetric coordinates, and ONNX Runtime's nearest
+    pixel is the floor when upscaling, the ceiling when downscaling."""
+    nodes = [mk("Resize", ["x", "scales"], ["y"], mode=mode)]
+    inits = [init("scales", np.array([1, 1, *scales], np.float32))]
+    assert_matches_runtime(tmp_path, nodes, [1, 2, 7, 9], inits, opset=10)
+
+
+def test_upsample_of_opset_7_with_float_scales(tmp_path):
+    """Upsample-7 holds its scales as a float attribute."""
+    nodes = [mk("Upsample", ["x"], ["y"], mode="linear", scales=[1.0, 1.0, 2.0, 1.5])]
+    assert_matches_runtime(tmp_path, nodes, [1, 2, 3, 4], opset=7)
+
+
 @pytest.mark.parametrize(("kernel", "stride", "pads", "include", "ceil"), [
     (2, 2, 0, 0, 0), (3, 1, 1, 0, 0), (3, 1, 1, 1, 0), (3, 2, 1, 0, 1), (2, 2, 0, 0, 1),
 ])
@@ -205,9 +287,10 @@ def test_affine_ops_and_two_functions_of_the_input_added(tmp_path):
 # ------------------------------------------------------------------ refusals
 
 
-def refusal(tmp_path: Path, nodes: list, inits: list = (), shape=(1, 2, 4, 4)) -> str:
+def refusal(tmp_path: Path, nodes: list, inits: list = (), shape=(1, 2, 4, 4), opset: int = 18,
+            extra: list = ()) -> str:
     with pytest.raises(UnsupportedModelError) as info:
-        operator_of(tmp_path, nodes, list(shape), inits)
+        operator_of(tmp_path, nodes, list(shape), inits, opset, extra)
     return info.value.one_line()
 
 
@@ -233,11 +316,21 @@ def test_a_linear_op_not_handled_says_so(tmp_path):
     assert "CumSum (node 'acc') is linear in the input but not yet handled" in text
 
 
-def test_a_cubic_resize_is_linear_but_not_handled(tmp_path):
-    nodes = [mk("Resize", ["x", "", "scales"], ["y"], mode="cubic", name="up")]
-    text = refusal(tmp_path, nodes, [init("scales", np.array([1, 1, 2, 2], np.float32))])
+def test_a_crop_and_resize_is_linear_but_not_handled(tmp_path):
+    nodes = [mk("Resize", ["x", "roi", "scales"], ["y"], mode="cubic", name="up",
+                coordinate_transformation_mode="tf_crop_and_resize")]
+    inits = [init("roi", np.array([0, 0, 0.1, 0.1, 1, 1, 0.9, 0.9], np.float32)),
+             init("scales", np.array([1, 1, 2, 2], np.float32))]
     expected = "Resize (node 'up') is linear in the input but not yet handled on the path to W1"
-    assert f"{expected} (mode cubic)" in text
+    assert f"{expected} (coordinate_transformation_mode tf_crop_and_resize)" in refusal(
+        tmp_path, nodes, inits)
+
+
+def test_resize_scales_computed_at_run_time_name_the_node(tmp_path):
+    """Scales from another graph input: one line naming the node, not a traceback."""
+    nodes = [mk("Resize", ["x", "", "s"], ["y"], mode="cubic", name="up")]
+    text = refusal(tmp_path, nodes, extra=[value("s", [4])])
+    assert "Resize (node 'up')" in text and "'s'" in text
 
 
 def test_the_path_nodes_include_every_branch(tmp_path):
@@ -248,3 +341,59 @@ def test_the_path_nodes_include_every_branch(tmp_path):
     chosen = path_nodes("x", "y", graph_nodes, len(graph_nodes))
     assert [n.op_type for n in chosen] == ["Slice", "Slice", "Concat"]
     assert FLOAT  # the builders' float type is what the models above use
+
+
+# ------------------------------------------------------------------ W1's class, collide end to end
+
+
+def conv_after(tmp_path: Path, nodes: list, shape: list[int], inits: list = (), opset: int = 19,
+               channels: int | None = None, kernel: int = 3, stride: int = 2) -> str:
+    """Save ``x -> nodes -> p -> Conv(one 3x3 filter, stride 2) -> y`` (seeded weight; the
+    batch axis of x is dynamic, the rest is ``shape[1:]``)."""
+    weight = np.random.default_rng(7).standard_normal(
+        (1, channels or shape[1], kernel, kernel)).astype(np.float32)
+    conv = mk("Conv", ["p", "W"], ["y"], kernel_shape=[kernel] * 2, strides=[stride] * 2,
+              name="conv")
+    return make_model(tmp_path / "m.onnx", [*nodes, conv], [value("x", ["N", *shape[1:]])],
+                      [value("y", None)], [*inits, init("W", weight)], opset=opset, check=False)
+
+
+COUPLING = {  # a tiny model per coupling op: nodes ending in 'p', initializers, input shape
+    "cubic Resize": ([mk("Resize", ["x", "", "scales"], ["p"], mode="cubic", name="up")],
+                     [init("scales", np.array([1, 1, 2, 2], np.float32))], [1, 2, 8, 8]),
+    "antialiased Resize": (
+        [mk("Resize", ["x", "", "scales"], ["p"], mode="cubic", antialias=1, name="down")],
+        [init("scales", np.array([1, 1, 0.5, 0.75], np.float32))], [1, 2, 12, 12]),
+}
+
+
+@pytest.mark.parametrize("case", COUPLING)
+def test_a_coupling_op_makes_w1_overlapping_naming_it(tmp_path, case):
+    """W1's class is 'overlapping', and the reason names the op and its node."""
+    nodes, inits, shape = COUPLING[case]
+    first = audit(conv_after(tmp_path, nodes, shape, inits)).first_layer
+    assert first is not None and first.exactness == OVERLAPPING
+    node = nodes[-1]
+    assert f"couples input elements ({node.op_type} (node '{node.name}'))" in first.reason
+
+
+@pytest.mark.parametrize("case", COUPLING)
+def test_collide_on_a_coupling_op_validates_in_onnx_runtime(tmp_path, case):
+    """audit, collide and validate end to end: collide's null-space dimension is n_in minus
+    the rank of W1 o path measured in ONNX Runtime, and its colliding input passes validate."""
+    nodes, inits, shape = COUPLING[case]
+    model = conv_after(tmp_path, nodes, shape, inits)
+    audited = run_cli("audit", model)
+    assert audited.exit_code == 0 and "overlapping" in audited.stdout
+    out = tmp_path / "out"
+    collided = run_cli("collide", model, "-o", str(out), "--device", "cpu")
+    assert collided.exit_code == 0, collided.stderr
+    report = json.loads((out / "report.json").read_text())
+    jacobian = w1_jacobian(model, "y", shape[1:])
+    n_in = int(np.prod(shape[1:]))
+    assert report["w1"]["operator"]["null_space_dim"] == n_in - np.linalg.matrix_rank(jacobian)
+    (collision,) = report["collisions"]
+    assert collision["exact"] and collision["validation"]["passed"]
+    validated = run_cli("validate", model, str(out / "collisions.npz"), "--device", "cpu")
+    assert validated.exit_code == 0 and "PASS" in validated.stdout and "FAIL" not in \
+        validated.stdout

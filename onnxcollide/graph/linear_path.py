@@ -381,8 +381,11 @@ def _resize_parameters(node: NodeProto, ev: _PathEvaluator, shape: tuple[int, ..
     """Output sizes and per-axis scales of a Resize / Upsample."""
     ndim = len(shape)
     if node.op_type == "Upsample":
-        scales = [float(v) for v in (ev.constant(node, node.input[1]).reshape(-1)
-                                     if len(node.input) > 1 else node_ints(node, "scales", []))]
+        found = ev.constant(node, node.input[1]).reshape(-1) if len(node.input) > 1 else \
+            node_attr(node, "scales", [])  # a float list before opset 9
+        if not isinstance(found, (list, tuple, np.ndarray)) or len(found) != ndim:
+            raise _fail(node, "{op} (node '{label}') has scales that do not fit its input")
+        scales = [float(v) for v in found]
         return [math.floor(n * s) for n, s in zip(shape, scales, strict=True)], scales
     names = list(node.input) + [""] * 4
     scales_name = names[2] if ev.opset >= 11 else names[1]
@@ -403,10 +406,23 @@ def _resize_parameters(node: NodeProto, ev: _PathEvaluator, shape: tuple[int, ..
     return [math.floor(n * s) for n, s in zip(shape, scales, strict=True)], scales
 
 
-def _source_coordinate(node: NodeProto, out: np.ndarray, n_in: int, n_out: int,
+def _legacy(node: NodeProto, opset: int) -> bool:
+    """Upsample, and Resize before opset 11: asymmetric coordinates, ONNX Runtime's 'simple'
+    nearest pixel (floor, ceil when downscaling), no cubic mode."""
+    return node.op_type == "Upsample" or opset < 11
+
+
+def _antialiased(node: NodeProto, opset: int) -> bool:
+    """antialias=1 on a linear or cubic Resize of opset 18 or later (the attribute is new in
+    opset 18; nearest mode ignores it, as the ONNX spec says, where ONNX Runtime refuses it)."""
+    return node.op_type == "Resize" and opset >= 18 and bool(node_int(node, "antialias", 0)) \
+        and str(node_attr(node, "mode", "nearest")) != "nearest"
+
+
+def _source_coordinate(node: NodeProto, opset: int, out: np.ndarray, n_in: int, n_out: int,
                        scale: float) -> np.ndarray:
     """ONNX's coordinate transformation: the input coordinate of each output coordinate."""
-    mode = "asymmetric" if node.op_type == "Upsample" else \
+    mode = "asymmetric" if _legacy(node, opset) else \
         str(node_attr(node, "coordinate_transformation_mode", "half_pixel"))
     if mode == "half_pixel":
         return (out + 0.5) / scale - 0.5
@@ -421,9 +437,11 @@ def _source_coordinate(node: NodeProto, out: np.ndarray, n_in: int, n_out: int,
     raise _not_handled(node, f"coordinate_transformation_mode {mode}")
 
 
-def _nearest(node: NodeProto, coord: np.ndarray) -> np.ndarray:
+def _nearest(node: NodeProto, opset: int, coord: np.ndarray, scale: float) -> np.ndarray:
+    if _legacy(node, opset):
+        return np.ceil(coord) if scale < 1 else np.floor(coord)
     mode = str(node_attr(node, "nearest_mode", "round_prefer_floor"))
-    if node.op_type == "Upsample" or mode == "floor":
+    if mode == "floor":
         return np.floor(coord)
     if mode == "round_prefer_floor":
         return np.ceil(coord - 0.5)
@@ -434,34 +452,112 @@ def _nearest(node: NodeProto, coord: np.ndarray) -> np.ndarray:
     raise _not_handled(node, f"nearest_mode {mode}")
 
 
-def _resize_matrix(node: NodeProto, n_in: int, n_out: int, scale: float) -> scipy.sparse.csr_matrix:
-    """``(n_out, n_in)``: the 1-D nearest or linear interpolation along one axis."""
+def _keys_weights(frac: np.ndarray, a: float) -> np.ndarray:
+    """``(n, 4)``: Keys' cubic convolution weights (coefficient ``a``) of the taps
+    ``floor - 1 .. floor + 2`` of coordinates whose fractional parts are ``frac (n,)``."""
+    near = np.stack([frac, 1.0 - frac], axis=1)  # distances below 1: taps floor, floor + 1
+    far = np.stack([1.0 + frac, 2.0 - frac], axis=1)  # distances in [1, 2]: the outer taps
+    inner = ((a + 2) * near - (a + 3)) * near * near + 1
+    outer = ((a * far - 5 * a) * far + 8 * a) * far - 4 * a
+    return np.stack([outer[:, 0], inner[:, 0], inner[:, 1], outer[:, 1]], axis=1)
+
+
+def _cubic_filter(x: np.ndarray, a: float) -> np.ndarray:
+    """Keys' cubic kernel (coefficient ``a``) at distances ``x``, 0 beyond 2."""
+    d = np.abs(x)
+    inner = ((a + 2) * d - (a + 3)) * d * d + 1
+    outer = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return np.where(d < 1, inner, np.where(d < 2, outer, 0.0))
+
+
+def _cubic_matrix(node: NodeProto, coord: np.ndarray, n_in: int) -> scipy.sparse.csr_matrix:
+    """``(n_out, n_in)`` cubic interpolation as ONNX Runtime's CPU kernel does it: four taps
+    around each coordinate, those outside the input read as the nearest edge element, or
+    (exclude_outside) dropped and the other weights renormalized to sum 1."""
+    base = np.floor(coord)
+    weights = _keys_weights(coord - base, node_float(node, "cubic_coeff_a", -0.75))
+    taps = base.astype(np.int64)[:, None] + np.arange(-1, 3)
+    if node_int(node, "exclude_outside", 0):
+        weights = np.where((taps >= 0) & (taps < n_in), weights, 0.0)
+        total = weights.sum(axis=1, keepdims=True)
+        weights = weights / np.where(total == 0, 1.0, total)
+    return _taps_matrix(np.clip(taps, 0, n_in - 1), weights, n_in)
+
+
+def _taps_matrix(taps: np.ndarray, weights: np.ndarray, n_in: int) -> scipy.sparse.csr_matrix:
+    """``(n_out, n_in)`` from ``taps`` and ``weights`` ``(n_out, k)`` (repeated taps add up)."""
+    rows = np.repeat(np.arange(taps.shape[0]), taps.shape[1])
+    matrix = scipy.sparse.csr_matrix((weights.reshape(-1), (rows, taps.reshape(-1))),
+                                     shape=(taps.shape[0], n_in))
+    matrix.sum_duplicates()
+    matrix.eliminate_zeros()
+    return matrix
+
+
+def _antialias_matrix(node: NodeProto, coord: np.ndarray, n_in: int, scale: float,
+                      cubic: bool) -> scipy.sparse.csr_matrix:
+    """``(n_out, n_in)`` antialiased linear or cubic resampling, as ONNX Runtime's CPU kernel
+    (upsample_aa.cc, after Pillow) does it: the filter is stretched by ``max(1, 1/scale)``;
+    each output reads the taps ``trunc(centre -/+ support + 0.5)`` (truncated toward zero,
+    not floored), weights ``filter((tap - coord) / stretch)`` divided by their sum; taps
+    outside the input read the nearest edge element, or (exclude_outside) are dropped before
+    the sum is taken."""
+    stretch = max(1.0 / scale, 1.0)
+    support = (2.0 if cubic else 1.0) * stretch
+    centre = coord + 0.5
+    low = np.floor(centre - support + 0.5).astype(np.int64)
+    high = np.floor(centre + support + 0.5).astype(np.int64)
+    if node_int(node, "exclude_outside", 0):
+        low, high = np.maximum(low, 0), np.minimum(high, n_in)
+    taps = low[:, None] + np.arange(max(int((high - low).max(initial=0)), 1))
+    distance = (taps - coord[:, None]) / stretch
+    if cubic:
+        weights = _cubic_filter(distance, node_float(node, "cubic_coeff_a", -0.75))
+    else:
+        weights = np.maximum(1.0 - np.abs(distance), 0.0)
+    weights = np.where(taps < high[:, None], weights, 0.0)
+    total = weights.sum(axis=1, keepdims=True)
+    weights = weights / np.where(total == 0, 1.0, total)
+    return _taps_matrix(np.clip(taps, 0, n_in - 1), weights, n_in)
+
+
+def _resize_matrix(node: NodeProto, opset: int, n_in: int, n_out: int,
+                   scale: float) -> scipy.sparse.csr_matrix:
+    """``(n_out, n_in)``: the 1-D nearest, linear or cubic resampling along one axis."""
     mode = str(node_attr(node, "mode", "nearest"))
-    coord = _source_coordinate(node, np.arange(n_out, dtype=np.float64), n_in, n_out, scale)
-    rows = np.arange(n_out)
+    coord = _source_coordinate(node, opset, np.arange(n_out, dtype=np.float64), n_in, n_out,
+                               scale)
     if mode == "nearest":
-        cols = np.clip(_nearest(node, coord), 0, n_in - 1).astype(np.int64)
-        return scipy.sparse.csr_matrix((np.ones(n_out), (rows, cols)), shape=(n_out, n_in))
-    if mode not in ("linear", "bilinear", "trilinear"):
+        cols = np.clip(_nearest(node, opset, coord, scale), 0, n_in - 1).astype(np.int64)
+        return _taps_matrix(cols[:, None], np.ones((n_out, 1)), n_in)
+    linear = mode in ("linear", "bilinear", "trilinear")
+    if not linear and (mode != "cubic" or _legacy(node, opset)):
         raise _not_handled(node, f"mode {mode}")
+    if _antialiased(node, opset):
+        return _antialias_matrix(node, coord, n_in, scale, cubic=not linear)
+    if not linear:
+        return _cubic_matrix(node, coord, n_in)
     coord = np.clip(coord, 0, n_in - 1)
     low = np.floor(coord).astype(np.int64)
-    high = np.minimum(low + 1, n_in - 1)
-    frac = coord - low
-    data = np.concatenate([1.0 - frac, frac])
-    return scipy.sparse.csr_matrix((data, (np.concatenate([rows, rows]),
-                                           np.concatenate([low, high]))), shape=(n_out, n_in))
+    frac = (coord - low)[:, None]
+    return _taps_matrix(np.stack([low, np.minimum(low + 1, n_in - 1)], axis=1),
+                        np.hstack([1.0 - frac, frac]), n_in)
 
 
 def _resize(node: NodeProto, ev: _PathEvaluator, value: _Tensor) -> _Tensor:
-    if node_int(node, "antialias", 0):
-        raise _not_handled(node, "antialias")
+    """Resize / Upsample, axis by axis, as ONNX Runtime's CPU kernel computes it. Where it
+    differs from the ONNX reference, it is followed: where no axis changes size, it copies the
+    input whatever the scales (a scale of 1.1 on 6 elements); with antialias, it copies every
+    axis that keeps its size (the reference interpolates both)."""
     if str(node_attr(node, "keep_aspect_ratio_policy", "stretch")) != "stretch":
         raise _not_handled(node, "keep_aspect_ratio_policy")
     sizes, scales = _resize_parameters(node, ev, value.shape)
-    matrices = {a: _resize_matrix(node, n, m, s)
+    if tuple(sizes) == value.shape:
+        return value
+    antialias = _antialiased(node, ev.opset)
+    matrices = {a: _resize_matrix(node, ev.opset, n, m, s)
                 for a, (n, m, s) in enumerate(zip(value.shape, sizes, scales, strict=True))
-                if m != n or s != 1.0}
+                if m != n or (s != 1.0 and not antialias)}
     return ev.along_axes(value, matrices, tuple(sizes))
 
 
