@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import scipy.sparse
-from builders import FLOAT, audit, init, ints, make_model, run_cli, value
+from builders import FLOAT, INT64, audit, init, ints, make_model, run_cli, value
 from onnx import helper
 from reference_operator import w1_jacobian
 
@@ -242,6 +242,20 @@ def test_upsample_of_opset_7_with_float_scales(tmp_path):
     assert_matches_runtime(tmp_path, nodes, [1, 2, 3, 4], opset=7)
 
 
+@pytest.mark.parametrize(("axis", "exclusive", "reverse"), [
+    (3, 0, 0), (-1, 1, 0), (2, 0, 1), (-2, 1, 1), (1, 1, 0),
+])
+def test_cumsum(tmp_path, axis, exclusive, reverse):
+    """CumSum along a constant axis (negative too, int32 or int64), exclusive and reverse:
+    each element sums those before (or after) it, which couples them, except an exclusive
+    sum over two elements: a shift, (0, x0)."""
+    nodes = [mk("CumSum", ["x", "axis"], ["y"], exclusive=exclusive, reverse=reverse)]
+    dtype = np.int32 if axis < 0 else np.int64
+    operator = assert_matches_runtime(tmp_path, nodes, [1, 2, 3, 4],
+                                      [init("axis", np.array(axis, dtype))], opset=14)
+    assert operator.selection == (axis == 1 and exclusive == 1)
+
+
 @pytest.mark.parametrize(("kernel", "stride", "pads", "include", "ceil"), [
     (2, 2, 0, 0, 0), (3, 1, 1, 0, 0), (3, 1, 1, 1, 0), (3, 2, 1, 0, 1), (2, 2, 0, 0, 1),
 ])
@@ -311,9 +325,32 @@ def test_a_data_dependent_gather_is_not_linear(tmp_path):
 
 
 def test_a_linear_op_not_handled_says_so(tmp_path):
-    text = refusal(tmp_path, [mk("CumSum", ["x", "axis"], ["y"], name="acc")],
-                   [ints("axis", [3])])
-    assert "CumSum (node 'acc') is linear in the input but not yet handled" in text
+    text = refusal(tmp_path, [mk("ScatterND", ["x", "idx", "upd"], ["y"], name="put")],
+                   [init("idx", np.array([[0, 1]], np.int64)),
+                    init("upd", np.zeros((1, 4, 4), np.float32))])
+    assert "ScatterND (node 'put') is linear in the input but not yet handled" in text
+
+
+@pytest.mark.parametrize(("nodes", "extra", "detail"), [
+    ([mk("CumSum", ["x", "a"], ["y"], name="n")], [value("a", [], INT64)],
+     "its axis is computed at run time"),
+])
+def test_a_parameter_computed_at_run_time_is_not_handled(tmp_path, nodes, extra, detail):
+    """An axis, k, condition, shape or sequence_lens from another graph input: one line
+    naming the node, not a traceback."""
+    text = refusal(tmp_path, nodes, extra=extra)
+    op = nodes[-1].op_type
+    assert (f"{op} (node 'n') is linear in the input but not yet handled on the path to W1 "
+            f"({detail})") in text
+
+
+@pytest.mark.parametrize(("nodes", "inits", "detail"), [
+    ([mk("CumSum", ["x", "a"], ["y"], name="n")], [ints("a", [0])],
+     "it sums along the batch axis"),
+])
+def test_an_op_along_the_batch_axis_is_not_handled(tmp_path, nodes, inits, detail):
+    assert f"(node 'n') is linear in the input but not yet handled on the path to W1 ({detail})" \
+        in refusal(tmp_path, nodes, inits)
 
 
 def test_a_crop_and_resize_is_linear_but_not_handled(tmp_path):
@@ -364,6 +401,8 @@ COUPLING = {  # a tiny model per coupling op: nodes ending in 'p', initializers,
     "antialiased Resize": (
         [mk("Resize", ["x", "", "scales"], ["p"], mode="cubic", antialias=1, name="down")],
         [init("scales", np.array([1, 1, 0.5, 0.75], np.float32))], [1, 2, 12, 12]),
+    "CumSum": ([mk("CumSum", ["x", "axis"], ["p"], exclusive=1, reverse=1, name="acc")],
+               [ints("axis", [-2])], [1, 2, 8, 8]),
 }
 
 

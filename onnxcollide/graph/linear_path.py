@@ -34,7 +34,7 @@ from onnxcollide.graph.shapes import TensorInfo
 
 # Ops that are linear in the input but that this module does not apply (yet).
 LINEAR_NOT_HANDLED = {
-    "CumSum", "Einsum", "DFT", "STFT", "Col2Im", "ReverseSequence", "ScatterND",
+    "Einsum", "DFT", "STFT", "Col2Im", "ReverseSequence", "ScatterND",
     "ScatterElements", "Scatter", "Compress", "Trilu", "GridSample", "RoiAlign", "MaxUnpool",
     "SpaceToBatchND", "CenterCropPad",
 }
@@ -178,6 +178,27 @@ class _PathEvaluator:
 
     def operand(self, node: NodeProto, name: str) -> _Tensor | np.ndarray:
         return self.values[name] if name in self.values else self.constant(node, name)
+
+    def fixed(self, node: NodeProto, name: str, what: str) -> np.ndarray:
+        """A parameter of the node that must be constant (an axis, ``k``, a condition).
+
+        Raises:
+            UnsupportedModelError: it is computed from the input (not linear) or from
+                anything else at run time (not handled), naming the node.
+        """
+        if name in self.values:
+            raise _fail(node, "{op} (node '{label}') takes the input as a parameter, which is "
+                              "not linear")
+        if not self.resolver.is_constant(name):
+            raise _not_handled(node, f"its {what} is computed at run time")
+        return np.asarray(self.resolver.value(name))
+
+    def axis(self, node: NodeProto, name: str, ndim: int) -> int:
+        """A constant axis operand (a scalar or one-element tensor), made non-negative."""
+        found = self.fixed(node, name, "axis").reshape(-1)
+        if found.size != 1 or found.dtype.kind not in "iu" or not -ndim <= int(found[0]) < ndim:
+            raise _fail(node, "{op} (node '{label}') has an axis that does not fit its input")
+        return int(found[0]) % ndim
 
     def ints(self, node: NodeProto, index: int, attr: str) -> list[int] | None:
         """An int list from input ``index`` (newer opsets) or attribute ``attr``."""
@@ -646,6 +667,21 @@ def _reduce(node: NodeProto, ev: _PathEvaluator, value: _Tensor) -> _Tensor:
     return _Tensor((reduce @ value.rows).tocsr(), out_shape)
 
 
+def _cumsum(node: NodeProto, ev: _PathEvaluator, value: _Tensor) -> _Tensor:
+    """CumSum along a constant axis: a triangular 0/1 matrix along it (strictly so where
+    exclusive; upper where reverse)."""
+    axis = ev.axis(node, node.input[1], len(value.shape))
+    if axis == 0:
+        raise _not_handled(node, "it sums along the batch axis")
+    n = value.shape[axis]
+    exclusive = 1 if node_int(node, "exclusive", 0) else 0
+    if node_int(node, "reverse", 0):
+        matrix = scipy.sparse.triu(np.ones((n, n)), k=exclusive, format="csr")
+    else:
+        matrix = scipy.sparse.tril(np.ones((n, n)), k=-exclusive, format="csr")
+    return ev.along_axes(value, {axis: matrix}, value.shape)
+
+
 def _batch_norm(node: NodeProto, ev: _PathEvaluator, value: _Tensor) -> _Tensor:
     if node_int(node, "training_mode", 0):
         raise _not_handled(node, "training_mode")
@@ -713,7 +749,7 @@ def _where_op(node: NodeProto, ev: _PathEvaluator) -> _Tensor:
 
 _WEIGHING: dict[str, Callable[[NodeProto, _PathEvaluator, _Tensor], _Tensor]] = {
     "Resize": _resize, "Upsample": _resize, "AveragePool": _average_pool,
-    "ReduceMean": _reduce, "ReduceSum": _reduce, "GlobalAveragePool": _reduce,
+    "ReduceMean": _reduce, "ReduceSum": _reduce, "GlobalAveragePool": _reduce, "CumSum": _cumsum,
     "BatchNormalization": _batch_norm, "QuantizeLinear": _quantize,
     "DequantizeLinear": _quantize,
 }
