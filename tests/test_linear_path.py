@@ -21,7 +21,7 @@ from reference_operator import w1_jacobian
 
 from onnxcollide.errors import UnsupportedModelError
 from onnxcollide.graph.constants import ConstantResolver, Scope
-from onnxcollide.graph.input_path import OVERLAPPING
+from onnxcollide.graph.input_path import OVERLAPPING, PATCHIFY
 from onnxcollide.graph.linear_path import PathOperator, build_path_operator, path_nodes
 from onnxcollide.graph.load import load_model
 from onnxcollide.graph.shapes import infer_shapes
@@ -131,6 +131,21 @@ def test_concat_with_a_constant_and_where(tmp_path):
     nodes = [nodes[0], nodes[2], nodes[3], nodes[1]]
     inits = [init("block", np.ones((1, 1, 4), np.float32)), init("cond", cond)]
     assert_matches_runtime(tmp_path, nodes, [1, 2, 4], inits)
+
+
+@pytest.mark.parametrize(("upper", "k"), [(1, None), (0, None), (1, 2), (0, -1), (1, -9),
+                                          (0, 7)])
+def test_trilu_zeroes_a_triangle(tmp_path, upper, k):
+    """Trilu keeps the upper (or lower) triangle from diagonal k of each matrix and writes 0
+    elsewhere: a selection whose zeroed elements the input never reaches."""
+    inputs = ["x"] if k is None else ["x", "k"]
+    inits = [] if k is None else [init("k", np.array(k, np.int64))]
+    operator = assert_matches_runtime(tmp_path, [mk("Trilu", inputs, ["y"], upper=upper)],
+                                      [1, 2, 4, 5], inits, opset=14)
+    offset = np.subtract.outer(np.arange(4), np.arange(5))  # row - column
+    kept = np.count_nonzero(-offset >= (k or 0)) if upper else np.count_nonzero(
+        -offset <= (k or 0))
+    assert operator.selection and operator.kernel_bound() == 2 * (20 - kept)
 
 
 # ------------------------------------------------------------------ ops that weigh
@@ -334,6 +349,8 @@ def test_a_linear_op_not_handled_says_so(tmp_path):
 @pytest.mark.parametrize(("nodes", "extra", "detail"), [
     ([mk("CumSum", ["x", "a"], ["y"], name="n")], [value("a", [], INT64)],
      "its axis is computed at run time"),
+    ([mk("Trilu", ["x", "a"], ["y"], name="n")], [value("a", [], INT64)],
+     "its k is computed at run time"),
 ])
 def test_a_parameter_computed_at_run_time_is_not_handled(tmp_path, nodes, extra, detail):
     """An axis, k, condition, shape or sequence_lens from another graph input: one line
@@ -351,6 +368,12 @@ def test_a_parameter_computed_at_run_time_is_not_handled(tmp_path, nodes, extra,
 def test_an_op_along_the_batch_axis_is_not_handled(tmp_path, nodes, inits, detail):
     assert f"(node 'n') is linear in the input but not yet handled on the path to W1 ({detail})" \
         in refusal(tmp_path, nodes, inits)
+
+
+def test_trilu_on_a_matrix_whose_rows_are_the_batch_is_not_handled(tmp_path):
+    text = refusal(tmp_path, [mk("Trilu", ["x"], ["y"], name="n")], shape=(1, 6))
+    assert "Trilu (node 'n') is linear in the input but not yet handled on the path to W1 " \
+        "(its matrices span the batch axis)" in text
 
 
 def test_a_crop_and_resize_is_linear_but_not_handled(tmp_path):
@@ -436,3 +459,20 @@ def test_collide_on_a_coupling_op_validates_in_onnx_runtime(tmp_path, case):
     validated = run_cli("validate", model, str(out / "collisions.npz"), "--device", "cpu")
     assert validated.exit_code == 0 and "PASS" in validated.stdout and "FAIL" not in \
         validated.stdout
+
+
+SELECTING = {  # a tiny model per selecting op: nodes ending in 'p', initializers, input shape,
+    # the Conv's kernel and stride, W1's class, blind input elements
+    "Trilu": ([mk("Trilu", ["x"], ["p"], upper=0, name="tri")], [], [1, 2, 4, 4], 2, 2,
+              PATCHIFY, 2 * 6),
+}
+
+
+@pytest.mark.parametrize("case", SELECTING)
+def test_a_selecting_op_keeps_w1_s_class_and_counts_blind_elements(tmp_path, case):
+    """A selection keeps W1's own class; the elements it drops or zeroes are blind."""
+    nodes, inits, shape, kernel, stride, exactness, blind = SELECTING[case]
+    first = audit(conv_after(tmp_path, nodes, shape, inits, kernel=kernel,
+                             stride=stride)).first_layer
+    assert first is not None and first.exactness == exactness, first.reason
+    assert first.blind_elements == blind

@@ -35,7 +35,7 @@ from onnxcollide.graph.shapes import TensorInfo
 # Ops that are linear in the input but that this module does not apply (yet).
 LINEAR_NOT_HANDLED = {
     "Einsum", "DFT", "STFT", "Col2Im", "ReverseSequence", "ScatterND",
-    "ScatterElements", "Scatter", "Compress", "Trilu", "GridSample", "RoiAlign", "MaxUnpool",
+    "ScatterElements", "Scatter", "Compress", "GridSample", "RoiAlign", "MaxUnpool",
     "SpaceToBatchND", "CenterCropPad",
 }
 # Elements of W1's input per sample above which the path operator is not built.
@@ -325,6 +325,22 @@ def _space_to_depth(index: np.ndarray, block: int) -> np.ndarray:
     return moved.reshape(n, c * block**2, h // block, w // block)
 
 
+def _trilu_keep(node: NodeProto, ev: _PathEvaluator, shape: tuple[int, ...]) -> np.ndarray:
+    """``(rows, cols)`` bool: the elements of each matrix (the last two axes) that Trilu keeps;
+    it writes 0 over the others, which the input then never reaches."""
+    if len(shape) < 3:
+        raise _not_handled(node, "its matrices span the batch axis")
+    k = 0
+    if len(node.input) > 1 and node.input[1]:
+        found = ev.fixed(node, node.input[1], "k").reshape(-1)
+        if found.size != 1 or found.dtype.kind not in "iu":
+            raise _fail(node, "{op} (node '{label}') has a k that is not one integer")
+        k = int(found[0])
+    rows, cols = shape[-2:]
+    offset = np.arange(cols)[None, :] - np.arange(rows)[:, None]
+    return offset >= k if node_int(node, "upper", 1) else offset <= k
+
+
 def _copy_op(node: NodeProto, ev: _PathEvaluator, first: _Tensor
              ) -> Callable[..., np.ndarray | list[np.ndarray]] | None:
     """The index function of an op that only copies elements, None for other ops."""
@@ -361,6 +377,9 @@ def _copy_op(node: NodeProto, ev: _PathEvaluator, first: _Tensor
         return lambda i: _depth_to_space(i, block, mode)
     if op == "SpaceToDepth":
         return lambda i: _space_to_depth(i, node_int(node, "blocksize", 1))
+    if op == "Trilu":
+        keep = _trilu_keep(node, ev, first.shape)
+        return lambda i, *rest: np.where(keep, i, -1)
     return None
 
 
