@@ -15,13 +15,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import scipy.sparse
-from builders import FLOAT, INT64, audit, init, ints, make_model, run_cli, value
+from builders import BOOL, FLOAT, INT64, audit, init, ints, make_model, run_cli, value
 from onnx import helper
 from reference_operator import w1_jacobian
 
 from onnxcollide.errors import UnsupportedModelError
 from onnxcollide.graph.constants import ConstantResolver, Scope
-from onnxcollide.graph.input_path import OVERLAPPING, PATCHIFY
+from onnxcollide.graph.input_path import DENSE, OVERLAPPING, PATCHIFY
 from onnxcollide.graph.linear_path import PathOperator, build_path_operator, path_nodes
 from onnxcollide.graph.load import load_model
 from onnxcollide.graph.shapes import infer_shapes
@@ -146,6 +146,53 @@ def test_trilu_zeroes_a_triangle(tmp_path, upper, k):
     kept = np.count_nonzero(-offset >= (k or 0)) if upper else np.count_nonzero(
         -offset <= (k or 0))
     assert operator.selection and operator.kernel_bound() == 2 * (20 - kept)
+
+
+@pytest.mark.parametrize(("shape", "length"), [([1, 5, 3], 3), ([1, 4, 2, 3], 4), ([1, 4, 2], 0)])
+def test_reverse_sequence_permutes_time_steps(tmp_path, shape, length):
+    """ReverseSequence (batch axis 0, time axis 1) reverses the first sequence_lens steps of
+    each sample: a permutation."""
+    nodes = [mk("ReverseSequence", ["x", "lens"], ["y"], batch_axis=0, time_axis=1)]
+    operator = assert_matches_runtime(tmp_path, nodes, shape, [ints("lens", [length])],
+                                      opset=10)
+    assert operator.selection
+    assert np.array_equal(np.sort(operator.positions()), np.arange(int(np.prod(shape))))
+
+
+@pytest.mark.parametrize(("axis", "condition"), [
+    (2, [1, 0, 1, 1]), (-1, [0, 1, 1, 0, 1]), (3, [1, 0]), (1, [0, 1, 1, 0, 0, 1, 1]),
+])
+def test_compress_along_an_axis(tmp_path, axis, condition):
+    """Compress keeps the slices where the constant condition is true (a shorter condition
+    drops the rest, a longer one is cut to the axis): the others become blind."""
+    nodes = [mk("Compress", ["x", "cond"], ["y"], axis=axis)]
+    inits = [init("cond", np.array(condition, bool))]
+    operator = assert_matches_runtime(tmp_path, nodes, [1, 3, 4, 5], inits, opset=11)
+    assert operator.selection and operator.kernel_bound() > 0
+
+
+def test_compress_without_an_axis_flattens_one_sample(tmp_path):
+    """Without an axis Compress picks elements of the flattened sample (a 1-D output, put
+    back on a batch axis by Unsqueeze as before a Gemm)."""
+    condition = np.random.default_rng(4).random(30) > 0.4
+    condition[24:] = False  # past one sample: ignored where false
+    nodes = [mk("Compress", ["x", "cond"], ["c"]), mk("Unsqueeze", ["c", "ax"], ["y"])]
+    inits = [init("cond", condition), ints("ax", [0])]
+    operator = assert_matches_runtime(tmp_path, nodes, [1, 2, 3, 4], inits, opset=13)
+    assert operator.selection and operator.kernel_bound() == 24 - np.count_nonzero(
+        condition[:24])
+
+
+@pytest.mark.parametrize(("shape", "target", "axes"), [
+    ([1, 2, 5, 4], [3, 6], [2, 3]), ([1, 2, 6, 3], [1, 2, 3, 8], None),
+    ([1, 3, 4, 7], [2, 4], [-1, -3]), ([1, 2, 4, 4], [4, 4], [-2, -1]),
+])
+def test_center_crop_pad(tmp_path, shape, target, axes):
+    """CenterCropPad crops each axis about its centre or pads it with zeros: a selection."""
+    attrs = {} if axes is None else {"axes": axes}
+    nodes = [mk("CenterCropPad", ["x", "shape"], ["y"], **attrs)]
+    operator = assert_matches_runtime(tmp_path, nodes, shape, [ints("shape", target)])
+    assert operator.selection
 
 
 # ------------------------------------------------------------------ ops that weigh
@@ -351,6 +398,12 @@ def test_a_linear_op_not_handled_says_so(tmp_path):
      "its axis is computed at run time"),
     ([mk("Trilu", ["x", "a"], ["y"], name="n")], [value("a", [], INT64)],
      "its k is computed at run time"),
+    ([mk("ReverseSequence", ["x", "a"], ["y"], batch_axis=0, time_axis=1, name="n")],
+     [value("a", [1], INT64)], "its sequence_lens is computed at run time"),
+    ([mk("Compress", ["x", "a"], ["y"], axis=2, name="n")], [value("a", [4], BOOL)],
+     "its condition is computed at run time"),
+    ([mk("CenterCropPad", ["x", "a"], ["y"], axes=[2, 3], name="n")], [value("a", [2], INT64)],
+     "its shape is computed at run time"),
 ])
 def test_a_parameter_computed_at_run_time_is_not_handled(tmp_path, nodes, extra, detail):
     """An axis, k, condition, shape or sequence_lens from another graph input: one line
@@ -364,8 +417,18 @@ def test_a_parameter_computed_at_run_time_is_not_handled(tmp_path, nodes, extra,
 @pytest.mark.parametrize(("nodes", "inits", "detail"), [
     ([mk("CumSum", ["x", "a"], ["y"], name="n")], [ints("a", [0])],
      "it sums along the batch axis"),
+    ([mk("Compress", ["x", "a"], ["y"], axis=0, name="n")], [init("a", np.array([True]))],
+     "it selects along the batch axis"),
+    ([mk("Compress", ["x", "a"], ["y"], name="n")], [init("a", np.arange(40) == 35)],
+     "its condition selects elements of the next samples"),
+    ([mk("CenterCropPad", ["x", "a"], ["y"], name="n")], [ints("a", [2, 2, 4, 4])],
+     "it crops or pads the batch axis"),
+    ([mk("ReverseSequence", ["x", "a"], ["y"], name="n")], [ints("a", [2, 2])],
+     "its time axis is axis 0 and its batch axis axis 1, where axis 0 is taken as the batch"),
+    ([mk("ReverseSequence", ["x", "a"], ["y"], batch_axis=0, time_axis=1, name="n")],
+     [ints("a", [2, 3])], "its sequence_lens differ between samples"),
 ])
-def test_an_op_along_the_batch_axis_is_not_handled(tmp_path, nodes, inits, detail):
+def test_an_op_across_samples_is_not_handled(tmp_path, nodes, inits, detail):
     assert f"(node 'n') is linear in the input but not yet handled on the path to W1 ({detail})" \
         in refusal(tmp_path, nodes, inits)
 
@@ -465,6 +528,16 @@ SELECTING = {  # a tiny model per selecting op: nodes ending in 'p', initializer
     # the Conv's kernel and stride, W1's class, blind input elements
     "Trilu": ([mk("Trilu", ["x"], ["p"], upper=0, name="tri")], [], [1, 2, 4, 4], 2, 2,
               PATCHIFY, 2 * 6),
+    "ReverseSequence": ([mk("ReverseSequence", ["x", "lens"], ["p"], batch_axis=0, time_axis=1)],
+                        [ints("lens", [3])], [1, 4, 4, 4], 2, 2, PATCHIFY, 0),
+    "Compress": ([mk("Compress", ["x", "cond"], ["p"], axis=3)],
+                 [init("cond", np.array([1, 0, 1, 1, 0, 1], bool))], [1, 2, 4, 6], 2, 2,
+                 PATCHIFY, 2 * 4 * 2),
+    "CenterCropPad": ([mk("CenterCropPad", ["x", "shape"], ["p"], axes=[2, 3])],
+                      [ints("shape", [3, 6])], [1, 2, 5, 4], 3, 3, PATCHIFY, 2 * 2 * 4),
+    "CenterCropPad overlapping": (
+        [mk("CenterCropPad", ["x", "shape"], ["p"], axes=[2, 3])], [ints("shape", [4, 6])],
+        [1, 2, 5, 4], 2, 1, OVERLAPPING, 2 * 4),
 }
 
 
@@ -476,3 +549,41 @@ def test_a_selecting_op_keeps_w1_s_class_and_counts_blind_elements(tmp_path, cas
                              stride=stride)).first_layer
     assert first is not None and first.exactness == exactness, first.reason
     assert first.blind_elements == blind
+
+
+def test_compress_without_an_axis_before_a_gemm_is_dense_with_blind_elements(tmp_path):
+    """x -> Compress (no axis) -> Unsqueeze -> Gemm: W1 stays dense and the elements the
+    condition drops are blind."""
+    condition = np.arange(24) % 3 != 0
+    nodes = [mk("Compress", ["x", "cond"], ["c"]), mk("Unsqueeze", ["c", "ax"], ["u"]),
+             mk("Gemm", ["u", "W"], ["y"])]
+    inits = [init("cond", condition), ints("ax", [0]),
+             init("W", np.random.default_rng(8).standard_normal((16, 5)).astype(np.float32))]
+    model = make_model(tmp_path / "m.onnx", nodes, [value("x", [1, 2, 3, 4])],
+                       [value("y", None)], inits, opset=13, check=False)
+    first = audit(model).first_layer
+    assert first is not None and first.exactness == DENSE, first.reason
+    assert first.blind_elements == 8
+
+
+@pytest.mark.parametrize("case", [*SELECTING, "Compress without axis"])
+def test_collide_on_a_selecting_op_validates_in_onnx_runtime(tmp_path, case):
+    """collide then validate end to end through each selecting op (a Compress without axis
+    hides W1's input shape from ONNX shape inference: the path operator gives it)."""
+    if case == "Compress without axis":
+        nodes = [mk("Compress", ["x", "cond"], ["c"]), mk("Unsqueeze", ["c", "ax"], ["u"]),
+                 mk("Gemm", ["u", "W"], ["y"])]
+        inits = [init("cond", np.arange(24) % 3 != 0), ints("ax", [0]),
+                 init("W", np.random.default_rng(8).standard_normal((16, 5)).astype(np.float32))]
+        model = make_model(tmp_path / "m.onnx", nodes, [value("x", [1, 2, 3, 4])],
+                           [value("y", None)], inits, opset=13, check=False)
+    else:
+        nodes, inits, shape, kernel, stride, *_ = SELECTING[case]
+        model = conv_after(tmp_path, nodes, shape, inits, kernel=kernel, stride=stride)
+    out = tmp_path / "out"
+    collided = run_cli("collide", model, "-o", str(out), "--device", "cpu")
+    assert collided.exit_code == 0, collided.stderr
+    (collision,) = json.loads((out / "report.json").read_text())["collisions"]
+    assert collision["exact"] and collision["validation"]["passed"]
+    validated = run_cli("validate", model, str(out / "collisions.npz"), "--device", "cpu")
+    assert validated.exit_code == 0 and "PASS" in validated.stdout

@@ -4,10 +4,11 @@ Every op between the input and W1's data operand that is linear in the input (up
 constant offset, which never matters for a collision) is applied to the rows of a sparse
 matrix ``M``: row ``r`` of a path tensor says which combination of input elements its element
 ``r`` is. Ops that copy elements (Transpose, Reshape, Slice with steps, Pad in every mode,
-Concat, Split, Gather with constant indices, Tile, Expand, DepthToSpace, nearest Resize, ...)
-select rows by running the op on an array of row indices (-1 where the op writes a constant);
-ops that weigh elements (Mul by a constant, BatchNormalization, linear Resize, AveragePool,
-ReduceMean/ReduceSum, Add of two path tensors) multiply by a sparse matrix.
+Concat, Split, Gather with constant indices, Tile, Expand, DepthToSpace, nearest Resize, Trilu,
+ReverseSequence, Compress, CenterCropPad, ...) select rows by running the op on an array of
+row indices (-1 where the op writes a constant); ops that weigh elements (Mul by a constant,
+BatchNormalization, linear and cubic Resize, AveragePool, ReduceMean/ReduceSum, CumSum, Add of
+two path tensors) multiply by a sparse matrix.
 
 The result, ``M: (elements of one sample of W1's input, elements of one input sample)``, is
 what ``A = W1 o M`` is composed of. Where ``M`` is a *selection* (each row and each column
@@ -34,9 +35,8 @@ from onnxcollide.graph.shapes import TensorInfo
 
 # Ops that are linear in the input but that this module does not apply (yet).
 LINEAR_NOT_HANDLED = {
-    "Einsum", "DFT", "STFT", "Col2Im", "ReverseSequence", "ScatterND",
-    "ScatterElements", "Scatter", "Compress", "GridSample", "RoiAlign", "MaxUnpool",
-    "SpaceToBatchND", "CenterCropPad",
+    "Einsum", "DFT", "STFT", "Col2Im", "ScatterND", "ScatterElements", "Scatter", "GridSample",
+    "RoiAlign", "MaxUnpool", "SpaceToBatchND",
 }
 # Elements of W1's input per sample above which the path operator is not built.
 MAX_PATH_ELEMENTS = 1 << 24
@@ -208,10 +208,15 @@ class _PathEvaluator:
             return list(node_ints(node, attr, []))
         return None
 
-    def out_shape(self, node: NodeProto, size: int) -> tuple[int, ...]:
-        """Shape inference's shape of the node's output, batch 1."""
+    def out_shape(self, node: NodeProto, size: int,
+                  given: tuple[int, ...] | None = None) -> tuple[int, ...]:
+        """Shape inference's shape of the node's output, batch 1; where inference does not
+        know it (after a Compress without axis), the shape a Reshape, Flatten, Squeeze or
+        Unsqueeze gives the path tensor's own shape ``given``."""
         info = self.infos.get(node.output[0])
         shape = _batch_one(info.shape if info else None)
+        if shape is None and given is not None:
+            shape = _reshaped(node, self, given)
         if shape is None or int(np.prod(shape)) != size:
             raise UnsupportedModelError(
                 f"the shape of '{node.output[0]}' is unknown or moves the batch axis",
@@ -341,6 +346,87 @@ def _trilu_keep(node: NodeProto, ev: _PathEvaluator, shape: tuple[int, ...]) -> 
     return offset >= k if node_int(node, "upper", 1) else offset <= k
 
 
+def _reverse_sequence_fn(node: NodeProto, ev: _PathEvaluator,
+                         shape: tuple[int, ...]) -> Callable[..., np.ndarray]:
+    """ReverseSequence over the batch (axis 0) and time (axis 1) axes: each sample's first
+    ``sequence_lens`` time steps reversed, a permutation. The lengths must be one number: a
+    length per sample is not one operator on a sample."""
+    batch_axis, time_axis = node_int(node, "batch_axis", 1), node_int(node, "time_axis", 0)
+    if (batch_axis, time_axis) != (0, 1):
+        raise _not_handled(node, f"its time axis is axis {time_axis} and its batch axis "
+                                 f"axis {batch_axis}, where axis 0 is taken as the batch")
+    lengths = ev.fixed(node, node.input[1], "sequence_lens").reshape(-1)
+    if lengths.size == 0 or lengths.dtype.kind not in "iu":
+        raise _fail(node, "{op} (node '{label}') has sequence_lens that are not integers")
+    if np.any(lengths != lengths[0]):
+        raise _not_handled(node, "its sequence_lens differ between samples")
+    length = int(lengths[0])
+    if not 0 <= length <= shape[1]:
+        raise _fail(node, "{op} (node '{label}') has sequence_lens outside its time axis")
+
+    def fn(index: np.ndarray) -> np.ndarray:
+        out = index.copy()
+        out[:, :length] = index[:, :length][:, ::-1]
+        return out
+
+    return fn
+
+
+def _compress_fn(node: NodeProto, ev: _PathEvaluator,
+                 shape: tuple[int, ...]) -> Callable[..., np.ndarray]:
+    """Compress with a constant condition: the elements (or slices along ``axis``) where it is
+    true; entries past the axis are ignored, as ONNX Runtime does. Without ``axis`` the output
+    is 1-D, with no batch axis: it is one sample's only for a batch of one, so the condition
+    must not select elements of the next samples."""
+    condition = ev.fixed(node, node.input[1], "condition").reshape(-1).astype(bool)
+    if any(a.name == "axis" for a in node.attribute):
+        axis = node_int(node, "axis", 0)
+        if not -len(shape) <= axis < len(shape):
+            raise _fail(node, "{op} (node '{label}') has an axis that does not fit its input")
+        axis %= len(shape)
+        if axis == 0:
+            raise _not_handled(node, "it selects along the batch axis")
+        kept = condition[:shape[axis]]
+        return lambda i: np.compress(kept, i, axis=axis)
+    per_sample = math.prod(shape)
+    if np.any(condition[per_sample:]):
+        raise _not_handled(node, "its condition selects elements of the next samples")
+    flat = condition[:per_sample]
+    return lambda i: np.compress(flat, i.reshape(-1))
+
+
+def _center_crop_pad_fn(node: NodeProto, ev: _PathEvaluator,
+                        shape: tuple[int, ...]) -> Callable[..., np.ndarray]:
+    """CenterCropPad to a constant shape: each axis centre-cropped (start ``(n - m) // 2``) or
+    zero-padded (``(m - n) // 2`` before) to its target."""
+    ndim = len(shape)
+    targets = [int(v) for v in ev.fixed(node, node.input[1], "shape").reshape(-1)]
+    axes = [a % ndim if -ndim <= a < ndim else ndim
+            for a in node_ints(node, "axes", list(range(ndim)))]
+    if len(axes) != len(targets) or ndim in axes or min(targets, default=0) < 0:
+        raise _fail(node, "{op} (node '{label}') has a shape that does not fit its input")
+    info = ev.infos.get(node.input[0])
+    batch = info.shape[0] if info and info.shape else None
+    for axis, target in zip(axes, targets, strict=True):
+        if axis == 0 and target not in (1, batch):
+            raise _not_handled(node, "it crops or pads the batch axis")
+    changes = [(a, m) for a, m in zip(axes, targets, strict=True) if a != 0]
+
+    def fn(index: np.ndarray) -> np.ndarray:
+        for axis, target in changes:
+            n = index.shape[axis]
+            if target < n:
+                start = (n - target) // 2
+                index = index.take(range(start, start + target), axis=axis)
+            elif target > n:
+                widths = [(0, 0)] * ndim
+                widths[axis] = ((target - n) // 2, target - n - (target - n) // 2)
+                index = np.pad(index, widths, constant_values=-1)
+        return index
+
+    return fn
+
+
 def _copy_op(node: NodeProto, ev: _PathEvaluator, first: _Tensor
              ) -> Callable[..., np.ndarray | list[np.ndarray]] | None:
     """The index function of an op that only copies elements, None for other ops."""
@@ -350,7 +436,7 @@ def _copy_op(node: NodeProto, ev: _PathEvaluator, first: _Tensor
     if op == "Transpose":
         return lambda i: np.transpose(i, _perm(node, ndim))
     if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
-        shape = ev.out_shape(node, int(np.prod(first.shape)))
+        shape = ev.out_shape(node, int(np.prod(first.shape)), first.shape)
         return lambda i, *rest: i.reshape(shape)
     if op == "Slice":
         return lambda i, *rest: i.reshape(-1)[slice_sources(node, ev.resolver, i.shape)]
@@ -380,7 +466,43 @@ def _copy_op(node: NodeProto, ev: _PathEvaluator, first: _Tensor
     if op == "Trilu":
         keep = _trilu_keep(node, ev, first.shape)
         return lambda i, *rest: np.where(keep, i, -1)
+    if op == "ReverseSequence":
+        reverse = _reverse_sequence_fn(node, ev, first.shape)
+        return lambda i, *rest: reverse(i)
+    if op == "Compress":
+        compress = _compress_fn(node, ev, first.shape)
+        return lambda i, *rest: compress(i)
+    if op == "CenterCropPad":
+        crop_pad = _center_crop_pad_fn(node, ev, first.shape)
+        return lambda i, *rest: crop_pad(i)
     return None
+
+
+def _reshaped(node: NodeProto, ev: _PathEvaluator, shape: tuple[int, ...]
+              ) -> tuple[int, ...] | None:
+    """The shape Reshape / Flatten / Squeeze / Unsqueeze gives ``shape`` (None where its
+    parameters do not fit)."""
+    op, ndim = node.op_type, len(shape)
+    if op == "Flatten":
+        axis = node_int(node, "axis", 1)
+        axis = axis + ndim if axis < 0 else axis
+        return (math.prod(shape[:axis]), math.prod(shape[axis:])) if 0 <= axis <= ndim else None
+    if op == "Squeeze":
+        axes = {a % max(ndim, 1) for a in ev.ints(node, 1, "axes") or []} or \
+            {a for a, n in enumerate(shape) if n == 1}
+        return tuple(n for a, n in enumerate(shape) if a not in axes)
+    if op == "Unsqueeze":
+        out: list[int] = list(shape)
+        added = ev.ints(node, 1, "axes") or []
+        for axis in sorted(a % (ndim + len(added)) for a in added):
+            out.insert(axis, 1)
+        return tuple(out)
+    target = [int(v) for v in ev.constant(node, node.input[1]).reshape(-1)]
+    dims = [shape[k] if d == 0 and not node_int(node, "allowzero", 0) and k < ndim else d
+            for k, d in enumerate(target)]
+    if dims.count(-1) == 1 and math.prod(d for d in dims if d != -1) > 0:
+        dims[dims.index(-1)] = math.prod(shape) // math.prod(d for d in dims if d != -1)
+    return tuple(dims) if min(dims, default=0) >= 0 else None
 
 
 def _expand_shape(node: NodeProto, ev: _PathEvaluator, shape: tuple[int, ...]
