@@ -433,6 +433,26 @@ def test_an_op_across_samples_is_not_handled(tmp_path, nodes, inits, detail):
         in refusal(tmp_path, nodes, inits)
 
 
+@pytest.mark.parametrize("scale", [np.inf, np.nan, 0.0, -2.0, 1e30, 1e-30])
+@pytest.mark.parametrize(("mode", "antialias"), [("cubic", 0), ("linear", 1), ("nearest", 0)])
+def test_resize_scales_that_do_not_fit_are_one_line(tmp_path, scale, mode, antialias):
+    nodes = [mk("Resize", ["x", "", "scales"], ["y"], mode=mode, antialias=antialias,
+                name="n")]
+    inits = [init("scales", np.array([1, 1, scale, 2], np.float32))]
+    assert "Resize (node 'n') has scales or sizes that do not fit its input" in refusal(
+        tmp_path, nodes, inits, opset=19)
+
+
+def test_a_cumsum_or_center_pad_too_large_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr("onnxcollide.graph.linear_path.MAX_PATH_ELEMENTS", 100)
+    text = refusal(tmp_path, [mk("CumSum", ["x", "a"], ["y"], name="n")], [ints("a", [3])],
+                   shape=(1, 1, 2, 20))  # 40 elements, 40 * 21 / 2 terms
+    assert "node 'n' (CumSum): its sums would hold more than 100 terms" in text
+    text = refusal(tmp_path, [mk("CenterCropPad", ["x", "s"], ["y"], axes=[3], name="n")],
+                   [ints("s", [1 << 40])], opset=18)
+    assert "node 'n' (CenterCropPad): the path makes a tensor of more than 100 elements" in text
+
+
 def test_trilu_on_a_matrix_whose_rows_are_the_batch_is_not_handled(tmp_path):
     text = refusal(tmp_path, [mk("Trilu", ["x"], ["y"], name="n")], shape=(1, 6))
     assert "Trilu (node 'n') is linear in the input but not yet handled on the path to W1 " \

@@ -411,6 +411,12 @@ def _center_crop_pad_fn(node: NodeProto, ev: _PathEvaluator,
         if axis == 0 and target not in (1, batch):
             raise _not_handled(node, "it crops or pads the batch axis")
     changes = [(a, m) for a, m in zip(axes, targets, strict=True) if a != 0]
+    out = list(shape)
+    for axis, target in changes:
+        out[axis] = target
+    if math.prod(out) > MAX_PATH_ELEMENTS:
+        raise UnsupportedModelError("the path makes a tensor of more than "
+                                    f"{MAX_PATH_ELEMENTS} elements", _where(node))
 
     def fn(index: np.ndarray) -> np.ndarray:
         for axis, target in changes:
@@ -538,6 +544,11 @@ def _gather_fn(node: NodeProto, ev: _PathEvaluator, data: _Tensor
 # ------------------------------------------------------------------ ops that weigh
 
 
+def _scaled_size(n: int, scale: float) -> int:
+    """``floor(n * scale)``, 0 where that is not a finite number (refused by the caller)."""
+    return math.floor(n * scale) if math.isfinite(n * scale) else 0
+
+
 def _resize_parameters(node: NodeProto, ev: _PathEvaluator, shape: tuple[int, ...]
                        ) -> tuple[list[int], list[float]]:
     """Output sizes and per-axis scales of a Resize / Upsample."""
@@ -548,7 +559,7 @@ def _resize_parameters(node: NodeProto, ev: _PathEvaluator, shape: tuple[int, ..
         if not isinstance(found, (list, tuple, np.ndarray)) or len(found) != ndim:
             raise _fail(node, "{op} (node '{label}') has scales that do not fit its input")
         scales = [float(v) for v in found]
-        return [math.floor(n * s) for n, s in zip(shape, scales, strict=True)], scales
+        return [_scaled_size(n, s) for n, s in zip(shape, scales, strict=True)], scales
     names = list(node.input) + [""] * 4
     scales_name = names[2] if ev.opset >= 11 else names[1]
     sizes_name = names[3] if ev.opset >= 11 else ""
@@ -565,7 +576,7 @@ def _resize_parameters(node: NodeProto, ev: _PathEvaluator, shape: tuple[int, ..
     scales = [1.0] * ndim
     for a, s in zip(axes, values, strict=True):
         scales[a % ndim] = s
-    return [math.floor(n * s) for n, s in zip(shape, scales, strict=True)], scales
+    return [_scaled_size(n, s) for n, s in zip(shape, scales, strict=True)], scales
 
 
 def _legacy(node: NodeProto, opset: int) -> bool:
@@ -714,6 +725,9 @@ def _resize(node: NodeProto, ev: _PathEvaluator, value: _Tensor) -> _Tensor:
     if str(node_attr(node, "keep_aspect_ratio_policy", "stretch")) != "stretch":
         raise _not_handled(node, "keep_aspect_ratio_policy")
     sizes, scales = _resize_parameters(node, ev, value.shape)
+    if not all(math.isfinite(s) and s > 0 for s in scales) or \
+            not all(0 < m <= MAX_PATH_ELEMENTS for m in sizes):
+        raise _fail(node, "{op} (node '{label}') has scales or sizes that do not fit its input")
     if tuple(sizes) == value.shape:
         return value
     antialias = _antialiased(node, ev.opset)
@@ -815,11 +829,15 @@ def _cumsum(node: NodeProto, ev: _PathEvaluator, value: _Tensor) -> _Tensor:
     if axis == 0:
         raise _not_handled(node, "it sums along the batch axis")
     n = value.shape[axis]
+    if value.rows.nnz * (n + 1) // 2 > MAX_PATH_ELEMENTS:
+        raise UnsupportedModelError(f"its sums would hold more than {MAX_PATH_ELEMENTS} terms",
+                                    _where(node))
     exclusive = 1 if node_int(node, "exclusive", 0) else 0
     if node_int(node, "reverse", 0):
-        matrix = scipy.sparse.triu(np.ones((n, n)), k=exclusive, format="csr")
+        cols, rows = np.tril_indices(n, -exclusive)  # row r sums the columns from r on
     else:
-        matrix = scipy.sparse.tril(np.ones((n, n)), k=-exclusive, format="csr")
+        rows, cols = np.tril_indices(n, -exclusive)
+    matrix = scipy.sparse.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n, n))
     return ev.along_axes(value, {axis: matrix}, value.shape)
 
 
