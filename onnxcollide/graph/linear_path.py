@@ -625,16 +625,6 @@ def _nearest(node: NodeProto, opset: int, coord: np.ndarray, scale: float) -> np
     raise _not_handled(node, f"nearest_mode {mode}")
 
 
-def _keys_weights(frac: np.ndarray, a: float) -> np.ndarray:
-    """``(n, 4)``: Keys' cubic convolution weights (coefficient ``a``) of the taps
-    ``floor - 1 .. floor + 2`` of coordinates whose fractional parts are ``frac (n,)``."""
-    near = np.stack([frac, 1.0 - frac], axis=1)  # distances below 1: taps floor, floor + 1
-    far = np.stack([1.0 + frac, 2.0 - frac], axis=1)  # distances in [1, 2]: the outer taps
-    inner = ((a + 2) * near - (a + 3)) * near * near + 1
-    outer = ((a * far - 5 * a) * far + 8 * a) * far - 4 * a
-    return np.stack([outer[:, 0], inner[:, 0], inner[:, 1], outer[:, 1]], axis=1)
-
-
 def _cubic_filter(x: np.ndarray, a: float) -> np.ndarray:
     """Keys' cubic kernel (coefficient ``a``) at distances ``x``, 0 beyond 2."""
     d = np.abs(x)
@@ -647,9 +637,8 @@ def _cubic_matrix(node: NodeProto, coord: np.ndarray, n_in: int) -> scipy.sparse
     """``(n_out, n_in)`` cubic interpolation as ONNX Runtime's CPU kernel does it: four taps
     around each coordinate, those outside the input read as the nearest edge element, or
     (exclude_outside) dropped and the other weights renormalized to sum 1."""
-    base = np.floor(coord)
-    weights = _keys_weights(coord - base, node_float(node, "cubic_coeff_a", -0.75))
-    taps = base.astype(np.int64)[:, None] + np.arange(-1, 3)
+    taps = np.floor(coord).astype(np.int64)[:, None] + np.arange(-1, 3)
+    weights = _cubic_filter(taps - coord[:, None], node_float(node, "cubic_coeff_a", -0.75))
     if node_int(node, "exclude_outside", 0):
         weights = np.where((taps >= 0) & (taps < n_in), weights, 0.0)
         total = weights.sum(axis=1, keepdims=True)
@@ -671,10 +660,11 @@ def _antialias_matrix(node: NodeProto, coord: np.ndarray, n_in: int, scale: floa
                       cubic: bool) -> scipy.sparse.csr_matrix:
     """``(n_out, n_in)`` antialiased linear or cubic resampling, as ONNX Runtime's CPU kernel
     (upsample_aa.cc, after Pillow) does it: the filter is stretched by ``max(1, 1/scale)``;
-    each output reads the taps ``trunc(centre -/+ support + 0.5)`` (truncated toward zero,
-    not floored), weights ``filter((tap - coord) / stretch)`` divided by their sum; taps
-    outside the input read the nearest edge element, or (exclude_outside) are dropped before
-    the sum is taken."""
+    output ``o`` (centre ``coord + 0.5``) reads the taps from ``floor(centre - support + 0.5)``
+    up to ``floor(centre + support + 0.5)``, excluded (older ONNX Runtime releases truncated
+    toward zero, which drops a left edge tap; 1.32 floors), with weights
+    ``filter((tap - coord) / stretch)`` divided by their sum; taps outside the input read the
+    nearest edge element, or (exclude_outside) are dropped before the sum is taken."""
     stretch = max(1.0 / scale, 1.0)
     support = (2.0 if cubic else 1.0) * stretch
     centre = coord + 0.5
