@@ -8,16 +8,20 @@ one-line answer naming the node; linear ops not handled yet say so.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from builders import FLOAT, init, ints, make_model, value
+import scipy.sparse
+from builders import BOOL, FLOAT, INT64, audit, init, ints, make_model, run_cli, value
 from onnx import helper
+from reference_operator import w1_jacobian
 
 from onnxcollide.errors import UnsupportedModelError
 from onnxcollide.graph.constants import ConstantResolver, Scope
+from onnxcollide.graph.input_path import DENSE, OVERLAPPING, PATCHIFY
 from onnxcollide.graph.linear_path import PathOperator, build_path_operator, path_nodes
 from onnxcollide.graph.load import load_model
 from onnxcollide.graph.shapes import infer_shapes
@@ -26,9 +30,10 @@ mk = helper.make_node
 
 
 def operator_of(tmp_path: Path, nodes: list, shape: list[int], inits: list = (),
-                opset: int = 18) -> tuple[PathOperator, str]:
-    """Save ``x -> nodes -> y`` and build its path operator from x to y."""
-    file = make_model(tmp_path / "path.onnx", nodes, [value("x", shape)],
+                opset: int = 18, extra: list = ()) -> tuple[PathOperator, str]:
+    """Save ``x -> nodes -> y`` (``extra``: more graph inputs) and build its path operator
+    from x to y."""
+    file = make_model(tmp_path / "path.onnx", nodes, [value("x", shape), *extra],
                       [value("y", None)], list(inits), opset=opset, check=False)
     loaded = load_model(file)
     infos = infer_shapes(loaded, {})
@@ -128,6 +133,68 @@ def test_concat_with_a_constant_and_where(tmp_path):
     assert_matches_runtime(tmp_path, nodes, [1, 2, 4], inits)
 
 
+@pytest.mark.parametrize(("upper", "k"), [(1, None), (0, None), (1, 2), (0, -1), (1, -9),
+                                          (0, 7)])
+def test_trilu_zeroes_a_triangle(tmp_path, upper, k):
+    """Trilu keeps the upper (or lower) triangle from diagonal k of each matrix and writes 0
+    elsewhere: a selection whose zeroed elements the input never reaches."""
+    inputs = ["x"] if k is None else ["x", "k"]
+    inits = [] if k is None else [init("k", np.array(k, np.int64))]
+    operator = assert_matches_runtime(tmp_path, [mk("Trilu", inputs, ["y"], upper=upper)],
+                                      [1, 2, 4, 5], inits, opset=14)
+    offset = np.subtract.outer(np.arange(4), np.arange(5))  # row - column
+    kept = np.count_nonzero(-offset >= (k or 0)) if upper else np.count_nonzero(
+        -offset <= (k or 0))
+    assert operator.selection and operator.kernel_bound() == 2 * (20 - kept)
+
+
+@pytest.mark.parametrize(("shape", "length"), [([1, 5, 3], 3), ([1, 4, 2, 3], 4), ([1, 4, 2], 0)])
+def test_reverse_sequence_permutes_time_steps(tmp_path, shape, length):
+    """ReverseSequence (batch axis 0, time axis 1) reverses the first sequence_lens steps of
+    each sample: a permutation."""
+    nodes = [mk("ReverseSequence", ["x", "lens"], ["y"], batch_axis=0, time_axis=1)]
+    operator = assert_matches_runtime(tmp_path, nodes, shape, [ints("lens", [length])],
+                                      opset=10)
+    assert operator.selection
+    assert np.array_equal(np.sort(operator.positions()), np.arange(int(np.prod(shape))))
+
+
+@pytest.mark.parametrize(("axis", "condition"), [
+    (2, [1, 0, 1, 1]), (-1, [0, 1, 1, 0, 1]), (3, [1, 0]), (1, [0, 1, 1, 0, 0, 1, 1]),
+])
+def test_compress_along_an_axis(tmp_path, axis, condition):
+    """Compress keeps the slices where the constant condition is true (a shorter condition
+    drops the rest, a longer one is cut to the axis): the others become blind."""
+    nodes = [mk("Compress", ["x", "cond"], ["y"], axis=axis)]
+    inits = [init("cond", np.array(condition, bool))]
+    operator = assert_matches_runtime(tmp_path, nodes, [1, 3, 4, 5], inits, opset=11)
+    assert operator.selection and operator.kernel_bound() > 0
+
+
+def test_compress_without_an_axis_flattens_one_sample(tmp_path):
+    """Without an axis Compress picks elements of the flattened sample (a 1-D output, put
+    back on a batch axis by Unsqueeze as before a Gemm)."""
+    condition = np.random.default_rng(4).random(30) > 0.4
+    condition[24:] = False  # past one sample: ignored where false
+    nodes = [mk("Compress", ["x", "cond"], ["c"]), mk("Unsqueeze", ["c", "ax"], ["y"])]
+    inits = [init("cond", condition), ints("ax", [0])]
+    operator = assert_matches_runtime(tmp_path, nodes, [1, 2, 3, 4], inits, opset=13)
+    assert operator.selection and operator.kernel_bound() == 24 - np.count_nonzero(
+        condition[:24])
+
+
+@pytest.mark.parametrize(("shape", "target", "axes"), [
+    ([1, 2, 5, 4], [3, 6], [2, 3]), ([1, 2, 6, 3], [1, 2, 3, 8], None),
+    ([1, 3, 4, 7], [2, 4], [-1, -3]), ([1, 2, 4, 4], [4, 4], [-2, -1]),
+])
+def test_center_crop_pad(tmp_path, shape, target, axes):
+    """CenterCropPad crops each axis about its centre or pads it with zeros: a selection."""
+    attrs = {} if axes is None else {"axes": axes}
+    nodes = [mk("CenterCropPad", ["x", "shape"], ["y"], **attrs)]
+    operator = assert_matches_runtime(tmp_path, nodes, shape, [ints("shape", target)])
+    assert operator.selection
+
+
 # ------------------------------------------------------------------ ops that weigh
 
 
@@ -158,6 +225,97 @@ def test_upsample_of_opset_9(tmp_path):
     nodes = [mk("Upsample", ["x", "scales"], ["y"], mode="nearest")]
     inits = [init("scales", np.array([1, 1, 2, 2], np.float32))]
     assert_matches_runtime(tmp_path, nodes, [1, 2, 3, 3], inits, opset=9)
+
+
+@pytest.mark.parametrize(("coordinates", "opset"), [
+    ("half_pixel", 19), ("pytorch_half_pixel", 13), ("align_corners", 11), ("asymmetric", 20),
+    ("tf_half_pixel_for_nn", 12),
+])
+@pytest.mark.parametrize(("scales", "exclude", "coeff"), [
+    ((2.0, 0.5), 0, -0.75), ((0.35, 1.7), 1, -0.5), ((3.0, 0.6), 0, -0.5),
+    ((0.25, 2.5), 1, -0.75),
+])
+def test_cubic_resize(tmp_path, coordinates, opset, scales, exclude, coeff):
+    """Cubic Resize (Keys' kernel with cubic_coeff_a), opsets 11 to 20: four taps around each
+    coordinate; taps outside the input read the edge element, or (exclude_outside) drop out
+    and the others are renormalized."""
+    nodes = [mk("Resize", ["x", "roi", "scales"], ["y"], mode="cubic", cubic_coeff_a=coeff,
+                coordinate_transformation_mode=coordinates, exclude_outside=exclude)]
+    inits = [init("roi", np.zeros(0, np.float32)),
+             init("scales", np.array([1, 1, *scales], np.float32))]
+    operator = assert_matches_runtime(tmp_path, nodes, [1, 2, 6, 9], inits, opset=opset)
+    assert not operator.selection
+
+
+@pytest.mark.parametrize("mode", ["linear", "cubic"])
+@pytest.mark.parametrize("exclude", [0, 1])
+@pytest.mark.parametrize(("coordinates", "scales", "shape"), [
+    ("half_pixel", (0.5, 0.35), (6, 9)), ("pytorch_half_pixel", (0.2, 2.5), (9, 3)),
+    ("align_corners", (0.25, 0.75), (4, 8)), ("asymmetric", (0.6, 3.0), (5, 1)),
+    ("tf_half_pixel_for_nn", (0.3, 0.5), (7, 6)),
+])
+def test_antialiased_resize(tmp_path, mode, exclude, coordinates, scales, shape):
+    """antialias=1 (opset 18+) stretches the linear or cubic filter by 1/scale when
+    downscaling; taps outside the input read the edge (or, exclude_outside, drop out) and the
+    weights are divided by their sum, as ONNX Runtime does it."""
+    nodes = [mk("Resize", ["x", "", "scales"], ["y"], mode=mode, antialias=1,
+                coordinate_transformation_mode=coordinates, exclude_outside=exclude)]
+    inits = [init("scales", np.array([1, 1, *scales], np.float32))]
+    operator = assert_matches_runtime(tmp_path, nodes, [1, 2, *shape], inits, opset=18)
+    assert not operator.selection
+
+
+@pytest.mark.parametrize(("mode", "antialias"), [("cubic", 0), ("cubic", 1), ("linear", 1)])
+def test_cubic_and_antialiased_resize_by_sizes(tmp_path, mode, antialias):
+    """Resize to given sizes (one axis down, one up), opset 19."""
+    nodes = [mk("Resize", ["x", "", "", "sizes"], ["y"], mode=mode, antialias=antialias)]
+    assert_matches_runtime(tmp_path, nodes, [1, 1, 7, 6], [ints("sizes", [1, 1, 3, 10])],
+                           opset=19)
+
+
+@pytest.mark.parametrize(("mode", "antialias", "scales", "shape"), [
+    ("linear", 0, (1.1, 1.1), (6, 5)), ("cubic", 0, (1.1, 1.1), (6, 5)),
+    ("linear", 1, (1.1, 0.5), (6, 8)), ("cubic", 1, (2.0, 1.1), (4, 5)),
+])
+def test_resize_copies_axes_that_keep_their_size(tmp_path, mode, antialias, scales, shape):
+    """ONNX Runtime copies the input where no axis changes size (a scale of 1.1 on 6 and 5
+    elements), and with antialias every axis that keeps its size, where the ONNX reference
+    interpolates them: the operator follows ONNX Runtime."""
+    nodes = [mk("Resize", ["x", "", "scales"], ["y"], mode=mode, antialias=antialias)]
+    inits = [init("scales", np.array([1, 1, *scales], np.float32))]
+    operator = assert_matches_runtime(tmp_path, nodes, [1, 1, *shape], inits, opset=18)
+    if not antialias:
+        assert operator.selection and (operator.matrix != scipy.sparse.identity(30)).nnz == 0
+
+
+@pytest.mark.parametrize(("mode", "scales"), [("linear", (2.0, 1.5)), ("nearest", (2.0, 0.6)),
+                                              ("nearest", (0.5, 3.0))])
+def test_resize_of_opset_10(tmp_path, mode, scales):
+    """Resize-10 has no coordinate modes: asymmetric coordinates, and ONNX Runtime's nearest
+    pixel is the floor when upscaling, the ceiling when downscaling."""
+    nodes = [mk("Resize", ["x", "scales"], ["y"], mode=mode)]
+    inits = [init("scales", np.array([1, 1, *scales], np.float32))]
+    assert_matches_runtime(tmp_path, nodes, [1, 2, 7, 9], inits, opset=10)
+
+
+def test_upsample_of_opset_7_with_float_scales(tmp_path):
+    """Upsample-7 holds its scales as a float attribute."""
+    nodes = [mk("Upsample", ["x"], ["y"], mode="linear", scales=[1.0, 1.0, 2.0, 1.5])]
+    assert_matches_runtime(tmp_path, nodes, [1, 2, 3, 4], opset=7)
+
+
+@pytest.mark.parametrize(("axis", "exclusive", "reverse"), [
+    (3, 0, 0), (-1, 1, 0), (2, 0, 1), (-2, 1, 1), (1, 1, 0),
+])
+def test_cumsum(tmp_path, axis, exclusive, reverse):
+    """CumSum along a constant axis (negative too, int32 or int64), exclusive and reverse:
+    each element sums those before (or after) it, which couples them, except an exclusive
+    sum over two elements: a shift, (0, x0)."""
+    nodes = [mk("CumSum", ["x", "axis"], ["y"], exclusive=exclusive, reverse=reverse)]
+    dtype = np.int32 if axis < 0 else np.int64
+    operator = assert_matches_runtime(tmp_path, nodes, [1, 2, 3, 4],
+                                      [init("axis", np.array(axis, dtype))], opset=14)
+    assert operator.selection == (axis == 1 and exclusive == 1)
 
 
 @pytest.mark.parametrize(("kernel", "stride", "pads", "include", "ceil"), [
@@ -205,9 +363,10 @@ def test_affine_ops_and_two_functions_of_the_input_added(tmp_path):
 # ------------------------------------------------------------------ refusals
 
 
-def refusal(tmp_path: Path, nodes: list, inits: list = (), shape=(1, 2, 4, 4)) -> str:
+def refusal(tmp_path: Path, nodes: list, inits: list = (), shape=(1, 2, 4, 4), opset: int = 18,
+            extra: list = ()) -> str:
     with pytest.raises(UnsupportedModelError) as info:
-        operator_of(tmp_path, nodes, list(shape), inits)
+        operator_of(tmp_path, nodes, list(shape), inits, opset, extra)
     return info.value.one_line()
 
 
@@ -228,16 +387,93 @@ def test_a_data_dependent_gather_is_not_linear(tmp_path):
 
 
 def test_a_linear_op_not_handled_says_so(tmp_path):
-    text = refusal(tmp_path, [mk("CumSum", ["x", "axis"], ["y"], name="acc")],
-                   [ints("axis", [3])])
-    assert "CumSum (node 'acc') is linear in the input but not yet handled" in text
+    text = refusal(tmp_path, [mk("ScatterND", ["x", "idx", "upd"], ["y"], name="put")],
+                   [init("idx", np.array([[0, 1]], np.int64)),
+                    init("upd", np.zeros((1, 4, 4), np.float32))])
+    assert "ScatterND (node 'put') is linear in the input but not yet handled" in text
 
 
-def test_a_cubic_resize_is_linear_but_not_handled(tmp_path):
-    nodes = [mk("Resize", ["x", "", "scales"], ["y"], mode="cubic", name="up")]
-    text = refusal(tmp_path, nodes, [init("scales", np.array([1, 1, 2, 2], np.float32))])
+@pytest.mark.parametrize(("nodes", "extra", "detail"), [
+    ([mk("CumSum", ["x", "a"], ["y"], name="n")], [value("a", [], INT64)],
+     "its axis is computed at run time"),
+    ([mk("Trilu", ["x", "a"], ["y"], name="n")], [value("a", [], INT64)],
+     "its k is computed at run time"),
+    ([mk("ReverseSequence", ["x", "a"], ["y"], batch_axis=0, time_axis=1, name="n")],
+     [value("a", [1], INT64)], "its sequence_lens is computed at run time"),
+    ([mk("Compress", ["x", "a"], ["y"], axis=2, name="n")], [value("a", [4], BOOL)],
+     "its condition is computed at run time"),
+    ([mk("CenterCropPad", ["x", "a"], ["y"], axes=[2, 3], name="n")], [value("a", [2], INT64)],
+     "its shape is computed at run time"),
+])
+def test_a_parameter_computed_at_run_time_is_not_handled(tmp_path, nodes, extra, detail):
+    """An axis, k, condition, shape or sequence_lens from another graph input: one line
+    naming the node, not a traceback."""
+    text = refusal(tmp_path, nodes, extra=extra)
+    op = nodes[-1].op_type
+    assert (f"{op} (node 'n') is linear in the input but not yet handled on the path to W1 "
+            f"({detail})") in text
+
+
+@pytest.mark.parametrize(("nodes", "inits", "detail"), [
+    ([mk("CumSum", ["x", "a"], ["y"], name="n")], [ints("a", [0])],
+     "it sums along the batch axis"),
+    ([mk("Compress", ["x", "a"], ["y"], axis=0, name="n")], [init("a", np.array([True]))],
+     "it selects along the batch axis"),
+    ([mk("Compress", ["x", "a"], ["y"], name="n")], [init("a", np.arange(40) == 35)],
+     "its condition selects elements of the next samples"),
+    ([mk("CenterCropPad", ["x", "a"], ["y"], name="n")], [ints("a", [2, 2, 4, 4])],
+     "it crops or pads the batch axis"),
+    ([mk("ReverseSequence", ["x", "a"], ["y"], name="n")], [ints("a", [2, 2])],
+     "its time axis is axis 0 and its batch axis axis 1, where axis 0 is taken as the batch"),
+    ([mk("ReverseSequence", ["x", "a"], ["y"], batch_axis=0, time_axis=1, name="n")],
+     [ints("a", [2, 3])], "its sequence_lens differ between samples"),
+])
+def test_an_op_across_samples_is_not_handled(tmp_path, nodes, inits, detail):
+    assert f"(node 'n') is linear in the input but not yet handled on the path to W1 ({detail})" \
+        in refusal(tmp_path, nodes, inits)
+
+
+@pytest.mark.parametrize("scale", [np.inf, np.nan, 0.0, -2.0, 1e30, 1e-30])
+@pytest.mark.parametrize(("mode", "antialias"), [("cubic", 0), ("linear", 1), ("nearest", 0)])
+def test_resize_scales_that_do_not_fit_are_one_line(tmp_path, scale, mode, antialias):
+    nodes = [mk("Resize", ["x", "", "scales"], ["y"], mode=mode, antialias=antialias,
+                name="n")]
+    inits = [init("scales", np.array([1, 1, scale, 2], np.float32))]
+    assert "Resize (node 'n') has scales or sizes that do not fit its input" in refusal(
+        tmp_path, nodes, inits, opset=19)
+
+
+def test_a_cumsum_or_center_pad_too_large_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr("onnxcollide.graph.linear_path.MAX_PATH_ELEMENTS", 100)
+    text = refusal(tmp_path, [mk("CumSum", ["x", "a"], ["y"], name="n")], [ints("a", [3])],
+                   shape=(1, 1, 2, 20))  # 40 elements, 40 * 21 / 2 terms
+    assert "node 'n' (CumSum): its sums would hold more than 100 terms" in text
+    text = refusal(tmp_path, [mk("CenterCropPad", ["x", "s"], ["y"], axes=[3], name="n")],
+                   [ints("s", [1 << 40])], opset=18)
+    assert "node 'n' (CenterCropPad): the path makes a tensor of more than 100 elements" in text
+
+
+def test_trilu_on_a_matrix_whose_rows_are_the_batch_is_not_handled(tmp_path):
+    text = refusal(tmp_path, [mk("Trilu", ["x"], ["y"], name="n")], shape=(1, 6))
+    assert "Trilu (node 'n') is linear in the input but not yet handled on the path to W1 " \
+        "(its matrices span the batch axis)" in text
+
+
+def test_a_crop_and_resize_is_linear_but_not_handled(tmp_path):
+    nodes = [mk("Resize", ["x", "roi", "scales"], ["y"], mode="cubic", name="up",
+                coordinate_transformation_mode="tf_crop_and_resize")]
+    inits = [init("roi", np.array([0, 0, 0.1, 0.1, 1, 1, 0.9, 0.9], np.float32)),
+             init("scales", np.array([1, 1, 2, 2], np.float32))]
     expected = "Resize (node 'up') is linear in the input but not yet handled on the path to W1"
-    assert f"{expected} (mode cubic)" in text
+    assert f"{expected} (coordinate_transformation_mode tf_crop_and_resize)" in refusal(
+        tmp_path, nodes, inits)
+
+
+def test_resize_scales_computed_at_run_time_name_the_node(tmp_path):
+    """Scales from another graph input: one line naming the node, not a traceback."""
+    nodes = [mk("Resize", ["x", "", "s"], ["y"], mode="cubic", name="up")]
+    text = refusal(tmp_path, nodes, extra=[value("s", [4])])
+    assert "Resize (node 'up')" in text and "'s'" in text
 
 
 def test_the_path_nodes_include_every_branch(tmp_path):
@@ -248,3 +484,126 @@ def test_the_path_nodes_include_every_branch(tmp_path):
     chosen = path_nodes("x", "y", graph_nodes, len(graph_nodes))
     assert [n.op_type for n in chosen] == ["Slice", "Slice", "Concat"]
     assert FLOAT  # the builders' float type is what the models above use
+
+
+# ------------------------------------------------------------------ W1's class, collide end to end
+
+
+def conv_after(tmp_path: Path, nodes: list, shape: list[int], inits: list = (), opset: int = 19,
+               channels: int | None = None, kernel: int = 3, stride: int = 2) -> str:
+    """Save ``x -> nodes -> p -> Conv(one 3x3 filter, stride 2) -> y`` (seeded weight; the
+    batch axis of x is dynamic, the rest is ``shape[1:]``)."""
+    weight = np.random.default_rng(7).standard_normal(
+        (1, channels or shape[1], kernel, kernel)).astype(np.float32)
+    conv = mk("Conv", ["p", "W"], ["y"], kernel_shape=[kernel] * 2, strides=[stride] * 2,
+              name="conv")
+    return make_model(tmp_path / "m.onnx", [*nodes, conv], [value("x", ["N", *shape[1:]])],
+                      [value("y", None)], [*inits, init("W", weight)], opset=opset, check=False)
+
+
+COUPLING = {  # a tiny model per coupling op: nodes ending in 'p', initializers, input shape
+    "cubic Resize": ([mk("Resize", ["x", "", "scales"], ["p"], mode="cubic", name="up")],
+                     [init("scales", np.array([1, 1, 2, 2], np.float32))], [1, 2, 8, 8]),
+    "antialiased Resize": (
+        [mk("Resize", ["x", "", "scales"], ["p"], mode="cubic", antialias=1, name="down")],
+        [init("scales", np.array([1, 1, 0.5, 0.75], np.float32))], [1, 2, 12, 12]),
+    "CumSum": ([mk("CumSum", ["x", "axis"], ["p"], exclusive=1, reverse=1, name="acc")],
+               [ints("axis", [-2])], [1, 2, 8, 8]),
+}
+
+
+@pytest.mark.parametrize("case", COUPLING)
+def test_a_coupling_op_makes_w1_overlapping_naming_it(tmp_path, case):
+    """W1's class is 'overlapping', and the reason names the op and its node."""
+    nodes, inits, shape = COUPLING[case]
+    first = audit(conv_after(tmp_path, nodes, shape, inits)).first_layer
+    assert first is not None and first.exactness == OVERLAPPING
+    node = nodes[-1]
+    assert f"couples input elements ({node.op_type} (node '{node.name}'))" in first.reason
+
+
+@pytest.mark.parametrize("case", COUPLING)
+def test_collide_on_a_coupling_op_validates_in_onnx_runtime(tmp_path, case):
+    """audit, collide and validate end to end: collide's null-space dimension is n_in minus
+    the rank of W1 o path measured in ONNX Runtime, and its colliding input passes validate."""
+    nodes, inits, shape = COUPLING[case]
+    model = conv_after(tmp_path, nodes, shape, inits)
+    audited = run_cli("audit", model)
+    assert audited.exit_code == 0 and "overlapping" in audited.stdout
+    out = tmp_path / "out"
+    collided = run_cli("collide", model, "-o", str(out), "--device", "cpu")
+    assert collided.exit_code == 0, collided.stderr
+    report = json.loads((out / "report.json").read_text())
+    jacobian = w1_jacobian(model, "y", shape[1:])
+    n_in = int(np.prod(shape[1:]))
+    assert report["w1"]["operator"]["null_space_dim"] == n_in - np.linalg.matrix_rank(jacobian)
+    (collision,) = report["collisions"]
+    assert collision["exact"] and collision["validation"]["passed"]
+    validated = run_cli("validate", model, str(out / "collisions.npz"), "--device", "cpu")
+    assert validated.exit_code == 0 and "PASS" in validated.stdout and "FAIL" not in \
+        validated.stdout
+
+
+SELECTING = {  # a tiny model per selecting op: nodes ending in 'p', initializers, input shape,
+    # the Conv's kernel and stride, W1's class, blind input elements
+    "Trilu": ([mk("Trilu", ["x"], ["p"], upper=0, name="tri")], [], [1, 2, 4, 4], 2, 2,
+              PATCHIFY, 2 * 6),
+    "ReverseSequence": ([mk("ReverseSequence", ["x", "lens"], ["p"], batch_axis=0, time_axis=1)],
+                        [ints("lens", [3])], [1, 4, 4, 4], 2, 2, PATCHIFY, 0),
+    "Compress": ([mk("Compress", ["x", "cond"], ["p"], axis=3)],
+                 [init("cond", np.array([1, 0, 1, 1, 0, 1], bool))], [1, 2, 4, 6], 2, 2,
+                 PATCHIFY, 2 * 4 * 2),
+    "CenterCropPad": ([mk("CenterCropPad", ["x", "shape"], ["p"], axes=[2, 3])],
+                      [ints("shape", [3, 6])], [1, 2, 5, 4], 3, 3, PATCHIFY, 2 * 2 * 4),
+    "CenterCropPad overlapping": (
+        [mk("CenterCropPad", ["x", "shape"], ["p"], axes=[2, 3])], [ints("shape", [4, 6])],
+        [1, 2, 5, 4], 2, 1, OVERLAPPING, 2 * 4),
+}
+
+
+@pytest.mark.parametrize("case", SELECTING)
+def test_a_selecting_op_keeps_w1_s_class_and_counts_blind_elements(tmp_path, case):
+    """A selection keeps W1's own class; the elements it drops or zeroes are blind."""
+    nodes, inits, shape, kernel, stride, exactness, blind = SELECTING[case]
+    first = audit(conv_after(tmp_path, nodes, shape, inits, kernel=kernel,
+                             stride=stride)).first_layer
+    assert first is not None and first.exactness == exactness, first.reason
+    assert first.blind_elements == blind
+
+
+def test_compress_without_an_axis_before_a_gemm_is_dense_with_blind_elements(tmp_path):
+    """x -> Compress (no axis) -> Unsqueeze -> Gemm: W1 stays dense and the elements the
+    condition drops are blind."""
+    condition = np.arange(24) % 3 != 0
+    nodes = [mk("Compress", ["x", "cond"], ["c"]), mk("Unsqueeze", ["c", "ax"], ["u"]),
+             mk("Gemm", ["u", "W"], ["y"])]
+    inits = [init("cond", condition), ints("ax", [0]),
+             init("W", np.random.default_rng(8).standard_normal((16, 5)).astype(np.float32))]
+    model = make_model(tmp_path / "m.onnx", nodes, [value("x", [1, 2, 3, 4])],
+                       [value("y", None)], inits, opset=13, check=False)
+    first = audit(model).first_layer
+    assert first is not None and first.exactness == DENSE, first.reason
+    assert first.blind_elements == 8
+
+
+@pytest.mark.parametrize("case", [*SELECTING, "Compress without axis"])
+def test_collide_on_a_selecting_op_validates_in_onnx_runtime(tmp_path, case):
+    """collide then validate end to end through each selecting op (a Compress without axis
+    hides W1's input shape from ONNX shape inference: the path operator gives it)."""
+    if case == "Compress without axis":
+        nodes = [mk("Compress", ["x", "cond"], ["c"]), mk("Unsqueeze", ["c", "ax"], ["u"]),
+                 mk("Gemm", ["u", "W"], ["y"])]
+        inits = [init("cond", np.arange(24) % 3 != 0), ints("ax", [0]),
+                 init("W", np.random.default_rng(8).standard_normal((16, 5)).astype(np.float32))]
+        model = make_model(tmp_path / "m.onnx", nodes, [value("x", [1, 2, 3, 4])],
+                           [value("y", None)], inits, opset=13, check=False)
+    else:
+        nodes, inits, shape, kernel, stride, *_ = SELECTING[case]
+        model = conv_after(tmp_path, nodes, shape, inits, kernel=kernel, stride=stride)
+    out = tmp_path / "out"
+    collided = run_cli("collide", model, "-o", str(out), "--device", "cpu")
+    assert collided.exit_code == 0, collided.stderr
+    (collision,) = json.loads((out / "report.json").read_text())["collisions"]
+    assert collision["exact"] and collision["validation"]["passed"]
+    validated = run_cli("validate", model, str(out / "collisions.npz"), "--device", "cpu")
+    assert validated.exit_code == 0 and "PASS" in validated.stdout

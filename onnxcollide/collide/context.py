@@ -140,8 +140,11 @@ def build_context(path: str, feeds: dict[str, np.ndarray], settings: SearchSetti
                                     path)
     layer = build_layer(route.site, infos, ConvConvention.GROUPED)
     shapes = _exact_shapes(infos)
-    return SearchContext(model, infos, shapes, route, route.site, layer, resolver,
-                         _path_operator(model, route, shapes, infos, resolver))
+    operator = _path_operator(model, route, shapes, infos, resolver)
+    if operator is not None and route.site.data_input not in shapes and route.input in shapes:
+        # shape inference cannot size W1's input after a Compress; the path operator can
+        shapes[route.site.data_input] = (shapes[route.input][0], *operator.data_shape)
+    return SearchContext(model, infos, shapes, route, route.site, layer, resolver, operator)
 
 
 def _path_operator(model: LoadedModel, route: FirstLayerPath, shapes: dict[str, tuple[int, ...]],

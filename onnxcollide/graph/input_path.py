@@ -435,7 +435,7 @@ def _trace_operator(traced: FirstLayerPath, nodes: list[NodeProto],
     except UnsupportedModelError as exc:
         where = f" ({exc.where})" if exc.where else ""
         return replace(base, exactness=NOT_APPLICABLE, reason=f"{exc.what}{where}")
-    reads = _w1_reads(site, infos)
+    reads = _w1_reads(site, infos, operator)
     counts = None
     if reads is not None and reads.size == operator.matrix.shape[0]:
         pattern = abs(operator.matrix).T
@@ -563,7 +563,7 @@ def input_read_counts(route: FirstLayerPath, infos: dict[str, TensorInfo],
     if route.site is None:
         return None
     if route.operator is not None:
-        reads = _w1_reads(route.site, infos)
+        reads = _w1_reads(route.site, infos, route.operator)
         if reads is None or reads.size != route.operator.matrix.shape[0]:
             return None
         pattern = abs(route.operator.matrix).T.sign()
@@ -573,15 +573,20 @@ def input_read_counts(route: FirstLayerPath, infos: dict[str, TensorInfo],
                         resolver, opset)
 
 
-def _w1_reads(site: LinearSite, infos: dict[str, TensorInfo]) -> np.ndarray | None:
+def _w1_reads(site: LinearSite, infos: dict[str, TensorInfo],
+              operator: PathOperator | None = None) -> np.ndarray | None:
     """How often W1 reads each element of one sample of its own data input: all ones for a
-    matrix op, the window counts for a conv; None where the shape is unknown."""
+    matrix op, the window counts for a conv; None where the shape is unknown (shape inference
+    does not know it, nor the path ``operator`` where given: after a Compress)."""
     data_info = infos.get(site.data_input)
+    shape = data_info.shape if data_info else None
+    if _known(shape) is None and operator is not None:
+        shape = (1, *operator.data_shape)
     if site.op_type in _MATRIX_OPS:
-        data_shape = _known(data_info.shape if data_info else None)
+        data_shape = _known(shape)
         return np.ones(data_shape[1:], np.int64) if data_shape and _countable(
             data_shape[1:]) else None
-    return _conv_reads(site, data_info.shape) if data_info and data_info.shape else None
+    return _conv_reads(site, shape) if shape else None
 
 
 def _check_window_fits(input_name: str, shape: Shape | None, site: LinearSite,

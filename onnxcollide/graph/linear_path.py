@@ -4,10 +4,11 @@ Every op between the input and W1's data operand that is linear in the input (up
 constant offset, which never matters for a collision) is applied to the rows of a sparse
 matrix ``M``: row ``r`` of a path tensor says which combination of input elements its element
 ``r`` is. Ops that copy elements (Transpose, Reshape, Slice with steps, Pad in every mode,
-Concat, Split, Gather with constant indices, Tile, Expand, DepthToSpace, nearest Resize, ...)
-select rows by running the op on an array of row indices (-1 where the op writes a constant);
-ops that weigh elements (Mul by a constant, BatchNormalization, linear Resize, AveragePool,
-ReduceMean/ReduceSum, Add of two path tensors) multiply by a sparse matrix.
+Concat, Split, Gather with constant indices, Tile, Expand, DepthToSpace, nearest Resize, Trilu,
+ReverseSequence, Compress, CenterCropPad, ...) select rows by running the op on an array of
+row indices (-1 where the op writes a constant); ops that weigh elements (Mul by a constant,
+BatchNormalization, linear and cubic Resize, AveragePool, ReduceMean/ReduceSum, CumSum, Add of
+two path tensors) multiply by a sparse matrix.
 
 The result, ``M: (elements of one sample of W1's input, elements of one input sample)``, is
 what ``A = W1 o M`` is composed of. Where ``M`` is a *selection* (each row and each column
@@ -34,9 +35,8 @@ from onnxcollide.graph.shapes import TensorInfo
 
 # Ops that are linear in the input but that this module does not apply (yet).
 LINEAR_NOT_HANDLED = {
-    "CumSum", "Einsum", "DFT", "STFT", "Col2Im", "ReverseSequence", "ScatterND",
-    "ScatterElements", "Scatter", "Compress", "Trilu", "GridSample", "RoiAlign", "MaxUnpool",
-    "SpaceToBatchND", "CenterCropPad",
+    "Einsum", "DFT", "STFT", "Col2Im", "ScatterND", "ScatterElements", "Scatter", "GridSample",
+    "RoiAlign", "MaxUnpool", "SpaceToBatchND",
 }
 # Elements of W1's input per sample above which the path operator is not built.
 MAX_PATH_ELEMENTS = 1 << 24
@@ -179,6 +179,27 @@ class _PathEvaluator:
     def operand(self, node: NodeProto, name: str) -> _Tensor | np.ndarray:
         return self.values[name] if name in self.values else self.constant(node, name)
 
+    def fixed(self, node: NodeProto, name: str, what: str) -> np.ndarray:
+        """A parameter of the node that must be constant (an axis, ``k``, a condition).
+
+        Raises:
+            UnsupportedModelError: it is computed from the input (not linear) or from
+                anything else at run time (not handled), naming the node.
+        """
+        if name in self.values:
+            raise _fail(node, "{op} (node '{label}') takes the input as a parameter, which is "
+                              "not linear")
+        if not self.resolver.is_constant(name):
+            raise _not_handled(node, f"its {what} is computed at run time")
+        return np.asarray(self.resolver.value(name))
+
+    def axis(self, node: NodeProto, name: str, ndim: int) -> int:
+        """A constant axis operand (a scalar or one-element tensor), made non-negative."""
+        found = self.fixed(node, name, "axis").reshape(-1)
+        if found.size != 1 or found.dtype.kind not in "iu" or not -ndim <= int(found[0]) < ndim:
+            raise _fail(node, "{op} (node '{label}') has an axis that does not fit its input")
+        return int(found[0]) % ndim
+
     def ints(self, node: NodeProto, index: int, attr: str) -> list[int] | None:
         """An int list from input ``index`` (newer opsets) or attribute ``attr``."""
         if len(node.input) > index and node.input[index]:
@@ -187,10 +208,15 @@ class _PathEvaluator:
             return list(node_ints(node, attr, []))
         return None
 
-    def out_shape(self, node: NodeProto, size: int) -> tuple[int, ...]:
-        """Shape inference's shape of the node's output, batch 1."""
+    def out_shape(self, node: NodeProto, size: int,
+                  given: tuple[int, ...] | None = None) -> tuple[int, ...]:
+        """Shape inference's shape of the node's output, batch 1; where inference does not
+        know it (after a Compress without axis), the shape a Reshape, Flatten, Squeeze or
+        Unsqueeze gives the path tensor's own shape ``given``."""
         info = self.infos.get(node.output[0])
         shape = _batch_one(info.shape if info else None)
+        if shape is None and given is not None:
+            shape = _reshaped(node, self, given)
         if shape is None or int(np.prod(shape)) != size:
             raise UnsupportedModelError(
                 f"the shape of '{node.output[0]}' is unknown or moves the batch axis",
@@ -304,6 +330,109 @@ def _space_to_depth(index: np.ndarray, block: int) -> np.ndarray:
     return moved.reshape(n, c * block**2, h // block, w // block)
 
 
+def _trilu_keep(node: NodeProto, ev: _PathEvaluator, shape: tuple[int, ...]) -> np.ndarray:
+    """``(rows, cols)`` bool: the elements of each matrix (the last two axes) that Trilu keeps;
+    it writes 0 over the others, which the input then never reaches."""
+    if len(shape) < 3:
+        raise _not_handled(node, "its matrices span the batch axis")
+    k = 0
+    if len(node.input) > 1 and node.input[1]:
+        found = ev.fixed(node, node.input[1], "k").reshape(-1)
+        if found.size != 1 or found.dtype.kind not in "iu":
+            raise _fail(node, "{op} (node '{label}') has a k that is not one integer")
+        k = int(found[0])
+    rows, cols = shape[-2:]
+    offset = np.arange(cols)[None, :] - np.arange(rows)[:, None]
+    return offset >= k if node_int(node, "upper", 1) else offset <= k
+
+
+def _reverse_sequence_fn(node: NodeProto, ev: _PathEvaluator,
+                         shape: tuple[int, ...]) -> Callable[..., np.ndarray]:
+    """ReverseSequence over the batch (axis 0) and time (axis 1) axes: each sample's first
+    ``sequence_lens`` time steps reversed, a permutation. The lengths must be one number: a
+    length per sample is not one operator on a sample."""
+    batch_axis, time_axis = node_int(node, "batch_axis", 1), node_int(node, "time_axis", 0)
+    if (batch_axis, time_axis) != (0, 1):
+        raise _not_handled(node, f"its time axis is axis {time_axis} and its batch axis "
+                                 f"axis {batch_axis}, where axis 0 is taken as the batch")
+    lengths = ev.fixed(node, node.input[1], "sequence_lens").reshape(-1)
+    if lengths.size == 0 or lengths.dtype.kind not in "iu":
+        raise _fail(node, "{op} (node '{label}') has sequence_lens that are not integers")
+    if np.any(lengths != lengths[0]):
+        raise _not_handled(node, "its sequence_lens differ between samples")
+    length = int(lengths[0])
+    if not 0 <= length <= shape[1]:
+        raise _fail(node, "{op} (node '{label}') has sequence_lens outside its time axis")
+
+    def fn(index: np.ndarray) -> np.ndarray:
+        out = index.copy()
+        out[:, :length] = index[:, :length][:, ::-1]
+        return out
+
+    return fn
+
+
+def _compress_fn(node: NodeProto, ev: _PathEvaluator,
+                 shape: tuple[int, ...]) -> Callable[..., np.ndarray]:
+    """Compress with a constant condition: the elements (or slices along ``axis``) where it is
+    true; entries past the axis are ignored, as ONNX Runtime does. Without ``axis`` the output
+    is 1-D, with no batch axis: it is one sample's only for a batch of one, so the condition
+    must not select elements of the next samples."""
+    condition = ev.fixed(node, node.input[1], "condition").reshape(-1).astype(bool)
+    if any(a.name == "axis" for a in node.attribute):
+        axis = node_int(node, "axis", 0)
+        if not -len(shape) <= axis < len(shape):
+            raise _fail(node, "{op} (node '{label}') has an axis that does not fit its input")
+        axis %= len(shape)
+        if axis == 0:
+            raise _not_handled(node, "it selects along the batch axis")
+        kept = condition[:shape[axis]]
+        return lambda i: np.compress(kept, i, axis=axis)
+    per_sample = math.prod(shape)
+    if np.any(condition[per_sample:]):
+        raise _not_handled(node, "its condition selects elements of the next samples")
+    flat = condition[:per_sample]
+    return lambda i: np.compress(flat, i.reshape(-1))
+
+
+def _center_crop_pad_fn(node: NodeProto, ev: _PathEvaluator,
+                        shape: tuple[int, ...]) -> Callable[..., np.ndarray]:
+    """CenterCropPad to a constant shape: each axis centre-cropped (start ``(n - m) // 2``) or
+    zero-padded (``(m - n) // 2`` before) to its target."""
+    ndim = len(shape)
+    targets = [int(v) for v in ev.fixed(node, node.input[1], "shape").reshape(-1)]
+    axes = [a % ndim if -ndim <= a < ndim else ndim
+            for a in node_ints(node, "axes", list(range(ndim)))]
+    if len(axes) != len(targets) or ndim in axes or min(targets, default=0) < 0:
+        raise _fail(node, "{op} (node '{label}') has a shape that does not fit its input")
+    info = ev.infos.get(node.input[0])
+    batch = info.shape[0] if info and info.shape else None
+    for axis, target in zip(axes, targets, strict=True):
+        if axis == 0 and target not in (1, batch):
+            raise _not_handled(node, "it crops or pads the batch axis")
+    changes = [(a, m) for a, m in zip(axes, targets, strict=True) if a != 0]
+    out = list(shape)
+    for axis, target in changes:
+        out[axis] = target
+    if math.prod(out) > MAX_PATH_ELEMENTS:
+        raise UnsupportedModelError("the path makes a tensor of more than "
+                                    f"{MAX_PATH_ELEMENTS} elements", _where(node))
+
+    def fn(index: np.ndarray) -> np.ndarray:
+        for axis, target in changes:
+            n = index.shape[axis]
+            if target < n:
+                start = (n - target) // 2
+                index = index.take(range(start, start + target), axis=axis)
+            elif target > n:
+                widths = [(0, 0)] * ndim
+                widths[axis] = ((target - n) // 2, target - n - (target - n) // 2)
+                index = np.pad(index, widths, constant_values=-1)
+        return index
+
+    return fn
+
+
 def _copy_op(node: NodeProto, ev: _PathEvaluator, first: _Tensor
              ) -> Callable[..., np.ndarray | list[np.ndarray]] | None:
     """The index function of an op that only copies elements, None for other ops."""
@@ -313,7 +442,7 @@ def _copy_op(node: NodeProto, ev: _PathEvaluator, first: _Tensor
     if op == "Transpose":
         return lambda i: np.transpose(i, _perm(node, ndim))
     if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
-        shape = ev.out_shape(node, int(np.prod(first.shape)))
+        shape = ev.out_shape(node, int(np.prod(first.shape)), first.shape)
         return lambda i, *rest: i.reshape(shape)
     if op == "Slice":
         return lambda i, *rest: i.reshape(-1)[slice_sources(node, ev.resolver, i.shape)]
@@ -340,7 +469,46 @@ def _copy_op(node: NodeProto, ev: _PathEvaluator, first: _Tensor
         return lambda i: _depth_to_space(i, block, mode)
     if op == "SpaceToDepth":
         return lambda i: _space_to_depth(i, node_int(node, "blocksize", 1))
+    if op == "Trilu":
+        keep = _trilu_keep(node, ev, first.shape)
+        return lambda i, *rest: np.where(keep, i, -1)
+    if op == "ReverseSequence":
+        reverse = _reverse_sequence_fn(node, ev, first.shape)
+        return lambda i, *rest: reverse(i)
+    if op == "Compress":
+        compress = _compress_fn(node, ev, first.shape)
+        return lambda i, *rest: compress(i)
+    if op == "CenterCropPad":
+        crop_pad = _center_crop_pad_fn(node, ev, first.shape)
+        return lambda i, *rest: crop_pad(i)
     return None
+
+
+def _reshaped(node: NodeProto, ev: _PathEvaluator, shape: tuple[int, ...]
+              ) -> tuple[int, ...] | None:
+    """The shape Reshape / Flatten / Squeeze / Unsqueeze gives ``shape`` (None where its
+    parameters do not fit)."""
+    op, ndim = node.op_type, len(shape)
+    if op == "Flatten":
+        axis = node_int(node, "axis", 1)
+        axis = axis + ndim if axis < 0 else axis
+        return (math.prod(shape[:axis]), math.prod(shape[axis:])) if 0 <= axis <= ndim else None
+    if op == "Squeeze":
+        axes = {a % max(ndim, 1) for a in ev.ints(node, 1, "axes") or []} or \
+            {a for a, n in enumerate(shape) if n == 1}
+        return tuple(n for a, n in enumerate(shape) if a not in axes)
+    if op == "Unsqueeze":
+        out: list[int] = list(shape)
+        added = ev.ints(node, 1, "axes") or []
+        for axis in sorted(a % (ndim + len(added)) for a in added):
+            out.insert(axis, 1)
+        return tuple(out)
+    target = [int(v) for v in ev.constant(node, node.input[1]).reshape(-1)]
+    dims = [shape[k] if d == 0 and not node_int(node, "allowzero", 0) and k < ndim else d
+            for k, d in enumerate(target)]
+    if dims.count(-1) == 1 and math.prod(d for d in dims if d != -1) > 0:
+        dims[dims.index(-1)] = math.prod(shape) // math.prod(d for d in dims if d != -1)
+    return tuple(dims) if min(dims, default=0) >= 0 else None
 
 
 def _expand_shape(node: NodeProto, ev: _PathEvaluator, shape: tuple[int, ...]
@@ -376,14 +544,22 @@ def _gather_fn(node: NodeProto, ev: _PathEvaluator, data: _Tensor
 # ------------------------------------------------------------------ ops that weigh
 
 
+def _scaled_size(n: int, scale: float) -> int:
+    """``floor(n * scale)``, 0 where that is not a finite number (refused by the caller)."""
+    return math.floor(n * scale) if math.isfinite(n * scale) else 0
+
+
 def _resize_parameters(node: NodeProto, ev: _PathEvaluator, shape: tuple[int, ...]
                        ) -> tuple[list[int], list[float]]:
     """Output sizes and per-axis scales of a Resize / Upsample."""
     ndim = len(shape)
     if node.op_type == "Upsample":
-        scales = [float(v) for v in (ev.constant(node, node.input[1]).reshape(-1)
-                                     if len(node.input) > 1 else node_ints(node, "scales", []))]
-        return [math.floor(n * s) for n, s in zip(shape, scales, strict=True)], scales
+        found = ev.constant(node, node.input[1]).reshape(-1) if len(node.input) > 1 else \
+            node_attr(node, "scales", [])  # a float list before opset 9
+        if not isinstance(found, (list, tuple, np.ndarray)) or len(found) != ndim:
+            raise _fail(node, "{op} (node '{label}') has scales that do not fit its input")
+        scales = [float(v) for v in found]
+        return [_scaled_size(n, s) for n, s in zip(shape, scales, strict=True)], scales
     names = list(node.input) + [""] * 4
     scales_name = names[2] if ev.opset >= 11 else names[1]
     sizes_name = names[3] if ev.opset >= 11 else ""
@@ -400,13 +576,26 @@ def _resize_parameters(node: NodeProto, ev: _PathEvaluator, shape: tuple[int, ..
     scales = [1.0] * ndim
     for a, s in zip(axes, values, strict=True):
         scales[a % ndim] = s
-    return [math.floor(n * s) for n, s in zip(shape, scales, strict=True)], scales
+    return [_scaled_size(n, s) for n, s in zip(shape, scales, strict=True)], scales
 
 
-def _source_coordinate(node: NodeProto, out: np.ndarray, n_in: int, n_out: int,
+def _legacy(node: NodeProto, opset: int) -> bool:
+    """Upsample, and Resize before opset 11: asymmetric coordinates, ONNX Runtime's 'simple'
+    nearest pixel (floor, ceil when downscaling), no cubic mode."""
+    return node.op_type == "Upsample" or opset < 11
+
+
+def _antialiased(node: NodeProto, opset: int) -> bool:
+    """antialias=1 on a linear or cubic Resize of opset 18 or later (the attribute is new in
+    opset 18; nearest mode ignores it, as the ONNX spec says, where ONNX Runtime refuses it)."""
+    return node.op_type == "Resize" and opset >= 18 and bool(node_int(node, "antialias", 0)) \
+        and str(node_attr(node, "mode", "nearest")) != "nearest"
+
+
+def _source_coordinate(node: NodeProto, opset: int, out: np.ndarray, n_in: int, n_out: int,
                        scale: float) -> np.ndarray:
     """ONNX's coordinate transformation: the input coordinate of each output coordinate."""
-    mode = "asymmetric" if node.op_type == "Upsample" else \
+    mode = "asymmetric" if _legacy(node, opset) else \
         str(node_attr(node, "coordinate_transformation_mode", "half_pixel"))
     if mode == "half_pixel":
         return (out + 0.5) / scale - 0.5
@@ -421,9 +610,11 @@ def _source_coordinate(node: NodeProto, out: np.ndarray, n_in: int, n_out: int,
     raise _not_handled(node, f"coordinate_transformation_mode {mode}")
 
 
-def _nearest(node: NodeProto, coord: np.ndarray) -> np.ndarray:
+def _nearest(node: NodeProto, opset: int, coord: np.ndarray, scale: float) -> np.ndarray:
+    if _legacy(node, opset):
+        return np.ceil(coord) if scale < 1 else np.floor(coord)
     mode = str(node_attr(node, "nearest_mode", "round_prefer_floor"))
-    if node.op_type == "Upsample" or mode == "floor":
+    if mode == "floor":
         return np.floor(coord)
     if mode == "round_prefer_floor":
         return np.ceil(coord - 0.5)
@@ -434,34 +625,105 @@ def _nearest(node: NodeProto, coord: np.ndarray) -> np.ndarray:
     raise _not_handled(node, f"nearest_mode {mode}")
 
 
-def _resize_matrix(node: NodeProto, n_in: int, n_out: int, scale: float) -> scipy.sparse.csr_matrix:
-    """``(n_out, n_in)``: the 1-D nearest or linear interpolation along one axis."""
+def _cubic_filter(x: np.ndarray, a: float) -> np.ndarray:
+    """Keys' cubic kernel (coefficient ``a``) at distances ``x``, 0 beyond 2."""
+    d = np.abs(x)
+    inner = ((a + 2) * d - (a + 3)) * d * d + 1
+    outer = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return np.where(d < 1, inner, np.where(d < 2, outer, 0.0))
+
+
+def _cubic_matrix(node: NodeProto, coord: np.ndarray, n_in: int) -> scipy.sparse.csr_matrix:
+    """``(n_out, n_in)`` cubic interpolation as ONNX Runtime's CPU kernel does it: four taps
+    around each coordinate, those outside the input read as the nearest edge element, or
+    (exclude_outside) dropped and the other weights renormalized to sum 1."""
+    taps = np.floor(coord).astype(np.int64)[:, None] + np.arange(-1, 3)
+    weights = _cubic_filter(taps - coord[:, None], node_float(node, "cubic_coeff_a", -0.75))
+    if node_int(node, "exclude_outside", 0):
+        weights = np.where((taps >= 0) & (taps < n_in), weights, 0.0)
+        total = weights.sum(axis=1, keepdims=True)
+        weights = weights / np.where(total == 0, 1.0, total)
+    return _taps_matrix(np.clip(taps, 0, n_in - 1), weights, n_in)
+
+
+def _taps_matrix(taps: np.ndarray, weights: np.ndarray, n_in: int) -> scipy.sparse.csr_matrix:
+    """``(n_out, n_in)`` from ``taps`` and ``weights`` ``(n_out, k)`` (repeated taps add up)."""
+    rows = np.repeat(np.arange(taps.shape[0]), taps.shape[1])
+    matrix = scipy.sparse.csr_matrix((weights.reshape(-1), (rows, taps.reshape(-1))),
+                                     shape=(taps.shape[0], n_in))
+    matrix.sum_duplicates()
+    matrix.eliminate_zeros()
+    return matrix
+
+
+def _antialias_matrix(node: NodeProto, coord: np.ndarray, n_in: int, scale: float,
+                      cubic: bool) -> scipy.sparse.csr_matrix:
+    """``(n_out, n_in)`` antialiased linear or cubic resampling, as ONNX Runtime's CPU kernel
+    (upsample_aa.cc, after Pillow) does it: the filter is stretched by ``max(1, 1/scale)``;
+    output ``o`` (centre ``coord + 0.5``) reads the taps from ``floor(centre - support + 0.5)``
+    up to ``floor(centre + support + 0.5)``, excluded (older ONNX Runtime releases truncated
+    toward zero, which drops a left edge tap; 1.32 floors), with weights
+    ``filter((tap - coord) / stretch)`` divided by their sum; taps outside the input read the
+    nearest edge element, or (exclude_outside) are dropped before the sum is taken."""
+    stretch = max(1.0 / scale, 1.0)
+    support = (2.0 if cubic else 1.0) * stretch
+    centre = coord + 0.5
+    low = np.floor(centre - support + 0.5).astype(np.int64)
+    high = np.floor(centre + support + 0.5).astype(np.int64)
+    if node_int(node, "exclude_outside", 0):
+        low, high = np.maximum(low, 0), np.minimum(high, n_in)
+    taps = low[:, None] + np.arange(max(int((high - low).max(initial=0)), 1))
+    distance = (taps - coord[:, None]) / stretch
+    if cubic:
+        weights = _cubic_filter(distance, node_float(node, "cubic_coeff_a", -0.75))
+    else:
+        weights = np.maximum(1.0 - np.abs(distance), 0.0)
+    weights = np.where(taps < high[:, None], weights, 0.0)
+    total = weights.sum(axis=1, keepdims=True)
+    weights = weights / np.where(total == 0, 1.0, total)
+    return _taps_matrix(np.clip(taps, 0, n_in - 1), weights, n_in)
+
+
+def _resize_matrix(node: NodeProto, opset: int, n_in: int, n_out: int,
+                   scale: float) -> scipy.sparse.csr_matrix:
+    """``(n_out, n_in)``: the 1-D nearest, linear or cubic resampling along one axis."""
     mode = str(node_attr(node, "mode", "nearest"))
-    coord = _source_coordinate(node, np.arange(n_out, dtype=np.float64), n_in, n_out, scale)
-    rows = np.arange(n_out)
+    coord = _source_coordinate(node, opset, np.arange(n_out, dtype=np.float64), n_in, n_out,
+                               scale)
     if mode == "nearest":
-        cols = np.clip(_nearest(node, coord), 0, n_in - 1).astype(np.int64)
-        return scipy.sparse.csr_matrix((np.ones(n_out), (rows, cols)), shape=(n_out, n_in))
-    if mode not in ("linear", "bilinear", "trilinear"):
+        cols = np.clip(_nearest(node, opset, coord, scale), 0, n_in - 1).astype(np.int64)
+        return _taps_matrix(cols[:, None], np.ones((n_out, 1)), n_in)
+    linear = mode in ("linear", "bilinear", "trilinear")
+    if not linear and (mode != "cubic" or _legacy(node, opset)):
         raise _not_handled(node, f"mode {mode}")
+    if _antialiased(node, opset):
+        return _antialias_matrix(node, coord, n_in, scale, cubic=not linear)
+    if not linear:
+        return _cubic_matrix(node, coord, n_in)
     coord = np.clip(coord, 0, n_in - 1)
     low = np.floor(coord).astype(np.int64)
-    high = np.minimum(low + 1, n_in - 1)
-    frac = coord - low
-    data = np.concatenate([1.0 - frac, frac])
-    return scipy.sparse.csr_matrix((data, (np.concatenate([rows, rows]),
-                                           np.concatenate([low, high]))), shape=(n_out, n_in))
+    frac = (coord - low)[:, None]
+    return _taps_matrix(np.stack([low, np.minimum(low + 1, n_in - 1)], axis=1),
+                        np.hstack([1.0 - frac, frac]), n_in)
 
 
 def _resize(node: NodeProto, ev: _PathEvaluator, value: _Tensor) -> _Tensor:
-    if node_int(node, "antialias", 0):
-        raise _not_handled(node, "antialias")
+    """Resize / Upsample, axis by axis, as ONNX Runtime's CPU kernel computes it. Where it
+    differs from the ONNX reference, it is followed: where no axis changes size, it copies the
+    input whatever the scales (a scale of 1.1 on 6 elements); with antialias, it copies every
+    axis that keeps its size (the reference interpolates both)."""
     if str(node_attr(node, "keep_aspect_ratio_policy", "stretch")) != "stretch":
         raise _not_handled(node, "keep_aspect_ratio_policy")
     sizes, scales = _resize_parameters(node, ev, value.shape)
-    matrices = {a: _resize_matrix(node, n, m, s)
+    if not all(math.isfinite(s) and s > 0 for s in scales) or \
+            not all(0 < m <= MAX_PATH_ELEMENTS for m in sizes):
+        raise _fail(node, "{op} (node '{label}') has scales or sizes that do not fit its input")
+    if tuple(sizes) == value.shape:
+        return value
+    antialias = _antialiased(node, ev.opset)
+    matrices = {a: _resize_matrix(node, ev.opset, n, m, s)
                 for a, (n, m, s) in enumerate(zip(value.shape, sizes, scales, strict=True))
-                if m != n or s != 1.0}
+                if m != n or (s != 1.0 and not antialias)}
     return ev.along_axes(value, matrices, tuple(sizes))
 
 
@@ -550,6 +812,25 @@ def _reduce(node: NodeProto, ev: _PathEvaluator, value: _Tensor) -> _Tensor:
     return _Tensor((reduce @ value.rows).tocsr(), out_shape)
 
 
+def _cumsum(node: NodeProto, ev: _PathEvaluator, value: _Tensor) -> _Tensor:
+    """CumSum along a constant axis: a triangular 0/1 matrix along it (strictly so where
+    exclusive; upper where reverse)."""
+    axis = ev.axis(node, node.input[1], len(value.shape))
+    if axis == 0:
+        raise _not_handled(node, "it sums along the batch axis")
+    n = value.shape[axis]
+    if value.rows.nnz * (n + 1) // 2 > MAX_PATH_ELEMENTS:
+        raise UnsupportedModelError(f"its sums would hold more than {MAX_PATH_ELEMENTS} terms",
+                                    _where(node))
+    exclusive = 1 if node_int(node, "exclusive", 0) else 0
+    if node_int(node, "reverse", 0):
+        cols, rows = np.tril_indices(n, -exclusive)  # row r sums the columns from r on
+    else:
+        rows, cols = np.tril_indices(n, -exclusive)
+    matrix = scipy.sparse.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n, n))
+    return ev.along_axes(value, {axis: matrix}, value.shape)
+
+
 def _batch_norm(node: NodeProto, ev: _PathEvaluator, value: _Tensor) -> _Tensor:
     if node_int(node, "training_mode", 0):
         raise _not_handled(node, "training_mode")
@@ -617,7 +898,7 @@ def _where_op(node: NodeProto, ev: _PathEvaluator) -> _Tensor:
 
 _WEIGHING: dict[str, Callable[[NodeProto, _PathEvaluator, _Tensor], _Tensor]] = {
     "Resize": _resize, "Upsample": _resize, "AveragePool": _average_pool,
-    "ReduceMean": _reduce, "ReduceSum": _reduce, "GlobalAveragePool": _reduce,
+    "ReduceMean": _reduce, "ReduceSum": _reduce, "GlobalAveragePool": _reduce, "CumSum": _cumsum,
     "BatchNormalization": _batch_norm, "QuantizeLinear": _quantize,
     "DequantizeLinear": _quantize,
 }
