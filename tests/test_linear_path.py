@@ -30,10 +30,11 @@ mk = helper.make_node
 
 
 def operator_of(tmp_path: Path, nodes: list, shape: list[int], inits: list = (),
-                opset: int = 18, extra: list = ()) -> tuple[PathOperator, str]:
-    """Save ``x -> nodes -> y`` (``extra``: more graph inputs) and build its path operator
-    from x to y."""
-    file = make_model(tmp_path / "path.onnx", nodes, [value("x", shape), *extra],
+                opset: int = 18, extra: list = (), declared: list | None = None
+                ) -> tuple[PathOperator, str]:
+    """Save ``x -> nodes -> y`` (``extra``: more graph inputs; ``declared``: x's shape in
+    the graph, ``shape`` by default) and build its path operator from x to y."""
+    file = make_model(tmp_path / "path.onnx", nodes, [value("x", declared or shape), *extra],
                       [value("y", None)], list(inits), opset=opset, check=False)
     loaded = load_model(file)
     infos = infer_shapes(loaded, {})
@@ -46,9 +47,9 @@ def operator_of(tmp_path: Path, nodes: list, shape: list[int], inits: list = (),
 
 
 def assert_matches_runtime(tmp_path: Path, nodes: list, shape: list[int], inits: list = (),
-                           opset: int = 18) -> PathOperator:
+                           opset: int = 18, declared: list | None = None) -> PathOperator:
     """``M @ x == y(x) - y(0)`` in ONNX Runtime, for a random x of ``shape`` (batch 1)."""
-    operator, file = operator_of(tmp_path, nodes, shape, inits, opset)
+    operator, file = operator_of(tmp_path, nodes, shape, inits, opset, declared=declared)
     session = ort.InferenceSession(file, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
     y = session.run(["y"], {"x": x})[0].astype(np.float64)
@@ -288,6 +289,20 @@ def test_resize_copies_axes_that_keep_their_size(tmp_path, mode, antialias, scal
         assert operator.selection and (operator.matrix != scipy.sparse.identity(30)).nnz == 0
 
 
+@pytest.mark.parametrize(("coordinates", "exclude", "scales", "shape"), [
+    ("pytorch_half_pixel", 1, (1.25, 3.0), (3, 6, 1)), ("half_pixel", 0, (1.1, 2.0), (4, 5, 2)),
+])
+def test_a_cubic_resize_of_nhwc_layout_copies_axes_that_keep_their_size(
+        tmp_path, coordinates, exclude, scales, shape):
+    """A cubic Resize scaling axes 1 and 2 of a 4-D input (scales [1, s1, s2, 1]) runs on
+    ONNX Runtime's antialiasing kernel: an axis that keeps its size (3 x 1.25 = 3) is
+    copied, where the plain cubic matrix resampled it."""
+    nodes = [mk("Resize", ["x", "", "scales"], ["y"], mode="cubic", exclude_outside=exclude,
+                coordinate_transformation_mode=coordinates)]
+    inits = [init("scales", np.array([1, *scales, 1], np.float32))]
+    assert_matches_runtime(tmp_path, nodes, [1, *shape], inits, opset=15)
+
+
 @pytest.mark.parametrize(("mode", "scales"), [("linear", (2.0, 1.5)), ("nearest", (2.0, 0.6)),
                                               ("nearest", (0.5, 3.0))])
 def test_resize_of_opset_10(tmp_path, mode, scales):
@@ -302,6 +317,71 @@ def test_upsample_of_opset_7_with_float_scales(tmp_path):
     """Upsample-7 holds its scales as a float attribute."""
     nodes = [mk("Upsample", ["x"], ["y"], mode="linear", scales=[1.0, 1.0, 2.0, 1.5])]
     assert_matches_runtime(tmp_path, nodes, [1, 2, 3, 4], opset=7)
+
+
+@pytest.mark.parametrize(("mode", "opset"), [("linear", 19), ("nearest", 19), ("nearest", 10),
+                                             ("linear", 9)])
+def test_a_resize_s_output_size_is_its_float32_product(tmp_path, mode, opset):
+    """ONNX Runtime sizes an axis as the float32 product of its length and scale, truncated:
+    5 x 2.6 is 13 (12.9999995 in float64 floored to 12, which gave an operator of 12 columns
+    where ONNX Runtime writes 13). ONNX shape inference says 12: where it knows the shape, the
+    layers after the Resize would be sized wrong, and the path is refused naming the node."""
+    op, inputs = ("Upsample", ["x", "scales"]) if opset < 10 else (
+        "Resize", ["x", "scales"] if opset == 10 else ["x", "", "scales"])
+    nodes = [mk(op, inputs, ["y"], mode=mode, name="up")]
+    inits = [init("scales", np.array([1, 1, 1, 2.6], np.float32))]
+    operator = assert_matches_runtime(tmp_path, nodes, [1, 2, 3, 5], inits, opset=opset,
+                                      declared=[1, 2, "h", "w"])
+    assert operator.data_shape == (2, 3, 13)
+    assert f"node 'up' ({op}): ONNX shape inference gives 'y' the per-sample shape [2, 3, 12] " \
+        "where the op makes [2, 3, 13] in ONNX Runtime" in refusal(tmp_path, nodes, inits,
+                                                                   (1, 2, 3, 5), opset)
+
+
+@pytest.mark.parametrize(("n", "value", "coordinates", "rounding"), [
+    (6, 0.7, "half_pixel", "round_prefer_floor"),  # 3.5 / 0.7 - 0.5: 4.5 in float32
+    (5, 0.6, "half_pixel", "floor"),  # 1.5 / 0.6 - 0.5: 2 in float32, 1.9999999 in float64
+    (7, 1, "half_pixel", "floor"),  # the size's scale 1/7 in float32: 0.5 / s - 0.5 < 3
+    (7, 2, "asymmetric", "round_prefer_ceil"),  # 1 / (2/7): 3.4999998, a tie
+    (20, 6, "half_pixel", "round_prefer_ceil"),  # 14.499999, a tie (ONNX Runtime #28291)
+    (9, 2.6, "tf_half_pixel_for_nn", "round_prefer_floor"),  # 19.5 / 2.6: 7.5000005, a tie
+])
+def test_nearest_rounds_the_float32_coordinate_as_onnx_runtime(tmp_path, n, value,
+                                                                coordinates, rounding):
+    """A nearest Resize picks its element from the float32 coordinate, a scale given as a
+    size being the float32 quotient, and (ONNX Runtime 1.32) a rounded coordinate within 1e-6
+    of a half is a tie: float64 coordinates picked the neighbour."""
+    sized = isinstance(value, int)
+    nodes = [mk("Resize", ["x", "", "", "v"] if sized else ["x", "", "v"], ["y"],
+                mode="nearest", coordinate_transformation_mode=coordinates,
+                nearest_mode=rounding)]
+    inits = [ints("v", [1, 1, 1, value]) if sized else
+             init("v", np.array([1, 1, 1, value], np.float32))]
+    assert_matches_runtime(tmp_path, nodes, [1, 1, 2, n], inits, opset=19)
+
+
+@pytest.mark.parametrize(("inputs", "inits", "batch"), [
+    (["x", "", "s"], [init("s", np.array([2, 1, 1, 1], np.float32))], 1),
+    (["x", "", "", "s"], [ints("s", [2, 2, 4, 4])], "N"),
+    (["x", "", "s"], [init("s", np.array([1.5, 1, 2, 2], np.float32))], "N"),
+])
+def test_a_resize_of_the_batch_axis_is_not_handled(tmp_path, inputs, inits, batch):
+    """Scales or sizes that resize the batch axis mix samples: one line naming the node,
+    where the operator silently took sizes[0] as 1 (or built a matrix along the batch axis)."""
+    nodes = [mk("Resize", inputs, ["y"], mode="nearest", name="n")]
+    assert "Resize (node 'n') is linear in the input but not yet handled on the path to W1 " \
+        "(it resizes the batch axis)" in refusal(tmp_path, nodes, inits, (batch, 2, 4, 4), 19)
+
+
+def test_a_resize_that_keeps_a_fixed_batch_is_one_sample_s(tmp_path):
+    """sizes naming the model's own batch of 3 keep each sample: the operator is the one of
+    a batch of one."""
+    nodes = [mk("Resize", ["x", "", "", "s"], ["y"], mode="linear")]
+    three, _ = operator_of(tmp_path, nodes, [3, 2, 4, 4], [ints("s", [3, 2, 6, 2])], 19)
+    one = assert_matches_runtime(tmp_path, nodes, [1, 2, 4, 4], [ints("s", [1, 2, 6, 2])],
+                                 opset=19)
+    assert three.data_shape == one.data_shape == (2, 6, 2)
+    assert (three.matrix != one.matrix).nnz == 0
 
 
 @pytest.mark.parametrize(("axis", "exclusive", "reverse"), [

@@ -545,20 +545,32 @@ def _gather_fn(node: NodeProto, ev: _PathEvaluator, data: _Tensor
 
 
 def _scaled_size(n: int, scale: float) -> int:
-    """``floor(n * scale)``, 0 where that is not a finite number (refused by the caller)."""
-    return math.floor(n * scale) if math.isfinite(n * scale) else 0
+    """The output size ONNX Runtime gives ``n`` elements scaled by ``scale``: their product
+    in float32, truncated (``floor(n * scale)`` rounded once more: 2.6 on 5 elements is 13,
+    where 12.9999995 in float64 would floor to 12); 0 where it is not a finite number
+    (refused by the caller)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        product = np.float32(n) * np.float32(scale)
+    return int(product) if np.isfinite(product) and product >= 0 else 0
+
+
+def _size_scale(m: int, n: int) -> float:
+    """The scale ONNX Runtime takes for a size ``m`` given to ``n`` elements: their quotient
+    in float32 (6 over 7 is 0.857142865657806, not 6/7)."""
+    return float(np.float32(m) / np.float32(n)) if n else 1.0
 
 
 def _resize_parameters(node: NodeProto, ev: _PathEvaluator, shape: tuple[int, ...]
                        ) -> tuple[list[int], list[float]]:
-    """Output sizes and per-axis scales of a Resize / Upsample."""
+    """Output sizes and per-axis scales (float32 values, as ONNX Runtime holds them) of a
+    Resize / Upsample on ``shape``."""
     ndim = len(shape)
     if node.op_type == "Upsample":
         found = ev.constant(node, node.input[1]).reshape(-1) if len(node.input) > 1 else \
             node_attr(node, "scales", [])  # a float list before opset 9
         if not isinstance(found, (list, tuple, np.ndarray)) or len(found) != ndim:
             raise _fail(node, "{op} (node '{label}') has scales that do not fit its input")
-        scales = [float(v) for v in found]
+        scales = [float(np.float32(v)) for v in found]
         return [_scaled_size(n, s) for n, s in zip(shape, scales, strict=True)], scales
     names = list(node.input) + [""] * 4
     scales_name = names[2] if ev.opset >= 11 else names[1]
@@ -567,16 +579,21 @@ def _resize_parameters(node: NodeProto, ev: _PathEvaluator, shape: tuple[int, ..
     if sizes_name and ev.constant(node, sizes_name).size:
         given = [int(v) for v in ev.constant(node, sizes_name).reshape(-1)]
         sizes, scales = list(shape), [1.0] * ndim
-        for a, n in zip(axes, given, strict=True):
-            sizes[a % ndim], scales[a % ndim] = n, n / shape[a % ndim]
-        if sizes[0] != 1:
-            sizes[0], scales[0] = 1, 1.0  # the batch axis is kept (batch 1 here)
+        for a, m in zip(axes, given, strict=True):
+            sizes[a % ndim], scales[a % ndim] = m, _size_scale(m, shape[a % ndim])
         return sizes, scales
-    values = [float(v) for v in ev.constant(node, scales_name).reshape(-1)]
+    values = [float(np.float32(v)) for v in ev.constant(node, scales_name).reshape(-1)]
     scales = [1.0] * ndim
     for a, s in zip(axes, values, strict=True):
         scales[a % ndim] = s
     return [_scaled_size(n, s) for n, s in zip(shape, scales, strict=True)], scales
+
+
+def _keeps_batch(batch: int | None, size: int, scale: float) -> bool:
+    """Whether a Resize that gives the batch axis (``batch`` samples, None where unknown)
+    ``size`` elements at ``scale`` keeps each sample apart: a scale of exactly 1 copies the
+    axis; one sample resized to one is itself (a model of batch one)."""
+    return (scale == 1.0 and size == (batch or 1)) or (size == 1 and batch == 1)
 
 
 def _legacy(node: NodeProto, opset: int) -> bool:
@@ -592,36 +609,54 @@ def _antialiased(node: NodeProto, opset: int) -> bool:
         and str(node_attr(node, "mode", "nearest")) != "nearest"
 
 
-def _source_coordinate(node: NodeProto, opset: int, out: np.ndarray, n_in: int, n_out: int,
+def _source_coordinate(node: NodeProto, opset: int, n_in: int, n_out: int,
                        scale: float) -> np.ndarray:
-    """ONNX's coordinate transformation: the input coordinate of each output coordinate."""
+    """ONNX's coordinate transformation: ``(n_out,)`` float64, the input coordinate of each
+    output coordinate, computed in float32 as ONNX Runtime does (a nearest pixel rounds the
+    float32 value: with a scale of 0.7, 3.5 / 0.7 - 0.5 is 4.5 in float32, a tie, where
+    float64 gives 4.50000007)."""
     mode = "asymmetric" if _legacy(node, opset) else \
         str(node_attr(node, "coordinate_transformation_mode", "half_pixel"))
-    if mode == "half_pixel":
-        return (out + 0.5) / scale - 0.5
-    if mode == "pytorch_half_pixel":
-        return (out + 0.5) / scale - 0.5 if n_out > 1 else np.zeros_like(out)
-    if mode == "align_corners":
-        return out * (n_in - 1) / (n_out - 1) if n_out > 1 else np.zeros_like(out)
-    if mode == "asymmetric":
-        return out / scale
-    if mode == "tf_half_pixel_for_nn":
-        return (out + 0.5) / scale
-    raise _not_handled(node, f"coordinate_transformation_mode {mode}")
+    out, half, s = np.arange(n_out, dtype=np.float32), np.float32(0.5), np.float32(scale)
+    if mode == "half_pixel" or (mode == "pytorch_half_pixel" and n_out > 1):
+        coord = (out + half) / s - half
+    elif mode in ("pytorch_half_pixel", "align_corners") and n_out == 1:
+        coord = np.zeros_like(out)
+    elif mode == "align_corners":
+        coord = out * np.float32(n_in - 1) / np.float32(n_out - 1)
+    elif mode == "asymmetric":
+        coord = out / s
+    elif mode == "tf_half_pixel_for_nn":
+        coord = (out + half) / s
+    else:
+        raise _not_handled(node, f"coordinate_transformation_mode {mode}")
+    return coord.astype(np.float64)
+
+
+# How far from a half (in the float32 coordinate) ONNX Runtime 1.32's round_prefer_floor and
+# round_prefer_ceil take a coordinate for a tie: 14.499999 (20 elements to 6, half_pixel) rounds
+# as 14.5 does.
+NEAREST_TIE = 1e-6
 
 
 def _nearest(node: NodeProto, opset: int, coord: np.ndarray, scale: float) -> np.ndarray:
+    """The input element ONNX Runtime picks for each coordinate ``(n_out,)`` (before the
+    clip to the input): floor or ceil; rounded, a coordinate within ``NEAREST_TIE`` of a half
+    going down (round_prefer_floor) or up (round_prefer_ceil); before opset 11, the floor
+    (the ceiling when downscaling)."""
     if _legacy(node, opset):
         return np.ceil(coord) if scale < 1 else np.floor(coord)
     mode = str(node_attr(node, "nearest_mode", "round_prefer_floor"))
     if mode == "floor":
         return np.floor(coord)
-    if mode == "round_prefer_floor":
-        return np.ceil(coord - 0.5)
-    if mode == "round_prefer_ceil":
-        return np.floor(coord + 0.5)
     if mode == "ceil":
         return np.ceil(coord)
+    low = np.floor(coord)
+    tie = np.abs(coord - low - 0.5) <= NEAREST_TIE
+    if mode == "round_prefer_floor":
+        return np.where(tie, low, np.floor(coord + 0.5))
+    if mode == "round_prefer_ceil":
+        return np.where(tie, low + 1, np.floor(coord + 0.5))
     raise _not_handled(node, f"nearest_mode {mode}")
 
 
@@ -685,18 +720,18 @@ def _antialias_matrix(node: NodeProto, coord: np.ndarray, n_in: int, scale: floa
 
 
 def _resize_matrix(node: NodeProto, opset: int, n_in: int, n_out: int,
-                   scale: float) -> scipy.sparse.csr_matrix:
-    """``(n_out, n_in)``: the 1-D nearest, linear or cubic resampling along one axis."""
+                   scale: float, filtered: bool) -> scipy.sparse.csr_matrix:
+    """``(n_out, n_in)``: the 1-D nearest, linear or cubic resampling along one axis (with
+    ONNX Runtime's antialiasing kernel where ``filtered``)."""
     mode = str(node_attr(node, "mode", "nearest"))
-    coord = _source_coordinate(node, opset, np.arange(n_out, dtype=np.float64), n_in, n_out,
-                               scale)
+    coord = _source_coordinate(node, opset, n_in, n_out, scale)
     if mode == "nearest":
         cols = np.clip(_nearest(node, opset, coord, scale), 0, n_in - 1).astype(np.int64)
         return _taps_matrix(cols[:, None], np.ones((n_out, 1)), n_in)
     linear = mode in ("linear", "bilinear", "trilinear")
     if not linear and (mode != "cubic" or _legacy(node, opset)):
         raise _not_handled(node, f"mode {mode}")
-    if _antialiased(node, opset):
+    if filtered:
         return _antialias_matrix(node, coord, n_in, scale, cubic=not linear)
     if not linear:
         return _cubic_matrix(node, coord, n_in)
@@ -710,21 +745,39 @@ def _resize_matrix(node: NodeProto, opset: int, n_in: int, n_out: int,
 def _resize(node: NodeProto, ev: _PathEvaluator, value: _Tensor) -> _Tensor:
     """Resize / Upsample, axis by axis, as ONNX Runtime's CPU kernel computes it. Where it
     differs from the ONNX reference, it is followed: where no axis changes size, it copies the
-    input whatever the scales (a scale of 1.1 on 6 elements); with antialias, it copies every
-    axis that keeps its size (the reference interpolates both)."""
+    input whatever the scales (a scale of 1.1 on 6 elements); with antialias, and in a cubic
+    Resize of NHWC layout, it copies every axis that keeps its size (the reference
+    interpolates both)."""
     if str(node_attr(node, "keep_aspect_ratio_policy", "stretch")) != "stretch":
         raise _not_handled(node, "keep_aspect_ratio_policy")
-    sizes, scales = _resize_parameters(node, ev, value.shape)
+    info = ev.infos.get(node.input[0])
+    batch = info.shape[0] if info and info.shape and isinstance(info.shape[0], int) else None
+    sizes, scales = _resize_parameters(node, ev, (batch or 1, *value.shape[1:]))
     if not all(math.isfinite(s) and s > 0 for s in scales) or \
             not all(0 < m <= MAX_PATH_ELEMENTS for m in sizes):
         raise _fail(node, "{op} (node '{label}') has scales or sizes that do not fit its input")
+    if not _keeps_batch(batch, sizes[0], scales[0]):
+        raise _not_handled(node, "it resizes the batch axis")
+    sizes[0], scales[0] = 1, 1.0  # one sample in, one sample out
     if tuple(sizes) == value.shape:
         return value
-    antialias = _antialiased(node, ev.opset)
-    matrices = {a: _resize_matrix(node, ev.opset, n, m, s)
+    filtered = _filtered(node, ev.opset, scales)
+    matrices = {a: _resize_matrix(node, ev.opset, n, m, s, filtered)
                 for a, (n, m, s) in enumerate(zip(value.shape, sizes, scales, strict=True))
-                if m != n or (s != 1.0 and not antialias)}
+                if m != n or (s != 1.0 and not filtered)}
     return ev.along_axes(value, matrices, tuple(sizes))
+
+
+def _filtered(node: NodeProto, opset: int, scales: list[float]) -> bool:
+    """Whether ONNX Runtime resamples with its antialiasing kernel (upsample_aa), which
+    copies every axis that keeps its size: antialias=1 on a linear or cubic Resize, and a
+    cubic Resize of a 4-D input scaled on axes 1 and 2 (scales ``[1, s1, s2, 1]``, ``s1`` not
+    1: the NHWC layout), which ONNX Runtime 1.32 computes with that kernel."""
+    if _antialiased(node, opset):
+        return True
+    return node.op_type == "Resize" and not _legacy(node, opset) and len(scales) == 4 and \
+        str(node_attr(node, "mode", "nearest")) == "cubic" and scales[3] == 1.0 and \
+        scales[1] != 1.0
 
 
 def _pool_matrix(n: int, kernel: int, stride: int, dilation: int, pads: tuple[int, int],
@@ -965,6 +1018,25 @@ def path_nodes(input_name: str, data_input: str, nodes: list[NodeProto],
     return [nodes[i] for i in sorted(chosen)]
 
 
+def _check_inferred(node: NodeProto, name: str, info: TensorInfo | None,
+                    shape: tuple[int, ...]) -> None:
+    """Refuse a path tensor whose per-sample shape is not the one ONNX shape inference gives
+    it (where that is known): the layers after it are sized by shape inference. ONNX shape
+    inference sizes a Resize by 2.6 of 5 elements as 12, ONNX Runtime writes 13.
+
+    Raises:
+        UnsupportedModelError: the shapes differ, naming the node.
+    """
+    known = info.shape if info else None
+    if known is None or len(known) != len(shape) or \
+            not all(isinstance(d, int) for d in known[1:]) or tuple(known[1:]) == shape[1:]:
+        return
+    raise UnsupportedModelError(
+        f"ONNX shape inference gives '{name}' the per-sample shape {list(known[1:])} where the "
+        f"op makes {list(shape[1:])} in ONNX Runtime, so the layers after it cannot be followed",
+        _where(node))
+
+
 def build_path_operator(input_name: str, input_shape: tuple[int, ...], data_input: str,
                         nodes: list[NodeProto], resolver: ConstantResolver,
                         infos: dict[str, TensorInfo], opset: int) -> PathOperator:
@@ -1000,6 +1072,7 @@ def build_path_operator(input_name: str, input_shape: tuple[int, ...], data_inpu
             if value.rows.shape[0] > MAX_PATH_ELEMENTS:
                 raise UnsupportedModelError("the path makes a tensor of more than "
                                             f"{MAX_PATH_ELEMENTS} elements", _where(node))
+            _check_inferred(node, name, infos.get(name), value.shape)
             ev.values[name] = value
         if coupling is None and any(_couples(v.rows) for v in outputs):
             coupling = f"{node.op_type} (node '{node_label(node, 'main')}')"
