@@ -77,3 +77,25 @@ def test_column_norms_in_chunks_match_one_product(rng: np.random.Generator,
     v = rng.standard_normal((20, 11))
     np.testing.assert_allclose(matop.column_norms(a, v), np.linalg.norm(a @ v, axis=0))
     assert matop.column_norms(a, v[:, :0]).shape == (0,)
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_fewer_rows_than_directions_keep_the_null_directions(rng: np.random.Generator,
+                                                             dense: bool,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """W1 o path with fewer rows than the directions asked for (a Gemm with 3 outputs after a
+    Resize of 4 elements to 3): the SVD of A Q has only 3 values, and the null directions of
+    Q were dropped, so collide said 'no exact collision' for a 3 x 4 operator."""
+    if not dense:
+        monkeypatch.setattr(matop, "DENSE_MAX_COLUMNS", 0)
+    a = scipy.sparse.csr_matrix(planted(rng, 3, 8 if not dense else 4,
+                                        np.array([2.0, 1.0, 0.1])))
+    n = a.shape[1]
+    spectrum = sparse_smallest_singular(a, (n,), 4, ToleranceRule(), n, 3, EPS32)
+    assert spectrum.sigmas.size == 4 and spectrum.exact == 1 + (n == 8) * 3
+    assert spectrum.null_dim == (1 if dense else None)
+    flat = spectrum.vectors.reshape(4, n)
+    np.testing.assert_allclose(flat @ flat.T, np.eye(4), atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(a @ flat.T, axis=0), spectrum.sigmas,
+                               atol=1e-12)

@@ -88,11 +88,17 @@ def _iterative(a: scipy.sparse.csr_matrix, k: int, seed: int
 
 def _rayleigh_ritz(a: scipy.sparse.csr_matrix, basis: np.ndarray
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Singular values ``||A v||`` (ascending) and vectors ``(k, n)`` from an SVD of ``A Q``."""
+    """Singular values ``||A v||`` (ascending) and vectors ``(k, n)`` from an SVD of ``A Q``.
+
+    ``A Q`` is ``(m, k)``: where ``A`` has fewer rows than ``k``, the SVD's full ``V`` keeps
+    the ``k - m`` directions ``A Q`` maps to zero (a thin SVD dropped them, and with them the
+    null space of a Gemm with fewer outputs than the directions sought)."""
     q, _ = np.linalg.qr(basis)
-    _, s, vt = np.linalg.svd(a @ q, full_matrices=False)
+    _, _, vt = np.linalg.svd(a @ q, full_matrices=True)
+    vectors = (q @ vt.T).T
+    s = column_norms(a, vectors.T)
     order = np.argsort(s, kind="stable")
-    return s[order], (q @ vt.T).T[order]
+    return s[order], vectors[order]
 
 
 def sparse_smallest_singular(a: scipy.sparse.csr_matrix, input_shape: tuple[int, ...],
