@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import re
 import subprocess
@@ -68,6 +69,7 @@ class Case:
     opset: int
     shape: tuple[int, ...]  # the input's shape, batch 1
     dynamic: bool  # whether the model's batch axis is symbolic
+    batch: int = 1  # the model's batch where it is not symbolic
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     inits: list[onnx.TensorProto] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
@@ -259,8 +261,8 @@ def draw_compress(rng: np.random.Generator, case: Case, shape: tuple[int, ...], 
         axis = int(rng.integers(low, rank)) if rng.random() < 0.95 else 0
         attrs["axis"] = axis
         n = shape[axis % rank]
-    else:
-        n = int(np.prod(shape))
+    else:  # one sample's elements, now and then the whole batch's
+        n = int(np.prod(shape[1:])) * (shape[0] if rng.random() < 0.2 else 1)
     length = max(0, n + int(rng.integers(-2, 3)))
     condition = rng.random(length) < rng.uniform(0.2, 0.9)
     if length > n and rng.random() < 0.7:
@@ -278,7 +280,8 @@ def draw_center_crop_pad(rng: np.random.Generator, case: Case, shape: tuple[int,
     attrs: dict[str, object] = {}
     if rng.random() < 0.3:
         axes = list(range(rank))
-        targets = [1] + [int(rng.integers(1, 10)) for _ in range(rank - 1)]
+        targets = [shape[0] if rng.random() < 0.5 else 1] + [
+            int(rng.integers(1, 10)) for _ in range(rank - 1)]
     else:
         chosen = sorted(rng.choice(np.arange(1, rank), size=int(rng.integers(1, rank)),
                                    replace=False).tolist())
@@ -314,7 +317,8 @@ def draw_case(seed: int, index: int) -> tuple[Case, list[str]]:
     if op != "Upsample" and rng.random() < 0.4:
         later = [o for o in OPS if o != "Upsample" and SINCE[o] <= opset]
         ops.append(later[rng.integers(len(later))])
-    return Case(opset, shape, bool(rng.random() < 0.5)), ops
+    kind = rng.random()  # a symbolic batch, a batch of one, a fixed batch of three
+    return Case(opset, shape, bool(kind < 0.45), 3 if kind > 0.85 else 1), ops
 
 
 # ------------------------------------------------------------------ models and runs
@@ -331,7 +335,7 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
 
 def _model(case: Case, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto],
            outputs: list[str]) -> onnx.ModelProto:
-    batch: list[int | str] = ["N"] if case.dynamic else [1]
+    batch: list[int | str] = ["N"] if case.dynamic else [case.batch]
     graph = helper.make_graph(
         nodes, "check", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
                                                        [*batch, *case.shape[1:]])],
@@ -348,10 +352,11 @@ def _run(model: onnx.ModelProto, x: np.ndarray, names: list[str]) -> list[np.nda
 
 
 def output_shape(case: Case) -> tuple[int, ...] | None:
-    """The path output's shape in ONNX Runtime (batch 1), None where it refuses the model."""
+    """The path output's shape in ONNX Runtime (on the model's batch, 1 where symbolic), None
+    where it refuses the model."""
     try:
         out = _run(_model(case, case.nodes, case.inits, ["p"]),
-                   np.zeros(case.shape, np.float32), ["p"])[0]
+                   np.zeros((case.batch, *case.shape[1:]), np.float32), ["p"])[0]
     except Exception:  # any ONNX Runtime refusal
         return None
     return tuple(out.shape)
@@ -361,7 +366,7 @@ def build_case(seed: int, index: int) -> tuple[Case, tuple[int, ...] | None]:
     """Draw example ``index``: the path ops (a second one drawn on the first's output)."""
     case, ops = draw_case(seed, index)
     rng = np.random.default_rng([seed, index, 1])
-    shape: tuple[int, ...] | None = case.shape
+    shape: tuple[int, ...] | None = (case.batch, *case.shape[1:])
     for k, op in enumerate(ops):
         assert shape is not None
         src = "x" if k == 0 else f"p{k - 1}"
@@ -418,8 +423,9 @@ def path_operator(file: str, data_input: str, shape: tuple[int, ...]) -> PathOpe
 
 def compare(operator: PathOperator, model: onnx.ModelProto, data_input: str, case: Case,
             rng: np.random.Generator) -> str | None:
-    """None where ``M @ x`` equals ONNX Runtime's path output (less its value at 0) for a
-    random x (and each sample of a batch of two where the batch is dynamic); else what
+    """None where ``M @ x`` equals ONNX Runtime's path output (less its value at 0) for each
+    sample of a random x (of the model's batch; of one and of two where it is symbolic);
+    BATCH_ONE where the output of a batch of several is not as many samples; else what
     differs."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     model.graph.output.insert(0, helper.make_tensor_value_info(data_input, TensorProto.FLOAT,
@@ -428,17 +434,17 @@ def compare(operator: PathOperator, model: onnx.ModelProto, data_input: str, cas
         session = _session(model)
     except Exception as exc:
         return f"ONNX Runtime refused the full model: {exc}"
-    batches = [1, 2] if case.dynamic and not case.no_batch else [1]
+    batches = [1, 2] if case.dynamic and not case.no_batch else [case.batch]
     for batch in batches:
         x = rng.uniform(-1, 1, (batch, *case.shape[1:])).astype(np.float32)
         try:
             got = session.run([data_input], {"x": x})[0].astype(np.float64)
             zero = session.run([data_input], {"x": np.zeros_like(x)})[0].astype(np.float64)
         except Exception as exc:
-            if batch == 1:
+            if batch == case.batch:
                 return f"ONNX Runtime failed on the full model: {exc}"
             continue  # a parameter sized for one sample (ReverseSequence's lengths)
-        if batch == 2 and got.shape[:1] != (2,):
+        if batch > 1 and got.shape[:1] != (batch,):
             return BATCH_ONE
         if got.shape != (batch, *operator.data_shape):
             return f"batch {batch}: shape {got.shape} in ONNX Runtime, operator " \
@@ -458,7 +464,7 @@ def compare(operator: PathOperator, model: onnx.ModelProto, data_input: str, cas
     return None
 
 
-BATCH_ONE = "the model's output for a batch of two is not two samples"
+BATCH_ONE = "the model's output for a batch of several is not as many samples"
 
 
 def _template(message: str) -> str:
@@ -468,12 +474,14 @@ def _template(message: str) -> str:
 
 
 def check_one(seed: int, index: int, folder: Path, tally: Tally, verbose: bool,
-              audit: bool) -> tuple[str, str] | None:
-    """Run example ``index``; return (kind, model file) where it is a coupling or selecting
-    case that ONNX Runtime accepts and the operator matched (for the CLI checks)."""
+              audit: bool) -> tuple[str, str, tuple[int, ...]] | None:
+    """Run example ``index``; return (kind, model file, input shape) where it is a coupling
+    or selecting case of batch one (or a symbolic batch) that ONNX Runtime accepts and the
+    operator matched (for the CLI checks)."""
     case, shape = build_case(seed, index)
-    label = f"#{index} opset {case.opset} x{list(case.shape)}" \
-            f"{' batch N' if case.dynamic else ''}: {' -> '.join(case.labels)}"
+    batch = " batch N" if case.dynamic else f" batch {case.batch}" if case.batch > 1 else ""
+    label = f"#{index} opset {case.opset} x{list(case.shape)}{batch}: " \
+            f"{' -> '.join(case.labels)}"
     if verbose:
         print(label)
     for node in case.nodes:
@@ -525,7 +533,8 @@ def check_one(seed: int, index: int, folder: Path, tally: Tally, verbose: bool,
         tally.batch_one += 1
         if verbose:
             print("   " + BATCH_ONE)
-        problem = compare(operator, model, data_input, replace(case, dynamic=False), rng)
+        problem = compare(operator, model, data_input, replace(case, dynamic=False), rng) \
+            if case.dynamic else None  # a fixed batch of three: no batch of one to run
     tally.selections += operator.selection
     if problem:
         tally.mismatches.append(f"{label}\n    {problem}")
@@ -534,7 +543,9 @@ def check_one(seed: int, index: int, folder: Path, tally: Tally, verbose: bool,
         return None
     if verbose:
         print("   matches:", "selection" if operator.selection else operator.coupling)
-    return ("selection" if operator.selection else "coupling"), file
+    if case.batch > 1 or case.no_batch:
+        return None
+    return ("selection" if operator.selection else "coupling"), file, case.shape
 
 
 # ------------------------------------------------------------------ the command line
@@ -550,10 +561,46 @@ def _one_error_line(done: subprocess.CompletedProcess[str]) -> bool:
     return len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in done.stderr
 
 
-def check_cli(kind: str, file: str, folder: Path) -> tuple[str, str | None]:
+def jacobian_nullity(file: str, shape: tuple[int, ...]) -> tuple[int, int]:
+    """The dimension of the null space of x -> W1's output on one sample, and how many input
+    elements it does not read at all (zero columns), from ONNX Runtime run on each unit
+    vector (singular values and columns under 1e-5 of the largest count as zero)."""
+    session = _session(onnx.load(file))
+    n = int(np.prod(shape[1:]))
+    zero = session.run(["y"], {"x": np.zeros(shape, np.float32)})[0].reshape(-1)
+    unit = np.eye(n, dtype=np.float32).reshape(n, 1, *shape[1:])
+    columns = [session.run(["y"], {"x": unit[i]})[0].reshape(-1) - zero for i in range(n)]
+    jacobian = np.stack(columns, axis=1).astype(np.float64)
+    sigmas = np.linalg.svd(jacobian, compute_uv=False)
+    top = float(sigmas.max(initial=0.0))
+    if top == 0:
+        return n, n
+    blind = int(np.count_nonzero(np.linalg.norm(jacobian, axis=0) <= 1e-5 * top))
+    return n - int(np.count_nonzero(sigmas > 1e-5 * top)), blind
+
+
+def _argmax_tie_only(report_file: Path) -> bool:
+    """Whether validation failed only on argmax agreement (an output whose row is tied: the
+    collision's W1 residual and outputs are within tolerance)."""
+    report = json.loads(report_file.read_text())
+    for collision in report.get("collisions", []):
+        figures = collision["validation"]["collision"]
+        tolerances = collision["validation"]["tolerances"]
+        if figures["layer_residual"] is not None and \
+                figures["layer_residual"] > tolerances["layer_rtol"]:
+            return False
+        if any(o["max_rel"] > tolerances["output_rtol"] for o in figures["outputs"]):
+            return False
+    return True
+
+
+def check_cli(file: str, folder: Path, shape: tuple[int, ...]) -> tuple[str, str | None]:
     """audit exits 0, or 3 with one error line; collide exits 0 and validate PASSes, or
-    collide says in one line that it cannot collide (W1 o path injective). Returns the
-    outcome ('PASS', 'audit refused', 'no collision') and what broke the property (None)."""
+    collide finds no exact collision and ONNX Runtime's Jacobian has no null space either
+    (but for input elements W1 never reads, which collide does not perturb). Returns the
+    outcome ('PASS', 'audit refused', 'no collision', 'argmax tie': validation failed on
+    argmax agreement alone, a tied output) and what broke the property (None where nothing
+    did)."""
     audited = _cli("audit", file)
     if audited.returncode == 3 and _one_error_line(audited):
         return "audit refused", None
@@ -561,8 +608,18 @@ def check_cli(kind: str, file: str, folder: Path) -> tuple[str, str | None]:
         return "", f"audit exit {audited.returncode}: {audited.stderr.strip()[-500:]}"
     out = folder / (Path(file).stem + "-out")
     collided = _cli("collide", file, "-o", str(out), "--device", "cpu")
-    if collided.returncode in (2, 3) and _one_error_line(collided):
-        return f"no collision ({collided.stderr.strip()[-160:]})", None
+    none = (collided.returncode in (2, 3) and _one_error_line(collided)) or (
+        collided.returncode == 0 and "no exact collision" in collided.stdout)
+    if none:
+        nullity, blind = jacobian_nullity(file, shape)
+        if nullity == 0:
+            return "no collision", None
+        if nullity == blind:
+            return f"blind only ({blind} input elements W1 never reads)", None
+        return "", f"collide finds no exact collision, ONNX Runtime's Jacobian has nullity " \
+                   f"{nullity} ({blind} blind input elements)"
+    if collided.returncode == 1 and _argmax_tie_only(out / "report.json"):
+        return "argmax tie", None
     if collided.returncode != 0:
         return "", f"collide exit {collided.returncode}: {collided.stderr.strip()[-500:]}"
     validated = _cli("validate", file, str(out / "collisions.npz"), "--device", "cpu")
@@ -581,8 +638,9 @@ def report(tally: Tally, examples: int, seconds: float) -> None:
           f"by ONNX Runtime ({tally.ort_refused_accepted} of them accepted by onnxcollide), "
           f"{len(tally.mismatches)} mismatches, {len(tally.crashes)} crashes")
     print(f"({tally.empty} examples with an empty path output skipped; {tally.batch_one} "
-          "checked on a batch of one only: ONNX Runtime's output for a batch of two is not two "
-          "samples, as where a Resize's sizes or a CenterCropPad's shape fix the batch at 1)")
+          "where ONNX Runtime's output for a batch of several is not as many samples, as where "
+          "a Resize's sizes or a CenterCropPad's shape fix the batch at 1: checked on a batch "
+          "of one where the batch is symbolic, not checked where it is fixed)")
     print("ops drawn:", ", ".join(f"{op} {n}" for op, n in tally.per_op.most_common()))
     if tally.refused:
         print("refusals:")
@@ -625,7 +683,7 @@ def main() -> int:
                               args.verbose or args.case is not None, not args.no_audit)
             if found and cli_done[found[0]] < args.cli:
                 cli_done[found[0]] += 1
-                outcome, problem = check_cli(*found, folder)
+                outcome, problem = check_cli(found[1], folder, found[2])
                 cli_outcomes[f"{found[0]}: {outcome.split(' (')[0] or 'problem'}"] += 1
                 if problem:
                     cli_problems.append(f"#{index} ({found[0]}): {problem}")
