@@ -670,3 +670,20 @@ def test_float16_inside_a_subgraph_counts(tmp_path):
     runner = ModelRunner(save(model, tmp_path / "if16.onnx"), device="cpu")
     assert runner.computed_in == "float16"
     assert session.compute_type(["float", "double"]) == "float32"
+
+
+def test_argmax_agreement_leaves_out_exactly_tied_rows():
+    """Row 0 ties at its top (argmax is index order): a rounding-level move of class 2 flips
+    it and is not a disagreement; row 1's real flip is. All rows tied: no agreement figure."""
+    a = np.array([[1.0, 3.0, 3.0, 0.0], [4.0, 3.0, 2.0, 1.0]], dtype=np.float32)
+    b = a.copy()
+    b[0, 2] = np.nextafter(np.float32(3.0), np.float32(4.0))
+    b[1, 1] = 5.0
+    (cmp,) = compare_outputs({"y": a}, {"y": b})
+    assert cmp.argmax_agree == 0.0
+    b[1, 1] = 3.0
+    (cmp,) = compare_outputs({"y": a}, {"y": b})
+    assert cmp.argmax_agree == 1.0 and cmp.top5_agree == 1.0
+    flat = np.zeros((2, 4), dtype=np.float32)
+    (cmp,) = compare_outputs({"y": flat}, {"y": flat + np.eye(2, 4, dtype=np.float32)})
+    assert cmp.argmax_agree is None and cmp.top5_agree is not None

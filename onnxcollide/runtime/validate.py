@@ -31,7 +31,9 @@ class OutputComparison:
         name: the output.
         max_abs: max |a - b| (inf when the shapes differ).
         max_rel: max_abs / max(max |a|, tiny).
-        argmax_agree: fraction of rows with equal argmax (classifier-like outputs only).
+        argmax_agree: fraction of rows with equal argmax (classifier-like outputs only),
+            over the rows whose first output has one largest class (None where every row is
+            an exact tie).
         top5_agree: fraction of rows with equal top-k sets, k = min(5, C) (same outputs).
     """
 
@@ -56,11 +58,21 @@ def _rows(values: np.ndarray) -> np.ndarray | None:
     return values.reshape(kept[0], kept[1])
 
 
+def _labelled_rows(rows: np.ndarray) -> np.ndarray:
+    """(N,) bool: the rows of an (N, C) output whose largest value is at one class only. A row
+    whose top is an exact tie (a constant output, a dead last layer) has no predicted class:
+    its argmax is the tied class with the lowest index, which any rounding can move."""
+    with np.errstate(invalid="ignore"):
+        return np.count_nonzero(rows == rows.max(axis=1, keepdims=True), axis=1) == 1
+
+
 def _agreement(a: np.ndarray, b: np.ndarray) -> tuple[float | None, float | None]:
     rows_a, rows_b = _rows(a), _rows(b)
     if rows_a is None or rows_b is None or rows_a.shape != rows_b.shape:
         return None, None
-    argmax = float(np.mean(rows_a.argmax(axis=1) == rows_b.argmax(axis=1)))
+    labelled = _labelled_rows(rows_a)
+    argmax = float(np.mean(rows_a[labelled].argmax(axis=1) == rows_b[labelled].argmax(axis=1))) \
+        if labelled.any() else None
     k = min(TOP_K, rows_a.shape[1])
     top_a = np.sort(np.argsort(-rows_a, axis=1, kind="stable")[:, :k], axis=1)
     top_b = np.sort(np.argsort(-rows_b, axis=1, kind="stable")[:, :k], axis=1)
