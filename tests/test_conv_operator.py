@@ -419,3 +419,18 @@ def test_a_stride_past_the_input_is_one_window(rng: np.random.Generator,
     sig, _ = dense_svd(small)
     res = smallest_singular(huge, k=4)
     np.testing.assert_allclose(res.sigmas, sig[:4], atol=1e-8 * sig[-1])
+
+
+def test_iterative_path_with_fewer_outputs_than_values_sought(rng: np.random.Generator,
+                                                              iterative: None) -> None:
+    """A 1 x 20 x 20 input, one 18x18 filter at stride 2: 2 x 2 = 4 outputs, so A has a null
+    space of 396 and 7 smallest values are 0. The final Rayleigh-Ritz SVD of A X (4 rows)
+    must keep the directions it maps to zero: all 7 come back, orthonormal, each in the
+    kernel (a thin SVD returned only 4, so `collide --basis 6` said 4 were found)."""
+    spec = make_spec(rng, 1, 1, (18, 18), (20, 20), strides=(2, 2), pads=(0, 0, 0, 0))
+    res = smallest_singular(spec, k=7)
+    got = res.vectors.reshape(7, -1)
+    assert got.shape == (7, 400)
+    np.testing.assert_allclose(got @ got.T, np.eye(7), atol=1e-10)
+    assert np.all(res.sigmas <= res.tol) and res.exact == 7
+    assert_certified(spec, res)

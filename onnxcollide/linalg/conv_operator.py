@@ -1322,8 +1322,11 @@ def _iterative_part(geo: _Geometry, w: np.ndarray, k: int, rng: np.random.Genera
                                     LOG)
     # final Rayleigh-Ritz on A X itself: small singular values keep their relative accuracy
     b = _forward_batch(geo, w, x.reshape(-1, geo.c, *geo.spatial)).reshape(x.shape[0], -1)
-    r_factor = np.linalg.qr(b.T, mode="r")  # (A X^T) = Q R, R: (m, m)
-    _, s, vt = np.linalg.svd(r_factor, full_matrices=False)
+    r_factor = np.linalg.qr(b.T, mode="r")  # (A X^T) = Q R, R: (min(n_out, m), m)
+    # The full V keeps the directions of X that A maps to zero where A has fewer outputs than
+    # X has vectors (a thin SVD dropped them, and with them the null space sought).
+    _, s, vt = np.linalg.svd(r_factor, full_matrices=True)
+    s = np.concatenate([s, np.zeros(vt.shape[0] - s.size)])
     vec = (vt[::-1] @ x)[:k]
     sigmas = s[::-1][:k]
     res = np.linalg.norm(op(vec) - (sigmas**2)[:, None] * vec, axis=1)
