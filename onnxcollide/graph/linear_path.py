@@ -124,6 +124,11 @@ def _fail(node: NodeProto, what: str) -> UnsupportedModelError:
     return UnsupportedModelError(what.format(op=node.op_type, label=node_label(node, "main")))
 
 
+def _too_large(node: NodeProto) -> UnsupportedModelError:
+    return UnsupportedModelError(f"the path makes a tensor of more than {MAX_PATH_ELEMENTS} "
+                                 "elements", _where(node))
+
+
 def _not_handled(node: NodeProto, detail: str = "") -> UnsupportedModelError:
     extra = f" ({detail})" if detail else ""
     return _fail(node, "{op} (node '{label}') is linear in the input but not yet handled on "
@@ -178,6 +183,13 @@ class _PathEvaluator:
 
     def operand(self, node: NodeProto, name: str) -> _Tensor | np.ndarray:
         return self.values[name] if name in self.values else self.constant(node, name)
+
+    def batch(self, node: NodeProto) -> int | None:
+        """The batch size of the node's first input as shape inference gives it (None where
+        it is unknown or symbolic)."""
+        info = self.infos.get(node.input[0])
+        first = info.shape[0] if info and info.shape else None
+        return first if isinstance(first, int) else None
 
     def fixed(self, node: NodeProto, name: str, what: str) -> np.ndarray:
         """A parameter of the node that must be constant (an axis, ``k``, a condition).
@@ -405,8 +417,7 @@ def _center_crop_pad_fn(node: NodeProto, ev: _PathEvaluator,
             for a in node_ints(node, "axes", list(range(ndim)))]
     if len(axes) != len(targets) or ndim in axes or min(targets, default=0) < 0:
         raise _fail(node, "{op} (node '{label}') has a shape that does not fit its input")
-    info = ev.infos.get(node.input[0])
-    batch = info.shape[0] if info and info.shape else None
+    batch = ev.batch(node)
     for axis, target in zip(axes, targets, strict=True):
         if axis == 0 and target not in (1, batch):
             raise _not_handled(node, "it crops or pads the batch axis")
@@ -415,8 +426,7 @@ def _center_crop_pad_fn(node: NodeProto, ev: _PathEvaluator,
     for axis, target in changes:
         out[axis] = target
     if math.prod(out) > MAX_PATH_ELEMENTS:
-        raise UnsupportedModelError("the path makes a tensor of more than "
-                                    f"{MAX_PATH_ELEMENTS} elements", _where(node))
+        raise _too_large(node)
 
     def fn(index: np.ndarray) -> np.ndarray:
         for axis, target in changes:
@@ -750,8 +760,7 @@ def _resize(node: NodeProto, ev: _PathEvaluator, value: _Tensor) -> _Tensor:
     interpolates both)."""
     if str(node_attr(node, "keep_aspect_ratio_policy", "stretch")) != "stretch":
         raise _not_handled(node, "keep_aspect_ratio_policy")
-    info = ev.infos.get(node.input[0])
-    batch = info.shape[0] if info and info.shape and isinstance(info.shape[0], int) else None
+    batch = ev.batch(node)
     sizes, scales = _resize_parameters(node, ev, (batch or 1, *value.shape[1:]))
     if not all(math.isfinite(s) and s > 0 for s in scales) or \
             not all(0 < m <= MAX_PATH_ELEMENTS for m in sizes):
@@ -1070,8 +1079,7 @@ def build_path_operator(input_name: str, input_shape: tuple[int, ...], data_inpu
                                         _where(node)) from exc
         for name, value in zip(node.output, outputs, strict=False):
             if value.rows.shape[0] > MAX_PATH_ELEMENTS:
-                raise UnsupportedModelError("the path makes a tensor of more than "
-                                            f"{MAX_PATH_ELEMENTS} elements", _where(node))
+                raise _too_large(node)
             _check_inferred(node, name, infos.get(name), value.shape)
             ev.values[name] = value
         if coupling is None and any(_couples(v.rows) for v in outputs):
