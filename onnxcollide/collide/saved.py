@@ -17,6 +17,7 @@ from onnxcollide.graph.shapes import declared_dims, model_inputs
 from onnxcollide.limits import check_allocation
 
 FEED_PREFIX = "feed."  # the value of every other model input, as collide fed it
+SAVED_FILE_HINT = "give the collisions.npz that onnxcollide collide wrote"  # a file at fault
 
 
 @dataclass(frozen=True)
@@ -65,13 +66,12 @@ def read_saved_collisions(path: str, model: LoadedModel) -> SavedCollisions:
             arrays = {key: np.asarray(saved[key]) for key in saved.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise ModelLoadError("cannot read the collisions file: it is not an .npz file numpy "
-                             "reads without pickles", path,
-                             "give the collisions.npz that onnxcollide collide wrote") from exc
+                             "reads without pickles", path, SAVED_FILE_HINT) from exc
     settings = _settings(arrays.pop("settings", np.array("{}")), path)
     for key in ("original", "colliding"):
         if arrays[key].dtype.kind not in "fiub" or not np.all(np.isfinite(arrays[key])):
             raise UsageError(f"its '{key}' array holds values that are not finite numbers",
-                             path, "give the collisions.npz that onnxcollide collide wrote")
+                             path, SAVED_FILE_HINT)
     names = [i.name for i in model_inputs(model)]
     name = str(arrays.pop("input_name")) if "input_name" in arrays else \
         names[0] if len(names) == 1 else None
@@ -105,11 +105,9 @@ def _settings(entry: np.ndarray, path: str) -> dict[str, Any]:
     try:
         settings = json.loads(str(entry))
     except (ValueError, RecursionError) as exc:
-        raise ModelLoadError("its 'settings' entry is not JSON", path,
-                             "give the collisions.npz that onnxcollide collide wrote") from exc
+        raise ModelLoadError("its 'settings' entry is not JSON", path, SAVED_FILE_HINT) from exc
     if not isinstance(settings, dict):
-        raise ModelLoadError("its 'settings' entry is not a JSON object", path,
-                             "give the collisions.npz that onnxcollide collide wrote")
+        raise ModelLoadError("its 'settings' entry is not a JSON object", path, SAVED_FILE_HINT)
     return settings
 
 
@@ -130,5 +128,4 @@ def _check_fits(model: LoadedModel, feeds: dict[str, np.ndarray], colliding: np.
                              ) from exc
     if colliding.shape[1:] != feeds[name].shape:
         raise UsageError(f"the colliding inputs have shape {colliding.shape[1:]}, the original "
-                         f"{feeds[name].shape}", path,
-                         "give the collisions.npz that onnxcollide collide wrote")
+                         f"{feeds[name].shape}", path, SAVED_FILE_HINT)
